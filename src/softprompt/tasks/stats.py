@@ -1,0 +1,38 @@
+"""Split sizes, label balance and majority-class accuracy of tasks (`softprompt tasks --stats`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from softprompt.errors import SoftPromptError
+from softprompt.tasks import get_task
+from softprompt.tasks.base import majority_label
+
+
+def task_stats(names: list[str], data_dir: str | Path | None = None) -> list[dict]:
+    rows = []
+    for name in names:
+        task = get_task(name)
+        row: dict = {"task": task.name}
+        train = None
+        for split in ("train", "validation"):
+            try:
+                ex = task.load(split, data_dir)
+            except SoftPromptError as e:
+                row[split] = "n/a"
+                row.setdefault("note", str(e).split(": ", 1)[-1][:60])
+                continue
+            row[split] = len(ex)
+            if split == "train":
+                train = ex
+            else:
+                counts = Counter(e.label for e in ex)
+                row["val labels"] = "/".join(str(counts.get(i, 0)) for i in range(task.num_classes))
+                # Published majority baselines predict the most frequent validation label.
+                row["majority (val)"] = round(100 * max(counts.values()) / len(ex), 1)
+                if train is not None:
+                    lab = majority_label(train)
+                    row["majority (train label)"] = round(100 * counts.get(lab, 0) / len(ex), 1)
+        rows.append(row)
+    return rows

@@ -1,0 +1,113 @@
+"""Shared fixtures: tiny random llama/BLOOM models with a tiny tokenizer (no download), the real
+offline model once per session, and a tiny task written to a temp folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CORPUS = [
+    "The cat sat on the mat. Question: True or False? Answer: True False yes no positive negative",
+    "Does the hypothesis entail, or not entail the premise? Neither because therefore",
+    "a movie review that is good, bad, charming, boring and affecting; the dog ran away quickly.",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(CORPUS * 20, vocab_size=400, min_frequency=1, special_tokens=["<pad>", "<eos>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", eos_token="<eos>")
+    return tok
+
+
+def _tiny_model(arch: str, vocab: int):
+    from transformers import BloomConfig, BloomForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if arch == "llama":
+        cfg = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            pad_token_id=0,
+        )
+        model = LlamaForCausalLM(cfg)
+    else:
+        cfg = BloomConfig(vocab_size=vocab, hidden_size=32, n_layer=2, n_head=4, pad_token_id=0)
+        model = BloomForCausalLM(cfg)
+    from softprompt.backbones import freeze
+
+    return freeze(model.float())
+
+
+@pytest.fixture(params=["llama", "bloom"])
+def tiny_backbone(request, tiny_tokenizer):
+    from softprompt.backbones import Backbone
+
+    model = _tiny_model(request.param, len(tiny_tokenizer))
+    return Backbone(model=model, tokenizer=tiny_tokenizer, name=f"tiny-{request.param}", source="test", revision="test")
+
+
+@pytest.fixture
+def tiny_llama(tiny_tokenizer):
+    from softprompt.backbones import Backbone
+
+    return Backbone(
+        model=_tiny_model("llama", len(tiny_tokenizer)),
+        tokenizer=tiny_tokenizer,
+        name="tiny-llama",
+        source="test",
+        revision="test",
+    )
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The real offline model, loaded once per test session (dequantized copy cached on disk)."""
+    from softprompt.backbones import load_backbone
+
+    return load_backbone("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    from softprompt.tasks.data import default_data_dir
+
+    d = default_data_dir()
+    if d is None:
+        pytest.skip("../shared/data not present")
+    return d
+
+
+@pytest.fixture
+def toy_data(tmp_path) -> Path:
+    """A tiny RTE-shaped data folder: rte/train.jsonl and rte/val.jsonl."""
+    rows = [
+        {"premise": "The cat sat on the mat.", "hypothesis": "The cat sat.", "label": "entailment"},
+        {"premise": "The dog ran away quickly.", "hypothesis": "The dog sat.", "label": "not_entailment"},
+        {"premise": "A charming movie.", "hypothesis": "The movie is good.", "label": "entailment"},
+        {"premise": "A boring movie.", "hypothesis": "The movie is charming.", "label": "not_entailment"},
+    ]
+    d = tmp_path / "data" / "rte"
+    d.mkdir(parents=True)
+    for name, recs in (("train.jsonl", rows * 3), ("val.jsonl", rows)):
+        with open(d / name, "w") as f:
+            for i, r in enumerate(recs):
+                f.write(json.dumps(dict(r, idx=i)) + "\n")
+    return tmp_path / "data"

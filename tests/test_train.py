@@ -1,0 +1,181 @@
+"""The training loop on a tiny model: learning, determinism, resume after Ctrl-C, artifacts, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import softprompt.train as train_mod
+from softprompt.errors import SoftPromptError
+from softprompt.prompt import SoftPrompt, init_prompt
+from softprompt.runs import load_run
+from softprompt.train import TrainConfig, train
+
+
+def _cfg(data, **kw):
+    base = dict(
+        task="rte",
+        model="tiny",
+        tokens=4,
+        init="text",
+        epochs=3,
+        batch_size=4,
+        lr=0.1,
+        seed=0,
+        data_dir=str(data),
+        compute_dtype="float32",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_loss_falls_and_artifacts_written(tiny_llama, toy_data, tmp_path):
+    res = train(_cfg(toy_data, epochs=6), tmp_path / "run", backbone=tiny_llama, progress=False)
+    losses = [h["train_loss"] for h in res.history]
+    assert losses[-1] < losses[0]
+    run = load_run(tmp_path / "run")
+    assert run.complete and run.info["prompt"]["n_tokens"] == 4
+    tensors = load_file(str(tmp_path / "run" / "prompt.safetensors"))
+    assert set(tensors) == {"prompt", "initial_prompt"}
+    assert not torch.equal(tensors["prompt"], tensors["initial_prompt"])
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4, 5, 6]
+    assert run.info["parameters"]["trainable"] == 4 * 32
+    assert set(res.baselines) == {"no_prompt", "english_prompt"}
+
+
+def test_frozen_model_gets_no_gradients(tiny_llama, toy_data, tmp_path):
+    before = {n: p.clone() for n, p in tiny_llama.model.named_parameters()}
+    train(_cfg(toy_data, epochs=1), tmp_path / "run", backbone=tiny_llama, progress=False)
+    for n, p in tiny_llama.model.named_parameters():
+        assert p.grad is None and torch.equal(p, before[n]), n
+
+
+def test_same_seed_same_result(tiny_backbone, toy_data, tmp_path):
+    a = train(_cfg(toy_data), tmp_path / "a", backbone=tiny_backbone, progress=False)
+    b = train(_cfg(toy_data), tmp_path / "b", backbone=tiny_backbone, progress=False)
+    assert a.history == [dict(h, elapsed_s=h["elapsed_s"]) for h in a.history]
+    pa = SoftPrompt.load(tmp_path / "a" / "prompt.safetensors").weight
+    pb = SoftPrompt.load(tmp_path / "b" / "prompt.safetensors").weight
+    assert torch.equal(pa, pb)
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+
+
+@pytest.mark.parametrize("stop_at", [2, 5, 7])
+def test_resume_after_interrupt_is_bit_identical(tiny_llama, toy_data, tmp_path, monkeypatch, stop_at):
+    cfg = _cfg(toy_data, batch_size=2, grad_accum=2)
+    train(cfg, tmp_path / "ref", backbone=tiny_llama, progress=False)
+    calls = {"n": 0}
+    real = train_mod.choice_loss
+
+    def interrupting(scores, labels):
+        calls["n"] += 1
+        if calls["n"] == stop_at:
+            raise KeyboardInterrupt
+        return real(scores, labels)
+
+    monkeypatch.setattr(train_mod, "choice_loss", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False)
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "interrupted"
+    with pytest.raises(SoftPromptError, match="interrupted"):
+        load_run(tmp_path / "cut")
+    monkeypatch.setattr(train_mod, "choice_loss", real)
+    with pytest.raises(SoftPromptError, match="--resume"):
+        train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False)
+    train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False, resume=True)
+    ref = load_file(str(tmp_path / "ref" / "prompt.safetensors"))["prompt"]
+    got = load_file(str(tmp_path / "cut" / "prompt.safetensors"))["prompt"]
+    assert torch.equal(ref, got)
+    ref_m = [json.loads(x)["train_loss"] for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    got_m = [json.loads(x)["train_loss"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert ref_m == got_m
+
+
+def test_resume_with_changed_config_refused(tiny_llama, toy_data, tmp_path):
+    train(_cfg(toy_data, epochs=1), tmp_path / "r", backbone=tiny_llama, progress=False)
+    with pytest.raises(SoftPromptError, match="different config"):
+        train(_cfg(toy_data, epochs=1, lr=0.5), tmp_path / "r", backbone=tiny_llama, progress=False, resume=True)
+
+
+def test_exploding_lr_stops_with_clear_error(tiny_llama, toy_data, tmp_path):
+    with pytest.raises(SoftPromptError, match="diverged"):
+        train(
+            _cfg(toy_data, lr=1e30, optimizer="adam", warmup=0.0, schedule="constant", epochs=3),
+            tmp_path / "r",
+            backbone=tiny_llama,
+            progress=False,
+        )
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_llama, toy_data, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = train_mod.choice_loss
+
+    def poisoned(scores, labels):
+        calls["n"] += 1
+        loss = real(scores, labels)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(train_mod, "choice_loss", poisoned)
+    with pytest.raises(SoftPromptError, match="loss became nan"):
+        train(_cfg(toy_data), tmp_path / "r", backbone=tiny_llama, progress=False)
+    ckpt = load_file(str(tmp_path / "r" / "checkpoint.safetensors"))
+    assert torch.isfinite(ckpt["param/prompt"]).all()
+    assert json.loads((tmp_path / "r" / "checkpoint.json").read_text())["epoch"] == 1
+
+
+@pytest.mark.parametrize("bad", [dict(method="x"), dict(init="nope"), dict(tokens=0), dict(lr=-1.0), dict(warmup=2.0)])
+def test_bad_config_values(bad, toy_data):
+    with pytest.raises(SoftPromptError):
+        _cfg(toy_data, **bad)
+
+
+def test_unknown_config_key_is_an_error():
+    with pytest.raises(SoftPromptError, match="lrr"):
+        TrainConfig.from_dict({"task": "rte", "lrr": 0.1})
+
+
+@pytest.mark.parametrize("method", ["text", "random", "vocab", "labels"])
+def test_init_methods(tiny_llama, method):
+    p = init_prompt(
+        tiny_llama.model,
+        tiny_llama.tokenizer,
+        6,
+        method,
+        text="Does the hypothesis entail",
+        label_words=["True", "False"],
+        seed=1,
+    )
+    assert p.weight.shape == (6, 32) and torch.isfinite(p.weight).all()
+    assert torch.equal(p.weight, p.initial)
+    if method in ("text", "labels", "vocab"):
+        emb = tiny_llama.model.get_input_embeddings()
+        torch.testing.assert_close(p.weight, emb(torch.tensor(p.init.token_ids)).float())
+
+
+def test_text_init_goes_through_embedding_module(tiny_llama):
+    """Models that scale embeddings (Gemma) must get the module's output, not raw rows."""
+    emb = tiny_llama.model.get_input_embeddings()
+    orig = emb.forward
+    emb.forward = lambda ids: orig(ids) * 3.0
+    try:
+        p = init_prompt(tiny_llama.model, tiny_llama.tokenizer, 3, "text", text="the cat")
+        torch.testing.assert_close(p.weight, emb.weight[torch.tensor(p.init.token_ids)] * 3.0)
+    finally:
+        emb.forward = orig
+
+
+def test_prompt_save_load_and_dim_mismatch(tiny_llama, tmp_path):
+    p = init_prompt(tiny_llama.model, tiny_llama.tokenizer, 3, "vocab", seed=2)
+    p.save(tmp_path / "p.safetensors")
+    q = SoftPrompt.load(tmp_path / "p.safetensors")
+    assert torch.equal(p.weight, q.weight) and q.init.method == "vocab" and q.init.token_ids == p.init.token_ids
+    with pytest.raises(SoftPromptError, match="hidden size 32 but the model's hidden size is 64"):
+        q.check_model(64)
+    (tmp_path / "bad.safetensors").write_bytes((tmp_path / "p.safetensors").read_bytes()[:50])
+    with pytest.raises(SoftPromptError, match="not a readable safetensors"):
+        SoftPrompt.load(tmp_path / "bad.safetensors")
