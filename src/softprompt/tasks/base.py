@@ -89,9 +89,9 @@ class Task:
                     return i
             elif value == v:
                 return i
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < self.num_classes:
-            if not any(isinstance(v, int) and not isinstance(v, bool) for v in self.label_values):
-                return value
+        index_like = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < self.num_classes
+        if index_like and not any(isinstance(v, int) and not isinstance(v, bool) for v in self.label_values):
+            return value
         raise SoftPromptError(f"{where}: label {value!r} is not one of the task's labels {list(self.label_values)}")
 
     def to_example(self, record: dict, where: str) -> Example:
