@@ -220,7 +220,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         sp = load_run(a.run).prompt()
         sp.check_model(backbone.hidden_size, where=f"the prompt of {a.run}")
         prompt = sp.weight.detach()
-    print(generate(backbone, a.text, prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed))
+    print(a.text + generate(backbone, a.text, prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed))
     return 0
 
 

@@ -18,7 +18,7 @@ def generate(
     temperature: float = 0.0,
     seed: int = 0,
 ) -> str:
-    """Continue `text` after [prompt; text]; greedy when temperature is 0."""
+    """The continuation of `text` after [prompt; text] (new text only); greedy when temperature is 0."""
     tok, model = backbone.tokenizer, backbone.model
     ids = tok(text, return_tensors="pt")["input_ids"].to(backbone.device)
     embeds = prompt_embeds(model, ids, prompt)

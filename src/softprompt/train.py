@@ -368,6 +368,11 @@ def train(
         if bar is not None:
             bar.close()
         raise
+    except SoftPromptError as e:  # diverged: keep the last good checkpoint, say why in run.json
+        write_json(run_file, dict(info, status="failed", error=str(e)))
+        if bar is not None:
+            bar.close()
+        raise
     if bar is not None:
         bar.close()
 
