@@ -99,6 +99,12 @@ class Batch:
     max_choices: int
     labels: torch.Tensor  # [E]
     choice_mask: torch.Tensor  # [E, max_choices] True where the example has that choice
+    row_example: torch.Tensor | None = None  # [R] index of the example each row belongs to
+
+    @property
+    def row_lengths(self) -> torch.Tensor:
+        """Real (non-pad) tokens of every row, [R]."""
+        return self.attention_mask.sum(dim=1)
 
 
 def collate(encoded: Sequence[EncodedExample], pad_id: int) -> Batch:
@@ -107,10 +113,11 @@ def collate(encoded: Sequence[EncodedExample], pad_id: int) -> Batch:
     input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
     max_choices = max(e.num_choices for e in encoded)
-    t_row, t_pos, t_tok, t_slot = [], [], [], []
+    t_row, t_pos, t_tok, t_slot, row_example = [], [], [], [], []
     r = 0
     for ei, e in enumerate(encoded):
         for row in e.rows:
+            row_example.append(ei)
             input_ids[r, : len(row.ids)] = torch.tensor(row.ids, dtype=torch.long)
             mask[r, : len(row.ids)] = 1
             for pos, tok, k in row.targets:
@@ -133,6 +140,7 @@ def collate(encoded: Sequence[EncodedExample], pad_id: int) -> Batch:
         max_choices,
         torch.tensor([e.label for e in encoded]),
         choice_mask,
+        torch.tensor(row_example, dtype=torch.long),
     )
 
 

@@ -300,9 +300,120 @@ def add_peft(sub) -> None:
     p.set_defaults(func=cmd_import)
 
 
+# ----------------------------------------------------------------------------- study
+
+
+def cmd_study(a: argparse.Namespace) -> int:
+    from softprompt.study import run_study
+
+    out = Path(a.out)
+    results = run_study(a.config, out, progress=not a.quiet)
+    print(f"\nstudy {results['study']['name']}: {len(results['runs'])} prompt runs; report: {out / 'report.html'}")
+    return 0
+
+
+def add_study(sub) -> None:
+    p = sub.add_parser(
+        "study",
+        help="run a whole study from a TOML config and write report.html",
+        description="Prompt runs (tasks x seeds), baselines, analyses and the HTML report. Re-running skips "
+        "finished work, resumes interrupted runs and redoes only what a config change affects.",
+    )
+    p.add_argument("config", help="study config (.toml), e.g. configs/demo.toml")
+    p.add_argument("--out", required=True, help="study directory (runs, analyses, report.html, results.json, tables/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_study)
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def cmd_baselines(a: argparse.Namespace) -> int:
+    import time
+
+    from softprompt.backbones import load_backbone
+    from softprompt.baselines import run_baselines, table_rows
+
+    started = time.perf_counter()
+    out = Path(a.out or f"runs/baselines-{Path(a.task).stem if a.task.endswith('.toml') else a.task}-s{a.seed}")
+    needs_model = any(m in ("no_prompt", "english_prompt") for m in a.methods)
+    backbone = (
+        load_backbone(a.model, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code) if needs_model else None
+    )
+    rows = run_baselines(
+        a.task,
+        a.model,
+        out,
+        max_train=a.max_train,
+        epochs=a.epochs,
+        seed=a.seed,
+        data_dir=a.data_dir,
+        methods=a.methods,
+        backbone=backbone,
+        max_eval=a.max_eval,
+        max_length=a.max_length,
+        batch_size=a.batch_size,
+        lr={m: v for m, v in (("finetune", a.finetune_lr), ("lora", a.lora_lr)) if v is not None},
+        lora_r=a.lora_r,
+        dtype=a.dtype,
+        compute_dtype=a.compute_dtype,
+        device=a.device,
+        overwrite=a.overwrite,
+        progress=not a.quiet,
+    )
+    n = rows[0]["n"] if rows else 0
+    print(f"\n{a.task} validation (n={n}); training examples: {a.max_train or 'all'}; epochs {a.epochs}; seed {a.seed}")
+    print_table(table_rows(rows))
+    print(f"results in {out / 'baselines.json'} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+BASELINE_METHODS = ("majority", "no_prompt", "english_prompt", "finetune", "lora")  # = baselines.METHODS (no torch import here)
+
+
+def add_baselines(sub) -> None:
+    p = sub.add_parser(
+        "baselines",
+        help="majority class, no prompt, English prompt, full fine-tuning and LoRA on a task, in one table",
+        description="Evaluate the untrained baselines and train the fine-tuning and LoRA baselines (normal run "
+        "directories under --out, resumable) on the same training subsample; print one table.",
+    )
+    p.add_argument("--task", required=True, help="built-in task name or a task .toml file")
+    _add_model_args(p)
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(BASELINE_METHODS),
+        choices=BASELINE_METHODS,
+        metavar="METHOD",
+        help=f"baselines to run (default: all of {' '.join(BASELINE_METHODS)})",
+    )
+    p.add_argument("--max-train", type=int, default=None, help="a seeded subsample of N training examples (all methods)")
+    p.add_argument("--max-eval", type=int, default=None, help="evaluate on a seeded subsample of N validation examples")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of the finetune and LoRA runs")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--finetune-lr", type=float, default=None, help="default 2e-5")
+    p.add_argument("--lora-lr", type=float, default=None, help="default 1e-3")
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output directory (default: runs/baselines-TASK-sSEED)")
+    p.add_argument("--overwrite", action="store_true", help="retrain finetune/LoRA runs already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_baselines)
+
+
+# ----------------------------------------------------------------------------- analysis (neighbors, geometry, transfer)
+
+
+def add_analysis(sub) -> None:
+    from softprompt.analysis.commands import add_analysis as register
+
+    register(sub)
+
+
 # ----------------------------------------------------------------------------- main
 
-REGISTRARS: list[Callable] = [add_train, add_eval, add_generate, add_info, add_peft]
+REGISTRARS: list[Callable] = [add_train, add_eval, add_generate, add_info, add_peft, add_study, add_baselines, add_analysis]
 
 
 def build_parser() -> argparse.ArgumentParser:

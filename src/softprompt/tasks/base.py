@@ -101,7 +101,12 @@ class Task:
         try:
             context = self.context_fn(record) if self.context_fn else self.template.format(**record)
         except KeyError as e:
-            raise SoftPromptError(f"{where}: missing field {e.args[0]!r} used by the template") from None
+            raise SoftPromptError(
+                f"{where}: missing field {e.args[0]!r} used by the template (the record has {sorted(record)})"
+            ) from None
+        except (IndexError, TypeError, AttributeError, ValueError) as e:
+            what = "the record" if self.context_fn else f"the template {self.template!r}"
+            raise SoftPromptError(f"{where}: cannot format {what} ({type(e).__name__}: {e})") from None
         if self.choices_fn is not None:
             try:
                 choices = tuple(self.answer_prefix + c for c in self.choices_fn(record))
@@ -120,7 +125,8 @@ class Task:
             raise SoftPromptError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
         examples = [self.to_example(rec, where) for rec, where in load_records(self, split, data_dir)]
         if not examples:
-            raise SoftPromptError(f"task {self.name}: the {split} split is empty")
+            src = self.source.files.get(split)
+            raise SoftPromptError(f"task {self.name}: the {split} split is empty" + (f" ({src}: no records)" if src else ""))
         if limit is not None and limit < len(examples):
             if limit < 1:
                 raise SoftPromptError(f"the example limit must be at least 1, got {limit}")

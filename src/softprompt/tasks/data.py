@@ -66,28 +66,54 @@ def read_jsonl(path: Path) -> Iterator[tuple[dict, str]]:
 
 
 def read_delimited(path: Path, delimiter: str) -> Iterator[tuple[dict, str]]:
-    """TSV/CSV with a header row. TSV is read without quoting (GLUE's strings hold bare quotes)."""
-    lines = _decode_lines(path)
-    try:
-        _, header_line = next(lines)
-    except StopIteration:
-        raise SoftPromptError(f"{path}: empty file (expected a header row)") from None
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    header = [h.strip() for h in next(csv.reader([header_line], delimiter=delimiter, quoting=quoting))]
+    """TSV/CSV with a header row. TSV is read without quoting (GLUE's strings hold bare quotes);
+    CSV follows RFC 4180 quoting, so a quoted field may span lines (records are named by their first line)."""
+    tab = delimiter == "\t"
+    this, other = ("tab", "comma") if tab else ("comma", "tab")
+    current = {"line": 0}
+
+    def feed() -> Iterator[str]:
+        for lineno, text in _decode_lines(path):
+            current["line"] = lineno
+            yield text + "\n"
+
+    quoting = csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL
+    reader = csv.reader(feed(), delimiter=delimiter, quoting=quoting, strict=not tab)
+
+    def next_row() -> list[str] | None:
+        try:
+            return next(reader)
+        except StopIteration:
+            return None
+        except csv.Error as e:
+            raise SoftPromptError(f"{path}:{current['line']}: malformed {'TSV' if tab else 'CSV'} ({e})") from None
+
+    header_row = next_row()
+    if header_row is None:
+        raise SoftPromptError(f"{path}: empty file (expected a header row)")
+    header = [h.strip() for h in header_row]
     if len(header) < 2:
-        other = "comma" if delimiter == "\t" else "tab"
-        raise SoftPromptError(
-            f"{path}:1: header has one column {header!r}: wrong delimiter? expected {'tab' if delimiter == chr(9) else 'comma'}-separated "
-            f"columns (is the file {other}-separated?)"
+        line = header_row[0] if header_row else ""
+        hint = (
+            f"it contains {other}s, so the file looks {other}-separated: give it the .{'csv' if tab else 'tsv'} extension"
+            if ("," if tab else "\t") in line
+            else f"expected at least two {this}-separated columns (a text column and a label column)"
         )
-    for lineno, line in lines:
-        if not line.strip():
+        raise SoftPromptError(f"{path}:1: the header has one column {line!r}: wrong delimiter? {hint}")
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes or "" in header:
+        what = f"repeated column name(s) {dupes}" if dupes else "an empty column name"
+        raise SoftPromptError(f"{path}:1: the header has {what}: {header}")
+    end = current["line"]
+    while (row := next_row()) is not None:
+        start, end = end + 1, current["line"]
+        if not row or (len(row) == 1 and not row[0].strip()):
             continue
-        row = next(csv.reader([line], delimiter=delimiter, quoting=quoting))
         if len(row) != len(header):
-            raise SoftPromptError(f"{path}:{lineno}: {len(row)} columns, the header has {len(header)} ({header})")
-        rec = {h: v.strip() if h else v for h, v in zip(header, row, strict=True)}
-        yield rec, f"{path}:{lineno}"
+            hint = f" (a stray {this} inside a text field?)" if len(row) > len(header) else ""
+            raise SoftPromptError(f"{path}:{start}: {len(row)} columns, the header has {len(header)} {header}{hint}")
+        rec = {h: v.strip() for h, v in zip(header, row, strict=True)}
+        yield rec, f"{path}:{start}"
 
 
 def read_file(path: Path) -> Iterator[tuple[dict, str]]:
@@ -123,6 +149,13 @@ def _hub_records(task, split: str) -> Iterator[tuple[dict, str]]:
 
 
 def load_records(task, split: str, data_dir: str | Path | None) -> Iterator[tuple[dict, str]]:
+    rel = task.source.files.get(split)
+    if rel is not None and Path(rel).is_absolute():  # a user task (TOML) names its own files
+        path = Path(rel)
+        if not path.is_file():
+            raise SoftPromptError(f"task {task.name}: data file {path} for the {split} split not found")
+        yield from read_file(path)
+        return
     local = resolve_data_dir(data_dir)
     if local is None:
         yield from _hub_records(task, split)
@@ -132,7 +165,6 @@ def load_records(task, split: str, data_dir: str | Path | None) -> Iterator[tupl
             f"task {task.name}: no {split} split in {local}: {task.source.missing[split]} "
             f"(use --data-dir hub to load it from the Hugging Face Hub)"
         )
-    rel = task.source.files.get(split)
     if rel is None:
         raise SoftPromptError(f"task {task.name}: no file declared for the {split} split")
     path = Path(rel) if Path(rel).is_absolute() else local / rel

@@ -1,0 +1,46 @@
+"""Interpretation of trained soft prompts: what they read as, how they vary, how they transfer.
+
+- `neighbors`: nearest vocabulary tokens, surviving initial words, projected prompts (waywardness);
+- `scripts`: which writing system each neighbour belongs to;
+- `geometry`: drift from the init, distances between seeds, t-SNE/PCA, drift vs task difficulty;
+- `transfer`: every prompt on every task, prompt similarity, similarity vs transfer gain;
+- `figures`: the PNGs.
+
+Each `*_report` function returns a JSON-serialisable dict (figure paths under "figures") and,
+given an output folder, writes it as JSON next to its figures.
+"""
+
+from __future__ import annotations
+
+from softprompt.analysis.common import correlation
+from softprompt.analysis.geometry import drift, embed_2d, geometry_report, pairwise_distances
+from softprompt.analysis.neighbors import (
+    analyze_neighbors,
+    evaluate_projection,
+    input_embedding_matrix,
+    nearest_tokens,
+    neighbors_report,
+    project_prompt,
+    readable_token,
+)
+from softprompt.analysis.scripts import token_script
+from softprompt.analysis.transfer import prompt_similarity, transfer_matrix, transfer_report
+
+__all__ = [
+    "analyze_neighbors",
+    "correlation",
+    "drift",
+    "embed_2d",
+    "evaluate_projection",
+    "geometry_report",
+    "input_embedding_matrix",
+    "nearest_tokens",
+    "neighbors_report",
+    "pairwise_distances",
+    "project_prompt",
+    "prompt_similarity",
+    "readable_token",
+    "token_script",
+    "transfer_matrix",
+    "transfer_report",
+]

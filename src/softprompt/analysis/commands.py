@@ -1,0 +1,213 @@
+"""The analysis commands (`neighbors`, `geometry`, `transfer`): argument parsing and printing only.
+
+`softprompt.cli` registers them through `add_analysis`; each loads the model at most once.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from softprompt.errors import SoftPromptError
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _model_name(a: argparse.Namespace, runs) -> str:
+    """--model, else the model the runs were trained with (they must agree), else the offline default."""
+    if a.model:
+        return a.model
+    names = {r.config.get("model") for r in runs} - {None}
+    if len(names) > 1:
+        raise SoftPromptError(f"the runs were trained on different models ({', '.join(sorted(names))}): pass --model")
+    return names.pop() if names else "smollm2-135m"
+
+
+def _load(a: argparse.Namespace, runs):
+    from softprompt.backbones import load_backbone, resolve_compute_dtype
+    from softprompt.evaluate import Evaluator
+
+    backbone = load_backbone(_model_name(a, runs), dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code)
+    evaluator = Evaluator(
+        backbone,
+        data_dir=a.data_dir,
+        max_length=a.max_length,
+        compute_dtype=resolve_compute_dtype(a.compute_dtype, backbone.device),
+        progress=not a.quiet,
+    )
+    return backbone, evaluator
+
+
+def _runs(paths: Sequence[str]):
+    from softprompt.analysis.common import as_runs
+
+    return as_runs(paths)
+
+
+def cmd_neighbors(a: argparse.Namespace) -> int:
+    from softprompt.analysis.neighbors import neighbors_report
+    from softprompt.cli import print_table
+
+    if a.task and not a.project:
+        raise SoftPromptError("--task only applies with --project (the task the projected prompt is evaluated on)")
+    runs = _runs(a.runs)
+    backbone, evaluator = _load(a, runs)
+    rep = neighbors_report(
+        backbone,
+        runs,
+        a.k,
+        a.out,
+        metric=a.metric,
+        which=a.which,
+        project=a.project,
+        evaluator=evaluator,
+        task=a.task,
+        limit=a.max_eval,
+    )
+    rows = []
+    for label, r in rep["runs"].items():
+        s = r["summary"]
+        row = {
+            "run": label,
+            f"survival@{a.k}": _fmt(s["survival_rate"]),
+            "cos_to_init": _fmt(s["mean_cos_to_initial"]),
+            "surviving words": " ".join(s["surviving_words"][:8]),
+        }
+        if "projection" in r:
+            acc = r["projection"]["accuracy"]
+            row.update({k: _fmt(acc.get(k)) for k in ("soft", "projected_soft", "projected_text", "no_prompt")})
+        rows.append(row)
+    print_table(rows)
+    for label, r in rep["runs"].items():
+        if "projection" in r:
+            print(f"{label} projected text: {r['projection']['projection']['text']!r}")
+    print(f"written to {a.out}: neighbors.json and {len(rep['figures'])} figure(s)")
+    return 0
+
+
+def cmd_geometry(a: argparse.Namespace) -> int:
+    from softprompt.analysis.geometry import geometry_report
+    from softprompt.cli import print_table
+
+    rep = geometry_report(_runs(a.runs), a.out, level=a.level, seed=a.seed, perplexity=a.perplexity, which=a.which)
+    print_table(
+        [
+            {
+                "run": r["id"],
+                "task": r["task"],
+                "||P-P0||": _fmt(r["drift"]["frobenius"]),
+                "relative": _fmt(r["drift"]["relative"]),
+                "cos(P,P0)": _fmt(r["drift"]["mean_token_cosine"]),
+            }
+            for r in rep["runs"]
+        ]
+    )
+    rows = []
+    for task, w in rep["within_task"].items():
+        st = w.get("frobenius_stats")
+        if st:
+            rows.append(
+                {
+                    "task": task,
+                    "runs": len(w["runs"]),
+                    "pair mean": _fmt(st["mean"]),
+                    "pair std": _fmt(st["std"]),
+                    "cv": _fmt(st["cv"]),
+                }
+            )
+    if rows:
+        print("\ndistances between runs of the same task (||B-A||_F): a small cv means equidistant")
+        print_table(rows)
+    c = rep["drift_vs_difficulty"]["no_prompt_accuracy"]
+    print(f"\ndrift vs no-prompt accuracy: Spearman rho {_fmt(c['spearman_rho'])} (p {_fmt(c['spearman_p'])}, n {c['n']})")
+    print(f"written to {a.out}: geometry.json and {len(rep['figures'])} figure(s)")
+    return 0
+
+
+def cmd_transfer(a: argparse.Namespace) -> int:
+    from softprompt.analysis.transfer import transfer_report
+    from softprompt.cli import print_table
+
+    runs = _runs(a.runs)
+    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
+    _, evaluator = _load(a, runs)
+    rep = transfer_report(evaluator, runs, tasks, a.out, limit=a.max_eval, which=a.which)
+    m = rep["matrix"]
+    rows = [{"prompt": "no prompt", **{t: _fmt(m["no_prompt"][t]) for t in m["tasks"]}}]
+    rows += [
+        {"prompt": lab, **{t: _fmt(v) for t, v in zip(m["tasks"], row, strict=True)}}
+        for lab, row in zip(m["runs"], m["accuracy"], strict=True)
+    ]
+    print_table(rows)
+    share = rep["share_beating_no_prompt"]
+    if share["transfers"]:
+        print(f"\ncross-task transfers beating no prompt: {share['beat_no_prompt']}/{share['transfers']} ({share['share']:.0%})")
+    for name, c in rep["similarity_vs_gain"].items():
+        print(
+            f"{name} ({c['direction']}) vs gain: Pearson r {_fmt(c['pearson_r'])} (p {_fmt(c['pearson_p'])}), "
+            f"Spearman rho {_fmt(c['spearman_rho'])} (p {_fmt(c['spearman_p'])}), n {c['n']}"
+        )
+    if rep["similarity_note"]:
+        print(rep["similarity_note"])
+    print(f"written to {a.out}: transfer.json and {len(rep['figures'])} figure(s)")
+    return 0
+
+
+def add_analysis(sub) -> None:
+    """Register `neighbors`, `geometry` and `transfer` on the CLI's subparsers."""
+    from softprompt.cli import _add_model_args
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        _add_model_args(p)
+        p.set_defaults(model=None)  # default: the model the runs were trained with
+        for action in p._actions:
+            if action.dest == "model":
+                action.help = "offline alias, local folder or Hub id (default: the model the runs were trained with)"
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser(
+        "neighbors",
+        help="nearest vocabulary tokens of each soft token, surviving init words, scripts, projected prompts",
+        description="Read soft prompts through their nearest vocabulary tokens (cosine by default). With --project, "
+        "also evaluate the nearest-token projection as text and as exact embeddings (prompt waywardness).",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("--k", type=int, default=3, help="neighbours per soft token (default 3)")
+    p.add_argument("--metric", default="cosine", choices=["cosine", "dot"])
+    p.add_argument("--which", default="last", choices=["last", "best"], help="the runs' last or best-epoch prompt")
+    p.add_argument("--project", action="store_true", help="evaluate the projected prompts next to the soft prompt")
+    p.add_argument("--task", default=None, help="task for --project (default: each run's own task)")
+    p.add_argument("--max-eval", type=int, default=None, help="evaluate on a seeded subsample of N validation examples")
+    p.add_argument("--out", required=True, help="output folder for neighbors.json and figures")
+    model_args(p)
+    p.set_defaults(func=cmd_neighbors)
+
+    p = sub.add_parser(
+        "geometry",
+        help="stochasticity: drift from init, distances between seeds, t-SNE/PCA, drift vs difficulty",
+        description="Compare soft prompts geometrically (no model needed): distance from the initial prompt, "
+        "pairwise distances between runs of a task, t-SNE and PCA of all soft tokens.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("--level", default="token", choices=["token", "prompt"], help="t-SNE/PCA points: soft tokens or whole prompts")
+    p.add_argument("--seed", type=int, default=0, help="t-SNE random state")
+    p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (clamped for few points)")
+    p.add_argument("--which", default="last", choices=["last", "best"])
+    p.add_argument("--out", required=True, help="output folder for geometry.json and figures")
+    p.set_defaults(func=cmd_geometry)
+
+    p = sub.add_parser(
+        "transfer",
+        help="zero-shot transfer: every run's prompt on every task, similarity vs transfer gain",
+        description="Evaluate every run's soft prompt on every task's validation set, next to no prompt, and "
+        "correlate prompt similarity (Frobenius, pooled cosine, per-token cosine) with the gain.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("--tasks", default=None, help="comma-separated target tasks (default: the runs' tasks)")
+    p.add_argument("--max-eval", type=int, default=None, help="evaluate on a seeded subsample of N validation examples")
+    p.add_argument("--which", default="last", choices=["last", "best"])
+    p.add_argument("--out", required=True, help="output folder for transfer.json and figures")
+    model_args(p)
+    p.set_defaults(func=cmd_transfer)

@@ -1,0 +1,190 @@
+"""Report sections for the analyses: nearest tokens, scripts, projected prompts, stochasticity, transfer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from softprompt.report.html import esc, figure, section, table
+from softprompt.report.tables import write_csv
+
+
+def _neighbors(nb: dict, out: Path) -> tuple[str, str, str]:
+    summary = nb.get("summary") or {}
+    figs = nb.get("figures") or {}
+    body = [
+        f"<p>Top-{nb.get('k', 3)} vocabulary tokens by {esc(nb.get('metric', 'cosine'))} similarity for every soft-prompt "
+        "position, against the input embeddings as the model sees them. ␣ marks a leading space; the initial token of "
+        "each position is marked. A token “survives” when the position's initial token is still in its top-k.</p>",
+        f'<p class="note">{esc(nb.get("note", ""))}</p>',
+    ]
+    rows = []
+    for task, s in (summary.get("survival_by_task") or {}).items():
+        rows.append(
+            {
+                "task": task,
+                "runs": s.get("runs"),
+                "survival rate": s.get("rate"),
+                "surviving words (runs)": ", ".join(f"{w} ({s['word_runs'][w]})" for w in s.get("words", [])[:15]),
+            }
+        )
+    write_csv(out / "tables" / "survival.csv", rows)
+    body.append(table(rows))
+    for label, path in figs.items():
+        body.append(
+            figure(path, f"Nearest tokens of {label}: positions (rows) by top-{nb.get('k', 3)} neighbours, shaded by similarity")
+        )
+    per_pos = []
+    for label, a in (nb.get("runs") or {}).items():
+        for p in a.get("positions", []):
+            per_pos.append(
+                {
+                    "run": label,
+                    "position": p.get("position"),
+                    "initial": p.get("initial_token"),
+                    "survived": p.get("survived"),
+                    "cosine to initial": p.get("cos_to_initial"),
+                    **{f"top{i + 1}": f"{t['token']} ({t['similarity']:.2f})" for i, t in enumerate(p.get("tokens", []))},
+                }
+            )
+    write_csv(out / "tables" / "neighbors.csv", per_pos)
+
+    scripts = nb.get("scripts") or {}
+    srows = []
+    for task, e in (scripts.get("tasks") or {}).items():
+        total = sum(e["top_k"].values()) or 1
+        for script, count in sorted(e["top_k"].items(), key=lambda kv: -kv[1]):
+            over = (e.get("top_k_over_vocabulary") or {}).get(script)
+            srows.append(
+                {
+                    "task": task,
+                    "script": script,
+                    "neighbour tokens": count,
+                    "share": count / total,
+                    "share ÷ vocabulary share": over,
+                }
+            )
+    write_csv(out / "tables" / "scripts.csv", srows)
+    scripts_html = (
+        "<p>Unicode script of every top-k neighbour token, per task; the last column compares with the "
+        "script's share of the whole vocabulary (above 1: over-represented among neighbours).</p>" + table(srows)
+    )
+
+    prows = [dict(p) for p in summary.get("projection") or []]
+    write_csv(out / "tables" / "projection.csv", prows)
+    proj_html = (
+        "<p>Each soft token replaced by its nearest vocabulary token: <em>projected soft</em> feeds those tokens' "
+        "embeddings (exact projection), <em>projected text</em> feeds the decoded text as a hard prompt, which is "
+        "what a reader of the neighbour table would type.</p>"
+        '<p class="note">Prompt waywardness (Khashabi et al. 2022): a continuous prompt can solve a task while its '
+        "nearest-token projection reads as arbitrary text, even another task's instruction. Read the neighbour "
+        "tables as a readout, not as the prompt's meaning, unless the projection scores like the soft prompt.</p>"
+        + table(
+            prows,
+            [
+                c
+                for c in ("run", "task", "n", "soft", "projected_soft", "projected_text", "no_prompt", "text")
+                if not prows or c in prows[0]
+            ],
+        )
+    )
+    return "".join(body), scripts_html, proj_html
+
+
+def _geometry(geo: dict, out: Path) -> str:
+    figs = geo.get("figures") or {}
+    summary = geo.get("summary") or {}
+    drift_rows = [
+        {"run": r.get("id"), "task": r.get("task"), "seed": r.get("seed"), **{k: v for k, v in (r.get("drift") or {}).items()}}
+        for r in geo.get("runs", [])
+    ]
+    write_csv(out / "tables" / "drift.csv", drift_rows)
+    eq = summary.get("equidistance") or []
+    write_csv(out / "tables" / "pairwise.csv", eq)
+    diff = summary.get("drift_vs_difficulty") or {}
+    body = [
+        f"<p>{esc(geo.get('note', ''))}</p>",
+        figure(figs.get("tsne"), "t-SNE of every soft-prompt token of every run with the initial prompts (X)"),
+        figure(figs.get("pca"), "PCA of the same points"),
+        "<h3>Distance from the initial prompt</h3>",
+        table(drift_rows),
+        figure(figs.get("drift"), "Frobenius distance of each run's prompt from its initial prompt"),
+        "<h3>Between runs of the same task</h3>",
+        "<p>Frobenius distances between the prompts of different seeds of one task: mean, spread and coefficient of "
+        "variation (std / mean; small means the runs are about equidistant).</p>",
+        table(eq, [c for c in ("task", "pairs", "mean", "std", "min", "max", "cv") if not eq or c in eq[0]]),
+        figure(figs.get("distances"), "Pairwise Frobenius distances between all prompts"),
+        "<h3>Drift and task difficulty</h3>",
+        table(
+            [
+                {
+                    "relation": f"task mean drift vs {diff.get('against', 'no-prompt accuracy')}",
+                    "spearman r": diff.get("spearman_r"),
+                    "p": diff.get("spearman_p"),
+                    "tasks": diff.get("n"),
+                }
+            ]
+        ),
+    ]
+    return "".join(body)
+
+
+def _transfer(tr: dict, out: Path) -> str:
+    figs = tr.get("figures") or {}
+    m = tr.get("matrix") or {}
+    rows = []
+    for i, label in enumerate(m.get("runs", [])):
+        row = {"prompt (source)": label}
+        for j, task in enumerate(m.get("tasks", [])):
+            row[task] = m["accuracy"][i][j]
+        rows.append(row)
+    if m.get("no_prompt"):
+        rows.append({"prompt (source)": "no prompt", **m["no_prompt"]})
+    write_csv(out / "tables" / "transfer.csv", rows)
+    summary = tr.get("summary") or {}
+    corr = summary.get("correlations") or []
+    write_csv(out / "tables" / "transfer_correlations.csv", corr)
+    share = summary.get("share_beat_no_prompt")
+    body = [
+        "<p>Every trained prompt (rows) evaluated on every task's validation set (columns) with the target task's "
+        "template; the last row is the target task without a prompt.</p>",
+        table(rows),
+        f"<p>Share of cross-task transfers that beat no prompt: <b>{'n/a' if share is None else f'{100 * share:.1f}%'}</b> "
+        f"of {summary.get('n_transfers', 0)}.</p>",
+        figure(figs.get("accuracy"), "Transfer accuracy: prompt (row) on task (column); framed: own task"),
+        figure(figs.get("gain"), "Accuracy gain over no prompt"),
+        "<h3>Prompt similarity and transfer</h3>",
+        "<p>Similarity of prompts A and B: Frobenius norm of B − A (the original study; a distance), cosine of the "
+        "average-pooled prompts and mean per-token cosine (SPoT, Vu et al. 2022). Correlation with the transfer gain over "
+        "no prompt, over off-diagonal pairs.</p>",
+        table(
+            corr,
+            [
+                c
+                for c in ("similarity", "direction", "pearson_r", "pearson_p", "spearman_r", "spearman_p", "n")
+                if not corr or c in corr[0]
+            ],
+        ),
+    ]
+    if tr.get("similarity_note"):
+        body.append(f'<p class="note">{esc(tr["similarity_note"])}</p>')
+    for name, path in figs.items():
+        if name.startswith(("similarity_", "scatter_")):
+            body.append(figure(path, name.replace("_", " ")))
+    return "".join(body)
+
+
+def analysis_sections(results: dict, out: Path) -> list[str]:
+    parts = []
+    nb = results.get("neighbors")
+    if nb:
+        n_html, s_html, p_html = _neighbors(nb, out)
+        parts += [
+            section("Nearest tokens and surviving words", n_html, "neighbors"),
+            section("Scripts and languages", s_html, "scripts"),
+            section("Projected prompts", p_html, "projection"),
+        ]
+    if results.get("geometry"):
+        parts.append(section("Stochasticity across seeds", _geometry(results["geometry"], out), "stochasticity"))
+    if results.get("transfer"):
+        parts.append(section("Transfer between tasks", _transfer(results["transfer"], out), "transfer"))
+    return parts

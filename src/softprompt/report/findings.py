@@ -1,0 +1,96 @@
+"""Findings: sentences computed from a study's numbers (never fixed text)."""
+
+from __future__ import annotations
+
+from softprompt.report.tables import METHOD_LABELS, accuracy_rows
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def accuracy_findings(results: dict) -> list[str]:
+    out = []
+    rows = accuracy_rows(results)
+    tasks = sorted({r["task"] for r in rows})
+    for task in tasks:
+        tr = {r["method"]: r for r in rows if r["task"] == task}
+        soft = tr.get("soft_prompt")
+        if not soft:
+            continue
+        best = max(tr.values(), key=lambda r: r["accuracy"])
+        s = (
+            f"{task}: soft prompt {_pct(soft['accuracy'])} ± {_pct(soft['accuracy_std'] or 0)} over {soft['n_runs']} seeds; "
+            f"best method {METHOD_LABELS.get(best['method'], best['method'])} ({_pct(best['accuracy'])})"
+        )
+        comps = []
+        for m in ("no_prompt", "english_prompt", "majority"):
+            if m in tr:
+                d = soft["accuracy"] - tr[m]["accuracy"]
+                comps.append(f"{'+' if d >= 0 else ''}{100 * d:.1f} points vs {METHOD_LABELS[m]}")
+        if comps:
+            s += "; soft prompt " + ", ".join(comps)
+        out.append(s + ".")
+    return out
+
+
+def analysis_findings(results: dict) -> list[str]:
+    out: list[str] = []
+    geo = (results.get("geometry") or {}).get("summary") or {}
+    drift = geo.get("task_drift") or []
+    if drift:
+        ranked = sorted(drift, key=lambda d: d["mean_frobenius"], reverse=True)
+        out.append(
+            "Prompts drifted furthest from their initial prompt on "
+            + ", ".join(f"{d['task']} (mean Frobenius distance {d['mean_frobenius']:.2f})" for d in ranked)
+            + "."
+        )
+    for e in geo.get("equidistance") or []:
+        if e.get("mean") is not None and e.get("cv") is not None:
+            out.append(
+                f"{e['task']}: pairwise Frobenius distances between its {e['pairs']} seed pair(s) have mean {e['mean']:.2f}, "
+                f"std {e['std']:.2f} (coefficient of variation {e['cv']:.2f}; a small value means equidistant runs)."
+            )
+    diff = geo.get("drift_vs_difficulty")
+    if diff and diff.get("spearman_r") is not None:
+        out.append(
+            f"Across tasks, drift vs no-prompt accuracy: Spearman r = {diff['spearman_r']:.2f} "
+            f"(p = {diff['spearman_p']:.3g}, {diff['n']} tasks)."
+        )
+    tr = (results.get("transfer") or {}).get("summary") or {}
+    if tr.get("share_beat_no_prompt") is not None:
+        out.append(
+            f"{_pct(tr['share_beat_no_prompt'])} of cross-task transfers ({tr['n_transfers']}) beat no prompt on the "
+            "target task (the original study reported 90%)."
+        )
+    for c in tr.get("correlations", []):
+        if c.get("pearson_r") is not None:
+            out.append(
+                f"Similarity ({c['similarity']}) vs transfer gain: Pearson r = {c['pearson_r']:.2f} (p = {c['pearson_p']:.3g}), "
+                f"Spearman r = {c['spearman_r']:.2f} (p = {c['spearman_p']:.3g}), n = {c['n']}."
+            )
+    nb = (results.get("neighbors") or {}).get("summary") or {}
+    for task, s in (nb.get("survival_by_task") or {}).items():
+        if s.get("rate") is None:
+            continue
+        words = ", ".join(repr(w) for w in s.get("words", [])[:8]) or "none"
+        out.append(
+            f"{task}: {_pct(s['rate'])} of initial tokens are still among their position's top-{nb.get('k', 3)} "
+            f"neighbours after training; surviving words: {words}."
+        )
+    proj = nb.get("projection") or []
+    if proj:
+        worse = sum(
+            1
+            for p in proj
+            if p.get("projected_text") is not None and p.get("soft") is not None and p["projected_text"] < p["soft"]
+        )
+        out.append(
+            f"Projecting prompts to their nearest tokens: the text projection scores below the soft prompt for "
+            f"{worse} of {len(proj)} runs (prompt waywardness: neighbour readouts are not faithful explanations)."
+        )
+    return out
+
+
+def findings(results: dict) -> list[str]:
+    return accuracy_findings(results) + analysis_findings(results)

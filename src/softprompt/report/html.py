@@ -1,0 +1,214 @@
+"""Render results.json as one self-contained HTML page: tables, embedded PNG figures, findings.
+
+Every number on the page comes from `results`; the findings are sentences computed from them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from softprompt.io import write_text
+from softprompt.report.findings import findings
+from softprompt.report.tables import METHOD_LABELS, accuracy_rows, write_csv
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{border-bottom:2px solid #333}h2{margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:1em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.9em;color:#555}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.6em 1em}.muted{color:#777}
+code{background:#f5f5f5;padding:0 .2em}ul.findings li{margin:.3em 0}
+"""
+
+
+def esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def table(rows: list[dict], columns: list[str] | None = None, headers: dict[str, str] | None = None) -> str:
+    if not rows:
+        return '<p class="muted">(no rows)</p>'
+    columns = columns or list(rows[0])
+    headers = headers or {}
+    head = "".join(f"<th>{esc(headers.get(c, c))}</th>" for c in columns)
+    body = []
+    for r in rows:
+        cells = []
+        for c in columns:
+            v = r.get(c)
+            cls = ' class="num"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+            cells.append(f"<td{cls}>{esc(fmt(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def figure(path: str | Path | None, caption: str) -> str:
+    """Embed a PNG as a data URI so the report is one file that works offline."""
+    if not path or not Path(path).exists():
+        return f'<p class="muted">(figure missing: {esc(caption)})</p>'
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return (
+        f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}"><figcaption>{esc(caption)}</figcaption></figure>'
+    )
+
+
+def section(title: str, body: str, anchor: str) -> str:
+    return f'<section id="{anchor}"><h2>{esc(title)}</h2>{body}</section>'
+
+
+def training_curves(results: dict, out: Path) -> Path | None:
+    """Validation metric per epoch for every prompt run (one panel per task)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in results["runs"] if r.get("history")]
+    if not runs:
+        return None
+    tasks = sorted({r["task"] for r in runs})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for r in (r for r in runs if r["task"] == task):
+            h = r["history"]
+            ax.plot([x["epoch"] for x in h], [x["accuracy"] for x in h], marker="o", label=f"seed {r['seed']}")
+        nop = results.get("baselines", {}).get(task, {}).get("no_prompt")
+        if nop:
+            ax.axhline(nop["accuracy"], color="grey", ls="--", lw=1, label="no prompt")
+        ax.set_title(task)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation accuracy")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "figures" / "training_curves.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _setup_section(results: dict) -> str:
+    s, st = results["setup"], results["study"]
+    m = s["model"]
+    rows = [
+        {"item": "model", "value": f"{m['name']} ({m['source']}, revision {m['revision']})"},
+        {
+            "item": "model size",
+            "value": f"{m['parameters']:,} parameters, hidden size {m['hidden_size']}, vocabulary {m['vocab_size']:,}",
+        },
+        {"item": "tasks × seeds", "value": f"{', '.join(st['tasks'])} × seeds {st['seeds']}"},
+        {"item": "training budget", "value": json.dumps(st["train"])},
+        {"item": "validation subsample", "value": st.get("max_eval") or "full validation sets"},
+        {
+            "item": "compute",
+            "value": f"{s['device']}, {s['compute_dtype']} autocast, {s['hardware']['cpus']} CPUs, "
+            f"{s['hardware']['torch_threads']} torch threads ({s['hardware']['processor']})",
+        },
+        {"item": "versions", "value": ", ".join(f"{k} {v}" for k, v in s["versions"].items())},
+        {"item": "wall time of this invocation", "value": f"{s['wall_time_s']:.0f} s (work already done earlier is skipped)"},
+    ]
+    return table(rows, ["item", "value"])
+
+
+def _accuracy_section(results: dict, out: Path) -> str:
+    rows = accuracy_rows(results)
+    write_csv(out / "tables" / "accuracy.csv", rows)
+    shown = [
+        dict(
+            r,
+            method=METHOD_LABELS.get(r["method"], r["method"]),
+            accuracy=(
+                f"{r['accuracy']:.3f} ± {r['accuracy_std']:.3f}" if r["accuracy_std"] is not None else f"{r['accuracy']:.3f}"
+            ),
+        )
+        for r in rows
+    ]
+    per_run = [
+        {
+            "run": r["name"],
+            "task": r["task"],
+            "seed": r["seed"],
+            "accuracy": r["final"].get("accuracy"),
+            "f1_macro": r["final"].get("f1_macro"),
+            "best epoch": (r.get("best") or {}).get("epoch"),
+            "wall time (s)": r.get("wall_time_s"),
+        }
+        for r in results["runs"]
+    ]
+    write_csv(out / "tables" / "runs.csv", per_run)
+    curves = training_curves(results, out)
+    return (
+        table(
+            shown,
+            ["task", "method", "accuracy", "f1_macro", "trainable_parameters", "n_runs"],
+            {"trainable_parameters": "trainable parameters", "n_runs": "runs"},
+        )
+        + "<p>Accuracy on the validation set (the same seeded subsample for every method). The soft prompt row is the "
+        "last-epoch prompt, mean ± sample std over seeds. Majority predicts the most frequent training label.</p>"
+        + "<h3>Per run</h3>"
+        + table(per_run)
+        + figure(curves, "Validation accuracy after each epoch, per task and seed; dashed: no prompt.")
+    )
+
+
+def render(results: dict, out: Path) -> str:
+    from softprompt.report.analysis_sections import analysis_sections
+
+    parts = [
+        section("Setup", _setup_section(results), "setup"),
+        section("Accuracy", _accuracy_section(results, out), "accuracy"),
+        *analysis_sections(results, out),
+    ]
+    facts = findings(results)
+    parts.insert(
+        0,
+        section(
+            "Findings",
+            "<ul class='findings'>"
+            + "".join(f"<li>{esc(f)}</li>" for f in facts)
+            + "</ul><p class='muted'>Each finding is computed from this study's numbers.</p>",
+            "findings",
+        ),
+    )
+    title = f"softprompt study: {results['study']['name']}"
+    toc = "".join(
+        f'<a href="#{a}">{t}</a> · '
+        for t, a in [
+            ("Findings", "findings"),
+            ("Setup", "setup"),
+            ("Accuracy", "accuracy"),
+            ("Nearest tokens", "neighbors"),
+            ("Scripts", "scripts"),
+            ("Projected prompts", "projection"),
+            ("Stochasticity", "stochasticity"),
+            ("Transfer", "transfer"),
+        ]
+    )
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1><p>{toc}</p>{''.join(parts)}"
+        "<p class='muted'>Generated by softprompt. Tables as CSV in <code>tables/</code>, all numbers in "
+        "<code>results.json</code>.</p></body></html>"
+    )
+
+
+def write_report(results: dict, out: str | Path) -> Path:
+    out = Path(out)
+    page = render(results, out)
+    write_text(out / "report.html", page)
+    return out / "report.html"

@@ -1,0 +1,463 @@
+"""Interpretation analyses with known answers: nearest tokens, survival, scripts, geometry, transfer, figures, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from softprompt.analysis.common import correlation
+from softprompt.analysis.geometry import clamp_perplexity, drift, embed_2d, geometry_report, pairwise_distances, prompt_points
+from softprompt.analysis.neighbors import (
+    TokenReader,
+    analyze_neighbors,
+    evaluate_projection,
+    input_embedding_matrix,
+    nearest_tokens,
+    neighbors_report,
+    project_prompt,
+    readable_token,
+    token_ranks,
+)
+from softprompt.analysis.scripts import summarize_scripts, token_script
+from softprompt.analysis.transfer import (
+    prompt_similarity,
+    share_beating_no_prompt,
+    similarity_vs_gain,
+    transfer_matrix,
+    transfer_report,
+)
+from softprompt.errors import SoftPromptError
+from softprompt.evaluate import Evaluator
+from softprompt.io import write_json
+from softprompt.prompt import PromptInit, SoftPrompt
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path) -> bool:
+    data = Path(path).read_bytes()
+    return data[:8] == PNG_MAGIC and len(data) > 1000
+
+
+def make_run(path: Path, task: str, seed: int, weight, initial, init_ids, *, model="tiny", final=None, no_prompt=None) -> Path:
+    """A complete run directory written by hand: prompt.safetensors + run.json (format 1)."""
+    path.mkdir(parents=True)
+    sp = SoftPrompt(weight, PromptInit("text", "test init", list(init_ids), seed), initial)
+    sp.save(path / "prompt.safetensors")
+    write_json(
+        path / "run.json",
+        {
+            "format": 1,
+            "status": "complete",
+            "config": {"task": task, "seed": seed, "method": "prompt", "model": model},
+            "prompt": {
+                "n_tokens": sp.n_tokens,
+                "dim": sp.dim,
+                "init": {"method": "text", "text": "test init", "token_ids": list(init_ids)},
+            },
+            "final": {"accuracy": final},
+            "baselines": {"no_prompt": {"accuracy": no_prompt}},
+        },
+    )
+    return path
+
+
+@pytest.fixture
+def emb(tiny_llama):
+    return input_embedding_matrix(tiny_llama.model, n_tokens=len(tiny_llama.tokenizer))
+
+
+@pytest.fixture
+def two_task_data(toy_data) -> Path:
+    """The toy RTE folder plus a tiny BoolQ validation file: two target tasks."""
+    d = toy_data / "boolq"
+    d.mkdir()
+    rows = [
+        {"passage": "The cat sat on the mat.", "question": "did the cat sit", "label": True},
+        {"passage": "The dog ran away quickly.", "question": "did the dog sit", "label": False},
+        {"passage": "A charming movie.", "question": "is the movie good", "label": True},
+    ]
+    with open(d / "val.jsonl", "w") as f:
+        for i, r in enumerate(rows):
+            f.write(json.dumps(dict(r, idx=i)) + "\n")
+    return toy_data
+
+
+@pytest.fixture
+def fake_runs(tmp_path, tiny_llama, emb):
+    """Two RTE runs and one BoolQ run on the tiny model, each initialised from known token rows."""
+    gen = torch.Generator().manual_seed(1)
+    out = []
+    for name, task, seed, ids, noise in (
+        ("rte-0", "rte", 0, [10, 20, 30, 40], 0.0),
+        ("rte-1", "rte", 1, [10, 20, 30, 40], 0.05),
+        ("boolq-0", "boolq", 0, [50, 60, 70, 80], 0.05),
+    ):
+        initial = emb[ids].clone()
+        weight = initial + noise * torch.randn(initial.shape, generator=gen)
+        out.append(
+            make_run(
+                tmp_path / "runs" / name,
+                task,
+                seed,
+                weight,
+                initial,
+                ids,
+                final=0.5 + seed / 10,
+                no_prompt=0.5 if task == "rte" else 0.4,
+            )
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- nearest tokens
+
+
+def test_known_token_rows_come_back_first_with_cosine_one():
+    torch.manual_seed(0)
+    E = torch.randn(500, 16)
+    ids = [3, 77, 123, 499]
+    got, sims = nearest_tokens(E[ids], E, k=3)
+    assert got[:, 0].tolist() == ids
+    torch.testing.assert_close(sims[:, 0], torch.ones(4), atol=1e-5, rtol=0)
+    assert (sims[:, 1] < sims[:, 0]).all()
+    # chunked search equals one matmul; both equal a brute-force reference
+    chunked_ids, chunked_sims = nearest_tokens(E[ids], E, k=3, chunk_size=37)
+    assert torch.equal(chunked_ids, got)
+    ref = torch.nn.functional.normalize(E[ids], dim=1) @ torch.nn.functional.normalize(E, dim=1).T
+    assert torch.equal(ref.topk(3, dim=1).indices, got)
+    # dot product ranks by raw inner product
+    dot_ids, dot_sims = nearest_tokens(E[ids], E, k=2, metric="dot", chunk_size=64)
+    ref_dot = (E[ids] @ E.T).topk(2, dim=1)
+    assert torch.equal(dot_ids, ref_dot.indices)
+    torch.testing.assert_close(dot_sims, ref_dot.values)
+
+
+def test_token_ranks_and_errors():
+    torch.manual_seed(0)
+    E = torch.randn(200, 8)
+    ids = [5, 6, 7]
+    assert token_ranks(E[ids], E, ids) == [1, 1, 1]
+    # the nearest token of row 5 is 5 itself, so token 6 cannot be first for that row
+    assert token_ranks(E[ids], E, [6, 6, 6])[0] > 1
+    with pytest.raises(SoftPromptError, match="metric"):
+        nearest_tokens(E[ids], E, metric="euclid")
+    with pytest.raises(SoftPromptError, match="width"):
+        nearest_tokens(torch.randn(2, 9), E)
+
+
+def test_unchanged_prompt_survives_fully(tiny_llama, emb):
+    ids = [10, 20, 30, 10]
+    prompt = emb[ids].clone()
+    a = analyze_neighbors(prompt, prompt.clone(), ids, emb, tiny_llama.tokenizer, k=3)
+    s = a["summary"]
+    assert s["survival_rate"] == 1.0 and s["top1_is_initial_rate"] == 1.0
+    assert s["surviving_positions"] == [0, 1, 2, 3]
+    assert len(s["surviving_words"]) == 3  # token 10 appears twice, listed once
+    assert s["mean_cos_to_initial"] == pytest.approx(1.0, abs=1e-6)
+    for pos, i in zip(a["positions"], ids, strict=True):
+        assert pos["tokens"][0]["id"] == i and pos["initial_rank"] == 1 and pos["survived"]
+        assert pos["l2_to_initial"] == pytest.approx(0.0, abs=1e-6)
+    d = drift(prompt, prompt.clone())
+    assert d["frobenius"] == 0.0 and d["mean_token_cosine"] == pytest.approx(1.0)
+
+
+def test_moved_prompt_loses_its_initial_token(tiny_llama, emb):
+    ids = [10, 20]
+    prompt = emb[[10, 99]].clone()  # position 1 now sits exactly on token 99
+    a = analyze_neighbors(prompt, emb[ids], ids, emb, tiny_llama.tokenizer, k=1)
+    assert a["positions"][0]["survived"] and not a["positions"][1]["survived"]
+    assert a["positions"][1]["tokens"][0]["id"] == 99 and a["positions"][1]["initial_rank"] > 1
+    assert a["summary"]["survival_rate"] == 0.5
+    # random init: no initial tokens, token fields are None but the vector comparison still works
+    r = analyze_neighbors(prompt, emb[ids], [], emb, tiny_llama.tokenizer, k=2)
+    assert r["summary"]["survival_rate"] is None and r["positions"][0]["survived"] is None
+    assert r["positions"][0]["cos_to_initial"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_readable_tokens(tiny_tokenizer):
+    tok = tiny_tokenizer
+    reader = TokenReader(tok)
+    assert reader.byte_level
+    assert readable_token(tok, tok.convert_tokens_to_ids("<pad>")) == "<pad> [special]"
+    assert readable_token(tok, tok.convert_tokens_to_ids("Ġcat")) == "␣cat"
+    # byte 0xE4 alone (first byte of 你) is a fragment; the byte-level alphabet maps it to 'ä'
+    frag = tok.convert_tokens_to_ids("ä")
+    assert readable_token(tok, frag) == "<0xE4>"
+    assert reader.describe([frag])[0]["script"] == "byte fragment"
+    newline = tok.convert_tokens_to_ids("Ċ")
+    assert readable_token(tok, newline) == "\\n"
+
+
+# ----------------------------------------------------------------------------- scripts
+
+
+@pytest.mark.parametrize(
+    ("token", "script"),
+    [
+        ("hello", "Latin"),
+        (" hello", "Latin"),
+        ("你好", "Han"),
+        ("привет", "Cyrillic"),
+        ("Ελλάδα", "Greek"),
+        ("مرحبا", "Arabic"),
+        ("नमस्ते", "Devanagari"),
+        ("한국", "Hangul"),
+        ("カタカナ", "Hiragana/Katakana"),
+        ("שלום", "Hebrew"),
+        ("สวัสดี", "Thai"),
+        ("123", "digits"),
+        ("!?", "punctuation"),
+        ("  ", "whitespace"),
+        (b"\xe4\xbd", "byte fragment"),
+        ("<0xE4>", "byte fragment"),
+        ("café", "Latin"),
+    ],
+)
+def test_token_script_table(token, script):
+    assert token_script(token) == script
+    assert token_script(token, special=True) == "special"
+
+
+def test_script_summary_per_prompt_and_task():
+    def analysis(task, scripts):
+        return {"task": task, "positions": [{"tokens": [{"script": s} for s in row]} for row in scripts]}
+
+    out = summarize_scripts(
+        {"a": analysis("rte", [["Latin", "Han"], ["Latin", "Latin"]]), "b": analysis("rte", [["Han", "digits"]])},
+        vocabulary={"Latin": 90, "Han": 10},
+    )
+    assert out["prompts"]["a"]["top_k"] == {"Latin": 3, "Han": 1}
+    assert out["prompts"]["b"]["top_1"] == {"Han": 1}
+    assert out["tasks"]["rte"]["top_k"] == {"Han": 2, "Latin": 3, "digits": 1} or out["tasks"]["rte"]["top_k"] == {
+        "Latin": 3,
+        "Han": 2,
+        "digits": 1,
+    }
+    assert out["tasks"]["rte"]["top_k_over_vocabulary"]["Han"] == pytest.approx((2 / 6) / 0.1)
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def test_embed_2d_shapes_and_determinism():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 20))
+    for method in ("tsne", "pca"):
+        a = embed_2d(x, method, seed=3)
+        b = embed_2d(x, method, seed=3)
+        assert a.shape == (12, 2) and np.array_equal(a, b)
+    assert embed_2d(x[:2], "tsne").shape == (2, 2)  # perplexity clamped below n
+    assert embed_2d(x[:1], "tsne").tolist() == [[0.0, 0.0]]
+    assert clamp_perplexity(30, 5) == pytest.approx(4 / 3) and clamp_perplexity(30, 1000) == 30
+
+
+def test_prompt_points_levels_and_dedup():
+    p = [torch.randn(3, 4), torch.randn(3, 4)]
+    init = torch.randn(3, 4)
+    pts, meta = prompt_points(p, [init, init.clone()], "token")
+    assert pts.shape == (9, 4)  # 6 soft tokens + 3 tokens of the one distinct initial prompt
+    assert [m["kind"] for m in meta].count("initial") == 3 and meta[-1]["initial_of"] == [0, 1]
+    pts, _ = prompt_points(p, [init, torch.randn(3, 4)], "prompt")
+    assert pts.shape == (4, 12)
+    with pytest.raises(SoftPromptError, match="one shape"):
+        prompt_points([torch.randn(3, 4), torch.randn(2, 4)], [torch.randn(3, 4), torch.randn(2, 4)], "prompt")
+
+
+def test_pairwise_distances_known_values():
+    a = torch.zeros(2, 3)
+    b = torch.zeros(2, 3)
+    b[0, 0] = 3.0
+    b[1, 1] = 4.0
+    a[0, 0] = a[1, 1] = 1.0
+    d = pairwise_distances([a, b, a.clone()])
+    assert d["frobenius"][0][1] == pytest.approx(float((b - a).norm()))
+    assert d["frobenius"][0][2] == 0.0
+    assert d["mean_token_cosine"][0][1] == pytest.approx(1.0)  # same directions, different lengths
+    with pytest.raises(SoftPromptError, match="one shape"):
+        pairwise_distances([a, torch.zeros(3, 3)])
+
+
+def test_correlation_matches_scipy():
+    x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    y = [2.0, 1.0, 4.0, 3.0, 7.0, 5.0]
+    c = correlation(x, y)
+    pr, sr = stats.pearsonr(x, y), stats.spearmanr(x, y)
+    assert c["pearson_r"] == pytest.approx(pr.statistic) and c["pearson_p"] == pytest.approx(pr.pvalue)
+    assert c["spearman_rho"] == pytest.approx(sr.statistic) and c["spearman_p"] == pytest.approx(sr.pvalue)
+    assert c["n"] == 6
+    assert correlation([1, 2], [3, 4])["pearson_r"] is None
+    assert correlation([1, 2, 3], [5, 5, 5])["spearman_rho"] is None
+
+
+def test_geometry_report_writes_json_and_figures(fake_runs, tmp_path):
+    out = tmp_path / "geo"
+    rep = geometry_report(fake_runs, out, seed=0)
+    assert json.loads((out / "geometry.json").read_text())["level"] == "token"
+    drifts = {r["id"]: r["drift"]["frobenius"] for r in rep["runs"]}
+    assert drifts["rte-s0"] == 0.0 and drifts["rte-s1"] > 0
+    assert rep["within_task"]["rte"]["frobenius_stats"]["pairs"] == 1
+    assert [e["task"] for e in rep["summary"]["equidistance"]] == ["rte"]
+    assert {d["task"] for d in rep["summary"]["task_drift"]} == {"rte", "boolq"}
+    # 3 runs x 4 tokens + 2 distinct initial prompts x 4 tokens
+    assert len(rep["projections"]["tsne"]["points"]) == 20
+    for name in ("tsne", "pca", "drift", "distances"):
+        assert _is_png(rep["figures"][name])
+    again = geometry_report(fake_runs, None, seed=0)
+    assert again["projections"]["tsne"]["points"] == rep["projections"]["tsne"]["points"]
+
+
+# ----------------------------------------------------------------------------- transfer
+
+
+def test_prompt_similarity_and_length_mismatch():
+    a, b = torch.randn(3, 5), torch.randn(3, 5)
+    s = prompt_similarity([a, b])
+    assert s["frobenius"][0][1] == pytest.approx(float((b - a).norm()), rel=1e-6)
+    pooled = torch.nn.functional.cosine_similarity(a.mean(0), b.mean(0), dim=0)
+    assert s["pooled_cosine"][0][1] == pytest.approx(float(pooled), rel=1e-6)
+    tok = torch.nn.functional.cosine_similarity(a, b, dim=1).mean()
+    assert s["token_cosine"][1][0] == pytest.approx(float(tok), rel=1e-6)
+    with pytest.raises(SoftPromptError, match="pooled_cosine"):
+        prompt_similarity([a, torch.randn(4, 5)])
+    assert len(prompt_similarity([a, torch.randn(4, 5)], metrics=("pooled_cosine",))["pooled_cosine"]) == 2
+
+
+def test_share_and_similarity_correlation_on_constructed_matrix():
+    m = {
+        "runs": ["a0", "a1", "b0", "c0"],
+        "source_tasks": ["a", "a", "b", "c"],
+        "tasks": ["a", "b", "c"],
+        "gain": [[0.3, 0.1, -0.1], [0.2, 0.2, 0.05], [0.0, 0.4, 0.1], [0.1, -0.2, 0.5]],
+    }
+    share = share_beating_no_prompt(m)
+    assert share["transfers"] == 8 and share["beat_no_prompt"] == 5 and share["ties"] == 1
+    sim = np.arange(16, dtype=float).reshape(4, 4).tolist()
+    c = similarity_vs_gain(m, {"pooled_cosine": sim})["pooled_cosine"]
+    xs = [p["similarity"] for p in c["pairs"]]
+    ys = [p["gain"] for p in c["pairs"]]
+    assert c["n"] == 8 and c["pearson_r"] == pytest.approx(stats.pearsonr(xs, ys).statistic)
+    # a0 on task b: mean similarity to the b prompt (index 2)
+    first = c["pairs"][0]
+    assert (first["run"], first["target"], first["similarity"]) == ("a0", "b", 2.0)
+
+
+def test_transfer_matrix_on_tiny_model(tiny_llama, two_task_data, fake_runs, tmp_path):
+    ev = Evaluator(tiny_llama, data_dir=two_task_data)
+    m = transfer_matrix(ev, fake_runs, ["rte", "boolq"])
+    assert m["tasks"] == ["rte", "boolq"] and len(m["accuracy"]) == 3 and all(len(r) == 2 for r in m["accuracy"])
+    direct = ev.evaluate("boolq", SoftPrompt.load(fake_runs[0] / "prompt.safetensors").weight.detach())
+    assert m["accuracy"][0][1] == direct.accuracy
+    assert m["no_prompt"]["rte"] == ev.evaluate("rte", None).accuracy
+    for row, gains in zip(m["accuracy"], m["gain"], strict=True):
+        assert gains == pytest.approx([a - m["no_prompt"][t] for a, t in zip(row, m["tasks"], strict=True)])
+    assert m["own_task"]["rte-s0"] == m["accuracy"][0][0]
+    rep = transfer_report(ev, fake_runs, ["rte", "boolq"], tmp_path / "tr")
+    saved = json.loads((tmp_path / "tr" / "transfer.json").read_text())
+    assert saved["matrix"]["accuracy"] == rep["matrix"]["accuracy"]
+    assert rep["share_beating_no_prompt"]["transfers"] == 3 and rep["summary"]["n_transfers"] == 3
+    assert [c["similarity"] for c in rep["summary"]["correlations"]] == ["frobenius", "pooled_cosine", "token_cosine"]
+    assert set(rep["similarity"]) >= {"frobenius", "pooled_cosine", "token_cosine"}
+    for path in rep["figures"].values():
+        assert _is_png(path)
+
+
+# ----------------------------------------------------------------------------- neighbours report, projection, figures
+
+
+def test_neighbors_report_and_projection(tiny_llama, toy_data, fake_runs, tmp_path):
+    ev = Evaluator(tiny_llama, data_dir=toy_data)
+    out = tmp_path / "nb"
+    rep = neighbors_report(tiny_llama, fake_runs[:2], 3, out, project=True, evaluator=ev)
+    assert json.loads((out / "neighbors.json").read_text())["k"] == 3
+    r0 = rep["runs"]["rte-s0"]
+    assert r0["summary"]["survival_rate"] == 1.0 and r0["task"] == "rte"
+    acc = r0["projection"]["accuracy"]
+    # an unchanged prompt is its own exact projection
+    assert r0["projection"]["projection"]["token_ids"] == [10, 20, 30, 40]
+    assert acc["projected_soft"] == acc["soft"]
+    assert set(acc) == {"soft", "projected_soft", "projected_text", "no_prompt"}
+    assert "Latin" in rep["scripts"]["vocabulary"]
+    assert rep["summary"]["survival_by_task"]["rte"]["runs"] == 2
+    assert [p["run"] for p in rep["summary"]["projection"]] == ["rte-s0", "rte-s1"]
+    for path in rep["figures"].values():
+        assert _is_png(path)
+
+
+def test_figures_survive_cjk_and_dollar_tokens(tmp_path):
+    from softprompt.analysis.figures import heatmap, nearest_token_figure, scatter_2d, similarity_scatter
+
+    analysis = {
+        "metric": "cosine",
+        "summary": {"survival_rate": 0.5},
+        "positions": [
+            {
+                "position": 0,
+                "initial_id": 1,
+                "initial_token": "␣entail",
+                "tokens": [{"id": 1, "token": "␣entail", "similarity": 0.9}, {"id": 2, "token": "你好", "similarity": 0.5}],
+            },
+            {
+                "position": 1,
+                "initial_id": 3,
+                "initial_token": "$x$",
+                "tokens": [{"id": 4, "token": "नमस्ते", "similarity": 0.4}, {"id": 5, "token": "<0xE4>", "similarity": 0.3}],
+            },
+        ],
+    }
+    assert _is_png(nearest_token_figure(analysis, tmp_path / "n.png", title="rte $5"))
+    pts = [
+        {"x": 0.0, "y": 1.0, "kind": "soft", "task": "rte", "seed": 0},
+        {"x": 1.0, "y": 0.0, "kind": "initial", "task": "rte", "seed": None},
+    ]
+    assert _is_png(scatter_2d(pts, tmp_path / "s.png", title="t-SNE"))
+    assert _is_png(heatmap([[0.1, None], [0.3, 0.4]], ["a", "b"], ["x", "你"], tmp_path / "h.png", center=0.0))
+    assert _is_png(
+        similarity_scatter([0.1, 0.2, 0.3], [0.0, 0.1, 0.05], tmp_path / "c.png", r=0.5, p=0.6, labels=["a", "b", "c"])
+    )
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_geometry_neighbors_transfer(tiny_llama, two_task_data, fake_runs, tmp_path, capsys):
+    from softprompt.cli import main
+
+    model_dir = tmp_path / "tiny-model"
+    tiny_llama.model.save_pretrained(model_dir)
+    tiny_llama.tokenizer.save_pretrained(model_dir)
+    runs = [str(p) for p in fake_runs]
+    assert main(["geometry", *runs, "--out", str(tmp_path / "g")]) == 0
+    assert (tmp_path / "g" / "geometry.json").exists() and (tmp_path / "g" / "tsne.png").exists()
+    common = ["--model", str(model_dir), "--data-dir", str(two_task_data), "--compute-dtype", "float32", "--quiet"]
+    assert main(["neighbors", runs[0], "--project", "--out", str(tmp_path / "n"), *common]) == 0
+    assert (tmp_path / "n" / "neighbors.json").exists()
+    assert main(["transfer", *runs, "--tasks", "rte,boolq", "--out", str(tmp_path / "t"), "--max-eval", "3", *common]) == 0
+    assert json.loads((tmp_path / "t" / "transfer.json").read_text())["matrix"]["limit"] == 3
+    printed = capsys.readouterr().out
+    assert "no prompt" in printed and "projected text" in printed
+    assert main(["neighbors", runs[0], "--task", "rte", "--out", str(tmp_path / "x"), *common]) == 2
+
+
+# ----------------------------------------------------------------------------- real model
+
+
+@pytest.mark.integration
+def test_smollm_text_init_survives_and_projects_to_itself(smollm, data_dir):
+    from softprompt.prompt import init_prompt
+
+    tok = smollm.tokenizer
+    sp = init_prompt(smollm.model, tok, 8, "text", text="Does the hypothesis entail, or not entail the premise?")
+    E = input_embedding_matrix(smollm.model, n_tokens=len(tok))
+    a = analyze_neighbors(sp.weight, sp.initial, sp.init.token_ids, E, tok, k=3)
+    assert a["summary"]["survival_rate"] == 1.0
+    assert "␣entail" in a["summary"]["surviving_words"]
+    proj = project_prompt(sp.weight, E, tok)
+    assert proj["token_ids"] == sp.init.token_ids and proj["text"].startswith("Does the hypothesis entail")
+    res = evaluate_projection(Evaluator(smollm, data_dir=data_dir), "rte", sp.weight, E, limit=2, no_prompt=False)
+    assert res["n"] == 2 and res["accuracy"]["projected_soft"] == res["accuracy"]["soft"]

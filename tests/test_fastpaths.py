@@ -1,0 +1,179 @@
+"""Every fast path of the scorer against the plain one: same log-likelihoods, predictions and prompt gradient.
+
+The plain path is one forward over right-padded [prompt; row] rows (`fast=False`). The fast path
+shares the prompt's keys/values, computes a multi-token-choice example's context once, splits a
+batch into length groups, and under CPU autocast uses a low-precision weight copy and a float32
+head. Both tiny architectures matter: llama (RoPE, position ids) and BLOOM (ALiBi from the mask).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from softprompt import scoring
+from softprompt.batching import collate, encode_examples
+from softprompt.scoring import FAST, batch_choice_scores, choice_loss, choice_scores, plan_groups
+from softprompt.tasks.base import Example
+
+# mixed lengths, 2 and 3 choices, single- and multi-token choices, choices sharing first tokens
+EXAMPLES = [
+    Example("The cat sat on the mat.\nQuestion: True or False?\nAnswer:", (" True", " False"), 0),
+    Example("a boring movie", (" positive", " negative"), 1),
+    Example("the dog ran away quickly because", (" the cat sat on the mat", " it was charming"), 0),
+    Example("Does the hypothesis entail", (" yes", " no", " Neither"), 2),
+    Example("a charming movie therefore", (" the dog ran", " the dog sat on the mat quickly"), 1),
+    Example("good", (" the cat", " True", " the movie is boring and affecting"), 2),
+    Example(
+        "a movie review that is good, bad, charming, boring and affecting; the dog ran away quickly. " * 3,
+        (" positive", " negative"),
+        0,
+    ),
+]
+
+VARIANTS = {
+    "all": {},
+    "no_prompt_sharing": {"share_prompt": False},
+    "no_prefix_sharing": {"share_prefix": False},
+    "no_split": {"split_lengths": False},
+    "split_every_row": {"group_overhead_tokens": 0},
+}
+
+
+@pytest.fixture
+def fast_options():
+    """Restore the module-wide switches after a test flips them."""
+    saved = dataclasses.replace(FAST)
+    yield FAST
+    for f in dataclasses.fields(FAST):
+        setattr(FAST, f.name, getattr(saved, f.name))
+
+
+def _scores_and_grad(model, prompt, batch, fast, dtype=None):
+    p = prompt.detach().clone().requires_grad_(True)
+    ctx = scoring.autocast_context(torch.device("cpu"), dtype)
+    with ctx:
+        s = batch_choice_scores(model, p, batch, fast=fast)
+    loss = choice_loss(s, batch.labels)
+    loss.backward()
+    return s.detach(), p.grad.detach()
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_fast_equals_plain_fp32(tiny_backbone, fast_options, variant):
+    model, tok = tiny_backbone.model, tiny_backbone.tokenizer
+    for k, v in VARIANTS[variant].items():
+        setattr(fast_options, k, v)
+    torch.manual_seed(1)
+    prompt = torch.randn(5, model.config.hidden_size) * 0.1
+    enc = encode_examples(EXAMPLES, tok, n_prompt=5)
+    assert any(len(e.rows) > 1 for e in enc) and len({len(e.rows[0].ids) for e in enc}) > 3
+    batch = collate(enc, tok.pad_token_id)
+    plain, g_plain = _scores_and_grad(model, prompt, batch, fast=False)
+    fast, g_fast = _scores_and_grad(model, prompt, batch, fast=True)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    assert fast.argmax(1).tolist() == plain.argmax(1).tolist()
+    torch.testing.assert_close(g_fast, g_plain, atol=1e-6, rtol=1e-4)
+
+
+def test_fast_path_without_prompt(tiny_backbone):
+    model, tok = tiny_backbone.model, tiny_backbone.tokenizer
+    enc = encode_examples(EXAMPLES, tok)
+    batch = collate(enc, tok.pad_token_id)
+    with torch.no_grad():
+        plain = batch_choice_scores(model, None, batch, fast=False)
+        fast = batch_choice_scores(model, None, batch, fast=True)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_path_really_skips_work(tiny_llama, fast_options):
+    """The tree computes fewer tokens than the padded rows: the prompt once, shared contexts once."""
+    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    enc = encode_examples(EXAMPLES, tok, n_prompt=6)
+    batch = collate(enc, tok.pad_token_id)
+    prompt = torch.randn(6, model.config.hidden_size) * 0.1
+    scoring.STATS.clear()
+    with torch.no_grad():
+        batch_choice_scores(model, prompt, batch, fast=False)
+    plain = dict(scoring.STATS)
+    scoring.STATS.clear()
+    with torch.no_grad():
+        batch_choice_scores(model, prompt, batch, fast=True)
+    fast = dict(scoring.STATS)
+    assert fast["padded"] < plain["padded"] / 2
+    assert fast["real"] < plain["real"]
+    assert fast["head"] == plain["head"] == len(batch.target_row)
+
+
+def test_bf16_fast_close_to_plain_and_same_predictions(tiny_backbone, fast_options):
+    """Under bf16 autocast (low-precision weight copy, float32 head) scores stay within bf16 error."""
+    model, tok = tiny_backbone.model, tiny_backbone.tokenizer
+    torch.manual_seed(2)
+    prompt = torch.randn(4, model.config.hidden_size) * 0.1
+    enc = encode_examples(EXAMPLES, tok, n_prompt=4)
+    batch = collate(enc, tok.pad_token_id)
+    ref, g_ref = _scores_and_grad(model, prompt, batch, fast=False)  # float32 reference
+    fast, g_fast = _scores_and_grad(model, prompt, batch, fast=True, dtype=torch.bfloat16)
+    plain, g_plain = _scores_and_grad(model, prompt, batch, fast=False, dtype=torch.bfloat16)
+    finite = torch.isfinite(ref)
+    err_fast = (fast - ref)[finite].abs().max()
+    err_plain = (plain - ref)[finite].abs().max()
+    assert err_fast < 0.1 * max(1.0, float(ref[finite].abs().max()))
+    assert err_fast <= 2 * err_plain + 0.02  # no worse than autocast on the float32 weights
+    margin = (ref.topk(2, dim=1).values[:, 0] - ref.topk(2, dim=1).values[:, 1]).abs()
+    clear = margin > 4 * err_fast  # predictions must agree wherever the choice is not a near tie
+    assert fast.argmax(1)[clear].tolist() == ref.argmax(1)[clear].tolist()
+    cos = torch.nn.functional.cosine_similarity(g_fast.flatten(), g_ref.flatten(), dim=0)
+    assert cos > 0.98, cos
+
+
+def test_choice_scores_fast_equals_plain_with_mixed_batches(tiny_backbone, fast_options):
+    """The evaluation entry point (prompt keys/values computed once for all batches)."""
+    model, tok = tiny_backbone.model, tiny_backbone.tokenizer
+    prompt = torch.randn(3, model.config.hidden_size) * 0.1
+    enc = encode_examples(EXAMPLES * 3, tok, n_prompt=3)
+    fast = choice_scores(model, enc, prompt, pad_id=tok.pad_token_id, max_tokens=300, max_examples=5)
+    fast_options.enabled = False
+    plain = choice_scores(model, enc, prompt, pad_id=tok.pad_token_id, max_tokens=300, max_examples=5)
+    for a, b in zip(fast.logprobs, plain.logprobs, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+    assert fast.predictions == plain.predictions
+
+
+def test_low_precision_copy_cached_and_refreshed(tiny_llama):
+    model = tiny_llama.model
+    low = scoring.compute_model(model, torch.bfloat16)
+    assert low is not model and all(p.dtype == torch.bfloat16 for p in low.parameters())
+    assert scoring.compute_model(model, torch.bfloat16) is low
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert scoring.compute_model(model, None) is model and scoring.compute_model(model, torch.float32) is model
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # an in-place change to a weight invalidates the copy
+    fresh = scoring.compute_model(model, torch.bfloat16)
+    assert fresh is not low
+    torch.testing.assert_close(next(fresh.parameters()).float(), next(model.parameters()), atol=0.05, rtol=0.01)
+    next(model.parameters()).requires_grad_(True)  # a model whose weights train is never copied
+    try:
+        assert scoring.compute_model(model, torch.bfloat16) is model
+    finally:
+        next(model.parameters()).requires_grad_(False)
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [[5], [3, 3, 3], [10, 1, 100, 2, 50, 51, 52], list(range(1, 40)), [7, 7, 200, 7]],
+)
+@pytest.mark.parametrize("overhead", [0, 8, 48, 10_000])
+def test_plan_groups_is_optimal_partition(lengths, overhead):
+    groups = plan_groups(lengths, overhead)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+
+    def cost(gs):
+        return sum(overhead + len(g) * max(lengths[i] for i in g) for g in gs)
+
+    assert cost(groups) <= cost([list(range(len(lengths)))])
+    assert cost(groups) <= sum(overhead + n for n in lengths)
+    if overhead >= 10_000:
+        assert len(groups) == 1

@@ -1,0 +1,150 @@
+"""The whole study pipeline on a tiny model in seconds: runs, baselines, analyses, report; skip and resume."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from softprompt.errors import SoftPromptError
+from softprompt.study import load_study_config, run_study
+
+CONFIG = """
+[study]
+name = "tiny"
+model = "{model}"
+tasks = ["rte"]
+seeds = [0, 1, 2]
+data_dir = "{data}"
+
+[train]
+tokens = 3
+epochs = 2
+batch_size = 4
+lr = 0.1
+compute_dtype = "float32"
+max_length = 128
+
+[baselines]
+methods = {methods}
+
+[analysis]
+k = 3
+"""
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tiny_llama):
+    d = tmp_path / "tiny-model"
+    tiny_llama.model.save_pretrained(d)
+    tiny_llama.tokenizer.save_pretrained(d)
+    return d
+
+
+def _write(tmp_path, model_dir, data, methods='["majority", "no_prompt", "english_prompt", "finetune", "lora"]', **extra):
+    text = CONFIG.format(model=model_dir, data=data, methods=methods)
+    for k, v in extra.items():
+        text = text.replace(f"{k} = ", f"{k} = {v}  # was ", 1) if f"{k} = " in text else text
+    p = tmp_path / "study.toml"
+    p.write_text(text)
+    return p
+
+
+def test_whole_study_on_tiny_model(tmp_path, tiny_model_dir, toy_data):
+    cfg = _write(tmp_path, tiny_model_dir, toy_data)
+    out = tmp_path / "study"
+    results = run_study(cfg, out, progress=False)
+    assert len(results["runs"]) == 3
+    assert set(results["baselines"]["rte"]) == {"majority", "no_prompt", "english_prompt", "finetune", "lora"}
+    for key in ("neighbors", "geometry", "transfer"):
+        assert results[key]["summary"], key
+    page = (out / "report.html").read_text()
+    for title in (
+        "Findings",
+        "Setup",
+        "Accuracy",
+        "Nearest tokens",
+        "Scripts and languages",
+        "Projected prompts",
+        "Stochasticity",
+        "Transfer between tasks",
+    ):
+        assert title in page, title
+    assert "data:image/png;base64," in page and 'src="http' not in page
+    assert (out / "tables" / "accuracy.csv").read_text().startswith("task,method,accuracy")
+    saved = json.loads((out / "results.json").read_text())
+    # every soft-prompt accuracy in the report's table is the mean of the runs' own run.json numbers
+    accs = [json.loads((out / "runs" / f"rte-s{s}" / "run.json").read_text())["final"]["accuracy"] for s in (0, 1, 2)]
+    mean = sum(accs) / 3
+    assert re.search(rf"soft prompt.*?{mean:.3f} ±", page, re.S)
+    assert saved["setup"]["actions"] == {"rte-s0": "trained", "rte-s1": "trained", "rte-s2": "trained"}
+
+    # a second invocation skips every finished piece of work
+    again = run_study(cfg, out, progress=False)
+    assert set(again["setup"]["actions"].values()) == {"skipped"}
+    assert again["runs"] == results["runs"]
+
+
+def test_config_change_reruns_only_what_it_affects(tmp_path, tiny_model_dir, toy_data):
+    cfg = _write(tmp_path, tiny_model_dir, toy_data, methods='["majority"]')
+    out = tmp_path / "study"
+    run_study(cfg, out, progress=False)
+    text = cfg.read_text().replace("seeds = [0, 1, 2]", "seeds = [0, 1, 3]")
+    cfg.write_text(text)
+    res = run_study(cfg, out, progress=False)
+    assert res["setup"]["actions"] == {"rte-s0": "skipped", "rte-s1": "skipped", "rte-s3": "trained"}
+    cfg.write_text(text.replace("epochs = 2", "epochs = 1"))
+    res = run_study(cfg, out, progress=False)
+    assert set(res["setup"]["actions"].values()) == {"retrained"}
+
+
+def test_interrupted_study_resumes(tmp_path, tiny_model_dir, toy_data, monkeypatch):
+    import softprompt.train as train_mod
+
+    cfg = _write(tmp_path, tiny_model_dir, toy_data, methods='["majority"]')
+    out = tmp_path / "study"
+    calls = {"n": 0}
+    real = train_mod.choice_loss
+
+    def interrupting(scores, labels):
+        calls["n"] += 1
+        if calls["n"] == 8:  # 6 batches per run: the second batch of seed 1
+            raise KeyboardInterrupt
+        return real(scores, labels)
+
+    monkeypatch.setattr(train_mod, "choice_loss", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, out, progress=False)
+    monkeypatch.setattr(train_mod, "choice_loss", real)
+    res = run_study(cfg, out, progress=False)
+    assert res["setup"]["actions"]["rte-s0"] == "skipped"
+    assert res["setup"]["actions"]["rte-s1"] == "resumed"
+    assert (out / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("[study]\nmodle = 'x'\n", r"unknown key\(s\) \['modle'\]"),
+        ("[study]\ntasks = ['rte']\n[train]\nepoch = 3\n", r"unknown key\(s\) \['epoch'\]"),
+        ("[sudy]\n", "unknown section"),
+        ("[study\n", "invalid TOML"),
+        ("[study]\ntasks = ['nope']\n", "unknown task 'nope'"),
+        ("[baselines]\nmethods = ['magic']\n", "unknown \\['magic'\\]"),
+    ],
+)
+def test_bad_study_configs(tmp_path, text, match):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(SoftPromptError, match=match):
+        load_study_config(p)
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name in ("demo.toml", "cpu-study.toml", "seed-study.toml"):
+        cfg = load_study_config(root / name)
+        assert cfg.tasks and cfg.seeds
