@@ -125,7 +125,11 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_llama, toy_data, tmp_path
         train(_cfg(toy_data), tmp_path / "r", backbone=tiny_llama, progress=False)
     ckpt = load_file(str(tmp_path / "r" / "checkpoint.safetensors"))
     assert torch.isfinite(ckpt["param/prompt"]).all()
-    assert json.loads((tmp_path / "r" / "checkpoint.json").read_text())["epoch"] == 1
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "r" / "checkpoint.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["state"])["epoch"] == 1
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "failed"
 
 
 @pytest.mark.parametrize("bad", [dict(method="x"), dict(init="nope"), dict(tokens=0), dict(lr=-1.0), dict(warmup=2.0)])

@@ -19,7 +19,6 @@ RUN_FORMAT = 1
 RUN_FILE = "run.json"
 BEST_PROMPT_FILE = "best.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
-CHECKPOINT_STATE = "checkpoint.json"
 METRICS_FILE = "metrics.jsonl"
 
 

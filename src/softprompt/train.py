@@ -8,6 +8,7 @@ continues from the checkpoint to the same result an uninterrupted run gives.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from softprompt.backbones import Backbone, load_backbone, resolve_compute_dtype, resolve_dtype
 from softprompt.batching import collate, encode_examples
@@ -26,7 +28,6 @@ from softprompt.prompt import INIT_METHODS, PROMPT_FILE, SoftPrompt, init_prompt
 from softprompt.runs import (
     BEST_PROMPT_FILE,
     CHECKPOINT_FILE,
-    CHECKPOINT_STATE,
     METRICS_FILE,
     RUN_FILE,
     RUN_FORMAT,
@@ -158,27 +159,31 @@ def _save_trainables(path: Path, trainable: dict[str, torch.nn.Parameter]) -> No
 
 
 def _save_checkpoint(out: Path, trainable, optimizer, scheduler, state: dict) -> None:
-    """Tensors (trainables + optimiser moments) to safetensors, the rest to JSON; never pickle."""
+    """One safetensors file: trainables + optimiser moments as tensors, the loop state as JSON metadata.
+
+    A single file replaced atomically, so a kill at any instant leaves either the old or the new
+    checkpoint, never a tensor file and a state file from different steps. Never pickle.
+    """
     tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in trainable.items()}
     names = list(trainable)
     for i, p in enumerate(trainable.values()):
         for k, v in optimizer.state.get(p, {}).items():
             if torch.is_tensor(v):
                 tensors[f"opt/{names[i]}/{k}"] = v.detach().cpu().contiguous()
-    with atomic_path(out / CHECKPOINT_FILE) as tmp:
-        save_file(tensors, str(tmp))
     state = dict(state, scheduler=scheduler.state_dict()["last_epoch"])
-    write_json(out / CHECKPOINT_STATE, state)
+    with atomic_path(out / CHECKPOINT_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"state": json.dumps(state)})
 
 
 def _load_checkpoint(out: Path, trainable, optimizer, scheduler) -> dict:
     try:
-        tensors = load_file(str(out / CHECKPOINT_FILE))
+        with safe_open(str(out / CHECKPOINT_FILE), framework="pt") as f:
+            state = json.loads((f.metadata() or {})["state"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as e:
         raise SoftPromptError(
-            f"{out / CHECKPOINT_FILE}: unreadable checkpoint ({e}); delete the run directory to restart"
+            f"{out / CHECKPOINT_FILE}: unreadable checkpoint ({type(e).__name__}: {e}); delete the run directory to restart"
         ) from None
-    state = read_json(out / CHECKPOINT_STATE)
     with torch.no_grad():
         for n, p in trainable.items():
             if f"param/{n}" not in tensors:
@@ -275,7 +280,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.schedule, int(cfg.warmup * total_steps), total_steps))
 
     state = {"epoch": 0, "micro_step": 0, "optimizer_step": 0, "history": [], "best": None, "elapsed": 0.0}
-    if resume and (out / CHECKPOINT_STATE).exists():
+    if resume and (out / CHECKPOINT_FILE).exists():
         state = _load_checkpoint(out, trainable, optimizer, scheduler)
     params = count_parameters(cfg, backbone, trainable)
     info = _run_info(cfg, backbone, task, prompt, params, status="running")
@@ -403,8 +408,7 @@ def train(
     )
     write_json(run_file, info)
     # A complete run needs no checkpoint (for full fine-tuning it is ~1.6 GB of Adam moments).
-    for name in (CHECKPOINT_FILE, CHECKPOINT_STATE):
-        (out / name).unlink(missing_ok=True)
+    (out / CHECKPOINT_FILE).unlink(missing_ok=True)
     return TrainResult(out, final_res, state["best"], base, state["history"], params)
 
 

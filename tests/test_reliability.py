@@ -1,0 +1,203 @@
+"""Faults: SIGKILL/SIGINT at random points resume to the bit-identical result; tampered artifacts are refused;
+property tests on templating, truncation and label mapping."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from softprompt.batching import collate, encode_examples
+from softprompt.errors import SoftPromptError
+from softprompt.prompt import SoftPrompt
+from softprompt.runs import load_run
+from softprompt.scoring import batch_choice_scores
+from softprompt.tasks import get_task
+from softprompt.tasks.base import Example
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tiny_llama):
+    d = tmp_path / "tiny-model"
+    tiny_llama.model.save_pretrained(d)
+    tiny_llama.tokenizer.save_pretrained(d)
+    return d
+
+
+def _train_cmd(model_dir, data, out, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "softprompt.cli",
+        "train",
+        "--task",
+        "rte",
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(data),
+        "--tokens",
+        "3",
+        "--epochs",
+        "30",
+        "--batch-size",
+        "2",
+        "--lr",
+        "0.1",
+        "--compute-dtype",
+        "float32",
+        "--checkpoint-every",
+        "1",
+        "--max-length",
+        "128",
+        "--quiet",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_killed_runs_resume_to_identical_result(tmp_path, tiny_model_dir, toy_data):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ref = tmp_path / "ref"
+    subprocess.run(_train_cmd(tiny_model_dir, toy_data, ref), check=True, env=env, capture_output=True, timeout=300)
+    cut = tmp_path / "cut"
+    rng = random.Random(0)
+    kills = 0
+    seen: list[tuple[str, bool]] = []  # (status after the kill, checkpoint present)
+    for attempt in range(12):
+        extra = ["--resume"] if (cut / "run.json").exists() else []
+        proc = subprocess.Popen(
+            _train_cmd(tiny_model_dir, toy_data, cut, *extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        if attempt < 4:
+            ckpt = cut / "checkpoint.safetensors"
+            before = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
+            deadline = time.time() + 120
+            while time.time() < deadline and proc.poll() is None:  # wait until this process is training
+                if ckpt.exists() and ckpt.stat().st_mtime_ns != before:
+                    break
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.0))
+            sig = signal.SIGKILL if attempt % 2 == 0 else signal.SIGINT
+            proc.send_signal(sig)
+            kills += 1
+        proc.wait(timeout=300)
+        if attempt < 4 and (cut / "run.json").exists():
+            seen.append((json.loads((cut / "run.json").read_text())["status"], (cut / "checkpoint.safetensors").exists()))
+        if (cut / "run.json").exists() and json.loads((cut / "run.json").read_text())["status"] == "complete":
+            break
+    assert kills >= 1
+    assert any(status in ("running", "interrupted") and ckpt for status, ckpt in seen), seen  # killed mid-training
+    assert load_run(cut).complete
+    a = load_file(str(ref / "prompt.safetensors"))
+    b = load_file(str(cut / "prompt.safetensors"))
+    assert torch.equal(a["prompt"], b["prompt"])
+    ref_losses = [json.loads(x)["train_loss"] for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    cut_losses = [json.loads(x)["train_loss"] for x in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert ref_losses == cut_losses
+    # no temporary files left behind
+    assert not [p for p in cut.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_tampered_artifacts_are_refused(tmp_path):
+    p = SoftPrompt(torch.randn(3, 8), init=__import__("softprompt.prompt", fromlist=["PromptInit"]).PromptInit("random"))
+    p.save(tmp_path / "p.safetensors")
+    raw = bytearray((tmp_path / "p.safetensors").read_bytes())
+    (tmp_path / "trunc.safetensors").write_bytes(bytes(raw[: len(raw) - 7]))
+    with pytest.raises(SoftPromptError, match="not a readable safetensors"):
+        SoftPrompt.load(tmp_path / "trunc.safetensors")
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x80\x04not a safetensors file at all")
+    with pytest.raises(SoftPromptError, match="not a readable safetensors"):
+        SoftPrompt.load(tmp_path / "garbage.safetensors")
+    nan = SoftPrompt(torch.full((2, 8), float("nan")), init=p.init)
+    nan.save(tmp_path / "nan.safetensors")
+    with pytest.raises(SoftPromptError, match="NaN"):
+        SoftPrompt.load(tmp_path / "nan.safetensors")
+
+
+def test_run_format_mismatch_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"format": 99, "status": "complete", "config": {"task": "rte"}}))
+    with pytest.raises(SoftPromptError, match="run format 99"):
+        load_run(tmp_path / "run")
+    (tmp_path / "run" / "run.json").write_text("{not json")
+    with pytest.raises(SoftPromptError, match="invalid JSON at line 1"):
+        load_run(tmp_path / "run")
+
+
+def test_pickled_peft_adapter_refused(tmp_path):
+    from softprompt.peft_interop import import_peft
+
+    d = tmp_path / "adapter"
+    d.mkdir()
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2}))
+    torch.save({"prompt_embeddings": torch.zeros(2, 4)}, d / "adapter_model.bin")
+    with pytest.raises(SoftPromptError, match="pickle"):
+        import_peft(d, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    import_peft(d, tmp_path / "run", allow_pickle=True)  # explicit opt-in; still loaded with weights_only=True
+    assert load_run(tmp_path / "run").prompt().weight.shape == (2, 4)
+
+
+# ----------------------------------------------------------------------------- properties
+
+WORDS = st.text(alphabet="abcdefghij tTF?.:\n", min_size=1, max_size=200)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    context=WORDS,
+    answer=st.text(alphabet="abcxyz ", min_size=1, max_size=30).map(lambda s: " " + s),
+    n_prompt=st.integers(0, 20),
+    max_length=st.integers(40, 120),
+)
+def test_truncation_never_cuts_answer_or_prompt(tiny_tokenizer, context, answer, n_prompt, max_length):
+    ex = Example(context, (answer, " no"), 0)
+    hard = "Does the hypothesis entail"
+    try:
+        enc = encode_examples([ex], tiny_tokenizer, n_prompt=n_prompt, hard_prompt=hard, max_length=max_length)[0]
+    except SoftPromptError:
+        return  # no room at all is refused, never silently cut
+    ans = tiny_tokenizer(answer, add_special_tokens=False)["input_ids"]
+    hard_ids = tiny_tokenizer(hard + "\n", add_special_tokens=False)["input_ids"]
+    ctx = tiny_tokenizer(context, add_special_tokens=False)["input_ids"]
+    for row in enc.rows:
+        assert len(row.ids) + n_prompt <= max_length
+        assert row.ids[: len(hard_ids)] == hard_ids
+    targets = sorted((pos, tok) for r in enc.rows for pos, tok, k in r.targets if k == 0)
+    assert [t for _, t in targets] == ans
+    kept = len(ctx) - enc.truncated
+    assert kept >= 1 and enc.rows[0].ids[len(hard_ids) : len(hard_ids) + kept] == ctx[enc.truncated :]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(contexts=st.lists(WORDS, min_size=2, max_size=5), seed=st.integers(0, 1000))
+def test_batched_and_unbatched_scores_agree(tiny_llama, contexts, seed):
+    torch.manual_seed(seed)
+    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    prompt = torch.randn(2, model.config.hidden_size) * 0.1
+    exs = [Example(c, (" True", " the cat sat"), 0) for c in contexts]
+    enc = encode_examples(exs, tok, n_prompt=2, max_length=256)
+    together = batch_choice_scores(model, prompt, collate(enc, tok.pad_token_id))
+    for i, e in enumerate(enc):
+        alone = batch_choice_scores(model, prompt, collate([e], tok.pad_token_id))
+        torch.testing.assert_close(together[i, :2], alone[0, :2], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["rte", "cb", "copa", "wsc", "boolq", "wic", "sst2"])
+def test_label_mapping_is_a_bijection(name):
+    task = get_task(name)
+    idx = [task.label_index(v, "test") for v in task.label_values]
+    assert sorted(idx) == list(range(task.num_classes))
+    assert len(set(task.label_words)) == task.num_classes
