@@ -44,6 +44,7 @@ class FastPathOptions:
     split_lengths: bool = True  # split a batch into length groups to skip padding
     lowp_weights: bool = True  # CPU autocast: keep a low-precision copy of frozen weights
     fp32_head: bool = True  # LM head in float32 on the scored positions under autocast
+    eager_backward: bool = True  # CPU + gradients: eager attention (its backward is ~3x torch's CPU flash kernel's)
     group_overhead_tokens: int = 48  # fixed cost of one extra forward, in tokens (length-group planner)
 
 
@@ -135,6 +136,26 @@ def compute_model(model, dtype: torch.dtype | None):
     low.eval()
     _LOWP[model] = (key, low)
     return low
+
+
+@contextlib.contextmanager
+def attention_for_grad(model):
+    """While a forward records gradients on CPU, run attention as plain matmuls (eager).
+
+    torch's CPU flash-attention backward is ~3x slower than the backward of eager attention at
+    these sizes (a few hundred tokens), while its forward is faster: evaluation keeps sdpa.
+    """
+    cfg = model.config
+    current = getattr(cfg, "_attn_implementation", None)
+    device = next(model.parameters()).device
+    if not (FAST.eager_backward and torch.is_grad_enabled() and device.type == "cpu" and current == "sdpa"):
+        yield
+        return
+    cfg._attn_implementation = "eager"  # noqa: SLF001
+    try:
+        yield
+    finally:
+        cfg._attn_implementation = current  # noqa: SLF001
 
 
 # ----------------------------------------------------------------------------- fast path (KV prefix tree)
@@ -358,6 +379,18 @@ def _fast_target_hidden(model, prompt, batch: Batch, kv0) -> torch.Tensor | None
     return out.index_select(0, inverse.to(device))
 
 
+def _plain_target_hidden(model, prompt, batch: Batch) -> torch.Tensor:
+    """Final hidden states at the target positions from one forward over the padded rows."""
+    device = next(model.parameters()).device
+    ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+    hidden = hidden_states(model, prompt, ids, mask)
+    n = 0 if prompt is None else prompt.shape[0]
+    STATS["forwards"] += 1
+    STATS["padded"] += hidden.shape[0] * hidden.shape[1]
+    STATS["real"] += int(mask.sum()) + n * ids.shape[0]
+    return hidden[batch.target_row.to(device), batch.target_pos.to(device) + n]  # [T, d]
+
+
 def _head_logprobs(model, low, picked: torch.Tensor) -> torch.Tensor:
     """Log-softmax over the vocabulary at the picked hidden states (float32)."""
     device = picked.device
@@ -378,18 +411,14 @@ def batch_choice_scores(model, prompt: torch.Tensor | None, batch: Batch, *, fas
     device = next(model.parameters()).device
     fast = FAST.enabled if fast is None else fast
     low = compute_model(model, autocast_dtype(device)) if fast else model
-    picked = _fast_target_hidden(low, prompt, batch, kv0) if fast else None
-    if picked is None:
-        ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-        hidden = hidden_states(low, prompt, ids, mask)
-        STATS["forwards"] += 1
-        STATS["padded"] += hidden.shape[0] * hidden.shape[1]
-        STATS["real"] += int(mask.sum()) + (0 if prompt is None else prompt.shape[0] * ids.shape[0])
-        offset = 0 if prompt is None else prompt.shape[0]
-        picked = hidden[batch.target_row.to(device), batch.target_pos.to(device) + offset]  # [T, d]
-        logprobs = lm_logits(low, picked).float().log_softmax(dim=-1) if not fast else _head_logprobs(model, low, picked)
-    else:
+    with attention_for_grad(low) if fast else contextlib.nullcontext():
+        picked = _fast_target_hidden(low, prompt, batch, kv0) if fast else None
+        if picked is None:
+            picked = _plain_target_hidden(low, prompt, batch)
+    if fast:
         logprobs = _head_logprobs(model, low, picked)
+    else:
+        logprobs = lm_logits(model, picked).float().log_softmax(dim=-1)
     STATS["head"] += picked.shape[0]
     tok_lp = logprobs.gather(1, batch.target_tok.to(device).unsqueeze(1)).squeeze(1)  # [T]
     flat = torch.zeros(batch.num_examples * batch.max_choices, device=device, dtype=tok_lp.dtype)

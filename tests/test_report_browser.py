@@ -1,0 +1,71 @@
+"""The report in a real headless browser (Debian's Chromium): it renders, every image loads, no console errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory, tiny_tokenizer):
+    """A complete tiny study (every section) to render."""
+    from tests.conftest import _tiny_model
+    from tests.test_study import CONFIG
+
+    root = tmp_path_factory.mktemp("browser")
+    model = _tiny_model("llama", len(tiny_tokenizer))
+    model.save_pretrained(root / "model")
+    tiny_tokenizer.save_pretrained(root / "model")
+    import json
+
+    data = root / "data" / "rte"
+    data.mkdir(parents=True)
+    rows = [{"premise": "The cat sat on the mat.", "hypothesis": "The cat sat.", "label": "entailment"},
+            {"premise": "The dog ran away quickly.", "hypothesis": "The dog sat.", "label": "not_entailment"}]
+    for name, n in (("train.jsonl", 6), ("val.jsonl", 2)):
+        (data / name).write_text("".join(json.dumps(dict(r, idx=i)) + "\n" for i, r in enumerate(rows * n)))
+    cfg = root / "study.toml"
+    cfg.write_text(CONFIG.format(model=root / "model", data=root / "data", methods='["majority", "no_prompt", "english_prompt"]'))
+    from softprompt.study import run_study
+
+    run_study(cfg, root / "study", progress=False)
+    return root / "study" / "report.html"
+
+
+def test_report_renders_in_chromium(tiny_report):
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no Chromium installed (.ci/run installs Debian's chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    errors: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(tiny_report.as_uri())
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth, e.alt])")
+        headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        browser.close()
+    assert not errors, errors
+    assert len(images) >= 5
+    broken = [alt for complete, width, alt in images if not complete or width == 0]
+    assert not broken, broken
+    for title in ("Findings", "Accuracy", "Nearest tokens and surviving words", "Stochasticity across seeds",
+                  "Transfer between tasks"):
+        assert title in headings
+    assert (ARTIFACTS / "report.png").stat().st_size > 10_000
