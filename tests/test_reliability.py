@@ -201,3 +201,20 @@ def test_label_mapping_is_a_bijection(name):
     idx = [task.label_index(v, "test") for v in task.label_values]
     assert sorted(idx) == list(range(task.num_classes))
     assert len(set(task.label_words)) == task.num_classes
+
+
+def test_trust_remote_code_off_by_default(tmp_path, monkeypatch):
+    import softprompt.backbones as bb
+
+    seen = {}
+
+    def fake(name, **kw):
+        seen.setdefault("calls", []).append(kw.get("trust_remote_code"))
+        raise OSError("not found")
+
+    monkeypatch.setattr(bb.AutoTokenizer, "from_pretrained", fake)
+    with pytest.raises(SoftPromptError):
+        bb.load_backbone("someone/some-model")
+    with pytest.raises(SoftPromptError):
+        bb.load_backbone("someone/some-model", trust_remote_code=True)
+    assert seen["calls"] == [False, True]

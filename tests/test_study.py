@@ -148,3 +148,12 @@ def test_shipped_configs_are_valid():
     for name in ("demo.toml", "cpu-study.toml", "seed-study.toml"):
         cfg = load_study_config(root / name)
         assert cfg.tasks and cfg.seeds
+
+
+@pytest.mark.parametrize("task", ["../../etc/passwd.toml", "..toml", "/abs/dir/my task.toml", "rte"])
+def test_run_dirs_cannot_escape_the_study(task, tmp_path):
+    from softprompt.study import _run_dir_name
+
+    name = _run_dir_name(task)
+    target = (tmp_path / "runs" / f"{name}-s0").resolve()
+    assert target.parent == (tmp_path / "runs").resolve() and not name.startswith(".")

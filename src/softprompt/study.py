@@ -113,7 +113,10 @@ def file_digest(path: Path) -> str:
 
 
 def _run_dir_name(task: str) -> str:
-    return Path(task).stem if task.endswith(".toml") else task
+    """A directory name for a task that cannot escape the study directory (no separators, no leading dot)."""
+    name = Path(task).stem if task.endswith(".toml") else task
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
+    return safe or "task"
 
 
 @dataclass
