@@ -39,6 +39,7 @@ VARIANTS = {
     "no_prefix_sharing": {"share_prefix": False},
     "no_split": {"split_lengths": False},
     "split_every_row": {"group_overhead_tokens": 0},
+    "share_prompt_always": {"group_overhead_tokens": 1},
 }
 
 
@@ -177,3 +178,21 @@ def test_plan_groups_is_optimal_partition(lengths, overhead):
     assert cost(groups) <= sum(overhead + n for n in lengths)
     if overhead >= 10_000:
         assert len(groups) == 1
+
+
+@pytest.mark.parametrize("n,bs", [(1, 8), (7, 8), (8, 8), (64, 8), (67, 8), (300, 4), (50, 1)])
+def test_length_grouped_order_is_a_deterministic_permutation_with_less_padding(n, bs):
+    from softprompt.batching import length_grouped_order
+
+    g = torch.Generator().manual_seed(n)
+    lengths = torch.randint(5, 300, (n,), generator=g).tolist()
+    order = torch.randperm(n, generator=g).tolist()
+    grouped = length_grouped_order(order, lengths, bs)
+    assert sorted(grouped) == list(range(n)) and grouped == length_grouped_order(order, lengths, bs)
+    if n % bs:  # the partial batch stays last, so chunking by bs gives full batches first
+        assert len(grouped[-(n % bs) :]) == n % bs
+
+    def padded(o):
+        return sum(len(o[k : k + bs]) * max(lengths[i] for i in o[k : k + bs]) for k in range(0, n, bs))
+
+    assert padded(grouped) <= padded(order)

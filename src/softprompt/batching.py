@@ -161,3 +161,26 @@ def length_batches(encoded: Sequence[EncodedExample], max_tokens: int, max_examp
     if current:
         batches.append(current)
     return batches
+
+
+def length_grouped_order(order: Sequence[int], lengths: Sequence[int], batch_size: int, group: int = 16) -> list[int]:
+    """Reorder a shuffled `order` so consecutive `batch_size` chunks hold examples of similar length.
+
+    Like Hugging Face's group_by_length: `order` is cut into windows of `group` batches, each window
+    is sorted by length (longest first) and cut into batches, and the batches are put back in an
+    order that depends only on `order` itself (so it is as deterministic as `order`). The final
+    partial batch, if any, stays last. Padding per batch drops; which examples share a batch changes.
+    """
+    if batch_size <= 1 or len(order) <= batch_size:
+        return list(order)
+    window = batch_size * group
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
+        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+    full = [b for b in batches if len(b) == batch_size]
+    partial = [b for b in batches if len(b) < batch_size]
+    # interleave deterministically: sort full batches by the position of their first element in `order`
+    rank = {i: k for k, i in enumerate(order)}
+    full.sort(key=lambda b: min(rank[i] for i in b))
+    return [i for b in full + partial for i in b]

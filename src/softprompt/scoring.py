@@ -44,8 +44,9 @@ class FastPathOptions:
     split_lengths: bool = True  # split a batch into length groups to skip padding
     lowp_weights: bool = True  # CPU autocast: keep a low-precision copy of frozen weights
     fp32_head: bool = True  # LM head in float32 on the scored positions under autocast
+    fp32_residual: bool = False  # low-precision copy: keep the residual stream in float32 (slower, closer to fp32)
     eager_backward: bool = True  # CPU + gradients: eager attention (its backward is ~3x torch's CPU flash kernel's)
-    group_overhead_tokens: int = 48  # fixed cost of one extra forward, in tokens (length-group planner)
+    group_overhead_tokens: int = 64  # fixed cost of one more forward (weights streamed again), in tokens
 
 
 FAST = FastPathOptions()
@@ -212,7 +213,9 @@ def _body(model, embeds, mask, kv, *, position_ids=None, keep_cache=False):
 
 
 def _embed_dtype(model) -> torch.dtype:
-    return model.get_input_embeddings().weight.dtype
+    """The dtype the residual stream runs in: the embeddings' (float32 if FAST.fp32_residual)."""
+    dtype = model.get_input_embeddings().weight.dtype
+    return torch.float32 if FAST.fp32_residual and dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 def prompt_kv(model, prompt: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -297,14 +300,15 @@ def _fast_target_hidden(model, prompt, batch: Batch, kv0) -> torch.Tensor | None
         for r in u:
             row_unit[r], row_plen[r] = ui, unit_len[ui]
 
-    if kv0 is None and prompt is not None and FAST.share_prompt:
+    # the prompt's own forward streams every weight once more: worth it unless the prompt is short
+    # and the rows few (evaluation passes kv0, computed once for all its batches)
+    if kv0 is None and prompt is not None and FAST.share_prompt and (len(unit_rows) - 1) * n >= FAST.group_overhead_tokens:
         kv0 = prompt_kv(model, prompt)
     embed = model.get_input_embeddings()
 
     def embeds_of(ids: torch.Tensor, with_prompt: bool) -> torch.Tensor:
-        if with_prompt:
-            return prompt_embeds(model, ids, prompt)
-        return embed(ids)
+        out = prompt_embeds(model, ids, prompt) if with_prompt else embed(ids)
+        return out.to(_embed_dtype(model))
 
     t_row, t_pos = batch.target_row.tolist(), batch.target_pos.tolist()
     picked: list[torch.Tensor] = []
@@ -361,7 +365,7 @@ def _fast_target_hidden(model, prompt, batch: Batch, kv0) -> torch.Tensor | None
         src = torch.tensor([i for i, _ in suffix_rows], device=device)
         kv2 = [(k.index_select(0, src), v.index_select(0, src)) for k, v in kv1]
         mask2 = torch.cat([full_mask.index_select(0, src), smask], dim=1)
-        h2, _ = _body(model, embed(sids), mask2, kv2, position_ids=pos if takes_positions else None)
+        h2, _ = _body(model, embeds_of(sids, False), mask2, kv2, position_ids=pos if takes_positions else None)
         sel_j, sel_t = [], []
         for j, (_, r) in enumerate(suffix_rows):
             for k in unit_targets.get(row_unit[r], []):

@@ -1,0 +1,333 @@
+"""Training throughput, memory and accuracy: softprompt's training step vs PEFT's prompt-tuning recipe.
+
+Both arms train a soft prompt of the same number of virtual tokens, initialised from the same task
+description, on the same training subset, with the same batch size, epochs and batch order, on two
+separately loaded copies of the same frozen model. Their steps run interleaved in one process
+(arm A step, arm B step, ...), so load from other processes hits both alike; each epoch's time per
+arm is the sum of its step times and the reported examples/s is the median over epochs.
+
+- softprompt: the inner step of `softprompt.train.train` (collate with dynamic padding -> scorer under
+  autocast (compute_dtype "auto" = bf16 on this CPU) -> cross-entropy over the choices -> AdamW with
+  the project's linear schedule); the scorer's fast paths are on (see softprompt.scoring).
+- peft: the recipe of PEFT's prompt-tuning causal-LM example (bloomz-560m, twitter_complaints):
+  `get_peft_model(PromptTuningConfig(task_type="CAUSAL_LM", prompt_tuning_init="TEXT", ...))`, inputs
+  tokenized as text + answer + pad, LEFT-padded to a fixed max_length, labels -100 on the input, the
+  model's own LM loss (full-vocabulary logits at every position), AdamW(lr), linear schedule with no
+  warmup, float32. max_length is the longest example of the subset so nothing is cut (the recipe's
+  truncation would cut answers).
+
+Peak memory (VmHWM) is measured in separate subprocesses, one per arm, running the same steps.
+Validation accuracy of both learned prompts comes from softprompt's Evaluator on the same subset
+(for PEFT the learned `prompt_encoder` embedding weight is the soft prompt).
+
+    .venv/bin/python bench/train_vs_peft.py                       # ~4 min on 2 cores
+    .venv/bin/python bench/train_vs_peft.py --train 128 --epochs 3 --arms softprompt,softprompt-fp32,peft
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (sets sys.path and offline env)
+
+from softprompt import scoring  # noqa: E402
+from softprompt.backbones import load_backbone, resolve_compute_dtype  # noqa: E402
+from softprompt.batching import collate, encode_examples, length_grouped_order  # noqa: E402
+from softprompt.evaluate import Evaluator  # noqa: E402
+from softprompt.prompt import init_prompt  # noqa: E402
+from softprompt.scoring import autocast_context, batch_choice_scores, choice_loss  # noqa: E402
+from softprompt.tasks import get_task  # noqa: E402
+from softprompt.train import _epoch_order, _lr_lambda  # noqa: E402
+
+ARMS = ("softprompt", "softprompt-fp32", "softprompt-grouped", "peft", "peft-bf16")
+
+
+class SoftpromptArm:
+    """The inner step of softprompt.train.train, verbatim in substance."""
+
+    def __init__(self, backbone, task, examples, args, compute: str, grouped: bool = False):
+        self.bb, self.name = backbone, "softprompt" if compute == "auto" else f"softprompt-{compute}"
+        self.grouped = grouped
+        if grouped:
+            self.name = "softprompt-grouped"
+        self.compute_dtype = resolve_compute_dtype(compute, backbone.device)
+        self.prompt = init_prompt(backbone.model, backbone.tokenizer, args.tokens, "text", text=task.description)
+        self.encoded = encode_examples(examples, backbone.tokenizer, n_prompt=args.tokens, max_length=512)
+        self.opt = torch.optim.AdamW([self.prompt.weight], lr=args.lr, weight_decay=0.0)
+        steps = math.ceil(len(examples) / args.batch_size) * args.epochs
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda("linear", int(0.06 * steps), steps))
+        self.bs = args.batch_size
+        self.stats = {"flops": 0.0, "tokens_real": 0, "tokens_naive": 0, "time": 0.0}
+
+    def order(self, n: int, seed: int, epoch: int) -> list[int]:
+        order = _epoch_order(n, seed, epoch)
+        if self.grouped:  # batches of similar length (batching.length_grouped_order)
+            order = length_grouped_order(order, [e.num_tokens for e in self.encoded], self.bs)
+        return order
+
+    def step(self, idx: list[int]) -> float:
+        batch = collate([self.encoded[i] for i in idx], self.bb.tokenizer.pad_token_id)
+        scoring.STATS.clear()
+        t = time.perf_counter()
+        with autocast_context(self.bb.device, self.compute_dtype):
+            scores = batch_choice_scores(self.bb.model, self.prompt.weight, batch)
+        loss = choice_loss(scores, batch.labels)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t
+        st = scoring.STATS
+        self.stats["flops"] += common.step_flops(self.bb.model, st["real"], st["head"])
+        self.stats["tokens_real"] += st["real"]
+        self.stats["tokens_naive"] += int(batch.attention_mask.sum()) + self.prompt.n_tokens * batch.input_ids.shape[0]
+        self.stats["time"] += dt
+        return dt
+
+    def learned(self) -> torch.Tensor:
+        return self.prompt.weight.detach().clone()
+
+
+class PeftArm:
+    """PEFT's documented prompt-tuning recipe for causal LMs (fixed-length left padding, LM loss)."""
+
+    def __init__(self, task, examples, args, bf16: bool, max_length: int | None):
+        from peft import PromptTuningConfig, get_peft_model
+        from transformers import get_linear_schedule_with_warmup
+
+        self.bb = load_backbone(args.model)  # a separately loaded copy, wrapped by PEFT
+        tok = self.bb.tokenizer
+        self.name = "peft-bf16" if bf16 else "peft"
+        self.bf16 = bf16
+        cfg = PromptTuningConfig(
+            task_type="CAUSAL_LM",
+            prompt_tuning_init="TEXT",
+            num_virtual_tokens=args.tokens,
+            prompt_tuning_init_text=task.description,
+            tokenizer_name_or_path=str(tok.name_or_path),
+        )
+        self.model = get_peft_model(self.bb.model, cfg)
+        self.n = args.tokens
+        self.max_length = max_length or peft_max_length(tok, examples)
+        self.data = [self._encode(tok, ex) for ex in examples]
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr)
+        steps = math.ceil(len(examples) / args.batch_size) * args.epochs
+        self.sched = get_linear_schedule_with_warmup(self.opt, num_warmup_steps=0, num_training_steps=steps)
+        self.stats = {"flops": 0.0, "tokens_real": 0, "tokens_naive": 0, "time": 0.0}
+
+    def _encode(self, tok, ex):
+        inp = tok(ex.context)["input_ids"]
+        lab = tok(ex.choices[ex.label])["input_ids"] + [tok.pad_token_id]
+        ids, labels = inp + lab, [-100] * len(inp) + lab
+        pad = self.max_length - len(ids)
+        ids = ([tok.pad_token_id] * pad + ids)[: self.max_length]
+        mask = ([0] * pad + [1] * (len(inp) + len(lab)))[: self.max_length]
+        labels = ([-100] * pad + labels)[: self.max_length]
+        return ids, mask, labels
+
+    def order(self, n: int, seed: int, epoch: int) -> list[int]:
+        return _epoch_order(n, seed, epoch)
+
+    def step(self, idx: list[int]) -> float:
+        ids = torch.tensor([self.data[i][0] for i in idx])
+        mask = torch.tensor([self.data[i][1] for i in idx])
+        labels = torch.tensor([self.data[i][2] for i in idx])
+        t = time.perf_counter()
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else torch.autocast("cpu", enabled=False)
+        with ctx:
+            loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad()
+        dt = time.perf_counter() - t
+        real = int(mask.sum()) + self.n * len(idx)
+        self.stats["flops"] += common.step_flops(self.bb.model, real, int(mask.sum()))
+        self.stats["tokens_real"] += real
+        self.stats["tokens_naive"] += real
+        self.stats["time"] += dt
+        return dt
+
+    def learned(self) -> torch.Tensor:
+        return self.model.prompt_encoder["default"].embedding.weight.detach().float().clone()
+
+    def initial(self) -> torch.Tensor:
+        return self.learned()
+
+
+def build_arm(name, backbone, task, examples, args, max_length):
+    if name == "softprompt":
+        return SoftpromptArm(backbone, task, examples, args, "auto")
+    if name == "softprompt-fp32":
+        return SoftpromptArm(backbone, task, examples, args, "float32")
+    if name == "softprompt-grouped":
+        return SoftpromptArm(backbone, task, examples, args, "auto", grouped=True)
+    if name in ("peft", "peft-bf16"):
+        return PeftArm(task, examples, args, name == "peft-bf16", max_length)
+    raise SystemExit(f"unknown arm {name!r}: expected some of {', '.join(ARMS)}")
+
+
+def peft_max_length(tok, examples) -> int:
+    return max(len(tok(ex.context)["input_ids"]) + len(tok(ex.choices[ex.label])["input_ids"]) + 1 for ex in examples)
+
+
+def worker(args) -> None:
+    """Subprocess: load one arm alone, run --mem-steps steps, print the memory high-water mark."""
+    task = get_task(args.task)
+    examples = task.load("train", limit=args.train, seed=args.seed)
+    if args.worker == "model-only":  # the frozen model with all its weights paged in, nothing else
+        bb = load_backbone(args.model)
+        sum(float(p.sum()) for p in bb.model.parameters())
+        print(json.dumps({"arm": "model-only", **common.memory_high_water_mb()}))
+        return
+    backbone = None if args.worker.startswith("peft") else load_backbone(args.model)
+    arm = build_arm(args.worker, backbone, task, examples, args, None)
+    order = arm.order(len(examples), args.seed, 0)
+    for s in range(args.mem_steps):
+        idx = order[s * args.batch_size : (s + 1) * args.batch_size]
+        if idx:
+            arm.step(idx)
+    print(json.dumps({"arm": args.worker, **common.memory_high_water_mb()}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--task", default="rte")
+    ap.add_argument("--train", type=int, default=64, help="training examples (seeded subset)")
+    ap.add_argument("--val", type=int, default=120, help="validation examples (seeded subset)")
+    ap.add_argument("--tokens", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=3e-2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arms", default="softprompt,peft", help=f"comma-separated, from {', '.join(ARMS)}")
+    ap.add_argument("--mem-steps", type=int, default=3, help="steps run by each memory subprocess (0: skip)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    info = {"machine": common.machine(), "load_before": common.load_average(), "args": vars(args) | {"json": None}}
+    print(json.dumps(info["machine"]))
+    pk = common.peaks()
+    task = get_task(args.task)
+    examples = task.load("train", limit=args.train, seed=args.seed)
+    backbone = load_backbone(args.model)
+    max_length = peft_max_length(backbone.tokenizer, examples)
+    names = [a.strip() for a in args.arms.split(",") if a.strip()]
+    arms = [build_arm(n, backbone, task, examples, args, max_length) for n in names]
+    sp = [a for a in arms if isinstance(a, SoftpromptArm)]
+    for a in arms:
+        if isinstance(a, PeftArm) and sp:
+            diff = float((a.initial() - sp[0].prompt.weight.detach()).abs().max())
+            info.setdefault("peft_init_max_abs_diff_vs_softprompt", diff)
+
+    # one-time cost outside the timed steps: the scorer's low-precision weight copy (made on first use)
+    t = time.perf_counter()
+    for a in sp:
+        scoring.compute_model(backbone.model, a.compute_dtype)
+    info["lowp_copy_s"] = time.perf_counter() - t
+    steps = math.ceil(len(examples) / args.batch_size)
+    epoch_times = {a.name: [] for a in arms}
+    step_ratio = []
+    for epoch in range(args.epochs):
+        orders = {a.name: a.order(len(examples), args.seed, epoch) for a in arms}
+        per_arm = {a.name: 0.0 for a in arms}
+        for s in range(steps):
+            dts = {}
+            for a in arms:
+                dts[a.name] = a.step(orders[a.name][s * args.batch_size : (s + 1) * args.batch_size])
+                per_arm[a.name] += dts[a.name]
+            if "softprompt" in dts and "peft" in dts:
+                step_ratio.append(dts["peft"] / dts["softprompt"])
+        for k, v in per_arm.items():
+            epoch_times[k].append(v)
+        print(f"epoch {epoch + 1}: " + "  ".join(f"{k} {v:.1f}s" for k, v in per_arm.items()), flush=True)
+    pk_after = common.peaks()
+    peak = {k: common.med([pk[k], pk_after[k]]) for k in pk}
+
+    # accuracy of every learned prompt on the same validation subset, one evaluator
+    evaluator = Evaluator(backbone, compute_dtype=resolve_compute_dtype("auto", backbone.device))
+    acc = {"initial (text init)": evaluator.evaluate(task, sp[0].prompt.initial if sp else None, limit=args.val, seed=args.seed)}
+    for a in arms:
+        acc[a.name] = evaluator.evaluate(task, a.learned(), limit=args.val, seed=args.seed)
+
+    rows = []
+    for a in arms:
+        t_epoch = common.med(epoch_times[a.name])
+        st = a.stats
+        is_bf16 = a.name == "peft-bf16" or getattr(a, "compute_dtype", None) == torch.bfloat16
+        rate = st["flops"] / st["time"]
+        rows.append(
+            {
+                "arm": a.name,
+                "examples/s": len(examples) / t_epoch,
+                "real tokens/s": st["tokens_naive"] / st["time"],
+                "model GFLOP/s": rate / 1e9,
+                "MFU bf16 peak": rate / peak["bf16"],
+                "MFU fp32 peak": rate / peak["fp32"],
+                "MFU own dtype": rate / (peak["bf16"] if is_bf16 else peak["fp32"]),
+                "val acc": acc[a.name].accuracy,
+                "epoch s (median)": t_epoch,
+            }
+        )
+    base = {r["arm"]: r for r in rows}
+    if "softprompt" in base and "peft" in base:
+        info["speedup_examples_per_s"] = base["softprompt"]["examples/s"] / base["peft"]["examples/s"]
+        info["speedup_median_step_ratio"] = common.med(step_ratio)
+    mem = []
+    if args.mem_steps:
+        for n in ["model-only", *names]:
+            extra = ["--model", args.model, "--task", args.task, "--train", str(args.train), "--tokens", str(args.tokens)]
+            extra += ["--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--lr", str(args.lr)]
+            extra += ["--seed", str(args.seed), "--mem-steps", str(args.mem_steps), "--worker", n]
+            mem.append(common.run_worker(Path(__file__), extra))
+    info.update(
+        peaks_gflops={k: v / 1e9 for k, v in peak.items()},
+        peft_max_length=max_length,
+        results=rows,
+        accuracy={k: v.accuracy for k, v in acc.items()},
+        memory=mem,
+        epoch_times=epoch_times,
+        load_after=common.load_average(),
+    )
+    print()
+    print(f"matmul peaks (2048^3, median): bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s, fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s")
+    print(f"PEFT max_length {max_length} (+{args.tokens} virtual tokens); load {info['load_before']} -> {info['load_after']}")
+    cols = [
+        "arm",
+        "examples/s",
+        "real tokens/s",
+        "model GFLOP/s",
+        "MFU own dtype",
+        "MFU bf16 peak",
+        "val acc",
+        "epoch s (median)",
+    ]
+    print(common.fmt_table(rows, cols))
+    for k, v in acc.items():
+        print(f"  val acc {k}: {v.accuracy:.3f} (n={v.n})")
+    if "speedup_examples_per_s" in info:
+        print(
+            f"speedup softprompt / peft: {info['speedup_examples_per_s']:.2f}x examples/s "
+            f"(median per-step ratio {info['speedup_median_step_ratio']:.2f}x)"
+        )
+    if mem:
+        print(common.fmt_table(mem, ["arm", "vmhwm_mb"]))
+    if args.json:
+        args.json.write_text(json.dumps(info, indent=1))
+
+
+if __name__ == "__main__":
+    main()
