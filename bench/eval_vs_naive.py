@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=48, help="validation examples per task (seeded subset)")
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--prompt", type=Path, help="a prompt.safetensors to evaluate (default: text init of each task)")
-    ap.add_argument("--dtypes", default="float32,auto", help="compute dtypes to compare in (auto = bf16 here)")
+    ap.add_argument("--dtypes", default="float32,auto", help="compute dtypes, float32 first (the reference; auto = bf16 here)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -83,6 +83,7 @@ def main() -> None:
         else:
             prompt = init_prompt(backbone.model, backbone.tokenizer, args.tokens, "text", text=task.description).weight.detach()
         examples = Evaluator(backbone).examples(task, "validation", args.limit, 0)
+        ref32 = None  # the float32 naive scores, the reference for the other dtypes
         for dname in args.dtypes.split(","):
             dtype = resolve_compute_dtype(dname, backbone.device)
             times = {"softprompt": [], "softprompt-plain": [], "naive": []}
@@ -106,29 +107,36 @@ def main() -> None:
                     times[arm].append(time.perf_counter() - t)
                     result[arm] = lp
             ref = result["naive"]
+            if dtype == torch.float32:
+                ref32 = ref
             for arm, t in times.items():
                 lp = result[arm]
                 diffs = [abs(a - b) for ra, rb in zip(lp, ref, strict=True) for a, b in zip(ra, rb, strict=True)]
                 agree = sum(int(a == b) for a, b in zip(argmax(lp), argmax(ref), strict=True))
-                rows.append(
-                    {
-                        "task": name,
-                        "dtype": str(dtype).replace("torch.", ""),
-                        "arm": arm,
-                        "examples": len(examples),
-                        "median s": common.med(t),
-                        "examples/s": len(examples) / common.med(t),
-                        "speedup vs naive": common.med(times["naive"]) / common.med(t),
-                        "same predictions": f"{agree}/{len(examples)}",
-                        "max |dlogp|": max(diffs),
-                        "runs s": [round(x, 2) for x in t],
-                    }
-                )
+                row = {
+                    "task": name,
+                    "dtype": str(dtype).replace("torch.", ""),
+                    "arm": arm,
+                    "examples": len(examples),
+                    "median s": common.med(t),
+                    "examples/s": len(examples) / common.med(t),
+                    "speedup vs naive": common.med(times["naive"]) / common.med(t),
+                    "same predictions as naive": f"{agree}/{len(examples)}",
+                    "max |dlogp| vs naive": max(diffs),
+                }
+                if ref32 is not None:
+                    d32 = [abs(a - b) for ra, rb in zip(lp, ref32, strict=True) for a, b in zip(ra, rb, strict=True)]
+                    a32 = sum(int(a == b) for a, b in zip(argmax(lp), argmax(ref32), strict=True))
+                    row["same predictions as fp32 naive"] = f"{a32}/{len(examples)}"
+                    row["mean |dlogp| vs fp32"] = sum(d32) / len(d32)
+                row["runs s"] = [round(x, 2) for x in t]
+                rows.append(row)
             print(common.fmt_table(rows[-3:], list(rows[-1])), flush=True)
     info.update(results=rows, load_after=common.load_average())
     print()
     print(f"load {info['load_before']} -> {info['load_after']}")
-    print(common.fmt_table(rows, [c for c in rows[0] if c != "runs s"]))
+    cols = list(dict.fromkeys(c for r in rows for c in r if c != "runs s"))
+    print(common.fmt_table(rows, cols))
     if args.json:
         args.json.write_text(json.dumps(info, indent=1))
 

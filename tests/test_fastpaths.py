@@ -89,9 +89,10 @@ def test_fast_path_without_prompt(tiny_backbone):
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
 
 
-def test_fast_path_really_skips_work(tiny_llama, fast_options):
+def test_fast_path_really_skips_work(tiny_backbone, fast_options):
     """The tree computes fewer tokens than the padded rows: the prompt once, shared contexts once."""
-    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    model, tok = tiny_backbone.model, tiny_backbone.tokenizer
+    fast_options.group_overhead_tokens = 16
     enc = encode_examples(EXAMPLES, tok, n_prompt=6)
     batch = collate(enc, tok.pad_token_id)
     prompt = torch.randn(6, model.config.hidden_size) * 0.1
@@ -106,6 +107,7 @@ def test_fast_path_really_skips_work(tiny_llama, fast_options):
     assert fast["padded"] < plain["padded"] / 2
     assert fast["real"] < plain["real"]
     assert fast["head"] == plain["head"] == len(batch.target_row)
+    assert "fallbacks" not in fast and not scoring._FAST_FAILED  # no silent retreat to the plain path
 
 
 def test_bf16_fast_close_to_plain_and_same_predictions(tiny_backbone, fast_options):
@@ -146,7 +148,7 @@ def test_choice_scores_fast_equals_plain_with_mixed_batches(tiny_backbone, fast_
 def test_low_precision_copy_cached_and_refreshed(tiny_llama):
     model = tiny_llama.model
     low = scoring.compute_model(model, torch.bfloat16)
-    assert low is not model and all(p.dtype == torch.bfloat16 for p in low.parameters())
+    assert low is not model and all(p.dtype == (torch.bfloat16 if p.dim() >= 2 else torch.float32) for p in low.parameters())
     assert scoring.compute_model(model, torch.bfloat16) is low
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert scoring.compute_model(model, None) is model and scoring.compute_model(model, torch.float32) is model
@@ -196,3 +198,24 @@ def test_length_grouped_order_is_a_deterministic_permutation_with_less_padding(n
         return sum(len(o[k : k + bs]) * max(lengths[i] for i in o[k : k + bs]) for k in range(0, n, bs))
 
     assert padded(grouped) <= padded(order)
+
+
+def test_model_rejecting_the_cache_falls_back_to_plain(tiny_llama, monkeypatch):
+    """A model family whose forward rejects the external cache gets the plain path, with a warning."""
+    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    batch = collate(encode_examples(EXAMPLES, tok, n_prompt=3), tok.pad_token_id)
+    prompt = torch.randn(3, model.config.hidden_size) * 0.1
+
+    def reject(*args, **kwargs):
+        raise TypeError("forward() got an unexpected keyword argument 'cache'")
+
+    monkeypatch.setattr(scoring, "_fast_target_hidden", reject)
+    try:
+        with torch.no_grad(), pytest.warns(RuntimeWarning, match="plain path"):
+            fast = batch_choice_scores(model, prompt, batch, fast=True)
+        assert type(model) in scoring._FAST_FAILED
+        with torch.no_grad():
+            plain = batch_choice_scores(model, prompt, batch, fast=False)
+        torch.testing.assert_close(fast, plain)
+    finally:
+        scoring._FAST_FAILED.discard(type(model))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import warnings
 import weakref
 from collections import Counter
 from collections.abc import Sequence
@@ -44,7 +45,7 @@ class FastPathOptions:
     split_lengths: bool = True  # split a batch into length groups to skip padding
     lowp_weights: bool = True  # CPU autocast: keep a low-precision copy of frozen weights
     fp32_head: bool = True  # LM head in float32 on the scored positions under autocast
-    fp32_residual: bool = False  # low-precision copy: keep the residual stream in float32 (slower, closer to fp32)
+    fp32_residual: bool = True  # low-precision copy: residual stream in float32 (as autocast keeps it; same speed here)
     eager_backward: bool = True  # CPU + gradients: eager attention (its backward is ~3x torch's CPU flash kernel's)
     group_overhead_tokens: int = 64  # fixed cost of one more forward (weights streamed again), in tokens
 
@@ -132,7 +133,8 @@ def compute_model(model, dtype: torch.dtype | None):
     if hit is not None and hit[0] == key:
         return hit[1]
     _LOWP.pop(model, None)  # free the stale copy before building a new one
-    memo = {id(p): torch.nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in params}
+    # matrices in `dtype`; vectors (norm weights, biases) stay float32, as mixed-dtype norms need
+    memo = {id(p): torch.nn.Parameter(p.detach().to(dtype if p.dim() >= 2 else p.dtype), requires_grad=False) for p in params}
     low = copy.deepcopy(model, memo)
     low.eval()
     _LOWP[model] = (key, low)
@@ -383,6 +385,31 @@ def _fast_target_hidden(model, prompt, batch: Batch, kv0) -> torch.Tensor | None
     return out.index_select(0, inverse.to(device))
 
 
+_FAST_FAILED: set[type] = set()
+
+
+def _fast_target_hidden_or_none(model, prompt, batch: Batch, kv0) -> torch.Tensor | None:
+    """The fast path, or None (plain path) for a model class whose forward rejected it once.
+
+    A model outside the tested families (llama-style, BLOOM) may not accept an external cache the
+    way transformers' own models do; it then gets the plain path, with a warning, never a crash.
+    """
+    if type(model) in _FAST_FAILED:
+        return None
+    try:
+        return _fast_target_hidden(model, prompt, batch, kv0)
+    except (TypeError, AttributeError, ValueError, KeyError, IndexError, NotImplementedError) as e:
+        _FAST_FAILED.add(type(model))
+        STATS["fallbacks"] += 1
+        warnings.warn(
+            f"softprompt: the KV-cached scoring path failed for {type(model).__name__} ({type(e).__name__}: {e}); "
+            "using the plain path for this model class",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+
+
 def _plain_target_hidden(model, prompt, batch: Batch) -> torch.Tensor:
     """Final hidden states at the target positions from one forward over the padded rows."""
     device = next(model.parameters()).device
@@ -416,7 +443,7 @@ def batch_choice_scores(model, prompt: torch.Tensor | None, batch: Batch, *, fas
     fast = FAST.enabled if fast is None else fast
     low = compute_model(model, autocast_dtype(device)) if fast else model
     with attention_for_grad(low) if fast else contextlib.nullcontext():
-        picked = _fast_target_hidden(low, prompt, batch, kv0) if fast else None
+        picked = _fast_target_hidden_or_none(low, prompt, batch, kv0) if fast else None
         if picked is None:
             picked = _plain_target_hidden(low, prompt, batch)
     if fast:
