@@ -26,6 +26,18 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _baseline_row(task: str, method: str, b: dict) -> dict:
+    return {
+        "task": task,
+        "method": method,
+        "accuracy": b["accuracy"],
+        "accuracy_std": None,
+        "f1_macro": b["f1_macro"],
+        "trainable_parameters": b.get("trainable_parameters", 0),
+        "n_runs": 1,
+    }
+
+
 def accuracy_rows(results: dict) -> list[dict]:
     """One row per (task, method): metric values and trainable-parameter counts."""
     rows = []
@@ -34,48 +46,20 @@ def accuracy_rows(results: dict) -> list[dict]:
         by_task.setdefault(r["task"], []).append(r)
     for task, runs in by_task.items():
         base = results.get("baselines", {}).get(task, {})
-        for method in ("majority", "no_prompt", "english_prompt"):
-            if method in base:
-                b = base[method]
-                rows.append(
-                    {
-                        "task": task,
-                        "method": method,
-                        "accuracy": b["accuracy"],
-                        "accuracy_std": None,
-                        "f1_macro": b["f1_macro"],
-                        "trainable_parameters": b.get("trainable_parameters", 0),
-                        "n_runs": 1,
-                    }
-                )
-        accs = [r["final"]["accuracy"] for r in runs]
-        f1s = [r["final"]["f1_macro"] for r in runs]
-        m, s = mean_std(accs)
+        rows += [_baseline_row(task, m, base[m]) for m in ("majority", "no_prompt", "english_prompt") if m in base]
+        m, s = mean_std([r["final"]["accuracy"] for r in runs])
         rows.append(
             {
                 "task": task,
                 "method": "soft_prompt",
                 "accuracy": m,
                 "accuracy_std": s,
-                "f1_macro": mean_std(f1s)[0],
+                "f1_macro": mean_std([r["final"]["f1_macro"] for r in runs])[0],
                 "trainable_parameters": runs[0]["parameters"].get("trainable", 0),
                 "n_runs": len(runs),
             }
         )
-        for method in ("finetune", "lora"):
-            if method in base:
-                b = base[method]
-                rows.append(
-                    {
-                        "task": task,
-                        "method": method,
-                        "accuracy": b["accuracy"],
-                        "accuracy_std": None,
-                        "f1_macro": b["f1_macro"],
-                        "trainable_parameters": b.get("trainable_parameters", 0),
-                        "n_runs": 1,
-                    }
-                )
+        rows += [_baseline_row(task, m, base[m]) for m in ("finetune", "lora") if m in base]
     return rows
 
 
