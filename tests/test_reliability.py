@@ -218,3 +218,43 @@ def test_trust_remote_code_off_by_default(tmp_path, monkeypatch):
     with pytest.raises(SoftPromptError):
         bb.load_backbone("someone/some-model", trust_remote_code=True)
     assert seen["calls"] == [False, True]
+
+
+def test_killed_study_resumes_to_identical_result(tmp_path, tiny_model_dir, toy_data):
+    """SIGKILL/SIGINT a whole `softprompt study` at random instants; re-running it finishes with the same prompts."""
+    from tests.test_study import CONFIG
+
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(
+        CONFIG.format(model=tiny_model_dir, data=toy_data, methods='["majority", "no_prompt"]')
+        .replace("epochs = 2", "epochs = 12")
+        .replace("seeds = [0, 1, 2]", "seeds = [0, 1]")
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "softprompt.cli", "study", str(cfg), "--quiet", "--out"]
+    subprocess.run([*cmd, str(tmp_path / "ref")], check=True, env=env, capture_output=True, timeout=600)
+    out = tmp_path / "cut"
+    rng = random.Random(1)
+    killed_mid_run = 0
+    for attempt in range(10):
+        proc = subprocess.Popen([*cmd, str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if attempt < 3:
+            deadline = time.time() + 120
+            while time.time() < deadline and proc.poll() is None and not list(out.glob("runs/*/checkpoint.safetensors")):
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.5))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL if attempt != 1 else signal.SIGINT)
+                killed_mid_run += 1
+        proc.wait(timeout=600)
+        if (out / "report.html").exists() and proc.returncode == 0:
+            break
+    assert killed_mid_run >= 2
+    for seed in (0, 1):
+        a = load_file(str(tmp_path / "ref" / "runs" / f"rte-s{seed}" / "prompt.safetensors"))["prompt"]
+        b = load_file(str(out / "runs" / f"rte-s{seed}" / "prompt.safetensors"))["prompt"]
+        assert torch.equal(a, b), seed
+    ref = json.loads((tmp_path / "ref" / "results.json").read_text())
+    got = json.loads((out / "results.json").read_text())
+    assert [r["final"] for r in ref["runs"]] == [r["final"] for r in got["runs"]]
+    assert ref["geometry"]["summary"] == got["geometry"]["summary"]
