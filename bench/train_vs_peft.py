@@ -1,27 +1,36 @@
 """Training throughput, memory and accuracy: softprompt's training step vs PEFT's prompt-tuning recipe.
 
 Both arms train a soft prompt of the same number of virtual tokens, initialised from the same task
-description, on the same training subset, with the same batch size, epochs and batch order, on two
-separately loaded copies of the same frozen model. Their steps run interleaved in one process
-(arm A step, arm B step, ...), so load from other processes hits both alike; each epoch's time per
-arm is the sum of its step times and the reported examples/s is the median over epochs.
+description (the same text ids, so the same initial matrix), on the same training subset, with the
+same batch size, epochs and batch order, on two separately loaded copies of the same frozen model.
+Their steps run interleaved in one process (arm A step, arm B step, ...), so load from other
+processes hits both alike; each epoch's time per arm is the sum of its step times, and examples/s,
+tokens/s and model FLOP/s are medians over epochs.
 
 - softprompt: the inner step of `softprompt.train.train` (collate with dynamic padding -> scorer under
   autocast (compute_dtype "auto" = bf16 on this CPU) -> cross-entropy over the choices -> AdamW with
   the project's linear schedule); the scorer's fast paths are on (see softprompt.scoring).
+  softprompt-fp32: the same with compute_dtype float32. softprompt-plain: the scorer's fast paths
+  off (one padded forward under autocast on the float32 weights). softprompt-grouped: batches of
+  similar length (batching.length_grouped_order; not what `softprompt train` does).
 - peft: the recipe of PEFT's prompt-tuning causal-LM example (bloomz-560m, twitter_complaints):
   `get_peft_model(PromptTuningConfig(task_type="CAUSAL_LM", prompt_tuning_init="TEXT", ...))`, inputs
   tokenized as text + answer + pad, LEFT-padded to a fixed max_length, labels -100 on the input, the
   model's own LM loss (full-vocabulary logits at every position), AdamW(lr), linear schedule with no
   warmup, float32. max_length is the longest example of the subset so nothing is cut (the recipe's
-  truncation would cut answers).
+  truncation would cut answers). peft-bf16: the same under bf16 autocast.
+
+Model FLOPs per step = 4 x non-embedding parameters per token computed + 4 x d x vocab per LM-head
+row (bench/common.py: step_flops); softprompt counts the tokens its scorer computed (the prompt once
+per batch, no padding), PEFT its non-pad tokens (its padding is waste, not work). MFU divides by the
+best 2048^3 matmul rate measured in the same run (bf16 and fp32).
 
 Peak memory (VmHWM) is measured in separate subprocesses, one per arm, running the same steps.
-Validation accuracy of both learned prompts comes from softprompt's Evaluator on the same subset
+Validation accuracy of all learned prompts comes from softprompt's Evaluator on the same subset
 (for PEFT the learned `prompt_encoder` embedding weight is the soft prompt).
 
-    .venv/bin/python bench/train_vs_peft.py                       # ~4 min on 2 cores
-    .venv/bin/python bench/train_vs_peft.py --train 128 --epochs 3 --arms softprompt,softprompt-fp32,peft
+    .venv/bin/python bench/train_vs_peft.py                       # ~5 min on 2 quiet cores
+    .venv/bin/python bench/train_vs_peft.py --train 64 --epochs 4 --val 277 --mem-steps 0 --arms softprompt,peft
 """
 
 from __future__ import annotations
@@ -47,17 +56,19 @@ from softprompt.scoring import autocast_context, batch_choice_scores, choice_los
 from softprompt.tasks import get_task  # noqa: E402
 from softprompt.train import _epoch_order, _lr_lambda  # noqa: E402
 
-ARMS = ("softprompt", "softprompt-fp32", "softprompt-grouped", "peft", "peft-bf16")
+ARMS = ("softprompt", "softprompt-fp32", "softprompt-plain", "softprompt-grouped", "peft", "peft-bf16")
 
 
 class SoftpromptArm:
     """The inner step of softprompt.train.train, verbatim in substance."""
 
-    def __init__(self, backbone, task, examples, args, compute: str, grouped: bool = False):
+    def __init__(self, backbone, task, examples, args, compute: str, grouped: bool = False, plain: bool = False):
         self.bb, self.name = backbone, "softprompt" if compute == "auto" else f"softprompt-{compute}"
-        self.grouped = grouped
+        self.grouped, self.plain = grouped, plain
         if grouped:
             self.name = "softprompt-grouped"
+        if plain:
+            self.name = "softprompt-plain"
         self.compute_dtype = resolve_compute_dtype(compute, backbone.device)
         self.prompt = init_prompt(backbone.model, backbone.tokenizer, args.tokens, "text", text=task.description)
         self.encoded = encode_examples(examples, backbone.tokenizer, n_prompt=args.tokens, max_length=512)
@@ -78,7 +89,7 @@ class SoftpromptArm:
         scoring.STATS.clear()
         t = time.perf_counter()
         with autocast_context(self.bb.device, self.compute_dtype):
-            scores = batch_choice_scores(self.bb.model, self.prompt.weight, batch)
+            scores = batch_choice_scores(self.bb.model, self.prompt.weight, batch, fast=not self.plain)
         loss = choice_loss(scores, batch.labels)
         loss.backward()
         self.opt.step()
@@ -168,6 +179,8 @@ def build_arm(name, backbone, task, examples, args, max_length):
         return SoftpromptArm(backbone, task, examples, args, "auto")
     if name == "softprompt-fp32":
         return SoftpromptArm(backbone, task, examples, args, "float32")
+    if name == "softprompt-plain":
+        return SoftpromptArm(backbone, task, examples, args, "auto", plain=True)
     if name == "softprompt-grouped":
         return SoftpromptArm(backbone, task, examples, args, "auto", grouped=True)
     if name in ("peft", "peft-bf16"):
@@ -209,16 +222,21 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--arms", default="softprompt,peft", help=f"comma-separated, from {', '.join(ARMS)}")
+    ap.add_argument("--arms", default="softprompt,softprompt-fp32,peft", help=f"comma-separated, from {', '.join(ARMS)}")
     ap.add_argument("--mem-steps", type=int, default=3, help="steps run by each memory subprocess (0: skip)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--save-prompts", type=Path, help="save every arm's prompt after each epoch (torch.save) here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args)
         return
 
-    info = {"machine": common.machine(), "load_before": common.load_average(), "args": vars(args) | {"json": None}}
+    info = {
+        "machine": common.machine(),
+        "load_before": common.load_average(),
+        "args": vars(args) | {"json": None, "save_prompts": None},
+    }
     print(json.dumps(info["machine"]))
     pk = common.peaks()
     task = get_task(args.task)
@@ -240,6 +258,8 @@ def main() -> None:
     info["lowp_copy_s"] = time.perf_counter() - t
     steps = math.ceil(len(examples) / args.batch_size)
     epoch_times = {a.name: [] for a in arms}
+    epoch_stats = {a.name: [] for a in arms}
+    peak_runs = [pk]
     step_ratio = []
     for epoch in range(args.epochs):
         orders = {a.name: a.order(len(examples), args.seed, epoch) for a in arms}
@@ -253,9 +273,21 @@ def main() -> None:
                 step_ratio.append(dts["peft"] / dts["softprompt"])
         for k, v in per_arm.items():
             epoch_times[k].append(v)
+        for a in arms:  # per-epoch counters: rates are medians over epochs, like examples/s
+            epoch_stats[a.name].append(dict(a.stats))
+            a.stats = dict.fromkeys(a.stats, 0)
+        peak_runs.append(common.peaks(reps=3))
         print(f"epoch {epoch + 1}: " + "  ".join(f"{k} {v:.1f}s" for k, v in per_arm.items()), flush=True)
-    pk_after = common.peaks()
-    peak = {k: common.med([pk[k], pk_after[k]]) for k in pk}
+        if args.save_prompts:  # the learned prompts, to evaluate later if the run is cut short
+            args.save_prompts.mkdir(parents=True, exist_ok=True)
+            for a in arms:
+                torch.save(a.learned(), args.save_prompts / f"{a.name}-epoch{epoch + 1}.pt")
+        if args.json:  # partial results, in case the run is cut short
+            args.json.write_text(json.dumps(dict(info, epoch_times=epoch_times, partial=True), indent=1))
+    peak_runs.append(common.peaks())
+    # MFU against the best matmul rate seen in this run (start, after every epoch, end): the machine's
+    # attainable peak, so contention from other processes lowers MFU rather than hiding in the peak
+    peak = {k: max(r[k] for r in peak_runs) for k in pk}
 
     # accuracy of every learned prompt on the same validation subset, one evaluator
     evaluator = Evaluator(backbone, compute_dtype=resolve_compute_dtype("auto", backbone.device))
@@ -266,14 +298,14 @@ def main() -> None:
     rows = []
     for a in arms:
         t_epoch = common.med(epoch_times[a.name])
-        st = a.stats
+        es = epoch_stats[a.name]
         is_bf16 = a.name == "peft-bf16" or getattr(a, "compute_dtype", None) == torch.bfloat16
-        rate = st["flops"] / st["time"]
+        rate = common.med([e["flops"] / e["time"] for e in es])
         rows.append(
             {
                 "arm": a.name,
                 "examples/s": len(examples) / t_epoch,
-                "real tokens/s": st["tokens_naive"] / st["time"],
+                "real tokens/s": common.med([e["tokens_naive"] / e["time"] for e in es]),
                 "model GFLOP/s": rate / 1e9,
                 "MFU bf16 peak": rate / peak["bf16"],
                 "MFU fp32 peak": rate / peak["fp32"],
@@ -295,6 +327,8 @@ def main() -> None:
             mem.append(common.run_worker(Path(__file__), extra))
     info.update(
         peaks_gflops={k: v / 1e9 for k, v in peak.items()},
+        peak_runs_gflops=[{k: v / 1e9 for k, v in r.items()} for r in peak_runs],
+        epoch_stats=epoch_stats,
         peft_max_length=max_length,
         results=rows,
         accuracy={k: v.accuracy for k, v in acc.items()},
@@ -303,7 +337,7 @@ def main() -> None:
         load_after=common.load_average(),
     )
     print()
-    print(f"matmul peaks (2048^3, median): bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s, fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s")
+    print(f"matmul peaks (2048^3, best of the run): bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s, fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s")
     print(f"PEFT max_length {max_length} (+{args.tokens} virtual tokens); load {info['load_before']} -> {info['load_after']}")
     cols = [
         "arm",
