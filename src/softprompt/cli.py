@@ -93,6 +93,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     )
     out = Path(a.out or f"runs/{cfg.task.replace('/', '_').removesuffix('.toml')}-{cfg.method}-s{cfg.seed}")
     res = train(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet)
+    from softprompt.distributed import setup_data_parallel
+
+    if not setup_data_parallel(cfg.device).is_main:  # under `accelerate launch`, one summary
+        return 0
     rows = [{"prompt": f"soft ({cfg.method}, last)" if cfg.method == "prompt" else cfg.method, **_row(res.final)}]
     rows += [{"prompt": name.replace("_", " "), **_row(r)} for name, r in res.baselines.items()]
     print(

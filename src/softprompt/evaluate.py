@@ -15,6 +15,7 @@ from sklearn.metrics import f1_score
 
 from softprompt.backbones import Backbone
 from softprompt.batching import EncodedExample, encode_examples
+from softprompt.distributed import SINGLE, DataParallel
 from softprompt.scoring import Scores, choice_scores
 from softprompt.tasks import Task, get_task, majority_label
 from softprompt.tasks.base import Example
@@ -73,8 +74,10 @@ class Evaluator:
         compute_dtype: torch.dtype | None = None,
         max_tokens: int = 8192,
         progress: bool = False,
+        parallel: DataParallel = SINGLE,
     ):
         self.backbone = backbone
+        self.parallel = parallel  # under a data-parallel launch each process scores a shard
         self.data_dir = data_dir
         self.max_length = max_length
         self.compute_dtype = compute_dtype
@@ -113,14 +116,15 @@ class Evaluator:
         examples = self.examples(task, split, limit, seed)
         n_prompt = 0 if prompt is None else int(prompt.shape[0])
         enc = self.encoded(task, examples, n_prompt, hard_prompt, (task.name, id(task), split, limit, seed))
+        mine = self.parallel.shard(list(range(len(enc))))
         bar = None
-        if self.progress:
+        if self.progress and self.parallel.is_main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(enc), desc=f"eval {task.name}", unit="ex", leave=False)
+            bar = tqdm(total=len(mine), desc=f"eval {task.name}", unit="ex", leave=False)
         scores = choice_scores(
             self.backbone.model,
-            enc,
+            [enc[i] for i in mine] if self.parallel.active else enc,
             prompt,
             pad_id=self.backbone.tokenizer.pad_token_id,
             max_tokens=self.max_tokens,
@@ -129,4 +133,17 @@ class Evaluator:
         )
         if bar is not None:
             bar.close()
+        if self.parallel.active:
+            scores = _merge_shards(self.parallel.gather((mine, scores)), len(enc))
         return result_from_scores(task, split, scores)
+
+
+def _merge_shards(shards: list[tuple[list[int], Scores]], n: int) -> Scores:
+    """The processes' shard scores back in the examples' order."""
+    logprobs: list = [None] * n
+    labels: list = [None] * n
+    chars: list = [None] * n
+    for idx, s in shards:
+        for j, i in enumerate(idx):
+            logprobs[i], labels[i], chars[i] = s.logprobs[j], s.labels[j], s.choice_chars[j]
+    return Scores(logprobs=logprobs, labels=labels, choice_chars=chars, truncated=sum(s.truncated for _, s in shards))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,6 +23,7 @@ from safetensors.torch import save_file
 
 from softprompt.backbones import Backbone, load_backbone, resolve_compute_dtype, resolve_dtype
 from softprompt.batching import collate, encode_examples
+from softprompt.distributed import setup_data_parallel
 from softprompt.errors import SoftPromptError
 from softprompt.evaluate import EvalResult, Evaluator
 from softprompt.io import atomic_path, read_json, write_json, write_text
@@ -191,7 +194,12 @@ def _load_checkpoint(out: Path, trainable, optimizer, scheduler) -> dict:
             p.copy_(tensors[f"param/{n}"])
     step = state["optimizer_step"]
     for n, p in trainable.items():
-        moments = {k.split("/")[-1]: v for k, v in tensors.items() if k.startswith(f"opt/{n}/")}
+        # moments live with their parameter (a GPU run resumes on the GPU); Adam keeps `step` on the CPU
+        moments = {
+            k.split("/")[-1]: v if k.endswith("/step") else v.to(p.device)
+            for k, v in tensors.items()
+            if k.startswith(f"opt/{n}/")
+        }
         if moments:
             moments["step"] = moments.get("step", torch.tensor(float(step)))
             optimizer.state[p] = moments
@@ -230,8 +238,15 @@ def train(
     progress: bool = True,
     baselines: bool = True,
 ) -> TrainResult:
-    """Train one run into `out` and evaluate it; returns its final metrics."""
+    """Train one run into `out` and evaluate it; returns its final metrics.
+
+    Under `accelerate launch` with N processes, `cfg.batch_size` is per process (global batch
+    N x batch_size), each process scores its share of every batch and of every evaluation, and
+    only the main process writes into `out` (see `softprompt.distributed`).
+    """
     out = Path(out)
+    dp = setup_data_parallel(cfg.device)
+    main = dp.is_main
     run_file = out / RUN_FILE
     if run_file.exists() and not resume and not overwrite:
         status = read_json(run_file).get("status")
@@ -241,13 +256,14 @@ def train(
         if saved != _config_dict(cfg):
             diff = sorted(k for k in set(saved) | set(_config_dict(cfg)) if saved.get(k) != _config_dict(cfg).get(k))
             raise SoftPromptError(f"{out}: --resume with a different config (changed: {diff}); use another --out")
+    dp.barrier()  # every process has read what was there before the main process writes
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
 
     # data
     task = get_task(cfg.task)
     train_examples = task.load("train", cfg.data_dir, limit=cfg.max_train, seed=cfg.seed)
-    backbone = backbone or load_backbone(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    backbone = backbone or load_backbone(cfg.model, dtype=cfg.dtype, device=str(dp.device) if dp.active else cfg.device)
     tok = backbone.tokenizer
 
     # trainable parameters
@@ -265,36 +281,52 @@ def train(
         prompt.check_model(backbone.hidden_size)
         prompt.to(backbone.device)
     trainable = _trainable(cfg, backbone, prompt)
+    dp.broadcast_(trainable.values())
     n_prompt = prompt.n_tokens if prompt is not None else 0
     encoded = encode_examples(train_examples, tok, n_prompt=n_prompt, max_length=cfg.max_length)
     compute_dtype = resolve_compute_dtype(cfg.compute_dtype, backbone.device)
     evaluator = Evaluator(
-        backbone, data_dir=cfg.data_dir, max_length=cfg.max_length, compute_dtype=compute_dtype, progress=progress
+        backbone,
+        data_dir=cfg.data_dir,
+        max_length=cfg.max_length,
+        compute_dtype=compute_dtype,
+        progress=progress and main,
+        parallel=dp,
     )
 
     # optimiser and schedule
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(list(trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(encoded) / (cfg.batch_size * cfg.grad_accum))
+    global_batch = cfg.batch_size * dp.world
+    steps_per_epoch = math.ceil(len(encoded) / (global_batch * cfg.grad_accum))
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.schedule, int(cfg.warmup * total_steps), total_steps))
 
     state = {"epoch": 0, "micro_step": 0, "optimizer_step": 0, "history": [], "best": None, "elapsed": 0.0}
+    state["processes"] = dp.world
     if resume and (out / CHECKPOINT_FILE).exists():
         state = _load_checkpoint(out, trainable, optimizer, scheduler)
+        if state.get("processes", 1) != dp.world:
+            raise SoftPromptError(
+                f"{out}: the checkpoint was written by {state.get('processes', 1)} data-parallel process(es), this is "
+                f"{dp.world}: the global batch would change; resume with the same number of processes"
+            )
     params = count_parameters(cfg, backbone, trainable)
     info = _run_info(cfg, backbone, task, prompt, params, status="running")
-    write_json(run_file, info)
-    if prompt is not None and not (out / BEST_PROMPT_FILE).exists():
-        prompt.save(out / BEST_PROMPT_FILE)
+    info["processes"] = dp.world
+    if main:  # who is running it, while it runs (a cluster scheduler's worker, a launcher's main process)
+        write_json(run_file, dict(info, worker={"host": socket.gethostname(), "pid": os.getpid()}))
+        if prompt is not None and not (out / BEST_PROMPT_FILE).exists():
+            prompt.save(out / BEST_PROMPT_FILE)
 
     def checkpoint() -> None:
-        _save_checkpoint(out, trainable, optimizer, scheduler, state)
-        write_text(out / METRICS_FILE, "".join(_jsonl(h) for h in state["history"]))
+        if main:
+            _save_checkpoint(out, trainable, optimizer, scheduler, state)
+            write_text(out / METRICS_FILE, "".join(_jsonl(h) for h in state["history"]))
 
-    micro_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
+    micro_per_epoch = math.ceil(len(encoded) / global_batch)
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(
@@ -312,23 +344,30 @@ def train(
             losses: list[float] = list(state.get("epoch_losses", []))
             pending: list[float] = []  # losses of micro-batches whose optimiser step has not happened yet
             for micro in range(state["micro_step"], micro_per_epoch):
-                idx = order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
-                batch = collate([encoded[i] for i in idx], tok.pad_token_id)
-                with autocast_context(backbone.device, compute_dtype):
-                    scores = batch_choice_scores(backbone.model, prompt.weight if prompt else None, batch)
-                loss = choice_loss(scores, batch.labels)
-                if not torch.isfinite(loss):
+                idx = order[micro * global_batch : (micro + 1) * global_batch]
+                idx = idx[dp.rank * cfg.batch_size : (dp.rank + 1) * cfg.batch_size]  # this process's share
+                loss = None
+                if idx:
+                    batch = collate([encoded[i] for i in idx], tok.pad_token_id)
+                    with autocast_context(backbone.device, compute_dtype):
+                        scores = batch_choice_scores(backbone.model, prompt.weight if prompt else None, batch)
+                    loss = choice_loss(scores, batch.labels)
+                loss_sum, rows = dp.sum([float(loss.detach()) * len(idx) if loss is not None else 0.0, float(len(idx))])
+                batch_loss = loss_sum / rows  # the global batch's mean loss, the same in every process
+                if not math.isfinite(batch_loss):
                     raise SoftPromptError(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, batch {micro + 1} (lr {cfg.lr}): "
+                        f"loss became {batch_loss} at epoch {epoch + 1}, batch {micro + 1} (lr {cfg.lr}): "
                         f"stopped; the last good checkpoint in {out} is kept (try a smaller --lr)"
                     )
-                (loss * len(idx) / (cfg.batch_size * cfg.grad_accum)).backward()
-                pending.append(float(loss.detach()))
+                if loss is not None:
+                    (loss * len(idx) / (global_batch * cfg.grad_accum)).backward()
+                pending.append(batch_loss)
                 last_micro = micro == micro_per_epoch - 1
                 if bar is not None:
                     bar.update(1)
                 if (micro + 1) % cfg.grad_accum != 0 and not last_micro:
                     continue
+                dp.sum_gradients(trainable.values())
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -361,9 +400,9 @@ def train(
             primary = res.metric(task.metric)
             if state["best"] is None or primary > state["best"]["value"]:
                 state["best"] = {"epoch": epoch + 1, "metric": task.metric, "value": primary}
-                if prompt is not None:
+                if prompt is not None and main:
                     prompt.save(out / BEST_PROMPT_FILE)
-                elif cfg.method == "lora":
+                elif cfg.method == "lora" and main:
                     _save_trainables(out / "best_adapter.safetensors", trainable)
             if bar is not None:
                 bar.write(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}  val {task.metric} {primary:.4f}")
@@ -372,12 +411,14 @@ def train(
     except KeyboardInterrupt:
         state["elapsed"] = time.perf_counter() - started
         checkpoint()
-        write_json(run_file, dict(info, status="interrupted"))
+        if main:
+            write_json(run_file, dict(info, status="interrupted"))
         if bar is not None:
             bar.close()
         raise
     except SoftPromptError as e:  # diverged: keep the last good checkpoint, say why in run.json
-        write_json(run_file, dict(info, status="failed", error=str(e)))
+        if main:
+            write_json(run_file, dict(info, status="failed", error=str(e)))
         if bar is not None:
             bar.close()
         raise
@@ -385,9 +426,9 @@ def train(
         bar.close()
 
     # artifacts and final evaluation
-    if prompt is not None:
+    if prompt is not None and main:
         prompt.save(out / PROMPT_FILE)
-    else:
+    elif main:
         _save_trainables(out / ("adapter.safetensors" if cfg.method == "lora" else "model.safetensors"), trainable)
     # The last epoch's evaluation already scored exactly these final parameters.
     final_res = EvalResult(**state["last_eval"])
@@ -406,9 +447,11 @@ def train(
         train_truncated=sum(1 for e in encoded if e.truncated),
         wall_time_s=round(time.perf_counter() - started, 2),
     )
-    write_json(run_file, info)
-    # A complete run needs no checkpoint (for full fine-tuning it is ~1.6 GB of Adam moments).
-    (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+    if main:
+        write_json(run_file, info)
+        # A complete run needs no checkpoint (for full fine-tuning it is ~1.6 GB of Adam moments).
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+    dp.barrier()  # the run directory is complete before any process returns
     return TrainResult(out, final_res, state["best"], base, state["history"], params)
 
 

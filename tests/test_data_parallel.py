@@ -1,0 +1,124 @@
+"""`softprompt train` under `accelerate launch`: 2 CPU processes (gloo) give one process's result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from softprompt.distributed import SINGLE, DataParallel, launched_in_parallel
+
+ACCELERATE = Path(sys.executable).parent / "accelerate"
+
+
+def _train_args(model_dir, data, out, batch_size):
+    return [
+        "-m", "softprompt.cli", "train", "--model", str(model_dir), "--task", "rte", "--data-dir", str(data),
+        "--tokens", "3", "--epochs", "3", "--lr", "0.1", "--compute-dtype", "float32", "--max-length", "128",
+        "--batch-size", str(batch_size), "--seed", "0", "--quiet", "--out", str(out),
+    ]  # fmt: skip
+
+
+def _env():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tiny_llama):
+    d = tmp_path / "tiny-model"
+    tiny_llama.model.save_pretrained(d)
+    tiny_llama.tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.mark.skipif(not ACCELERATE.exists(), reason="accelerate's launcher is not installed")
+def test_two_processes_match_one(tmp_path, tiny_model_dir, toy_data):
+    """Global batch 10 = 2 processes x 5: the same prompt, losses and metrics as 1 process x 10.
+
+    12 training examples: each epoch's second global batch has 2 rows, so process 1 scores none
+    (its gradient counts as zero); the 4 validation examples are sharded 2 + 2 and gathered.
+    """
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = subprocess.run([sys.executable, *_train_args(tiny_model_dir, toy_data, one, 10)], env=_env(),
+                        capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    launch = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]  # fmt: skip
+    r2 = subprocess.run([*launch, *_train_args(tiny_model_dir, toy_data, two, 5)], env=_env(),
+                        capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r2.returncode == 0, r2.stdout[-2000:] + r2.stderr[-3000:]
+
+    p1, p2 = load_file(one / "prompt.safetensors"), load_file(two / "prompt.safetensors")
+    assert p1.keys() == p2.keys()
+    for k in p1:
+        torch.testing.assert_close(p2[k], p1[k], rtol=1e-4, atol=1e-5)  # Adam steps amplify float-order noise
+    m1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in m2] == [m["step"] for m in m1] == [2, 4, 6]
+    for a, b in zip(m1, m2, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+        assert (b["accuracy"], b["n"]) == (a["accuracy"], a["n"])
+    info1, info2 = (json.loads((d / "run.json").read_text()) for d in (one, two))
+    assert info2["status"] == "complete" and info2["processes"] == 2 and info1["processes"] == 1
+    assert "worker" not in info2 and not (two / "checkpoint.safetensors").exists()
+    assert info2["final"]["n"] == info1["final"]["n"] == 4
+    # one summary (main process only), and the run directory holds one run's files
+    assert r2.stdout.count("run saved to") == 1
+
+
+def test_single_process_is_inert():
+    """Without a launcher nothing joins a process group and every helper is the identity."""
+    assert not launched_in_parallel() and not SINGLE.active and SINGLE.is_main
+    items = list(range(7))
+    assert SINGLE.shard(items) == items and SINGLE.sum([1.5, 2.0]) == [1.5, 2.0] and SINGLE.gather("x") == ["x"]
+    p = torch.nn.Parameter(torch.ones(2))
+    SINGLE.sum_gradients([p])
+    assert p.grad is None
+
+
+def test_shards_cover_every_example_once():
+    items = list(range(11))
+    shards = [DataParallel(rank=r, world=3).shard(items) for r in range(3)]
+    assert sorted(sum(shards, [])) == items and [len(s) for s in shards] == [4, 4, 3]
+
+
+def test_resume_with_another_process_count_is_refused(tmp_path, tiny_llama, toy_data, monkeypatch):
+    from softprompt.errors import SoftPromptError
+    from softprompt.train import TrainConfig, train
+
+    cfg = TrainConfig(task="rte", model="tiny", tokens=3, epochs=2, batch_size=4, lr=0.1, compute_dtype="float32",
+                      data_dir=str(toy_data), max_length=128, checkpoint_every=1)  # fmt: skip
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    import softprompt.train as train_mod
+
+    real = train_mod.choice_loss
+
+    def interrupt_on_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "choice_loss", interrupt_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, backbone=tiny_llama, progress=False)
+    monkeypatch.setattr(train_mod, "choice_loss", real)
+    class PretendTwo(DataParallel):  # rank 0 of 2, without a process group: the check comes first
+        def barrier(self) -> None:
+            pass
+
+        def broadcast_(self, params) -> None:
+            pass
+
+    monkeypatch.setattr(train_mod, "setup_data_parallel", lambda device: PretendTwo(rank=0, world=2))
+    with pytest.raises(SoftPromptError, match="written by 1 data-parallel process.*this is 2"):
+        train(cfg, out, resume=True, backbone=tiny_llama, progress=False)
