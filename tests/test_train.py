@@ -183,3 +183,31 @@ def test_prompt_save_load_and_dim_mismatch(tiny_llama, tmp_path):
     (tmp_path / "bad.safetensors").write_bytes((tmp_path / "p.safetensors").read_bytes()[:50])
     with pytest.raises(SoftPromptError, match="not a readable safetensors"):
         SoftPrompt.load(tmp_path / "bad.safetensors")
+
+
+def test_lm_loss_is_the_answer_nll_and_trains(tiny_llama, toy_data, tmp_path):
+    from softprompt.scoring import answer_nll, choice_loss
+
+    scores = torch.log(torch.tensor([[0.5, 0.25], [0.1, 0.6]]))
+    labels = torch.tensor([1, 0])
+    assert answer_nll(scores, labels).item() == pytest.approx(
+        -(torch.log(torch.tensor(0.25)) + torch.log(torch.tensor(0.1))).item() / 2
+    )
+    assert choice_loss(scores, labels).item() != pytest.approx(answer_nll(scores, labels).item())
+    res = train(_cfg(toy_data, epochs=6, loss="lm"), tmp_path / "run", backbone=tiny_llama, progress=False)
+    losses = [h["train_loss"] for h in res.history]
+    assert losses[-1] < losses[0]
+    assert load_run(tmp_path / "run").config["loss"] == "lm"
+    with pytest.raises(SoftPromptError, match="unknown loss 'mse'"):
+        _cfg(toy_data, loss="mse")
+
+
+def test_runs_saved_before_an_option_existed_still_match(toy_data):
+    """A config saved without a newer field equals one holding that field's default (no retraining)."""
+    from dataclasses import asdict
+
+    cfg = _cfg(toy_data)
+    old = {k: v for k, v in asdict(cfg).items() if k != "loss"}
+    assert cfg.differences(old) == []
+    assert _cfg(toy_data, loss="lm").differences(old) == ["loss"]
+    assert cfg.differences(dict(old, lr=0.5)) == ["lr"]

@@ -20,7 +20,6 @@ import copy
 import gc
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -217,8 +216,8 @@ def _trained(method, cfg, run_dir: Path, backbone, backbone_factory, overwrite: 
     if run_file.exists() and not overwrite:
         info = read_json(run_file)
         saved = info.get("config", {}) if isinstance(info, dict) else {}
-        if saved != asdict(cfg):
-            changed = sorted(k for k in set(saved) | set(asdict(cfg)) if saved.get(k) != asdict(cfg).get(k))
+        changed = cfg.differences(saved)
+        if changed:
             raise SoftPromptError(
                 f"{run_dir} holds a run with a different config (changed: {changed}): use another --out or --overwrite"
             )

@@ -74,6 +74,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         init_text=a.init_text,
         lr=a.lr,
         optimizer=a.optimizer,
+        loss=a.loss,
         weight_decay=a.weight_decay,
         epochs=a.epochs,
         batch_size=a.batch_size,
@@ -127,6 +128,12 @@ def add_train(sub) -> None:
     p.add_argument("--init-text", default=None, help="text for --init text (default: the task's description)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: 3e-2 prompt, 2e-5 finetune, 1e-3 lora)")
     p.add_argument("--optimizer", default="adamw", choices=["adam", "adamw"])
+    p.add_argument(
+        "--loss",
+        default="choices",
+        choices=["choices", "lm"],
+        help="choices: cross-entropy over the choices' log-likelihoods; lm: NLL of the correct answer (PEFT's recipe)",
+    )
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=8)
@@ -307,11 +314,33 @@ def add_peft(sub) -> None:
 # ----------------------------------------------------------------------------- study
 
 
+RAY_FLAGS = {
+    "ray_address": "--ray-address",
+    "cpus_per_run": "--cpus-per-run",
+    "gpus_per_run": "--gpus-per-run",
+    "max_retries": "--max-retries",
+}
+
+
 def cmd_study(a: argparse.Namespace) -> int:
     from softprompt.study import run_study
 
+    given = [flag for name, flag in RAY_FLAGS.items() if getattr(a, name) is not None]
+    ray_options = None
+    if a.executor == "ray":
+        from softprompt.study_ray import RayOptions
+
+        defaults = RayOptions()
+        ray_options = RayOptions(
+            address=a.ray_address,
+            cpus_per_run=defaults.cpus_per_run if a.cpus_per_run is None else a.cpus_per_run,
+            gpus_per_run=defaults.gpus_per_run if a.gpus_per_run is None else a.gpus_per_run,
+            max_retries=defaults.max_retries if a.max_retries is None else a.max_retries,
+        )
+    elif given:
+        raise SoftPromptError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --executor ray only")
+    results = run_study(a.config, a.out, progress=not a.quiet, executor=a.executor, ray_options=ray_options)
     out = Path(a.out)
-    results = run_study(a.config, out, progress=not a.quiet)
     print(f"\nstudy {results['study']['name']}: {len(results['runs'])} prompt runs; report: {out / 'report.html'}")
     return 0
 
@@ -324,8 +353,32 @@ def add_study(sub) -> None:
         "finished work, resumes interrupted runs and redoes only what a config change affects.",
     )
     p.add_argument("config", help="study config (.toml), e.g. configs/demo.toml")
-    p.add_argument("--out", required=True, help="study directory (runs, analyses, report.html, results.json, tables/)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="study directory (runs, analyses, report.html, results.json, tables/); a local path, not a URL; "
+        "with --executor ray one that every worker sees (shared filesystem)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "ray"],
+        help="local: every unit in this process (default); ray: prompt runs and baselines as Ray tasks "
+        "(pip install 'softprompt[ray]'; see docs/scale-out.md)",
+    )
+    g = p.add_argument_group("Ray executor (--executor ray)")
+    g.add_argument(
+        "--ray-address",
+        default=None,
+        help="cluster to connect to, passed to ray.init: 'auto' (a `ray start` cluster on this machine) or "
+        "HEAD_IP:6379 (default: $RAY_ADDRESS, else start a local cluster)",
+    )
+    g.add_argument("--cpus-per-run", type=float, default=None, help="CPUs (and torch threads) each unit reserves (default 1)")
+    g.add_argument("--gpus-per-run", type=float, default=None, help="GPUs each unit reserves (default 0)")
+    g.add_argument(
+        "--max-retries", type=int, default=None, help="retries of a unit whose worker died (default 3); errors are not retried"
+    )
     p.set_defaults(func=cmd_study)
 
 

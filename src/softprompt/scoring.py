@@ -463,6 +463,15 @@ def choice_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(scores, labels.to(scores.device))
 
 
+def answer_nll(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of the correct answer's tokens: the language-modelling loss of PEFT's
+    recipe (without its EOS target); unlike `choice_loss` it never pushes the wrong choices down."""
+    return -scores.gather(1, labels.to(scores.device)[:, None]).mean()
+
+
+LOSSES = {"choices": choice_loss, "lm": answer_nll}
+
+
 @dataclass
 class Scores:
     """Per-example choice log-likelihoods, in the order of the examples given."""

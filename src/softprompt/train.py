@@ -36,7 +36,7 @@ from softprompt.runs import (
     RUN_FORMAT,
     package_versions,
 )
-from softprompt.scoring import autocast_context, batch_choice_scores, choice_loss
+from softprompt.scoring import LOSSES, answer_nll, autocast_context, batch_choice_scores, choice_loss
 from softprompt.tasks import get_task
 
 METHODS = ("prompt", "finetune", "lora")
@@ -59,6 +59,7 @@ class TrainConfig:
     init_text: str | None = None
     lr: float | None = None
     optimizer: str = "adamw"
+    loss: str = "choices"  # "choices": cross-entropy over the choices; "lm": the answer's NLL (PEFT's recipe)
     weight_decay: float = 0.0
     epochs: int = 3
     batch_size: int = 8
@@ -83,6 +84,8 @@ class TrainConfig:
             raise SoftPromptError(f"unknown method {self.method!r}: expected one of {', '.join(METHODS)}")
         if self.init not in INIT_METHODS:
             raise SoftPromptError(f"unknown init {self.init!r}: expected one of {', '.join(INIT_METHODS)}")
+        if self.loss not in LOSSES:
+            raise SoftPromptError(f"unknown loss {self.loss!r}: expected one of {', '.join(LOSSES)}")
         if self.optimizer not in ("adam", "adamw"):
             raise SoftPromptError(f"unknown optimizer {self.optimizer!r}: expected adam or adamw")
         if self.schedule not in ("linear", "cosine", "constant"):
@@ -107,6 +110,13 @@ class TrainConfig:
         if unknown:
             raise SoftPromptError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
         return cls(**d)
+
+    def differences(self, saved: dict[str, Any]) -> list[str]:
+        """The fields whose value in a saved run's config differs from this one's (a field the saved
+        config predates counts as its default, so adding an option does not invalidate old runs)."""
+        mine = asdict(self)
+        full = {**{k: v for k, v in asdict(TrainConfig()).items() if k not in saved}, **saved}
+        return sorted(k for k in set(full) | set(mine) if full.get(k) != mine.get(k))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -252,9 +262,8 @@ def train(
         status = read_json(run_file).get("status")
         raise SoftPromptError(f"{out} already holds a {status} run: pass --resume to continue it or choose another --out")
     if resume and run_file.exists():
-        saved = read_json(run_file).get("config", {})
-        if saved != _config_dict(cfg):
-            diff = sorted(k for k in set(saved) | set(_config_dict(cfg)) if saved.get(k) != _config_dict(cfg).get(k))
+        diff = cfg.differences(read_json(run_file).get("config", {}))
+        if diff:
             raise SoftPromptError(f"{out}: --resume with a different config (changed: {diff}); use another --out")
     dp.barrier()  # every process has read what was there before the main process writes
     out.mkdir(parents=True, exist_ok=True)
@@ -351,7 +360,7 @@ def train(
                     batch = collate([encoded[i] for i in idx], tok.pad_token_id)
                     with autocast_context(backbone.device, compute_dtype):
                         scores = batch_choice_scores(backbone.model, prompt.weight if prompt else None, batch)
-                    loss = choice_loss(scores, batch.labels)
+                    loss = (choice_loss if cfg.loss == "choices" else answer_nll)(scores, batch.labels)
                 loss_sum, rows = dp.sum([float(loss.detach()) * len(idx) if loss is not None else 0.0, float(len(idx))])
                 batch_loss = loss_sum / rows  # the global batch's mean loss, the same in every process
                 if not math.isfinite(batch_loss):
