@@ -128,6 +128,32 @@ def main() -> int:
     report["cuda_repeat_identical"] = [h["train_loss"] for h in r2.history] == losses
     print("train", losses, flush=True)
 
+    # 2b. Ctrl-C mid-run on CUDA, then --resume: the optimiser moments go back onto the GPU and the
+    # result equals the uninterrupted run's
+    import softprompt.train as train_mod
+
+    real, calls = train_mod.choice_loss, {"n": 0}
+
+    def interrupt_on_7th(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    train_mod.choice_loss = interrupt_on_7th
+    try:
+        train(cfg, root / "run3", progress=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        train_mod.choice_loss = real
+    r3 = train(cfg, root / "run3", resume=True, progress=False)
+    from safetensors.torch import load_file
+
+    p1, p3 = (load_file(str(root / d / "prompt.safetensors"))["prompt"] for d in ("run1", "run3"))
+    report["cuda_resume_identical"] = [h["train_loss"] for h in r3.history] == losses and torch.equal(p1, p3)
+    print("resume", report["cuda_resume_identical"], flush=True)
+
     # 3. throughput on a SmolLM2-135M-shaped random model, bf16 autocast
     big = model_dir(root, tok, "smollm2")
     bb = load_backbone(str(big), device=dev)
@@ -188,7 +214,7 @@ methods = ["majority", "no_prompt", "english_prompt", "finetune", "lora"]
     (out / "report.html").write_bytes((root / "study" / "report.html").read_bytes())
     (out / "gpu_smoke.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
-    ok = report["same_predictions_fp32"] and diff32 < 1e-3 and losses[-1] < losses[0]
+    ok = report["same_predictions_fp32"] and diff32 < 1e-3 and losses[-1] < losses[0] and report["cuda_resume_identical"]
     return 0 if ok else 1
 
 

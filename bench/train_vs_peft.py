@@ -12,7 +12,9 @@ tokens/s and model FLOP/s are medians over epochs.
   the project's linear schedule); the scorer's fast paths are on (see softprompt.scoring).
   softprompt-fp32: the same with compute_dtype float32. softprompt-plain: the scorer's fast paths
   off (one padded forward under autocast on the float32 weights). softprompt-grouped: batches of
-  similar length (batching.length_grouped_order; not what `softprompt train` does).
+  similar length (batching.length_grouped_order; not what `softprompt train` does). softprompt-lm:
+  PEFT's objective and schedule on softprompt's step (`softprompt train --loss lm --warmup 0
+  --weight-decay 0.01`: the correct answer's NLL, no warmup, AdamW's default weight decay).
 - peft: the recipe of PEFT's prompt-tuning causal-LM example (bloomz-560m, twitter_complaints):
   `get_peft_model(PromptTuningConfig(task_type="CAUSAL_LM", prompt_tuning_init="TEXT", ...))`, inputs
   tokenized as text + answer + pad, LEFT-padded to a fixed max_length, labels -100 on the input, the
@@ -52,19 +54,25 @@ from softprompt.backbones import load_backbone, resolve_compute_dtype  # noqa: E
 from softprompt.batching import collate, encode_examples, length_grouped_order  # noqa: E402
 from softprompt.evaluate import Evaluator  # noqa: E402
 from softprompt.prompt import init_prompt  # noqa: E402
-from softprompt.scoring import autocast_context, batch_choice_scores, choice_loss  # noqa: E402
+from softprompt.scoring import answer_nll, autocast_context, batch_choice_scores, choice_loss  # noqa: E402
 from softprompt.tasks import get_task  # noqa: E402
 from softprompt.train import _epoch_order, _lr_lambda  # noqa: E402
 
-ARMS = ("softprompt", "softprompt-fp32", "softprompt-plain", "softprompt-grouped", "peft", "peft-bf16")
+ARMS = ("softprompt", "softprompt-fp32", "softprompt-plain", "softprompt-grouped", "softprompt-lm", "peft", "peft-bf16")
 
 
 class SoftpromptArm:
     """The inner step of softprompt.train.train, verbatim in substance."""
 
-    def __init__(self, backbone, task, examples, args, compute: str, grouped: bool = False, plain: bool = False):
+    def __init__(
+        self, backbone, task, examples, args, compute: str, grouped: bool = False, plain: bool = False, lm: bool = False
+    ):
         self.bb, self.name = backbone, "softprompt" if compute == "auto" else f"softprompt-{compute}"
         self.grouped, self.plain = grouped, plain
+        # lm: PEFT's recipe on softprompt's step (`--loss lm --warmup 0 --weight-decay 0.01`)
+        self.loss_fn, warmup, wd = (answer_nll, 0.0, 0.01) if lm else (choice_loss, 0.06, 0.0)
+        if lm:
+            self.name = "softprompt-lm"
         if grouped:
             self.name = "softprompt-grouped"
         if plain:
@@ -72,9 +80,9 @@ class SoftpromptArm:
         self.compute_dtype = resolve_compute_dtype(compute, backbone.device)
         self.prompt = init_prompt(backbone.model, backbone.tokenizer, args.tokens, "text", text=task.description)
         self.encoded = encode_examples(examples, backbone.tokenizer, n_prompt=args.tokens, max_length=512)
-        self.opt = torch.optim.AdamW([self.prompt.weight], lr=args.lr, weight_decay=0.0)
+        self.opt = torch.optim.AdamW([self.prompt.weight], lr=args.lr, weight_decay=wd)
         steps = math.ceil(len(examples) / args.batch_size) * args.epochs
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda("linear", int(0.06 * steps), steps))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda("linear", int(warmup * steps), steps))
         self.bs = args.batch_size
         self.stats = {"flops": 0.0, "tokens_real": 0, "tokens_naive": 0, "time": 0.0}
 
@@ -90,7 +98,7 @@ class SoftpromptArm:
         t = time.perf_counter()
         with autocast_context(self.bb.device, self.compute_dtype):
             scores = batch_choice_scores(self.bb.model, self.prompt.weight, batch, fast=not self.plain)
-        loss = choice_loss(scores, batch.labels)
+        loss = self.loss_fn(scores, batch.labels)
         loss.backward()
         self.opt.step()
         self.sched.step()
@@ -183,6 +191,8 @@ def build_arm(name, backbone, task, examples, args, max_length):
         return SoftpromptArm(backbone, task, examples, args, "auto", plain=True)
     if name == "softprompt-grouped":
         return SoftpromptArm(backbone, task, examples, args, "auto", grouped=True)
+    if name == "softprompt-lm":
+        return SoftpromptArm(backbone, task, examples, args, "auto", lm=True)
     if name in ("peft", "peft-bf16"):
         return PeftArm(task, examples, args, name == "peft-bf16", max_length)
     raise SystemExit(f"unknown arm {name!r}: expected some of {', '.join(ARMS)}")
