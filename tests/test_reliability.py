@@ -49,7 +49,7 @@ def _train_cmd(model_dir, data, out, *extra):
         "--tokens",
         "3",
         "--epochs",
-        "30",
+        "40",
         "--batch-size",
         "2",
         "--lr",
@@ -81,14 +81,19 @@ def test_killed_runs_resume_to_identical_result(tmp_path, tiny_model_dir, toy_da
             _train_cmd(tiny_model_dir, toy_data, cut, *extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         if attempt < 4:
+            # Wait until this process has written a random number (1-8) of new checkpoints, then kill
+            # it at a random instant within a step: always mid-training (240 steps in all), wherever
+            # in a step (forward, optimiser, checkpoint write) the signal lands.
             ckpt = cut / "checkpoint.safetensors"
-            before = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
+            last = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
+            target, writes = rng.randint(1, 8), 0
             deadline = time.time() + 120
-            while time.time() < deadline and proc.poll() is None:  # wait until this process is training
-                if ckpt.exists() and ckpt.stat().st_mtime_ns != before:
-                    break
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 1.0))
+            while time.time() < deadline and proc.poll() is None and writes < target:
+                now = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
+                if now != last:
+                    last, writes = now, writes + 1
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.05))
             sig = signal.SIGKILL if attempt % 2 == 0 else signal.SIGINT
             proc.send_signal(sig)
             kills += 1
@@ -258,3 +263,21 @@ def test_killed_study_resumes_to_identical_result(tmp_path, tiny_model_dir, toy_
     got = json.loads((out / "results.json").read_text())
     assert [r["final"] for r in ref["runs"]] == [r["final"] for r in got["runs"]]
     assert ref["geometry"]["summary"] == got["geometry"]["summary"]
+
+
+def test_stale_temporaries_of_a_killed_writer_are_removed_on_resume(tmp_path, tiny_llama, toy_data):
+    """SIGKILL during an atomic write leaves `.NAME.xxxx.tmp` beside the target; the next attempt deletes it."""
+    from softprompt.io import remove_stale_temporaries
+    from softprompt.train import TrainConfig, train
+
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / ".checkpoint.safetensors.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    keep = out / "notes.tmp"  # not one of ours (no leading dot): left alone
+    keep.write_text("mine")
+    cfg = TrainConfig(task="rte", model="tiny", tokens=3, epochs=1, batch_size=4, lr=0.1, compute_dtype="float32",
+                      data_dir=str(toy_data), max_length=128)  # fmt: skip
+    train(cfg, out, backbone=tiny_llama, progress=False)
+    assert not stale.exists() and keep.exists()
+    assert remove_stale_temporaries(tmp_path / "missing") == []

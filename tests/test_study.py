@@ -157,3 +157,32 @@ def test_run_dirs_cannot_escape_the_study(task, tmp_path):
     name = _run_dir_name(task)
     target = (tmp_path / "runs" / f"{name}-s0").resolve()
     assert target.parent == (tmp_path / "runs").resolve() and not name.startswith(".")
+
+
+def test_local_executor_never_imports_ray(tmp_path, tiny_model_dir, toy_data, monkeypatch):
+    """The default executor works without Ray installed; `--executor ray` then says how to install it."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, as when it is not installed
+    cfg = _write(tmp_path, tiny_model_dir, toy_data, methods='["majority"]')
+    cfg.write_text(cfg.read_text().replace("seeds = [0, 1, 2]", "seeds = [0]").replace("epochs = 2", "epochs = 1"))
+    res = run_study(cfg, tmp_path / "study", progress=False)
+    assert res["setup"]["executor"] == {"name": "local"}
+    with pytest.raises(SoftPromptError, match=r"--executor ray needs Ray.*pip install 'softprompt\[ray\]'"):
+        run_study(cfg, tmp_path / "other", progress=False, executor="ray")
+    assert not (tmp_path / "other").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("out", ["s3://bucket/study", "gs://b/s", "file:///tmp/study", "memory://x"])
+def test_study_out_url_is_refused(tmp_path, out):
+    with pytest.raises(SoftPromptError, match="URLs .* are not supported"):
+        run_study(tmp_path / "unused.toml", out, progress=False)
+
+
+def test_ray_flags_need_the_ray_executor(tmp_path, capsys):
+    from softprompt.cli import main
+
+    assert main(["study", str(tmp_path / "x.toml"), "--out", str(tmp_path / "o"), "--cpus-per-run", "2"]) == 2
+    assert "--cpus-per-run applies to --executor ray only" in capsys.readouterr().err
+    with pytest.raises(SoftPromptError, match="unknown executor 'dask'"):
+        run_study(tmp_path / "x.toml", tmp_path / "o", executor="dask")

@@ -64,6 +64,38 @@ def test_same_seed_same_result(tiny_backbone, toy_data, tmp_path):
     assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
 
 
+@pytest.mark.parametrize("where", ["scheduler", "best_prompt"])
+def test_interrupt_inside_a_step_or_epoch_bookkeeping_resumes_identically(tiny_llama, toy_data, tmp_path, monkeypatch, where):
+    """Ctrl-C after the optimiser moved the parameters but before the step was recorded (or while the
+    best prompt is written at an epoch's end) must not checkpoint that half-done instant."""
+    cfg = _cfg(toy_data, batch_size=2, checkpoint_every=1)
+    train(cfg, tmp_path / "ref", backbone=tiny_llama, progress=False)
+    calls = {"n": 0}
+    if where == "scheduler":  # the 4th step: parameters moved, step not yet recorded
+        target, name, stop_at = torch.optim.lr_scheduler.LambdaLR, "step", 4
+    else:  # the 1st epoch's best prompt (the 1st save is the initial prompt)
+        target, name, stop_at = SoftPrompt, "save", 2
+    real = getattr(target, name)
+
+    def interrupting(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == stop_at:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(target, name, interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False)
+    monkeypatch.setattr(target, name, real)
+    train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False, resume=True)
+    ref = load_file(str(tmp_path / "ref" / "prompt.safetensors"))["prompt"]
+    assert torch.equal(ref, load_file(str(tmp_path / "cut" / "prompt.safetensors"))["prompt"])
+    ref_m = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
+    got_m = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"} for x in ref_m]
+    assert strip == [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"} for x in got_m]
+
+
 @pytest.mark.parametrize("stop_at", [2, 5, 7])
 def test_resume_after_interrupt_is_bit_identical(tiny_llama, toy_data, tmp_path, monkeypatch, stop_at):
     cfg = _cfg(toy_data, batch_size=2, grad_accum=2)

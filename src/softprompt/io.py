@@ -27,6 +27,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporary files `atomic_path` left in `directory` when its writer was killed
+    (SIGKILL, power loss) before it could rename or remove them. Call only while no other process
+    writes there (a run directory is owned by the run resuming it)."""
+    directory = Path(directory)
+    stale = [p for p in directory.glob(".*.tmp") if p.is_file()] if directory.is_dir() else []
+    for p in stale:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return stale
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
+import re
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from softprompt.errors import SoftPromptError
-from softprompt.io import read_json, write_json
-from softprompt.runs import RUN_FILE, load_run, package_versions
+from softprompt.io import read_json, remove_stale_temporaries, write_json
+from softprompt.runs import RUN_FILE, load_run
+from softprompt.study_steps import Unit, Workspace, analyses_unit, run_unit
 from softprompt.train import TrainConfig, train
 
+if TYPE_CHECKING:
+    from softprompt.study_ray import RayOptions
+
 BASELINE_METHODS = ("majority", "no_prompt", "english_prompt", "finetune", "lora")
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -126,118 +131,159 @@ class Study:
     progress: bool = True
     timings: dict[str, float] = field(default_factory=dict)
 
-    # ------------------------------------------------------------------ runs
-    def prompt_runs(self) -> list[tuple[str, int, Path]]:
-        return [(t, s, self.out / "runs" / f"{_run_dir_name(t)}-s{s}") for t in self.cfg.tasks for s in self.cfg.seeds]
+    # ------------------------------------------------------------------ units
+    def run_dir(self, task: str, seed: int) -> Path:
+        return self.out / "runs" / f"{_run_dir_name(task)}-s{seed}"
 
-    def ensure_run(self, cfg: TrainConfig, out: Path, backbone) -> str:
-        """Train `cfg` into `out` unless an identical complete run is there; returns what was done."""
+    def prompt_runs(self) -> list[tuple[str, int, Path]]:
+        return [(t, s, self.run_dir(t, s)) for t in self.cfg.tasks for s in self.cfg.seeds]
+
+    def units(self) -> list[Unit]:
+        """The independent units in the local executor's order: every prompt run, then the baselines."""
+        runs = [Unit(task, seed=seed) for task, seed, _ in self.prompt_runs()]
+        return runs + [Unit(task, method=m) for task in self.cfg.tasks for m in self.cfg.baselines.methods]
+
+    def ensure_run(self, cfg: TrainConfig, out: Path, ws: Workspace) -> str:
+        """Train `cfg` into `out` unless an identical complete run is there; returns what was done.
+
+        A run left `running` or `interrupted` (a killed process, a Ray worker that died) resumes
+        from its checkpoint."""
         if (out / RUN_FILE).exists():
             info = read_json(out / RUN_FILE)
-            same = info.get("config") == asdict(cfg)
+            same = isinstance(info.get("config"), dict) and not cfg.differences(info["config"])
             if same and info.get("status") == "complete":
                 return "skipped"
             if same:
-                train(cfg, out, resume=True, backbone=backbone, progress=self.progress)
+                train(cfg, out, resume=True, backbone=ws.backbone, progress=self.progress)
                 return "resumed"
-            train(cfg, out, overwrite=True, backbone=backbone, progress=self.progress)
+            train(cfg, out, overwrite=True, backbone=ws.backbone, progress=self.progress)
             return "retrained"
-        train(cfg, out, backbone=backbone, progress=self.progress)
+        train(cfg, out, backbone=ws.backbone, progress=self.progress)
         return "trained"
 
 
-def run_study(config_path: str | Path, out: str | Path, *, progress: bool = True) -> dict:
-    """Run (or continue) a study and write results.json, CSV tables and report.html into `out`."""
-    from softprompt.backbones import load_backbone, resolve_compute_dtype
-    from softprompt.evaluate import Evaluator
-    from softprompt.report import write_report
-    from softprompt.study_steps import analyses_step, baselines_step
+class StudyProgress:
+    """The study's one progress bar: units done out of all, the current unit, ETA (silent when off)."""
 
+    def __init__(self, total: int, name: str, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=f"study {name}", unit="unit", position=0, dynamic_ncols=True)
+
+    def current(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
+    def done(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# What every executor returns: each unit's result, the analyses unit's result, and results.json's "executor".
+ExecutorResult = tuple[dict[Unit, dict[str, Any]], dict[str, Any], dict[str, Any]]
+
+
+def run_locally(study: Study, units: list[Unit], bar: StudyProgress) -> ExecutorResult:
+    """The default executor: every unit in order in this process, one model load for all of them."""
+    ws = Workspace(study.cfg)
+    done: dict[Unit, dict[str, Any]] = {}
+    for unit in units:
+        bar.current(str(unit))
+        done[unit] = run_unit(study, ws, unit)
+        bar.done()
+    bar.current("analyses")
+    final = analyses_unit(study, ws)
+    bar.done()
+    return done, final, {"name": "local"}
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def study_dir(out: str | Path) -> Path:
+    """`out` as an absolute directory path; URLs are refused, since every unit reads and writes plain files there."""
+    if _URL.match(str(out)):
+        raise SoftPromptError(
+            f"--out {out}: URLs (fsspec, s3://, gs://, ...) are not supported; give a directory path, one that every "
+            "Ray worker sees (a shared filesystem) with --executor ray"
+        )
+    return Path(out).absolute()
+
+
+def run_study(
+    config_path: str | Path,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    executor: str = "local",
+    ray_options: RayOptions | None = None,
+) -> dict:
+    """Run (or continue) a study and write results.json, CSV tables and report.html into `out`.
+
+    `executor="local"` runs every unit in this process; `"ray"` runs them as Ray tasks (see
+    `softprompt.study_ray`; `ray_options` sets the cluster address and per-run resources).
+    Both run the same unit functions, so they write the same results.
+    """
+    from softprompt.report import write_report
+
+    if executor not in EXECUTORS:
+        raise SoftPromptError(f"unknown executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    if executor == "local" and ray_options is not None:
+        raise SoftPromptError("Ray options (address, resources per run, retries) apply to executor 'ray' only")
+    out = study_dir(out)
+    if executor == "ray":
+        from softprompt.study_ray import import_ray
+
+        import_ray()  # fail before any work if Ray is missing
     cfg = load_study_config(config_path)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for d in {p.parent for p in out.rglob(".*.tmp")}:  # left by a killed earlier attempt; nothing writes now
+        remove_stale_temporaries(d)
     write_json(out / "study_config.json", asdict(cfg))
     started = time.perf_counter()
     study = Study(cfg, out, progress)
-    backbone = load_backbone(cfg.model, dtype=cfg.train.get("dtype", "float32"), device=cfg.train.get("device", "auto"))
-    compute_dtype = resolve_compute_dtype(cfg.train.get("compute_dtype", "auto"), backbone.device)
-    evaluator = Evaluator(
-        backbone, data_dir=cfg.data_dir, max_length=cfg.train.get("max_length", 512), compute_dtype=compute_dtype
-    )
+    units = study.units()
+    bar = StudyProgress(len(units) + 1, cfg.name, progress)
+    try:
+        if executor == "ray":
+            from softprompt.study_ray import run_on_ray
 
-    runs = study.prompt_runs()
-    n_base = len(cfg.tasks) if cfg.baselines.methods else 0
-    total = len(runs) + n_base + 1
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc=f"study {cfg.name}", unit="step", position=0, dynamic_ncols=True)
-    actions: dict[str, str] = {}
-    for task, seed, run_dir in runs:
-        if bar is not None:
-            bar.set_postfix_str(f"prompt run {task} seed {seed}")
-        t0 = time.perf_counter()
-        actions[run_dir.name] = study.ensure_run(cfg.run_config(task, seed), run_dir, backbone)
-        study.timings[run_dir.name] = time.perf_counter() - t0
-        if bar is not None:
-            bar.update(1)
-    baselines = {}
-    for task in cfg.tasks if cfg.baselines.methods else []:
-        if bar is not None:
-            bar.set_postfix_str(f"baselines {task}")
-        baselines[_run_dir_name(task)] = baselines_step(study, task, backbone, evaluator)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.set_postfix_str("analyses")
-    run_objs = [load_run(d) for _, _, d in runs]
-    analyses = analyses_step(study, run_objs, backbone, evaluator)
-    if bar is not None:
-        bar.update(1)
+            done, final, executor_info = run_on_ray(study, units, bar, ray_options)
+        else:
+            done, final, executor_info = run_locally(study, units, bar)
+    finally:
         bar.close()
+    actions: dict[str, str] = {}
+    baselines: dict[str, dict] = {}
+    for unit in units:
+        if unit.method is None:
+            name = study.run_dir(unit.task, unit.seed).name
+            actions[name] = done[unit]["action"]
+            study.timings[name] = done[unit]["seconds"]
+        else:
+            baselines.setdefault(_run_dir_name(unit.task), {})[unit.method] = done[unit]["row"]
+    run_objs = [load_run(d) for _, _, d in study.prompt_runs()]
     results = {
         "study": asdict(cfg),
         "setup": {
-            "model": {
-                "name": backbone.name,
-                "source": backbone.source,
-                "revision": backbone.revision,
-                "hidden_size": backbone.hidden_size,
-                "vocab_size": backbone.vocab_size,
-                "parameters": sum(p.numel() for p in backbone.model.parameters()),
-            },
-            "compute_dtype": str(compute_dtype).replace("torch.", ""),
-            "device": str(backbone.device),
-            "hardware": {
-                "machine": platform.machine(),
-                "processor": platform.processor() or platform.machine(),
-                "cpus": _cpu_count(),
-                "torch_threads": _torch_threads(),
-            },
-            "versions": package_versions(),
+            **final["setup"],
+            "executor": executor_info,
             "wall_time_s": round(time.perf_counter() - started, 1),
             "actions": actions,
         },
         "runs": [_run_summary(r) for r in run_objs],
         "baselines": baselines,
-        **analyses,
+        **final["analyses"],
     }
     write_json(out / "results.json", results)
     write_report(results, out)
     return results
-
-
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _run_summary(run) -> dict:

@@ -26,7 +26,7 @@ from softprompt.batching import collate, encode_examples
 from softprompt.distributed import setup_data_parallel
 from softprompt.errors import SoftPromptError
 from softprompt.evaluate import EvalResult, Evaluator
-from softprompt.io import atomic_path, read_json, write_json, write_text
+from softprompt.io import atomic_path, read_json, remove_stale_temporaries, write_json, write_text
 from softprompt.prompt import INIT_METHODS, PROMPT_FILE, SoftPrompt, init_prompt
 from softprompt.runs import (
     BEST_PROMPT_FILE,
@@ -267,6 +267,8 @@ def train(
             raise SoftPromptError(f"{out}: --resume with a different config (changed: {diff}); use another --out")
     dp.barrier()  # every process has read what was there before the main process writes
     out.mkdir(parents=True, exist_ok=True)
+    if main:
+        remove_stale_temporaries(out)  # half-written files of a killed earlier attempt
     torch.manual_seed(cfg.seed)
 
     # data
@@ -346,6 +348,10 @@ def train(
             dynamic_ncols=True,
         )
     started = time.perf_counter() - state["elapsed"]
+    # True while the parameters, optimiser, schedule and `state` describe the same instant, so Ctrl-C
+    # may checkpoint them; False inside an optimiser step or an epoch's bookkeeping, where a
+    # checkpoint would pair parameters of one step with the counters of another.
+    consistent = True
     try:
         while state["epoch"] < cfg.epochs:
             epoch = state["epoch"]
@@ -376,6 +382,7 @@ def train(
                     bar.update(1)
                 if (micro + 1) % cfg.grad_accum != 0 and not last_micro:
                     continue
+                consistent = False
                 dp.sum_gradients(trainable.values())
                 optimizer.step()
                 scheduler.step()
@@ -387,9 +394,10 @@ def train(
                     )
                 # Progress is committed only at optimiser-step boundaries, so a checkpoint never
                 # holds half an accumulated gradient.
-                losses += pending
+                losses = losses + pending
                 pending = []
                 state.update(optimizer_step=state["optimizer_step"] + 1, micro_step=micro + 1, epoch_losses=losses)
+                consistent = True
                 if bar is not None:
                     bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
                 if cfg.checkpoint_every and state["optimizer_step"] % cfg.checkpoint_every == 0 and not last_micro:
@@ -397,7 +405,6 @@ def train(
                     checkpoint()
             # end of epoch: evaluate, keep the best, checkpoint
             res = evaluator.evaluate(task, prompt.weight.detach() if prompt else None, limit=cfg.max_eval, seed=EVAL_SEED)
-            state["last_eval"] = res.summary()
             record = {
                 "epoch": epoch + 1,
                 "step": state["optimizer_step"],
@@ -405,21 +412,34 @@ def train(
                 **_metrics(res),
                 "elapsed_s": round(time.perf_counter() - started, 2),
             }
-            state["history"].append(record)
             primary = res.metric(task.metric)
-            if state["best"] is None or primary > state["best"]["value"]:
-                state["best"] = {"epoch": epoch + 1, "metric": task.metric, "value": primary}
+            best = state["best"]
+            consistent = False
+            if best is None or primary > best["value"]:
+                best = {"epoch": epoch + 1, "metric": task.metric, "value": primary}
                 if prompt is not None and main:
                     prompt.save(out / BEST_PROMPT_FILE)
                 elif cfg.method == "lora" and main:
                     _save_trainables(out / "best_adapter.safetensors", trainable)
+            state.update(
+                history=[*state["history"], record],
+                best=best,
+                last_eval=res.summary(),
+                epoch=epoch + 1,
+                micro_step=0,
+                epoch_losses=[],
+                elapsed=time.perf_counter() - started,
+            )
+            consistent = True
             if bar is not None:
                 bar.write(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}  val {task.metric} {primary:.4f}")
-            state.update(epoch=epoch + 1, micro_step=0, epoch_losses=[], elapsed=time.perf_counter() - started)
             checkpoint()
     except KeyboardInterrupt:
-        state["elapsed"] = time.perf_counter() - started
-        checkpoint()
+        # Checkpoint only a consistent instant; otherwise the last checkpoint on disk (an earlier
+        # consistent instant) is what --resume continues from, to the same result.
+        if consistent:
+            state["elapsed"] = time.perf_counter() - started
+            checkpoint()
         if main:
             write_json(run_file, dict(info, status="interrupted"))
         if bar is not None:

@@ -119,10 +119,21 @@ def _setup_section(results: dict) -> str:
             "value": f"{s['device']}, {s['compute_dtype']} autocast, {s['hardware']['cpus']} CPUs, "
             f"{s['hardware']['torch_threads']} torch threads ({s['hardware']['processor']})",
         },
+        {"item": "executor", "value": _executor_text(s.get("executor") or {"name": "local"})},
         {"item": "versions", "value": ", ".join(f"{k} {v}" for k, v in s["versions"].items())},
         {"item": "wall time of this invocation", "value": f"{s['wall_time_s']:.0f} s (work already done earlier is skipped)"},
     ]
     return table(rows, ["item", "value"])
+
+
+def _executor_text(ex: dict) -> str:
+    if ex.get("name") != "ray":
+        return "local (one process)"
+    res = ex.get("resources", {})
+    return (
+        f"Ray, {ex.get('nodes')} node(s) with {res.get('CPU', 0):g} CPUs and {res.get('GPU', 0):g} GPUs; "
+        f"{ex.get('cpus_per_run'):g} CPU(s) and {ex.get('gpus_per_run'):g} GPU(s) per run"
+    )
 
 
 def _accuracy_section(results: dict, out: Path) -> str:

@@ -1,0 +1,198 @@
+"""`softprompt study --executor ray` on a local two-CPU Ray cluster: the same prompts and numbers as the
+local executor, a killed worker's run retried and resumed, a unit's own error reported once, in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+# Before Ray is imported: its node address is then the loopback one, so the test cluster talks only over 127.0.0.1.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+ray = pytest.importorskip("ray")
+
+import torch  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from softprompt.errors import SoftPromptError  # noqa: E402
+from softprompt.study import run_study  # noqa: E402
+from softprompt.study_ray import RayOptions  # noqa: E402
+from tests.conftest import _tiny_model  # noqa: E402
+from tests.test_study import CONFIG  # noqa: E402
+
+EPOCHS = 60  # 3 optimiser steps each, a checkpoint after every step: a run lasts a second or more, time to kill it midway
+SEEDS = (0, 1)
+METHODS = '["majority", "no_prompt", "english_prompt", "lora"]'
+TOY_ROWS = [
+    {"premise": "The cat sat on the mat.", "hypothesis": "The cat sat.", "label": "entailment"},
+    {"premise": "The dog ran away quickly.", "hypothesis": "The dog sat.", "label": "not_entailment"},
+    {"premise": "A charming movie.", "hypothesis": "The movie is good.", "label": "entailment"},
+    {"premise": "A boring movie.", "hypothesis": "The movie is charming.", "label": "not_entailment"},
+]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local cluster for the module: 2 CPUs, no dashboard, loopback only; shut down (all its processes) after."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A tiny llama saved to a folder, RTE-shaped toy data and a study config over them (1 task x 2 seeds)."""
+    root = tmp_path_factory.mktemp("ray-study")
+    model_dir = root / "tiny-model"
+    _tiny_model("llama", len(tiny_tokenizer)).save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    data = root / "data"
+    (data / "rte").mkdir(parents=True)
+    for name, rows in (("train.jsonl", TOY_ROWS * 3), ("val.jsonl", TOY_ROWS)):
+        (data / "rte" / name).write_text("".join(json.dumps(dict(r, idx=i)) + "\n" for i, r in enumerate(rows)))
+    text = (
+        CONFIG.format(model=model_dir, data=data, methods=METHODS)
+        .replace("seeds = [0, 1, 2]", f"seeds = {list(SEEDS)}")
+        .replace("epochs = 2", f"epochs = {EPOCHS}\ncheckpoint_every = 1")
+    )
+    (root / "study.toml").write_text(text)
+    return root
+
+
+def _one_thread():
+    """Torch threads of this process set to 1, as each Ray unit gets with --cpus-per-run 1, and the old count.
+
+    The same thread count makes the CPU kernels reduce in the same order, so results are bit-identical."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    return before
+
+
+@pytest.fixture(scope="module")
+def local_study(inputs) -> dict:
+    before = _one_thread()
+    try:
+        return run_study(inputs / "study.toml", inputs / "local", progress=False)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _comparable(results: dict, out: Path) -> tuple[dict, dict]:
+    """results.json without what differs between any two invocations: the study directory and wall times."""
+    r = json.loads(json.dumps(results).replace(str(out), "OUT"))
+
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in ("wall_time_s", "elapsed_s")}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+
+    setup = r.pop("setup")
+    return strip(r), setup
+
+
+def _assert_same_prompts(a: Path, b: Path) -> None:
+    for seed in SEEDS:
+        for name in ("prompt.safetensors", "best.safetensors"):
+            x = load_file(str(a / "runs" / f"rte-s{seed}" / name))
+            y = load_file(str(b / "runs" / f"rte-s{seed}" / name))
+            assert x.keys() == y.keys()
+            for k in x:
+                assert torch.equal(x[k], y[k]), (seed, name, k)
+
+
+def test_ray_study_equals_local_study(ray_cluster, inputs, local_study):
+    out = inputs / "ray"
+    res = run_study(inputs / "study.toml", out, progress=False, executor="ray", ray_options=RayOptions(cpus_per_run=1))
+    _assert_same_prompts(inputs / "local", out)
+    lora = "baselines/rte/lora/lora/adapter.safetensors"
+    assert all(torch.equal(v, load_file(str(out / lora))[k]) for k, v in load_file(str(inputs / "local" / lora)).items())
+
+    got, setup = _comparable(json.loads((out / "results.json").read_text()), out)
+    want, local_setup = _comparable(local_study, inputs / "local")
+    assert got == want  # every number: runs, histories, baselines, neighbours, geometry, transfer
+    for key in ("model", "compute_dtype", "device", "versions", "actions"):
+        assert setup[key] == local_setup[key], key
+    assert local_setup["executor"] == {"name": "local"}
+    ex = setup["executor"]
+    assert ex["name"] == "ray" and ex["nodes"] == 1 and ex["resources"]["CPU"] == 2 and ex["cpus_per_run"] == 1
+    assert setup["model"]["parameters"] > 0  # from the analyses task: the driver never loads the model
+    assert res["baselines"].keys() == {"rte"} and list(res["baselines"]["rte"]) == json.loads(METHODS)
+    assert "Ray, 1 node(s) with 2 CPUs" in (out / "report.html").read_text()
+
+
+def _running_run(out: Path) -> tuple[Path, int] | None:
+    """A prompt run that a worker is in the middle of: status running, a checkpoint, several epochs to go."""
+    for run_json in sorted(out.glob("runs/*/run.json")):
+        try:
+            info = json.loads(run_json.read_text())
+            with safe_open(str(run_json.parent / "checkpoint.safetensors"), framework="pt") as f:
+                epoch = json.loads(f.metadata()["state"])["epoch"]
+        except (OSError, ValueError, KeyError):  # not written yet, or replaced while read
+            continue
+        if info.get("status") == "running" and "worker" in info and epoch < EPOCHS - 20:
+            return run_json.parent, int(info["worker"]["pid"])
+    return None
+
+
+def test_killed_worker_is_retried_and_its_run_resumed(ray_cluster, inputs, local_study):
+    out = inputs / "ray-killed"
+    outcome: dict = {}
+
+    def study() -> None:
+        try:
+            outcome["results"] = run_study(
+                inputs / "study.toml", out, progress=False, executor="ray", ray_options=RayOptions(max_retries=2)
+            )
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=study)
+    thread.start()
+    victim = None
+    deadline = time.time() + 240
+    while victim is None and thread.is_alive() and time.time() < deadline:
+        victim = _running_run(out)
+        time.sleep(0.01)
+    assert victim is not None, "no run was seen in the middle of training"
+    run_dir, pid = victim
+    assert pid != os.getpid()  # a Ray worker, not this driver
+    os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert "error" not in outcome, outcome.get("error")
+    res = outcome["results"]
+    assert res["setup"]["actions"][run_dir.name] == "resumed"  # retried, and continued from its checkpoint
+    _assert_same_prompts(inputs / "local", out)
+    got, _ = _comparable(res, out)
+    want, _ = _comparable(local_study, inputs / "local")
+    assert got["runs"] == want["runs"] and got["geometry"] == want["geometry"]
+
+
+def test_unit_error_is_one_line_and_not_retried(ray_cluster, inputs, tmp_path):
+    from softprompt.study import Study, StudyProgress, load_study_config
+    from softprompt.study_ray import run_on_ray
+    from softprompt.study_steps import Unit
+
+    class FailingStudy(Study):  # defined here, so Ray ships it to the worker by value
+        def ensure_run(self, cfg, out, ws):
+            with open(self.out / "attempts", "a") as f:  # one line per attempt
+                f.write("attempt\n")
+            raise SoftPromptError(f"{out.name}: parameters diverged (a stand-in for any error of the run itself)")
+
+    study = FailingStudy(load_study_config(inputs / "study.toml"), tmp_path, progress=False)
+    units = [Unit("rte", seed=0)]
+    with pytest.raises(SoftPromptError) as err:
+        run_on_ray(study, units, StudyProgress(2, "failing", enabled=False), RayOptions(max_retries=3))
+    assert (
+        str(err.value)
+        == "run rte-s0 failed on a Ray worker: rte-s0: parameters diverged (a stand-in for any error of the run itself)"
+    )
+    assert (tmp_path / "attempts").read_text() == "attempt\n"  # raised once, not retried (worker deaths are)
