@@ -492,7 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"softprompt: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nsoftprompt: interrupted; progress was checkpointed: rerun with --resume to continue", file=sys.stderr)
+        how = "rerun the same command to continue" if args.command == "study" else "rerun with --resume to continue"
+        print(f"\nsoftprompt: interrupted; progress was checkpointed: {how}", file=sys.stderr)
         return 130
 
 
