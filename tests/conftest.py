@@ -111,3 +111,12 @@ def toy_data(tmp_path) -> Path:
             for i, r in enumerate(recs):
                 f.write(json.dumps(dict(r, idx=i)) + "\n")
     return tmp_path / "data"
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tiny_llama) -> Path:
+    """The tiny llama saved as a local model folder, for code paths that load a model by name (CLI, studies)."""
+    d = tmp_path / "tiny-model"
+    tiny_llama.model.save_pretrained(d)
+    tiny_llama.tokenizer.save_pretrained(d)
+    return d

@@ -31,14 +31,6 @@ def _env():
     return env
 
 
-@pytest.fixture
-def tiny_model_dir(tmp_path, tiny_llama):
-    d = tmp_path / "tiny-model"
-    tiny_llama.model.save_pretrained(d)
-    tiny_llama.tokenizer.save_pretrained(d)
-    return d
-
-
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="accelerate's launcher is not installed")
 def test_two_processes_match_one(tmp_path, tiny_model_dir, toy_data):
     """Global batch 10 = 2 processes x 5: the same prompt, losses and metrics as 1 process x 10.
@@ -112,6 +104,7 @@ def test_resume_with_another_process_count_is_refused(tmp_path, tiny_llama, toy_
     with pytest.raises(KeyboardInterrupt):
         train(cfg, out, backbone=tiny_llama, progress=False)
     monkeypatch.setattr(train_mod, "choice_loss", real)
+
     class PretendTwo(DataParallel):  # rank 0 of 2, without a process group: the check comes first
         def barrier(self) -> None:
             pass

@@ -26,14 +26,6 @@ from softprompt.tasks import get_task
 from softprompt.tasks.base import Example
 
 
-@pytest.fixture
-def tiny_model_dir(tmp_path, tiny_llama):
-    d = tmp_path / "tiny-model"
-    tiny_llama.model.save_pretrained(d)
-    tiny_llama.tokenizer.save_pretrained(d)
-    return d
-
-
 def _train_cmd(model_dir, data, out, *extra):
     return [
         sys.executable,

@@ -34,14 +34,6 @@ k = 3
 """
 
 
-@pytest.fixture
-def tiny_model_dir(tmp_path, tiny_llama):
-    d = tmp_path / "tiny-model"
-    tiny_llama.model.save_pretrained(d)
-    tiny_llama.tokenizer.save_pretrained(d)
-    return d
-
-
 def _write(tmp_path, model_dir, data, methods='["majority", "no_prompt", "english_prompt", "finetune", "lora"]', **extra):
     text = CONFIG.format(model=model_dir, data=data, methods=methods)
     for k, v in extra.items():
