@@ -132,7 +132,7 @@ def main() -> int:
     # result equals the uninterrupted run's
     import softprompt.train as train_mod
 
-    real, calls = train_mod.choice_loss, {"n": 0}
+    real, calls = train_mod.LOSSES["choices"], {"n": 0}
 
     def interrupt_on_7th(*a, **k):
         calls["n"] += 1
@@ -140,13 +140,13 @@ def main() -> int:
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    train_mod.choice_loss = interrupt_on_7th
+    train_mod.LOSSES["choices"] = interrupt_on_7th
     try:
         train(cfg, root / "run3", progress=False)
     except KeyboardInterrupt:
         pass
     finally:
-        train_mod.choice_loss = real
+        train_mod.LOSSES["choices"] = real
     r3 = train(cfg, root / "run3", resume=True, progress=False)
     from safetensors.torch import load_file
 

@@ -92,7 +92,7 @@ def test_resume_with_another_process_count_is_refused(tmp_path, tiny_llama, toy_
     calls = {"n": 0}
     import softprompt.train as train_mod
 
-    real = train_mod.choice_loss
+    real = train_mod.LOSSES["choices"]
 
     def interrupt_on_third(*a, **k):
         calls["n"] += 1
@@ -100,10 +100,10 @@ def test_resume_with_another_process_count_is_refused(tmp_path, tiny_llama, toy_
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(train_mod, "choice_loss", interrupt_on_third)
+    monkeypatch.setitem(train_mod.LOSSES, "choices", interrupt_on_third)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, out, backbone=tiny_llama, progress=False)
-    monkeypatch.setattr(train_mod, "choice_loss", real)
+    monkeypatch.setitem(train_mod.LOSSES, "choices", real)
 
     class PretendTwo(DataParallel):  # rank 0 of 2, without a process group: the check comes first
         def barrier(self) -> None:

@@ -97,7 +97,7 @@ def test_interrupted_study_resumes(tmp_path, tiny_model_dir, toy_data, monkeypat
     cfg = _write(tmp_path, tiny_model_dir, toy_data, methods='["majority"]')
     out = tmp_path / "study"
     calls = {"n": 0}
-    real = train_mod.choice_loss
+    real = train_mod.LOSSES["choices"]
 
     def interrupting(scores, labels):
         calls["n"] += 1
@@ -105,10 +105,10 @@ def test_interrupted_study_resumes(tmp_path, tiny_model_dir, toy_data, monkeypat
             raise KeyboardInterrupt
         return real(scores, labels)
 
-    monkeypatch.setattr(train_mod, "choice_loss", interrupting)
+    monkeypatch.setitem(train_mod.LOSSES, "choices", interrupting)
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg, out, progress=False)
-    monkeypatch.setattr(train_mod, "choice_loss", real)
+    monkeypatch.setitem(train_mod.LOSSES, "choices", real)
     res = run_study(cfg, out, progress=False)
     assert res["setup"]["actions"]["rte-s0"] == "skipped"
     assert res["setup"]["actions"]["rte-s1"] == "resumed"

@@ -101,7 +101,7 @@ def test_resume_after_interrupt_is_bit_identical(tiny_llama, toy_data, tmp_path,
     cfg = _cfg(toy_data, batch_size=2, grad_accum=2)
     train(cfg, tmp_path / "ref", backbone=tiny_llama, progress=False)
     calls = {"n": 0}
-    real = train_mod.choice_loss
+    real = train_mod.LOSSES["choices"]
 
     def interrupting(scores, labels):
         calls["n"] += 1
@@ -109,13 +109,13 @@ def test_resume_after_interrupt_is_bit_identical(tiny_llama, toy_data, tmp_path,
             raise KeyboardInterrupt
         return real(scores, labels)
 
-    monkeypatch.setattr(train_mod, "choice_loss", interrupting)
+    monkeypatch.setitem(train_mod.LOSSES, "choices", interrupting)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False)
     assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "interrupted"
     with pytest.raises(SoftPromptError, match="interrupted"):
         load_run(tmp_path / "cut")
-    monkeypatch.setattr(train_mod, "choice_loss", real)
+    monkeypatch.setitem(train_mod.LOSSES, "choices", real)
     with pytest.raises(SoftPromptError, match="--resume"):
         train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False)
     train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False, resume=True)
@@ -145,14 +145,14 @@ def test_exploding_lr_stops_with_clear_error(tiny_llama, toy_data, tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_llama, toy_data, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = train_mod.choice_loss
+    real = train_mod.LOSSES["choices"]
 
     def poisoned(scores, labels):
         calls["n"] += 1
         loss = real(scores, labels)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(train_mod, "choice_loss", poisoned)
+    monkeypatch.setitem(train_mod.LOSSES, "choices", poisoned)
     with pytest.raises(SoftPromptError, match="loss became nan"):
         train(_cfg(toy_data), tmp_path / "r", backbone=tiny_llama, progress=False)
     ckpt = load_file(str(tmp_path / "r" / "checkpoint.safetensors"))

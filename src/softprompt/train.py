@@ -36,7 +36,7 @@ from softprompt.runs import (
     RUN_FORMAT,
     package_versions,
 )
-from softprompt.scoring import LOSSES, answer_nll, autocast_context, batch_choice_scores, choice_loss
+from softprompt.scoring import LOSSES, autocast_context, batch_choice_scores
 from softprompt.tasks import get_task
 
 METHODS = ("prompt", "finetune", "lora")
@@ -366,7 +366,7 @@ def train(
                     batch = collate([encoded[i] for i in idx], tok.pad_token_id)
                     with autocast_context(backbone.device, compute_dtype):
                         scores = batch_choice_scores(backbone.model, prompt.weight if prompt else None, batch)
-                    loss = (choice_loss if cfg.loss == "choices" else answer_nll)(scores, batch.labels)
+                    loss = LOSSES[cfg.loss](scores, batch.labels)
                 loss_sum, rows = dp.sum([float(loss.detach()) * len(idx) if loss is not None else 0.0, float(len(idx))])
                 batch_loss = loss_sum / rows  # the global batch's mean loss, the same in every process
                 if not math.isfinite(batch_loss):
