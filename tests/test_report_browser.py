@@ -31,8 +31,10 @@ def tiny_report(tmp_path_factory, tiny_tokenizer):
 
     data = root / "data" / "rte"
     data.mkdir(parents=True)
-    rows = [{"premise": "The cat sat on the mat.", "hypothesis": "The cat sat.", "label": "entailment"},
-            {"premise": "The dog ran away quickly.", "hypothesis": "The dog sat.", "label": "not_entailment"}]
+    rows = [
+        {"premise": "The cat sat on the mat.", "hypothesis": "The cat sat.", "label": "entailment"},
+        {"premise": "The dog ran away quickly.", "hypothesis": "The dog sat.", "label": "not_entailment"},
+    ]
     for name, n in (("train.jsonl", 6), ("val.jsonl", 2)):
         (data / name).write_text("".join(json.dumps(dict(r, idx=i)) + "\n" for i, r in enumerate(rows * n)))
     cfg = root / "study.toml"
@@ -65,7 +67,12 @@ def test_report_renders_in_chromium(tiny_report):
     assert len(images) >= 5
     broken = [alt for complete, width, alt in images if not complete or width == 0]
     assert not broken, broken
-    for title in ("Findings", "Accuracy", "Nearest tokens and surviving words", "Stochasticity across seeds",
-                  "Transfer between tasks"):
+    for title in (
+        "Findings",
+        "Accuracy",
+        "Nearest tokens and surviving words",
+        "Stochasticity across seeds",
+        "Transfer between tasks",
+    ):
         assert title in headings
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
