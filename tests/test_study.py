@@ -178,3 +178,23 @@ def test_ray_flags_need_the_ray_executor(tmp_path, capsys):
     assert "--cpus-per-run applies to --executor ray only" in capsys.readouterr().err
     with pytest.raises(SoftPromptError, match="unknown executor 'dask'"):
         run_study(tmp_path / "x.toml", tmp_path / "o", executor="dask")
+
+
+def test_ray_flags_reach_ray_options_and_unset_ones_keep_defaults(tmp_path, monkeypatch):
+    import softprompt.study as study_mod
+    from softprompt.cli import main
+    from softprompt.study_ray import RayOptions
+
+    seen = {}
+
+    def fake_run_study(config, out, **kw):
+        seen.update(kw)
+        return {"study": {"name": "x"}, "runs": []}
+
+    monkeypatch.setattr(study_mod, "run_study", fake_run_study)
+    argv = ["study", "x.toml", "--out", str(tmp_path / "o"), "--executor", "ray"]
+    assert main([*argv, "--gpus-per-run", "0.5", "--ray-address", "auto"]) == 0
+    assert seen["ray_options"] == RayOptions(address="auto", gpus_per_run=0.5)
+    assert main([*argv, "--cpus-per-run", "2", "--max-retries", "0"]) == 0
+    assert seen["ray_options"] == RayOptions(cpus_per_run=2, max_retries=0)
+    assert seen["executor"] == "ray"

@@ -314,31 +314,27 @@ def add_peft(sub) -> None:
 # ----------------------------------------------------------------------------- study
 
 
+# argparse name -> (flag, RayOptions field); a flag left unset keeps RayOptions' default
 RAY_FLAGS = {
-    "ray_address": "--ray-address",
-    "cpus_per_run": "--cpus-per-run",
-    "gpus_per_run": "--gpus-per-run",
-    "max_retries": "--max-retries",
+    "ray_address": ("--ray-address", "address"),
+    "cpus_per_run": ("--cpus-per-run", "cpus_per_run"),
+    "gpus_per_run": ("--gpus-per-run", "gpus_per_run"),
+    "max_retries": ("--max-retries", "max_retries"),
 }
 
 
 def cmd_study(a: argparse.Namespace) -> int:
     from softprompt.study import run_study
 
-    given = [flag for name, flag in RAY_FLAGS.items() if getattr(a, name) is not None]
+    given = {name: getattr(a, name) for name in RAY_FLAGS if getattr(a, name) is not None}
     ray_options = None
     if a.executor == "ray":
         from softprompt.study_ray import RayOptions
 
-        defaults = RayOptions()
-        ray_options = RayOptions(
-            address=a.ray_address,
-            cpus_per_run=defaults.cpus_per_run if a.cpus_per_run is None else a.cpus_per_run,
-            gpus_per_run=defaults.gpus_per_run if a.gpus_per_run is None else a.gpus_per_run,
-            max_retries=defaults.max_retries if a.max_retries is None else a.max_retries,
-        )
+        ray_options = RayOptions(**{RAY_FLAGS[name][1]: value for name, value in given.items()})
     elif given:
-        raise SoftPromptError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --executor ray only")
+        flags = [RAY_FLAGS[name][0] for name in given]
+        raise SoftPromptError(f"{', '.join(flags)} appl{'ies' if len(flags) == 1 else 'y'} to --executor ray only")
     results = run_study(a.config, a.out, progress=not a.quiet, executor=a.executor, ray_options=ray_options)
     out = Path(a.out)
     print(f"\nstudy {results['study']['name']}: {len(results['runs'])} prompt runs; report: {out / 'report.html'}")

@@ -35,10 +35,6 @@ class Unit:
     seed: int | None = None
     method: str | None = None
 
-    @property
-    def kind(self) -> str:
-        return "run" if self.method is None else "baseline"
-
     def __str__(self) -> str:  # the name progress bars and errors use, e.g. "run rte-s1", "baseline rte lora"
         from softprompt.study import _run_dir_name
 
