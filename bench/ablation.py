@@ -14,6 +14,7 @@ draws them) and the same evaluation, interleaved configuration by configuration 
 --reps rounds; medians are reported.
 
     .venv/bin/python bench/ablation.py                  # ~3 min on 2 quiet cores
+    .venv/bin/python bench/ablation.py --configs all --batches 8 --reps 1 --eval 0 --profile   # op-level profile of the default step
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--profile", action="store_true", help="also print torch.profiler's op table for one round of the default config"
+    )
     args = ap.parse_args()
 
     info = {"machine": common.machine(), "load_before": common.load_average(), "args": vars(args) | {"json": None}}
@@ -116,6 +120,13 @@ def main() -> None:
                 t = time.perf_counter()
                 with_options(CONFIGS[name], evaluate)
                 eval_t[name].append(time.perf_counter() - t)
+    if args.profile:  # where a default training step spends its time (matmuls vs everything else)
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for b in batches:
+                step(b)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     peak = common.matmul_peak(torch.bfloat16)
     rows = []
     base_train, base_eval = common.med(train_t[names[0]]), common.med(eval_t[names[0]]) if val else None
