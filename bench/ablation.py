@@ -20,7 +20,6 @@ draws them) and the same evaluation, interleaved configuration by configuration 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -155,9 +154,7 @@ def main() -> None:
     print(
         f"load {info['load_before']} -> {info['load_after']}; bf16 peak {peak / 1e9:.0f} GFLOP/s; {n_nonemb / 1e6:.1f}M non-embedding parameters"
     )
-    print(common.fmt_table(rows, list(rows[0])))
-    if args.json:
-        args.json.write_text(json.dumps(info, indent=1))
+    common.finish(info, rows, args.json)
 
 
 if __name__ == "__main__":

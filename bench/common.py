@@ -130,3 +130,10 @@ def fmt_table(rows: list[dict], cols: list[str]) -> str:
             cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def finish(info: dict, rows: list[dict], json_path: Path | None, cols: list[str] | None = None) -> None:
+    """Print the results table (markdown) and write everything measured to `json_path` if given."""
+    print(fmt_table(rows, cols or list(rows[0])))
+    if json_path:
+        json_path.write_text(json.dumps(info, indent=1))

@@ -136,9 +136,7 @@ def main() -> None:
     print()
     print(f"load {info['load_before']} -> {info['load_after']}")
     cols = list(dict.fromkeys(c for r in rows for c in r if c != "runs s"))
-    print(common.fmt_table(rows, cols))
-    if args.json:
-        args.json.write_text(json.dumps(info, indent=1))
+    common.finish(info, rows, args.json, cols)
 
 
 if __name__ == "__main__":

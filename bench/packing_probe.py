@@ -17,7 +17,6 @@ training steps (bf16 autocast, the default) interleaved with the default path, m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -174,9 +173,7 @@ def main() -> None:
     print(
         f"{args.task}: {len(batches)} batches of 8 per round, {args.reps} rounds; load {info['load_before']} -> {info['load_after']}"
     )
-    print(common.fmt_table(rows, list(rows[0])))
-    if args.json:
-        args.json.write_text(json.dumps(info, indent=1))
+    common.finish(info, rows, args.json)
 
 
 if __name__ == "__main__":

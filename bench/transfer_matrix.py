@@ -96,9 +96,7 @@ def main() -> None:
     print(
         f"load {info['load_before']} -> {info['load_after']}; max |accuracy fast - plain| = {info['max_accuracy_difference']:.4f}"
     )
-    print(common.fmt_table(rows, [c for c in rows[0] if c != "runs s"] + ["runs s"]))
-    if args.json:
-        args.json.write_text(json.dumps(info, indent=1))
+    common.finish(info, rows, args.json, [c for c in rows[0] if c != "runs s"] + ["runs s"])
 
 
 if __name__ == "__main__":
