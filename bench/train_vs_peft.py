@@ -12,7 +12,7 @@ tokens/s and model FLOP/s are medians over epochs.
   the project's linear schedule); the scorer's fast paths are on (see softprompt.scoring).
   softprompt-fp32: the same with compute_dtype float32. softprompt-plain: the scorer's fast paths
   off (one padded forward under autocast on the float32 weights). softprompt-grouped: batches of
-  similar length (batching.length_grouped_order; not what `softprompt train` does). softprompt-lm:
+  similar length (batching.length_grouped_order; `softprompt train --group-by-length`, an opt-in). softprompt-lm:
   PEFT's objective and schedule on softprompt's step (`softprompt train --loss lm --warmup 0
   --weight-decay 0.01`: the correct answer's NLL, no warmup, AdamW's default weight decay).
 - peft: the recipe of PEFT's prompt-tuning causal-LM example (bloomz-560m, twitter_complaints):
