@@ -94,10 +94,7 @@ def packed_scores(model, prompt: torch.Tensor, batch) -> torch.Tensor:
     scoring.STATS["forwards"] += 1
     scoring.STATS["real"] += len(flat)
     scoring.STATS["head"] += len(idx)
-    lp = scoring._head_logprobs(model, low, picked)  # noqa: SLF001
-    tok = lp.gather(1, batch.target_tok.unsqueeze(1)).squeeze(1)
-    flat_scores = torch.zeros(batch.num_examples * batch.max_choices).index_add(0, batch.target_slot, tok)
-    return flat_scores.view(batch.num_examples, batch.max_choices).masked_fill(~batch.choice_mask, float("-inf"))
+    return scoring.summed_choice_scores(batch, scoring._head_logprobs(model, low, picked))  # noqa: SLF001
 
 
 def main() -> None:

@@ -451,6 +451,12 @@ def batch_choice_scores(model, prompt: torch.Tensor | None, batch: Batch, *, fas
     else:
         logprobs = lm_logits(model, picked).float().log_softmax(dim=-1)
     STATS["head"] += picked.shape[0]
+    return summed_choice_scores(batch, logprobs)
+
+
+def summed_choice_scores(batch: Batch, logprobs: torch.Tensor) -> torch.Tensor:
+    """[examples, max_choices] sums of the targets' log-probs, from log-probs at every target [T, vocab]."""
+    device = logprobs.device
     tok_lp = logprobs.gather(1, batch.target_tok.to(device).unsqueeze(1)).squeeze(1)  # [T]
     flat = torch.zeros(batch.num_examples * batch.max_choices, device=device, dtype=tok_lp.dtype)
     flat = flat.index_add(0, batch.target_slot.to(device), tok_lp)

@@ -339,6 +339,7 @@ def train(
             write_text(out / METRICS_FILE, "".join(_jsonl(h) for h in state["history"]))
 
     micro_per_epoch = math.ceil(len(encoded) / global_batch)
+    lengths = [e.num_tokens for e in encoded]  # for --group-by-length
     bar = None
     if progress and main:
         from tqdm.auto import tqdm
@@ -360,7 +361,7 @@ def train(
             epoch = state["epoch"]
             order = _epoch_order(len(encoded), cfg.seed, epoch)
             if cfg.group_by_length:  # global batches of similar length (each process still takes its share)
-                order = length_grouped_order(order, [e.num_tokens for e in encoded], global_batch)
+                order = length_grouped_order(order, lengths, global_batch)
             losses: list[float] = list(state.get("epoch_losses", []))
             pending: list[float] = []  # losses of micro-batches whose optimiser step has not happened yet
             for micro in range(state["micro_step"], micro_per_epoch):
