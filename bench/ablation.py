@@ -1,6 +1,6 @@
 """What each fast path of the scorer buys: training steps and evaluation with one switch changed at a time.
 
-Configurations (softprompt.scoring.FAST; bf16 autocast unless said):
+Configurations (softprompt.scoring.ScoringOptions; bf16 autocast unless said):
   plain        fast paths off: one padded forward under autocast on the float32 weights
   lowp         + low-precision weight copy only (one padded forward, sdpa attention)
   +split       + length groups (dynamic padding inside a batch)
@@ -29,17 +29,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from softprompt import scoring  # noqa: E402
 from softprompt.backbones import load_backbone  # noqa: E402
 from softprompt.batching import collate, encode_examples  # noqa: E402
 from softprompt.prompt import init_prompt  # noqa: E402
-from softprompt.scoring import FAST, autocast_context, batch_choice_scores, choice_loss, choice_scores  # noqa: E402
+from softprompt.scoring import (  # noqa: E402
+    ScoringOptions,
+    ScoringStats,
+    autocast_context,
+    batch_choice_scores,
+    choice_loss,
+    choice_scores,
+)
 from softprompt.tasks import get_task  # noqa: E402
-from softprompt.train import _epoch_order  # noqa: E402
+from softprompt.train import epoch_order  # noqa: E402
 
 OFF = {"share_prompt": False, "share_prefix": False, "split_lengths": False, "eager_backward": False}
 CONFIGS = {
-    "plain": {"enabled": False},
+    "plain": {"strategy": "plain"},
     "lowp": dict(OFF),
     "+split": dict(OFF, split_lengths=True, share_prefix=True),
     "+prompt-kv": dict(OFF, split_lengths=True, share_prefix=True, share_prompt=True),
@@ -47,17 +53,6 @@ CONFIGS = {
     "all-sdpa": {"eager_backward": False},
     "all-bf16res": {"fp32_residual": False},
 }
-
-
-def with_options(opts: dict, fn):
-    saved = {k: getattr(FAST, k) for k in opts}
-    for k, v in opts.items():
-        setattr(FAST, k, v)
-    try:
-        return fn()
-    finally:
-        for k, v in saved.items():
-            setattr(FAST, k, v)
 
 
 def main() -> None:
@@ -81,7 +76,7 @@ def main() -> None:
     train = task.load("train", limit=8 * args.batches, seed=0)
     prompt = init_prompt(bb.model, bb.tokenizer, args.tokens, "text", text=task.description)
     enc = encode_examples(train, bb.tokenizer, n_prompt=args.tokens)
-    order = _epoch_order(len(enc), 0, 0)
+    order = epoch_order(len(enc), 0, 0)
     batches = [collate([enc[i] for i in order[k : k + 8]], bb.tokenizer.pad_token_id) for k in range(0, len(enc), 8)]
     val = (
         encode_examples(task.load("validation", limit=args.eval, seed=0), bb.tokenizer, n_prompt=args.tokens) if args.eval else []
@@ -89,17 +84,20 @@ def main() -> None:
     names = args.configs.split(",")
     n_nonemb = common.non_embedding_params(bb.model)
 
-    def step(batch):
+    def step(batch, options=None, stats=None):
         with autocast_context(bb.device, torch.bfloat16):
-            scores = batch_choice_scores(bb.model, prompt.weight, batch)
+            scores = batch_choice_scores(bb.model, prompt.weight, batch, options=options, stats=stats)
         choice_loss(scores, batch.labels).backward()
         prompt.weight.grad = None
 
-    def evaluate():
-        choice_scores(bb.model, val, prompt.weight.detach(), pad_id=bb.tokenizer.pad_token_id, compute_dtype=torch.bfloat16)
+    def evaluate(options):
+        choice_scores(
+            bb.model, val, prompt.weight.detach(), pad_id=bb.tokenizer.pad_token_id, compute_dtype=torch.bfloat16, options=options
+        )
 
+    options = {name: ScoringOptions(**CONFIGS[name]) for name in names}
     for name in names:  # warm-up: the weight copy, allocator, first-call costs
-        with_options(CONFIGS[name], lambda: step(batches[0]))
+        step(batches[0], options[name])
     train_t = {n: [] for n in names}
     eval_t = {n: [] for n in names}
     executed = {}
@@ -107,17 +105,17 @@ def main() -> None:
         tot = dict.fromkeys(names, 0.0)
         for b in batches:
             for name in names:
-                scoring.STATS.clear()
+                stats = ScoringStats()
                 t = time.perf_counter()
-                with_options(CONFIGS[name], lambda b=b: step(b))
+                step(b, options[name], stats)
                 tot[name] += time.perf_counter() - t
                 prev = executed.get(name, {})
-                executed[name] = {k: prev.get(k, 0) + v for k, v in scoring.STATS.items()}
+                executed[name] = {k: prev.get(k, 0) + v for k, v in stats.items()}
         for name in names:
             train_t[name].append(tot[name])
             if val:
                 t = time.perf_counter()
-                with_options(CONFIGS[name], evaluate)
+                evaluate(options[name])
                 eval_t[name].append(time.perf_counter() - t)
     if args.profile:  # where a default training step spends its time (matmuls vs everything else)
         from torch.profiler import ProfilerActivity, profile

@@ -7,7 +7,7 @@ over the full vocabulary at every position, log-softmax, sum of the choice token
 softprompt: `Evaluator.evaluate` (a fresh Evaluator each run, so tokenization is timed too):
 length-sorted batches, one row for all single-token choices of an example, logits only at scored
 positions, the prompt's keys/values computed once, multi-token choices on top of a shared context.
-"softprompt-plain" is the same Evaluator with the fast paths switched off (`scoring.FAST.enabled`).
+"softprompt-plain" is the same Evaluator with the fast paths switched off (`ScoringOptions(strategy="plain")`).
 
 Every arm scores the same examples with the same prompt in the same compute dtype; runs are
 interleaved (A, B, C, A, B, C, ...) and the medians reported, with the agreement of predictions.
@@ -95,15 +95,17 @@ def main() -> None:
                     if arm == "naive":
                         lp = naive_scores(backbone, examples, prompt, dtype)
                     else:
-                        scoring.FAST.enabled = arm == "softprompt"
-                        try:
-                            ev = Evaluator(backbone, compute_dtype=dtype)
-                            enc = ev.encoded(task, examples, prompt.shape[0], None, (task.name, "bench"))
-                            lp = scoring.choice_scores(
-                                backbone.model, enc, prompt, pad_id=backbone.tokenizer.pad_token_id, compute_dtype=dtype
-                            ).logprobs
-                        finally:
-                            scoring.FAST.enabled = True
+                        options = scoring.DEFAULT if arm == "softprompt" else scoring.PLAIN
+                        ev = Evaluator(backbone, compute_dtype=dtype, scoring=options)
+                        enc = ev.encoded(task, examples, prompt.shape[0], None, (task.name, "bench"))
+                        lp = scoring.choice_scores(
+                            backbone.model,
+                            enc,
+                            prompt,
+                            pad_id=backbone.tokenizer.pad_token_id,
+                            compute_dtype=dtype,
+                            options=options,
+                        ).logprobs
                     times[arm].append(time.perf_counter() - t)
                     result[arm] = lp
             ref = result["naive"]

@@ -30,9 +30,14 @@ from softprompt import scoring  # noqa: E402
 from softprompt.backbones import load_backbone  # noqa: E402
 from softprompt.batching import collate, encode_examples  # noqa: E402
 from softprompt.prompt import init_prompt  # noqa: E402
-from softprompt.scoring import autocast_context, batch_choice_scores, choice_loss  # noqa: E402
+from softprompt.scoring import (  # noqa: E402
+    autocast_context,
+    batch_choice_scores,
+    choice_loss,
+    kv_tree,
+)
 from softprompt.tasks import get_task  # noqa: E402
-from softprompt.train import _epoch_order  # noqa: E402
+from softprompt.train import epoch_order  # noqa: E402
 
 
 def segment_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kw):
@@ -50,7 +55,7 @@ def segment_attention(module, query, key, value, attention_mask, scaling, dropou
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
-def packed_scores(model, prompt: torch.Tensor, batch) -> torch.Tensor:
+def packed_scores(model, prompt: torch.Tensor, batch, stats: scoring.ScoringStats) -> torch.Tensor:
     """`batch_choice_scores` for single-token choices, through one packed forward."""
     low = scoring.compute_model(model, scoring.autocast_dtype(prompt.device))
     n = prompt.shape[0]
@@ -62,7 +67,7 @@ def packed_scores(model, prompt: torch.Tensor, batch) -> torch.Tensor:
         units[e].append(r)
     flat, pos, segs = [], [], []
     for u in units:
-        length = scoring._lcp([rows[r] for r in u])  # noqa: SLF001
+        length = kv_tree.longest_common_prefix([rows[r] for r in u])
         if any(lengths[r] > length for r in u):
             raise SystemExit("packing_probe handles single-token choices only (e.g. --task rte or sst2)")
         segs.append((len(flat), len(flat) + length))
@@ -73,16 +78,16 @@ def packed_scores(model, prompt: torch.Tensor, batch) -> torch.Tensor:
         m = torch.zeros(e - s, n + e - s)
         m[:, n:] = torch.triu(torch.full((e - s, e - s), float("-inf")), 1)
         masks[e - s] = m
-    kv0 = scoring.prompt_kv(low, prompt)
+    kv0 = kv_tree.prompt_kv(low, prompt, scoring.DEFAULT, stats)
     cfg = low.config
     saved = cfg._attn_implementation  # noqa: SLF001
     cfg._attn_implementation = "softprompt_packed_probe"  # noqa: SLF001
     try:
-        emb = low.get_input_embeddings()(torch.tensor([flat])).to(scoring._embed_dtype(low))  # noqa: SLF001
+        emb = low.get_input_embeddings()(torch.tensor([flat])).to(kv_tree.residual_dtype(low, scoring.DEFAULT))
         out = scoring.base_model(low)(
             inputs_embeds=emb,
             position_ids=torch.tensor([pos]),
-            cache=scoring._new_cache(kv0),  # noqa: SLF001
+            cache=kv_tree.new_cache(kv0),
             use_cache=True,
             packed_segments=segs,
             packed_masks=masks,
@@ -91,10 +96,10 @@ def packed_scores(model, prompt: torch.Tensor, batch) -> torch.Tensor:
         cfg._attn_implementation = saved  # noqa: SLF001
     idx = [segs[row_ex[r]][0] + p for r, p in zip(batch.target_row.tolist(), batch.target_pos.tolist(), strict=True)]
     picked = out.last_hidden_state[0, torch.tensor(idx)]
-    scoring.STATS["forwards"] += 1
-    scoring.STATS["real"] += len(flat)
-    scoring.STATS["head"] += len(idx)
-    return scoring.summed_choice_scores(batch, scoring._head_logprobs(model, low, picked))  # noqa: SLF001
+    stats["forwards"] += 1
+    stats["real"] += len(flat)
+    stats["head"] += len(idx)
+    return scoring.summed_choice_scores(batch, scoring.head_logprobs(model, low, picked, scoring.DEFAULT))
 
 
 def main() -> None:
@@ -113,13 +118,16 @@ def main() -> None:
     bb = load_backbone(args.model)
     task = get_task(args.task)
     enc = encode_examples(task.load("train", limit=8 * args.batches, seed=0), bb.tokenizer, n_prompt=args.tokens)
-    order = _epoch_order(len(enc), 0, 0)
+    order = epoch_order(len(enc), 0, 0)
     batches = [collate([enc[i] for i in order[k : k + 8]], bb.tokenizer.pad_token_id) for k in range(0, len(enc), 8)]
     prompt = init_prompt(bb.model, bb.tokenizer, args.tokens, "text", text=task.description).weight
 
-    def step(batch, packed: bool, dtype):
+    def step(batch, packed: bool, dtype, st=None):
+        st = st if st is not None else scoring.ScoringStats()
         with autocast_context(bb.device, dtype):
-            scores = packed_scores(bb.model, prompt, batch) if packed else batch_choice_scores(bb.model, prompt, batch)
+            scores = (
+                packed_scores(bb.model, prompt, batch, st) if packed else batch_choice_scores(bb.model, prompt, batch, stats=st)
+            )
         choice_loss(scores, batch.labels).backward()
         grad, prompt.grad = prompt.grad, None
         return scores.detach(), grad
@@ -143,11 +151,11 @@ def main() -> None:
         tot = dict.fromkeys(arms, 0.0)
         for b in batches:
             for arm, packed in arms.items():
-                scoring.STATS.clear()
+                st = scoring.ScoringStats()
                 t = time.perf_counter()
-                step(b, packed, torch.bfloat16)
+                step(b, packed, torch.bfloat16, st)
                 tot[arm] += time.perf_counter() - t
-                stats[arm] = {k: stats[arm].get(k, 0) + v / args.reps for k, v in scoring.STATS.items()}
+                stats[arm] = {k: stats[arm].get(k, 0) + v / args.reps for k, v in st.items()}
         for arm in arms:
             times[arm].append(tot[arm])
     peak = common.matmul_peak(torch.bfloat16)

@@ -56,7 +56,7 @@ from softprompt.evaluate import Evaluator  # noqa: E402
 from softprompt.prompt import init_prompt  # noqa: E402
 from softprompt.scoring import answer_nll, autocast_context, batch_choice_scores, choice_loss  # noqa: E402
 from softprompt.tasks import get_task  # noqa: E402
-from softprompt.train import _epoch_order, _lr_lambda  # noqa: E402
+from softprompt.train import epoch_order, lr_lambda  # noqa: E402
 
 ARMS = ("softprompt", "softprompt-fp32", "softprompt-plain", "softprompt-grouped", "softprompt-lm", "peft", "peft-bf16")
 
@@ -82,29 +82,29 @@ class SoftpromptArm:
         self.encoded = encode_examples(examples, backbone.tokenizer, n_prompt=args.tokens, max_length=512)
         self.opt = torch.optim.AdamW([self.prompt.weight], lr=args.lr, weight_decay=wd)
         steps = math.ceil(len(examples) / args.batch_size) * args.epochs
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda("linear", int(warmup * steps), steps))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda("linear", int(warmup * steps), steps))
         self.bs = args.batch_size
         self.stats = {"flops": 0.0, "tokens_real": 0, "tokens_naive": 0, "time": 0.0}
 
     def order(self, n: int, seed: int, epoch: int) -> list[int]:
-        order = _epoch_order(n, seed, epoch)
+        order = epoch_order(n, seed, epoch)
         if self.grouped:  # batches of similar length (batching.length_grouped_order)
             order = length_grouped_order(order, [e.num_tokens for e in self.encoded], self.bs)
         return order
 
     def step(self, idx: list[int]) -> float:
         batch = collate([self.encoded[i] for i in idx], self.bb.tokenizer.pad_token_id)
-        scoring.STATS.clear()
+        st = scoring.ScoringStats()
         t = time.perf_counter()
         with autocast_context(self.bb.device, self.compute_dtype):
-            scores = batch_choice_scores(self.bb.model, self.prompt.weight, batch, fast=not self.plain)
+            options = scoring.PLAIN if self.plain else None
+            scores = batch_choice_scores(self.bb.model, self.prompt.weight, batch, options=options, stats=st)
         loss = self.loss_fn(scores, batch.labels)
         loss.backward()
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t
-        st = scoring.STATS
         self.stats["flops"] += common.step_flops(self.bb.model, st["real"], st["head"])
         self.stats["tokens_real"] += st["real"]
         self.stats["tokens_naive"] += int(batch.attention_mask.sum()) + self.prompt.n_tokens * batch.input_ids.shape[0]
@@ -153,7 +153,7 @@ class PeftArm:
         return ids, mask, labels
 
     def order(self, n: int, seed: int, epoch: int) -> list[int]:
-        return _epoch_order(n, seed, epoch)
+        return epoch_order(n, seed, epoch)
 
     def step(self, idx: list[int]) -> float:
         ids = torch.tensor([self.data[i][0] for i in idx])

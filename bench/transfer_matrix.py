@@ -2,7 +2,7 @@
 
 Prompts are initialised randomly (seeded; the timing does not depend on what they learned). One
 `Evaluator` per matrix (one model, each task's split tokenized once), as `softprompt study` does.
-The matrix runs with the scorer's fast paths and with them switched off (`scoring.FAST.enabled`),
+The matrix runs with the scorer's fast paths and with them switched off (`scoring.PLAIN`),
 interleaved, and the medians are reported; then once in float32, the reference both are compared to
 (in bf16 a near-tie prediction can flip either way).
 
@@ -28,9 +28,9 @@ from softprompt.prompt import init_prompt  # noqa: E402
 from softprompt.tasks import get_task  # noqa: E402
 
 
-def matrix(backbone, prompts, tasks, limit, dtype) -> tuple[float, list[list[float]]]:
+def matrix(backbone, prompts, tasks, limit, dtype, options=None) -> tuple[float, list[list[float]]]:
     t = time.perf_counter()
-    ev = Evaluator(backbone, compute_dtype=dtype)
+    ev = Evaluator(backbone, compute_dtype=dtype, scoring=options)
     acc = [[ev.evaluate(task, p, limit=limit).accuracy for task in tasks] for p in prompts]
     return time.perf_counter() - t, acc
 
@@ -62,11 +62,7 @@ def main() -> None:
     accs = {}
     for _ in range(args.reps):
         for arm in times:
-            scoring.FAST.enabled = arm == "fast"
-            try:
-                t, acc = matrix(backbone, prompts, tasks, args.limit, dtype)
-            finally:
-                scoring.FAST.enabled = True
+            t, acc = matrix(backbone, prompts, tasks, args.limit, dtype, scoring.DEFAULT if arm == "fast" else scoring.PLAIN)
             times[arm].append(t)
             accs[arm] = acc
     n_eval = sum(min(args.limit, 10**9) for _ in tasks) * len(prompts)

@@ -14,6 +14,7 @@ removed). One torch thread, so the CPU kernels reduce in one order.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -62,6 +63,11 @@ def strip(x, root: str):
     if isinstance(x, str):
         return x.replace(root, "ROOT")
     return x
+
+
+def result_dict(res) -> dict:
+    """An EvalResult's numbers without its predictions (works with any version of EvalResult)."""
+    return {k: v for k, v in dataclasses.asdict(res).items() if k != "predictions"}
 
 
 def tensors_digest(path: Path) -> dict[str, str]:
@@ -133,9 +139,9 @@ def main() -> None:
             out[name] = run_digest(tmp / name, root)
             out[name]["result"] = strip(
                 {
-                    "final": res.final.summary(),
+                    "final": result_dict(res.final),
                     "best": res.best,
-                    "baselines": {k: v.summary() for k, v in res.baselines.items()},
+                    "baselines": {k: result_dict(v) for k, v in res.baselines.items()},
                     "parameters": res.parameters,
                 },
                 root,
@@ -148,7 +154,7 @@ def main() -> None:
             ev = Evaluator(bb, data_dir=data, compute_dtype=dtype)
             for label, p, hard in (("none", None, None), ("hard", None, "Does the cat sit?"), ("soft", prompt, None)):
                 r = ev.evaluate("rte", p, hard_prompt=hard, split="train")
-                out[f"eval-{dtype}-{label}"] = {**r.summary(), "predictions": r.predictions}
+                out[f"eval-{dtype}-{label}"] = {**result_dict(r), "predictions": r.predictions}
 
         # the baselines command and a whole study, on the tiny llama saved as a model folder
         model_dir = tmp / "tiny-model"

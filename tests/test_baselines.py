@@ -9,8 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import softprompt.baselines as baselines_mod
-from softprompt.baselines import METHODS, run_baselines
+import softprompt.baseline_runs as baseline_runs_mod
+from softprompt.baseline_runs import run_baselines
+from softprompt.baselines import METHODS
+from softprompt.config import TrainConfig
 from softprompt.errors import SoftPromptError
 from softprompt.runs import load_run
 
@@ -19,10 +21,14 @@ from softprompt.runs import load_run
 LORA_R8 = 2 * 8 * ((32 + 32) + (32 + 16) + (32 + 16) + (32 + 32) + 3 * (32 + 64))
 
 
-def _run(backbone, data, out, **kw):
-    args = dict(max_train=None, epochs=2, seed=0, data_dir=data, backbone=backbone, compute_dtype="float32", batch_size=4)
-    args.update(kw)
-    return run_baselines("rte", "tiny", out, **args)
+def _run(backbone, data, out, *, lr=None, **kw):
+    """run_baselines on the tiny model: TrainConfig fields in `kw` go to the shared config, the rest to the call."""
+    settings = dict(
+        task="rte", model="tiny", max_train=None, epochs=2, seed=0, data_dir=str(data), compute_dtype="float32", batch_size=4
+    )
+    settings.update({k: kw.pop(k) for k in list(kw) if k in TrainConfig.__dataclass_fields__})
+    overrides = {m: {"lr": v} for m, v in (lr or {}).items()}
+    return run_baselines(TrainConfig(**settings), out, backbone=backbone, overrides=overrides, **kw)
 
 
 @pytest.fixture
@@ -65,7 +71,7 @@ def test_all_five_baselines(tiny_llama, toy_data, tmp_path, copies):
 
     # finetune: a normal run dir whose saved weights differ from the original model
     ft_run = load_run(tmp_path / "b" / "finetune")
-    assert ft_run.complete and ft_run.method == "finetune" and ft_run.info["parameters"]["trainable"] == total
+    assert ft_run.complete and ft_run.method == "finetune" and ft_run.record.parameters["trainable"] == total
     weights = load_file(str(tmp_path / "b" / "finetune" / "model.safetensors"))
     changed = [n for n, w in weights.items() if not torch.equal(w, before[n])]
     assert len(changed) == len(weights)
@@ -96,16 +102,15 @@ def test_untrained_baselines_match_evaluator(tiny_llama, toy_data, tmp_path):
 
 
 def test_majority_needs_no_model(toy_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(baselines_mod, "load_backbone", lambda *a, **k: pytest.fail("loaded a model"))
-    rows = run_baselines("rte", "no-such-model", tmp_path / "b", data_dir=toy_data, methods=["majority"], max_train=3, seed=1)
+    monkeypatch.setattr(baseline_runs_mod, "load_backbone", lambda *a, **k: pytest.fail("loaded a model"))
+    cfg = TrainConfig(task="rte", model="no-such-model", data_dir=str(toy_data), max_train=3, seed=1)
+    rows = run_baselines(cfg, tmp_path / "b", methods=["majority"])
     assert rows[0]["method"] == "majority" and rows[0]["train_examples"] == 3 and rows[0]["total_parameters"] is None
 
 
 def test_completed_trained_run_is_reused_and_config_change_refused(tiny_llama, toy_data, tmp_path, monkeypatch):
     first = _run(tiny_llama, toy_data, tmp_path / "b", methods=["lora"], epochs=1)
-    import softprompt.train as train_mod
-
-    monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
+    monkeypatch.setattr(baseline_runs_mod, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
     again = _run(tiny_llama, toy_data, tmp_path / "b", methods=["lora"], epochs=1)
     assert again[0]["reused"] and again[0]["accuracy"] == first[0]["accuracy"]
     assert again[0]["trainable_parameters"] == LORA_R8
@@ -124,9 +129,9 @@ def test_bad_arguments(tiny_llama, toy_data, tmp_path):
 
 def test_cli_prints_one_table_with_five_rows(tiny_llama, toy_data, tmp_path, monkeypatch, capsys):
     import softprompt.backbones as backbones_mod
-    from softprompt.cli import BASELINE_METHODS, main
+    from softprompt.cli import build_parser, main
 
-    assert BASELINE_METHODS == METHODS
+    assert build_parser().parse_args(["baselines", "--task", "rte"]).methods == list(METHODS)  # the CLI's default: all
     monkeypatch.setattr(backbones_mod, "load_backbone", lambda *a, **k: tiny_llama)
     argv = ["baselines", "--task", "rte", "--model", "tiny", "--max-train", "8", "--epochs", "1", "--batch-size", "4"]
     argv += ["--data-dir", str(toy_data), "--compute-dtype", "float32", "--out", str(tmp_path / "b"), "--quiet"]
@@ -147,7 +152,7 @@ def test_untrained_baselines_on_smollm(smollm, tmp_path):
 
     example = Path(__file__).resolve().parents[1] / "examples" / "custom_task" / "task.toml"
     rows = run_baselines(
-        str(example), "smollm2-135m", tmp_path / "b", backbone=smollm, methods=["majority", "no_prompt", "english_prompt"]
+        TrainConfig(task=str(example)), tmp_path / "b", backbone=smollm, methods=["majority", "no_prompt", "english_prompt"]
     )
     assert [r["n"] for r in rows] == [8, 8, 8]
     assert rows[1]["total_parameters"] == sum(p.numel() for p in smollm.model.parameters())

@@ -1,6 +1,6 @@
 """Every fast path of the scorer against the plain one: same log-likelihoods, predictions and prompt gradient.
 
-The plain path is one forward over right-padded [prompt; row] rows (`fast=False`). The fast path
+The plain path is one forward over right-padded [prompt; row] rows (strategy "plain"). The fast path
 shares the prompt's keys/values, computes a multi-token-choice example's context once, splits a
 batch into length groups, and under CPU autocast uses a low-precision weight copy and a float32
 head. Both tiny architectures matter: llama (RoPE, position ids) and BLOOM (ALiBi from the mask).
@@ -8,14 +8,21 @@ head. Both tiny architectures matter: llama (RoPE, position ids) and BLOOM (ALiB
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 from softprompt import scoring
 from softprompt.batching import collate, encode_examples
-from softprompt.scoring import FAST, batch_choice_scores, choice_loss, choice_scores, plan_groups
+from softprompt.scoring import (
+    PLAIN,
+    ScoringOptions,
+    ScoringStats,
+    batch_choice_scores,
+    choice_loss,
+    choice_scores,
+    kv_tree,
+    plan_groups,
+)
 from softprompt.tasks.base import Example
 
 # mixed lengths, 2 and 3 choices, single- and multi-token choices, choices sharing first tokens
@@ -43,37 +50,30 @@ VARIANTS = {
 }
 
 
-@pytest.fixture
-def fast_options():
-    """Restore the module-wide switches after a test flips them."""
-    saved = dataclasses.replace(FAST)
-    yield FAST
-    for f in dataclasses.fields(FAST):
-        setattr(FAST, f.name, getattr(saved, f.name))
+FAST = ScoringOptions(strategy="kv_tree")  # the prefix tree, never a silent retreat to the plain path
 
 
-def _scores_and_grad(model, prompt, batch, fast, dtype=None):
+def _scores_and_grad(model, prompt, batch, options, dtype=None):
     p = prompt.detach().clone().requires_grad_(True)
     ctx = scoring.autocast_context(torch.device("cpu"), dtype)
     with ctx:
-        s = batch_choice_scores(model, p, batch, fast=fast)
+        s = batch_choice_scores(model, p, batch, options=options)
     loss = choice_loss(s, batch.labels)
     loss.backward()
     return s.detach(), p.grad.detach()
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_fast_equals_plain_fp32(tiny_backbone, fast_options, variant):
+def test_fast_equals_plain_fp32(tiny_backbone, variant):
     model, tok = tiny_backbone.model, tiny_backbone.tokenizer
-    for k, v in VARIANTS[variant].items():
-        setattr(fast_options, k, v)
+    options = ScoringOptions(strategy="kv_tree", **VARIANTS[variant])
     torch.manual_seed(1)
     prompt = torch.randn(5, model.config.hidden_size) * 0.1
     enc = encode_examples(EXAMPLES, tok, n_prompt=5)
     assert any(len(e.rows) > 1 for e in enc) and len({len(e.rows[0].ids) for e in enc}) > 3
     batch = collate(enc, tok.pad_token_id)
-    plain, g_plain = _scores_and_grad(model, prompt, batch, fast=False)
-    fast, g_fast = _scores_and_grad(model, prompt, batch, fast=True)
+    plain, g_plain = _scores_and_grad(model, prompt, batch, PLAIN)
+    fast, g_fast = _scores_and_grad(model, prompt, batch, options)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
     assert fast.argmax(1).tolist() == plain.argmax(1).tolist()
     torch.testing.assert_close(g_fast, g_plain, atol=1e-6, rtol=1e-4)
@@ -84,42 +84,37 @@ def test_fast_path_without_prompt(tiny_backbone):
     enc = encode_examples(EXAMPLES, tok)
     batch = collate(enc, tok.pad_token_id)
     with torch.no_grad():
-        plain = batch_choice_scores(model, None, batch, fast=False)
-        fast = batch_choice_scores(model, None, batch, fast=True)
+        plain = batch_choice_scores(model, None, batch, options=PLAIN)
+        fast = batch_choice_scores(model, None, batch, options=FAST)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
 
 
-def test_fast_path_really_skips_work(tiny_backbone, fast_options):
+def test_fast_path_really_skips_work(tiny_backbone):
     """The tree computes fewer tokens than the padded rows: the prompt once, shared contexts once."""
     model, tok = tiny_backbone.model, tiny_backbone.tokenizer
-    fast_options.group_overhead_tokens = 16
     enc = encode_examples(EXAMPLES, tok, n_prompt=6)
     batch = collate(enc, tok.pad_token_id)
     prompt = torch.randn(6, model.config.hidden_size) * 0.1
-    scoring.STATS.clear()
+    plain, fast = ScoringStats(), ScoringStats()
     with torch.no_grad():
-        batch_choice_scores(model, prompt, batch, fast=False)
-    plain = dict(scoring.STATS)
-    scoring.STATS.clear()
-    with torch.no_grad():
-        batch_choice_scores(model, prompt, batch, fast=True)
-    fast = dict(scoring.STATS)
+        batch_choice_scores(model, prompt, batch, options=PLAIN, stats=plain)
+        batch_choice_scores(model, prompt, batch, options=ScoringOptions(group_overhead_tokens=16), stats=fast)
     assert fast["padded"] < plain["padded"] / 2
     assert fast["real"] < plain["real"]
     assert fast["head"] == plain["head"] == len(batch.target_row)
-    assert "fallbacks" not in fast and not scoring._FAST_FAILED  # no silent retreat to the plain path
+    assert "fallbacks" not in fast and type(model) not in kv_tree.FALLBACKS  # no silent retreat to the plain path
 
 
-def test_bf16_fast_close_to_plain_and_same_predictions(tiny_backbone, fast_options):
+def test_bf16_fast_close_to_plain_and_same_predictions(tiny_backbone):
     """Under bf16 autocast (low-precision weight copy, float32 head) scores stay within bf16 error."""
     model, tok = tiny_backbone.model, tiny_backbone.tokenizer
     torch.manual_seed(2)
     prompt = torch.randn(4, model.config.hidden_size) * 0.1
     enc = encode_examples(EXAMPLES, tok, n_prompt=4)
     batch = collate(enc, tok.pad_token_id)
-    ref, g_ref = _scores_and_grad(model, prompt, batch, fast=False)  # float32 reference
-    fast, g_fast = _scores_and_grad(model, prompt, batch, fast=True, dtype=torch.bfloat16)
-    plain, g_plain = _scores_and_grad(model, prompt, batch, fast=False, dtype=torch.bfloat16)
+    ref, g_ref = _scores_and_grad(model, prompt, batch, PLAIN)  # float32 reference
+    fast, g_fast = _scores_and_grad(model, prompt, batch, FAST, dtype=torch.bfloat16)
+    plain, g_plain = _scores_and_grad(model, prompt, batch, PLAIN, dtype=torch.bfloat16)
     finite = torch.isfinite(ref)
     err_fast = (fast - ref)[finite].abs().max()
     err_plain = (plain - ref)[finite].abs().max()
@@ -132,14 +127,13 @@ def test_bf16_fast_close_to_plain_and_same_predictions(tiny_backbone, fast_optio
     assert cos > 0.98, cos
 
 
-def test_choice_scores_fast_equals_plain_with_mixed_batches(tiny_backbone, fast_options):
+def test_choice_scores_fast_equals_plain_with_mixed_batches(tiny_backbone):
     """The evaluation entry point (prompt keys/values computed once for all batches)."""
     model, tok = tiny_backbone.model, tiny_backbone.tokenizer
     prompt = torch.randn(3, model.config.hidden_size) * 0.1
     enc = encode_examples(EXAMPLES * 3, tok, n_prompt=3)
-    fast = choice_scores(model, enc, prompt, pad_id=tok.pad_token_id, max_tokens=300, max_examples=5)
-    fast_options.enabled = False
-    plain = choice_scores(model, enc, prompt, pad_id=tok.pad_token_id, max_tokens=300, max_examples=5)
+    fast = choice_scores(model, enc, prompt, pad_id=tok.pad_token_id, max_tokens=300, max_examples=5, options=FAST)
+    plain = choice_scores(model, enc, prompt, pad_id=tok.pad_token_id, max_tokens=300, max_examples=5, options=PLAIN)
     for a, b in zip(fast.logprobs, plain.logprobs, strict=True):
         assert a == pytest.approx(b, abs=1e-4)
     assert fast.predictions == plain.predictions
@@ -209,13 +203,14 @@ def test_model_rejecting_the_cache_falls_back_to_plain(tiny_llama, monkeypatch):
     def reject(*args, **kwargs):
         raise TypeError("forward() got an unexpected keyword argument 'cache'")
 
-    monkeypatch.setattr(scoring, "_fast_target_hidden", reject)
+    monkeypatch.setattr(kv_tree, "target_hidden", reject)
+    stats = ScoringStats()
     try:
         with torch.no_grad(), pytest.warns(RuntimeWarning, match="plain path"):
-            fast = batch_choice_scores(model, prompt, batch, fast=True)
-        assert type(model) in scoring._FAST_FAILED
+            fast = batch_choice_scores(model, prompt, batch, stats=stats)  # the default strategy, "auto"
+        assert type(model) in kv_tree.FALLBACKS and stats["fallbacks"] == 1
         with torch.no_grad():
-            plain = batch_choice_scores(model, prompt, batch, fast=False)
+            plain = batch_choice_scores(model, prompt, batch, options=PLAIN)
         torch.testing.assert_close(fast, plain)
     finally:
-        scoring._FAST_FAILED.discard(type(model))
+        kv_tree.FALLBACKS.discard(type(model))

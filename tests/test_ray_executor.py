@@ -22,7 +22,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from softprompt.errors import SoftPromptError  # noqa: E402
 from softprompt.study import run_study  # noqa: E402
-from softprompt.study_ray import RayOptions  # noqa: E402
+from softprompt.study.ray_executor import RayOptions  # noqa: E402
 from tests.conftest import _tiny_model  # noqa: E402
 from tests.test_study import CONFIG  # noqa: E402
 
@@ -177,12 +177,11 @@ def test_killed_worker_is_retried_and_its_run_resumed(ray_cluster, inputs, local
 
 
 def test_unit_error_is_one_line_and_not_retried(ray_cluster, inputs, tmp_path):
-    from softprompt.study import Study, StudyProgress, load_study_config
-    from softprompt.study_ray import run_on_ray
-    from softprompt.study_steps import Unit
+    from softprompt.study import Study, StudyProgress, Unit, load_study_config
+    from softprompt.study.ray_executor import run_on_ray
 
     class FailingStudy(Study):  # defined here, so Ray ships it to the worker by value
-        def ensure_run(self, cfg, out, ws):
+        def ensure_run(self, cfg, out, models):
             with open(self.out / "attempts", "a") as f:  # one line per attempt
                 f.write("attempt\n")
             raise SoftPromptError(f"{out.name}: parameters diverged (a stand-in for any error of the run itself)")

@@ -144,9 +144,9 @@ def test_shipped_configs_are_valid():
 
 @pytest.mark.parametrize("task", ["../../etc/passwd.toml", "..toml", "/abs/dir/my task.toml", "rte"])
 def test_run_dirs_cannot_escape_the_study(task, tmp_path):
-    from softprompt.study import _run_dir_name
+    from softprompt.study.plan import task_dir_name
 
-    name = _run_dir_name(task)
+    name = task_dir_name(task)
     target = (tmp_path / "runs" / f"{name}-s0").resolve()
     assert target.parent == (tmp_path / "runs").resolve() and not name.startswith(".")
 
@@ -183,7 +183,7 @@ def test_ray_flags_need_the_ray_executor(tmp_path, capsys):
 def test_ray_flags_reach_ray_options_and_unset_ones_keep_defaults(tmp_path, monkeypatch):
     import softprompt.study as study_mod
     from softprompt.cli import main
-    from softprompt.study_ray import RayOptions
+    from softprompt.study.ray_executor import RayOptions
 
     seen = {}
 

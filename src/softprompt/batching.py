@@ -101,11 +101,6 @@ class Batch:
     choice_mask: torch.Tensor  # [E, max_choices] True where the example has that choice
     row_example: torch.Tensor | None = None  # [R] index of the example each row belongs to
 
-    @property
-    def row_lengths(self) -> torch.Tensor:
-        """Real (non-pad) tokens of every row, [R]."""
-        return self.attention_mask.sum(dim=1)
-
 
 def collate(encoded: Sequence[EncodedExample], pad_id: int) -> Batch:
     rows = [r for e in encoded for r in e.rows]

@@ -7,7 +7,7 @@ the transfer matrix, cost one model load and one tokenization per task.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,9 +16,13 @@ from sklearn.metrics import f1_score
 from softprompt.backbones import Backbone
 from softprompt.batching import EncodedExample, encode_examples
 from softprompt.distributed import SINGLE, DataParallel
-from softprompt.scoring import Scores, choice_scores
-from softprompt.tasks import Task, get_task, majority_label
+from softprompt.scoring import Scores, ScoringOptions, choice_scores
+from softprompt.tasks import Task, get_task
 from softprompt.tasks.base import Example
+
+# The validation subsample (--max-eval) is the same for every seed and method, so numbers compare;
+# only the few-shot training subsample (--max-train) depends on the run's seed.
+EVAL_SEED = 0
 
 
 @dataclass
@@ -35,10 +39,15 @@ class EvalResult:
     def metric(self, name: str) -> float:
         return float(getattr(self, name))
 
-    def summary(self) -> dict:
-        d = asdict(self)
-        d.pop("predictions")
-        return d
+    def metrics(self) -> dict[str, float | int]:
+        """The numbers a run, a baseline row or a table reports (run.json's `final`, metrics.jsonl)."""
+        return {
+            "accuracy": self.accuracy,
+            "f1_macro": self.f1_macro,
+            "acc_norm": self.acc_norm,
+            "n": self.n,
+            "truncated": self.truncated,
+        }
 
 
 def metrics_from_predictions(preds: Sequence[int], labels: Sequence[int], num_classes: int) -> tuple[float, float]:
@@ -54,14 +63,6 @@ def result_from_scores(task: Task, split: str, scores: Scores) -> EvalResult:
     return EvalResult(task.name, split, acc, f1, norm_acc, len(preds), scores.truncated, preds)
 
 
-def majority_result(task: Task, train: Sequence[Example], evaluation: Sequence[Example], split: str = "validation") -> EvalResult:
-    """Predict the training set's most frequent label for every evaluation example."""
-    label = majority_label(train)
-    preds = [label] * len(evaluation)
-    acc, f1 = metrics_from_predictions(preds, [e.label for e in evaluation], task.num_classes)
-    return EvalResult(task.name, split, acc, f1, acc, len(preds), 0, preds)
-
-
 class Evaluator:
     """Evaluate prompts on tasks with one loaded backbone, caching examples and tokenization."""
 
@@ -75,6 +76,7 @@ class Evaluator:
         max_tokens: int = 8192,
         progress: bool = False,
         parallel: DataParallel = SINGLE,
+        scoring: ScoringOptions | None = None,
     ):
         self.backbone = backbone
         self.parallel = parallel  # under a data-parallel launch each process scores a shard
@@ -83,6 +85,7 @@ class Evaluator:
         self.compute_dtype = compute_dtype
         self.max_tokens = max_tokens
         self.progress = progress
+        self.scoring = scoring  # how the scorer computes (default: the fastest strategy for the model)
         self._examples: dict[tuple, list[Example]] = {}
         self._encoded: dict[tuple, list[EncodedExample]] = {}
 
@@ -130,6 +133,7 @@ class Evaluator:
             max_tokens=self.max_tokens,
             compute_dtype=self.compute_dtype,
             progress=bar.update if bar is not None else None,
+            options=self.scoring,
         )
         if bar is not None:
             bar.close()

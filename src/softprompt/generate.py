@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from softprompt.backbones import Backbone
-from softprompt.scoring import prompt_embeds
+from softprompt.scoring.model import prompt_embeds
 
 
 @torch.no_grad()

@@ -48,14 +48,6 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def append_jsonl(path: str | Path, obj: Any) -> None:
-    """Append one line; a line is written whole (single write call) so readers never see half a record."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(obj, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def read_json(path: str | Path) -> Any:
     from softprompt.errors import SoftPromptError
 

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from softprompt.errors import SoftPromptError
-from softprompt.io import atomic_path, read_json, write_json
+from softprompt.io import atomic_path, read_json
 from softprompt.prompt import PROMPT_FILE, PromptInit, SoftPrompt
-from softprompt.runs import RUN_FILE, RUN_FORMAT, load_run, package_versions
+from softprompt.runs import BEST_PROMPT_FILE, RUN_FILE, RunRecord, load_run, package_versions
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -28,7 +28,7 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, which: str = "last") -
 
     run = load_run(run_dir)
     prompt = run.prompt(which)
-    model = run.info.get("model", {})
+    model = run.record.model or {}
     cfg = PromptTuningConfig(
         task_type="CAUSAL_LM",
         num_virtual_tokens=prompt.n_tokens,
@@ -88,21 +88,19 @@ def import_peft(
     if (out / RUN_FILE).exists():
         raise SoftPromptError(f"{out} already holds a run; choose another --out")
     prompt.save(out / PROMPT_FILE)
-    prompt.save(out / "best.safetensors")
-    info = {
-        "format": RUN_FORMAT,
-        "status": "complete",
-        "imported_from": str(src),
-        "config": {
+    prompt.save(out / BEST_PROMPT_FILE)
+    RunRecord(
+        status="complete",
+        imported_from=str(src),
+        config={
             "task": task or "unknown",
             "model": model or cfg.get("base_model_name_or_path"),
             "method": "prompt",
             "tokens": int(weight.shape[0]),
             "init": prompt.init.method,
         },
-        "model": {"name": model or cfg.get("base_model_name_or_path"), "hidden_size": int(weight.shape[1])},
-        "prompt": {"n_tokens": int(weight.shape[0]), "dim": int(weight.shape[1]), "init": {"method": prompt.init.method}},
-        "versions": package_versions(),
-    }
-    write_json(out / RUN_FILE, info)
+        model={"name": model or cfg.get("base_model_name_or_path"), "hidden_size": int(weight.shape[1])},
+        prompt={"n_tokens": int(weight.shape[0]), "dim": int(weight.shape[1]), "init": {"method": prompt.init.method}},
+        versions=package_versions(),
+    ).write(out)
     return out

@@ -15,10 +15,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from softprompt.config import INIT_METHODS
 from softprompt.errors import SoftPromptError
 from softprompt.io import atomic_path
 
-INIT_METHODS = ("text", "random", "vocab", "labels")
 PROMPT_FILE = "prompt.safetensors"
 
 

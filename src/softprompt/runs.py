@@ -1,18 +1,20 @@
-"""A run directory: run.json (config, model, prompt facts, metrics, versions), prompt files, checkpoint.
+"""A run directory: run.json (`RunRecord`), prompt files, metrics, checkpoint; and what state it is in.
 
-A run is `complete` only after its final artifacts are written; anything else is `running` or
-`interrupted` and can be continued with --resume.
+A run is `complete` only after its final artifacts are written; anything else is `running`,
+`interrupted` or `failed` and can be continued with --resume. `run_state` is the one rule for
+whether a directory may be reused (train, study and baselines all ask it).
 """
 
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from softprompt.config import TrainConfig
 from softprompt.errors import SoftPromptError
-from softprompt.io import read_json
+from softprompt.io import read_json, write_json
 from softprompt.prompt import PROMPT_FILE, SoftPrompt
 
 RUN_FORMAT = 1
@@ -20,6 +22,8 @@ RUN_FILE = "run.json"
 BEST_PROMPT_FILE = "best.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
+WEIGHTS_FILES = {"lora": "adapter.safetensors", "finetune": "model.safetensors"}  # the trained weights of other methods
+BEST_ADAPTER_FILE = "best_adapter.safetensors"
 
 
 def package_versions() -> dict[str, str]:
@@ -35,17 +39,72 @@ def package_versions() -> dict[str, str]:
 
 
 @dataclass
+class RunRecord:
+    """run.json: what a run is (config, model, task, prompt facts), how far it got, and its numbers.
+
+    Written only by `write` and read only by `read`; fields that do not apply are None and left out
+    of the file. `config` is the TrainConfig as saved (a run made before a field existed lacks it).
+    """
+
+    format: int = RUN_FORMAT
+    status: str = "running"  # running | interrupted | failed | complete
+    imported_from: str | None = None  # a PEFT adapter directory (peft_interop.import_peft)
+    config: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] | None = None  # name, source, revision, class, hidden_size, vocab_size
+    tokenizer: dict[str, Any] | None = None
+    task: dict[str, Any] | None = None  # name, description, template, label_words, metric
+    parameters: dict[str, int] | None = None  # trainable, total
+    versions: dict[str, str] | None = None
+    prompt: dict[str, Any] | None = None  # n_tokens, dim, init, init_tokens
+    processes: int | None = None  # data-parallel processes that trained it
+    worker: dict[str, Any] | None = None  # host and pid, while running
+    error: str | None = None  # why a failed run stopped
+    final: dict[str, Any] | None = None  # EvalResult.metrics() of the last epoch
+    best: dict[str, Any] | None = None  # epoch, metric, value
+    baselines: dict[str, dict[str, Any]] | None = None  # no_prompt, english_prompt: EvalResult.metrics()
+    train_examples: int | None = None
+    train_truncated: int | None = None
+    wall_time_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> RunRecord:
+        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+            raise SoftPromptError(f"{where}: not a softprompt run file (no 'config')")
+        if data.get("format") != RUN_FORMAT:
+            raise SoftPromptError(
+                f"{where}: run format {data.get('format')!r}, this softprompt reads format {RUN_FORMAT}: "
+                "re-create the run with this version or use a matching softprompt"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SoftPromptError(f"{where}: unknown key(s) {unknown}: written by another softprompt version?")
+        return cls(**data)
+
+    def write(self, run_dir: str | Path) -> None:
+        write_json(Path(run_dir) / RUN_FILE, self.to_json())
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> RunRecord:
+        path = Path(run_dir) / RUN_FILE
+        return cls.from_json(read_json(path), str(path))
+
+
+@dataclass
 class Run:
     path: Path
-    info: dict[str, Any]
+    record: RunRecord
 
     @property
     def complete(self) -> bool:
-        return self.info.get("status") == "complete"
+        return self.record.status == "complete"
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.info["config"]
+        return self.record.config
 
     @property
     def task(self) -> str:
@@ -66,18 +125,32 @@ def load_run(path: str | Path, require_complete: bool = True) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise SoftPromptError(f"run directory {path} does not exist")
-    info = read_json(path / RUN_FILE)
-    if not isinstance(info, dict) or "config" not in info:
-        raise SoftPromptError(f"{path / RUN_FILE}: not a softprompt run file (no 'config')")
-    fmt = info.get("format")
-    if fmt != RUN_FORMAT:
-        raise SoftPromptError(
-            f"{path / RUN_FILE}: run format {fmt!r}, this softprompt reads format {RUN_FORMAT}: "
-            "re-create the run with this version or use a matching softprompt"
-        )
-    run = Run(path, info)
+    run = Run(path, RunRecord.read(path))
     if require_complete and not run.complete:
         raise SoftPromptError(
-            f"run {path} is {info.get('status', 'incomplete')}: finish it with `softprompt train --resume --out {path}`"
+            f"run {path} is {run.record.status or 'incomplete'}: finish it with `softprompt train --resume --out {path}`"
         )
     return run
+
+
+ABSENT, COMPLETE, RESUMABLE, CONFLICT = "absent", "complete", "resumable", "conflict"
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What a run directory holds for a config: nothing (absent), its finished run (complete), its unfinished
+    run (resumable: running, interrupted or failed), or a run of another config (conflict, `changed` fields)."""
+
+    kind: str
+    status: str | None = None
+    changed: tuple[str, ...] = ()
+
+
+def run_state(out: str | Path, cfg: TrainConfig) -> RunState:
+    if not (Path(out) / RUN_FILE).exists():
+        return RunState(ABSENT)
+    record = RunRecord.read(out)
+    changed = cfg.differences(record.config)
+    if changed:
+        return RunState(CONFLICT, record.status, tuple(changed))
+    return RunState(COMPLETE if record.status == "complete" else RESUMABLE, record.status)

@@ -42,10 +42,10 @@ def run_labels(runs: Sequence[Run]) -> list[str]:
 
 def run_meta(run: Run, label: str) -> dict[str, Any]:
     """What a report says about a run: where it is, what it trained, how well it did."""
-    prompt = run.info.get("prompt", {})
-    init = prompt.get("init", {}) if isinstance(prompt, dict) else {}
-    final = run.info.get("final") or {}
-    no_prompt = (run.info.get("baselines") or {}).get("no_prompt") or {}
+    record = run.record
+    init = (record.prompt or {}).get("init", {})
+    final = record.final or {}
+    no_prompt = (record.baselines or {}).get("no_prompt") or {}
     return {
         "id": label,
         "path": str(run.path),

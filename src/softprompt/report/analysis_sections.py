@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from softprompt.report.html import esc, figure, section, table
+from softprompt.report.primitives import esc, figure, section, table
 from softprompt.report.tables import write_csv
 
 

@@ -5,14 +5,13 @@ Every number on the page comes from `results`; the findings are sentences comput
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 from pathlib import Path
-from typing import Any
 
 from softprompt.io import write_text
+from softprompt.report.analysis_sections import analysis_sections
 from softprompt.report.findings import findings
+from softprompt.report.primitives import esc, figure, section, table
 from softprompt.report.tables import METHOD_LABELS, accuracy_rows, write_csv
 
 CSS = """
@@ -24,51 +23,6 @@ figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{f
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.6em 1em}.muted{color:#777}
 code{background:#f5f5f5;padding:0 .2em}ul.findings li{margin:.3em 0}
 """
-
-
-def esc(x: Any) -> str:
-    return html.escape(str(x))
-
-
-def fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
-
-
-def table(rows: list[dict], columns: list[str] | None = None, headers: dict[str, str] | None = None) -> str:
-    if not rows:
-        return '<p class="muted">(no rows)</p>'
-    columns = columns or list(rows[0])
-    headers = headers or {}
-    head = "".join(f"<th>{esc(headers.get(c, c))}</th>" for c in columns)
-    body = []
-    for r in rows:
-        cells = []
-        for c in columns:
-            v = r.get(c)
-            cls = ' class="num"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
-            cells.append(f"<td{cls}>{esc(fmt(v))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def figure(path: str | Path | None, caption: str) -> str:
-    """Embed a PNG as a data URI so the report is one file that works offline."""
-    if not path or not Path(path).exists():
-        return f'<p class="muted">(figure missing: {esc(caption)})</p>'
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return (
-        f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}"><figcaption>{esc(caption)}</figcaption></figure>'
-    )
-
-
-def section(title: str, body: str, anchor: str) -> str:
-    return f'<section id="{anchor}"><h2>{esc(title)}</h2>{body}</section>'
 
 
 def training_curves(results: dict, out: Path) -> Path | None:
@@ -178,8 +132,6 @@ def _accuracy_section(results: dict, out: Path) -> str:
 
 
 def render(results: dict, out: Path) -> str:
-    from softprompt.report.analysis_sections import analysis_sections
-
     parts = [
         section("Setup", _setup_section(results), "setup"),
         section("Accuracy", _accuracy_section(results, out), "accuracy"),

@@ -7,7 +7,6 @@ scorer ranks. Everything downstream (training, evaluation, transfer) only sees E
 from __future__ import annotations
 
 import random
-import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +36,6 @@ class DataSource:
     hub: tuple[str, str | None] | None = None  # (path, config name) for datasets.load_dataset
     hub_splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "validation": "validation"})
     missing: dict[str, str] = field(default_factory=dict)  # split -> why the local copy lacks it
-
-
-def template_fields(template: str) -> list[str]:
-    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The Ray executor: a study's independent units as Ray tasks, then the analyses as one more task.
 
-Every unit runs the same function as the local executor (`study_steps.run_unit`) on a worker's
-cached `Workspace`, and writes into the study directory, which must be a path every worker sees
+Every unit runs the same function as the local executor (`study.units.run_unit`) on a worker's
+cached `ModelCache`, and writes into the study directory, which must be a path every worker sees
 (a shared filesystem). The driver only schedules, shows progress and writes results.json and the
 report, so it never loads the model.
 
@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from softprompt.errors import SoftPromptError
+from softprompt.logging_setup import quiet_libraries
+from softprompt.study.executors import ExecutorResult, StudyProgress
+from softprompt.study.units import Study, analyses_unit, process_model_cache, run_unit
 
 if TYPE_CHECKING:
-    from softprompt.study import ExecutorResult, Study, StudyProgress
-    from softprompt.study_steps import Unit
+    from softprompt.study.plan import Unit
 
 CANCEL_GRACE_S = 60.0  # how long a cancelled run gets to checkpoint before the driver gives up on it
 
@@ -61,16 +63,13 @@ def import_ray():
 
 
 def _remote_unit(study: Study, unit: Unit | None, threads: int) -> dict[str, Any]:
-    """On a Ray worker: one unit, or the analyses when `unit` is None, on this process's cached workspace."""
+    """On a Ray worker: one unit, or the analyses when `unit` is None, on this process's cached models."""
     import torch
 
-    from softprompt.cli import _quiet_libraries
-    from softprompt.study_steps import analyses_unit, process_workspace, run_unit
-
-    _quiet_libraries()
+    quiet_libraries()
     torch.set_num_threads(threads)
-    ws = process_workspace(study.cfg)
-    return analyses_unit(study, ws) if unit is None else run_unit(study, ws, unit)
+    models = process_model_cache(study.cfg.train)
+    return analyses_unit(study, models) if unit is None else run_unit(study, models, unit)
 
 
 def run_on_ray(study: Study, units: list[Unit], bar: StudyProgress, options: RayOptions | None) -> ExecutorResult:

@@ -1,6 +1,6 @@
 """The analysis commands (`neighbors`, `geometry`, `transfer`): argument parsing and printing only.
 
-`softprompt.cli` registers them through `add_analysis`; each loads the model at most once.
+Each loads the model at most once; the work is `softprompt.analysis`'s.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from softprompt.cli.common import add_model_args, print_table
 from softprompt.errors import SoftPromptError
 
 
@@ -48,7 +49,6 @@ def _runs(paths: Sequence[str]):
 
 def cmd_neighbors(a: argparse.Namespace) -> int:
     from softprompt.analysis.neighbors import neighbors_report
-    from softprompt.cli import print_table
 
     if a.task and not a.project:
         raise SoftPromptError("--task only applies with --project (the task the projected prompt is evaluated on)")
@@ -89,7 +89,6 @@ def cmd_neighbors(a: argparse.Namespace) -> int:
 
 def cmd_geometry(a: argparse.Namespace) -> int:
     from softprompt.analysis.geometry import geometry_report
-    from softprompt.cli import print_table
 
     rep = geometry_report(_runs(a.runs), a.out, level=a.level, seed=a.seed, perplexity=a.perplexity, which=a.which)
     print_table(
@@ -128,7 +127,6 @@ def cmd_geometry(a: argparse.Namespace) -> int:
 
 def cmd_transfer(a: argparse.Namespace) -> int:
     from softprompt.analysis.transfer import transfer_report
-    from softprompt.cli import print_table
 
     runs = _runs(a.runs)
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
@@ -157,10 +155,9 @@ def cmd_transfer(a: argparse.Namespace) -> int:
 
 def add_analysis(sub) -> None:
     """Register `neighbors`, `geometry` and `transfer` on the CLI's subparsers."""
-    from softprompt.cli import _add_model_args
 
     def model_args(p: argparse.ArgumentParser) -> None:
-        _add_model_args(p)
+        add_model_args(p)
         p.set_defaults(model=None)  # default: the model the runs were trained with
         for action in p._actions:
             if action.dest == "model":

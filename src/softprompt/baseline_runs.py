@@ -1,0 +1,179 @@
+"""Every baseline of one task, side by side: `run_baselines` (the `baselines` command, a study's baseline units).
+
+The trained baselines (`finetune`, `lora`) are ordinary training runs in `OUT/finetune` and
+`OUT/lora`, on the same training subsample, with their own artifacts, metrics and resume. Each gets
+its own copy of the model: fine-tuning changes the weights and LoRA injects adapters in place, so
+the shared backbone stays untouched. A completed run with the same config is reused, an interrupted
+one is resumed (`runs.run_state`). Rows go to `OUT/baselines.json` after every method.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from softprompt.backbones import Backbone, load_backbone, resolve_compute_dtype
+from softprompt.baselines import (
+    METHODS,
+    NEEDS_MODEL,
+    TRAINED,
+    baseline_config,
+    baseline_row,
+    check_methods,
+    majority_result,
+    untrained_result,
+)
+from softprompt.config import TrainConfig
+from softprompt.errors import SoftPromptError
+from softprompt.evaluate import Evaluator
+from softprompt.io import write_json
+from softprompt.runs import COMPLETE, CONFLICT, RESUMABLE, RunRecord, run_state
+from softprompt.tasks import Task, get_task
+from softprompt.train import train
+
+BASELINES_FILE = "baselines.json"
+
+
+def run_baselines(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    methods: Sequence[str] = METHODS,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    backbone: Backbone | None = None,
+    backbone_factory: Callable[[], Backbone] | None = None,
+    evaluator: Evaluator | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Run the requested baselines of `cfg.task` on validation; one dict per method, in the order given.
+
+    `cfg` holds the shared settings (task, model, seed, subsample sizes, epochs, batch size, dtypes);
+    a trained method's config is `baseline_config(cfg, method, overrides[method])`. `backbone`
+    (already loaded, frozen) serves the untrained baselines; the trained ones get a copy from
+    `backbone_factory`, else a deep copy of `backbone`, else a fresh `load_backbone(cfg.model)`.
+    `evaluator` may be shared with other work on the same backbone (its tokenization cache is reused).
+    """
+    methods = check_methods(methods)
+    task = get_task(cfg.task)
+    out_dir = Path(out_dir)
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(TRAINED))
+    if unknown:
+        keys = sorted({k for m in unknown for k in overrides[m]}) or ["settings"]
+        raise SoftPromptError(f"{', '.join(keys)} given for {unknown}: only {', '.join(TRAINED)} are trained")
+    # built first, so a bad option fails before any work
+    configs = {m: baseline_config(cfg, m, overrides.get(m)) for m in methods if m in TRAINED}
+    evaluator = _evaluator(cfg, methods, backbone, evaluator, progress)
+    backbone = backbone or (evaluator.backbone if evaluator is not None else None)
+    total = sum(p.numel() for p in backbone.model.parameters()) if backbone is not None else None
+
+    rows: list[dict[str, Any]] = []
+    meta = {
+        "task": task.name,
+        "task_spec": cfg.task,
+        "model": cfg.model,
+        "split": "validation",
+        "settings": {
+            "max_train": cfg.max_train,
+            "max_eval": cfg.max_eval,
+            "epochs": cfg.epochs,
+            "seed": cfg.seed,
+            "batch_size": cfg.batch_size,
+            "max_length": cfg.max_length,
+            "data_dir": cfg.data_dir,
+        },
+    }
+
+    def save(status: str) -> None:
+        write_json(out_dir / BASELINES_FILE, {**meta, "status": status, "methods": methods, "rows": rows})
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for method in methods:
+        started = time.perf_counter()
+        if method in TRAINED:
+            copies = backbone_factory or ((lambda: copy.deepcopy(backbone)) if backbone is not None else None)
+            row = _trained(method, configs[method], out_dir / method, copies, overwrite, progress)
+        else:
+            row = _untrained(method, cfg, task, evaluator, total)
+        row.setdefault("wall_time_s", round(time.perf_counter() - started, 2))
+        rows.append(row)
+        save("partial")
+    save("complete")
+    return rows
+
+
+def _evaluator(cfg: TrainConfig, methods: list[str], backbone, evaluator: Evaluator | None, progress: bool) -> Evaluator | None:
+    """The evaluator of the untrained baselines: the one given, else one on `backbone` (loaded if a method needs it)."""
+    if evaluator is not None:
+        return evaluator
+    if backbone is None and any(m in NEEDS_MODEL for m in methods):
+        backbone = load_backbone(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    if backbone is None:
+        return None
+    return Evaluator(
+        backbone,
+        data_dir=cfg.data_dir,
+        max_length=cfg.max_length,
+        compute_dtype=resolve_compute_dtype(cfg.compute_dtype, backbone.device),
+        progress=progress,
+    )
+
+
+def _untrained(method: str, cfg: TrainConfig, task: Task, evaluator: Evaluator | None, total: int | None) -> dict[str, Any]:
+    if method == "majority":
+        train_ex = task.load("train", cfg.data_dir, limit=cfg.max_train, seed=cfg.seed)
+        if evaluator is not None:
+            val_ex = evaluator.examples(task, "validation", cfg.max_eval, cfg.seed)
+        else:
+            val_ex = task.load("validation", cfg.data_dir, limit=cfg.max_eval, seed=cfg.seed)
+        res = majority_result(task, train_ex, val_ex)
+        label = task.label_words[res.predictions[0]] if res.predictions else None
+        return baseline_row(method, res.metrics(), 0, None, majority_label=label, train_examples=len(train_ex))
+    assert evaluator is not None
+    res = untrained_result(method, evaluator, task, limit=cfg.max_eval, seed=cfg.seed, hard_prompt=task.description)
+    extra = {"hard_prompt": task.description} if method == "english_prompt" else {}
+    return baseline_row(method, res.metrics(), 0, total, **extra)
+
+
+def _trained(method: str, cfg: TrainConfig, run_dir: Path, copies, overwrite: bool, progress: bool) -> dict[str, Any]:
+    """A finetune or LoRA run: reused when complete with the same config, resumed when unfinished, else trained."""
+    resume = False
+    if not overwrite:
+        state = run_state(run_dir, cfg)
+        if state.kind == CONFLICT:
+            raise SoftPromptError(
+                f"{run_dir} holds a run with a different config (changed: {list(state.changed)}): use another --out or --overwrite"
+            )
+        if state.kind == COMPLETE:  # done before: reuse it
+            record = RunRecord.read(run_dir)
+            params = record.parameters or {}
+            return baseline_row(
+                method,
+                record.final or {},
+                params.get("trainable", 0),
+                params.get("total"),
+                run=str(run_dir),
+                reused=True,
+                wall_time_s=record.wall_time_s,
+            )
+        resume = state.kind == RESUMABLE
+    model_copy = copies() if copies is not None else None  # None: train() loads a fresh one from cfg.model
+    try:
+        res = train(cfg, run_dir, resume=resume, overwrite=overwrite, backbone=model_copy, progress=progress, baselines=False)
+    finally:
+        del model_copy
+        gc.collect()
+    return baseline_row(
+        method,
+        res.final.metrics(),
+        res.parameters["trainable"],
+        res.parameters["total"],
+        run=str(run_dir),
+        best_epoch=res.best["epoch"] if res.best else None,
+        wall_time_s=RunRecord.read(run_dir).wall_time_s,
+    )

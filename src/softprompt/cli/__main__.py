@@ -1,0 +1,7 @@
+"""`python -m softprompt.cli`: the command line (also under `accelerate launch -m softprompt.cli`)."""
+
+import sys
+
+from softprompt.cli import main
+
+sys.exit(main())

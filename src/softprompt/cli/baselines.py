@@ -1,0 +1,76 @@
+"""`softprompt baselines`: majority, no prompt, English prompt, fine-tuning and LoRA on one task, in one table."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from softprompt.cli.common import MODEL_FIELDS, add_config_flags, add_model_args, config_values, print_table
+from softprompt.config import BASELINE_METHODS, TrainConfig
+
+SHARED_FIELDS = (
+    "max_train",
+    "max_eval",
+    "epochs",
+    "batch_size",
+    "lora_r",
+    "lora_alpha",
+    "seed",
+)  # TrainConfig flags of this command
+
+
+def cmd_baselines(a: argparse.Namespace) -> int:
+    from softprompt.backbones import load_backbone
+    from softprompt.baseline_runs import run_baselines
+    from softprompt.baselines import NEEDS_MODEL, table_rows
+
+    started = time.perf_counter()
+    cfg = TrainConfig(task=a.task, **config_values(a, MODEL_FIELDS + SHARED_FIELDS))
+    out = Path(a.out or f"runs/baselines-{Path(a.task).stem if a.task.endswith('.toml') else a.task}-s{a.seed}")
+    needs_model = any(m in NEEDS_MODEL for m in a.methods)
+    backbone = (
+        load_backbone(a.model, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code) if needs_model else None
+    )
+    lr = {m: {"lr": v} for m, v in (("finetune", a.finetune_lr), ("lora", a.lora_lr)) if v is not None}
+    rows = run_baselines(
+        cfg, out, methods=a.methods, overrides=lr, backbone=backbone, overwrite=a.overwrite, progress=not a.quiet
+    )
+    n = rows[0]["n"] if rows else 0
+    print(f"\n{a.task} validation (n={n}); training examples: {a.max_train or 'all'}; epochs {a.epochs}; seed {a.seed}")
+    print_table(table_rows(rows))
+    print(f"results in {out / 'baselines.json'} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def add_baselines(sub) -> None:
+    p = sub.add_parser(
+        "baselines",
+        help="majority class, no prompt, English prompt, full fine-tuning and LoRA on a task, in one table",
+        description="Evaluate the untrained baselines and train the fine-tuning and LoRA baselines (normal run "
+        "directories under --out, resumable) on the same training subsample; print one table.",
+    )
+    p.add_argument("--task", required=True, help="built-in task name or a task .toml file")
+    add_model_args(p)
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(BASELINE_METHODS),
+        choices=BASELINE_METHODS,
+        metavar="METHOD",
+        help=f"baselines to run (default: all of {' '.join(BASELINE_METHODS)})",
+    )
+    add_config_flags(
+        p,
+        SHARED_FIELDS,
+        helps={
+            "max_train": "a seeded subsample of N training examples (all methods)",
+            "epochs": "epochs of the finetune and LoRA runs",
+        },
+    )
+    p.add_argument("--finetune-lr", type=float, default=None, help="default 2e-5")
+    p.add_argument("--lora-lr", type=float, default=None, help="default 1e-3")
+    p.add_argument("--out", default=None, help="output directory (default: runs/baselines-TASK-sSEED)")
+    p.add_argument("--overwrite", action="store_true", help="retrain finetune/LoRA runs already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_baselines)

@@ -1,0 +1,77 @@
+"""What the commands share: flags generated from TrainConfig's fields, the model flags, printing a table."""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import MISSING, Field, fields
+from typing import Any
+
+from softprompt.config import TrainConfig
+
+MODEL_FIELDS = ("model", "dtype", "compute_dtype", "device", "data_dir", "max_length")  # what loading and scoring need
+
+
+def config_fields(names: Iterable[str] | None = None) -> list[Field]:
+    """TrainConfig's fields that are flags (all of them, or those in `names`), in declaration order."""
+    wanted = None if names is None else set(names)
+    return [f for f in fields(TrainConfig) if f.metadata.get("cli", True) and (wanted is None or f.name in wanted)]
+
+
+def _value_type(f: Field) -> type:
+    """int, float, str or bool from the field's annotation (`X | None` gives X)."""
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def add_config_flags(p: argparse.ArgumentParser, names: Iterable[str] | None = None, *, helps: Mapping[str, str] = {}) -> None:
+    """One flag per TrainConfig field (`--batch-size` for `batch_size`), with its default, type, choices and help."""
+    for f in config_fields(names):
+        kind = _value_type(f)
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = helps.get(f.name, f.metadata.get("help") or None)
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            p.add_argument(flag, dest=f.name, action="store_true", default=default, help=help_text)
+            continue
+        kwargs: dict[str, Any] = {"dest": f.name, "type": kind, "default": default, "help": help_text}
+        if f.metadata.get("choices"):
+            kwargs["choices"] = list(f.metadata["choices"])
+        if f.metadata.get("required"):
+            kwargs["required"] = True
+        p.add_argument(flag, **kwargs)
+
+
+def config_values(a: argparse.Namespace, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """The parsed values of the TrainConfig flags, by field name."""
+    return {f.name: getattr(a, f.name) for f in config_fields(names)}
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The flags that say which model to load and how to score with it (TrainConfig's), plus --trust-remote-code."""
+    add_config_flags(p, MODEL_FIELDS)
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
+
+
+def result_row(res) -> dict[str, float]:
+    """An evaluation result as a printed table row."""
+    m = res.metrics()
+    return {"accuracy": m["accuracy"], "f1_macro": m["f1_macro"], "acc_norm": m["acc_norm"]}
+
+
+def print_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> None:
+    if not rows:
+        return
+    columns = list(columns or rows[0].keys())
+
+    def fmt(v) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))

@@ -1,0 +1,91 @@
+"""`softprompt eval` and `softprompt generate`: a run's prompt (or none, or a hard prompt) on a task, or on text."""
+
+from __future__ import annotations
+
+import argparse
+
+from softprompt.cli.common import add_model_args, print_table, result_row
+from softprompt.errors import SoftPromptError
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from softprompt.backbones import load_backbone, resolve_compute_dtype
+    from softprompt.evaluate import Evaluator
+    from softprompt.runs import load_run
+    from softprompt.tasks import get_task
+
+    run = load_run(a.run) if a.run else None
+    task_name = a.task or (run.task if run else None)
+    if not task_name or task_name == "unknown":
+        raise SoftPromptError("--task is required (the run does not name a task)")
+    task = get_task(task_name)
+    backbone = load_backbone(a.model, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code)
+    ev = Evaluator(
+        backbone,
+        data_dir=a.data_dir,
+        max_length=a.max_length,
+        compute_dtype=resolve_compute_dtype(a.compute_dtype, backbone.device),
+        progress=not a.quiet,
+    )
+
+    def row(label: str, prompt=None, hard_prompt: str | None = None) -> dict:
+        return {
+            "prompt": label,
+            **result_row(ev.evaluate(task, prompt, hard_prompt=hard_prompt, split=a.split, limit=a.max_eval)),
+        }
+
+    rows = []
+    if run is not None:
+        prompt = run.prompt(a.which)
+        prompt.check_model(backbone.hidden_size, where=f"the prompt of {a.run}")
+        rows.append(row(f"soft {a.run}", prompt.weight.detach()))
+    if a.no_prompt or run is None and a.hard_prompt is None and not a.english:
+        rows.append(row("no prompt"))
+    if a.english:
+        rows.append(row("english prompt", hard_prompt=task.description))
+    if a.hard_prompt:
+        rows.append(row(f"hard {a.hard_prompt[:30]!r}", hard_prompt=a.hard_prompt))
+    print(f"{task.name} {a.split}")
+    print_table(rows)
+    return 0
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from softprompt.backbones import load_backbone
+    from softprompt.generate import generate
+    from softprompt.runs import load_run
+
+    backbone = load_backbone(a.model, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code)
+    prompt = None
+    if a.run:
+        sp = load_run(a.run).prompt()
+        sp.check_model(backbone.hidden_size, where=f"the prompt of {a.run}")
+        prompt = sp.weight.detach()
+    print(a.text + generate(backbone, a.text, prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed))
+    return 0
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained prompt, no prompt, or a hard prompt on a task split")
+    p.add_argument("--run", default=None, help="run directory whose soft prompt is evaluated")
+    p.add_argument("--which", default="last", choices=["last", "best"], help="the run's last or best-epoch prompt")
+    p.add_argument("--task", default=None, help="task (default: the run's task); any task works: cross-task transfer")
+    add_model_args(p)
+    p.add_argument("--split", default="validation", choices=["train", "validation"])
+    p.add_argument("--no-prompt", action="store_true", help="also evaluate with no prompt (template only)")
+    p.add_argument("--english", action="store_true", help="also evaluate the task description as a hard prompt")
+    p.add_argument("--hard-prompt", default=None, help="evaluate this text as a hard prompt")
+    p.add_argument("--max-eval", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+
+def add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate text with a soft prompt in front of the input")
+    p.add_argument("text", help="input text")
+    p.add_argument("--run", default=None, help="run directory whose soft prompt is used (default: none)")
+    add_model_args(p)
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)

@@ -1,0 +1,35 @@
+"""`softprompt export` and `softprompt import-peft`: a run's prompt as a PEFT adapter, and back."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from softprompt.peft_interop import export_peft
+
+    print(f"PEFT adapter written to {export_peft(a.run, a.peft, which=a.which)}")
+    return 0
+
+
+def cmd_import(a: argparse.Namespace) -> int:
+    from softprompt.peft_interop import import_peft
+
+    out = import_peft(a.adapter, a.out, task=a.task, model=a.model, allow_pickle=a.allow_pickle)
+    print(f"run written to {out}")
+    return 0
+
+
+def add_peft(sub) -> None:
+    p = sub.add_parser("export", help="export a run's prompt as a PEFT prompt-tuning adapter")
+    p.add_argument("run")
+    p.add_argument("--peft", required=True, help="output adapter directory")
+    p.add_argument("--which", default="last", choices=["last", "best"])
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("import-peft", help="turn a PEFT prompt-tuning adapter into a softprompt run")
+    p.add_argument("adapter", help="PEFT adapter directory")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--task", default=None, help="task the prompt was trained on (recorded in the run)")
+    p.add_argument("--model", default=None, help="base model (default: the adapter's base_model_name_or_path)")
+    p.add_argument("--allow-pickle", action="store_true", help="accept adapter_model.bin (pickle) from a trusted source")
+    p.set_defaults(func=cmd_import)

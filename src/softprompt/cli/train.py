@@ -1,0 +1,45 @@
+"""`softprompt train`: one flag per TrainConfig field, then `softprompt.train.train`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from softprompt.cli.common import add_config_flags, config_values, print_table, result_row
+from softprompt.config import TrainConfig
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from softprompt.distributed import setup_data_parallel
+    from softprompt.train import train
+
+    cfg = TrainConfig(**config_values(a))
+    out = Path(a.out or f"runs/{cfg.task.replace('/', '_').removesuffix('.toml')}-{cfg.method}-s{cfg.seed}")
+    res = train(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet)
+    if not setup_data_parallel(cfg.device).is_main:  # under `accelerate launch`, one summary
+        return 0
+    rows = [{"prompt": f"soft ({cfg.method}, last)" if cfg.method == "prompt" else cfg.method, **result_row(res.final)}]
+    rows += [{"prompt": name.replace("_", " "), **result_row(r)} for name, r in res.baselines.items()]
+    print(
+        f"\n{res.final.task} {res.final.split} (n={res.final.n}); best epoch {res.best['epoch']} "
+        f"{res.best['metric']} {res.best['value']:.4f}; trainable parameters {res.parameters['trainable']:,}"
+    )
+    print_table(rows)
+    print(f"run saved to {out}")
+    return 0
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a soft prompt (or a fine-tuning/LoRA baseline) on a task",
+        description="Train a soft prompt on a task with a frozen causal LM, then evaluate it next to "
+        "no prompt and the English prompt. Every training option is a flag (softprompt.config.TrainConfig).",
+    )
+    add_config_flags(p)
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/TASK-METHOD-sSEED)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)

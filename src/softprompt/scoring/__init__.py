@@ -1,0 +1,48 @@
+"""Scoring: the log-likelihood of each choice after [soft prompt; input], the one path everything uses.
+
+- `scorer`: the contract (`batch_choice_scores`, `choice_scores`, `Scores`, `LOSSES`,
+  `summed_choice_scores`) and the reference path;
+- `options`: `ScoringOptions` (which strategy, its switches) and `ScoringStats` (what was computed);
+- `model`: the model as the scorer sees it (body, head, prompt embeddings, autocast);
+- `kv_tree`: the KV-prefix-tree strategy; `lowp`: the low-precision weight copy; `attention`:
+  eager attention for CPU backward passes.
+"""
+
+from softprompt.scoring.kv_tree import plan_groups, prompt_kv
+from softprompt.scoring.lowp import compute_model
+from softprompt.scoring.model import autocast_context, autocast_dtype, base_model, full_logits, prompt_embeds
+from softprompt.scoring.options import DEFAULT, PLAIN, STRATEGIES, ScoringOptions, ScoringStats
+from softprompt.scoring.scorer import (
+    LOSSES,
+    Scores,
+    answer_nll,
+    batch_choice_scores,
+    choice_loss,
+    choice_scores,
+    head_logprobs,
+    summed_choice_scores,
+)
+
+__all__ = [
+    "DEFAULT",
+    "LOSSES",
+    "PLAIN",
+    "STRATEGIES",
+    "Scores",
+    "ScoringOptions",
+    "ScoringStats",
+    "answer_nll",
+    "autocast_context",
+    "autocast_dtype",
+    "base_model",
+    "batch_choice_scores",
+    "choice_loss",
+    "choice_scores",
+    "compute_model",
+    "full_logits",
+    "head_logprobs",
+    "plan_groups",
+    "prompt_embeds",
+    "prompt_kv",
+    "summed_choice_scores",
+]

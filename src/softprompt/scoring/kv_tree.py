@@ -1,0 +1,345 @@
+"""The KV prefix tree: the reference path's numbers from fewer computed tokens.
+
+A batch is computed as a tree of KV-cached forwards instead of one forward over padded rows:
+  1. the soft prompt alone, batch 1 (it is the same for every row), its keys/values expanded;
+  2. each example's shared prefix (for single-token choices, the whole row), rows split into
+     length groups so little padding is computed (gradients are unchanged: same rows, same loss);
+  3. the continuations of multi-token choices, on top of their example's cached prefix.
+Gradients flow through the caches into the prompt. Models whose body takes no external cache, or
+whose sliding window would crop it, are left to the plain path (`supported`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from softprompt.batching import Batch
+from softprompt.scoring.lowp import compute_model
+from softprompt.scoring.model import autocast_context, autocast_dtype, base_model, prompt_embeds
+from softprompt.scoring.options import ScoringOptions, ScoringStats
+
+
+@functools.cache
+def cache_support(body_class: type) -> tuple[str | None, bool]:
+    """(name of the cache keyword of the body's forward or None, whether it takes position_ids)."""
+    try:
+        params = inspect.signature(body_class.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    kw = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+    return kw, "position_ids" in params
+
+
+def mask_positions(model) -> bool:
+    """Models whose positions come from the attention mask (ALiBi), not from position_ids."""
+    return getattr(model.config, "model_type", "") in ("bloom",)
+
+
+def new_cache(kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None):
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(kv or ()):
+        cache.update(k, v, i)
+    return cache
+
+
+def _cache_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def body_forward(model, embeds, mask, kv, stats: ScoringStats, *, position_ids=None, keep_cache=False):
+    """One forward of the transformer body over `embeds` after the cached keys/values `kv`."""
+    body = base_model(model)
+    kw, _ = cache_support(type(body))
+    args = {"inputs_embeds": embeds, "attention_mask": mask}
+    if position_ids is not None:
+        args["position_ids"] = position_ids
+    cache = None
+    if kv is not None or keep_cache:
+        cache = new_cache(kv)
+        args[kw] = cache
+    out = body(**args, use_cache=cache is not None)
+    stats["forwards"] += 1
+    stats["padded"] += embeds.shape[0] * embeds.shape[1]
+    return out.last_hidden_state, (_cache_kv(cache) if keep_cache else None)
+
+
+def residual_dtype(model, options: ScoringOptions) -> torch.dtype:
+    """The dtype the residual stream runs in: the embeddings' (float32 if `options.fp32_residual`)."""
+    dtype = model.get_input_embeddings().weight.dtype
+    return torch.float32 if options.fp32_residual and dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+def prompt_kv(
+    model, prompt: torch.Tensor, options: ScoringOptions, stats: ScoringStats
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Keys/values of the soft prompt alone (batch 1), per layer; differentiable wrt the prompt."""
+    emb = prompt.to(device=next(model.parameters()).device, dtype=residual_dtype(model, options)).unsqueeze(0)
+    mask = torch.ones((1, prompt.shape[0]), dtype=torch.long, device=emb.device)
+    _, kv = body_forward(model, emb, mask, None, stats, keep_cache=True)
+    stats["real"] += prompt.shape[0]
+    return kv
+
+
+def shared_prompt_kv(model, prompt, compute_dtype, options: ScoringOptions, stats: ScoringStats):
+    """The prompt's keys/values once for all batches of an evaluation, or None where the tree does not apply."""
+    if not (options.accelerated and options.share_prompt and prompt is not None):
+        return None
+    device = next(model.parameters()).device
+    with autocast_context(device, compute_dtype):
+        low = compute_model(model, autocast_dtype(device), options)
+        if cache_support(type(base_model(low)))[0] is None:
+            return None
+        return prompt_kv(low, prompt, options, stats)
+
+
+def supported(model, batch: Batch, total_len: int) -> bool:
+    kw, _ = cache_support(type(base_model(model)))
+    if kw is None or batch.row_example is None:
+        return False
+    window = getattr(model.config, "sliding_window", None)
+    # a sliding-window cache would crop what the full forward keeps
+    return window is None or total_len < window
+
+
+def plan_groups(lengths: Sequence[int], overhead: int) -> list[list[int]]:
+    """Partition indices into groups of similar length minimising sum(overhead + size * max length).
+
+    Exact dynamic programme over the length-sorted order (contiguous groups are optimal there).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    n = len(order)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for i in range(1, n + 1):
+        longest = lengths[order[i - 1]]
+        for j in range(i):
+            c = best[j] + overhead + (i - j) * longest
+            if c < best[i]:
+                best[i], cut[i] = c, j
+    groups = []
+    i = n
+    while i > 0:
+        groups.append(order[cut[i] : i])
+        i = cut[i]
+    return groups[::-1]
+
+
+def longest_common_prefix(seqs: list[list[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for k in range(n):
+        if any(s[k] != first[k] for s in seqs[1:]):
+            return k
+    return n
+
+
+@dataclass
+class _Tree:
+    """A batch as the tree computes it: stage-2 units (an example's rows sharing a prefix, or one row) and targets."""
+
+    rows: list[list[int]]  # each row's real token ids
+    lengths: list[int]
+    unit_rows: list[list[int]]  # the rows of each unit
+    unit_len: list[int]  # the length of each unit's shared prefix
+    row_unit: dict[int, int]
+    row_plen: dict[int, int]  # the shared-prefix length of each row's unit
+    unit_targets: dict[int, list[int]]  # target indices of each unit
+    t_row: list[int]
+    t_pos: list[int]
+
+
+def _plan_tree(batch: Batch, lengths: list[int], share_prefix: bool) -> _Tree | None:
+    ids_all = batch.input_ids
+    rows = [ids_all[r, : lengths[r]].tolist() for r in range(len(lengths))]
+    if share_prefix:
+        unit_rows: list[list[int]] = [[] for _ in range(batch.num_examples)]
+        for r, e in enumerate(batch.row_example.tolist()):
+            unit_rows[e].append(r)
+        unit_rows = [u for u in unit_rows if u]
+    else:
+        unit_rows = [[r] for r in range(len(rows))]
+    unit_len = [len(rows[u[0]]) if len(u) == 1 else longest_common_prefix([rows[r] for r in u]) for u in unit_rows]
+    if min(unit_len) < 1:
+        return None
+    row_unit, row_plen = {}, {}
+    for ui, u in enumerate(unit_rows):
+        for r in u:
+            row_unit[r], row_plen[r] = ui, unit_len[ui]
+    t_row, t_pos = batch.target_row.tolist(), batch.target_pos.tolist()
+    unit_targets: dict[int, list[int]] = {}
+    for k, r in enumerate(t_row):
+        unit_targets.setdefault(row_unit[r], []).append(k)
+    return _Tree(rows, lengths, unit_rows, unit_len, row_unit, row_plen, unit_targets, t_row, t_pos)
+
+
+class _Forwards:
+    """The tree's forwards for one batch, collecting the hidden states at the targets."""
+
+    def __init__(self, model, prompt, tree: _Tree, kv0, options: ScoringOptions, stats: ScoringStats):
+        self.model, self.prompt, self.tree, self.kv0 = model, prompt, tree, kv0
+        self.options, self.stats = options, stats
+        self.device = next(model.parameters()).device
+        self.n = 0 if prompt is None else int(prompt.shape[0])
+        self.takes_positions = cache_support(type(base_model(model)))[1]
+        self.picked: list[torch.Tensor] = []
+        self.where: list[int] = []  # target index of each picked row
+
+    def embeds(self, ids: torch.Tensor, with_prompt: bool) -> torch.Tensor:
+        out = prompt_embeds(self.model, ids, self.prompt) if with_prompt else self.model.get_input_embeddings()(ids)
+        return out.to(residual_dtype(self.model, self.options))
+
+    def group(self, group: list[int]) -> None:
+        """Stage 2 for the units of `group` (one padded forward), then stage 3 for their multi-token choices."""
+        t, n, device = self.tree, self.n, self.device
+        glen = max(t.unit_len[u] for u in group)
+        ids = torch.full((len(group), glen), 0, dtype=torch.long)
+        mask = torch.zeros((len(group), glen), dtype=torch.long)
+        for i, u in enumerate(group):
+            ids[i, : t.unit_len[u]] = torch.tensor(t.rows[t.unit_rows[u][0]][: t.unit_len[u]])
+            mask[i, : t.unit_len[u]] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        self.stats["real"] += int(mask.sum())
+        suffix_rows = [(i, r) for i, u in enumerate(group) for r in t.unit_rows[u] if t.lengths[r] > t.unit_len[u]]
+        inline_prompt = self.prompt is not None and self.kv0 is None
+        if inline_prompt:
+            self.stats["real"] += n * len(group)
+        full_mask = mask
+        if self.prompt is not None:
+            ones = torch.ones((len(group), n), dtype=mask.dtype, device=device)
+            full_mask = torch.cat([ones, mask], dim=1)
+        kv = (
+            None
+            if self.kv0 is None
+            else [(k.expand(len(group), -1, -1, -1), v.expand(len(group), -1, -1, -1)) for k, v in self.kv0]
+        )
+        hidden, kv1 = body_forward(
+            self.model, self.embeds(ids, inline_prompt), full_mask, kv, self.stats, keep_cache=bool(suffix_rows)
+        )
+        if inline_prompt:
+            hidden = hidden[:, n:]
+        sel_i, sel_t = [], []  # targets inside the shared part
+        for i, u in enumerate(group):
+            for k in t.unit_targets.get(u, []):
+                if t.t_pos[k] < t.unit_len[u]:
+                    sel_i.append(i)
+                    sel_t.append(t.t_pos[k])
+                    self.where.append(k)
+        if sel_i:
+            self.picked.append(hidden[torch.tensor(sel_i, device=device), torch.tensor(sel_t, device=device)])
+        if suffix_rows:
+            self.suffixes(suffix_rows, full_mask, kv1)
+
+    def suffixes(self, suffix_rows: list[tuple[int, int]], full_mask: torch.Tensor, kv1) -> None:
+        """Stage 3: the continuations of multi-token choices on top of their example's cached prefix."""
+        t, device = self.tree, self.device
+        slen = max(t.lengths[r] - t.row_plen[r] for _, r in suffix_rows)
+        sids = torch.full((len(suffix_rows), slen), 0, dtype=torch.long)
+        smask = torch.zeros((len(suffix_rows), slen), dtype=torch.long)
+        pos = torch.zeros((len(suffix_rows), slen), dtype=torch.long)
+        for j, (_, r) in enumerate(suffix_rows):
+            tail = t.rows[r][t.row_plen[r] :]
+            sids[j, : len(tail)] = torch.tensor(tail)
+            smask[j, : len(tail)] = 1
+            pos[j] = self.n + t.row_plen[r] + torch.arange(slen)
+        sids, smask, pos = sids.to(device), smask.to(device), pos.to(device)
+        self.stats["real"] += int(smask.sum())
+        src = torch.tensor([i for i, _ in suffix_rows], device=device)
+        kv2 = [(k.index_select(0, src), v.index_select(0, src)) for k, v in kv1]
+        mask2 = torch.cat([full_mask.index_select(0, src), smask], dim=1)
+        h2, _ = body_forward(
+            self.model, self.embeds(sids, False), mask2, kv2, self.stats, position_ids=pos if self.takes_positions else None
+        )
+        sel_j, sel_t = [], []
+        for j, (_, r) in enumerate(suffix_rows):
+            for k in t.unit_targets.get(t.row_unit[r], []):
+                if t.t_row[k] == r and t.t_pos[k] >= t.row_plen[r]:
+                    sel_j.append(j)
+                    sel_t.append(t.t_pos[k] - t.row_plen[r])
+                    self.where.append(k)
+        if sel_j:
+            self.picked.append(h2[torch.tensor(sel_j, device=device), torch.tensor(sel_t, device=device)])
+
+    def gathered(self) -> torch.Tensor:
+        """The picked hidden states in target order, [T, d]."""
+        if sorted(self.where) != list(range(len(self.tree.t_row))):
+            raise AssertionError("the prefix tree lost or duplicated a target")
+        out = torch.cat(self.picked, dim=0)
+        inverse = torch.empty(len(self.where), dtype=torch.long)
+        inverse[torch.tensor(self.where)] = torch.arange(len(self.where))
+        return out.index_select(0, inverse.to(self.device))
+
+
+def target_hidden(model, prompt, batch: Batch, kv0, options: ScoringOptions, stats: ScoringStats) -> torch.Tensor | None:
+    """Final hidden states at the batch's target positions [T, d], via the KV prefix tree.
+
+    Returns None where the model or batch does not fit the tree (the caller goes plain). `kv0` is the
+    prompt's keys/values from `prompt_kv` (computed here when worth it and absent).
+    """
+    n = 0 if prompt is None else int(prompt.shape[0])
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    if not supported(model, batch, n + max(lengths)):
+        return None
+    takes_positions = cache_support(type(base_model(model)))[1]
+    tree = _plan_tree(batch, lengths, options.share_prefix and (takes_positions or mask_positions(model)))
+    if tree is None:
+        return None
+    # the prompt's own forward streams every weight once more: worth it unless the prompt is short
+    # and the rows few (evaluation passes kv0, computed once for all its batches)
+    worth_it = (len(tree.unit_rows) - 1) * n >= options.group_overhead_tokens
+    if kv0 is None and prompt is not None and options.share_prompt and worth_it:
+        kv0 = prompt_kv(model, prompt, options, stats)
+    forwards = _Forwards(model, prompt, tree, kv0, options, stats)
+    all_units = [list(range(len(tree.unit_rows)))]
+    for group in plan_groups(tree.unit_len, options.group_overhead_tokens) if options.split_lengths else all_units:
+        forwards.group(group)
+    return forwards.gathered()
+
+
+class Fallbacks:
+    """Model classes whose forward rejected the tree once: `auto` scoring sends them down the plain path.
+
+    A model outside the tested families (llama-style, BLOOM) may not accept an external cache the way
+    transformers' own models do; it then gets the plain path, with one warning, never a crash. The
+    record is per class and per process, since it is a property of the class's code.
+    """
+
+    def __init__(self) -> None:
+        self._classes: set[type] = set()
+
+    def __contains__(self, model_class: type) -> bool:
+        return model_class in self._classes
+
+    def add(self, model_class: type, error: Exception) -> None:
+        self._classes.add(model_class)
+        warnings.warn(
+            f"softprompt: the KV-cached scoring path failed for {model_class.__name__} ({type(error).__name__}: {error}); "
+            "using the plain path for this model class",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def discard(self, model_class: type) -> None:
+        self._classes.discard(model_class)
+
+
+FALLBACKS = Fallbacks()
+
+
+def target_hidden_or_none(model, prompt, batch: Batch, kv0, options: ScoringOptions, stats: ScoringStats) -> torch.Tensor | None:
+    """`target_hidden` for the `auto` strategy: None (plain path) for a model class whose forward rejected it once."""
+    if type(model) in FALLBACKS:
+        return None
+    try:
+        return target_hidden(model, prompt, batch, kv0, options, stats)
+    except (TypeError, AttributeError, ValueError, KeyError, IndexError, NotImplementedError) as e:
+        FALLBACKS.add(type(model), e)
+        stats["fallbacks"] += 1
+        return None

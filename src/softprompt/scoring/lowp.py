@@ -1,0 +1,52 @@
+"""The low-precision weight copy: frozen weights stored once in the autocast dtype (CPU).
+
+Autocast casts a weight on every use unless it requires grad, so a frozen float32 model under bf16
+autocast re-reads and re-writes all its weights in every forward; on a CPU that can cost more than
+the matmuls. The copy is made once per model (and again if a weight changes in place); it shares no
+storage with the model, and is only used when no weight of the model trains.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+
+import torch
+
+from softprompt.scoring.options import DEFAULT, ScoringOptions
+
+
+class LowPrecisionCopies:
+    """One low-precision copy per model, dropped with its model (weak keys) or when a weight changes."""
+
+    def __init__(self) -> None:
+        self._copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get(self, model, dtype: torch.dtype):
+        params = list(model.parameters())
+        key = (dtype, tuple((p.data_ptr(), p._version) for p in params))  # noqa: SLF001
+        hit = self._copies.get(model)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        self._copies.pop(model, None)  # free the stale copy before building a new one
+        # matrices in `dtype`; vectors (norm weights, biases) stay float32, as mixed-dtype norms need
+        memo = {id(p): torch.nn.Parameter(p.detach().to(dtype if p.dim() >= 2 else p.dtype), requires_grad=False) for p in params}
+        low = copy.deepcopy(model, memo)
+        low.eval()
+        self._copies[model] = (key, low)
+        return low
+
+
+COPIES = LowPrecisionCopies()
+
+
+def compute_model(model, dtype: torch.dtype | None, options: ScoringOptions = DEFAULT):
+    """`model` itself, or its cached copy whose frozen weights are stored in `dtype` (CPU autocast)."""
+    if dtype is None or dtype == torch.float32 or not options.lowp_weights:
+        return model
+    params = list(model.parameters())
+    if not params or params[0].device.type != "cpu":
+        return model
+    if any(p.requires_grad for p in params) or not all(p.dtype == torch.float32 for p in params):
+        return model
+    return COPIES.get(model, dtype)

@@ -1,0 +1,170 @@
+"""THE scoring contract: [soft prompt; input; choice] -> log-likelihood of each choice, and the reference path.
+
+Training (a loss over the choices), evaluation (argmax), baselines and transfer all call
+`batch_choice_scores` or `choice_scores`. Logits are computed only at the positions that predict
+answer tokens: the LM head is applied to those hidden states alone, never to the whole sequence.
+
+The reference (`plain`) path is one forward over the right-padded rows [prompt; row]. The other
+strategies (`ScoringOptions.strategy`) compute the same numbers faster: the KV prefix tree
+(`scoring.kv_tree`), under CPU autocast on a low-precision weight copy (`scoring.lowp`) with the LM
+head in float32 on the few scored positions. tests/test_fastpaths.py checks they agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from softprompt.batching import Batch, EncodedExample, collate, length_batches
+from softprompt.scoring import kv_tree
+from softprompt.scoring.attention import eager_attention_for_backward
+from softprompt.scoring.lowp import compute_model
+from softprompt.scoring.model import autocast_context, autocast_dtype, hidden_states, lm_logits
+from softprompt.scoring.options import DEFAULT, ScoringOptions, ScoringStats
+
+
+def plain_target_hidden(model, prompt, batch: Batch, stats: ScoringStats) -> torch.Tensor:
+    """The reference path: final hidden states at the target positions from one forward over the padded rows."""
+    device = next(model.parameters()).device
+    ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+    hidden = hidden_states(model, prompt, ids, mask)
+    n = 0 if prompt is None else prompt.shape[0]
+    stats["forwards"] += 1
+    stats["padded"] += hidden.shape[0] * hidden.shape[1]
+    stats["real"] += int(mask.sum()) + n * ids.shape[0]
+    return hidden[batch.target_row.to(device), batch.target_pos.to(device) + n]  # [T, d]
+
+
+def head_logprobs(model, low, picked: torch.Tensor, options: ScoringOptions) -> torch.Tensor:
+    """Log-softmax over the vocabulary at the picked hidden states (float32); `low` is the model that computed them."""
+    device = picked.device
+    if options.accelerated and options.fp32_head and autocast_dtype(device) is not None:
+        with torch.autocast(device_type=device.type, enabled=False):
+            head = model.get_output_embeddings()
+            logits = lm_logits(model, picked.to(head.weight.dtype))
+        return logits.float().log_softmax(dim=-1)
+    return lm_logits(low, picked).float().log_softmax(dim=-1)
+
+
+def _target_hidden(model, prompt, batch: Batch, kv0, options: ScoringOptions, stats: ScoringStats) -> torch.Tensor:
+    """Hidden states at the targets by the chosen strategy (`model` is already the one that computes)."""
+    if options.strategy == "plain":
+        return plain_target_hidden(model, prompt, batch, stats)
+    if options.strategy == "kv_tree":
+        picked = kv_tree.target_hidden(model, prompt, batch, kv0, options, stats)
+        if picked is None:
+            raise ValueError(f"the kv_tree scoring strategy does not fit {type(model).__name__} or this batch: use 'auto'")
+        return picked
+    picked = kv_tree.target_hidden_or_none(model, prompt, batch, kv0, options, stats)
+    return plain_target_hidden(model, prompt, batch, stats) if picked is None else picked
+
+
+def batch_choice_scores(
+    model,
+    prompt: torch.Tensor | None,
+    batch: Batch,
+    *,
+    options: ScoringOptions | None = None,
+    stats: ScoringStats | None = None,
+    kv0=None,
+) -> torch.Tensor:
+    """Summed log-likelihood of every choice, shape [examples, max_choices] (-inf where absent).
+
+    `options` picks the strategy (default: `ScoringOptions()`); `stats` counts what was computed;
+    `kv0` is the prompt's cached keys/values from `kv_tree.prompt_kv` (computed here when absent).
+    """
+    options = options or DEFAULT
+    stats = stats if stats is not None else ScoringStats()
+    device = next(model.parameters()).device
+    low = compute_model(model, autocast_dtype(device), options) if options.accelerated else model
+    with eager_attention_for_backward(low, options) if options.accelerated else contextlib.nullcontext():
+        picked = _target_hidden(low, prompt, batch, kv0, options, stats)
+    logprobs = head_logprobs(model, low, picked, options)
+    stats["head"] += picked.shape[0]
+    return summed_choice_scores(batch, logprobs)
+
+
+def summed_choice_scores(batch: Batch, logprobs: torch.Tensor) -> torch.Tensor:
+    """[examples, max_choices] sums of the targets' log-probs, from log-probs at every target [T, vocab]."""
+    device = logprobs.device
+    tok_lp = logprobs.gather(1, batch.target_tok.to(device).unsqueeze(1)).squeeze(1)  # [T]
+    flat = torch.zeros(batch.num_examples * batch.max_choices, device=device, dtype=tok_lp.dtype)
+    flat = flat.index_add(0, batch.target_slot.to(device), tok_lp)
+    scores = flat.view(batch.num_examples, batch.max_choices)
+    return scores.masked_fill(~batch.choice_mask.to(device), float("-inf"))
+
+
+def choice_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the choices' log-likelihoods (rank classification as the training objective)."""
+    return F.cross_entropy(scores, labels.to(scores.device))
+
+
+def answer_nll(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of the correct answer's tokens: the language-modelling loss of PEFT's
+    recipe (without its EOS target); unlike `choice_loss` it never pushes the wrong choices down."""
+    return -scores.gather(1, labels.to(scores.device)[:, None]).mean()
+
+
+LOSSES = {"choices": choice_loss, "lm": answer_nll}  # keys: softprompt.config.LOSSES
+
+
+@dataclass
+class Scores:
+    """Per-example choice log-likelihoods, in the order of the examples given."""
+
+    logprobs: list[list[float]]
+    labels: list[int]
+    choice_chars: list[list[int]]
+    truncated: int
+
+    @property
+    def predictions(self) -> list[int]:
+        return [max(range(len(lp)), key=lp.__getitem__) for lp in self.logprobs]
+
+    @property
+    def predictions_norm(self) -> list[int]:
+        """argmax of log-likelihood per character (lm-evaluation-harness's acc_norm)."""
+        return [
+            max(range(len(lp)), key=lambda k, lp=lp, ch=ch: lp[k] / max(ch[k], 1))
+            for lp, ch in zip(self.logprobs, self.choice_chars, strict=True)
+        ]
+
+
+@torch.no_grad()
+def choice_scores(
+    model,
+    encoded: Sequence[EncodedExample],
+    prompt: torch.Tensor | None = None,
+    *,
+    pad_id: int = 0,
+    max_tokens: int = 8192,
+    max_examples: int = 64,
+    compute_dtype: torch.dtype | None = None,
+    progress=None,
+    options: ScoringOptions | None = None,
+    stats: ScoringStats | None = None,
+) -> Scores:
+    """Score every example (no gradients), in length-sorted batches; results in input order."""
+    options = options or DEFAULT
+    stats = stats if stats is not None else ScoringStats()
+    device = next(model.parameters()).device
+    out: list[list[float] | None] = [None] * len(encoded)
+    kv0 = kv_tree.shared_prompt_kv(model, prompt, compute_dtype, options, stats) if encoded else None
+    for idx in length_batches(encoded, max_tokens, max_examples):
+        batch = collate([encoded[i] for i in idx], pad_id)
+        with autocast_context(device, compute_dtype):
+            s = batch_choice_scores(model, prompt, batch, kv0=kv0, options=options, stats=stats).cpu()
+        for j, i in enumerate(idx):
+            out[i] = s[j, : encoded[i].num_choices].tolist()
+        if progress is not None:
+            progress(len(idx))
+    return Scores(
+        logprobs=out,  # type: ignore[arg-type]
+        labels=[e.label for e in encoded],
+        choice_chars=[e.choice_chars for e in encoded],
+        truncated=sum(1 for e in encoded if e.truncated),
+    )

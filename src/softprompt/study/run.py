@@ -1,0 +1,124 @@
+"""A whole study from one TOML config: prompt runs (tasks x seeds), baselines, analyses, report.
+
+Every piece of work has a key derived from what determines its result. Re-running skips work whose
+key is unchanged and complete, resumes interrupted runs, and redoes only what a config change touches.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from softprompt.config import EXECUTORS
+from softprompt.errors import SoftPromptError
+from softprompt.io import remove_stale_temporaries, write_json
+from softprompt.report import write_report
+from softprompt.runs import METRICS_FILE, Run, load_run
+from softprompt.study.config import load_study_config
+from softprompt.study.executors import ExecutorResult, StudyProgress, run_locally
+from softprompt.study.plan import Unit, task_dir_name
+from softprompt.study.units import Study
+
+if TYPE_CHECKING:
+    from softprompt.study.ray_executor import RayOptions
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def study_dir(out: str | Path) -> Path:
+    """`out` as an absolute directory path; URLs are refused, since every unit reads and writes plain files there."""
+    if _URL.match(str(out)):
+        raise SoftPromptError(
+            f"--out {out}: URLs (fsspec, s3://, gs://, ...) are not supported; give a directory path, one that every "
+            "Ray worker sees (a shared filesystem) with --executor ray"
+        )
+    return Path(out).absolute()
+
+
+def run_study(
+    config_path: str | Path,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    executor: str = "local",
+    ray_options: RayOptions | None = None,
+) -> dict:
+    """Run (or continue) a study and write results.json, CSV tables and report.html into `out`.
+
+    `executor="local"` runs every unit in this process; `"ray"` runs them as Ray tasks (see
+    `softprompt.study.ray_executor`; `ray_options` sets the cluster address and per-run resources).
+    Both run the same unit functions, so they write the same results.
+    """
+    if executor not in EXECUTORS:
+        raise SoftPromptError(f"unknown executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    if executor == "local" and ray_options is not None:
+        raise SoftPromptError("Ray options (address, resources per run, retries) apply to executor 'ray' only")
+    out = study_dir(out)
+    if executor == "ray":
+        from softprompt.study.ray_executor import import_ray
+
+        import_ray()  # fail before any work if Ray is missing
+    cfg = load_study_config(config_path)
+    out.mkdir(parents=True, exist_ok=True)
+    for d in {p.parent for p in out.rglob(".*.tmp")}:  # left by a killed earlier attempt; nothing writes now
+        remove_stale_temporaries(d)
+    write_json(out / "study_config.json", cfg.to_json())
+    started = time.perf_counter()
+    study = Study(cfg, out, progress)
+    units = study.units()
+    bar = StudyProgress(len(units) + 1, cfg.name, progress)
+    try:
+        if executor == "ray":
+            from softprompt.study.ray_executor import run_on_ray
+
+            outcome = run_on_ray(study, units, bar, ray_options)
+        else:
+            outcome = run_locally(study, units, bar)
+    finally:
+        bar.close()
+    results = _results(study, units, outcome, wall_time_s=round(time.perf_counter() - started, 1))
+    write_json(out / "results.json", results)
+    write_report(results, out)
+    return results
+
+
+def _results(study: Study, units: list[Unit], outcome: ExecutorResult, *, wall_time_s: float) -> dict[str, Any]:
+    """results.json: the config, the setup, every prompt run, every baseline row and every analysis."""
+    done, final, executor_info = outcome
+    actions: dict[str, str] = {}
+    baselines: dict[str, dict] = {}
+    for unit in units:
+        if unit.method is None:
+            name = study.run_dir(unit.task, unit.seed).name
+            actions[name] = done[unit]["action"]
+            study.timings[name] = done[unit]["seconds"]
+        else:
+            baselines.setdefault(task_dir_name(unit.task), {})[unit.method] = done[unit]["row"]
+    return {
+        "study": study.cfg.to_json(),
+        "setup": {**final["setup"], "executor": executor_info, "wall_time_s": wall_time_s, "actions": actions},
+        "runs": [_run_summary(load_run(d)) for _, _, d in study.prompt_runs()],
+        "baselines": baselines,
+        **final["analyses"],
+    }
+
+
+def _run_summary(run: Run) -> dict:
+    record = run.record
+    metrics = run.path / METRICS_FILE
+    return {
+        "name": run.path.name,
+        "path": str(run.path),
+        "task": run.task,
+        "seed": run.config["seed"],
+        "final": record.final or {},
+        "best": record.best,
+        "baselines": record.baselines or {},
+        "parameters": record.parameters or {},
+        "wall_time_s": record.wall_time_s,
+        "init_text": ((record.prompt or {}).get("init") or {}).get("text"),
+        "history": [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else [],
+    }

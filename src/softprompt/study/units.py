@@ -1,0 +1,254 @@
+"""The study's units of work, shared by every executor (local loop or Ray tasks).
+
+Each unit function takes the `Study` and a `ModelCache` (the process's model and evaluator, loaded
+on first use) and caches its result by key, so any process can run any unit and a re-run skips
+finished work.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from softprompt.baseline_runs import run_baselines
+from softprompt.baselines import TRAINED, baseline_config, result_inputs
+from softprompt.config import TrainConfig
+from softprompt.io import read_json, write_json
+from softprompt.prompt import PROMPT_FILE
+from softprompt.runs import COMPLETE, CONFLICT, RESUMABLE, load_run, package_versions, run_state
+from softprompt.study.config import StudyConfig
+from softprompt.study.plan import Unit, analysis_dir, baseline_dir, file_digest, model_cache_key, run_dir, units, work_key
+from softprompt.train import train
+
+if TYPE_CHECKING:
+    import torch
+
+    from softprompt.backbones import Backbone
+    from softprompt.evaluate import Evaluator
+
+
+@dataclass
+class Study:
+    """A study being run: its config, its directory, whether units show progress bars."""
+
+    cfg: StudyConfig
+    out: Path
+    progress: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def run_dir(self, task: str, seed: int) -> Path:
+        return run_dir(self.out, task, seed)
+
+    def prompt_runs(self) -> list[tuple[str, int, Path]]:
+        return [(t, s, self.run_dir(t, s)) for t in self.cfg.tasks for s in self.cfg.seeds]
+
+    def units(self) -> list[Unit]:
+        return units(self.cfg)
+
+    def ensure_run(self, cfg: TrainConfig, out: Path, models: ModelCache) -> str:
+        """Train `cfg` into `out` unless an identical complete run is there; returns what was done.
+
+        A run left `running`, `interrupted` or `failed` (a killed process, a Ray worker that died)
+        resumes from its checkpoint; a run of another config is replaced."""
+        state = run_state(out, cfg)
+        if state.kind == COMPLETE:
+            return "skipped"
+        if state.kind == RESUMABLE:
+            train(cfg, out, resume=True, backbone=models.backbone, progress=self.progress)
+            return "resumed"
+        train(cfg, out, overwrite=state.kind == CONFLICT, backbone=models.backbone, progress=self.progress)
+        return "retrained" if state.kind == CONFLICT else "trained"
+
+
+class ModelCache:
+    """The backbone and Evaluator that a process's units share, loaded on first use.
+
+    Lazy, so units that need no model (a skipped run, the majority baseline) never load one.
+    """
+
+    def __init__(self, train: TrainConfig):
+        self.train = train
+        self.key = model_cache_key(train)
+        self._backbone: Backbone | None = None
+        self._evaluator: Evaluator | None = None
+
+    @property
+    def backbone(self) -> Backbone:
+        if self._backbone is None:
+            from softprompt.backbones import load_backbone
+
+            self._backbone = load_backbone(self.train.model, dtype=self.train.dtype, device=self.train.device)
+        return self._backbone
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        from softprompt.backbones import resolve_compute_dtype
+
+        return resolve_compute_dtype(self.train.compute_dtype, self.backbone.device)
+
+    @property
+    def evaluator(self) -> Evaluator:
+        if self._evaluator is None:
+            from softprompt.evaluate import Evaluator
+
+            self._evaluator = Evaluator(
+                self.backbone, data_dir=self.train.data_dir, max_length=self.train.max_length, compute_dtype=self.compute_dtype
+            )
+        return self._evaluator
+
+    def facts(self) -> dict[str, Any]:
+        """What results.json's "setup" says about the model and the machine this cache runs on."""
+        import torch
+
+        backbone = self.backbone
+        return {
+            "model": {
+                "name": backbone.name,
+                "source": backbone.source,
+                "revision": backbone.revision,
+                "hidden_size": backbone.hidden_size,
+                "vocab_size": backbone.vocab_size,
+                "parameters": sum(p.numel() for p in backbone.model.parameters()),
+            },
+            "compute_dtype": str(self.compute_dtype).replace("torch.", ""),
+            "device": str(backbone.device),
+            "hardware": {
+                "machine": platform.machine(),
+                "processor": platform.processor() or platform.machine(),
+                "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
+                "torch_threads": torch.get_num_threads(),
+            },
+            "versions": package_versions(),
+        }
+
+
+_PROCESS_CACHE: ModelCache | None = None
+
+
+def process_model_cache(train: TrainConfig) -> ModelCache:
+    """This process's model cache for `train`, kept in a module global so a reused Ray worker does not reload
+    the model. Only the latest one is kept, so a worker serving another study frees the old model."""
+    global _PROCESS_CACHE
+    if _PROCESS_CACHE is None or _PROCESS_CACHE.key != model_cache_key(train):
+        _PROCESS_CACHE = None
+        _PROCESS_CACHE = ModelCache(train)
+    return _PROCESS_CACHE
+
+
+# ----------------------------------------------------------------------------- units
+
+
+def run_unit(study: Study, models: ModelCache, unit: Unit) -> dict[str, Any]:
+    """Do one unit: {"action": ...} for a prompt run, {"row": ...} for a baseline; plus its seconds."""
+    t0 = time.perf_counter()
+    if unit.method is None:
+        assert unit.seed is not None
+        cfg = study.cfg.run_config(unit.task, unit.seed)
+        out: dict[str, Any] = {"action": study.ensure_run(cfg, study.run_dir(unit.task, unit.seed), models)}
+    else:
+        out = {"row": baseline_unit(study, unit.task, unit.method, models)}
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _cached(path: Path, key: str) -> Any | None:
+    if path.exists():
+        saved = read_json(path)
+        if isinstance(saved, dict) and saved.get("key") == key and saved.get("status") == "complete":
+            return saved["value"]
+    return None
+
+
+def _store(path: Path, key: str, value: Any) -> Any:
+    write_json(path, {"key": key, "status": "complete", "value": value})
+    return value
+
+
+def baseline_unit(study: Study, task: str, method: str, models: ModelCache) -> dict[str, Any]:
+    """One baseline of `task`, cached per method, so a config change redoes only the methods it touches."""
+    base = study.cfg.baseline_base(task)
+    overrides = study.cfg.baselines.overrides()
+    resolved = baseline_config(base, method, overrides[method]) if method in TRAINED else base
+    key = work_key("baseline", method, result_inputs(resolved, method))
+    base_dir = baseline_dir(study.out, task, method)
+    cache = base_dir / "result.json"
+    hit = _cached(cache, key)
+    if hit is not None:
+        return hit
+    previous = base_dir / "key.json"
+    if (base_dir / method).exists() and (not previous.exists() or read_json(previous).get("key") != key):
+        shutil.rmtree(base_dir / method)  # its config changed: this baseline's run is redone from scratch
+    write_json(base_dir / "key.json", {"key": key})
+    needs_model = method != "majority"  # the majority class is counted from the data alone
+    rows = run_baselines(
+        base,
+        base_dir,
+        methods=[method],
+        overrides={method: overrides[method]} if method in TRAINED else None,
+        backbone=models.backbone if needs_model else None,
+        evaluator=models.evaluator if needs_model else None,
+        progress=study.progress,
+    )
+    return _store(cache, key, rows[0])
+
+
+def analyses_unit(study: Study, models: ModelCache) -> dict[str, Any]:
+    """Nearest tokens (+ projections), geometry (stochasticity) and transfer over every prompt run, each
+    cached by the prompts' digests; and the cache's setup facts (the model is loaded here anyway)."""
+    runs = [load_run(d) for _, _, d in study.prompt_runs()]
+    digests = [file_digest(r.path / PROMPT_FILE) for r in runs]
+    analyses = {"neighbors": _neighbors(study, runs, digests, models), "geometry": _geometry(study, runs, digests)}
+    if study.cfg.analysis.transfer:
+        analyses["transfer"] = _transfer(study, runs, digests, models)
+    return {"analyses": analyses, "setup": models.facts()}
+
+
+def _neighbors(study: Study, runs, digests: list[str], models: ModelCache) -> dict[str, Any]:
+    from softprompt.analysis.neighbors import neighbors_report
+
+    cfg, a, adir = study.cfg, study.cfg.analysis, analysis_dir(study.out)
+    key = work_key("neighbors", digests, a.k, a.metric, a.project, cfg.max_eval, models.key)
+    hit = _cached(adir / "neighbors.cache.json", key)
+    if hit is None:
+        hit = neighbors_report(
+            models.backbone,
+            runs,
+            a.k,
+            adir / "neighbors",
+            metric=a.metric,
+            project=a.project,
+            evaluator=models.evaluator,
+            limit=cfg.max_eval,
+        )
+        _store(adir / "neighbors.cache.json", key, hit)
+    return hit
+
+
+def _geometry(study: Study, runs, digests: list[str]) -> dict[str, Any]:
+    from softprompt.analysis.geometry import geometry_report
+
+    a, adir = study.cfg.analysis, analysis_dir(study.out)
+    key = work_key("geometry", digests, a.tsne_perplexity)
+    hit = _cached(adir / "geometry.cache.json", key)
+    if hit is None:
+        kwargs = {"perplexity": a.tsne_perplexity} if a.tsne_perplexity else {}
+        hit = geometry_report(runs, adir / "geometry", **kwargs)
+        _store(adir / "geometry.cache.json", key, hit)
+    return hit
+
+
+def _transfer(study: Study, runs, digests: list[str], models: ModelCache) -> dict[str, Any]:
+    from softprompt.analysis.transfer import transfer_report
+
+    cfg, adir = study.cfg, analysis_dir(study.out)
+    key = work_key("transfer", digests, cfg.tasks, cfg.max_eval, models.key)
+    hit = _cached(adir / "transfer.cache.json", key)
+    if hit is None:
+        hit = transfer_report(models.evaluator, runs, cfg.tasks, adir / "transfer", limit=cfg.max_eval)
+        _store(adir / "transfer.cache.json", key, hit)
+    return hit
