@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from softprompt.analysis.common import as_runs, correlation, json_safe, run_labels, run_meta
+from softprompt.analysis.results import GeometryResult
 from softprompt.errors import SoftPromptError
 
 LEVELS = ("token", "prompt")
@@ -275,7 +276,43 @@ def geometry_report(
     rows = []
     for run, label, sp in zip(runs, labels, prompts, strict=True):
         rows.append({**run_meta(run, label), "n_tokens": sp.n_tokens, "drift": drift(sp.weight, sp.initial)})
+    within = _within_task(tasks, labels, weights, rows)
+    all_pairs: dict[str, Any] = {"labels": labels}
+    try:
+        all_pairs.update(pairwise_distances(weights))
+    except SoftPromptError as e:
+        all_pairs["error"] = str(e)
+    projections = _projections(weights, initials, rows, labels, tasks, level=level, seed=seed, perplexity=perplexity)
+    difficulty = drift_vs_difficulty(rows)
+    report: dict[str, Any] = json_safe(
+        {
+            "level": level,
+            "seed": seed,
+            "which": which,
+            "runs": rows,
+            "within_task": within,
+            "all_pairs": all_pairs,
+            "projections": projections,
+            "drift_vs_difficulty": difficulty,
+            "summary": _summary(difficulty, within),
+            "note": "Distances are computed in the full prompt space; t-SNE preserves neighbourhoods, not "
+            "distances, so its picture illustrates and the numbers above decide.",
+            "figures": {},
+        }
+    )
+    GeometryResult.from_json(report, "geometry report")  # holds everything the study report reads
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if figures:
+            _figures(report["figures"], out_dir, projections, rows, all_pairs, labels, level)
+        from softprompt.io import write_json
 
+        write_json(out_dir / "geometry.json", report)
+    return report
+
+
+def _within_task(tasks: list[str], labels: list[str], weights: list[torch.Tensor], rows: list[dict]) -> dict[str, Any]:
+    """Per task: pairwise distances between its runs, their spread, and that spread against the runs' drift."""
     within: dict[str, Any] = {}
     for task in sorted(set(tasks)):
         members = [i for i, t in enumerate(tasks) if t == task]
@@ -294,13 +331,11 @@ def geometry_report(
                 pair_mean = entry["frobenius_stats"]["mean"]
                 entry["between_runs_over_drift"] = pair_mean / mean_drift if mean_drift else None
         within[task] = entry
+    return within
 
-    all_pairs: dict[str, Any] = {"labels": labels}
-    try:
-        all_pairs.update(pairwise_distances(weights))
-    except SoftPromptError as e:
-        all_pairs["error"] = str(e)
 
+def _projections(weights, initials, rows, labels, tasks, *, level: str, seed: int, perplexity: float) -> dict[str, Any]:
+    """Every soft token (or prompt) and the initial prompts in 2-D by t-SNE and PCA, with centroid distances."""
     points, meta = prompt_points(weights, initials, level)
     projections: dict[str, Any] = {}
     for method in METHODS_2D:
@@ -323,51 +358,30 @@ def geometry_report(
         }
     if len(points) > 1:
         projections["tsne"]["perplexity"] = clamp_perplexity(perplexity, len(points))
+    return projections
 
-    difficulty = drift_vs_difficulty(rows)
-    report: dict[str, Any] = json_safe(
-        {
-            "level": level,
-            "seed": seed,
-            "which": which,
-            "runs": rows,
-            "within_task": within,
-            "all_pairs": all_pairs,
-            "projections": projections,
-            "drift_vs_difficulty": difficulty,
-            "summary": _summary(difficulty, within),
-            "note": "Distances are computed in the full prompt space; t-SNE preserves neighbourhoods, not "
-            "distances, so its picture illustrates and the numbers above decide.",
-            "figures": {},
-        }
-    )
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        if figures:
-            from softprompt.analysis import figures as fig
 
-            f = report["figures"]
-            for method in METHODS_2D:
-                f[method] = str(
-                    fig.scatter_2d(
-                        projections[method]["points"],
-                        out_dir / f"{method}.png",
-                        title=f"{_TITLES[method]} of soft prompts ({level} level); X = initial",
-                    )
-                )
-            f["drift"] = str(fig.drift_bars(rows, out_dir / "drift.png"))
-            if "frobenius" in all_pairs:
-                f["distances"] = str(
-                    fig.heatmap(
-                        all_pairs["frobenius"],
-                        labels,
-                        labels,
-                        out_dir / "distances.png",
-                        title="||B - A||_F between prompts",
-                        fmt=".2f",
-                    )
-                )
-        from softprompt.io import write_json
+def _figures(f: dict[str, str], out_dir: Path, projections, rows, all_pairs, labels, level: str) -> None:
+    """tsne.png, pca.png, drift.png and distances.png; their paths go into `f`."""
+    from softprompt.analysis import figures as fig
 
-        write_json(out_dir / "geometry.json", report)
-    return report
+    for method in METHODS_2D:
+        f[method] = str(
+            fig.scatter_2d(
+                projections[method]["points"],
+                out_dir / f"{method}.png",
+                title=f"{_TITLES[method]} of soft prompts ({level} level); X = initial",
+            )
+        )
+    f["drift"] = str(fig.drift_bars(rows, out_dir / "drift.png"))
+    if "frobenius" in all_pairs:
+        f["distances"] = str(
+            fig.heatmap(
+                all_pairs["frobenius"],
+                labels,
+                labels,
+                out_dir / "distances.png",
+                title="||B - A||_F between prompts",
+                fmt=".2f",
+            )
+        )

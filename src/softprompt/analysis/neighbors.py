@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from softprompt.analysis.common import as_runs, json_safe, run_labels, run_meta
+from softprompt.analysis.results import NeighborsResult
 from softprompt.analysis.scripts import script_counts, summarize_scripts, token_script
 from softprompt.errors import SoftPromptError
 
@@ -472,6 +473,7 @@ def neighbors_report(
             "figures": fig_paths,
         }
     )
+    NeighborsResult.from_json(report, "neighbors report")  # holds everything the study report reads
     if out_dir is not None:
         from softprompt.io import write_json
 

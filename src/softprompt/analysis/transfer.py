@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from softprompt.analysis.common import as_runs, correlation, json_safe, run_labels, run_meta
+from softprompt.analysis.results import TransferResult
 from softprompt.errors import SoftPromptError
 
 SIMILARITIES = ("frobenius", "pooled_cosine", "token_cosine")
@@ -203,7 +204,33 @@ def transfer_report(
         sims = prompt_similarity(prompts, metrics=("pooled_cosine",))
     share = share_beating_no_prompt(matrix)
     corr = similarity_vs_gain(matrix, sims)
-    summary = {
+    report: dict[str, Any] = json_safe(
+        {
+            "runs": [run_meta(r, lab) for r, lab in zip(runs, labels, strict=True)],
+            "matrix": matrix,
+            "task_level": task_level(matrix),
+            "share_beating_no_prompt": share,
+            "similarity": {"labels": labels, **sims},
+            "similarity_note": note,
+            "similarity_vs_gain": corr,
+            "summary": _summary(share, corr),
+            "figures": {},
+        }
+    )
+    TransferResult.from_json(report, "transfer report")  # holds everything the study report reads
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if figures:
+            _figures(report, out_dir, matrix, sims, labels)
+        from softprompt.io import write_json
+
+        write_json(out_dir / "transfer.json", report)
+    return report
+
+
+def _summary(share: dict[str, Any], corr: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers, flat, for reports: the share of transfers beating no prompt, each correlation."""
+    return {
         "share_beat_no_prompt": share["share"],
         "n_transfers": share["transfers"],
         "correlations": [
@@ -219,76 +246,55 @@ def transfer_report(
             for name, c in corr.items()
         ],
     }
-    report: dict[str, Any] = json_safe(
-        {
-            "runs": [run_meta(r, lab) for r, lab in zip(runs, labels, strict=True)],
-            "matrix": matrix,
-            "task_level": task_level(matrix),
-            "share_beating_no_prompt": share,
-            "similarity": {"labels": labels, **sims},
-            "similarity_note": note,
-            "similarity_vs_gain": corr,
-            "summary": summary,
-            "figures": {},
-        }
+
+
+def _figures(report: dict[str, Any], out_dir: Path, matrix: dict[str, Any], sims: dict, labels: list[str]) -> None:
+    """Accuracy and gain heatmaps, similarity heatmaps and similarity-vs-gain scatters; paths into report["figures"]."""
+    from softprompt.analysis import figures as fig
+
+    f = report["figures"]
+    own = [(i, j) for i, src in enumerate(matrix["source_tasks"]) for j, t in enumerate(matrix["tasks"]) if src == t]
+    cols = [f"{t}\n(none {matrix['no_prompt'][t]:.2f})" for t in matrix["tasks"]]
+    f["accuracy"] = str(
+        fig.heatmap(
+            matrix["accuracy"],
+            labels,
+            cols,
+            out_dir / "transfer_accuracy.png",
+            title="accuracy: prompt (row) on task (column); framed: own task",
+            fmt=".2f",
+            frames=own,
+        )
     )
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        if figures:
-            from softprompt.analysis import figures as fig
-
-            f = report["figures"]
-            own = [(i, j) for i, src in enumerate(matrix["source_tasks"]) for j, t in enumerate(matrix["tasks"]) if src == t]
-            cols = [f"{t}\n(none {matrix['no_prompt'][t]:.2f})" for t in matrix["tasks"]]
-            f["accuracy"] = str(
-                fig.heatmap(
-                    matrix["accuracy"],
-                    labels,
-                    cols,
-                    out_dir / "transfer_accuracy.png",
-                    title="accuracy: prompt (row) on task (column); framed: own task",
-                    fmt=".2f",
-                    frames=own,
+    f["gain"] = str(
+        fig.heatmap(
+            matrix["gain"],
+            labels,
+            matrix["tasks"],
+            out_dir / "transfer_gain.png",
+            title="accuracy gain over no prompt; framed: own task",
+            fmt="+.2f",
+            center=0.0,
+            frames=own,
+        )
+    )
+    for name, sim in sims.items():
+        f[f"similarity_{name}"] = str(
+            fig.heatmap(
+                sim, labels, labels, out_dir / f"similarity_{name}.png", title=f"prompt {name.replace('_', ' ')}", fmt=".2f"
+            )
+        )
+        c = report["similarity_vs_gain"][name]
+        if c["pairs"]:
+            f[f"scatter_{name}"] = str(
+                fig.similarity_scatter(
+                    [p["similarity"] for p in c["pairs"]],
+                    [p["gain"] for p in c["pairs"]],
+                    out_dir / f"similarity_vs_gain_{name}.png",
+                    xlabel=f"{name.replace('_', ' ')} ({DIRECTION[name]})",
+                    r=c["pearson_r"],
+                    p=c["pearson_p"],
+                    rho=c["spearman_rho"],
+                    labels=[f"{p['run']}→{p['target']}" for p in c["pairs"]],
                 )
             )
-            f["gain"] = str(
-                fig.heatmap(
-                    matrix["gain"],
-                    labels,
-                    matrix["tasks"],
-                    out_dir / "transfer_gain.png",
-                    title="accuracy gain over no prompt; framed: own task",
-                    fmt="+.2f",
-                    center=0.0,
-                    frames=own,
-                )
-            )
-            for name, sim in sims.items():
-                f[f"similarity_{name}"] = str(
-                    fig.heatmap(
-                        sim,
-                        labels,
-                        labels,
-                        out_dir / f"similarity_{name}.png",
-                        title=f"prompt {name.replace('_', ' ')}",
-                        fmt=".2f",
-                    )
-                )
-                c = report["similarity_vs_gain"][name]
-                if c["pairs"]:
-                    f[f"scatter_{name}"] = str(
-                        fig.similarity_scatter(
-                            [p["similarity"] for p in c["pairs"]],
-                            [p["gain"] for p in c["pairs"]],
-                            out_dir / f"similarity_vs_gain_{name}.png",
-                            xlabel=f"{name.replace('_', ' ')} ({DIRECTION[name]})",
-                            r=c["pearson_r"],
-                            p=c["pearson_p"],
-                            rho=c["spearman_rho"],
-                            labels=[f"{p['run']}→{p['target']}" for p in c["pairs"]],
-                        )
-                    )
-        from softprompt.io import write_json
-
-        write_json(out_dir / "transfer.json", report)
-    return report

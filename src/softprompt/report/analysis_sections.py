@@ -2,58 +2,57 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
+from softprompt.analysis.results import GeometryResult, NeighborsResult, TransferResult
 from softprompt.report.primitives import esc, figure, section, table
 from softprompt.report.tables import write_csv
 
 
-def _neighbors(nb: dict, out: Path) -> tuple[str, str, str]:
-    summary = nb.get("summary") or {}
-    figs = nb.get("figures") or {}
+def _neighbors(nb: NeighborsResult, out: Path) -> tuple[str, str, str]:
+    summary = nb.summary
+    figs = nb.figures
     body = [
-        f"<p>Top-{nb.get('k', 3)} vocabulary tokens by {esc(nb.get('metric', 'cosine'))} similarity for every soft-prompt "
+        f"<p>Top-{nb.k} vocabulary tokens by {esc(nb.metric)} similarity for every soft-prompt "
         "position, against the input embeddings as the model sees them. ␣ marks a leading space; the initial token of "
         "each position is marked. A token “survives” when the position's initial token is still in its top-k.</p>",
-        f'<p class="note">{esc(nb.get("note", ""))}</p>',
+        f'<p class="note">{esc(nb.note)}</p>',
     ]
     rows = []
-    for task, s in (summary.get("survival_by_task") or {}).items():
+    for task, s in summary.survival_by_task.items():
         rows.append(
             {
                 "task": task,
-                "runs": s.get("runs"),
-                "survival rate": s.get("rate"),
-                "surviving words (runs)": ", ".join(f"{w} ({s['word_runs'][w]})" for w in s.get("words", [])[:15]),
+                "runs": s.runs,
+                "survival rate": s.rate,
+                "surviving words (runs)": ", ".join(f"{w} ({s.word_runs[w]})" for w in s.words[:15]),
             }
         )
     write_csv(out / "tables" / "survival.csv", rows)
     body.append(table(rows))
     for label, path in figs.items():
-        body.append(
-            figure(path, f"Nearest tokens of {label}: positions (rows) by top-{nb.get('k', 3)} neighbours, shaded by similarity")
-        )
+        body.append(figure(path, f"Nearest tokens of {label}: positions (rows) by top-{nb.k} neighbours, shaded by similarity"))
     per_pos = []
-    for label, a in (nb.get("runs") or {}).items():
-        for p in a.get("positions", []):
+    for label, a in nb.runs.items():
+        for p in a.positions:
             per_pos.append(
                 {
                     "run": label,
-                    "position": p.get("position"),
-                    "initial": p.get("initial_token"),
-                    "survived": p.get("survived"),
-                    "cosine to initial": p.get("cos_to_initial"),
-                    **{f"top{i + 1}": f"{t['token']} ({t['similarity']:.2f})" for i, t in enumerate(p.get("tokens", []))},
+                    "position": p.position,
+                    "initial": p.initial_token,
+                    "survived": p.survived,
+                    "cosine to initial": p.cos_to_initial,
+                    **{f"top{i + 1}": f"{t.token} ({t.similarity:.2f})" for i, t in enumerate(p.tokens)},
                 }
             )
     write_csv(out / "tables" / "neighbors.csv", per_pos)
 
-    scripts = nb.get("scripts") or {}
     srows = []
-    for task, e in (scripts.get("tasks") or {}).items():
-        total = sum(e["top_k"].values()) or 1
-        for script, count in sorted(e["top_k"].items(), key=lambda kv: -kv[1]):
-            over = (e.get("top_k_over_vocabulary") or {}).get(script)
+    for task, e in nb.scripts.tasks.items():
+        total = sum(e.top_k.values()) or 1
+        for script, count in sorted(e.top_k.items(), key=lambda kv: -kv[1]):
+            over = (e.top_k_over_vocabulary or {}).get(script)
             srows.append(
                 {
                     "task": task,
@@ -69,7 +68,7 @@ def _neighbors(nb: dict, out: Path) -> tuple[str, str, str]:
         "script's share of the whole vocabulary (above 1: over-represented among neighbours).</p>" + table(srows)
     )
 
-    prows = [dict(p) for p in summary.get("projection") or []]
+    prows = [asdict(p) for p in summary.projection]
     write_csv(out / "tables" / "projection.csv", prows)
     proj_html = (
         "<p>Each soft token replaced by its nearest vocabulary token: <em>projected soft</em> feeds those tokens' "
@@ -90,19 +89,16 @@ def _neighbors(nb: dict, out: Path) -> tuple[str, str, str]:
     return "".join(body), scripts_html, proj_html
 
 
-def _geometry(geo: dict, out: Path) -> str:
-    figs = geo.get("figures") or {}
-    summary = geo.get("summary") or {}
-    drift_rows = [
-        {"run": r.get("id"), "task": r.get("task"), "seed": r.get("seed"), **{k: v for k, v in (r.get("drift") or {}).items()}}
-        for r in geo.get("runs", [])
-    ]
+def _geometry(geo: GeometryResult, out: Path) -> str:
+    figs = geo.figures
+    summary = geo.summary
+    drift_rows = [{"run": r.id, "task": r.task, "seed": r.seed, **asdict(r.drift)} for r in geo.runs]
     write_csv(out / "tables" / "drift.csv", drift_rows)
-    eq = summary.get("equidistance") or []
+    eq = [asdict(e) for e in summary.equidistance]
     write_csv(out / "tables" / "pairwise.csv", eq)
-    diff = summary.get("drift_vs_difficulty") or {}
+    diff = summary.drift_vs_difficulty
     body = [
-        f"<p>{esc(geo.get('note', ''))}</p>",
+        f"<p>{esc(geo.note)}</p>",
         figure(figs.get("tsne"), "t-SNE of every soft-prompt token of every run with the initial prompts (X)"),
         figure(figs.get("pca"), "PCA of the same points"),
         "<h3>Distance from the initial prompt</h3>",
@@ -117,10 +113,10 @@ def _geometry(geo: dict, out: Path) -> str:
         table(
             [
                 {
-                    "relation": f"task mean drift vs {diff.get('against', 'no-prompt accuracy')}",
-                    "spearman r": diff.get("spearman_r"),
-                    "p": diff.get("spearman_p"),
-                    "tasks": diff.get("n"),
+                    "relation": f"task mean drift vs {diff.against}",
+                    "spearman r": diff.spearman_r,
+                    "p": diff.spearman_p,
+                    "tasks": diff.n,
                 }
             ]
         ),
@@ -128,28 +124,28 @@ def _geometry(geo: dict, out: Path) -> str:
     return "".join(body)
 
 
-def _transfer(tr: dict, out: Path) -> str:
-    figs = tr.get("figures") or {}
-    m = tr.get("matrix") or {}
+def _transfer(tr: TransferResult, out: Path) -> str:
+    figs = tr.figures
+    m = tr.matrix
     rows = []
-    for i, label in enumerate(m.get("runs", [])):
+    for i, label in enumerate(m.runs):
         row = {"prompt (source)": label}
-        for j, task in enumerate(m.get("tasks", [])):
-            row[task] = m["accuracy"][i][j]
+        for j, task in enumerate(m.tasks):
+            row[task] = m.accuracy[i][j]
         rows.append(row)
-    if m.get("no_prompt"):
-        rows.append({"prompt (source)": "no prompt", **m["no_prompt"]})
+    if m.no_prompt:
+        rows.append({"prompt (source)": "no prompt", **m.no_prompt})
     write_csv(out / "tables" / "transfer.csv", rows)
-    summary = tr.get("summary") or {}
-    corr = summary.get("correlations") or []
+    summary = tr.summary
+    corr = [asdict(c) for c in summary.correlations]
     write_csv(out / "tables" / "transfer_correlations.csv", corr)
-    share = summary.get("share_beat_no_prompt")
+    share = summary.share_beat_no_prompt
     body = [
         "<p>Every trained prompt (rows) evaluated on every task's validation set (columns) with the target task's "
         "template; the last row is the target task without a prompt.</p>",
         table(rows),
         f"<p>Share of cross-task transfers that beat no prompt: <b>{'n/a' if share is None else f'{100 * share:.1f}%'}</b> "
-        f"of {summary.get('n_transfers', 0)}.</p>",
+        f"of {summary.n_transfers}.</p>",
         figure(figs.get("accuracy"), "Transfer accuracy: prompt (row) on task (column); framed: own task"),
         figure(figs.get("gain"), "Accuracy gain over no prompt"),
         "<h3>Prompt similarity and transfer</h3>",
@@ -165,8 +161,8 @@ def _transfer(tr: dict, out: Path) -> str:
             ],
         ),
     ]
-    if tr.get("similarity_note"):
-        body.append(f'<p class="note">{esc(tr["similarity_note"])}</p>')
+    if tr.similarity_note:
+        body.append(f'<p class="note">{esc(tr.similarity_note)}</p>')
     for name, path in figs.items():
         if name.startswith(("similarity_", "scatter_")):
             body.append(figure(path, name.replace("_", " ")))
@@ -174,17 +170,19 @@ def _transfer(tr: dict, out: Path) -> str:
 
 
 def analysis_sections(results: dict, out: Path) -> list[str]:
+    """The analyses' sections, from results.json's typed views (a missing field is an error naming it)."""
     parts = []
-    nb = results.get("neighbors")
-    if nb:
-        n_html, s_html, p_html = _neighbors(nb, out)
+    if results.get("neighbors"):
+        n_html, s_html, p_html = _neighbors(NeighborsResult.from_json(results["neighbors"], "results.json neighbors"), out)
         parts += [
             section("Nearest tokens and surviving words", n_html, "neighbors"),
             section("Scripts and languages", s_html, "scripts"),
             section("Projected prompts", p_html, "projection"),
         ]
     if results.get("geometry"):
-        parts.append(section("Stochasticity across seeds", _geometry(results["geometry"], out), "stochasticity"))
+        geo = GeometryResult.from_json(results["geometry"], "results.json geometry")
+        parts.append(section("Stochasticity across seeds", _geometry(geo, out), "stochasticity"))
     if results.get("transfer"):
-        parts.append(section("Transfer between tasks", _transfer(results["transfer"], out), "transfer"))
+        tr = TransferResult.from_json(results["transfer"], "results.json transfer")
+        parts.append(section("Transfer between tasks", _transfer(tr, out), "transfer"))
     return parts

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from softprompt.analysis.results import (
+    GeometryResult,
+    GeometrySummary,
+    NeighborsResult,
+    NeighborsSummary,
+    TransferResult,
+    TransferSummary,
+)
 from softprompt.report.tables import METHOD_LABELS, accuracy_rows
 
 
@@ -36,58 +44,70 @@ def accuracy_findings(results: dict) -> list[str]:
 
 def analysis_findings(results: dict) -> list[str]:
     out: list[str] = []
-    geo = (results.get("geometry") or {}).get("summary") or {}
-    drift = geo.get("task_drift") or []
-    if drift:
-        ranked = sorted(drift, key=lambda d: d["mean_frobenius"], reverse=True)
+    if results.get("geometry"):
+        out += _geometry_findings(GeometryResult.from_json(results["geometry"], "results.json geometry").summary)
+    if results.get("transfer"):
+        out += _transfer_findings(TransferResult.from_json(results["transfer"], "results.json transfer").summary)
+    if results.get("neighbors"):
+        out += _neighbors_findings(NeighborsResult.from_json(results["neighbors"], "results.json neighbors").summary)
+    return out
+
+
+def _geometry_findings(geo: GeometrySummary) -> list[str]:
+    out = []
+    if geo.task_drift:
+        ranked = sorted(geo.task_drift, key=lambda d: d.mean_frobenius, reverse=True)
         out.append(
             "Prompts drifted furthest from their initial prompt on "
-            + ", ".join(f"{d['task']} (mean Frobenius distance {d['mean_frobenius']:.2f})" for d in ranked)
+            + ", ".join(f"{d.task} (mean Frobenius distance {d.mean_frobenius:.2f})" for d in ranked)
             + "."
         )
-    for e in geo.get("equidistance") or []:
-        if e.get("mean") is not None and e.get("cv") is not None:
+    for e in geo.equidistance:
+        if e.mean is not None and e.cv is not None:
             out.append(
-                f"{e['task']}: pairwise Frobenius distances between its {e['pairs']} seed pair(s) have mean {e['mean']:.2f}, "
-                f"std {e['std']:.2f} (coefficient of variation {e['cv']:.2f}; a small value means equidistant runs)."
+                f"{e.task}: pairwise Frobenius distances between its {e.pairs} seed pair(s) have mean {e.mean:.2f}, "
+                f"std {e.std:.2f} (coefficient of variation {e.cv:.2f}; a small value means equidistant runs)."
             )
-    diff = geo.get("drift_vs_difficulty")
-    if diff and diff.get("spearman_r") is not None:
+    diff = geo.drift_vs_difficulty
+    if diff.spearman_r is not None:
         out.append(
-            f"Across tasks, drift vs no-prompt accuracy: Spearman r = {diff['spearman_r']:.2f} "
-            f"(p = {diff['spearman_p']:.3g}, {diff['n']} tasks)."
+            f"Across tasks, drift vs no-prompt accuracy: Spearman r = {diff.spearman_r:.2f} "
+            f"(p = {diff.spearman_p:.3g}, {diff.n} tasks)."
         )
-    tr = (results.get("transfer") or {}).get("summary") or {}
-    if tr.get("share_beat_no_prompt") is not None:
+    return out
+
+
+def _transfer_findings(tr: TransferSummary) -> list[str]:
+    out = []
+    if tr.share_beat_no_prompt is not None:
         out.append(
-            f"{_pct(tr['share_beat_no_prompt'])} of cross-task transfers ({tr['n_transfers']}) beat no prompt on the "
+            f"{_pct(tr.share_beat_no_prompt)} of cross-task transfers ({tr.n_transfers}) beat no prompt on the "
             "target task (the original study reported 90%)."
         )
-    for c in tr.get("correlations", []):
-        if c.get("pearson_r") is not None:
+    for c in tr.correlations:
+        if c.pearson_r is not None:
             out.append(
-                f"Similarity ({c['similarity']}) vs transfer gain: Pearson r = {c['pearson_r']:.2f} (p = {c['pearson_p']:.3g}), "
-                f"Spearman r = {c['spearman_r']:.2f} (p = {c['spearman_p']:.3g}), n = {c['n']}."
+                f"Similarity ({c.similarity}) vs transfer gain: Pearson r = {c.pearson_r:.2f} (p = {c.pearson_p:.3g}), "
+                f"Spearman r = {c.spearman_r:.2f} (p = {c.spearman_p:.3g}), n = {c.n}."
             )
-    nb = (results.get("neighbors") or {}).get("summary") or {}
-    for task, s in (nb.get("survival_by_task") or {}).items():
-        if s.get("rate") is None:
+    return out
+
+
+def _neighbors_findings(nb: NeighborsSummary) -> list[str]:
+    out = []
+    for task, s in nb.survival_by_task.items():
+        if s.rate is None:
             continue
-        words = ", ".join(repr(w) for w in s.get("words", [])[:8]) or "none"
+        words = ", ".join(repr(w) for w in s.words[:8]) or "none"
         out.append(
-            f"{task}: {_pct(s['rate'])} of initial tokens are still among their position's top-{nb.get('k', 3)} "
+            f"{task}: {_pct(s.rate)} of initial tokens are still among their position's top-{nb.k} "
             f"neighbours after training; surviving words: {words}."
         )
-    proj = nb.get("projection") or []
-    if proj:
-        worse = sum(
-            1
-            for p in proj
-            if p.get("projected_text") is not None and p.get("soft") is not None and p["projected_text"] < p["soft"]
-        )
+    if nb.projection:
+        worse = sum(1 for p in nb.projection if p.projected_text is not None and p.soft is not None and p.projected_text < p.soft)
         out.append(
             f"Projecting prompts to their nearest tokens: the text projection scores below the soft prompt for "
-            f"{worse} of {len(proj)} runs (prompt waywardness: neighbour readouts are not faithful explanations)."
+            f"{worse} of {len(nb.projection)} runs (prompt waywardness: neighbour readouts are not faithful explanations)."
         )
     return out
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from softprompt.config import TrainConfig
 from softprompt.io import write_text
 from softprompt.report.analysis_sections import analysis_sections
 from softprompt.report.findings import findings
@@ -66,7 +67,7 @@ def _setup_section(results: dict) -> str:
             "value": f"{m['parameters']:,} parameters, hidden size {m['hidden_size']}, vocabulary {m['vocab_size']:,}",
         },
         {"item": "tasks × seeds", "value": f"{', '.join(st['tasks'])} × seeds {st['seeds']}"},
-        {"item": "training budget", "value": json.dumps(st["train"])},
+        {"item": "training budget", "value": json.dumps(training_budget(st["train"]))},
         {"item": "validation subsample", "value": st.get("max_eval") or "full validation sets"},
         {
             "item": "compute",
@@ -78,6 +79,20 @@ def _setup_section(results: dict) -> str:
         {"item": "wall time of this invocation", "value": f"{s['wall_time_s']:.0f} s (work already done earlier is skipped)"},
     ]
     return table(rows, ["item", "value"])
+
+
+BUDGET = ("tokens", "epochs", "batch_size", "lr", "max_train", "max_length")  # always shown; other fields when not default
+NOT_BUDGET = ("task", "seed", "model", "method", "data_dir", "max_eval")  # shown elsewhere on the page
+
+
+def training_budget(train: dict) -> dict:
+    """The study's [train] settings worth a line: the budget, and every other field that is not its default."""
+    defaults = TrainConfig().to_dict()
+    return {
+        k: v
+        for k, v in train.items()
+        if k in BUDGET or (k not in NOT_BUDGET and k in defaults and v != defaults[k]) or k not in defaults
+    }
 
 
 def _executor_text(ex: dict) -> str:

@@ -1,0 +1,141 @@
+"""The package's shape: no import cycles, nothing below the CLI imports it, no function longer than 80 lines.
+
+Read with the standard library (ast) from the source files, without importing them. Every import
+counts, at module level or inside a function; only imports under `if TYPE_CHECKING:` are left out
+(they never run).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = "softprompt"
+MAX_FUNCTION_LINES = 80
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted((SRC / PACKAGE).rglob("*.py"))}
+
+
+def _type_checking_lines(tree: ast.AST) -> set[int]:
+    """Line numbers inside `if TYPE_CHECKING:` blocks."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+    return lines
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package modules `name` imports: `from a.b import c` means module a.b.c when that is a module, else a.b."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = _type_checking_lines(tree)
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                anchor = name.split(".") if is_package else name.split(".")[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in modules else base)
+    return {m for m in found if m in modules and m != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle, as a list of modules (first == last), or None."""
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_graph_sees_the_imports_it_must():
+    """The walker itself: known edges (module level, function level, relative, package attribute) are found."""
+    graph = import_graph()
+    assert "softprompt.scoring.kv_tree" in graph["softprompt.scoring.scorer"]  # `from softprompt.scoring import kv_tree`
+    assert "softprompt.train" in graph["softprompt.baseline_runs"]
+    assert "softprompt.analysis.neighbors" in graph["softprompt.study.units"]  # imported inside a function
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycles():
+    cycle = _cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_only_the_cli_imports_the_cli():
+    offenders = {
+        name: sorted(m for m in deps if m == "softprompt.cli" or m.startswith("softprompt.cli."))
+        for name, deps in import_graph().items()
+        if not (name == "softprompt.cli" or name.startswith("softprompt.cli."))
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def _long_functions() -> list[str]:
+    out = []
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                length = (node.end_lineno or node.lineno) - start + 1
+                if length > MAX_FUNCTION_LINES:
+                    out.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({length} lines)")
+    return out
+
+
+def test_no_function_longer_than_80_lines():
+    assert _long_functions() == []
+
+
+@pytest.mark.parametrize("module", ["softprompt.config", "softprompt.cli", "softprompt.errors"])
+def test_config_and_cli_parser_are_torch_free(module):
+    """The schema and the parser import no torch, so `softprompt --help` and config checks start instantly."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; from softprompt.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
