@@ -26,8 +26,12 @@ def _value_type(f: Field) -> type:
     return args[0] if args else hint
 
 
-def add_config_flags(p: argparse.ArgumentParser, names: Iterable[str] | None = None, *, helps: Mapping[str, str] = {}) -> None:
-    """One flag per TrainConfig field (`--batch-size` for `batch_size`), with its default, type, choices and help."""
+def add_config_flags(
+    p: argparse.ArgumentParser, names: Iterable[str] | None = None, *, helps: Mapping[str, str] | None = None
+) -> None:
+    """One flag per TrainConfig field (`--batch-size` for `batch_size`), with its default, type, choices and help
+    (`helps` replaces a field's help text where a command means something narrower)."""
+    helps = helps or {}
     for f in config_fields(names):
         kind = _value_type(f)
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
