@@ -7,7 +7,8 @@
 - `figures`: the PNGs.
 
 Each `*_report` function returns a JSON-serialisable dict (figure paths under "figures") and,
-given an output folder, writes it as JSON next to its figures.
+given an output folder, writes it as JSON next to its figures; `results` holds the typed views of
+those dicts that the study report reads (each report checks its own output against its view).
 """
 
 from __future__ import annotations
