@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from softprompt.io import write_text
+from softprompt.io import write_figure, write_text
 from softprompt.report.findings import findings
 from softprompt.report.tables import METHOD_LABELS, accuracy_rows, write_csv
 
@@ -95,11 +95,10 @@ def training_curves(results: dict, out: Path) -> Path | None:
         ax.set_ylabel("validation accuracy")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = out / "figures" / "training_curves.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        return write_figure(out / "figures" / "training_curves.png", fig, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def _setup_section(results: dict) -> str:
