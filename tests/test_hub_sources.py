@@ -7,6 +7,8 @@ reachable here: `load_dataset` is replaced by a fake that checks the request (se
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import pytest
 
@@ -17,175 +19,9 @@ datasets = pytest.importorskip("datasets")
 
 SUPER_GLUE = ("aps/super_glue", "3de24cf8022e94f4ee4b9d55a6f539891524d646")
 GLUE = ("nyu-mll/glue", "bcdcba79d07bc864c1c254ccfcedcce55bcc9a8c")
-WSC_TEXT = "Mark told Pete many lies about himself, which Pete included in his book. He should have been more truthful."
-
-# task -> (repository and revision, config, ClassLabel names of `label` as the Hub declares them, rows, expected)
-# expected: (context, choices, label index) per row, written out by hand.
-CASES = {
-    "rte": (
-        SUPER_GLUE,
-        "rte",
-        ["entailment", "not_entailment"],
-        [
-            {"premise": "The cat sat on the mat.", "hypothesis": "A cat sat.", "idx": 0, "label": 0},
-            {"premise": "The dog ran away.", "hypothesis": "The dog sat.", "idx": 1, "label": 1},
-        ],
-        [
-            ("The cat sat on the mat.\nQuestion: A cat sat. True or False?\nAnswer:", (" True", " False"), 0),
-            ("The dog ran away.\nQuestion: The dog sat. True or False?\nAnswer:", (" True", " False"), 1),
-        ],
-    ),
-    "cb": (
-        SUPER_GLUE,
-        "cb",
-        ["entailment", "contradiction", "neutral"],
-        [
-            {"premise": "It rained.", "hypothesis": "It was dry.", "idx": 0, "label": 1},
-            {"premise": "She may come.", "hypothesis": "She came.", "idx": 1, "label": 2},
-        ],
-        [
-            ("It rained.\nQuestion: It was dry. True, False, or Neither?\nAnswer:", (" True", " False", " Neither"), 1),
-            ("She may come.\nQuestion: She came. True, False, or Neither?\nAnswer:", (" True", " False", " Neither"), 2),
-        ],
-    ),
-    "copa": (
-        SUPER_GLUE,
-        "copa",
-        ["choice1", "choice2"],
-        [
-            {
-                "premise": "The man broke his toe.",
-                "choice1": "He dropped a hammer on his foot.",
-                "choice2": "He got a hole in his sock.",
-                "question": "cause",
-                "idx": 0,
-                "label": 0,
-            },
-            {
-                "premise": "I tipped the bottle.",
-                "choice1": "The liquid in the bottle froze.",
-                "choice2": "The liquid in the bottle poured out.",
-                "question": "effect",
-                "idx": 1,
-                "label": 1,
-            },
-        ],
-        [
-            ("The man broke his toe because", (" he dropped a hammer on his foot.", " he got a hole in his sock."), 0),
-            ("I tipped the bottle therefore", (" the liquid in the bottle froze.", " the liquid in the bottle poured out."), 1),
-        ],
-    ),
-    "wsc": (
-        SUPER_GLUE,
-        "wsc.fixed",
-        ["False", "True"],
-        [
-            {
-                "text": WSC_TEXT,
-                "span1_index": 0,
-                "span2_index": 13,
-                "span1_text": "Mark",
-                "span2_text": "He",
-                "idx": 0,
-                "label": 1,
-            },
-            {
-                "text": WSC_TEXT,
-                "span1_index": 2,
-                "span2_index": 13,
-                "span1_text": "Pete",
-                "span2_text": "He",
-                "idx": 1,
-                "label": 0,
-            },
-        ],
-        [
-            (
-                f'Passage: {WSC_TEXT}\nQuestion: In the passage above, does the pronoun "*He*" refer to "*Mark*"?\nAnswer:',
-                (" no", " yes"),
-                1,
-            ),
-            (
-                f'Passage: {WSC_TEXT}\nQuestion: In the passage above, does the pronoun "*He*" refer to "*Pete*"?\nAnswer:',
-                (" no", " yes"),
-                0,
-            ),
-        ],
-    ),
-    "boolq": (
-        SUPER_GLUE,
-        "boolq",
-        ["False", "True"],
-        [
-            {"question": "is the sky blue", "passage": "The sky is blue on clear days.", "idx": 0, "label": 1},
-            {"question": "is snow hot", "passage": "Snow is frozen water.", "idx": 1, "label": 0},
-        ],
-        [
-            ("The sky is blue on clear days.\nQuestion: is the sky blue?\nAnswer:", (" no", " yes"), 1),
-            ("Snow is frozen water.\nQuestion: is snow hot?\nAnswer:", (" no", " yes"), 0),
-        ],
-    ),
-    "wic": (
-        SUPER_GLUE,
-        "wic",
-        ["False", "True"],
-        [
-            {
-                "word": "bank",
-                "sentence1": "He sat on the river bank.",
-                "sentence2": "She works at a bank.",
-                "start1": 19,
-                "start2": 15,
-                "end1": 23,
-                "end2": 19,
-                "idx": 0,
-                "label": 0,
-            },
-            {
-                "word": "run",
-                "sentence1": "I run every day.",
-                "sentence2": "They run in the park.",
-                "start1": 2,
-                "start2": 5,
-                "end1": 5,
-                "end2": 8,
-                "idx": 1,
-                "label": 1,
-            },
-        ],
-        [
-            (
-                "Sentence 1: He sat on the river bank.\nSentence 2: She works at a bank.\nQuestion: Is the word 'bank' "
-                "used in the same way in the two sentences above?\nAnswer:",
-                (" no", " yes"),
-                0,
-            ),
-            (
-                "Sentence 1: I run every day.\nSentence 2: They run in the park.\nQuestion: Is the word 'run' "
-                "used in the same way in the two sentences above?\nAnswer:",
-                (" no", " yes"),
-                1,
-            ),
-        ],
-    ),
-    "sst2": (
-        GLUE,
-        "sst2",
-        ["negative", "positive"],
-        [
-            {"sentence": "a charming and affecting journey . ", "label": 1, "idx": 0},
-            {"sentence": "a boring mess . ", "label": 0, "idx": 1},
-        ],
-        [
-            (
-                "a charming and affecting journey . \nQuestion: Is this sentence positive or negative?\nAnswer:",
-                (" negative", " positive"),
-                1,
-            ),
-            ("a boring mess . \nQuestion: Is this sentence positive or negative?\nAnswer:", (" negative", " positive"), 0),
-        ],
-    ),
-}
+# task -> repository, revision, config, the ClassLabel names of `label` as the Hub declares them, rows typed
+# like the parquet files, and the Examples expected from them (context, choices, label), written out by hand.
+CASES = json.loads((Path(__file__).parent / "fixtures" / "hub_parquet_rows.json").read_text(encoding="utf-8"))
 
 
 def _parquet_like(rows: list[dict], label_names: list[str]):
@@ -209,11 +45,25 @@ def _fake_hub(monkeypatch, served: dict[tuple[str, str, str], object]) -> list[t
     return calls
 
 
+def test_every_builtin_task_declares_its_parquet_source():
+    from softprompt.tasks.builtin import BUILTIN_TASKS
+
+    assert sorted(CASES) == sorted(BUILTIN_TASKS)
+    for name, case in CASES.items():
+        repo, revision = GLUE if name == "sst2" else SUPER_GLUE
+        assert (case["repository"], case["revision"]) == (repo, revision)
+        source = get_task(name).source
+        assert (source.hub, source.hub_revision) == ((repo, case["config"]), revision), name
+    assert CASES["wsc"]["config"] == "wsc.fixed"
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_hub_source_of_every_builtin_task(monkeypatch, name):
-    (repo, revision), config, label_names, rows, expected = CASES[name]
-    calls = _fake_hub(monkeypatch, {(repo, config, revision): _parquet_like(rows, label_names)})
+    case = CASES[name]
+    repo, revision, config, rows = case["repository"], case["revision"], case["config"], case["rows"]
+    calls = _fake_hub(monkeypatch, {(repo, config, revision): _parquet_like(rows, case["label_names"])})
     task = get_task(name)
+    expected = [(e["context"], tuple(e["choices"]), e["label"]) for e in case["expected"]]
     for split in ["train", "validation"]:  # BoolQ's train split too: only the local copy lacks it
         examples = task.load(split, "hub")
         assert [(e.context, e.choices, e.label) for e in examples] == expected
@@ -221,7 +71,7 @@ def test_hub_source_of_every_builtin_task(monkeypatch, name):
     assert calls == [(repo, config, "train", revision), (repo, config, "validation", revision)]
     values = [str(v) for v in task.label_values]
     if values != ["0", "1"]:  # the Hub's class name of each row is the label value its label word stands for
-        assert [label_names[r["label"]] for r in rows] == [values[label] for *_, label in expected]
+        assert [case["label_names"][r["label"]] for r in rows] == [values[label] for *_, label in expected]
 
 
 def test_hub_rows_and_local_files_give_the_same_examples(monkeypatch, data_dir):
@@ -234,13 +84,13 @@ def test_hub_rows_and_local_files_give_the_same_examples(monkeypatch, data_dir):
         if name == "wsc":
             row.update(row.pop("target"))
         if name in ("rte", "cb"):
-            row["label"] = CASES[name][2].index(row["label"])
+            row["label"] = CASES[name]["label_names"].index(row["label"])
         elif name == "sst2" or isinstance(row["label"], bool):
             row["label"] = int(row["label"])
         return row
 
     for name in sorted(CASES):
-        (repo, revision), config, label_names, _, _ = CASES[name]
+        repo, revision, config, label_names = (CASES[name][k] for k in ("repository", "revision", "config", "label_names"))
         task = get_task(name)
         local = list(itertools.islice(load_records(task, "validation", data_dir), 12))
         rows = [hub_row(name, rec) for rec, _ in local]
