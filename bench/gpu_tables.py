@@ -63,11 +63,14 @@ def train_table(cells: dict) -> str:
         mem = " / ".join(_num(by_arm[k].get("peak GiB"), 3) if k in by_arm else "-" for k in TRAIN_ARMS)
         mfu = " / ".join(f"{100 * by_arm[k]['MFU bf16 peak']:.1f}%" if k in by_arm else "-" for k in TRAIN_ARMS[:2])
         shape = a.get("shape") or a.get("model")
+        batch = a["batch_size"]
+        if a.get("cpu_dry_run"):  # the dry run caps the batch: say which cell's it was
+            batch = f"{batch} (dry run of b{name.rsplit('-b', 1)[-1]})"
         rows.append(
             [
                 shape,
                 a["task"],
-                a["batch_size"],
+                batch,
                 *(_rate(by_arm.get(k)) for k in TRAIN_ARMS),
                 ratio,
                 best,

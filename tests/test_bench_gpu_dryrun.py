@@ -18,7 +18,11 @@ RTE = [
     {"premise": "The cat sat on the mat.", "hypothesis": "The cat sat.", "label": "entailment"},
     {"premise": "The dog ran away quickly.", "hypothesis": "The dog sat.", "label": "not_entailment"},
     {"premise": "A charming movie.", "hypothesis": "The movie is good.", "label": "entailment"},
-    {"premise": "A boring movie, it seems, that nobody liked at all.", "hypothesis": "The movie is charming.", "label": "not_entailment"},
+    {
+        "premise": "A boring movie, it seems, that nobody liked at all.",
+        "hypothesis": "The movie is charming.",
+        "label": "not_entailment",
+    },
 ]
 SST2 = [("a charming movie", 1), ("a boring and bad movie that the dog ran away from", 0), ("good", 1), ("bad , boring", 0)]
 
@@ -89,7 +93,9 @@ def test_eval_vs_naive_dry_run(bench, carry, tmp_path, shape):
     bench["eval"].main([*_common_args(carry, shape), "--tasks", "rte,sst2", "--json", str(out)])
     info = json.loads(out.read_text())
     # the fast and plain paths pick the naive scorer's answer for every example in float32
-    assert info["fp32_identical_predictions"] == {f"{t} {a}": True for t in ("rte", "sst2") for a in ("softprompt", "softprompt-plain")}
+    assert info["fp32_identical_predictions"] == {
+        f"{t} {a}": True for t in ("rte", "sst2") for a in ("softprompt", "softprompt-plain")
+    }
     rows = info["results"]
     assert len(rows) == 2 * 2 * 3  # tasks x dtypes x arms
     for r in rows:
@@ -122,7 +128,7 @@ def test_gpu_suite_dry_run(bench, carry, tmp_path):
         assert cell["status"]["state"] == "ok" and cell["status"]["rc"] == 0, name
         assert cell["result"]["args"]["cpu_dry_run"] is True
     summary = (out / "summary.md").read_text()
-    assert "| bloomz-560m | rte | 4 |" in summary and "| smollm2-135m | sst2 | float32 |" in summary
+    assert "| bloomz-560m | rte | 4 (dry run of b8) |" in summary and "| smollm2-135m | sst2 | float32 |" in summary
 
     # the projection reads a merged suite JSON (dry-run results only when asked to)
     with pytest.raises(SystemExit, match="no training rate"):
