@@ -47,12 +47,14 @@ def _rate(row: dict | None) -> str:
     return "-" if row is None else f"{row['examples/s']:.1f} ({row['ms/step']:.0f} ms)"
 
 
+def _finished(cells: dict, kind: str):
+    """(name, result) of the cells of `kind` ("train" or "eval") that wrote a result."""
+    return [(name, c["result"]) for name, c in cells.items() if name.startswith(f"{kind}-") and c["result"] is not None]
+
+
 def train_table(cells: dict) -> str:
     rows = []
-    for name, cell in cells.items():
-        res = cell["result"]
-        if not name.startswith("train-") or res is None:
-            continue
+    for name, res in _finished(cells, "train"):
         by_arm = {r["arm"]: r for r in res["results"]}
         a = res["args"]
 
@@ -87,10 +89,7 @@ def train_table(cells: dict) -> str:
 
 def eval_table(cells: dict) -> str:
     rows = []
-    for name, cell in cells.items():
-        res = cell["result"]
-        if not name.startswith("eval-") or res is None:
-            continue
+    for _, res in _finished(cells, "eval"):
         shape = res["args"].get("shape") or res["args"].get("model")
         groups: dict[tuple, dict] = {}
         for r in res["results"]:
