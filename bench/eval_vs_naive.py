@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     info = {
         "machine": common.machine(device),
         "load_before": common.load_average(),
-        "args": vars(args) | {"json": None, "tokenizer": str(args.tokenizer) if args.tokenizer else None},
+        "args": vars(args)
+        | {"json": None, "prompt": str(args.prompt) if args.prompt else None}
+        | {"tokenizer": str(args.tokenizer) if args.tokenizer else None},
     }
     print(json.dumps(info["machine"]))
     pk = common.device_peaks(device)

@@ -36,7 +36,8 @@ On a GPU (`--device cuda`, issue #13): every arm runs on the device, each step b
 CUDA events), peak memory per arm in-process (common.PeakMemory: its resident bytes + the largest
 rise of `torch.cuda.max_memory_allocated` within one of its steps). `--shape` builds a random-weight
 model of a real shape (no download there); `--warmup-steps` untimed steps first; `--max-steps` and
-`--time-budget` cap the timed epoch; `--val 0` skips the accuracy pass. `--cpu-dry-run` runs all of it
+`--time-budget` cap the timed epoch; `--val 0` skips the accuracy pass; an arm that runs out of GPU
+memory is dropped (`dropped_arms`) and the others go on. `--cpu-dry-run` runs all of it
 on CPU with a tiny model of the shape's family in seconds (bench/gpu_suite.sh runs the GPU cells).
 
     .venv/bin/python bench/train_vs_peft.py                       # ~5 min on 2 quiet cores
@@ -48,6 +49,7 @@ on CPU with a tiny model of the shape's family in seconds (bench/gpu_suite.sh ru
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import sys
@@ -336,9 +338,28 @@ def epoch_steps(args, arms, n: int, warm_dts: dict[str, float]) -> int:
     steps = math.ceil(n / args.batch_size)
     if args.max_steps:
         steps = min(steps, args.max_steps)
-    if args.time_budget and warm_dts:  # the last warm-up step of every arm as the cost of one interleaved step
-        steps = max(1, min(steps, int(args.time_budget / sum(warm_dts.values()))))
+    cost = sum(warm_dts[a.name] for a in arms if a.name in warm_dts)
+    if args.time_budget and cost:  # the last warm-up step of every arm as the cost of one interleaved step
+        steps = max(1, min(steps, int(args.time_budget / cost)))
     return steps
+
+
+def step_all(arms: list, order: dict[str, list[int]], s: int, bs: int, dropped: dict[str, str]) -> dict[str, float]:
+    """Step `s` of every arm, interleaved; an arm that runs out of GPU memory is dropped and recorded
+    (the others' numbers stand) rather than losing the whole run."""
+    dts, oom = {}, False
+    for a in list(arms):
+        try:
+            dts[a.name] = a.step(order[a.name][s * bs : (s + 1) * bs])
+        except torch.OutOfMemoryError:
+            arms.remove(a)
+            dropped[a.name] = f"out of GPU memory at batch {s + 1}"
+            print(f"{a.name}: dropped, {dropped[a.name]}", flush=True)
+            oom = True
+    if oom:  # outside the handler, where the failed step's activations are no longer referenced
+        gc.collect()
+        torch.cuda.empty_cache()
+    return dts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -377,10 +398,10 @@ def main(argv: list[str] | None = None) -> None:
     info["lowp_copy_s"] = time.perf_counter() - t
     # untimed warm-up (CUDA context, cuBLAS handles, allocator): the first batches of epoch 0
     warm_dts: dict[str, float] = {}
+    dropped: dict[str, str] = {}
     warm_order = {a.name: a.order(len(examples), args.seed, 0) for a in arms}
     for s in range(args.warmup_steps):
-        for a in arms:
-            warm_dts[a.name] = a.step(warm_order[a.name][s * args.batch_size : (s + 1) * args.batch_size])
+        warm_dts.update(step_all(arms, warm_order, s, args.batch_size, dropped))
     for a in arms:
         a.stats = new_stats()
     info["warmup_last_step_s"] = warm_dts
@@ -394,19 +415,18 @@ def main(argv: list[str] | None = None) -> None:
         orders = {a.name: a.order(len(examples), args.seed, epoch) for a in arms}
         per_arm = {a.name: 0.0 for a in arms}
         for s in range(steps):
-            dts = {}
-            for a in arms:
-                dts[a.name] = a.step(orders[a.name][s * args.batch_size : (s + 1) * args.batch_size])
-                per_arm[a.name] += dts[a.name]
+            dts = step_all(arms, orders, s, args.batch_size, dropped)
+            for k, dt in dts.items():
+                per_arm[k] += dt
             if "softprompt" in dts and "peft" in dts:
                 step_ratio.append(dts["peft"] / dts["softprompt"])
-        for k, v in per_arm.items():
-            epoch_times[k].append(v)
+        for a in arms:
+            epoch_times[a.name].append(per_arm[a.name])
         for a in arms:  # per-epoch counters: rates are medians over epochs, like examples/s
             epoch_stats[a.name].append(dict(a.stats))
             a.stats = new_stats()
         peak_runs.append(common.device_peaks(device, reps=3))
-        print(f"epoch {epoch + 1}: " + "  ".join(f"{k} {v:.1f}s" for k, v in per_arm.items()), flush=True)
+        print(f"epoch {epoch + 1}: " + "  ".join(f"{a.name} {per_arm[a.name]:.1f}s" for a in arms), flush=True)
         if args.save_prompts:  # the learned prompts, to evaluate later if the run is cut short
             args.save_prompts.mkdir(parents=True, exist_ok=True)
             for a in arms:
@@ -422,6 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     acc = {}
     if args.val:
         evaluator = Evaluator(backbone, data_dir=args.data_dir, compute_dtype=resolve_compute_dtype("auto", backbone.device))
+        sp = [a for a in arms if isinstance(a, SoftpromptArm)]
         initial = sp[0].prompt.initial if sp else None
         acc = {"initial (text init)": evaluator.evaluate(task, initial, limit=args.val, seed=args.seed)}
         for a in arms:
@@ -461,6 +482,7 @@ def main(argv: list[str] | None = None) -> None:
         for n in ["model-only", *names]:
             mem.append(common.run_worker(Path(__file__), worker_args(args, n)))
     info.update(
+        dropped_arms=dropped,
         peaks_gflops={k: v / 1e9 for k, v in peak.items()},
         peak_runs_gflops=[{k: v / 1e9 for k, v in r.items()} for r in peak_runs],
         epoch_stats=epoch_stats,

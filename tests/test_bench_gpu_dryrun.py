@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 RTE = [
@@ -85,6 +86,26 @@ def test_train_vs_peft_dry_run(bench, carry, tmp_path, shape, task, model_class)
     assert info["speedup_vs_best_peft"] == pytest.approx(
         rows["softprompt"]["examples/s"] / max(rows["peft"]["examples/s"], rows["peft-bf16"]["examples/s"])
     )
+
+
+def test_train_vs_peft_drops_an_arm_out_of_gpu_memory(bench, carry, tmp_path, monkeypatch):
+    """An arm that runs out of GPU memory costs its own numbers, not the whole cell's."""
+    real_step = bench["train"].PeftArm.step
+
+    def step(self, idx):
+        if self.bf16:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_step(self, idx)
+
+    monkeypatch.setattr(bench["train"].PeftArm, "step", step)
+    out = tmp_path / "train.json"
+    argv = [*_common_args(carry, "smollm2-135m"), "--warmup-steps", "1", "--val", "0", "--json", str(out)]
+    bench["train"].main([*argv, "--arms", "softprompt,peft,peft-bf16"])
+    info = json.loads(out.read_text())
+    assert info["dropped_arms"] == {"peft-bf16": "out of GPU memory at batch 1"}
+    assert [r["arm"] for r in info["results"]] == ["softprompt", "peft"]
+    assert all(r["examples/s"] > 0 for r in info["results"]) and info["accuracy"] == {}
+    assert info["speedup_vs_best_peft"] == pytest.approx(info["speedup_examples_per_s"])
 
 
 @pytest.mark.parametrize("shape", ["smollm2-135m", "bloomz-560m"])
