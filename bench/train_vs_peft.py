@@ -31,13 +31,25 @@ Peak memory (VmHWM) is measured in separate subprocesses, one per arm, running t
 Validation accuracy of all learned prompts comes from softprompt's Evaluator on the same subset
 (for PEFT the learned `prompt_encoder` embedding weight is the soft prompt).
 
+On a GPU (`--device cuda`, issue #13): every arm runs on the device, each step between two
+`torch.cuda.synchronize()`, MFU against the card's bf16/fp32 matmul rate measured at startup (8192^3,
+CUDA events), peak memory per arm in-process (common.PeakMemory: its resident bytes + the largest
+rise of `torch.cuda.max_memory_allocated` within one of its steps). `--shape` builds a random-weight
+model of a real shape (no download there); `--warmup-steps` untimed steps first; `--max-steps` and
+`--time-budget` cap the timed epoch; `--val 0` skips the accuracy pass; an arm that runs out of GPU
+memory is dropped (`dropped_arms`) and the others go on. `--cpu-dry-run` runs all of it
+on CPU with a tiny model of the shape's family in seconds (bench/gpu_suite.sh runs the GPU cells).
+
     .venv/bin/python bench/train_vs_peft.py                       # ~5 min on 2 quiet cores
     .venv/bin/python bench/train_vs_peft.py --train 64 --epochs 4 --val 277 --mem-steps 0 --arms softprompt,peft
+    python3 bench/train_vs_peft.py --device cuda --shape bloomz-560m --train 256 --epochs 1 --warmup-steps 3 --val 0 \
+        --arms softprompt,softprompt-plain,peft,peft-bf16 --mem-steps 0
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import sys
@@ -50,23 +62,50 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets sys.path and offline env)
 
 from softprompt import scoring  # noqa: E402
-from softprompt.backbones import load_backbone, resolve_compute_dtype  # noqa: E402
+from softprompt.backbones import resolve_compute_dtype  # noqa: E402
 from softprompt.batching import collate, encode_examples, length_grouped_order  # noqa: E402
 from softprompt.evaluate import Evaluator  # noqa: E402
 from softprompt.prompt import init_prompt  # noqa: E402
 from softprompt.scoring import answer_nll, autocast_context, batch_choice_scores, choice_loss  # noqa: E402
 from softprompt.tasks import get_task  # noqa: E402
-from softprompt.train import epoch_order, lr_lambda  # noqa: E402
+from softprompt.train import DIVERGED, epoch_order, lr_lambda  # noqa: E402
 
 ARMS = ("softprompt", "softprompt-fp32", "softprompt-plain", "softprompt-grouped", "softprompt-lm", "peft", "peft-bf16")
 
 
-class SoftpromptArm:
-    """The inner step of softprompt.train.train, verbatim in substance."""
+class Arm:
+    """What every arm counts: per-epoch work and time, and (on a GPU) its peak memory."""
+
+    def __init__(self, device: torch.device):
+        self.dev = device
+        self.mem = common.PeakMemory(device)
+        self.stats = new_stats()
+
+    def timed(self, work) -> float:
+        """Run one step between two device syncs; return its seconds (host clock)."""
+        common.sync(self.dev)
+        t = time.perf_counter()
+        with self.mem:
+            work()
+            common.sync(self.dev)
+        dt = time.perf_counter() - t
+        self.stats["time"] += dt
+        self.stats["steps"] += 1
+        return dt
+
+
+def new_stats() -> dict:
+    return {"flops": 0.0, "tokens_real": 0, "tokens_naive": 0, "tokens_padded": 0, "examples": 0, "steps": 0, "time": 0.0}
+
+
+class SoftpromptArm(Arm):
+    """The inner step of softprompt.train.train, verbatim in substance (its per-step loss read and
+    divergence check included: on a GPU those are host syncs, part of what a user's run pays)."""
 
     def __init__(
         self, backbone, task, examples, args, compute: str, grouped: bool = False, plain: bool = False, lm: bool = False
     ):
+        super().__init__(backbone.device)
         self.bb, self.name = backbone, "softprompt" if compute == "auto" else f"softprompt-{compute}"
         self.grouped, self.plain = grouped, plain
         # lm: PEFT's recipe on softprompt's step (`--loss lm --warmup 0 --weight-decay 0.01`)
@@ -79,12 +118,12 @@ class SoftpromptArm:
             self.name = "softprompt-plain"
         self.compute_dtype = resolve_compute_dtype(compute, backbone.device)
         self.prompt = init_prompt(backbone.model, backbone.tokenizer, args.tokens, "text", text=task.description)
+        self.prompt.to(backbone.device)
         self.encoded = encode_examples(examples, backbone.tokenizer, n_prompt=args.tokens, max_length=512)
         self.opt = torch.optim.AdamW([self.prompt.weight], lr=args.lr, weight_decay=wd)
-        steps = math.ceil(len(examples) / args.batch_size) * args.epochs
+        steps = math.ceil(len(examples) / args.batch_size) * args.epochs + args.warmup_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda("linear", int(warmup * steps), steps))
         self.bs = args.batch_size
-        self.stats = {"flops": 0.0, "tokens_real": 0, "tokens_naive": 0, "time": 0.0}
 
     def order(self, n: int, seed: int, epoch: int) -> list[int]:
         order = epoch_order(n, seed, epoch)
@@ -95,34 +134,48 @@ class SoftpromptArm:
     def step(self, idx: list[int]) -> float:
         batch = collate([self.encoded[i] for i in idx], self.bb.tokenizer.pad_token_id)
         st = scoring.ScoringStats()
-        t = time.perf_counter()
-        with autocast_context(self.bb.device, self.compute_dtype):
-            options = scoring.PLAIN if self.plain else None
-            scores = batch_choice_scores(self.bb.model, self.prompt.weight, batch, options=options, stats=st)
-        loss = self.loss_fn(scores, batch.labels)
-        loss.backward()
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t
+
+        def work() -> None:
+            with autocast_context(self.bb.device, self.compute_dtype):
+                options = scoring.PLAIN if self.plain else None
+                scores = batch_choice_scores(self.bb.model, self.prompt.weight, batch, options=options, stats=st)
+            loss = self.loss_fn(scores, batch.labels)
+            if not math.isfinite(float(loss.detach())):  # train.train reads every batch's loss
+                raise RuntimeError(f"{self.name}: loss {float(loss)}")
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+            w = self.prompt.weight
+            if not (torch.isfinite(w).all() and w.abs().max() < DIVERGED):  # train.train's divergence check
+                raise RuntimeError(f"{self.name}: the prompt diverged")
+
+        dt = self.timed(work)
         self.stats["flops"] += common.step_flops(self.bb.model, st["real"], st["head"])
         self.stats["tokens_real"] += st["real"]
+        self.stats["tokens_padded"] += st["padded"]
         self.stats["tokens_naive"] += int(batch.attention_mask.sum()) + self.prompt.n_tokens * batch.input_ids.shape[0]
-        self.stats["time"] += dt
+        self.stats["examples"] += len(idx)
         return dt
 
+    def resident_bytes(self) -> int:
+        """The frozen model it uses (shared by the softprompt arms) + its prompt and AdamW moments."""
+        opt = [v for s in self.opt.state.values() for v in s.values() if torch.is_tensor(v)]
+        return common.model_bytes(self.bb.model) + common.tensor_bytes([*self.prompt.parameters(), *self.prompt.buffers(), *opt])
+
     def learned(self) -> torch.Tensor:
-        return self.prompt.weight.detach().clone()
+        return self.prompt.weight.detach().cpu().clone()
 
 
-class PeftArm:
+class PeftArm(Arm):
     """PEFT's documented prompt-tuning recipe for causal LMs (fixed-length left padding, LM loss)."""
 
-    def __init__(self, task, examples, args, bf16: bool, max_length: int | None):
+    def __init__(self, task, examples, args, bf16: bool, max_length: int | None, device: torch.device):
         from peft import PromptTuningConfig, get_peft_model
         from transformers import get_linear_schedule_with_warmup
 
-        self.bb = load_backbone(args.model)  # a separately loaded copy, wrapped by PEFT
+        super().__init__(device)
+        self.bb = common.make_backbone(args, device)  # a separately loaded (or built) copy, wrapped by PEFT
         tok = self.bb.tokenizer
         self.name = "peft-bf16" if bf16 else "peft"
         self.bf16 = bf16
@@ -138,9 +191,8 @@ class PeftArm:
         self.max_length = max_length or peft_max_length(tok, examples)
         self.data = [self._encode(tok, ex) for ex in examples]
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr)
-        steps = math.ceil(len(examples) / args.batch_size) * args.epochs
+        steps = math.ceil(len(examples) / args.batch_size) * args.epochs + args.warmup_steps
         self.sched = get_linear_schedule_with_warmup(self.opt, num_warmup_steps=0, num_training_steps=steps)
-        self.stats = {"flops": 0.0, "tokens_real": 0, "tokens_naive": 0, "time": 0.0}
 
     def _encode(self, tok, ex):
         inp = tok(ex.context)["input_ids"]
@@ -156,33 +208,42 @@ class PeftArm:
         return epoch_order(n, seed, epoch)
 
     def step(self, idx: list[int]) -> float:
-        ids = torch.tensor([self.data[i][0] for i in idx])
         mask = torch.tensor([self.data[i][1] for i in idx])
-        labels = torch.tensor([self.data[i][2] for i in idx])
-        t = time.perf_counter()
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else torch.autocast("cpu", enabled=False)
-        with ctx:
-            loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad()
-        dt = time.perf_counter() - t
+        ids = torch.tensor([self.data[i][0] for i in idx]).to(self.dev)
+        labels = torch.tensor([self.data[i][2] for i in idx]).to(self.dev)
+        dev_mask = mask.to(self.dev)
+
+        def work() -> None:
+            ctx = torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16)
+            with ctx:
+                loss = self.model(input_ids=ids, attention_mask=dev_mask, labels=labels).loss
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad()
+
+        dt = self.timed(work)
         real = int(mask.sum()) + self.n * len(idx)
         self.stats["flops"] += common.step_flops(self.bb.model, real, int(mask.sum()))
         self.stats["tokens_real"] += real
         self.stats["tokens_naive"] += real
-        self.stats["time"] += dt
+        self.stats["tokens_padded"] += mask.numel() + self.n * len(idx)
+        self.stats["examples"] += len(idx)
         return dt
 
+    def resident_bytes(self) -> int:
+        """Its own copy of the frozen model + the virtual-token embedding and AdamW moments."""
+        opt = [v for s in self.opt.state.values() for v in s.values() if torch.is_tensor(v)]
+        return common.model_bytes(self.model) + common.tensor_bytes(opt)
+
     def learned(self) -> torch.Tensor:
-        return self.model.prompt_encoder["default"].embedding.weight.detach().float().clone()
+        return self.model.prompt_encoder["default"].embedding.weight.detach().float().cpu().clone()
 
     def initial(self) -> torch.Tensor:
         return self.learned()
 
 
-def build_arm(name, backbone, task, examples, args, max_length):
+def build_arm(name, backbone, task, examples, args, max_length, device):
     if name == "softprompt":
         return SoftpromptArm(backbone, task, examples, args, "auto")
     if name == "softprompt-fp32":
@@ -194,7 +255,7 @@ def build_arm(name, backbone, task, examples, args, max_length):
     if name == "softprompt-lm":
         return SoftpromptArm(backbone, task, examples, args, "auto", lm=True)
     if name in ("peft", "peft-bf16"):
-        return PeftArm(task, examples, args, name == "peft-bf16", max_length)
+        return PeftArm(task, examples, args, name == "peft-bf16", max_length, device)
     raise SystemExit(f"unknown arm {name!r}: expected some of {', '.join(ARMS)}")
 
 
@@ -202,17 +263,23 @@ def peft_max_length(tok, examples) -> int:
     return max(len(tok(ex.context)["input_ids"]) + len(tok(ex.choices[ex.label])["input_ids"]) + 1 for ex in examples)
 
 
+# the options a memory subprocess needs to rebuild the same arm
+WORKER_OPTIONS = ("model", "task", "train", "tokens", "batch_size", "epochs", "lr", "seed", "mem_steps", "warmup_steps")
+WORKER_OPTIONS += ("device", "shape", "tokenizer", "data_dir")
+
+
 def worker(args) -> None:
     """Subprocess: load one arm alone, run --mem-steps steps, print the memory high-water mark."""
+    device = common.resolve_device_args(args)
     task = get_task(args.task)
-    examples = task.load("train", limit=args.train, seed=args.seed)
+    examples = task.load("train", args.data_dir, limit=args.train, seed=args.seed)
     if args.worker == "model-only":  # the frozen model with all its weights paged in, nothing else
-        bb = load_backbone(args.model)
+        bb = common.make_backbone(args, device)
         sum(float(p.sum()) for p in bb.model.parameters())
         print(json.dumps({"arm": "model-only", **common.memory_high_water_mb()}))
         return
-    backbone = None if args.worker.startswith("peft") else load_backbone(args.model)
-    arm = build_arm(args.worker, backbone, task, examples, args, None)
+    backbone = None if args.worker.startswith("peft") else common.make_backbone(args, device)
+    arm = build_arm(args.worker, backbone, task, examples, args, None, device)
     order = arm.order(len(examples), args.seed, 0)
     for s in range(args.mem_steps):
         idx = order[s * args.batch_size : (s + 1) * args.batch_size]
@@ -221,44 +288,107 @@ def worker(args) -> None:
     print(json.dumps({"arm": args.worker, **common.memory_high_water_mb()}))
 
 
-def main() -> None:
+def worker_args(args, arm: str) -> list[str]:
+    out = []
+    for k in WORKER_OPTIONS:
+        v = getattr(args, k)
+        if v is not None:
+            out += [f"--{k.replace('_', '-')}", str(v)]
+    return [*out, *(["--cpu-dry-run"] if args.cpu_dry_run else []), "--worker", arm]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--task", default="rte")
     ap.add_argument("--train", type=int, default=64, help="training examples (seeded subset)")
-    ap.add_argument("--val", type=int, default=120, help="validation examples (seeded subset)")
+    ap.add_argument("--val", type=int, default=120, help="validation examples (seeded subset; 0: no accuracy pass)")
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--arms", default="softprompt,softprompt-fp32,peft", help=f"comma-separated, from {', '.join(ARMS)}")
-    ap.add_argument("--mem-steps", type=int, default=3, help="steps run by each memory subprocess (0: skip)")
+    ap.add_argument("--mem-steps", type=int, default=3, help="steps run by each memory subprocess (0: skip; CPU only)")
+    ap.add_argument("--warmup-steps", type=int, default=0, help="untimed steps of every arm before the first epoch")
+    ap.add_argument("--max-steps", type=int, default=0, help="timed steps per epoch at most (0: the whole epoch)")
+    ap.add_argument(
+        "--time-budget",
+        type=float,
+        default=0.0,
+        help="seconds for one timed epoch of all arms: fewer steps if the warm-up's last step says it would not fit (0: no cap)",
+    )
+    common.add_device_args(ap, "the same steps")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--save-prompts", type=Path, help="save every arm's prompt after each epoch (torch.save) here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.cpu_dry_run and not args.worker:  # a few steps of everything, on a tiny model
+        args.train = min(args.train, 8)
+        args.batch_size = min(args.batch_size, 4)
+        args.val = min(args.val, 4)
+        args.epochs = 1
+        args.warmup_steps = min(args.warmup_steps, 1)
+        args.mem_steps = 0
+    return args
+
+
+def epoch_steps(args, arms, n: int, warm_dts: dict[str, float]) -> int:
+    """Timed steps per epoch: the whole epoch unless --max-steps or --time-budget say fewer."""
+    steps = math.ceil(n / args.batch_size)
+    if args.max_steps:
+        steps = min(steps, args.max_steps)
+    cost = sum(warm_dts[a.name] for a in arms if a.name in warm_dts)
+    if args.time_budget and cost:  # the last warm-up step of every arm as the cost of one interleaved step
+        steps = max(1, min(steps, int(args.time_budget / cost)))
+    return steps
+
+
+def step_all(arms: list, order: dict[str, list[int]], s: int, bs: int, dropped: dict[str, str]) -> dict[str, float]:
+    """Step `s` of every arm, interleaved; an arm that runs out of GPU memory is dropped and recorded
+    (the others' numbers stand) rather than losing the whole run."""
+    dts, oom = {}, False
+    for a in list(arms):
+        try:
+            dts[a.name] = a.step(order[a.name][s * bs : (s + 1) * bs])
+        except torch.OutOfMemoryError:
+            arms.remove(a)
+            dropped[a.name] = f"out of GPU memory at batch {s + 1}"
+            print(f"{a.name}: dropped, {dropped[a.name]}", flush=True)
+            oom = True
+    if oom:  # outside the handler, where the failed step's activations are no longer referenced
+        gc.collect()
+        torch.cuda.empty_cache()
+    return dts
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.worker:
         worker(args)
         return
+    device = common.resolve_device_args(args)
+    if device.type == "cuda":
+        args.mem_steps = 0  # per-arm GPU memory is measured in-process (common.PeakMemory)
 
     info = {
-        "machine": common.machine(),
+        "machine": common.machine(device),
         "load_before": common.load_average(),
-        "args": vars(args) | {"json": None, "save_prompts": None},
+        "args": vars(args) | {"json": None, "save_prompts": None, "tokenizer": str(args.tokenizer) if args.tokenizer else None},
     }
     print(json.dumps(info["machine"]))
-    pk = common.peaks()
+    pk = common.device_peaks(device)
     task = get_task(args.task)
-    examples = task.load("train", limit=args.train, seed=args.seed)
-    backbone = load_backbone(args.model)
+    examples = task.load("train", args.data_dir, limit=args.train, seed=args.seed)
+    backbone = common.make_backbone(args, device)
+    info["model"] = common.describe_model(backbone)
     max_length = peft_max_length(backbone.tokenizer, examples)
     names = [a.strip() for a in args.arms.split(",") if a.strip()]
-    arms = [build_arm(n, backbone, task, examples, args, max_length) for n in names]
+    arms = [build_arm(n, backbone, task, examples, args, max_length, device) for n in names]
     sp = [a for a in arms if isinstance(a, SoftpromptArm)]
     for a in arms:
         if isinstance(a, PeftArm) and sp:
-            diff = float((a.initial() - sp[0].prompt.weight.detach()).abs().max())
+            diff = float((a.initial() - sp[0].prompt.weight.detach().cpu()).abs().max())
             info.setdefault("peft_init_max_abs_diff_vs_softprompt", diff)
 
     # one-time cost outside the timed steps: the scorer's low-precision weight copy (made on first use)
@@ -266,7 +396,17 @@ def main() -> None:
     for a in sp:
         scoring.compute_model(backbone.model, a.compute_dtype)
     info["lowp_copy_s"] = time.perf_counter() - t
-    steps = math.ceil(len(examples) / args.batch_size)
+    # untimed warm-up (CUDA context, cuBLAS handles, allocator): the first batches of epoch 0
+    warm_dts: dict[str, float] = {}
+    dropped: dict[str, str] = {}
+    warm_order = {a.name: a.order(len(examples), args.seed, 0) for a in arms}
+    for s in range(args.warmup_steps):
+        warm_dts.update(step_all(arms, warm_order, s, args.batch_size, dropped))
+    for a in arms:
+        a.stats = new_stats()
+    info["warmup_last_step_s"] = warm_dts
+    steps = epoch_steps(args, arms, len(examples), warm_dts)
+    info["timed_steps_per_epoch"] = steps
     epoch_times = {a.name: [] for a in arms}
     epoch_stats = {a.name: [] for a in arms}
     peak_runs = [pk]
@@ -275,35 +415,38 @@ def main() -> None:
         orders = {a.name: a.order(len(examples), args.seed, epoch) for a in arms}
         per_arm = {a.name: 0.0 for a in arms}
         for s in range(steps):
-            dts = {}
-            for a in arms:
-                dts[a.name] = a.step(orders[a.name][s * args.batch_size : (s + 1) * args.batch_size])
-                per_arm[a.name] += dts[a.name]
+            dts = step_all(arms, orders, s, args.batch_size, dropped)
+            for k, dt in dts.items():
+                per_arm[k] += dt
             if "softprompt" in dts and "peft" in dts:
                 step_ratio.append(dts["peft"] / dts["softprompt"])
-        for k, v in per_arm.items():
-            epoch_times[k].append(v)
+        for a in arms:
+            epoch_times[a.name].append(per_arm[a.name])
         for a in arms:  # per-epoch counters: rates are medians over epochs, like examples/s
             epoch_stats[a.name].append(dict(a.stats))
-            a.stats = dict.fromkeys(a.stats, 0)
-        peak_runs.append(common.peaks(reps=3))
-        print(f"epoch {epoch + 1}: " + "  ".join(f"{k} {v:.1f}s" for k, v in per_arm.items()), flush=True)
+            a.stats = new_stats()
+        peak_runs.append(common.device_peaks(device, reps=3))
+        print(f"epoch {epoch + 1}: " + "  ".join(f"{a.name} {per_arm[a.name]:.1f}s" for a in arms), flush=True)
         if args.save_prompts:  # the learned prompts, to evaluate later if the run is cut short
             args.save_prompts.mkdir(parents=True, exist_ok=True)
             for a in arms:
                 torch.save(a.learned(), args.save_prompts / f"{a.name}-epoch{epoch + 1}.pt")
         if args.json:  # partial results, in case the run is cut short
             args.json.write_text(json.dumps(dict(info, epoch_times=epoch_times, partial=True), indent=1))
-    peak_runs.append(common.peaks())
+    peak_runs.append(common.device_peaks(device))
     # MFU against the best matmul rate seen in this run (start, after every epoch, end): the machine's
     # attainable peak, so contention from other processes lowers MFU rather than hiding in the peak
     peak = {k: max(r[k] for r in peak_runs) for k in pk}
 
-    # accuracy of every learned prompt on the same validation subset, one evaluator
-    evaluator = Evaluator(backbone, compute_dtype=resolve_compute_dtype("auto", backbone.device))
-    acc = {"initial (text init)": evaluator.evaluate(task, sp[0].prompt.initial if sp else None, limit=args.val, seed=args.seed)}
-    for a in arms:
-        acc[a.name] = evaluator.evaluate(task, a.learned(), limit=args.val, seed=args.seed)
+    # accuracy of every learned prompt on the same validation subset, one evaluator (--val 0: none)
+    acc = {}
+    if args.val:
+        evaluator = Evaluator(backbone, data_dir=args.data_dir, compute_dtype=resolve_compute_dtype("auto", backbone.device))
+        sp = [a for a in arms if isinstance(a, SoftpromptArm)]
+        initial = sp[0].prompt.initial if sp else None
+        acc = {"initial (text init)": evaluator.evaluate(task, initial, limit=args.val, seed=args.seed)}
+        for a in arms:
+            acc[a.name] = evaluator.evaluate(task, a.learned(), limit=args.val, seed=args.seed)
 
     rows = []
     for a in arms:
@@ -314,28 +457,32 @@ def main() -> None:
         rows.append(
             {
                 "arm": a.name,
-                "examples/s": len(examples) / t_epoch,
+                "examples/s": common.med([e["examples"] for e in es]) / t_epoch,
                 "real tokens/s": common.med([e["tokens_naive"] / e["time"] for e in es]),
+                "padded tokens/s": common.med([e["tokens_padded"] / e["time"] for e in es]),
                 "model GFLOP/s": rate / 1e9,
                 "MFU bf16 peak": rate / peak["bf16"],
                 "MFU fp32 peak": rate / peak["fp32"],
                 "MFU own dtype": rate / (peak["bf16"] if is_bf16 else peak["fp32"]),
-                "val acc": acc[a.name].accuracy,
+                "val acc": acc[a.name].accuracy if acc else None,
                 "epoch s (median)": t_epoch,
+                "ms/step": 1e3 * common.med([e["time"] / e["steps"] for e in es]),
+                "peak GiB": a.mem.gib(a.resident_bytes()),
             }
         )
     base = {r["arm"]: r for r in rows}
     if "softprompt" in base and "peft" in base:
         info["speedup_examples_per_s"] = base["softprompt"]["examples/s"] / base["peft"]["examples/s"]
         info["speedup_median_step_ratio"] = common.med(step_ratio)
+    peft_rates = [base[k]["examples/s"] for k in ("peft", "peft-bf16") if k in base]
+    if "softprompt" in base and peft_rates:  # issue #13's target: >= 3x the better of PEFT fp32 and bf16
+        info["speedup_vs_best_peft"] = base["softprompt"]["examples/s"] / max(peft_rates)
     mem = []
     if args.mem_steps:
         for n in ["model-only", *names]:
-            extra = ["--model", args.model, "--task", args.task, "--train", str(args.train), "--tokens", str(args.tokens)]
-            extra += ["--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--lr", str(args.lr)]
-            extra += ["--seed", str(args.seed), "--mem-steps", str(args.mem_steps), "--worker", n]
-            mem.append(common.run_worker(Path(__file__), extra))
+            mem.append(common.run_worker(Path(__file__), worker_args(args, n)))
     info.update(
+        dropped_arms=dropped,
         peaks_gflops={k: v / 1e9 for k, v in peak.items()},
         peak_runs_gflops=[{k: v / 1e9 for k, v in r.items()} for r in peak_runs],
         epoch_stats=epoch_stats,
@@ -347,18 +494,10 @@ def main() -> None:
         load_after=common.load_average(),
     )
     print()
-    print(f"matmul peaks (2048^3, best of the run): bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s, fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s")
+    print(f"matmul peaks (best of the run): bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s, fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s")
     print(f"PEFT max_length {max_length} (+{args.tokens} virtual tokens); load {info['load_before']} -> {info['load_after']}")
-    cols = [
-        "arm",
-        "examples/s",
-        "real tokens/s",
-        "model GFLOP/s",
-        "MFU own dtype",
-        "MFU bf16 peak",
-        "val acc",
-        "epoch s (median)",
-    ]
+    cols = ["arm", "examples/s", "real tokens/s", "padded tokens/s", "model GFLOP/s", "MFU own dtype", "MFU bf16 peak"]
+    cols += ["val acc", "epoch s (median)", "ms/step"] + (["peak GiB"] if device.type == "cuda" else [])
     print(common.fmt_table(rows, cols))
     for k, v in acc.items():
         print(f"  val acc {k}: {v.accuracy:.3f} (n={v.n})")
@@ -367,6 +506,8 @@ def main() -> None:
             f"speedup softprompt / peft: {info['speedup_examples_per_s']:.2f}x examples/s "
             f"(median per-step ratio {info['speedup_median_step_ratio']:.2f}x)"
         )
+    if "speedup_vs_best_peft" in info:
+        print(f"speedup softprompt / best PEFT arm: {info['speedup_vs_best_peft']:.2f}x examples/s")
     if mem:
         print(common.fmt_table(mem, ["arm", "vmhwm_mb"]))
     if args.json:

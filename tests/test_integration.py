@@ -70,6 +70,13 @@ def test_peft_export_gives_identical_logits(smol_run, smollm, tmp_path):
     # and back: importing the adapter gives a run every command accepts, with the same prompt
     back = import_peft(adapter, tmp_path / "imported", task="rte")
     assert torch.equal(load_run(back).prompt().weight, prompt)
+    # the adapter alone names a base PEFT can load (the dequantized copy in softprompt's cache), same logits
+    from peft import AutoPeftModelForCausalLM
+
+    auto = AutoPeftModelForCausalLM.from_pretrained(str(adapter))
+    with torch.no_grad():
+        again = auto(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    torch.testing.assert_close(again, ours, atol=1e-4, rtol=1e-4)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

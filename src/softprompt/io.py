@@ -1,4 +1,9 @@
-"""Atomic file writes: every artifact is written to a temporary name and renamed into place."""
+"""Atomic file writes: every artifact is written to a temporary name and renamed into place.
+
+Artifacts get the mode an ordinary `open(path, "w")` would give them (0o666 less the process umask),
+not the 0o600 of `tempfile.mkstemp`: a results directory shared by a group (umask 002) stays
+readable by the group, and a private umask (077) keeps files private.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,38 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc/self/status);
+    elsewhere set-and-restored under a lock, so two writers in this process never race."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
+    """Yield a temporary path beside `path`; on success it replaces `path` (with the mode the umask
+    gives new files), on error it is removed and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -48,6 +71,16 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def write_figure(path: str | Path, fig: Any, **savefig_kwargs: Any) -> Path:
+    """Save a matplotlib figure atomically: a failed or interrupted save leaves the previous image.
+    The format comes from the suffix of `path` (the temporary name has none); closing `fig` is the caller's."""
+    path = Path(path)
+    savefig_kwargs.setdefault("format", path.suffix.lstrip(".").lower() or "png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **savefig_kwargs)
+    return path
+
+
 def read_json(path: str | Path) -> Any:
     from softprompt.errors import SoftPromptError
 
@@ -56,5 +89,9 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SoftPromptError(f"{path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise SoftPromptError(f"{path}: not UTF-8 (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    except OSError as e:  # a directory, no permission, ...
+        raise SoftPromptError(f"{path}: cannot read ({e.strerror or e})") from None
     except json.JSONDecodeError as e:
         raise SoftPromptError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None

@@ -3,32 +3,110 @@
 PEFT's format: `adapter_config.json` + `adapter_model.safetensors` holding one tensor,
 `prompt_embeddings`, of shape [n, d]. PEFT prepends it to `inputs_embeds` exactly as softprompt
 does, so logits agree. Pickled adapters (`adapter_model.bin`) are refused unless explicitly allowed.
+
+An exported adapter names a base model that `AutoPeftModelForCausalLM.from_pretrained(adapter)` can
+load: for an offline (GGUF) model that is the dequantized Hugging Face-format folder in the softprompt
+cache, the weights the prompt was trained against; the GGUF file and the Hub model it quantizes are
+recorded in the adapter's README.md and in the weights file's metadata.
+
+Every malformed adapter is refused with one line naming the file and the field, before anything is written.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from softprompt.errors import SoftPromptError
-from softprompt.io import atomic_path, read_json
+from softprompt.io import atomic_path, read_json, write_text
 from softprompt.prompt import PROMPT_FILE, PromptInit, SoftPrompt
-from softprompt.runs import BEST_PROMPT_FILE, RUN_FILE, RunRecord, load_run, package_versions
+from softprompt.runs import BEST_PROMPT_FILE, RUN_FILE, Run, RunRecord, load_run, package_versions
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLED_WEIGHTS = "adapter_model.bin"
+ADAPTER_README = "README.md"
+PROMPT_TENSOR = "prompt_embeddings"
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _base_model(run: Run) -> tuple[str, str | None, dict[str, str], list[str]]:
+    """(base_model_name_or_path, its Hub revision or None, metadata, notes) for a run's model."""
+    from softprompt.backbones import OFFLINE_MODELS, dequantized_dir
+
+    model = run.record.model or {}
+    name = str(model.get("name") or run.config.get("model"))
+    source = str(model.get("source") or name)
+    revision = str(model.get("revision") or "")
+    entry = OFFLINE_MODELS.get(name)
+    if entry is None:  # a Hub id (revision: the Hub commit it was loaded at) or a local folder
+        if not re.fullmatch(r"[0-9a-f]{40}", revision):
+            return source, None, {"softprompt_base_model": source}, []
+        return source, revision, {"softprompt_base_model": source, "softprompt_hub_id": source}, []
+    folder = dequantized_dir(entry.alias, revision)
+    meta = {"softprompt_offline_model": name, "softprompt_gguf_file": source, "softprompt_gguf_sha256_prefix": revision}
+    notes = [
+        f"The prompt was trained on the offline model `{name}`: the GGUF file `{source}` "
+        f"(sha256 prefix `{revision}`), dequantized to float32."
+    ]
+    if entry.hub_id:
+        meta["softprompt_hub_id"] = entry.hub_id
+        notes.append(
+            f"That GGUF file is a quantized copy of the Hub model `{entry.hub_id}`; loading that model instead "
+            "gives slightly different logits (its weights are not quantized)."
+        )
+    if (folder / "config.json").is_file():
+        meta["softprompt_base_model"] = str(folder)
+        notes.append(f"`base_model_name_or_path` is the dequantized Hugging Face-format copy `{folder}` (softprompt's cache).")
+        return str(folder), None, meta, notes
+    if entry.hub_id:
+        meta["softprompt_base_model"] = entry.hub_id
+        notes.append(
+            f"The dequantized copy `{folder}` is absent on this machine, so `base_model_name_or_path` names the Hub "
+            f"model; load `{name}` once with softprompt (any command) and export again to name the exact weights."
+        )
+        return entry.hub_id, None, meta, notes
+    raise SoftPromptError(
+        f"cannot name a loadable base model for run {run.path}: the dequantized copy {folder} of the offline model "
+        f"{name!r} does not exist; load the model once with softprompt (e.g. `softprompt eval --run {run.path}`) to create it"
+    )
+
+
+def _readme(base: str, hub_id: str | None, n_tokens: int, dim: int, run: Run, notes: list[str]) -> str:
+    front = f"---\nlibrary_name: peft\nbase_model: {hub_id}\n---\n\n" if hub_id else "---\nlibrary_name: peft\n---\n\n"
+    lines = [
+        f"# Soft prompt (PEFT prompt tuning), exported by softprompt from `{run.path}`",
+        "",
+        f"- task: `{run.config.get('task', 'unknown')}`; {n_tokens} virtual tokens of width {dim}",
+        f"- base model (`base_model_name_or_path`): `{base}`",
+        *(f"- {n}" for n in notes),
+        "",
+        "```python",
+        "from peft import AutoPeftModelForCausalLM",
+        "model = AutoPeftModelForCausalLM.from_pretrained(ADAPTER_DIR)",
+        "```",
+        "",
+    ]
+    return front + "\n".join(lines)
 
 
 def export_peft(run_dir: str | Path, out_dir: str | Path, which: str = "last") -> Path:
-    """Write the run's prompt as a PEFT PROMPT_TUNING adapter for CAUSAL_LM."""
+    """Write the run's prompt as a PEFT PROMPT_TUNING adapter for CAUSAL_LM (config, weights, README)."""
     from peft import PromptTuningConfig
 
     run = load_run(run_dir)
     prompt = run.prompt(which)
-    model = run.record.model or {}
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SoftPromptError(f"--peft {out} exists and is not a directory")
+    base, base_revision, meta, notes = _base_model(run)
     cfg = PromptTuningConfig(
         task_type="CAUSAL_LM",
         num_virtual_tokens=prompt.n_tokens,
@@ -36,14 +114,96 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, which: str = "last") -
         num_transformer_submodules=1,
         # RANDOM, not TEXT: TEXT would make PEFT fetch a tokenizer when the adapter is loaded trainable.
         prompt_tuning_init="RANDOM",
-        base_model_name_or_path=model.get("source") or run.config.get("model"),
+        base_model_name_or_path=base,
+        revision=base_revision,
     )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save_pretrained(str(out))
+    config = {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.to_dict().items()}
+    write_text(out / ADAPTER_CONFIG, json.dumps(config, indent=2, sort_keys=True, default=str))
     with atomic_path(out / ADAPTER_WEIGHTS) as tmp:
-        save_file({"prompt_embeddings": prompt.weight.detach().cpu().contiguous()}, str(tmp), metadata={"format": "pt"})
+        weight = prompt.weight.detach().cpu().contiguous()
+        save_file({PROMPT_TENSOR: weight}, str(tmp), metadata={"format": "pt", **meta})
+    write_text(out / ADAPTER_README, _readme(base, meta.get("softprompt_hub_id"), prompt.n_tokens, prompt.dim, run, notes))
     return out
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "is missing"
+        raise SoftPromptError(f"{path} {what}: a PEFT adapter directory holds {ADAPTER_CONFIG} beside its weights")
+    cfg = read_json(path)
+    if not isinstance(cfg, dict):
+        raise SoftPromptError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    if cfg.get("peft_type") != "PROMPT_TUNING":
+        raise SoftPromptError(f"{path}: field 'peft_type' is {cfg.get('peft_type')!r}, expected 'PROMPT_TUNING'")
+    for name in ("num_virtual_tokens", "token_dim"):
+        value = cfg.get(name)
+        if value is None:
+            raise SoftPromptError(f"{path}: field {name!r} is missing (expected a positive integer)")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SoftPromptError(f"{path}: field {name!r} is {value!r}, expected a positive integer")
+    submodules = cfg.get("num_transformer_submodules")
+    if submodules is not None and (isinstance(submodules, bool) or submodules != 1):
+        raise SoftPromptError(
+            f"{path}: field 'num_transformer_submodules' is {cfg['num_transformer_submodules']!r}; "
+            "only decoder-only prompts (1) are supported"
+        )
+    for name in ("prompt_tuning_init", "prompt_tuning_init_text", "base_model_name_or_path"):
+        if cfg.get(name) is not None and not isinstance(cfg[name], str):
+            raise SoftPromptError(f"{path}: field {name!r} is {cfg[name]!r}, expected a string")
+    return cfg
+
+
+def _read_weights(src: Path, allow_pickle: bool) -> tuple[dict[str, Any], Path]:
+    weights, pickled = src / ADAPTER_WEIGHTS, src / PICKLED_WEIGHTS
+    if weights.is_file():
+        try:
+            return load_file(str(weights)), weights
+        except Exception as e:
+            raise SoftPromptError(f"{weights}: not a readable safetensors file ({_first_line(e)})") from None
+    if pickled.is_file():
+        if not allow_pickle:
+            raise SoftPromptError(
+                f"{pickled} is a pickle file, which can run arbitrary code when loaded; "
+                "refusing it (pass --allow-pickle if you trust its source)"
+            )
+        try:
+            tensors = torch.load(pickled, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise SoftPromptError(f"{pickled}: cannot be loaded with weights_only=True ({_first_line(e)})") from None
+        if not isinstance(tensors, dict):
+            raise SoftPromptError(f"{pickled}: holds a {type(tensors).__name__}, expected a dict of tensors")
+        return tensors, pickled
+    raise SoftPromptError(f"{src}: no {ADAPTER_WEIGHTS} (or {PICKLED_WEIGHTS}) found")
+
+
+def _prompt_tensor(tensors: dict[str, Any], file: Path, config: Path, n: int, d: int) -> torch.Tensor:
+    weight = tensors.get(PROMPT_TENSOR)
+    if weight is None:
+        raise SoftPromptError(f"{file}: no tensor named {PROMPT_TENSOR!r} (found {sorted(map(str, tensors))})")
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        kind = weight.dtype if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise SoftPromptError(f"{file}: {PROMPT_TENSOR!r} is {kind}, expected a floating-point tensor")
+    shape = tuple(weight.shape)
+    if weight.dim() != 2:
+        raise SoftPromptError(
+            f"{file}: {PROMPT_TENSOR!r} has shape {shape}, expected (num_virtual_tokens, token_dim) = ({n}, {d})"
+        )
+    for axis, (field_name, expected) in enumerate((("num_virtual_tokens", n), ("token_dim", d))):
+        if shape[axis] != expected:
+            raise SoftPromptError(
+                f"{file}: {PROMPT_TENSOR!r} has shape {shape}, but {config.name} field {field_name!r} is {expected}"
+            )
+    if not torch.isfinite(weight).all():
+        raise SoftPromptError(f"{file}: {PROMPT_TENSOR!r} holds NaN or inf values")
+    return weight.float()
 
 
 def import_peft(
@@ -51,56 +211,35 @@ def import_peft(
 ) -> Path:
     """Turn a PEFT prompt-tuning adapter into a softprompt run directory."""
     src = Path(adapter_dir)
-    cfg = read_json(src / ADAPTER_CONFIG)
-    if cfg.get("peft_type") != "PROMPT_TUNING":
-        raise SoftPromptError(f"{src / ADAPTER_CONFIG}: peft_type is {cfg.get('peft_type')!r}, expected 'PROMPT_TUNING'")
-    if cfg.get("num_transformer_submodules", 1) not in (1, None):
-        raise SoftPromptError(
-            f"{src / ADAPTER_CONFIG}: num_transformer_submodules={cfg['num_transformer_submodules']}; "
-            "only decoder-only (1) prompts are supported"
-        )
-    weights = src / ADAPTER_WEIGHTS
-    if weights.exists():
-        try:
-            tensors = load_file(str(weights))
-        except Exception as e:
-            raise SoftPromptError(f"{weights}: not a readable safetensors file ({e})") from None
-    elif (src / PICKLED_WEIGHTS).exists():
-        if not allow_pickle:
-            raise SoftPromptError(
-                f"{src / PICKLED_WEIGHTS} is a pickle file, which can run arbitrary code when loaded; "
-                "refusing it (pass --allow-pickle if you trust its source)"
-            )
-        tensors = torch.load(src / PICKLED_WEIGHTS, map_location="cpu", weights_only=True)
-    else:
-        raise SoftPromptError(f"{src}: no {ADAPTER_WEIGHTS} found")
-    key = "prompt_embeddings" if "prompt_embeddings" in tensors else None
-    if key is None:
-        raise SoftPromptError(f"{src}: adapter holds {sorted(tensors)}, expected a tensor named 'prompt_embeddings'")
-    weight = tensors[key].float()
-    n = cfg.get("num_virtual_tokens")
-    if weight.dim() != 2 or (n and weight.shape[0] != n):
-        raise SoftPromptError(f"{src}: prompt_embeddings has shape {tuple(weight.shape)}, expected ({n}, token_dim)")
+    if not src.is_dir():
+        raise SoftPromptError(f"PEFT adapter directory {src} {'is not a directory' if src.exists() else 'does not exist'}")
+    cfg = _read_config(src / ADAPTER_CONFIG)
+    tensors, file = _read_weights(src, allow_pickle)
+    weight = _prompt_tensor(tensors, file, src / ADAPTER_CONFIG, cfg["num_virtual_tokens"], cfg["token_dim"])
     prompt = SoftPrompt(
-        weight, PromptInit(method=str(cfg.get("prompt_tuning_init", "unknown")).lower(), text=cfg.get("prompt_tuning_init_text"))
+        weight,
+        PromptInit(method=str(cfg.get("prompt_tuning_init") or "unknown").lower(), text=cfg.get("prompt_tuning_init_text")),
     )
     out = Path(out_dir)
     if (out / RUN_FILE).exists():
         raise SoftPromptError(f"{out} already holds a run; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise SoftPromptError(f"--out {out} exists and is not a directory")
     prompt.save(out / PROMPT_FILE)
     prompt.save(out / BEST_PROMPT_FILE)
+    base = model or cfg.get("base_model_name_or_path")
     RunRecord(
         status="complete",
         imported_from=str(src),
         config={
             "task": task or "unknown",
-            "model": model or cfg.get("base_model_name_or_path"),
+            "model": base,
             "method": "prompt",
-            "tokens": int(weight.shape[0]),
+            "tokens": prompt.n_tokens,
             "init": prompt.init.method,
         },
-        model={"name": model or cfg.get("base_model_name_or_path"), "hidden_size": int(weight.shape[1])},
-        prompt={"n_tokens": int(weight.shape[0]), "dim": int(weight.shape[1]), "init": {"method": prompt.init.method}},
+        model={"name": base, "hidden_size": prompt.dim},
+        prompt={"n_tokens": prompt.n_tokens, "dim": prompt.dim, "init": {"method": prompt.init.method}},
         versions=package_versions(),
     ).write(out)
     return out

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
 
-from softprompt.io import atomic_path  # noqa: E402
+from softprompt.io import write_figure  # noqa: E402
 
 FALLBACK_FONTS = (
     "Noto Sans CJK SC",
@@ -64,12 +64,10 @@ def esc(text: Any) -> str:
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return path
+    try:
+        return write_figure(path, fig, format="png", bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- nearest tokens

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from softprompt.config import TrainConfig
-from softprompt.io import write_text
+from softprompt.io import write_figure, write_text
 from softprompt.report.analysis_sections import analysis_sections
 from softprompt.report.findings import findings
 from softprompt.report.primitives import esc, figure, section, table
@@ -50,11 +50,10 @@ def training_curves(results: dict, out: Path) -> Path | None:
         ax.set_ylabel("validation accuracy")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = out / "figures" / "training_curves.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        return write_figure(out / "figures" / "training_curves.png", fig, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def _setup_section(results: dict) -> str:

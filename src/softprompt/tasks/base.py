@@ -33,7 +33,8 @@ class DataSource:
     """Where a task's records live: local files per split, and/or a Hub dataset."""
 
     files: dict[str, str] = field(default_factory=dict)  # split -> path relative to the data dir (or absolute)
-    hub: tuple[str, str | None] | None = None  # (path, config name) for datasets.load_dataset
+    hub: tuple[str, str | None] | None = None  # (repository, config name) for datasets.load_dataset
+    hub_revision: str | None = None  # the Hub commit to read (pinned, so `--data-dir hub` always means the same rows)
     hub_splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "validation": "validation"})
     missing: dict[str, str] = field(default_factory=dict)  # split -> why the local copy lacks it
 

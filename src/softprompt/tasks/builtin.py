@@ -3,6 +3,10 @@
 Templates follow lm-evaluation-harness's SuperGLUE prompts (answer appended after one space).
 Descriptions are the English task instructions used for `text` init and as the hard-prompt baseline;
 RTE's is the one from the original study.
+
+`--data-dir hub` reads the Hub's parquet copies at pinned commits: `datasets` >= 4 no longer runs the
+loading scripts behind the old `super_glue` / `glue` names. What was checked, and from which sources,
+is in docs/reliability.md ("Hub sources").
 """
 
 from __future__ import annotations
@@ -31,10 +35,21 @@ def _wsc_context(rec: dict) -> str:
     )
 
 
+# Parquet files per config (`rte/train-00000-of-00001.parquet`, ...); labels are ClassLabel ints in the
+# order of the old script (RTE: entailment, not_entailment; CB: entailment, contradiction, neutral;
+# COPA: choice1, choice2; WSC/BoolQ/WiC: False, True); WSC's spans are flat fields, not under "target".
+SUPER_GLUE_HUB = "aps/super_glue"
+SUPER_GLUE_REVISION = "3de24cf8022e94f4ee4b9d55a6f539891524d646"
+# `sst2/{train,validation}-00000-of-00001.parquet`: sentence, label (0 negative, 1 positive), idx.
+GLUE_HUB = "nyu-mll/glue"
+GLUE_REVISION = "bcdcba79d07bc864c1c254ccfcedcce55bcc9a8c"
+
+
 def _sg(name: str, hub_name: str | None = None, missing: dict[str, str] | None = None) -> DataSource:
     return DataSource(
         files={"train": f"{name}/train.jsonl", "validation": f"{name}/val.jsonl"},
-        hub=("super_glue", hub_name or name),
+        hub=(SUPER_GLUE_HUB, hub_name or name),
+        hub_revision=SUPER_GLUE_REVISION,
         missing=missing or {},
     )
 
@@ -104,7 +119,8 @@ BUILTIN_TASKS: dict[str, Task] = {
         label_values=(0, 1),
         source=DataSource(
             files={"train": "sst2/train.tsv", "validation": "sst2/dev.tsv"},
-            hub=("glue", "sst2"),
+            hub=(GLUE_HUB, "sst2"),
+            hub_revision=GLUE_REVISION,
         ),
     ),
 }

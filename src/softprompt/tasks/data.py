@@ -1,7 +1,8 @@
 """Read task records from local files (JSON Lines, TSV, CSV) or the Hugging Face Hub.
 
 Local data is the default: SOFTPROMPT_DATA, else ../shared/data beside the working directory or
-the repository. `--data-dir hub` forces the Hub (`datasets.load_dataset`).
+the repository. `--data-dir hub` forces the Hub (`datasets.load_dataset` of the task's repository,
+config and pinned revision: plain parquet files, which `datasets` >= 4 still reads).
 """
 
 from __future__ import annotations
@@ -137,15 +138,16 @@ def _hub_records(task, split: str) -> Iterator[tuple[dict, str]]:
         raise SoftPromptError("loading from the Hub needs the 'datasets' package") from None
     path, name = src.hub
     hub_split = src.hub_splits.get(split, split)
+    where = f"{path}/{name}" + (f"@{src.hub_revision[:12]}" if src.hub_revision else "")
     try:
-        ds = datasets.load_dataset(path, name, split=hub_split)
+        ds = datasets.load_dataset(path, name, split=hub_split, revision=src.hub_revision)
     except Exception as e:
         raise SoftPromptError(
-            f"task {task.name}: could not load {path}/{name} split {hub_split} from the Hub ({type(e).__name__}: "
+            f"task {task.name}: could not load {where} split {hub_split} from the Hub ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}); set --data-dir or SOFTPROMPT_DATA to local files"
         ) from None
     for i, rec in enumerate(ds):
-        yield dict(rec), f"hub:{path}/{name}:{hub_split}[{i}]"
+        yield dict(rec), f"hub:{where}:{hub_split}[{i}]"
 
 
 def load_records(task, split: str, data_dir: str | Path | None) -> Iterator[tuple[dict, str]]:

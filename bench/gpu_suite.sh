@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# THE prepared GPU run of issue #13: training (softprompt, softprompt-plain, PEFT fp32, PEFT bf16) for
+# both model shapes x RTE and SST-2 x batch 8 and 32, and evaluation vs the naive scorer, on one GPU in
+# ~8 minutes; every result lands in $OUT (gpu_suite.json, summary.md, suite.log, cells.log).
+# How to call it through the device tool, and how to fold the results in: bench/README.md, "GPU run".
+#
+#   bash bench/gpu_suite.sh                 # on the GPU machine, from the repository root
+#   bash bench/gpu_suite.sh --cpu-dry-run   # here: every cell on CPU with tiny models (a few minutes)
+#   bash bench/gpu_suite.sh train-bloomz-560m-rte-b32 eval-smollm2-135m   # only these cells (a rerun)
+#
+# Needs bench/carry/ (bash bench/prepare_carry.sh; $CARRY overrides it). Budgets, in seconds:
+# SUITE_BUDGET_S for all cells (450), TRAIN_CELL_S and EVAL_CELL_S per cell (75, 90). A cell gets the
+# smaller of its budget and what is left, is killed at its end (`timeout`), and a cell that would start
+# with under 20 s left is skipped: one slow cell cannot eat the session. Inside a training cell the
+# timed epoch is capped to fit (train_vs_peft.py --time-budget), so a slow arm gives fewer steps, not
+# no result. The merged JSON and the tables are rewritten after every cell.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+dry=""
+cells=()
+for a in "$@"; do
+    case $a in
+        --cpu-dry-run) dry=--cpu-dry-run ;;
+        -*) echo "unknown option $a" >&2; exit 2 ;;
+        *) cells+=("$a") ;;
+    esac
+done
+PY=${PYTHON:-python3}
+OUT=${OUT:-$(mktemp -d)}
+CARRY=${CARRY:-bench/carry}
+SUITE_BUDGET_S=${SUITE_BUDGET_S:-450}
+TRAIN_CELL_S=${TRAIN_CELL_S:-75}
+EVAL_CELL_S=${EVAL_CELL_S:-90}
+device=cuda
+[ -n "$dry" ] && device=cpu
+mkdir -p "$OUT"
+work=$(mktemp -d)  # per-cell files: $OUT takes back at most 8 files, so they are merged into one JSON
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec > >(tee -a "$OUT/suite.log") 2>&1
+
+# the issue's table, most wanted first (the MFU target cell, then one cell per shape and the evaluations)
+default_cells=(
+    train-bloomz-560m-rte-b32 train-smollm2-135m-rte-b8 eval-smollm2-135m eval-bloomz-560m
+    train-smollm2-135m-rte-b32 train-smollm2-135m-sst2-b8 train-smollm2-135m-sst2-b32
+    train-bloomz-560m-rte-b8 train-bloomz-560m-sst2-b8 train-bloomz-560m-sst2-b32
+)
+[ ${#cells[@]} -gt 0 ] || cells=("${default_cells[@]}")
+
+echo "gpu_suite: device $device, ${#cells[@]} cells, budget ${SUITE_BUDGET_S}s, out $OUT, carry $CARRY"
+for f in "$CARRY/tokenizer/tokenizer.json" "$CARRY/data/rte/train.jsonl" "$CARRY/data/sst2/train.tsv"; do
+    [ -f "$f" ] || { echo "missing $f: run bash bench/prepare_carry.sh first and name bench/carry in carry" >&2; exit 3; }
+done
+# preflight (seconds): the libraries, the device and the tokenizer, before any cell spends time
+DEVICE=$device TOK="$CARRY/tokenizer" "$PY" - <<'EOF' || { echo "preflight failed" >&2; exit 3; }
+import os, torch, transformers, peft
+from transformers import AutoTokenizer
+import softprompt.evaluate, softprompt.scoring, softprompt.train  # what the cells import
+dev = os.environ["DEVICE"]
+assert dev == "cpu" or torch.cuda.is_available(), "torch sees no CUDA device"
+name = torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"
+tok = AutoTokenizer.from_pretrained(os.environ["TOK"])
+print(f"preflight: {name}, torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
+      f"tokenizer {type(tok).__name__} ({len(tok)} tokens)")
+EOF
+
+merge() { "$PY" bench/gpu_tables.py --cells "$work" --out "$OUT/gpu_suite.json" --summary "$OUT/summary.md" || echo "merge failed"; }
+
+start=$SECONDS
+for cell in "${cells[@]}"; do
+    left=$((SUITE_BUDGET_S - (SECONDS - start)))
+    json="$work/$cell.json"
+    case $cell in
+        train-*-b*)
+            rest=${cell#train-}; batch=${rest##*-b}; rest=${rest%-b*}; task=${rest##*-}; shape=${rest%-*}
+            budget=$TRAIN_CELL_S
+            # one timed epoch of 256 examples after 3 warm-up steps; what the cell keeps for startup,
+            # warm-up and the end: 35 s
+            cmd=("$PY" bench/train_vs_peft.py --device "$device" --shape "$shape" --task "$task" --batch-size "$batch"
+                 --train 256 --epochs 1 --warmup-steps 3 --val 0 --mem-steps 0 --arms softprompt,softprompt-plain,peft,peft-bf16)
+            ;;
+        eval-*)
+            shape=${cell#eval-}
+            budget=$EVAL_CELL_S
+            cmd=("$PY" bench/eval_vs_naive.py --device "$device" --shape "$shape" --tasks rte,sst2 --limit 128 --reps 2
+                 --dtypes float32,auto)
+            ;;
+        *) echo "unknown cell $cell: expected train-SHAPE-TASK-bBATCH or eval-SHAPE" >&2; exit 2 ;;
+    esac
+    [ "$left" -lt "$budget" ] && budget=$left
+    if [ "$budget" -lt 20 ]; then
+        echo "{\"cell\": \"$cell\", \"state\": \"skipped (suite budget spent)\", \"budget_s\": $budget}" > "$work/$cell.status.json"
+        echo "== $cell: skipped, ${left}s left"
+        merge
+        continue
+    fi
+    case $cell in train-*) cmd+=(--time-budget $((budget > 50 ? budget - 35 : budget / 3))) ;; esac
+    cmd+=(--tokenizer "$CARRY/tokenizer" --data-dir "$CARRY/data" --json "$json" $dry)
+    echo "== $cell (budget ${budget}s)"
+    t0=$SECONDS
+    timeout -k 10 "$budget" "${cmd[@]}" > "$work/$cell.log" 2>&1
+    rc=$?
+    secs=$((SECONDS - t0))
+    state=ok
+    [ $rc -eq 124 ] || [ $rc -eq 137 ] && state="killed at its budget"
+    [ $rc -ne 0 ] && [ "$state" = ok ] && state=failed
+    echo "{\"cell\": \"$cell\", \"state\": \"$state\", \"rc\": $rc, \"seconds\": $secs, \"budget_s\": $budget}" > "$work/$cell.status.json"
+    { echo "===== $cell: rc $rc, ${secs}s"; cat "$work/$cell.log"; } >> "$OUT/cells.log"
+    echo "   $state, rc $rc, ${secs}s"
+    [ $rc -eq 0 ] || tail -n 15 "$work/$cell.log"
+    merge
+done
+echo "gpu_suite: done in $((SECONDS - start))s"
+cat "$OUT/summary.md"

@@ -1,0 +1,212 @@
+"""The GPU benchmarks' --cpu-dry-run (issue #13): the code a GPU session will run, end to end on CPU with
+tiny random models of both families (llama, BLOOM), a tiny tokenizer and toy RTE/SST-2 data, so a scarce
+GPU session does not discover the scripts' bugs. No timing is asserted: only that every arm ran, counted
+its work, and that the float32 scorers agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+RTE = [
+    {"premise": "The cat sat on the mat.", "hypothesis": "The cat sat.", "label": "entailment"},
+    {"premise": "The dog ran away quickly.", "hypothesis": "The dog sat.", "label": "not_entailment"},
+    {"premise": "A charming movie.", "hypothesis": "The movie is good.", "label": "entailment"},
+    {
+        "premise": "A boring movie, it seems, that nobody liked at all.",
+        "hypothesis": "The movie is charming.",
+        "label": "not_entailment",
+    },
+]
+SST2 = [("a charming movie", 1), ("a boring and bad movie that the dog ran away from", 0), ("good", 1), ("bad , boring", 0)]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The bench/ scripts as modules (they put src/ on sys.path themselves)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import eval_vs_naive
+        import gpu_tables
+        import project_study_time
+        import train_vs_peft
+
+        yield {"train": train_vs_peft, "eval": eval_vs_naive, "tables": gpu_tables, "project": project_study_time}
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def carry(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A bench/carry-shaped folder: tokenizer/ (saved, loaded back by path as on the GPU) and data/{rte,sst2}."""
+    root = tmp_path_factory.mktemp("carry")
+    tiny_tokenizer.save_pretrained(root / "tokenizer")
+    (root / "data" / "rte").mkdir(parents=True)
+    (root / "data" / "sst2").mkdir(parents=True)
+    for name, rows in (("train.jsonl", RTE * 3), ("val.jsonl", RTE * 2)):
+        (root / "data" / "rte" / name).write_text("".join(json.dumps(dict(r, idx=i)) + "\n" for i, r in enumerate(rows)))
+    for name, rows in (("train.tsv", SST2 * 3), ("dev.tsv", SST2 * 2)):
+        (root / "data" / "sst2" / name).write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
+    return root
+
+
+def _common_args(carry: Path, shape: str) -> list[str]:
+    return ["--cpu-dry-run", "--shape", shape, "--tokenizer", str(carry / "tokenizer"), "--data-dir", str(carry / "data")]
+
+
+@pytest.mark.parametrize(("shape", "task", "model_class"), [("smollm2-135m", "rte", "Llama"), ("bloomz-560m", "sst2", "Bloom")])
+def test_train_vs_peft_dry_run(bench, carry, tmp_path, shape, task, model_class):
+    out = tmp_path / "train.json"
+    arms = ["softprompt", "softprompt-plain", "peft", "peft-bf16"]
+    argv = [*_common_args(carry, shape), "--task", task, "--batch-size", "32", "--warmup-steps", "3", "--val", "4"]
+    bench["train"].main([*argv, "--arms", ",".join(arms), "--time-budget", "600", "--json", str(out)])
+    info = json.loads(out.read_text())
+    assert info["model"]["class"] == f"{model_class}ForCausalLM"
+    assert info["model"]["parameters"] < 1_000_000 + 400 * 64  # the tiny family member, not the real shape
+    assert info["args"]["batch_size"] == 4 and info["args"]["train"] == 8  # the dry run's caps
+    assert info["timed_steps_per_epoch"] == 2
+    assert set(info["warmup_last_step_s"]) == set(arms)
+    assert info["peft_init_max_abs_diff_vs_softprompt"] == 0.0  # both arms start from the same text-init prompt
+    rows = {r["arm"]: r for r in info["results"]}
+    assert list(rows) == arms
+    for arm, r in rows.items():
+        assert r["examples/s"] > 0 and r["ms/step"] > 0 and r["MFU bf16 peak"] > 0, arm
+        assert r["peak GiB"] is None  # GPU memory only on CUDA
+        assert info["epoch_stats"][arm][0]["examples"] == 8 and info["epoch_stats"][arm][0]["steps"] == 2
+    for arm in ("softprompt-plain", "peft", "peft-bf16"):  # one padded forward: computes at least the real tokens
+        assert rows[arm]["padded tokens/s"] >= rows[arm]["real tokens/s"]
+    assert set(info["accuracy"]) == {"initial (text init)", *arms}
+    assert info["speedup_vs_best_peft"] == pytest.approx(
+        rows["softprompt"]["examples/s"] / max(rows["peft"]["examples/s"], rows["peft-bf16"]["examples/s"])
+    )
+
+
+def test_train_vs_peft_drops_an_arm_out_of_gpu_memory(bench, carry, tmp_path, monkeypatch):
+    """An arm that runs out of GPU memory costs its own numbers, not the whole cell's."""
+    real_step = bench["train"].PeftArm.step
+
+    def step(self, idx):
+        if self.bf16:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_step(self, idx)
+
+    monkeypatch.setattr(bench["train"].PeftArm, "step", step)
+    out = tmp_path / "train.json"
+    argv = [*_common_args(carry, "smollm2-135m"), "--warmup-steps", "1", "--val", "0", "--json", str(out)]
+    bench["train"].main([*argv, "--arms", "softprompt,peft,peft-bf16"])
+    info = json.loads(out.read_text())
+    assert info["dropped_arms"] == {"peft-bf16": "out of GPU memory at batch 1"}
+    assert [r["arm"] for r in info["results"]] == ["softprompt", "peft"]
+    assert all(r["examples/s"] > 0 for r in info["results"]) and info["accuracy"] == {}
+    assert info["speedup_vs_best_peft"] == pytest.approx(info["speedup_examples_per_s"])
+
+
+@pytest.mark.parametrize("shape", ["smollm2-135m", "bloomz-560m"])
+def test_eval_vs_naive_dry_run(bench, carry, tmp_path, shape):
+    out = tmp_path / "eval.json"
+    bench["eval"].main([*_common_args(carry, shape), "--tasks", "rte,sst2", "--json", str(out)])
+    info = json.loads(out.read_text())
+    # the fast and plain paths pick the naive scorer's answer for every example in float32
+    assert info["fp32_identical_predictions"] == {
+        f"{t} {a}": True for t in ("rte", "sst2") for a in ("softprompt", "softprompt-plain")
+    }
+    rows = info["results"]
+    assert len(rows) == 2 * 2 * 3  # tasks x dtypes x arms
+    for r in rows:
+        assert r["examples"] == 6 and r["examples/s"] > 0 and r["MFU bf16 peak"] > 0
+        if r["dtype"] == "float32":
+            assert r["max |dlogp| vs naive"] < 1e-4
+    naive = [r for r in rows if r["arm"] == "naive"]
+    assert all(r["forwards"] == 6 * 2 for r in naive)  # one per (example, choice)
+    assert all(r["padded tokens/s"] == r["real tokens/s"] for r in naive)  # batch 1: no padding
+
+
+def test_gpu_suite_dry_run(bench, carry, tmp_path):
+    """THE GPU command on CPU: two cells through bash, budgets, merge and tables; then the projection reads it."""
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), CARRY=str(carry), PYTHON=sys.executable)
+    cells = ["train-bloomz-560m-rte-b8", "eval-smollm2-135m"]
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu_suite.sh"), "--cpu-dry-run", *cells],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=BENCH.parent,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["cells.log", "gpu_suite.json", "suite.log", "summary.md"]
+    merged = json.loads((out / "gpu_suite.json").read_text())
+    assert set(merged["cells"]) == set(cells)
+    for name, cell in merged["cells"].items():
+        assert cell["status"]["state"] == "ok" and cell["status"]["rc"] == 0, name
+        assert cell["result"]["args"]["cpu_dry_run"] is True
+    summary = (out / "summary.md").read_text()
+    assert "| bloomz-560m | rte | 4 (dry run of b8) |" in summary and "| smollm2-135m | sst2 | float32 |" in summary
+
+    # the projection reads a merged suite JSON (dry-run results only when asked to)
+    with pytest.raises(SystemExit, match="no training rate"):
+        bench["project"].main([str(out / "gpu_suite.json"), "--shape", "bloomz-560m"])
+
+
+def test_gpu_suite_refuses_without_carry(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path / "out"), CARRY=str(tmp_path / "nothing"), PYTHON=sys.executable)
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu_suite.sh"), "--cpu-dry-run"], env=env, capture_output=True, text=True, cwd=BENCH.parent
+    )
+    assert proc.returncode == 3
+    assert "prepare_carry.sh" in proc.stdout + proc.stderr
+
+
+def test_project_study_time_arithmetic(bench, carry, tmp_path):
+    """Known rates and data sizes give the hand-computed wall times, local and as Ray list scheduling."""
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(
+        f"""
+[study]
+model = "smollm2-135m"
+tasks = ["rte", "sst2"]
+seeds = [0, 1]
+data_dir = "{carry / "data"}"
+[train]
+epochs = 2
+batch_size = 4
+[baselines]
+methods = ["majority", "no_prompt"]
+[analysis]
+project = false
+transfer = false
+"""
+    )
+    train = {
+        t: {"args": {"model": "smollm2-135m", "task": t, "batch_size": 4}, "results": [{"arm": "softprompt", "examples/s": r}]}
+        for t, r in (("rte", 4.0), ("sst2", 8.0))
+    }
+    ev = {
+        "args": {"shape": "smollm2-135m", "tasks": "rte,sst2"},
+        "results": [{"task": t, "dtype": "bfloat16", "arm": "softprompt", "examples/s": 16.0} for t in ("rte", "sst2")]
+        + [{"task": "rte", "dtype": "bfloat16", "arm": "naive", "examples/s": 1.0}],
+    }
+    files = []
+    for name, doc in (("rte", train["rte"]), ("sst2", train["sst2"]), ("eval", ev)):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(doc))
+    out = tmp_path / "projection.json"
+    bench["project"].main([*map(str, files), "--config", str(cfg), "--gpus", "1,2", "--json", str(out)])
+    p = json.loads(out.read_text())
+    # 12 training, 8 validation examples per task; a run: 2 epochs x 12 / rate + (2 + 2) passes x 8 / 16
+    assert p["units_s"]["run rte-s0"] == pytest.approx(2 * 12 / 4 + 4 * 8 / 16)  # 8 s
+    assert p["units_s"]["run sst2-s1"] == pytest.approx(2 * 12 / 8 + 4 * 8 / 16)  # 5 s
+    assert p["units_s"]["baseline rte majority"] == 0 and p["units_s"]["baseline sst2 no_prompt"] == pytest.approx(0.5)
+    assert p["analyses_s"] == pytest.approx(2 * 2 * 0.5)  # two no-prompt passes per task
+    assert p["local_s"] == pytest.approx(2 * 8 + 2 * 5 + 2 * 0.5 + 2)
+    # two devices: both rte runs (8 s), then both sst2 runs (to 13 s), then the baselines (to 13.5 s), then analyses
+    assert p["ray_s"]["2"] == pytest.approx(13.5 + 2)
+    assert p["ray_s"]["1"] == pytest.approx(p["local_s"])
