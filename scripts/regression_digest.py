@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.conftest import CORPUS, _tiny_model  # noqa: E402
 from tests.test_study import CONFIG  # noqa: E402
+from tests.test_train import _cfg  # noqa: E402  (the tiny run config of the training tests)
 
 ROWS = [
     {"premise": "The cat sat on the mat.", "hypothesis": "The cat sat.", "label": "entailment"},
@@ -100,7 +101,7 @@ def run_digest(out: Path, root: str) -> dict:
 def main() -> None:
     torch.set_num_threads(1)
     from softprompt.evaluate import Evaluator
-    from softprompt.train import TrainConfig, train
+    from softprompt.train import train
 
     tok = tokenizer()
     out: dict = {}
@@ -111,17 +112,6 @@ def main() -> None:
         (data / "rte").mkdir(parents=True)
         for name, recs in (("train.jsonl", ROWS * 3), ("val.jsonl", ROWS)):
             (data / "rte" / name).write_text("".join(json.dumps(dict(r, idx=i)) + "\n" for i, r in enumerate(recs)))
-        base = dict(
-            task="rte",
-            model="tiny",
-            tokens=4,
-            epochs=3,
-            batch_size=4,
-            lr=0.1,
-            seed=0,
-            data_dir=str(data),
-            compute_dtype="float32",
-        )
         variants = {
             "llama-default": ("llama", {}),
             "bloom-default": ("bloom", {}),
@@ -135,7 +125,7 @@ def main() -> None:
         }
         for name, (arch, kw) in variants.items():
             bb = backbone(arch, tok)
-            res = train(TrainConfig(**{**base, **kw}), tmp / name, backbone=bb, progress=False)
+            res = train(_cfg(data, **kw), tmp / name, backbone=bb, progress=False)
             out[name] = run_digest(tmp / name, root)
             out[name]["result"] = strip(
                 {

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from softprompt.cli.common import add_model_args, print_table
+from softprompt.cli.common import add_model_args, load_model, print_table
 from softprompt.errors import SoftPromptError
 
 
@@ -27,18 +27,7 @@ def _model_name(a: argparse.Namespace, runs) -> str:
 
 
 def _load(a: argparse.Namespace, runs):
-    from softprompt.backbones import load_backbone, resolve_compute_dtype
-    from softprompt.evaluate import Evaluator
-
-    backbone = load_backbone(_model_name(a, runs), dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code)
-    evaluator = Evaluator(
-        backbone,
-        data_dir=a.data_dir,
-        max_length=a.max_length,
-        compute_dtype=resolve_compute_dtype(a.compute_dtype, backbone.device),
-        progress=not a.quiet,
-    )
-    return backbone, evaluator
+    return load_model(a, _model_name(a, runs))
 
 
 def _runs(paths: Sequence[str]):
@@ -153,58 +142,63 @@ def cmd_transfer(a: argparse.Namespace) -> int:
     return 0
 
 
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """The model flags, with the runs' own model as the default."""
+    add_model_args(p)
+    p.set_defaults(model=None)  # default: the model the runs were trained with
+    for action in p._actions:
+        if action.dest == "model":
+            action.help = "offline alias, local folder or Hub id (default: the model the runs were trained with)"
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _analysis_parser(sub, name: str, summary: str, description: str, *, which_help: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand over run directories: RUN..., --which, --out (NAME.json and figures go there)."""
+    p = sub.add_parser(name, help=summary, description=description)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("--which", default="last", choices=["last", "best"], help=which_help)
+    p.add_argument("--out", required=True, help=f"output folder for {name}.json and figures")
+    return p
+
+
 def add_analysis(sub) -> None:
     """Register `neighbors`, `geometry` and `transfer` on the CLI's subparsers."""
-
-    def model_args(p: argparse.ArgumentParser) -> None:
-        add_model_args(p)
-        p.set_defaults(model=None)  # default: the model the runs were trained with
-        for action in p._actions:
-            if action.dest == "model":
-                action.help = "offline alias, local folder or Hub id (default: the model the runs were trained with)"
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser(
+    p = _analysis_parser(
+        sub,
         "neighbors",
-        help="nearest vocabulary tokens of each soft token, surviving init words, scripts, projected prompts",
-        description="Read soft prompts through their nearest vocabulary tokens (cosine by default). With --project, "
+        "nearest vocabulary tokens of each soft token, surviving init words, scripts, projected prompts",
+        "Read soft prompts through their nearest vocabulary tokens (cosine by default). With --project, "
         "also evaluate the nearest-token projection as text and as exact embeddings (prompt waywardness).",
+        which_help="the runs' last or best-epoch prompt",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     p.add_argument("--k", type=int, default=3, help="neighbours per soft token (default 3)")
     p.add_argument("--metric", default="cosine", choices=["cosine", "dot"])
-    p.add_argument("--which", default="last", choices=["last", "best"], help="the runs' last or best-epoch prompt")
     p.add_argument("--project", action="store_true", help="evaluate the projected prompts next to the soft prompt")
     p.add_argument("--task", default=None, help="task for --project (default: each run's own task)")
     p.add_argument("--max-eval", type=int, default=None, help="evaluate on a seeded subsample of N validation examples")
-    p.add_argument("--out", required=True, help="output folder for neighbors.json and figures")
-    model_args(p)
+    _model_args(p)
     p.set_defaults(func=cmd_neighbors)
 
-    p = sub.add_parser(
+    p = _analysis_parser(
+        sub,
         "geometry",
-        help="stochasticity: drift from init, distances between seeds, t-SNE/PCA, drift vs difficulty",
-        description="Compare soft prompts geometrically (no model needed): distance from the initial prompt, "
+        "stochasticity: drift from init, distances between seeds, t-SNE/PCA, drift vs difficulty",
+        "Compare soft prompts geometrically (no model needed): distance from the initial prompt, "
         "pairwise distances between runs of a task, t-SNE and PCA of all soft tokens.",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     p.add_argument("--level", default="token", choices=["token", "prompt"], help="t-SNE/PCA points: soft tokens or whole prompts")
     p.add_argument("--seed", type=int, default=0, help="t-SNE random state")
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (clamped for few points)")
-    p.add_argument("--which", default="last", choices=["last", "best"])
-    p.add_argument("--out", required=True, help="output folder for geometry.json and figures")
     p.set_defaults(func=cmd_geometry)
 
-    p = sub.add_parser(
+    p = _analysis_parser(
+        sub,
         "transfer",
-        help="zero-shot transfer: every run's prompt on every task, similarity vs transfer gain",
-        description="Evaluate every run's soft prompt on every task's validation set, next to no prompt, and "
+        "zero-shot transfer: every run's prompt on every task, similarity vs transfer gain",
+        "Evaluate every run's soft prompt on every task's validation set, next to no prompt, and "
         "correlate prompt similarity (Frobenius, pooled cosine, per-token cosine) with the gain.",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     p.add_argument("--tasks", default=None, help="comma-separated target tasks (default: the runs' tasks)")
     p.add_argument("--max-eval", type=int, default=None, help="evaluate on a seeded subsample of N validation examples")
-    p.add_argument("--which", default="last", choices=["last", "best"])
-    p.add_argument("--out", required=True, help="output folder for transfer.json and figures")
-    model_args(p)
+    _model_args(p)
     p.set_defaults(func=cmd_transfer)

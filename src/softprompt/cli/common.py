@@ -59,6 +59,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
 
 
+def load_model(a: argparse.Namespace, model: str | None = None):
+    """The backbone the model flags name (or `model`), and an Evaluator over it with the scoring flags."""
+    from softprompt.backbones import load_backbone, resolve_compute_dtype
+    from softprompt.evaluate import Evaluator
+
+    backbone = load_backbone(model or a.model, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code)
+    compute_dtype = resolve_compute_dtype(a.compute_dtype, backbone.device)
+    evaluator = Evaluator(
+        backbone, data_dir=a.data_dir, max_length=a.max_length, compute_dtype=compute_dtype, progress=not a.quiet
+    )
+    return backbone, evaluator
+
+
 def result_row(res) -> dict[str, float]:
     """An evaluation result as a printed table row."""
     m = res.metrics()

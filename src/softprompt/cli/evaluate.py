@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from softprompt.cli.common import add_model_args, print_table, result_row
+from softprompt.cli.common import add_model_args, load_model, print_table, result_row
 from softprompt.errors import SoftPromptError
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from softprompt.backbones import load_backbone, resolve_compute_dtype
-    from softprompt.evaluate import Evaluator
     from softprompt.runs import load_run
     from softprompt.tasks import get_task
 
@@ -19,14 +17,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if not task_name or task_name == "unknown":
         raise SoftPromptError("--task is required (the run does not name a task)")
     task = get_task(task_name)
-    backbone = load_backbone(a.model, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code)
-    ev = Evaluator(
-        backbone,
-        data_dir=a.data_dir,
-        max_length=a.max_length,
-        compute_dtype=resolve_compute_dtype(a.compute_dtype, backbone.device),
-        progress=not a.quiet,
-    )
+    backbone, ev = load_model(a)
 
     def row(label: str, prompt=None, hard_prompt: str | None = None) -> dict:
         return {
