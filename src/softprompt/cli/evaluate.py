@@ -17,7 +17,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if not task_name or task_name == "unknown":
         raise SoftPromptError("--task is required (the run does not name a task)")
     task = get_task(task_name)
-    backbone, ev = load_model(a)
+    backbone, ev = load_model(a, runs=[run] if run is not None else [])
 
     def row(label: str, prompt=None, hard_prompt: str | None = None) -> dict:
         return {
