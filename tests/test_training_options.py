@@ -89,9 +89,10 @@ def test_run_records_and_reuses_its_prompt_format(tiny_llama, chat_tokenizer, to
     examples = plain.examples(get_task("rte"), "validation", None, 0)
     chat = Evaluator(backbone, data_dir=str(toy_data), prompt_format="chat")
     key = ("rte", 0)
-    assert chat.encoded(get_task("rte"), examples, 4, None, key)[0].rows[0].ids != plain.encoded(
-        get_task("rte"), examples, 4, None, key
-    )[0].rows[0].ids
+    assert (
+        chat.encoded(get_task("rte"), examples, 4, None, key)[0].rows[0].ids
+        != plain.encoded(get_task("rte"), examples, 4, None, key)[0].rows[0].ids
+    )
 
 
 def test_runs_from_before_the_format_option_count_as_plain(toy_data):
@@ -175,7 +176,9 @@ def test_resume_with_dev_curves_and_reparam_is_bit_identical(tiny_llama, toy_dat
         assert torch.equal(load_file(str(tmp_path / "ref" / name))["prompt"], load_file(str(tmp_path / "cut" / name))["prompt"])
 
     def metrics(d):
-        return [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"} for x in (d / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(x).items() if k != "elapsed_s"} for x in (d / "metrics.jsonl").read_text().splitlines()
+        ]
 
     assert metrics(tmp_path / "ref") == metrics(tmp_path / "cut")
 
