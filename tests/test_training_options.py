@@ -120,8 +120,9 @@ def test_best_prompt_is_chosen_on_dev_and_curves_every_n_steps(tiny_llama, toy_d
     # 12 training rows - 4 dev = 8, batch 4: 2 steps per epoch, 3 epochs; eval_every 1 adds the mid-epoch points
     res = train(_cfg(toy_data, epochs=3, dev_size=4, eval_every=1), tmp_path / "r", backbone=tiny_llama, progress=False)
     steps = [h["step"] for h in res.history]
-    assert steps == [1, 2, 3, 4, 5, 6]
-    assert [h["epoch"] for h in res.history] == [0.5, 1, 1.5, 2, 2.5, 3]
+    assert steps == [0, 1, 2, 3, 4, 5, 6]  # step 0: the initial prompt
+    assert [h["epoch"] for h in res.history] == [0, 0.5, 1, 1.5, 2, 2.5, 3]
+    assert res.history[0]["train_loss"] is None
     assert all(h["dev"]["n"] == 4 for h in res.history)
     dev_acc = [h["dev"]["accuracy"] for h in res.history]
     first_best = res.history[dev_acc.index(max(dev_acc))]
@@ -148,9 +149,9 @@ def test_train_loss_is_the_mean_since_the_previous_evaluation(tiny_llama, toy_da
 
     monkeypatch.setitem(train_mod.LOSSES, "choices", recording)
     res = train(_cfg(toy_data, epochs=1, batch_size=3, eval_every=2), tmp_path / "r", backbone=tiny_llama, progress=False)
-    assert [h["step"] for h in res.history] == [2, 4]
-    assert res.history[0]["train_loss"] == pytest.approx(sum(seen[:2]) / 2)
-    assert res.history[1]["train_loss"] == pytest.approx(sum(seen[2:4]) / 2)
+    assert [h["step"] for h in res.history] == [0, 2, 4]
+    assert res.history[1]["train_loss"] == pytest.approx(sum(seen[:2]) / 2)
+    assert res.history[2]["train_loss"] == pytest.approx(sum(seen[2:4]) / 2)
 
 
 @pytest.mark.parametrize("stop_at", [3, 6])

@@ -65,6 +65,7 @@ class RunRecord:
     resolved: dict[str, Any] | None = None  # settings resolved at training time: lr, prompt_format
     dev_examples: int | None = None  # size of the development split held out of the training data
     train_examples: int | None = None
+    train_label_counts: list[int] | None = None  # training examples per class (the chance loss of learning.py)
     train_truncated: int | None = None
     wall_time_s: float | None = None
 

@@ -310,6 +310,8 @@ class TrainingLoop:
         self.started = time.perf_counter() - self.state["elapsed"]
         self.consistent = True
         try:
+            if self.cfg.eval_every and not self.state["history"]:
+                self._record_point(0)  # where the curve starts: the initial prompt
             while self.state["epoch"] < self.cfg.epochs:
                 self._epoch(self.state["epoch"])
         except KeyboardInterrupt:
@@ -408,7 +410,11 @@ class TrainingLoop:
         step = self.state["optimizer_step"]
         if not (self.cfg.eval_every and step % self.cfg.eval_every == 0 and not last_micro):
             return
-        record, res, dev = self._evaluation_point(round(epoch + (micro + 1) / self.micro_per_epoch, 3))
+        self._record_point(round(epoch + (micro + 1) / self.micro_per_epoch, 3))
+
+    def _record_point(self, epoch: float) -> None:
+        """A curve point between optimiser steps: evaluate, maybe keep the prompt as the best, append it."""
+        record, res, dev = self._evaluation_point(epoch)
         self.consistent = False
         best = self._select(self.state["best"], record, res, dev)
         self.state.update(history=[*self.state["history"], record], best=best, loss_mark=len(self.losses))
@@ -421,7 +427,7 @@ class TrainingLoop:
         record: dict[str, Any] = {
             "epoch": epoch,
             "step": self.state["optimizer_step"],
-            "train_loss": sum(recent) / max(len(recent), 1),
+            "train_loss": sum(recent) / len(recent) if recent else None,
             **res.metrics(),
         }
         dev = self.evaluator.evaluate_examples(self.data.task, self.data.dev, self._prompt()) if self.data.dev else None
@@ -560,6 +566,7 @@ def run_record(cfg: TrainConfig, data: TrainData, trainables: Trainables, *, pro
         versions=package_versions(),
         processes=processes,
         resolved={"lr": trainables.lr, "prompt_format": data.prompt_format},
+        train_label_counts=[sum(1 for e in data.examples if e.label == k) for k in range(task.num_classes)],
         dev_examples=len(data.dev),
     )
     if prompt is not None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from softprompt.config import EXECUTORS
 from softprompt.errors import SoftPromptError
 from softprompt.io import remove_stale_temporaries, write_json
+from softprompt.learning import learning_verdict
 from softprompt.report import write_report
 from softprompt.runs import METRICS_FILE, Run, load_run
 from softprompt.study.config import load_study_config
@@ -109,6 +110,7 @@ def _results(study: Study, units: list[Unit], outcome: ExecutorResult, *, wall_t
 def _run_summary(run: Run) -> dict:
     record = run.record
     metrics = run.path / METRICS_FILE
+    history = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
     return {
         "name": run.path.name,
         "path": str(run.path),
@@ -120,5 +122,6 @@ def _run_summary(run: Run) -> dict:
         "parameters": record.parameters or {},
         "wall_time_s": record.wall_time_s,
         "init_text": ((record.prompt or {}).get("init") or {}).get("text"),
-        "history": [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else [],
+        "history": history,
+        "learning": learning_verdict(history, record.train_label_counts, run.config.get("loss", "choices")),
     }
