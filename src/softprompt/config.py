@@ -26,6 +26,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 EXECUTORS = ("local", "ray")
+SCORING_STRATEGIES = ("auto", "plain", "padded", "kv_tree")  # softprompt.scoring.options implements them
 DEFAULT_LR = {"prompt": 3e-2, "finetune": 2e-5, "lora": 1e-3}
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -90,6 +91,16 @@ class TrainConfig:
     data_dir: str | None = option(None, "local data folder (default: $SOFTPROMPT_DATA or ../shared/data); 'hub' for the Hub")
     device: str = option("auto", "auto, cpu, cuda, cuda:1, mps")
     checkpoint_every: int = option(0, "also checkpoint every N optimiser steps")
+    scoring_strategy: str = option(
+        "auto",
+        "how the scorer computes: auto = the fastest for the device (CPU: kv_tree, GPU: padded; see bench/README.md)",
+        choices=SCORING_STRATEGIES,
+    )
+    log_every: int = option(
+        0,
+        "read the loss back from the device (progress, NaN/divergence check) every N optimiser steps and before every "
+        "checkpoint; 0 = auto: every step on CPU, every 16 on a GPU",
+    )
     extra: dict[str, Any] = option({}, "free-form settings recorded with the run (part of its identity)", cli=False)
 
     def __post_init__(self) -> None:
@@ -102,6 +113,8 @@ class TrainConfig:
         for name in ("tokens", "epochs", "batch_size", "grad_accum", "max_length"):
             if getattr(self, name) < 1:
                 raise SoftPromptError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.log_every < 0:
+            raise SoftPromptError(f"log_every must be 0 (auto) or a number of steps, got {self.log_every}")
         if self.lr is None:
             self.lr = DEFAULT_LR[self.method]
         if not (self.lr > 0 and math.isfinite(self.lr)):
