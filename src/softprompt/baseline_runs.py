@@ -32,6 +32,7 @@ from softprompt.errors import SoftPromptError
 from softprompt.evaluate import Evaluator
 from softprompt.io import write_json
 from softprompt.runs import COMPLETE, CONFLICT, RESUMABLE, RunRecord, run_state
+from softprompt.scoring import ScoringOptions
 from softprompt.tasks import Task, get_task
 from softprompt.train import train
 
@@ -121,6 +122,7 @@ def _evaluator(cfg: TrainConfig, methods: list[str], backbone, evaluator: Evalua
         max_length=cfg.max_length,
         compute_dtype=resolve_compute_dtype(cfg.compute_dtype, backbone.device),
         progress=progress,
+        scoring=ScoringOptions(strategy=cfg.scoring_strategy),
     )
 
 

@@ -112,14 +112,18 @@ class Batch:
         device = torch.device(device)
         if self.input_ids.device.type == device.type and (device.index is None or self.input_ids.device == device):
             return self
-        host = self.on_host()
-        named = [(name, getattr(host, name)) for name in _BATCH_TENSORS if getattr(host, name) is not None]
-        flat = torch.cat([t.reshape(-1).long() for _, t in named])
-        if device.type == "cuda":
-            flat = flat.pin_memory()
-        moved = flat.to(device, non_blocking=True).split([t.numel() for _, t in named])
-        tensors = {name: part.view(t.shape).to(t.dtype) for (name, t), part in zip(named, moved, strict=True)}
-        return replace(host, **tensors, host=host)
+        return packed_copy(self.on_host(), device)
+
+
+def packed_copy(host: Batch, device: torch.device) -> Batch:
+    """`host`'s tensors packed into one int64 buffer, copied to `device` once, and unpacked there (views)."""
+    named = [(name, getattr(host, name)) for name in _BATCH_TENSORS if getattr(host, name) is not None]
+    flat = torch.cat([t.reshape(-1).long() for _, t in named])
+    if device.type == "cuda":
+        flat = flat.pin_memory()
+    moved = flat.to(device, non_blocking=True).split([t.numel() for _, t in named])
+    tensors = {name: part.view(t.shape).to(t.dtype) for (name, t), part in zip(named, moved, strict=True)}
+    return replace(host, **tensors, host=host)
 
 
 _BATCH_TENSORS = (

@@ -238,7 +238,9 @@ class TrainingLoop:
     def __init__(self, cfg, out: Path, data: TrainData, trainables: Trainables, dp: DataParallel, *, scoring, progress: bool):
         self.cfg, self.out, self.data, self.trainables, self.dp = cfg, out, data, trainables, dp
         if scoring is not None and cfg.scoring_strategy not in ("auto", scoring.strategy):
-            raise SoftPromptError(f"scoring_strategy {cfg.scoring_strategy!r} and the scoring options' {scoring.strategy!r} differ")
+            raise SoftPromptError(
+                f"scoring_strategy {cfg.scoring_strategy!r} and the scoring options' {scoring.strategy!r} differ"
+            )
         scoring = scoring if scoring is not None else ScoringOptions(strategy=cfg.scoring_strategy)
         self.main, self.progress, self.scoring = dp.is_main, progress, scoring
         self.stats = ScoringStats()  # what the training steps' scorer computed (forwards, tokens), for benchmarks
@@ -401,7 +403,9 @@ class TrainingLoop:
 
     def _raise_if_diverged(self, where: list[tuple[int, int]], losses: list[float], *, healthy: bool) -> None:
         cfg, step = self.cfg, self.state["optimizer_step"]
-        late = f"; seen at optimiser step {step}, up to {self.read_every} steps later (--log-every)" if self.read_every > 1 else ""
+        late = (
+            f"; seen at optimiser step {step}, up to {self.read_every} steps later (--log-every)" if self.read_every > 1 else ""
+        )
         for (epoch, micro), loss in zip(where, losses, strict=True):
             if not math.isfinite(loss):
                 raise SoftPromptError(

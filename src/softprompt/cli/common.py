@@ -10,7 +10,7 @@ from typing import Any
 
 from softprompt.config import TrainConfig
 
-MODEL_FIELDS = ("model", "dtype", "compute_dtype", "device", "data_dir", "max_length")  # what loading and scoring need
+MODEL_FIELDS = ("model", "dtype", "compute_dtype", "device", "data_dir", "max_length", "scoring_strategy")  # loading, scoring
 
 
 def config_fields(names: Iterable[str] | None = None) -> list[Field]:
@@ -63,11 +63,13 @@ def load_model(a: argparse.Namespace, model: str | None = None):
     """The backbone the model flags name (or `model`), and an Evaluator over it with the scoring flags."""
     from softprompt.backbones import load_backbone, resolve_compute_dtype
     from softprompt.evaluate import Evaluator
+    from softprompt.scoring import ScoringOptions
 
     backbone = load_backbone(model or a.model, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code)
     compute_dtype = resolve_compute_dtype(a.compute_dtype, backbone.device)
+    scoring = ScoringOptions(strategy=a.scoring_strategy)
     evaluator = Evaluator(
-        backbone, data_dir=a.data_dir, max_length=a.max_length, compute_dtype=compute_dtype, progress=not a.quiet
+        backbone, data_dir=a.data_dir, max_length=a.max_length, compute_dtype=compute_dtype, progress=not a.quiet, scoring=scoring
     )
     return backbone, evaluator
 

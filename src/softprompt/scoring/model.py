@@ -22,8 +22,8 @@ def autocast_context(device: torch.device, compute_dtype: torch.dtype | None):
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype autocast computes in on `device` right now (None when autocast is off)."""
-    if torch.is_autocast_enabled(device.type):
+    """The dtype autocast computes in on `device` right now (None when autocast is off or has no such device)."""
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return None
 
