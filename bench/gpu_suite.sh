@@ -97,6 +97,8 @@ for cell in "${cells[@]}"; do
         continue
     fi
     case $cell in train-*) cmd+=(--time-budget $((budget > 50 ? budget - 35 : budget / 3))) ;; esac
+    # where the llama shape's fixed per-step cost goes (issue #13): an op table of 2 steps, in cells.log
+    [ "$cell" = train-smollm2-135m-rte-b8 ] && cmd+=(--profile-steps 2)
     cmd+=(--tokenizer "$CARRY/tokenizer" --data-dir "$CARRY/data" --json "$json" $dry)
     echo "== $cell (budget ${budget}s)"
     t0=$SECONDS

@@ -353,6 +353,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="seconds for one timed epoch of all arms: fewer steps if the warm-up's last step says it would not fit (0: no cap)",
     )
+    ap.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        help="after all else, profile this many steps of softprompt and peft (torch.profiler)",
+    )
     common.add_device_args(ap, "the same steps")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--save-prompts", type=Path, help="save every arm's prompt after each epoch (torch.save) here")
@@ -399,6 +405,22 @@ def step_all(
         gc.collect()
         torch.cuda.empty_cache()
     return dts
+
+
+def profile_arm(arm: Arm, examples, args) -> str:
+    """torch.profiler's op table (top 20 by own device time on a GPU, own CPU time on a CPU) of
+    --profile-steps steps of `arm`, one block: where a step's time goes, kernels and host alike."""
+    from torch.profiler import ProfilerActivity, profile
+
+    order = arm.order(len(examples), args.seed, 0)
+    batches = [order[j * args.batch_size : (j + 1) * args.batch_size] for j in range(args.profile_steps)]
+    cuda = arm.dev.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        arm.run([b for b in batches if b], last=True)
+    table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=20)
+    print(f"profile of {args.profile_steps} steps of {arm.name}:\n{table}", flush=True)
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -517,6 +539,8 @@ def main(argv: list[str] | None = None) -> None:
     peft_rates = [base[k]["examples/s"] for k in ("peft", "peft-bf16") if k in base]
     if "softprompt" in base and peft_rates:  # issue #13's target: >= 3x the better of PEFT fp32 and bf16
         info["speedup_vs_best_peft"] = base["softprompt"]["examples/s"] / max(peft_rates)
+    if args.profile_steps:  # after everything measured above: these steps train the prompts further
+        info["profile"] = {a.name: profile_arm(a, examples, args) for a in arms if a.name in ("softprompt", "peft")}
     mem = []
     if args.mem_steps:
         for n in ["model-only", *names]:

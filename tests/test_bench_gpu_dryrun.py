@@ -66,7 +66,7 @@ def test_train_vs_peft_dry_run(bench, carry, tmp_path, shape, task, model_class)
     out = tmp_path / "train.json"
     arms = ["softprompt", "softprompt-kv_tree", "softprompt-plain", "peft", "peft-bf16"]
     argv = [*_common_args(carry, shape), "--task", task, "--batch-size", "32", "--warmup-steps", "3", "--val", "4"]
-    argv += ["--sync-every", "8"]  # as the suite: both timed steps in one block between two syncs
+    argv += ["--sync-every", "8", "--profile-steps", "1"]  # as the suite: both timed steps in one block between two syncs
     bench["train"].main([*argv, "--arms", ",".join(arms), "--time-budget", "600", "--json", str(out)])
     info = json.loads(out.read_text())
     assert info["model"]["class"] == f"{model_class}ForCausalLM"
@@ -88,6 +88,7 @@ def test_train_vs_peft_dry_run(bench, carry, tmp_path, shape, task, model_class)
     assert auto["tokens_padded"] == tree["tokens_padded"] <= plain["tokens_padded"]
     assert auto["tokens_real"] == tree["tokens_real"] and auto["flops"] == tree["flops"]
     assert set(info["accuracy"]) == {"initial (text init)", *arms}
+    assert set(info["profile"]) == {"softprompt", "peft"} and "aten::mm" in info["profile"]["softprompt"]
     assert info["speedup_vs_best_peft"] == pytest.approx(
         rows["softprompt"]["examples/s"] / max(rows["peft"]["examples/s"], rows["peft-bf16"]["examples/s"])
     )
