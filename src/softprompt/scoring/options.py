@@ -32,7 +32,7 @@ class ScoringOptions:
       the model as it is, no switch applies;
     - `padded`: the same single forward, built for accelerators: the batch's index tensors reach the
       device in one copy, nothing is read back to the host, no padding mask is passed (with right
-      padding and causal attention it changes nothing at a real position, and without it SDPA takes its
+      padding and causal attention it changes nothing at a real position, and without it SDPA can take its
       causal flash kernel), the head in float32 at the answer positions (`fp32_head`); on a CPU also the
       low-precision weight copy and eager attention for the backward;
     - `kv_tree`: the KV prefix tree (`scoring.kv_tree`), an error where the model cannot take it;
