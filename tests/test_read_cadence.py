@@ -46,17 +46,19 @@ def _losses(run) -> list[dict]:
     ]
 
 
-def _poison(monkeypatch, at: int) -> None:
-    """The `at`-th training loss becomes NaN."""
+def _at_loss(monkeypatch, at: int, what: str) -> None:
+    """The `at`-th training loss (counting from 1) becomes NaN (`what` "nan") or raises KeyboardInterrupt ("interrupt")."""
     calls = {"n": 0}
     real = train_mod.LOSSES["choices"]
 
-    def poisoned(scores, labels):
+    def patched(scores, labels):
         calls["n"] += 1
+        if calls["n"] == at and what == "interrupt":
+            raise KeyboardInterrupt
         loss = real(scores, labels)
         return loss * float("nan") if calls["n"] == at else loss
 
-    monkeypatch.setitem(train_mod.LOSSES, "choices", poisoned)
+    monkeypatch.setitem(train_mod.LOSSES, "choices", patched)
 
 
 def test_reading_every_n_steps_changes_nothing_else(tiny_backbone, toy_data, tmp_path, reads):
@@ -71,7 +73,7 @@ def test_reading_every_n_steps_changes_nothing_else(tiny_backbone, toy_data, tmp
 
 
 def test_nan_loss_read_late_is_reported_and_nothing_diverged_is_written(tiny_llama, toy_data, tmp_path, monkeypatch, reads):
-    _poison(monkeypatch, 8)  # epoch 2, batch 2 (step 8); read at step 9 (checkpoint_every 3), not step 8
+    _at_loss(monkeypatch, 8, "nan")  # epoch 2, batch 2 (step 8); read at step 9 (checkpoint_every 3), not step 8
     cfg = _cfg(toy_data, batch_size=2, log_every=5, checkpoint_every=3)
     with pytest.raises(
         SoftPromptError, match=r"loss became nan at epoch 2, batch 2 .*seen at optimiser step 9, up to 5 steps later"
@@ -108,16 +110,8 @@ def test_interrupt_with_unread_losses_checkpoints_them_and_resumes_identically(
 ):
     cfg = _cfg(toy_data, batch_size=2, log_every=4)
     train(cfg, tmp_path / "ref", backbone=tiny_llama, progress=False)
-    calls = {"n": 0}
     real = train_mod.LOSSES["choices"]
-
-    def interrupting(scores, labels):
-        calls["n"] += 1
-        if calls["n"] == stop_at:
-            raise KeyboardInterrupt
-        return real(scores, labels)
-
-    monkeypatch.setitem(train_mod.LOSSES, "choices", interrupting)
+    _at_loss(monkeypatch, stop_at, "interrupt")
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False)
     from safetensors import safe_open
@@ -135,17 +129,8 @@ def test_interrupt_with_unread_losses_checkpoints_them_and_resumes_identically(
 def test_interrupt_with_an_unread_nan_writes_no_checkpoint(tiny_llama, toy_data, tmp_path, monkeypatch):
     """A NaN the interrupt's read finds: no checkpoint (the last good one, here none, stays); --resume redoes the steps."""
     cfg = _cfg(toy_data, batch_size=2, log_every=4)
-    _poison(monkeypatch, 2)
-    real = train_mod.LOSSES["choices"]
-    calls = {"n": 0}
-
-    def interrupting(scores, labels):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(scores, labels)
-
-    monkeypatch.setitem(train_mod.LOSSES, "choices", interrupting)
+    _at_loss(monkeypatch, 2, "nan")
+    _at_loss(monkeypatch, 3, "interrupt")  # on top of the NaN
     with (
         pytest.raises(KeyboardInterrupt),
         pytest.warns(RuntimeWarning, match="no checkpoint written at the interrupt: loss became nan"),
