@@ -129,6 +129,7 @@ def test_interrupt_with_unread_losses_checkpoints_them_and_resumes_identically(
 def test_interrupt_with_an_unread_nan_writes_no_checkpoint(tiny_llama, toy_data, tmp_path, monkeypatch):
     """A NaN the interrupt's read finds: no checkpoint (the last good one, here none, stays); --resume redoes the steps."""
     cfg = _cfg(toy_data, batch_size=2, log_every=4)
+    real = train_mod.LOSSES["choices"]
     _at_loss(monkeypatch, 2, "nan")
     _at_loss(monkeypatch, 3, "interrupt")  # on top of the NaN
     with (
@@ -138,3 +139,7 @@ def test_interrupt_with_an_unread_nan_writes_no_checkpoint(tiny_llama, toy_data,
         train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False)
     assert not (tmp_path / "cut" / "checkpoint.safetensors").exists()
     assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "interrupted"
+    monkeypatch.setitem(train_mod.LOSSES, "choices", real)
+    train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False, resume=True)
+    train(cfg, tmp_path / "ref", backbone=tiny_llama, progress=False)
+    assert torch.equal(_prompt(tmp_path / "ref"), _prompt(tmp_path / "cut"))
