@@ -420,7 +420,7 @@ def profile_arm(arm: Arm, examples, args) -> str:
         with profile(activities=activities) as prof:
             arm.run([b for b in batches if b], last=True)
         table = prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=20)
-    except Exception as e:  # noqa: BLE001  (a profiler problem must not cost the cell's measured numbers)
+    except Exception as e:  # a profiler problem must not cost the cell its measured numbers
         table = f"profile failed: {type(e).__name__}: {e}"
     print(f"profile of {args.profile_steps} steps of {arm.name}:\n{table}", flush=True)
     return table

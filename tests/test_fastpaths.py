@@ -242,3 +242,18 @@ def test_model_rejecting_the_cache_falls_back_to_plain(tiny_llama, monkeypatch):
         torch.testing.assert_close(fast, plain)
     finally:
         kv_tree.FALLBACKS.discard(type(model))
+
+
+def test_kv_tree_asked_for_where_it_does_not_fit_is_a_clear_error(tiny_llama, monkeypatch):
+    """`--scoring-strategy kv_tree` never retreats silently: where the tree does not fit, one line says what to use."""
+    from softprompt.errors import SoftPromptError
+
+    tok = tiny_llama.tokenizer
+    batch = collate(encode_examples(EXAMPLES, tok), tok.pad_token_id)
+    monkeypatch.setattr(kv_tree, "target_hidden", lambda *a, **k: None)  # as for a model without an external cache
+    with torch.no_grad(), pytest.raises(SoftPromptError, match="does not fit LlamaForCausalLM .* auto or padded"):
+        batch_choice_scores(tiny_llama.model, None, batch, options=FAST)
+    with torch.no_grad():  # `auto` takes the single forward instead
+        torch.testing.assert_close(
+            batch_choice_scores(tiny_llama.model, None, batch), batch_choice_scores(tiny_llama.model, None, batch, options=PLAIN)
+        )

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from softprompt.batching import Batch, EncodedExample, collate, length_batches
+from softprompt.errors import SoftPromptError
 from softprompt.scoring import kv_tree
 from softprompt.scoring.attention import eager_attention_for_backward
 from softprompt.scoring.lowp import compute_model
@@ -65,7 +66,10 @@ def _target_hidden(model, prompt, batch: Batch, kv0, options: ScoringOptions, st
     if options.strategy == "kv_tree":
         picked = kv_tree.target_hidden(model, prompt, batch.on_host(), kv0, options, stats)
         if picked is None:
-            raise ValueError(f"the kv_tree scoring strategy does not fit {type(model).__name__} or this batch: use 'auto'")
+            raise SoftPromptError(
+                f"the kv_tree scoring strategy does not fit {type(model).__name__} or this batch "
+                "(no external KV cache, or a sliding window shorter than the rows): use --scoring-strategy auto or padded"
+            )
         return picked
     picked = kv_tree.target_hidden_or_none(model, prompt, batch.on_host(), kv0, options, stats)
     # auto's fallback where the tree does not fit: one forward with the padding mask, as it always was
