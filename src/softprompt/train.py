@@ -80,7 +80,9 @@ def train(
     Under `accelerate launch` with N processes, `cfg.batch_size` is per process (global batch
     N x batch_size), each process scores its share of every batch and of every evaluation, and
     only the main process writes into `out` (see `softprompt.distributed`). `baselines` adds the
-    no-prompt and English-prompt evaluations to a prompt run; `scoring` picks the scorer's strategy.
+    no-prompt and English-prompt evaluations to a prompt run; `scoring` (the scorer's options, switches
+    included) replaces `ScoringOptions(strategy=cfg.scoring_strategy)`, whose strategy it must match
+    unless the config says `auto`.
     """
     out = Path(out)
     dp = setup_data_parallel(cfg.device)
