@@ -7,7 +7,9 @@ over the full vocabulary at every position, log-softmax, sum of the choice token
 softprompt: `Evaluator.evaluate` (a fresh Evaluator each run, so tokenization is timed too):
 length-sorted batches, one row for all single-token choices of an example, logits only at scored
 positions, the prompt's keys/values computed once, multi-token choices on top of a shared context.
-"softprompt-plain" is the same Evaluator with the fast paths switched off (`ScoringOptions(strategy="plain")`).
+"softprompt-plain" is the same Evaluator with the fast paths switched off (`ScoringOptions(strategy="plain")`);
+"softprompt-padded" and "softprompt-kv_tree" with that strategy (`--arms`; "softprompt" is `auto`: the
+prefix tree on a CPU, padded on a GPU).
 
 Every arm scores the same examples with the same prompt in the same compute dtype; runs are
 interleaved (A, B, C, A, B, C, ...) and the medians reported, with the agreement of predictions.
@@ -21,7 +23,8 @@ tiny model of the shape's family and 6 examples.
 
     .venv/bin/python bench/eval_vs_naive.py                          # ~4 min on 2 cores
     .venv/bin/python bench/eval_vs_naive.py --tasks rte,copa,cb --limit 200 --reps 5
-    python3 bench/eval_vs_naive.py --device cuda --shape bloomz-560m --tasks rte,sst2 --limit 128 --reps 2
+    python3 bench/eval_vs_naive.py --device cuda --shape bloomz-560m --tasks rte,sst2 --limit 128 --reps 2 \
+        --arms softprompt,softprompt-kv_tree,naive
 """
 
 from __future__ import annotations
@@ -45,7 +48,13 @@ from softprompt.prompt import SoftPrompt, init_prompt  # noqa: E402
 from softprompt.scoring import autocast_context, full_logits  # noqa: E402
 from softprompt.tasks import get_task  # noqa: E402
 
-ARMS = ("softprompt", "softprompt-plain", "naive")
+ARMS = ("softprompt", "softprompt-plain", "softprompt-padded", "softprompt-kv_tree", "naive")
+ARM_OPTIONS = {  # softprompt arm -> its scoring options (softprompt: the default, `auto`, the device's strategy)
+    "softprompt": scoring.DEFAULT,
+    "softprompt-plain": scoring.PLAIN,
+    "softprompt-padded": scoring.ScoringOptions(strategy="padded"),
+    "softprompt-kv_tree": scoring.ScoringOptions(strategy="kv_tree"),
+}
 
 
 @torch.no_grad()
@@ -79,7 +88,7 @@ def run_arm(arm, backbone, task, examples, prompt, dtype, counts: Counter):
     """One timed pass of `arm` over `examples`: its log-likelihoods; `counts` gets its tokens and head rows."""
     if arm == "naive":
         return naive_scores(backbone, examples, prompt, dtype, counts)
-    options = scoring.DEFAULT if arm == "softprompt" else scoring.PLAIN
+    options = ARM_OPTIONS[arm]
     stats = scoring.ScoringStats()
     try:
         ev = Evaluator(backbone, compute_dtype=dtype, scoring=options)
@@ -100,9 +109,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prompt", type=Path, help="a prompt.safetensors to evaluate (default: text init of each task)")
     ap.add_argument("--dtypes", default="float32,auto", help="compute dtypes, float32 first (the reference; auto = bf16 here)")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--arms", default="softprompt,softprompt-plain,naive", help=f"comma-separated, from {', '.join(ARMS)}")
     common.add_device_args(ap, "every arm")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    args.arm_list = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = sorted(set(args.arm_list) - set(ARMS))
+    if unknown or "naive" not in args.arm_list:
+        ap.error(f"--arms {args.arms!r}: expected some of {', '.join(ARMS)}, naive (the reference) among them")
+    args.arm_list = [a for a in args.arm_list if a != "naive"] + ["naive"]
     if args.cpu_dry_run:
         args.limit = min(args.limit, 6)
         args.reps = 1
@@ -137,9 +152,9 @@ def main(argv: list[str] | None = None) -> None:
         ref32 = None  # the float32 naive scores, the reference for the other dtypes
         for dname in args.dtypes.split(","):
             dtype = resolve_compute_dtype(dname, backbone.device)
-            times = {arm: [] for arm in ARMS}
-            counts = {arm: Counter() for arm in ARMS}
-            mem = {arm: common.PeakMemory(device) for arm in ARMS}
+            times = {arm: [] for arm in args.arm_list}
+            counts = {arm: Counter() for arm in args.arm_list}
+            mem = {arm: common.PeakMemory(device) for arm in args.arm_list}
             result = {}
             scoring.compute_model(backbone.model, dtype)  # one-time low-precision copy, outside the timing
             for _ in range(args.reps):
@@ -188,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
                     }
                 )
                 rows.append(row)
-            print(common.fmt_table(rows[-3:], [c for c in rows[-1] if c != "runs s"]), flush=True)
+            print(common.fmt_table(rows[-len(times) :], [c for c in rows[-1] if c != "runs s"]), flush=True)
     info.update(
         results=rows,
         fp32_identical_predictions=identical,

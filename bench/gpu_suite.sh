@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# THE prepared GPU run of issue #13: training (softprompt, softprompt-plain, PEFT fp32, PEFT bf16) for
+# THE prepared GPU run of issue #13: training (softprompt = the `auto` scoring strategy, which on a GPU is
+# one padded forward; softprompt-kv_tree = the CPU's prefix tree; PEFT fp32; PEFT bf16) for
 # both model shapes x RTE and SST-2 x batch 8 and 32, and evaluation vs the naive scorer, on one GPU in
 # ~8 minutes; every result lands in $OUT (gpu_suite.json, summary.md, suite.log, cells.log).
 # How to call it through the device tool, and how to fold the results in: bench/README.md, "GPU run".
@@ -77,13 +78,14 @@ for cell in "${cells[@]}"; do
             # one timed epoch of 256 examples after 3 warm-up steps; what the cell keeps for startup,
             # warm-up and the end: 35 s
             cmd=("$PY" bench/train_vs_peft.py --device "$device" --shape "$shape" --task "$task" --batch-size "$batch"
-                 --train 256 --epochs 1 --warmup-steps 3 --val 0 --mem-steps 0 --arms softprompt,softprompt-plain,peft,peft-bf16)
+                 --train 256 --epochs 1 --warmup-steps 3 --val 0 --mem-steps 0 --sync-every 8
+                 --arms softprompt,softprompt-kv_tree,peft,peft-bf16)
             ;;
         eval-*)
             shape=${cell#eval-}
             budget=$EVAL_CELL_S
             cmd=("$PY" bench/eval_vs_naive.py --device "$device" --shape "$shape" --tasks rte,sst2 --limit 128 --reps 2
-                 --dtypes float32,auto)
+                 --dtypes float32,auto --arms softprompt,softprompt-kv_tree,naive)
             ;;
         *) echo "unknown cell $cell: expected train-SHAPE-TASK-bBATCH or eval-SHAPE" >&2; exit 2 ;;
     esac
@@ -95,6 +97,8 @@ for cell in "${cells[@]}"; do
         continue
     fi
     case $cell in train-*) cmd+=(--time-budget $((budget > 50 ? budget - 35 : budget / 3))) ;; esac
+    # where the llama shape's fixed per-step cost goes (issue #13): an op table of 2 steps, in cells.log
+    [ "$cell" = train-smollm2-135m-rte-b8 ] && cmd+=(--profile-steps 2)
     cmd+=(--tokenizer "$CARRY/tokenizer" --data-dir "$CARRY/data" --json "$json" $dry)
     echo "== $cell (budget ${budget}s)"
     t0=$SECONDS

@@ -15,7 +15,12 @@ import json
 import sys
 from pathlib import Path
 
-TRAIN_ARMS = ("softprompt", "softprompt-plain", "peft", "peft-bf16")
+TRAIN_ARMS = ("softprompt", "softprompt-kv_tree", "peft", "peft-bf16")  # softprompt = `auto`: on a GPU the padded strategy
+SECOND = ("softprompt-kv_tree", "softprompt-plain")  # the other softprompt arm a table shows (the first a result has)
+
+
+def _second(by_arm: dict) -> str:
+    return next((k for k in SECOND if k in by_arm), SECOND[0])
 
 
 def merge(cells_dir: Path) -> dict:
@@ -57,13 +62,13 @@ def train_table(cells: dict) -> str:
     for name, res in _finished(cells, "train"):
         by_arm = {r["arm"]: r for r in res["results"]}
         a = res["args"]
-
+        arms = ("softprompt", _second(by_arm), "peft", "peft-bf16")
         peft = [by_arm[k]["examples/s"] for k in ("peft", "peft-bf16") if k in by_arm]
-        sp = [by_arm[k]["examples/s"] for k in ("softprompt", "softprompt-plain") if k in by_arm]
+        sp = [by_arm[k]["examples/s"] for k in arms[:2] if k in by_arm]
         ratio = f"{by_arm['softprompt']['examples/s'] / max(peft):.2f}x" if peft and "softprompt" in by_arm else "-"
         best = f"{max(sp) / max(peft):.2f}x" if peft and sp else "-"
-        mem = " / ".join(_num(by_arm[k].get("peak GiB"), 3) if k in by_arm else "-" for k in TRAIN_ARMS)
-        mfu = " / ".join(f"{100 * by_arm[k]['MFU bf16 peak']:.1f}%" if k in by_arm else "-" for k in TRAIN_ARMS[:2])
+        mem = " / ".join(_num(by_arm[k].get("peak GiB"), 3) if k in by_arm else "-" for k in arms)
+        mfu = " / ".join(f"{100 * by_arm[k]['MFU bf16 peak']:.1f}%" if k in by_arm else "-" for k in arms[:2])
         shape = a.get("shape") or a.get("model")
         batch = a["batch_size"]
         if a.get("cpu_dry_run"):  # the dry run caps the batch: say which cell's it was
@@ -73,7 +78,7 @@ def train_table(cells: dict) -> str:
                 shape,
                 a["task"],
                 batch,
-                *(_rate(by_arm.get(k)) for k in TRAIN_ARMS),
+                *(_rate(by_arm.get(k)) for k in arms),
                 ratio,
                 best,
                 mem,
@@ -81,9 +86,9 @@ def train_table(cells: dict) -> str:
                 res["timed_steps_per_epoch"],
             ]
         )
-    cols = ["shape", "task", "batch", "softprompt ex/s", "softprompt-plain", "PEFT fp32", "PEFT bf16"]
-    cols += ["softprompt / best PEFT", "best softprompt / best PEFT", "peak GiB sp / plain / PEFT / PEFT bf16"]
-    cols += ["MFU vs bf16 peak (sp / plain)", "timed steps"]
+    cols = ["shape", "task", "batch", "softprompt (auto) ex/s", "softprompt kv_tree", "PEFT fp32", "PEFT bf16"]
+    cols += ["softprompt / best PEFT", "best softprompt / best PEFT", "peak GiB sp / kv_tree / PEFT / PEFT bf16"]
+    cols += ["MFU vs bf16 peak (sp / kv_tree)", "timed steps"]
     return _table(cols, rows)
 
 
@@ -95,7 +100,10 @@ def eval_table(cells: dict) -> str:
         for r in res["results"]:
             groups.setdefault((r["task"], r["dtype"]), {})[r["arm"]] = r
         for (task, dtype), arms in groups.items():
-            sp, plain, naive = (arms.get(k) for k in ("softprompt", "softprompt-plain", "naive"))
+            sp, other, naive = (arms.get(k) for k in ("softprompt", _second(arms), "naive"))
+            if sp is None or naive is None:
+                continue
+            plain = other or {"examples/s": float("nan"), "speedup vs naive": float("nan"), "same predictions as naive": "-"}
             rows.append(
                 [
                     shape,
@@ -111,8 +119,8 @@ def eval_table(cells: dict) -> str:
                     f"{_num(sp.get('peak GiB'))} / {_num(naive.get('peak GiB'))}",
                 ]
             )
-    cols = ["shape", "task", "dtype", "softprompt ex/s", "softprompt-plain", "naive", "speedup", "speedup plain"]
-    cols += ["same predictions as naive (sp / plain)", "MFU sp vs bf16 peak", "peak GiB sp / naive"]
+    cols = ["shape", "task", "dtype", "softprompt (auto) ex/s", "softprompt kv_tree (or plain)", "naive", "speedup"]
+    cols += ["speedup kv_tree (or plain)", "same predictions as naive (sp / other)", "MFU sp vs bf16 peak", "peak GiB sp / naive"]
     return _table(cols, rows)
 
 

@@ -7,12 +7,15 @@ Their steps run interleaved in one process (arm A step, arm B step, ...), so loa
 processes hits both alike; each epoch's time per arm is the sum of its step times, and examples/s,
 tokens/s and model FLOP/s are medians over epochs.
 
-- softprompt: the inner step of `softprompt.train.train` (collate with dynamic padding -> scorer under
-  autocast (compute_dtype "auto" = bf16 on this CPU) -> cross-entropy over the choices -> AdamW with
-  the project's linear schedule); the scorer's fast paths are on (see softprompt.scoring).
-  softprompt-fp32: the same with compute_dtype float32. softprompt-plain: the scorer's fast paths
-  off (one padded forward under autocast on the float32 weights). softprompt-grouped: batches of
-  similar length (batching.length_grouped_order; `softprompt train --group-by-length`, an opt-in). softprompt-lm:
+- softprompt: the library's own training step, `softprompt.train.TrainingLoop`'s (collate with dynamic
+  padding -> scorer under autocast (compute_dtype "auto" = bf16 on this CPU) with the `auto` scoring
+  strategy (the KV prefix tree on a CPU, one padded forward on a GPU: softprompt.scoring.options.AUTO_STRATEGY)
+  -> cross-entropy over the choices -> AdamW with the project's linear schedule; losses and the divergence
+  check read back every step on a CPU, every 16 on a GPU). softprompt-fp32: the same with compute_dtype
+  float32. softprompt-plain / softprompt-padded / softprompt-kv_tree: the same with that scoring strategy
+  (`softprompt train --scoring-strategy S`; plain: the reference path, one padded forward with its mask on
+  the float32 weights under autocast). softprompt-grouped: batches of similar length
+  (batching.length_grouped_order; `softprompt train --group-by-length`, an opt-in). softprompt-lm:
   PEFT's objective and schedule on softprompt's step (`softprompt train --loss lm --warmup 0
   --weight-decay 0.01`: the correct answer's NLL, no warmup, AdamW's default weight decay).
 - peft: the recipe of PEFT's prompt-tuning causal-LM example (bloomz-560m, twitter_complaints):
@@ -31,8 +34,9 @@ Peak memory (VmHWM) is measured in separate subprocesses, one per arm, running t
 Validation accuracy of all learned prompts comes from softprompt's Evaluator on the same subset
 (for PEFT the learned `prompt_encoder` embedding weight is the soft prompt).
 
-On a GPU (`--device cuda`, issue #13): every arm runs on the device, each step between two
-`torch.cuda.synchronize()`, MFU against the card's bf16/fp32 matmul rate measured at startup (8192^3,
+On a GPU (`--device cuda`, issue #13): every arm runs on the device, each block of `--sync-every`
+steps (default 1) between two `torch.cuda.synchronize()` (the suite uses blocks of 8, so the host
+queues work ahead as a real run does), MFU against the card's bf16/fp32 matmul rate measured at startup (8192^3,
 CUDA events), peak memory per arm in-process (common.PeakMemory: its resident bytes + the largest
 rise of `torch.cuda.max_memory_allocated` within one of its steps). `--shape` builds a random-weight
 model of a real shape (no download there); `--warmup-steps` untimed steps first; `--max-steps` and
@@ -43,7 +47,7 @@ on CPU with a tiny model of the shape's family in seconds (bench/gpu_suite.sh ru
     .venv/bin/python bench/train_vs_peft.py                       # ~5 min on 2 quiet cores
     .venv/bin/python bench/train_vs_peft.py --train 64 --epochs 4 --val 277 --mem-steps 0 --arms softprompt,peft
     python3 bench/train_vs_peft.py --device cuda --shape bloomz-560m --train 256 --epochs 1 --warmup-steps 3 --val 0 \
-        --arms softprompt,softprompt-plain,peft,peft-bf16 --mem-steps 0
+        --arms softprompt,softprompt-kv_tree,peft,peft-bf16 --sync-every 8 --mem-steps 0
 """
 
 from __future__ import annotations
@@ -63,67 +67,108 @@ import common  # noqa: E402  (sets sys.path and offline env)
 
 from softprompt import scoring  # noqa: E402
 from softprompt.backbones import resolve_compute_dtype  # noqa: E402
-from softprompt.batching import collate, encode_examples, length_grouped_order  # noqa: E402
+from softprompt.batching import encode_examples, length_grouped_order  # noqa: E402
+from softprompt.config import TrainConfig  # noqa: E402
+from softprompt.distributed import SINGLE  # noqa: E402
 from softprompt.evaluate import Evaluator  # noqa: E402
 from softprompt.prompt import init_prompt  # noqa: E402
-from softprompt.scoring import answer_nll, autocast_context, batch_choice_scores, choice_loss  # noqa: E402
 from softprompt.tasks import get_task  # noqa: E402
-from softprompt.train import DIVERGED, epoch_order, lr_lambda  # noqa: E402
+from softprompt.train import Trainables, TrainData, TrainingLoop, epoch_order, lr_lambda  # noqa: E402
 
-ARMS = ("softprompt", "softprompt-fp32", "softprompt-plain", "softprompt-grouped", "softprompt-lm", "peft", "peft-bf16")
+ARMS = ("softprompt", "softprompt-fp32", "softprompt-plain", "softprompt-padded", "softprompt-kv_tree", "softprompt-grouped")
+ARMS += ("softprompt-lm", "peft", "peft-bf16")
 
 
 class Arm:
-    """What every arm counts: per-epoch work and time, and (on a GPU) its peak memory."""
+    """What every arm counts: per-epoch work and time, and (on a GPU) its peak memory.
+
+    An arm runs blocks of steps (`run`): each block's host-side preparation first (untimed), then its
+    steps between two device syncs. A block of one step is the CPU methodology (interleaved per step);
+    on a GPU larger blocks (`--sync-every`) let the host queue work ahead as a real run does."""
 
     def __init__(self, device: torch.device):
         self.dev = device
         self.mem = common.PeakMemory(device)
         self.stats = new_stats()
 
-    def timed(self, work) -> float:
-        """Run one step between two device syncs; return its seconds (host clock)."""
+    def run(self, batches: list[list[int]], last: bool = False) -> float:
+        """The steps of `batches` (lists of example indices) between two device syncs; their seconds (host clock).
+        `last`: the timed epoch ends with this block (the softprompt arm reads its losses there, as train.train does)."""
+        ready = [self.prepare(idx) for idx in batches]
+        before = self.counters()
         common.sync(self.dev)
         t = time.perf_counter()
         with self.mem:
-            work()
+            for r in ready:
+                self.work(r)
+            if last:
+                self.finish()
             common.sync(self.dev)
         dt = time.perf_counter() - t
+        self.count(batches, before)
         self.stats["time"] += dt
-        self.stats["steps"] += 1
+        self.stats["steps"] += len(batches)
+        self.stats["examples"] += sum(len(idx) for idx in batches)
         return dt
+
+    def prepare(self, idx: list[int]):
+        """Untimed host-side work of one step (default: none)."""
+        return idx
+
+    def work(self, ready) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Timed work at the end of the timed epoch (default: none)."""
+
+    def counters(self):
+        """Counters `count` compares after a block (default: none)."""
+        return None
+
+    def count(self, batches: list[list[int]], before) -> None:
+        raise NotImplementedError
 
 
 def new_stats() -> dict:
     return {"flops": 0.0, "tokens_real": 0, "tokens_naive": 0, "tokens_padded": 0, "examples": 0, "steps": 0, "time": 0.0}
 
 
-class SoftpromptArm(Arm):
-    """The inner step of softprompt.train.train, verbatim in substance (its per-step loss read and
-    divergence check included: on a GPU those are host syncs, part of what a user's run pays)."""
+# softprompt arm -> the TrainConfig fields in which it differs from `softprompt train`'s defaults
+SOFTPROMPT_ARMS = {
+    "softprompt": {},
+    "softprompt-fp32": {"compute_dtype": "float32"},
+    "softprompt-plain": {"scoring_strategy": "plain"},
+    "softprompt-padded": {"scoring_strategy": "padded"},
+    "softprompt-kv_tree": {"scoring_strategy": "kv_tree"},
+    "softprompt-grouped": {"group_by_length": True},
+    "softprompt-lm": {"loss": "lm", "warmup": 0.0, "weight_decay": 0.01},  # PEFT's objective and schedule
+}
 
-    def __init__(
-        self, backbone, task, examples, args, compute: str, grouped: bool = False, plain: bool = False, lm: bool = False
-    ):
+
+class SoftpromptArm(Arm):
+    """The library's own training step: `softprompt.train.TrainingLoop`'s micro-batch (collate, the
+    scorer's `auto` strategy for the device, loss, backward) and optimiser step, with its deferred loss
+    reads and divergence checks (every step on a CPU, every 16 on a GPU, and at the epoch's end) and
+    collate inside the timed steps: what `softprompt train` runs. Only the learning-rate schedule is
+    the benchmark's (its total counts the warm-up steps)."""
+
+    def __init__(self, backbone, task, examples, args, name: str):
         super().__init__(backbone.device)
-        self.bb, self.name = backbone, "softprompt" if compute == "auto" else f"softprompt-{compute}"
-        self.grouped, self.plain = grouped, plain
-        # lm: PEFT's recipe on softprompt's step (`--loss lm --warmup 0 --weight-decay 0.01`)
-        self.loss_fn, warmup, wd = (answer_nll, 0.0, 0.01) if lm else (choice_loss, 0.06, 0.0)
-        if lm:
-            self.name = "softprompt-lm"
-        if grouped:
-            self.name = "softprompt-grouped"
-        if plain:
-            self.name = "softprompt-plain"
-        self.compute_dtype = resolve_compute_dtype(compute, backbone.device)
+        # results name the fp32 arm by its dtype, as every result on record does
+        self.bb, self.name = backbone, "softprompt-float32" if name == "softprompt-fp32" else name
+        fields = dict(task=task.name, model=backbone.name, tokens=args.tokens, lr=args.lr, batch_size=args.batch_size)
+        cfg = TrainConfig(**fields, epochs=args.epochs, seed=args.seed, max_length=512, **SOFTPROMPT_ARMS[name])
         self.prompt = init_prompt(backbone.model, backbone.tokenizer, args.tokens, "text", text=task.description)
         self.prompt.to(backbone.device)
-        self.encoded = encode_examples(examples, backbone.tokenizer, n_prompt=args.tokens, max_length=512)
-        self.opt = torch.optim.AdamW([self.prompt.weight], lr=args.lr, weight_decay=wd)
+        self.encoded = encode_examples(examples, backbone.tokenizer, n_prompt=args.tokens, max_length=cfg.max_length)
+        data = TrainData(task, backbone, examples, self.encoded)
+        trainables = Trainables(self.prompt, {"prompt": self.prompt.weight})
+        self.loop = TrainingLoop(cfg, Path("bench-writes-nothing"), data, trainables, SINGLE, scoring=None, progress=False)
+        self.compute_dtype = self.loop.compute_dtype
         steps = math.ceil(len(examples) / args.batch_size) * args.epochs + args.warmup_steps
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda("linear", int(warmup * steps), steps))
-        self.bs = args.batch_size
+        schedule = lr_lambda("linear", int(cfg.warmup * steps), steps)
+        self.loop.scheduler = torch.optim.lr_scheduler.LambdaLR(self.loop.optimizer, schedule)
+        self.grouped, self.bs = cfg.group_by_length, args.batch_size
 
     def order(self, n: int, seed: int, epoch: int) -> list[int]:
         order = epoch_order(n, seed, epoch)
@@ -131,36 +176,26 @@ class SoftpromptArm(Arm):
             order = length_grouped_order(order, [e.num_tokens for e in self.encoded], self.bs)
         return order
 
-    def step(self, idx: list[int]) -> float:
-        batch = collate([self.encoded[i] for i in idx], self.bb.tokenizer.pad_token_id)
-        st = scoring.ScoringStats()
+    def work(self, idx: list[int]) -> None:
+        self.loop._micro_batch(0, 0, idx)  # one micro-batch = one optimiser step (grad_accum 1)
 
-        def work() -> None:
-            with autocast_context(self.bb.device, self.compute_dtype):
-                options = scoring.PLAIN if self.plain else None
-                scores = batch_choice_scores(self.bb.model, self.prompt.weight, batch, options=options, stats=st)
-            loss = self.loss_fn(scores, batch.labels)
-            if not math.isfinite(float(loss.detach())):  # train.train reads every batch's loss
-                raise RuntimeError(f"{self.name}: loss {float(loss)}")
-            loss.backward()
-            self.opt.step()
-            self.sched.step()
-            self.opt.zero_grad(set_to_none=True)
-            w = self.prompt.weight
-            if not (torch.isfinite(w).all() and w.abs().max() < DIVERGED):  # train.train's divergence check
-                raise RuntimeError(f"{self.name}: the prompt diverged")
+    def finish(self) -> None:
+        self.loop.read_losses()
 
-        dt = self.timed(work)
-        self.stats["flops"] += common.step_flops(self.bb.model, st["real"], st["head"])
-        self.stats["tokens_real"] += st["real"]
-        self.stats["tokens_padded"] += st["padded"]
-        self.stats["tokens_naive"] += int(batch.attention_mask.sum()) + self.prompt.n_tokens * batch.input_ids.shape[0]
-        self.stats["examples"] += len(idx)
-        return dt
+    def counters(self):
+        return dict(self.loop.stats)
+
+    def count(self, batches: list[list[int]], before) -> None:
+        st = {k: v - before.get(k, 0) for k, v in self.loop.stats.items()}
+        self.stats["flops"] += common.step_flops(self.bb.model, st.get("real", 0), st.get("head", 0))
+        self.stats["tokens_real"] += st.get("real", 0)
+        self.stats["tokens_padded"] += st.get("padded", 0)
+        rows = [r for idx in batches for i in idx for r in self.encoded[i].rows]
+        self.stats["tokens_naive"] += sum(len(r.ids) for r in rows) + self.prompt.n_tokens * len(rows)
 
     def resident_bytes(self) -> int:
         """The frozen model it uses (shared by the softprompt arms) + its prompt and AdamW moments."""
-        opt = [v for s in self.opt.state.values() for v in s.values() if torch.is_tensor(v)]
+        opt = [v for s in self.loop.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
         return common.model_bytes(self.bb.model) + common.tensor_bytes([*self.prompt.parameters(), *self.prompt.buffers(), *opt])
 
     def learned(self) -> torch.Tensor:
@@ -207,29 +242,30 @@ class PeftArm(Arm):
     def order(self, n: int, seed: int, epoch: int) -> list[int]:
         return epoch_order(n, seed, epoch)
 
-    def step(self, idx: list[int]) -> float:
+    def prepare(self, idx: list[int]):
+        """The step's tensors, on the device before the timing starts (as in the recipe's data loader)."""
         mask = torch.tensor([self.data[i][1] for i in idx])
         ids = torch.tensor([self.data[i][0] for i in idx]).to(self.dev)
         labels = torch.tensor([self.data[i][2] for i in idx]).to(self.dev)
-        dev_mask = mask.to(self.dev)
+        return mask, ids, labels, mask.to(self.dev)
 
-        def work() -> None:
-            ctx = torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16)
-            with ctx:
-                loss = self.model(input_ids=ids, attention_mask=dev_mask, labels=labels).loss
-            loss.backward()
-            self.opt.step()
-            self.sched.step()
-            self.opt.zero_grad()
+    def work(self, ready) -> None:
+        _, ids, labels, dev_mask = ready
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.model(input_ids=ids, attention_mask=dev_mask, labels=labels).loss
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad()
 
-        dt = self.timed(work)
-        real = int(mask.sum()) + self.n * len(idx)
-        self.stats["flops"] += common.step_flops(self.bb.model, real, int(mask.sum()))
-        self.stats["tokens_real"] += real
-        self.stats["tokens_naive"] += real
-        self.stats["tokens_padded"] += mask.numel() + self.n * len(idx)
-        self.stats["examples"] += len(idx)
-        return dt
+    def count(self, batches: list[list[int]], before) -> None:
+        for idx in batches:
+            mask = torch.tensor([self.data[i][1] for i in idx])
+            real = int(mask.sum()) + self.n * len(idx)
+            self.stats["flops"] += common.step_flops(self.bb.model, real, int(mask.sum()))
+            self.stats["tokens_real"] += real
+            self.stats["tokens_naive"] += real
+            self.stats["tokens_padded"] += mask.numel() + self.n * len(idx)
 
     def resident_bytes(self) -> int:
         """Its own copy of the frozen model + the virtual-token embedding and AdamW moments."""
@@ -244,16 +280,8 @@ class PeftArm(Arm):
 
 
 def build_arm(name, backbone, task, examples, args, max_length, device):
-    if name == "softprompt":
-        return SoftpromptArm(backbone, task, examples, args, "auto")
-    if name == "softprompt-fp32":
-        return SoftpromptArm(backbone, task, examples, args, "float32")
-    if name == "softprompt-plain":
-        return SoftpromptArm(backbone, task, examples, args, "auto", plain=True)
-    if name == "softprompt-grouped":
-        return SoftpromptArm(backbone, task, examples, args, "auto", grouped=True)
-    if name == "softprompt-lm":
-        return SoftpromptArm(backbone, task, examples, args, "auto", lm=True)
+    if name in SOFTPROMPT_ARMS:
+        return SoftpromptArm(backbone, task, examples, args, name)
     if name in ("peft", "peft-bf16"):
         return PeftArm(task, examples, args, name == "peft-bf16", max_length, device)
     raise SystemExit(f"unknown arm {name!r}: expected some of {', '.join(ARMS)}")
@@ -284,7 +312,7 @@ def worker(args) -> None:
     for s in range(args.mem_steps):
         idx = order[s * args.batch_size : (s + 1) * args.batch_size]
         if idx:
-            arm.step(idx)
+            arm.run([idx])
     print(json.dumps({"arm": args.worker, **common.memory_high_water_mb()}))
 
 
@@ -313,16 +341,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup-steps", type=int, default=0, help="untimed steps of every arm before the first epoch")
     ap.add_argument("--max-steps", type=int, default=0, help="timed steps per epoch at most (0: the whole epoch)")
     ap.add_argument(
+        "--sync-every",
+        type=int,
+        default=1,
+        help="timed steps per block between two device syncs, arms interleaved block by block (1: every step is timed "
+        "alone; on a GPU a larger block lets the host queue work ahead, as a real run does)",
+    )
+    ap.add_argument(
         "--time-budget",
         type=float,
         default=0.0,
         help="seconds for one timed epoch of all arms: fewer steps if the warm-up's last step says it would not fit (0: no cap)",
+    )
+    ap.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        help="after all else, profile this many steps of softprompt and peft (torch.profiler)",
     )
     common.add_device_args(ap, "the same steps")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--save-prompts", type=Path, help="save every arm's prompt after each epoch (torch.save) here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.sync_every < 1:
+        ap.error(f"--sync-every must be at least 1, got {args.sync_every}")
     if args.cpu_dry_run and not args.worker:  # a few steps of everything, on a tiny model
         args.train = min(args.train, 8)
         args.batch_size = min(args.batch_size, 4)
@@ -344,13 +387,15 @@ def epoch_steps(args, arms, n: int, warm_dts: dict[str, float]) -> int:
     return steps
 
 
-def step_all(arms: list, order: dict[str, list[int]], s: int, bs: int, dropped: dict[str, str]) -> dict[str, float]:
-    """Step `s` of every arm, interleaved; an arm that runs out of GPU memory is dropped and recorded
-    (the others' numbers stand) rather than losing the whole run."""
+def step_all(
+    arms: list, order: dict[str, list[int]], s: int, bs: int, dropped: dict[str, str], *, block: int = 1, last: bool = False
+) -> dict[str, float]:
+    """Steps s .. s + block - 1 of every arm, interleaved (arm A's block, arm B's, ...); an arm that runs out
+    of GPU memory is dropped and recorded (the others' numbers stand) rather than losing the whole run."""
     dts, oom = {}, False
     for a in list(arms):
         try:
-            dts[a.name] = a.step(order[a.name][s * bs : (s + 1) * bs])
+            dts[a.name] = a.run([order[a.name][j * bs : (j + 1) * bs] for j in range(s, s + block)], last=last)
         except torch.OutOfMemoryError:
             arms.remove(a)
             dropped[a.name] = f"out of GPU memory at batch {s + 1}"
@@ -360,6 +405,25 @@ def step_all(arms: list, order: dict[str, list[int]], s: int, bs: int, dropped: 
         gc.collect()
         torch.cuda.empty_cache()
     return dts
+
+
+def profile_arm(arm: Arm, examples, args) -> str:
+    """torch.profiler's op table (top 20 by own device time on a GPU, own CPU time on a CPU) of
+    --profile-steps steps of `arm`, one block: where a step's time goes, kernels and host alike."""
+    from torch.profiler import ProfilerActivity, profile
+
+    order = arm.order(len(examples), args.seed, 0)
+    batches = [order[j * args.batch_size : (j + 1) * args.batch_size] for j in range(args.profile_steps)]
+    cuda = arm.dev.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    try:
+        with profile(activities=activities) as prof:
+            arm.run([b for b in batches if b], last=True)
+        table = prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=20)
+    except Exception as e:  # a profiler problem must not cost the cell its measured numbers
+        table = f"profile failed: {type(e).__name__}: {e}"
+    print(f"profile of {args.profile_steps} steps of {arm.name}:\n{table}", flush=True)
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -414,8 +478,9 @@ def main(argv: list[str] | None = None) -> None:
     for epoch in range(args.epochs):
         orders = {a.name: a.order(len(examples), args.seed, epoch) for a in arms}
         per_arm = {a.name: 0.0 for a in arms}
-        for s in range(steps):
-            dts = step_all(arms, orders, s, args.batch_size, dropped)
+        for s in range(0, steps, args.sync_every):
+            block = min(args.sync_every, steps - s)
+            dts = step_all(arms, orders, s, args.batch_size, dropped, block=block, last=s + block == steps)
             for k, dt in dts.items():
                 per_arm[k] += dt
             if "softprompt" in dts and "peft" in dts:
@@ -477,6 +542,8 @@ def main(argv: list[str] | None = None) -> None:
     peft_rates = [base[k]["examples/s"] for k in ("peft", "peft-bf16") if k in base]
     if "softprompt" in base and peft_rates:  # issue #13's target: >= 3x the better of PEFT fp32 and bf16
         info["speedup_vs_best_peft"] = base["softprompt"]["examples/s"] / max(peft_rates)
+    if args.profile_steps:  # after everything measured above: these steps train the prompts further
+        info["profile"] = {a.name: profile_arm(a, examples, args) for a in arms if a.name in ("softprompt", "peft")}
     mem = []
     if args.mem_steps:
         for n in ["model-only", *names]:

@@ -64,8 +64,9 @@ def _common_args(carry: Path, shape: str) -> list[str]:
 @pytest.mark.parametrize(("shape", "task", "model_class"), [("smollm2-135m", "rte", "Llama"), ("bloomz-560m", "sst2", "Bloom")])
 def test_train_vs_peft_dry_run(bench, carry, tmp_path, shape, task, model_class):
     out = tmp_path / "train.json"
-    arms = ["softprompt", "softprompt-plain", "peft", "peft-bf16"]
+    arms = ["softprompt", "softprompt-kv_tree", "softprompt-plain", "peft", "peft-bf16"]
     argv = [*_common_args(carry, shape), "--task", task, "--batch-size", "32", "--warmup-steps", "3", "--val", "4"]
+    argv += ["--sync-every", "8", "--profile-steps", "1"]  # as the suite: both timed steps in one block between two syncs
     bench["train"].main([*argv, "--arms", ",".join(arms), "--time-budget", "600", "--json", str(out)])
     info = json.loads(out.read_text())
     assert info["model"]["class"] == f"{model_class}ForCausalLM"
@@ -82,7 +83,12 @@ def test_train_vs_peft_dry_run(bench, carry, tmp_path, shape, task, model_class)
         assert info["epoch_stats"][arm][0]["examples"] == 8 and info["epoch_stats"][arm][0]["steps"] == 2
     for arm in ("softprompt-plain", "peft", "peft-bf16"):  # one padded forward: computes at least the real tokens
         assert rows[arm]["padded tokens/s"] >= rows[arm]["real tokens/s"]
+    # on a CPU `auto` is the prefix tree: the same work as the kv_tree arm, at most the plain path's padded rows
+    auto, tree, plain = (info["epoch_stats"][a][0] for a in ("softprompt", "softprompt-kv_tree", "softprompt-plain"))
+    assert auto["tokens_padded"] == tree["tokens_padded"] <= plain["tokens_padded"]
+    assert auto["tokens_real"] == tree["tokens_real"] and auto["flops"] == tree["flops"]
     assert set(info["accuracy"]) == {"initial (text init)", *arms}
+    assert set(info["profile"]) == {"softprompt", "peft"} and "aten::mm" in info["profile"]["softprompt"]
     assert info["speedup_vs_best_peft"] == pytest.approx(
         rows["softprompt"]["examples/s"] / max(rows["peft"]["examples/s"], rows["peft-bf16"]["examples/s"])
     )
@@ -90,14 +96,14 @@ def test_train_vs_peft_dry_run(bench, carry, tmp_path, shape, task, model_class)
 
 def test_train_vs_peft_drops_an_arm_out_of_gpu_memory(bench, carry, tmp_path, monkeypatch):
     """An arm that runs out of GPU memory costs its own numbers, not the whole cell's."""
-    real_step = bench["train"].PeftArm.step
+    real_work = bench["train"].PeftArm.work
 
-    def step(self, idx):
+    def work(self, ready):
         if self.bf16:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_step(self, idx)
+        return real_work(self, ready)
 
-    monkeypatch.setattr(bench["train"].PeftArm, "step", step)
+    monkeypatch.setattr(bench["train"].PeftArm, "work", work)
     out = tmp_path / "train.json"
     argv = [*_common_args(carry, "smollm2-135m"), "--warmup-steps", "1", "--val", "0", "--json", str(out)]
     bench["train"].main([*argv, "--arms", "softprompt,peft,peft-bf16"])
@@ -108,17 +114,23 @@ def test_train_vs_peft_drops_an_arm_out_of_gpu_memory(bench, carry, tmp_path, mo
     assert info["speedup_vs_best_peft"] == pytest.approx(info["speedup_examples_per_s"])
 
 
-@pytest.mark.parametrize("shape", ["smollm2-135m", "bloomz-560m"])
-def test_eval_vs_naive_dry_run(bench, carry, tmp_path, shape):
+@pytest.mark.parametrize(
+    ("shape", "arms"),
+    [
+        ("smollm2-135m", ["softprompt", "softprompt-plain"]),
+        ("bloomz-560m", ["softprompt", "softprompt-kv_tree", "softprompt-padded"]),
+    ],
+)
+def test_eval_vs_naive_dry_run(bench, carry, tmp_path, shape, arms):
     out = tmp_path / "eval.json"
-    bench["eval"].main([*_common_args(carry, shape), "--tasks", "rte,sst2", "--json", str(out)])
+    bench["eval"].main(
+        [*_common_args(carry, shape), "--tasks", "rte,sst2", "--arms", ",".join([*arms, "naive"]), "--json", str(out)]
+    )
     info = json.loads(out.read_text())
-    # the fast and plain paths pick the naive scorer's answer for every example in float32
-    assert info["fp32_identical_predictions"] == {
-        f"{t} {a}": True for t in ("rte", "sst2") for a in ("softprompt", "softprompt-plain")
-    }
+    # every softprompt strategy picks the naive scorer's answer for every example in float32
+    assert info["fp32_identical_predictions"] == {f"{t} {a}": True for t in ("rte", "sst2") for a in arms}
     rows = info["results"]
-    assert len(rows) == 2 * 2 * 3  # tasks x dtypes x arms
+    assert len(rows) == 2 * 2 * (len(arms) + 1)  # tasks x dtypes x arms
     for r in rows:
         assert r["examples"] == 6 and r["examples/s"] > 0 and r["MFU bf16 peak"] > 0
         if r["dtype"] == "float32":

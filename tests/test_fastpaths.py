@@ -1,9 +1,11 @@
-"""Every fast path of the scorer against the plain one: same log-likelihoods, predictions and prompt gradient.
+"""Every scoring strategy against the plain one: same log-likelihoods, predictions and prompt gradient.
 
-The plain path is one forward over right-padded [prompt; row] rows (strategy "plain"). The fast path
-shares the prompt's keys/values, computes a multi-token-choice example's context once, splits a
-batch into length groups, and under CPU autocast uses a low-precision weight copy and a float32
-head. Both tiny architectures matter: llama (RoPE, position ids) and BLOOM (ALiBi from the mask).
+The plain path is one forward over right-padded [prompt; row] rows with their padding mask (strategy
+"plain"). `padded` (the GPU path) is the same forward without the mask and host round trips; the KV
+prefix tree (`kv_tree`, the CPU path) shares the prompt's keys/values, computes a multi-token-choice
+example's context once and splits a batch into length groups; under CPU autocast both use a
+low-precision weight copy and a float32 head. `auto` is one of them per device. Both tiny
+architectures matter: llama (RoPE, position ids) and BLOOM (ALiBi from the mask).
 """
 
 from __future__ import annotations
@@ -40,17 +42,21 @@ EXAMPLES = [
     ),
 ]
 
-VARIANTS = {
+VARIANTS = {  # every strategy but the reference, and the prefix tree's switches one at a time
     "all": {},
     "no_prompt_sharing": {"share_prompt": False},
     "no_prefix_sharing": {"share_prefix": False},
     "no_split": {"split_lengths": False},
     "split_every_row": {"group_overhead_tokens": 0},
     "share_prompt_always": {"group_overhead_tokens": 1},
+    "padded": {"strategy": "padded"},
+    "padded_with_mask": {"strategy": "padded", "padding_mask": True},
+    "auto": {"strategy": "auto"},
 }
 
 
 FAST = ScoringOptions(strategy="kv_tree")  # the prefix tree, never a silent retreat to the plain path
+PADDED = ScoringOptions(strategy="padded")  # what `auto` runs on a GPU
 
 
 def _scores_and_grad(model, prompt, batch, options, dtype=None):
@@ -66,7 +72,7 @@ def _scores_and_grad(model, prompt, batch, options, dtype=None):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_fast_equals_plain_fp32(tiny_backbone, variant):
     model, tok = tiny_backbone.model, tiny_backbone.tokenizer
-    options = ScoringOptions(strategy="kv_tree", **VARIANTS[variant])
+    options = ScoringOptions(**{"strategy": "kv_tree", **VARIANTS[variant]})
     torch.manual_seed(1)
     prompt = torch.randn(5, model.config.hidden_size) * 0.1
     enc = encode_examples(EXAMPLES, tok, n_prompt=5)
@@ -79,14 +85,34 @@ def test_fast_equals_plain_fp32(tiny_backbone, variant):
     torch.testing.assert_close(g_fast, g_plain, atol=1e-6, rtol=1e-4)
 
 
-def test_fast_path_without_prompt(tiny_backbone):
+@pytest.mark.parametrize("options", [FAST, PADDED], ids=["kv_tree", "padded"])
+def test_fast_path_without_prompt(tiny_backbone, options):
     model, tok = tiny_backbone.model, tiny_backbone.tokenizer
     enc = encode_examples(EXAMPLES, tok)
     batch = collate(enc, tok.pad_token_id)
     with torch.no_grad():
         plain = batch_choice_scores(model, None, batch, options=PLAIN)
-        fast = batch_choice_scores(model, None, batch, options=FAST)
+        fast = batch_choice_scores(model, None, batch, options=options)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_on_cpu_is_the_prefix_tree_bit_for_bit(tiny_backbone):
+    """The device table's CPU row: `auto` runs exactly the prefix tree (same scores and gradient, not just close)."""
+    model, tok = tiny_backbone.model, tiny_backbone.tokenizer
+    prompt = torch.randn(5, model.config.hidden_size, generator=torch.Generator().manual_seed(4)) * 0.1
+    batch = collate(encode_examples(EXAMPLES, tok, n_prompt=5), tok.pad_token_id)
+    for dtype in (None, torch.bfloat16):
+        auto, g_auto = _scores_and_grad(model, prompt, batch, ScoringOptions(), dtype)
+        tree, g_tree = _scores_and_grad(model, prompt, batch, FAST, dtype)
+        assert torch.equal(auto, tree) and torch.equal(g_auto, g_tree)
+
+
+def test_auto_strategy_table():
+    assert ScoringOptions().resolved(torch.device("cpu")) == "kv_tree"
+    for device in ("cuda", "cuda:1", torch.device("cuda", 0), "mps", "xpu"):
+        assert ScoringOptions().resolved(device) == "padded", device
+    for strategy in ("plain", "padded", "kv_tree"):  # an explicit strategy runs everywhere as asked
+        assert ScoringOptions(strategy=strategy).resolved("cuda") == ScoringOptions(strategy=strategy).resolved("cpu") == strategy
 
 
 def test_fast_path_really_skips_work(tiny_backbone):
@@ -105,7 +131,8 @@ def test_fast_path_really_skips_work(tiny_backbone):
     assert "fallbacks" not in fast and type(model) not in kv_tree.FALLBACKS  # no silent retreat to the plain path
 
 
-def test_bf16_fast_close_to_plain_and_same_predictions(tiny_backbone):
+@pytest.mark.parametrize("fast_options", [FAST, PADDED], ids=["kv_tree", "padded"])
+def test_bf16_fast_close_to_plain_and_same_predictions(tiny_backbone, fast_options):
     """Under bf16 autocast (low-precision weight copy, float32 head) scores stay within bf16 error."""
     model, tok = tiny_backbone.model, tiny_backbone.tokenizer
     torch.manual_seed(2)
@@ -113,7 +140,7 @@ def test_bf16_fast_close_to_plain_and_same_predictions(tiny_backbone):
     enc = encode_examples(EXAMPLES, tok, n_prompt=4)
     batch = collate(enc, tok.pad_token_id)
     ref, g_ref = _scores_and_grad(model, prompt, batch, PLAIN)  # float32 reference
-    fast, g_fast = _scores_and_grad(model, prompt, batch, FAST, dtype=torch.bfloat16)
+    fast, g_fast = _scores_and_grad(model, prompt, batch, fast_options, dtype=torch.bfloat16)
     plain, g_plain = _scores_and_grad(model, prompt, batch, PLAIN, dtype=torch.bfloat16)
     finite = torch.isfinite(ref)
     err_fast = (fast - ref)[finite].abs().max()
@@ -127,12 +154,13 @@ def test_bf16_fast_close_to_plain_and_same_predictions(tiny_backbone):
     assert cos > 0.98, cos
 
 
-def test_choice_scores_fast_equals_plain_with_mixed_batches(tiny_backbone):
-    """The evaluation entry point (prompt keys/values computed once for all batches)."""
+@pytest.mark.parametrize("options", [FAST, PADDED], ids=["kv_tree", "padded"])
+def test_choice_scores_fast_equals_plain_with_mixed_batches(tiny_backbone, options):
+    """The evaluation entry point (the tree: prompt keys/values computed once for all batches)."""
     model, tok = tiny_backbone.model, tiny_backbone.tokenizer
     prompt = torch.randn(3, model.config.hidden_size) * 0.1
     enc = encode_examples(EXAMPLES * 3, tok, n_prompt=3)
-    fast = choice_scores(model, enc, prompt, pad_id=tok.pad_token_id, max_tokens=300, max_examples=5, options=FAST)
+    fast = choice_scores(model, enc, prompt, pad_id=tok.pad_token_id, max_tokens=300, max_examples=5, options=options)
     plain = choice_scores(model, enc, prompt, pad_id=tok.pad_token_id, max_tokens=300, max_examples=5, options=PLAIN)
     for a, b in zip(fast.logprobs, plain.logprobs, strict=True):
         assert a == pytest.approx(b, abs=1e-4)
@@ -214,3 +242,18 @@ def test_model_rejecting_the_cache_falls_back_to_plain(tiny_llama, monkeypatch):
         torch.testing.assert_close(fast, plain)
     finally:
         kv_tree.FALLBACKS.discard(type(model))
+
+
+def test_kv_tree_asked_for_where_it_does_not_fit_is_a_clear_error(tiny_llama, monkeypatch):
+    """`--scoring-strategy kv_tree` never retreats silently: where the tree does not fit, one line says what to use."""
+    from softprompt.errors import SoftPromptError
+
+    tok = tiny_llama.tokenizer
+    batch = collate(encode_examples(EXAMPLES, tok), tok.pad_token_id)
+    monkeypatch.setattr(kv_tree, "target_hidden", lambda *a, **k: None)  # as for a model without an external cache
+    with torch.no_grad(), pytest.raises(SoftPromptError, match="does not fit LlamaForCausalLM .* auto or padded"):
+        batch_choice_scores(tiny_llama.model, None, batch, options=FAST)
+    with torch.no_grad():  # `auto` takes the single forward instead
+        torch.testing.assert_close(
+            batch_choice_scores(tiny_llama.model, None, batch), batch_choice_scores(tiny_llama.model, None, batch, options=PLAIN)
+        )

@@ -32,6 +32,7 @@ from softprompt.errors import SoftPromptError
 from softprompt.evaluate import EVAL_SEED, Evaluator
 from softprompt.io import write_json
 from softprompt.runs import COMPLETE, CONFLICT, RESUMABLE, RunRecord, run_state
+from softprompt.scoring import ScoringOptions
 from softprompt.tasks import Task, get_task
 from softprompt.train import train
 
@@ -122,6 +123,7 @@ def _evaluator(cfg: TrainConfig, methods: list[str], backbone, evaluator: Evalua
         compute_dtype=resolve_compute_dtype(cfg.compute_dtype, backbone.device),
         progress=progress,
         prompt_format=cfg.prompt_format,
+        scoring=ScoringOptions(strategy=cfg.scoring_strategy),
     )
 
 

@@ -13,7 +13,7 @@ several tokens gets its own row. A target is (row position, token id, choice ind
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -111,6 +111,43 @@ class Batch:
     labels: torch.Tensor  # [E]
     choice_mask: torch.Tensor  # [E, max_choices] True where the example has that choice
     row_example: torch.Tensor | None = None  # [R] index of the example each row belongs to
+    host: Batch | None = field(default=None, repr=False, compare=False)  # the batch on the CPU this one was copied from
+
+    def on_host(self) -> Batch:
+        """The batch's CPU tensors: what planning reads (`.tolist()`, sums) without a device round trip."""
+        return self.host if self.host is not None else self
+
+    def to(self, device: torch.device | str) -> Batch:
+        """This batch on `device` in ONE host-to-device copy (all tensors packed into one buffer, pinned and
+        asynchronous on CUDA: nothing waits for the device); itself if it is there already."""
+        device = torch.device(device)
+        if self.input_ids.device.type == device.type and (device.index is None or self.input_ids.device == device):
+            return self
+        return packed_copy(self.on_host(), device)
+
+
+def packed_copy(host: Batch, device: torch.device) -> Batch:
+    """`host`'s tensors packed into one int64 buffer, copied to `device` once, and unpacked there (views)."""
+    named = [(name, getattr(host, name)) for name in _BATCH_TENSORS if getattr(host, name) is not None]
+    flat = torch.cat([t.reshape(-1).long() for _, t in named])
+    if device.type == "cuda":
+        flat = flat.pin_memory()
+    moved = flat.to(device, non_blocking=True).split([t.numel() for _, t in named])
+    tensors = {name: part.view(t.shape).to(t.dtype) for (name, t), part in zip(named, moved, strict=True)}
+    return replace(host, **tensors, host=host)
+
+
+_BATCH_TENSORS = (
+    "input_ids",
+    "attention_mask",
+    "target_row",
+    "target_pos",
+    "target_tok",
+    "target_slot",
+    "labels",
+    "choice_mask",
+    "row_example",
+)
 
 
 def collate(encoded: Sequence[EncodedExample], pad_id: int) -> Batch:

@@ -32,6 +32,7 @@ DEFAULT_LR = {"finetune": 2e-5, "lora": 1e-3}  # a prompt's default is relative 
 PROMPT_LR_PER_STD = 0.025  # lr = this x the std of the model's input-embedding outputs (bench/README, convergence)
 # Values of fields that runs saved before the field existed actually used (when they differ from today's default).
 LEGACY_VALUES: dict[str, Any] = {"prompt_format": "plain"}
+SCORING_STRATEGIES = ("auto", "plain", "padded", "kv_tree")  # softprompt.scoring.options implements them
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -119,6 +120,16 @@ class TrainConfig:
     data_dir: str | None = option(None, "local data folder (default: $SOFTPROMPT_DATA or ../shared/data); 'hub' for the Hub")
     device: str = option("auto", "auto, cpu, cuda, cuda:1, mps")
     checkpoint_every: int = option(0, "also checkpoint every N optimiser steps")
+    scoring_strategy: str = option(
+        "auto",
+        "how the scorer computes: auto = the fastest for the device (CPU: kv_tree, GPU: padded; see bench/README.md)",
+        choices=SCORING_STRATEGIES,
+    )
+    log_every: int = option(
+        0,
+        "read the loss back from the device (progress, NaN/divergence check) every N optimiser steps and before every "
+        "checkpoint; 0 = auto: every step on CPU, every 16 on a GPU",
+    )
     extra: dict[str, Any] = option({}, "free-form settings recorded with the run (part of its identity)", cli=False)
 
     def __post_init__(self) -> None:
@@ -138,6 +149,8 @@ class TrainConfig:
             raise SoftPromptError(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
         if self.reparam != "none" and self.method != "prompt":
             raise SoftPromptError(f"reparam {self.reparam!r} applies to method 'prompt' only, not {self.method!r}")
+        if self.log_every < 0:
+            raise SoftPromptError(f"log_every must be 0 (auto) or a number of steps, got {self.log_every}")
         if self.lr is None and self.method in DEFAULT_LR:
             self.lr = DEFAULT_LR[self.method]
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):

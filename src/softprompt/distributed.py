@@ -56,11 +56,17 @@ class DataParallel:
         """Element-wise sum of small float vectors over the processes (losses, counts)."""
         if not self.active:
             return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        self.sum_(t)
+        return t.tolist()
+
+    def sum_(self, tensor: torch.Tensor) -> None:
+        """Sum a tensor over the processes in place: one collective, no host round trip (NCCL on GPUs)."""
+        if not self.active:
+            return
         import torch.distributed as dist
 
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t.tolist()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
     def broadcast_(self, params: Iterable[torch.Tensor]) -> None:
         """Make every process hold the main process's values (guards against any init difference)."""

@@ -16,19 +16,21 @@ import torch
 from torch import nn
 
 from softprompt.errors import SoftPromptError
+from softprompt.prompt import SoftPrompt
 
 
 class PromptEncoder(nn.Module):
-    """Computes the prompt matrix from the base matrix `E` (a parameter) and, unless `none`, an MLP."""
+    """Computes the prompt matrix from the base matrix `E` (the SoftPrompt's parameter) and, unless `none`, an MLP."""
 
-    def __init__(self, base: nn.Parameter, kind: str, hidden: int, seed: int = 0):
+    def __init__(self, prompt: SoftPrompt, kind: str, hidden: int, seed: int = 0):
         super().__init__()
         if kind not in ("none", "mlp", "residual"):
             raise SoftPromptError(f"unknown reparam {kind!r}: expected none, mlp or residual")
         if kind != "none" and hidden < 1:
             raise SoftPromptError(f"reparam {kind!r} needs a hidden width >= 1, got {hidden}")
         self.kind = kind
-        self.base = base
+        self.prompt = prompt  # E is read at call time: a prompt moved to another device is followed
+        base = prompt.weight
         d = base.shape[1]
         self.mlp: nn.Sequential | None = None
         if kind == "none":
@@ -46,15 +48,16 @@ class PromptEncoder(nn.Module):
         self.mlp.to(device=base.device, dtype=base.dtype)
 
     def forward(self) -> torch.Tensor:
+        base = self.prompt.weight
         if self.mlp is None:
-            return self.base
+            return base
         if self.kind == "mlp":
-            return self.mlp(self.base)
-        return self.base + self.mlp(self.base)
+            return self.mlp(base)
+        return base + self.mlp(base)
 
     def named_trainables(self) -> dict[str, nn.Parameter]:
         """Every trained tensor by a stable name: `prompt` (E) and `reparam.<layer>` (the checkpoint's keys)."""
-        params = {"prompt": self.base}
+        params = {"prompt": self.prompt.weight}
         if self.mlp is not None:
             params.update({f"reparam.{n}": p for n, p in self.mlp.named_parameters()})
         return params

@@ -13,6 +13,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,16 @@ from softprompt.runs import (
     package_versions,
     run_state,
 )
-from softprompt.scoring import LOSSES, ScoringOptions, autocast_context, batch_choice_scores
+from softprompt.scoring import LOSSES, ScoringOptions, ScoringStats, autocast_context, batch_choice_scores
 from softprompt.tasks import Task, get_task
 from softprompt.tasks.base import Example
 
 DIVERGED = 1e6  # no embedding-scale parameter gets near this unless the learning rate exploded
+# Optimiser steps between two reads of the device (the losses, the NaN/divergence check) when
+# `log_every` is 0, by device type: a read waits for the device, which on a GPU stalls the queue of
+# kernels the host has launched ahead; on a CPU it costs nothing, so every step is read there, as always.
+READ_EVERY = {"cpu": 1}
+READ_EVERY_DEFAULT = 16
 
 
 @dataclass
@@ -76,7 +82,9 @@ def train(
     Under `accelerate launch` with N processes, `cfg.batch_size` is per process (global batch
     N x batch_size), each process scores its share of every batch and of every evaluation, and
     only the main process writes into `out` (see `softprompt.distributed`). `baselines` adds the
-    no-prompt and English-prompt evaluations to a prompt run; `scoring` picks the scorer's strategy.
+    no-prompt and English-prompt evaluations to a prompt run; `scoring` (the scorer's options, switches
+    included) replaces `ScoringOptions(strategy=cfg.scoring_strategy)`, whose strategy it must match
+    unless the config says `auto`.
     """
     out = Path(out)
     dp = setup_data_parallel(cfg.device)
@@ -185,7 +193,7 @@ def build_trainables(cfg: TrainConfig, data: TrainData, dp: DataParallel) -> Tra
     )
     prompt.check_model(backbone.hidden_size)
     prompt.to(backbone.device)
-    encoder = PromptEncoder(prompt.weight, cfg.reparam, cfg.reparam_hidden, seed=cfg.seed)
+    encoder = PromptEncoder(prompt, cfg.reparam, cfg.reparam_hidden, seed=cfg.seed)
     if cfg.reparam == "mlp":  # what training starts from is MLP(E): the drift analyses measure from there
         with torch.no_grad():
             prompt.initial.copy_(encoder().detach())
@@ -247,12 +255,22 @@ class TrainingLoop:
     `state` describe the same instant, so Ctrl-C may checkpoint them; False inside an optimiser step
     or an epoch's bookkeeping, where a checkpoint would pair parameters of one step with the
     counters of another.
+
+    Losses stay on the device and are read (with the divergence check) every `read_every` optimiser
+    steps, at each epoch's end and before anything is written (`read_losses`): no host sync per step.
     """
 
     def __init__(self, cfg, out: Path, data: TrainData, trainables: Trainables, dp: DataParallel, *, scoring, progress: bool):
         self.cfg, self.out, self.data, self.trainables, self.dp = cfg, out, data, trainables, dp
+        if scoring is not None and cfg.scoring_strategy not in ("auto", scoring.strategy):
+            raise SoftPromptError(
+                f"scoring_strategy {cfg.scoring_strategy!r} and the scoring options' {scoring.strategy!r} differ"
+            )
+        scoring = scoring if scoring is not None else ScoringOptions(strategy=cfg.scoring_strategy)
         self.main, self.progress, self.scoring = dp.is_main, progress, scoring
+        self.stats = ScoringStats()  # what the training steps' scorer computed (forwards, tokens), for benchmarks
         backbone = data.backbone
+        self.read_every = cfg.log_every or READ_EVERY.get(backbone.device.type, READ_EVERY_DEFAULT)
         self.compute_dtype = resolve_compute_dtype(cfg.compute_dtype, backbone.device)
         self.evaluator = Evaluator(
             backbone,
@@ -280,8 +298,11 @@ class TrainingLoop:
         self.consistent = True
         self.bar = None
         self.started = 0.0
-        self.losses: list[float] = []  # the current epoch's losses, up to the last optimiser step
-        self.pending: list[float] = []  # losses of micro-batches whose optimiser step has not happened yet
+        self.losses: list[float] = []  # the current epoch's losses, read from the device
+        # (epoch, micro-batch, [loss x rows, rows] on the device) of the micro-batches whose optimiser step has
+        # not happened yet (pending), and of those whose step has but that were not read yet (unread)
+        self.pending: list[tuple[int, int, torch.Tensor]] = []
+        self.unread: list[tuple[int, int, torch.Tensor]] = []
         self.record = RunRecord()
 
     def resume(self) -> None:
@@ -318,8 +339,7 @@ class TrainingLoop:
             # Checkpoint only a consistent instant; otherwise the last checkpoint on disk (an earlier
             # consistent instant) is what --resume continues from, to the same result.
             if self.consistent:
-                self.state["elapsed"] = time.perf_counter() - self.started
-                self.checkpoint()
+                self._checkpoint_on_interrupt()
             if self.main:
                 replace(self.record, status="interrupted").write(self.out)
             self._close_bar()
@@ -342,27 +362,25 @@ class TrainingLoop:
         self._end_epoch(epoch)
 
     def _micro_batch(self, epoch: int, micro: int, order: list[int]) -> None:
-        """This process's share of one global batch: forward, loss, backward; an optimiser step every grad_accum."""
+        """This process's share of one global batch: forward, loss, backward; an optimiser step every grad_accum.
+
+        Nothing is read back from the device here: the loss is queued (`pending`) for `read_losses`."""
         cfg, dp, gb = self.cfg, self.dp, self.global_batch
         idx = order[micro * gb : (micro + 1) * gb]
         idx = idx[dp.rank * cfg.batch_size : (dp.rank + 1) * cfg.batch_size]  # this process's share
-        loss = None
+        backbone = self.data.backbone
+        loss_rows = torch.zeros(2, dtype=torch.float64, device=backbone.device)  # a process with no rows adds nothing
         if idx:
-            backbone = self.data.backbone
-            batch = collate([self.data.encoded[i] for i in idx], backbone.tokenizer.pad_token_id)
+            batch = collate([self.data.encoded[i] for i in idx], backbone.tokenizer.pad_token_id).to(backbone.device)
             with autocast_context(backbone.device, self.compute_dtype):
-                scores = batch_choice_scores(backbone.model, self.trainables.prompt_matrix(), batch, options=self.scoring)
+                scores = batch_choice_scores(
+                    backbone.model, self.trainables.prompt_matrix(), batch, options=self.scoring, stats=self.stats
+                )
             loss = LOSSES[cfg.loss](scores, batch.labels)
-        loss_sum, rows = dp.sum([float(loss.detach()) * len(idx) if loss is not None else 0.0, float(len(idx))])
-        batch_loss = loss_sum / rows  # the global batch's mean loss, the same in every process
-        if not math.isfinite(batch_loss):
-            raise SoftPromptError(
-                f"loss became {batch_loss} at epoch {epoch + 1}, batch {micro + 1} (lr {self.trainables.lr:.3g}): "
-                f"stopped; the last good checkpoint in {self.out} is kept (try a smaller --lr)"
-            )
-        if loss is not None:
+            detached = loss.detach().double()  # [loss x rows, rows]: summed over processes, the global batch's mean
+            loss_rows = torch.stack([detached * len(idx), torch.full_like(detached, len(idx))])
             (loss * len(idx) / (gb * cfg.grad_accum)).backward()
-        self.pending.append(batch_loss)
+        self.pending.append((epoch, micro, loss_rows))
         last_micro = micro == self.micro_per_epoch - 1
         if self.bar is not None:
             self.bar.update(1)
@@ -378,24 +396,77 @@ class TrainingLoop:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if not all(torch.isfinite(p).all() and p.abs().max() < DIVERGED for p in params):
-            raise SoftPromptError(
-                f"parameters diverged (NaN/inf or |value| >= {DIVERGED:g}) at epoch {epoch + 1}: lr {self.trainables.lr:.3g} "
-                f"is too large? stopped; the last good checkpoint in {self.out} is kept"
-            )
         # Progress is committed only at optimiser-step boundaries, so a checkpoint never holds half an
         # accumulated gradient.
-        self.losses = self.losses + self.pending
+        self.unread += self.pending
         self.pending = []
-        self.state.update(optimizer_step=self.state["optimizer_step"] + 1, micro_step=micro + 1, epoch_losses=self.losses)
+        step = self.state["optimizer_step"] + 1
+        self.state.update(optimizer_step=step, micro_step=micro + 1)
+        checkpoint_now = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0 and not last_micro
+        evaluate_now = bool(cfg.eval_every) and step % cfg.eval_every == 0 and not last_micro  # epoch ends evaluate anyway
+        if last_micro or checkpoint_now or evaluate_now or step % self.read_every == 0:
+            self.read_losses()  # an evaluation or a write follows, or it is time: raises if the run diverged
         self.consistent = True
+        if evaluate_now:  # a curve point between epoch ends
+            self._record_point(round(epoch + (micro + 1) / self.micro_per_epoch, 3))
+        if checkpoint_now:
+            self.state["elapsed"] = time.perf_counter() - self.started
+            self.checkpoint()
+
+    def read_losses(self) -> None:
+        """Read the losses queued on the device since the last read, and check the parameters, in one wait
+        for the device (and one all-reduce across processes): into `losses` and `state["epoch_losses"]`.
+
+        Raises SoftPromptError if a loss is not finite or the parameters diverged, naming the batch
+        (or step) and, when reads are `read_every` > 1 steps apart, how late it may have been seen. Call
+        it before anything evaluates or writes the parameters: checkpoints and the best prompt do."""
+        if not self.unread:
+            return
+        where = [(epoch, micro) for epoch, micro, _ in self.unread]
+        sums = torch.stack([t for _, _, t in self.unread])  # [micro-batches, 2]
+        self.unread = []
+        self.dp.sum_(sums)
+        healthy = torch.stack([torch.isfinite(p).all() & (p.abs().max() < DIVERGED) for p in self.trainables.params.values()])
+        values = torch.cat([sums.flatten(), healthy.all().double().reshape(1)]).tolist()  # the one read
+        losses = [values[2 * k] / values[2 * k + 1] for k in range(len(where))]
+        self._raise_if_diverged(where, losses, healthy=bool(values[-1]))
+        self.losses = self.losses + losses
+        self.state["epoch_losses"] = self.losses
         if self.bar is not None:
             recent = self.losses[-20:]
             self.bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-        self._maybe_evaluate(epoch, micro, last_micro)
-        if cfg.checkpoint_every and self.state["optimizer_step"] % cfg.checkpoint_every == 0 and not last_micro:
-            self.state["elapsed"] = time.perf_counter() - self.started
-            self.checkpoint()
+
+    def _raise_if_diverged(self, where: list[tuple[int, int]], losses: list[float], *, healthy: bool) -> None:
+        step = self.state["optimizer_step"]
+        late = (
+            f"; seen at optimiser step {step}, up to {self.read_every} steps later (--log-every)" if self.read_every > 1 else ""
+        )
+        for (epoch, micro), loss in zip(where, losses, strict=True):
+            if not math.isfinite(loss):
+                raise SoftPromptError(
+                    f"loss became {loss} at epoch {epoch + 1}, batch {micro + 1} (lr {self.trainables.lr:.3g}{late}): "
+                    f"stopped; the last good checkpoint in {self.out} is kept (try a smaller --lr)"
+                )
+        if not healthy:
+            when = f"within the {self.read_every} optimiser steps up to step {step}" if self.read_every > 1 else f"at step {step}"
+            raise SoftPromptError(
+                f"parameters diverged (NaN/inf or |value| >= {DIVERGED:g}) at epoch {where[-1][0] + 1}, {when}: lr {self.trainables.lr:.3g} "
+                f"is too large? stopped; the last good checkpoint in {self.out} is kept"
+            )
+
+    def _checkpoint_on_interrupt(self) -> None:
+        """Ctrl-C at a consistent instant: read what the device holds, then checkpoint, unless the read finds
+        a divergence (the last good checkpoint stays; --resume repeats the steps and reports it) or would be
+        a collective the other processes are not in (then too the last checkpoint is what --resume takes)."""
+        if self.unread and self.dp.active:
+            return
+        try:
+            self.read_losses()
+        except SoftPromptError as e:
+            warnings.warn(f"softprompt: no checkpoint written at the interrupt: {e}", RuntimeWarning, stacklevel=2)
+            return
+        self.state["elapsed"] = time.perf_counter() - self.started
+        self.checkpoint()
 
     def evaluate(self) -> EvalResult:
         """The validation subsample with the current parameters (the same subsample for every seed and method)."""
@@ -404,13 +475,6 @@ class TrainingLoop:
     def _prompt(self) -> torch.Tensor | None:
         prompt = self.trainables.prompt_matrix()
         return prompt.detach() if prompt is not None else None
-
-    def _maybe_evaluate(self, epoch: int, micro: int, last_micro: bool) -> None:
-        """Every `eval_every` optimiser steps (not at an epoch's end, which evaluates anyway): a curve point."""
-        step = self.state["optimizer_step"]
-        if not (self.cfg.eval_every and step % self.cfg.eval_every == 0 and not last_micro):
-            return
-        self._record_point(round(epoch + (micro + 1) / self.micro_per_epoch, 3))
 
     def _record_point(self, epoch: float) -> None:
         """A curve point between optimiser steps: evaluate, maybe keep the prompt as the best, append it."""
@@ -473,6 +537,7 @@ class TrainingLoop:
         self.checkpoint()
 
     def _save_best(self) -> None:
+        self.read_losses()  # never from parameters that were not checked
         if not self.main:
             return
         prompt = self.trainables.prompt_to_save()
@@ -482,6 +547,7 @@ class TrainingLoop:
             save_trainables(self.out / BEST_ADAPTER_FILE, self.trainables.params)
 
     def checkpoint(self) -> None:
+        self.read_losses()  # never from parameters that were not checked, and with every committed loss
         if self.main:
             save_checkpoint(self.out, self.trainables.params, self.optimizer, self.scheduler, self.state)
             write_text(self.out / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in self.state["history"]))

@@ -11,7 +11,16 @@ from typing import Any
 from softprompt.config import TrainConfig
 from softprompt.errors import SoftPromptError
 
-MODEL_FIELDS = ("model", "dtype", "compute_dtype", "device", "data_dir", "max_length", "prompt_format")  # loading, scoring
+MODEL_FIELDS = (  # what loading and scoring need
+    "model",
+    "dtype",
+    "compute_dtype",
+    "device",
+    "data_dir",
+    "max_length",
+    "prompt_format",
+    "scoring_strategy",
+)
 
 
 def config_fields(names: Iterable[str] | None = None) -> list[Field]:
@@ -66,6 +75,7 @@ def load_model(a: argparse.Namespace, model: str | None = None, runs: Sequence =
     Given trained `runs`, examples are laid out in the runs' prompt format (they must agree), not --prompt-format."""
     from softprompt.backbones import load_backbone, resolve_compute_dtype
     from softprompt.evaluate import Evaluator
+    from softprompt.scoring import ScoringOptions
 
     backbone = load_backbone(model or a.model, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code)
     compute_dtype = resolve_compute_dtype(a.compute_dtype, backbone.device)
@@ -79,6 +89,7 @@ def load_model(a: argparse.Namespace, model: str | None = None, runs: Sequence =
         compute_dtype=compute_dtype,
         progress=not a.quiet,
         prompt_format=formats[0] if formats else a.prompt_format,
+        scoring=ScoringOptions(strategy=a.scoring_strategy),
     )
     return backbone, evaluator
 

@@ -90,9 +90,9 @@ def prompt_kv(
 
 def shared_prompt_kv(model, prompt, compute_dtype, options: ScoringOptions, stats: ScoringStats):
     """The prompt's keys/values once for all batches of an evaluation, or None where the tree does not apply."""
-    if not (options.accelerated and options.share_prompt and prompt is not None):
-        return None
     device = next(model.parameters()).device
+    if not (options.resolved(device) == "kv_tree" and options.share_prompt and prompt is not None):
+        return None
     with autocast_context(device, compute_dtype):
         low = compute_model(model, autocast_dtype(device), options)
         if cache_support(type(base_model(low)))[0] is None:

@@ -22,8 +22,8 @@ def autocast_context(device: torch.device, compute_dtype: torch.dtype | None):
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype autocast computes in on `device` right now (None when autocast is off)."""
-    if torch.is_autocast_enabled(device.type):
+    """The dtype autocast computes in on `device` right now (None when autocast is off or has no such device)."""
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return None
 
@@ -37,10 +37,13 @@ def prompt_embeds(model, input_ids: torch.Tensor, prompt: torch.Tensor | None) -
     return torch.cat([p, embeds], dim=1)
 
 
-def hidden_states(model, prompt: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Final (normalised) hidden states over [prompt; input] for right-padded rows."""
+def hidden_states(
+    model, prompt: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Final (normalised) hidden states over [prompt; input] for right-padded rows (`attention_mask` None:
+    no padding mask, which leaves every real position's state as it is: see `ScoringOptions.padding_mask`)."""
     embeds = prompt_embeds(model, input_ids, prompt)
-    if prompt is not None:
+    if prompt is not None and attention_mask is not None:
         ones = torch.ones((input_ids.shape[0], prompt.shape[0]), dtype=attention_mask.dtype, device=attention_mask.device)
         attention_mask = torch.cat([ones, attention_mask], dim=1)
     out = base_model(model)(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)

@@ -2,25 +2,42 @@
 
 The options never change what is computed, only how: every strategy gives the reference path's
 log-likelihoods (to float rounding; tests/test_fastpaths.py checks it). Callers that do not care
-pass nothing and get `ScoringOptions()`, the fastest choice for the model.
+pass nothing and get `ScoringOptions()`, whose `auto` strategy is the fastest one for the device
+(`AUTO_STRATEGY`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
-STRATEGIES = ("auto", "plain", "kv_tree")
+from softprompt.config import SCORING_STRATEGIES
+
+STRATEGIES = SCORING_STRATEGIES  # ("auto", "plain", "padded", "kv_tree"): TrainConfig.scoring_strategy's choices
+
+# What `auto` runs, by device type (measured: bench/README.md, "Scoring strategies"). On a CPU the
+# KV prefix tree computes fewest tokens, and a CPU's cost is its FLOPs; on a GPU every extra forward
+# is hundreds of kernel launches and the tree's planning needs host round trips, so one padded forward wins.
+# A device type not listed gets `AUTO_DEFAULT`.
+AUTO_STRATEGY = {"cpu": "kv_tree", "cuda": "padded", "mps": "padded"}
+AUTO_DEFAULT = "padded"
 
 
 @dataclass(frozen=True)
 class ScoringOptions:
     """Which scoring strategy, and the switches of the accelerated ones.
 
-    - `plain`: the reference path, one forward over the right-padded rows on the model as it is;
+    - `plain`: the reference path, one forward over the right-padded rows (with their padding mask) on
+      the model as it is, no switch applies;
+    - `padded`: the same single forward, built for accelerators: the batch's index tensors reach the
+      device in one copy, nothing is read back to the host, no padding mask is passed (with right
+      padding and causal attention it changes nothing at a real position, and without it SDPA can take its
+      causal flash kernel), the head in float32 at the answer positions (`fp32_head`); on a CPU also the
+      low-precision weight copy and eager attention for the backward;
     - `kv_tree`: the KV prefix tree (`scoring.kv_tree`), an error where the model cannot take it;
-    - `auto` (default): the prefix tree where the model and batch allow it, else one padded forward;
-      under CPU autocast both use the low-precision weight copy (`scoring.lowp`) and a float32 head.
+    - `auto` (default): by device, `AUTO_STRATEGY`: on a CPU the prefix tree where the model and batch
+      allow it, else one padded forward (with its mask, as before this table existed); on a GPU `padded`.
     """
 
     strategy: str = "auto"
@@ -32,6 +49,7 @@ class ScoringOptions:
     fp32_residual: bool = True  # low-precision copy: residual stream in float32 (as autocast keeps it)
     eager_backward: bool = True  # CPU + gradients: eager attention (its backward beats torch's CPU flash kernel's)
     group_overhead_tokens: int = 64  # fixed cost of one more forward (weights streamed again), in tokens
+    padding_mask: bool = False  # padded: pass the padding mask anyway (for a model whose positions need it)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -41,6 +59,13 @@ class ScoringOptions:
     def accelerated(self) -> bool:
         """False for the reference path, which uses none of the switches."""
         return self.strategy != "plain"
+
+    def resolved(self, device: Any) -> str:
+        """The strategy that runs on `device` (a torch.device or its name): `auto` looked up in `AUTO_STRATEGY`."""
+        if self.strategy != "auto":
+            return self.strategy
+        kind = getattr(device, "type", None) or str(device).split(":")[0]
+        return AUTO_STRATEGY.get(kind, AUTO_DEFAULT)
 
 
 DEFAULT = ScoringOptions()

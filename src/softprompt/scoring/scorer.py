@@ -5,9 +5,11 @@ Training (a loss over the choices), evaluation (argmax), baselines and transfer 
 answer tokens: the LM head is applied to those hidden states alone, never to the whole sequence.
 
 The reference (`plain`) path is one forward over the right-padded rows [prompt; row]. The other
-strategies (`ScoringOptions.strategy`) compute the same numbers faster: the KV prefix tree
-(`scoring.kv_tree`), under CPU autocast on a low-precision weight copy (`scoring.lowp`) with the LM
-head in float32 on the few scored positions. tests/test_fastpaths.py checks they agree.
+strategies (`ScoringOptions.strategy`; `auto` picks one per device, `options.AUTO_STRATEGY`) compute
+the same numbers faster: `padded` (the same single forward without host round trips or padding mask:
+the GPU path) and the KV prefix tree (`scoring.kv_tree`: the CPU path), under CPU autocast on a
+low-precision weight copy (`scoring.lowp`), all with the LM head in float32 on the few scored
+positions. tests/test_fastpaths.py checks they agree.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from softprompt.batching import Batch, EncodedExample, collate, length_batches
+from softprompt.errors import SoftPromptError
 from softprompt.scoring import kv_tree
 from softprompt.scoring.attention import eager_attention_for_backward
 from softprompt.scoring.lowp import compute_model
@@ -27,16 +30,21 @@ from softprompt.scoring.model import autocast_context, autocast_dtype, hidden_st
 from softprompt.scoring.options import DEFAULT, ScoringOptions, ScoringStats
 
 
-def plain_target_hidden(model, prompt, batch: Batch, stats: ScoringStats) -> torch.Tensor:
-    """The reference path: final hidden states at the target positions from one forward over the padded rows."""
-    device = next(model.parameters()).device
-    ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-    hidden = hidden_states(model, prompt, ids, mask)
+def padded_target_hidden(model, prompt, batch: Batch, stats: ScoringStats, *, padding_mask: bool = True) -> torch.Tensor:
+    """One forward over the right-padded rows [prompt; row]: the final hidden states at the targets [T, d].
+
+    The reference path (`plain`, with the padding mask) and the `padded` strategy (without it). `batch`
+    is on the model's device (`Batch.to`); nothing here reads a device value back (the counts come from
+    the batch's host copy). Without the mask a pad is computed as a token, but it sits to the right of
+    every real token of its row, so causal attention never lets a real position see it, and positions
+    stay 0..L-1 as with the mask (ALiBi's too); a target is always a real position."""
     n = 0 if prompt is None else prompt.shape[0]
+    host = batch.on_host()
+    hidden = hidden_states(model, prompt, batch.input_ids, batch.attention_mask if padding_mask else None)
     stats["forwards"] += 1
     stats["padded"] += hidden.shape[0] * hidden.shape[1]
-    stats["real"] += int(mask.sum()) + n * ids.shape[0]
-    return hidden[batch.target_row.to(device), batch.target_pos.to(device) + n]  # [T, d]
+    stats["real"] += int(host.attention_mask.sum()) + n * host.input_ids.shape[0]
+    return hidden[batch.target_row, batch.target_pos + n]  # [T, d]
 
 
 def head_logprobs(model, low, picked: torch.Tensor, options: ScoringOptions) -> torch.Tensor:
@@ -51,16 +59,21 @@ def head_logprobs(model, low, picked: torch.Tensor, options: ScoringOptions) -> 
 
 
 def _target_hidden(model, prompt, batch: Batch, kv0, options: ScoringOptions, stats: ScoringStats) -> torch.Tensor:
-    """Hidden states at the targets by the chosen strategy (`model` is already the one that computes)."""
-    if options.strategy == "plain":
-        return plain_target_hidden(model, prompt, batch, stats)
+    """Hidden states at the targets by the strategy that runs on the batch's device (`model` is already the one that computes)."""
+    strategy = options.resolved(batch.input_ids.device)
+    if strategy != "kv_tree":
+        return padded_target_hidden(model, prompt, batch, stats, padding_mask=strategy == "plain" or options.padding_mask)
     if options.strategy == "kv_tree":
-        picked = kv_tree.target_hidden(model, prompt, batch, kv0, options, stats)
+        picked = kv_tree.target_hidden(model, prompt, batch.on_host(), kv0, options, stats)
         if picked is None:
-            raise ValueError(f"the kv_tree scoring strategy does not fit {type(model).__name__} or this batch: use 'auto'")
+            raise SoftPromptError(
+                f"the kv_tree scoring strategy does not fit {type(model).__name__} or this batch "
+                "(no external KV cache, or a sliding window shorter than the rows): use --scoring-strategy auto or padded"
+            )
         return picked
-    picked = kv_tree.target_hidden_or_none(model, prompt, batch, kv0, options, stats)
-    return plain_target_hidden(model, prompt, batch, stats) if picked is None else picked
+    picked = kv_tree.target_hidden_or_none(model, prompt, batch.on_host(), kv0, options, stats)
+    # auto's fallback where the tree does not fit: one forward with the padding mask, as it always was
+    return padded_target_hidden(model, prompt, batch, stats) if picked is None else picked
 
 
 def batch_choice_scores(
@@ -74,13 +87,15 @@ def batch_choice_scores(
 ) -> torch.Tensor:
     """Summed log-likelihood of every choice, shape [examples, max_choices] (-inf where absent).
 
-    `options` picks the strategy (default: `ScoringOptions()`); `stats` counts what was computed;
-    `kv0` is the prompt's cached keys/values from `kv_tree.prompt_kv` (computed here when absent).
+    `options` picks the strategy (default: `ScoringOptions()`, the fastest for the device); `stats` counts
+    what was computed; `kv0` is the prompt's cached keys/values from `kv_tree.prompt_kv` (computed here
+    when absent and the tree runs). `batch` may be on the host or already on the model's device (`Batch.to`).
     """
     options = options or DEFAULT
     stats = stats if stats is not None else ScoringStats()
     device = next(model.parameters()).device
     low = compute_model(model, autocast_dtype(device), options) if options.accelerated else model
+    batch = batch.to(device)  # one copy (none if the caller moved it already)
     with eager_attention_for_backward(low, options) if options.accelerated else contextlib.nullcontext():
         picked = _target_hidden(low, prompt, batch, kv0, options, stats)
     logprobs = head_logprobs(model, low, picked, options)
@@ -154,17 +169,27 @@ def choice_scores(
     device = next(model.parameters()).device
     out: list[list[float] | None] = [None] * len(encoded)
     kv0 = kv_tree.shared_prompt_kv(model, prompt, compute_dtype, options, stats) if encoded else None
-    for idx in length_batches(encoded, max_tokens, max_examples):
+    batches, scores = length_batches(encoded, max_tokens, max_examples), []
+    for idx in batches:
         batch = collate([encoded[i] for i in idx], pad_id)
         with autocast_context(device, compute_dtype):
-            s = batch_choice_scores(model, prompt, batch, kv0=kv0, options=options, stats=stats).cpu()
+            scores.append(batch_choice_scores(model, prompt, batch, kv0=kv0, options=options, stats=stats))
+        if progress is not None:
+            progress(len(idx))  # on a GPU: batches queued, not necessarily done
+    for idx, s in zip(batches, to_host(scores), strict=True):
         for j, i in enumerate(idx):
             out[i] = s[j, : encoded[i].num_choices].tolist()
-        if progress is not None:
-            progress(len(idx))
     return Scores(
         logprobs=out,  # type: ignore[arg-type]
         labels=[e.label for e in encoded],
         choice_chars=[e.choice_chars for e in encoded],
         truncated=sum(1 for e in encoded if e.truncated),
     )
+
+
+def to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`tensors` on the CPU in one device-to-host copy (one wait for the device, not one per batch)."""
+    if not tensors or all(t.device.type == "cpu" for t in tensors):
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors]).cpu()
+    return [part.view(t.shape) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors, strict=True)]
