@@ -170,6 +170,18 @@ def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()[:16]
 
 
+def known_revision(name: str) -> str | None:
+    """The revision `load_backbone(name)` records, where it is known without loading the model: an
+    offline alias's GGUF digest. None for a Hub id (its commit is resolved when it loads) or a folder."""
+    entry = OFFLINE_MODELS.get(name)
+    if entry is None:
+        return None
+    try:
+        return _file_digest(_offline_gguf(entry))
+    except (SoftPromptError, OSError):
+        return None  # loading it will say what is wrong
+
+
 def dequantized_dir(alias: str, revision: str) -> Path:
     """Where the Hugging Face-format copy of an offline model (GGUF digest `revision`) is cached."""
     return cache_dir() / "models" / f"{alias}-{revision}"
