@@ -273,3 +273,50 @@ def test_stale_temporaries_of_a_killed_writer_are_removed_on_resume(tmp_path, ti
     train(cfg, out, backbone=tiny_llama, progress=False)
     assert not stale.exists() and keep.exists()
     assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+def test_a_prompt_that_does_not_match_its_run_json_is_refused_everywhere(tmp_path, tiny_llama, tiny_model_dir, toy_data, capsys):
+    """Another run's 6-token prompt copied into a 4-token run: eval, generate, neighbors, geometry, transfer and
+    export refuse it in one line (SHA-256 recorded at save time; without it, the shape run.json records)."""
+    from softprompt.cli import main
+    from softprompt.train import TrainConfig, train
+
+    def cfg(tokens):
+        return TrainConfig(task="rte", model="tiny", tokens=tokens, epochs=1, batch_size=4, lr=0.1, data_dir=str(toy_data),
+                           compute_dtype="float32", max_length=128)  # fmt: skip
+
+    four, six = tmp_path / "four", tmp_path / "six"
+    train(cfg(4), four, backbone=tiny_llama, progress=False)
+    train(cfg(6), six, backbone=tiny_llama, progress=False)
+    record = json.loads((four / "run.json").read_text())
+    assert record["artifacts"]["prompt.safetensors"]["shape"] == [4, 32]
+    assert load_run(four).prompt().n_tokens == 4 and load_run(four).prompt("best").n_tokens == 4  # untouched: accepted
+    (four / "prompt.safetensors").write_bytes((six / "prompt.safetensors").read_bytes())
+    with pytest.raises(SoftPromptError, match=r"prompt.safetensors does not match .*run.json: its SHA-256 differs"):
+        load_run(four).prompt()
+    model = ["--model", str(tiny_model_dir), "--data-dir", str(toy_data), "--max-length", "128", "--quiet"]
+    commands = {
+        "eval": ["eval", "--run", str(four), *model],
+        "generate": ["generate", "hi", "--run", str(four), "--model", str(tiny_model_dir)],
+        "neighbors": ["neighbors", str(four), str(six), "--out", str(tmp_path / "n"), *model],
+        "geometry": ["geometry", str(four), str(six), "--out", str(tmp_path / "g")],
+        "transfer": ["transfer", str(four), "--out", str(tmp_path / "t"), *model],
+        "export": ["export", str(four), "--peft", str(tmp_path / "adapter")],
+    }
+    for name, argv in commands.items():
+        capsys.readouterr()
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("softprompt: error: ") and "\n" not in err and "does not match" in err, (name, err)
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / "n").exists()  # refused before writing anything
+    # a run.json without the digest (older, or edited): the shape it records still catches the swap
+    del record["artifacts"]
+    (four / "run.json").write_text(json.dumps(record))
+    with pytest.raises(SoftPromptError, match=r"holds a 6 x 32 prompt, but .*run.json records 4 x 32: the file belongs"):
+        load_run(four).prompt()
+    # the best prompt replaced by another of the same shape: only the digest tells
+    train(cfg(4), tmp_path / "again", backbone=tiny_llama, progress=False)
+    best = tmp_path / "again" / "best.safetensors"
+    SoftPrompt(torch.zeros(4, 32), init=load_run(tmp_path / "again").prompt().init).save(best)
+    with pytest.raises(SoftPromptError, match="best.safetensors does not match"):
+        load_run(tmp_path / "again").prompt("best")
