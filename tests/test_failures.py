@@ -62,7 +62,9 @@ def test_disk_full_while_checkpointing_fails_the_run_in_one_line_and_resume_reco
     assert not _no_temporaries(out)
     monkeypatch.setattr(checkpoint_mod, "save_file", real)
     train(cfg, out, backbone=tiny_llama, progress=False, resume=True)
-    assert torch.equal(load_file(str(out / "prompt.safetensors"))["prompt"], load_file(str(tmp_path / "ref" / "prompt.safetensors"))["prompt"])
+    assert torch.equal(
+        load_file(str(out / "prompt.safetensors"))["prompt"], load_file(str(tmp_path / "ref" / "prompt.safetensors"))["prompt"]
+    )
 
 
 def test_disk_full_for_every_file_still_leaves_a_resumable_run(tiny_llama, toy_data, tmp_path, monkeypatch):
@@ -85,7 +87,9 @@ def test_disk_full_for_every_file_still_leaves_a_resumable_run(tiny_llama, toy_d
     assert not _no_temporaries(out)
     monkeypatch.setattr(io_mod.os, "replace", real_replace)
     train(cfg, out, backbone=tiny_llama, progress=False, resume=True)
-    assert torch.equal(load_file(str(out / "prompt.safetensors"))["prompt"], load_file(str(tmp_path / "ref" / "prompt.safetensors"))["prompt"])
+    assert torch.equal(
+        load_file(str(out / "prompt.safetensors"))["prompt"], load_file(str(tmp_path / "ref" / "prompt.safetensors"))["prompt"]
+    )
 
 
 def test_a_real_write_failure_of_safetensors_names_the_file(tmp_path):
@@ -110,7 +114,9 @@ def test_disk_full_in_a_studys_analyses_or_report_is_one_line(tmp_path, tiny_mod
     from tests.test_study import CONFIG
 
     cfg = tmp_path / "study.toml"
-    cfg.write_text(CONFIG.format(model=tiny_model_dir, data=toy_data, methods='["majority"]').replace("seeds = [0, 1, 2]", "seeds = [0]"))
+    cfg.write_text(
+        CONFIG.format(model=tiny_model_dir, data=toy_data, methods='["majority"]').replace("seeds = [0, 1, 2]", "seeds = [0]")
+    )
     out = tmp_path / "study"
     real_replace = io_mod.os.replace
 
@@ -122,7 +128,9 @@ def test_disk_full_in_a_studys_analyses_or_report_is_one_line(tmp_path, tiny_mod
     monkeypatch.setattr(io_mod.os, "replace", full_for)
     assert main(["study", str(cfg), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    where = next(out.rglob(target), None) or (out / "report.html" if target == "report.html" else out / "analysis" / "neighbors" / target)
+    where = next(out.rglob(target), None) or (
+        out / "report.html" if target == "report.html" else out / "analysis" / "neighbors" / target
+    )
     assert err == f"softprompt: error: {where}: {DISK_FULL}"
     assert not where.exists() and not _no_temporaries(out)
     monkeypatch.setattr(io_mod.os, "replace", real_replace)
@@ -149,14 +157,18 @@ def no_model(monkeypatch):
 
 def test_out_that_is_a_file_or_not_creatable_is_refused_before_the_model(tmp_path, toy_data, no_model):
     (tmp_path / "file").write_text("not a directory")
-    with pytest.raises(SoftPromptError, match=rf"run directory {tmp_path / 'file'}: {tmp_path / 'file'} exists and is not a directory"):
+    with pytest.raises(
+        SoftPromptError, match=rf"run directory {tmp_path / 'file'}: {tmp_path / 'file'} exists and is not a directory"
+    ):
         train(_cfg(toy_data), tmp_path / "file", progress=False)
     with pytest.raises(SoftPromptError, match=rf"{tmp_path / 'file'} exists and is not a directory"):
         train(_cfg(toy_data), tmp_path / "file" / "run", progress=False)
     if not os.path.exists("/sys/kernel"):
         pytest.skip("no sysfs here")
     unwritable = Path("/sys/softprompt-test/run")
-    with pytest.raises(SoftPromptError, match=r"run directory /sys/softprompt-test/run: cannot create it: /sys/softprompt-test: "):
+    with pytest.raises(
+        SoftPromptError, match=r"run directory /sys/softprompt-test/run: cannot create it: /sys/softprompt-test: "
+    ):
         train(_cfg(toy_data), unwritable, progress=False)
 
 
@@ -214,7 +226,9 @@ def test_settings_that_would_fail_after_training_fail_before_it(tiny_llama, toy_
         return real(scores, labels)
 
     monkeypatch.setitem(train_mod.LOSSES, "choices", counting)
-    with pytest.raises(SoftPromptError, match=r"max_length 12 leaves no room for the input after the soft prompt \(0\), hard prompt \(12\)"):
+    with pytest.raises(
+        SoftPromptError, match=r"max_length 12 leaves no room for the input after the soft prompt \(0\), hard prompt \(12\)"
+    ):
         train(_cfg(toy_data, max_length=12), tmp_path / "run", backbone=tiny_llama, progress=False)
     assert scored["n"] == 0 and not (tmp_path / "run" / "checkpoint.safetensors").exists()
     # a bad validation record used to surface at the end of the first epoch

@@ -154,7 +154,9 @@ def test_study_redoes_what_changed_inputs_affect_and_says_so(tmp_path, tiny_mode
     cfg.write_text(STUDY.format(model=tiny_model_dir, task=toml, data=tmp_path))
     out = tmp_path / "study"
     run_study(cfg, out, progress=False)
-    before = {name: _cached_inputs(out, name) for name in ("analysis/neighbors.cache.json", "baselines/task/majority/result.json")}
+    before = {
+        name: _cached_inputs(out, name) for name in ("analysis/neighbors.cache.json", "baselines/task/majority/result.json")
+    }
 
     # unchanged inputs: everything is skipped, nothing is said
     capsys.readouterr()

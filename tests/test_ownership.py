@@ -24,12 +24,11 @@ HOST = socket.gethostname()
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     d = tmp_path / "run"
+    holder = rf"run directory {d} is being written by another softprompt process \(pid {os.getpid()} on {HOST}\)"
     with directory_lock(d):
         assert (d / LOCK_FILE).exists()
-        with pytest.raises(SoftPromptError, match=rf"run directory {d} is being written by another softprompt process "
-                           rf"\(pid {os.getpid()} on {HOST}\)"):  # fmt: skip
-            with directory_lock(d):
-                pass
+        with pytest.raises(SoftPromptError, match=holder), directory_lock(d):
+            pass
     with directory_lock(d):  # released at the end of the block
         pass
 
@@ -40,9 +39,8 @@ def test_a_killed_holder_releases_the_lock(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "held"
-        with pytest.raises(SoftPromptError, match=f"pid {proc.pid} on {HOST}"):
-            with directory_lock(d):
-                pass
+        with pytest.raises(SoftPromptError, match=f"pid {proc.pid} on {HOST}"), directory_lock(d):
+            pass
     finally:
         proc.kill()
         proc.wait(timeout=30)
@@ -71,12 +69,12 @@ def test_train_study_and_baselines_refuse_a_locked_directory_before_loading_a_mo
         train(_cfg(toy_data), tmp_path / "run", progress=False)
     cfg = tmp_path / "study.toml"
     cfg.write_text(CONFIG.format(model="tiny", data=toy_data, methods='["majority"]'))
-    with directory_lock(tmp_path / "study", "study directory"):
-        with pytest.raises(SoftPromptError, match=f"study directory {tmp_path / 'study'} is being written"):
-            run_study(cfg, tmp_path / "study", progress=False)
-    with directory_lock(tmp_path / "b", "baselines directory"):
-        with pytest.raises(SoftPromptError, match="baselines directory .* is being written"):
-            baseline_runs_mod.run_baselines(_cfg(toy_data), tmp_path / "b", methods=["no_prompt"])
+    study_locked = pytest.raises(SoftPromptError, match=f"study directory {tmp_path / 'study'} is being written")
+    with directory_lock(tmp_path / "study", "study directory"), study_locked:
+        run_study(cfg, tmp_path / "study", progress=False)
+    baselines_locked = pytest.raises(SoftPromptError, match="baselines directory .* is being written")
+    with directory_lock(tmp_path / "b", "baselines directory"), baselines_locked:
+        baseline_runs_mod.run_baselines(_cfg(toy_data), tmp_path / "b", methods=["no_prompt"])
 
 
 def test_two_concurrent_trains_into_one_out(tmp_path, tiny_model_dir, toy_data):

@@ -48,9 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. A fault of the inputs or the environment is one `softprompt: error:` line and
     exit 2; Ctrl-C exits 130 and SIGTERM (preemption) 143, both after the same checkpoint."""
     args = build_parser().parse_args(argv)
-    quiet_libraries()
     with sigterm_as_interrupt() as signals:
         try:
+            quiet_libraries()
             return args.func(args)
         except SoftPromptError as e:
             return _error(str(e))

@@ -29,7 +29,13 @@ def cmd_baselines(a: argparse.Namespace) -> int:
     out = Path(a.out or f"runs/baselines-{Path(a.task).stem if a.task.endswith('.toml') else a.task}-s{a.seed}")
     lr = {m: {"lr": v} for m, v in (("finetune", a.finetune_lr), ("lora", a.lora_lr)) if v is not None}
     rows = run_baselines(  # loads the model once --out is locked and the data read (a fault there fails first)
-        cfg, out, methods=a.methods, overrides=lr, overwrite=a.overwrite, progress=not a.quiet, trust_remote_code=a.trust_remote_code
+        cfg,
+        out,
+        methods=a.methods,
+        overrides=lr,
+        overwrite=a.overwrite,
+        progress=not a.quiet,
+        trust_remote_code=a.trust_remote_code,
     )
     n = rows[0]["n"] if rows else 0
     print(f"\n{a.task} validation (n={n}); training examples: {a.max_train or 'all'}; epochs {a.epochs}; seed {a.seed}")

@@ -87,7 +87,9 @@ def _say_changed_inputs(out: Path, inputs: dict[str, dict[str, Any]]) -> None:
         saved = before.get(task) if isinstance(before, dict) else None
         changed = input_changes(saved, digests) if isinstance(saved, dict) else []
         if changed:
-            warn(f"task {task}: {', '.join(changed)} changed since this study last ran: its runs, baselines and analyses are redone")
+            warn(
+                f"task {task}: {', '.join(changed)} changed since this study last ran: its runs, baselines and analyses are redone"
+            )
     write_json(path, inputs)
 
 
