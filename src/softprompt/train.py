@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from softprompt.backbones import Backbone, load_backbone, resolve_compute_dtype
+from softprompt.backbones import Backbone, load_backbone, resolve_compute_dtype, resolve_device
 from softprompt.baselines import reference_results
 from softprompt.batching import EncodedExample, collate, encode_examples, length_grouped_order
 from softprompt.checkpoint import load_checkpoint, save_checkpoint, save_trainables
@@ -85,6 +85,8 @@ def train(
     """
     out = Path(out)
     dp = setup_data_parallel(cfg.device)
+    if backbone is None:
+        resolve_device(cfg.device)  # a device this machine lacks fails before anything is written
     inputs = task_inputs(cfg.task, cfg.data_dir)  # reads every data file the run needs: a missing one fails now
     with owned_run_dir(out, dp):
         claim_run_dir(out, cfg, dp, inputs, resume=resume, overwrite=overwrite)

@@ -86,7 +86,11 @@ def _train_config(table: dict[str, Any], study: dict[str, Any], path: Path) -> T
     if owned:
         raise SoftPromptError(f"{path} [train]: {owned} are set by the study ([study] tasks, seeds, model, data_dir)")
     table.setdefault("max_eval", study.get("max_eval"))
-    return TrainConfig.from_dict({**table, "model": study["model"], "data_dir": study["data_dir"]}, where=f"{path} [train]")
+    try:
+        return TrainConfig.from_dict({**table, "model": study["model"], "data_dir": study["data_dir"]}, where=f"{path} [train]")
+    except SoftPromptError as e:  # a bad value: say where it is
+        message = str(e)
+        raise SoftPromptError(message if message.startswith(str(path)) else f"{path} [train]: {message}") from None
 
 
 def load_study_config(path: str | Path) -> StudyConfig:
