@@ -198,3 +198,30 @@ def test_study_trusts_runs_older_than_the_digests_with_a_warning(tmp_path, tiny_
     res = run_study(cfg, out, progress=False)
     assert res["setup"]["actions"] == {"rte-s0": "skipped"}
     assert f"{run_json} predates input digests" in capsys.readouterr().err
+
+
+def test_study_retrains_an_unfinished_run_whose_model_revision_changed(tmp_path, tiny_model_dir, toy_data, monkeypatch):
+    """A Hub model's commit is known once it loads: a run the study would resume on other weights is retrained."""
+    import softprompt.backbones as backbones_mod
+
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(STUDY.format(model=tiny_model_dir, task="rte", data=toy_data).replace("seeds = [0]", "seeds = [0, 1]"))
+    out = tmp_path / "study"
+    calls = {"n": 0}
+    real_loss = train_mod.LOSSES["choices"]
+
+    def interrupting(scores, labels):
+        calls["n"] += 1
+        if calls["n"] == 4:  # 3 batches per run: the first batch of seed 1
+            raise KeyboardInterrupt
+        return real_loss(scores, labels)
+
+    monkeypatch.setitem(train_mod.LOSSES, "choices", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, out, progress=False)
+    monkeypatch.setitem(train_mod.LOSSES, "choices", real_loss)
+    real_load = backbones_mod.load_backbone
+    monkeypatch.setattr(backbones_mod, "load_backbone", lambda *a, **k: dataclasses.replace(real_load(*a, **k), revision="new"))
+    res = run_study(cfg, out, progress=False)
+    assert res["setup"]["actions"] == {"rte-s0": "skipped", "rte-s1": "retrained"}
+    assert load_run(out / "runs" / "rte-s1").record.model["revision"] == "new"

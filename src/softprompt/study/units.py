@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from softprompt.baseline_runs import run_baselines
 from softprompt.baselines import TRAINED, baseline_config, result_inputs
 from softprompt.config import TrainConfig
-from softprompt.inputs import input_changes
+from softprompt.inputs import MODEL_REVISION, input_changes
 from softprompt.io import read_json, write_json
 from softprompt.prompt import PROMPT_FILE
 from softprompt.runs import COMPLETE, CONFLICT, RESUMABLE, load_run, package_versions, run_state, warn_unknown_inputs
@@ -58,11 +58,14 @@ class Study:
         A run left `running`, `interrupted` or `failed` (a killed process, a Ray worker that died)
         resumes from its checkpoint; a run of another config, or of changed data or task definition,
         is replaced."""
-        state = run_state(out, cfg, self.inputs.get(cfg.task))
+        inputs = self.inputs.get(cfg.task)
+        state = run_state(out, cfg, inputs)
         if state.kind == COMPLETE:
             if state.inputs_unknown:
                 warn_unknown_inputs(out)
             return "skipped"
+        if state.kind == RESUMABLE and inputs is not None:  # it trains, so the model loads: compare its revision too
+            state = run_state(out, cfg, {**inputs, MODEL_REVISION: models.backbone.revision})
         if state.kind == RESUMABLE:
             train(cfg, out, resume=True, backbone=models.backbone, progress=self.progress)
             return "resumed"
