@@ -24,7 +24,9 @@ import torch
 
 from softprompt.locks import directory_lock
 from softprompt.prompt import PromptInit, SoftPrompt
-from softprompt.train import TrainConfig, train
+from softprompt.train import train
+from tests.conftest import tiny_config
+from tests.test_inputs import TASK
 
 DRIVER = r"""
 import json, os, sys, traceback
@@ -101,14 +103,8 @@ def _task_file(root: Path, body: str, train_text: str = "text,label\na good film
     return root / "task.toml"
 
 
-TASK_TOML = """name = "films"
-description = "Is the review positive or negative?"
-template = "Review: {text}\\nAnswer:"
-label_words = ["negative", "positive"]
-[data]
-train = "train.csv"
-validation = "val.csv"
-"""
+TASK_TOML = TASK.replace("# a comment\n", "").replace(".jsonl", ".csv")
+
 
 STUDY_TOML = """[study]
 name = "faults"
@@ -125,17 +121,11 @@ max_length = 128
 """
 
 
-def _cfg(data, **kw):
-    base = dict(task="rte", model="tiny", tokens=3, epochs=1, batch_size=4, lr=0.1, data_dir=str(data), compute_dtype="float32",
-                max_length=128)  # fmt: skip
-    return TrainConfig(**{**base, **kw})
-
-
 @pytest.fixture
-def world(tmp_path, tiny_llama, tiny_model_dir, toy_data):
+def world(tmp_path, tiny_llama, tiny_model_dir, toy_data, interrupt_at):
     """Runs, adapters, data folders and configs holding every fault, built in-process (fast)."""
     w = {"tmp": tmp_path, "model": tiny_model_dir, "data": toy_data}
-    train(_cfg(toy_data), tmp_path / "done", backbone=tiny_llama, progress=False)
+    train(tiny_config(toy_data), tmp_path / "done", backbone=tiny_llama, progress=False)
     w["done"] = tmp_path / "done"
     for name, edit in {
         "format99": lambda r: dict(r, format=99),
@@ -145,7 +135,7 @@ def world(tmp_path, tiny_llama, tiny_model_dir, toy_data):
         "nan": "nan",
     }.items():
         d = tmp_path / name
-        train(_cfg(toy_data), d, backbone=tiny_llama, progress=False)
+        train(tiny_config(toy_data), d, backbone=tiny_llama, progress=False)
         if callable(edit):
             (d / "run.json").write_text(json.dumps(edit(json.loads((d / "run.json").read_text()))))
         elif name == "corrupt":
@@ -158,24 +148,11 @@ def world(tmp_path, tiny_llama, tiny_model_dir, toy_data):
         elif edit == "nan":
             SoftPrompt(torch.full((3, 32), float("nan")), PromptInit("random")).save(d / "prompt.safetensors")
     # a run interrupted in its second epoch, whose data then changed
-    import softprompt.train as train_mod
-
     data2 = _data_dir(tmp_path / "data2", [GOOD, BAD] * 4)
-    calls = {"n": 0}
-    real = train_mod.LOSSES["choices"]
-
-    def stop(scores, labels):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(scores, labels)
-
-    train_mod.LOSSES["choices"] = stop
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(_cfg(data2, epochs=2, model=str(tiny_model_dir)), tmp_path / "stale", backbone=tiny_llama, progress=False)
-    finally:
-        train_mod.LOSSES["choices"] = real
+    interrupt_at(3)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(data2, epochs=2, model=str(tiny_model_dir)), tmp_path / "stale", backbone=tiny_llama, progress=False)
+    interrupt_at(None)
     _jsonl(data2 / "rte" / "train.jsonl", [BAD, GOOD] * 4)
     w["data2"] = data2
     # PEFT adapters: a pickle, a wrong peft_type, and one of width 8 (imported: a run of another hidden size)
@@ -237,68 +214,176 @@ def _cases(w) -> list[tuple[str, list[str], str, str | None]]:
         ("invalid JSON line", [*t, data_with("json", [GOOD, "{oops"]), *out("c")], "train.jsonl:2: invalid JSON", None),
         ("non-object line", [*t, data_with("obj", [GOOD, "[1, 2]"]), *out("d")], "expected a JSON object", None),
         ("non-UTF-8", [*t, str(nonutf8.parent), *out("e")], "not UTF-8 (byte 0xe9", None),
-        ("missing field", [*t, data_with("field", [GOOD, {"premise": "x", "label": "entailment"}]), *out("f")],
-         "missing field 'hypothesis'", None),  # fmt: skip
-        ("label outside words", [*t, data_with("label", [GOOD, dict(GOOD, label="maybe")]), *out("g")],
-         "label 'maybe' is not one of", None),  # fmt: skip
+        (
+            "missing field",
+            [*t, data_with("field", [GOOD, {"premise": "x", "label": "entailment"}]), *out("f")],
+            "missing field 'hypothesis'",
+            None,
+        ),
+        (
+            "label outside words",
+            [*t, data_with("label", [GOOD, dict(GOOD, label="maybe")]), *out("g")],
+            "label 'maybe' is not one of",
+            None,
+        ),
         ("empty split", [*t, data_with("empty", []), *out("h")], "the train split is empty", None),
-        ("csv wrong delimiter", ["train", "--task", task_with("tsv", TASK_TOML, "text\tlabel\nok\tpositive\n"), *m, *out("i")],
-         "wrong delimiter?", None),  # fmt: skip
-        ("csv column count", ["train", "--task", task_with("cols", TASK_TOML, "text,label\na,b,c\n"), *m, *out("j")],
-         "3 columns, the header has 2", None),  # fmt: skip
+        (
+            "csv wrong delimiter",
+            ["train", "--task", task_with("tsv", TASK_TOML, "text\tlabel\nok\tpositive\n"), *m, *out("i")],
+            "wrong delimiter?",
+            None,
+        ),
+        (
+            "csv column count",
+            ["train", "--task", task_with("cols", TASK_TOML, "text,label\na,b,c\n"), *m, *out("j")],
+            "3 columns, the header has 2",
+            None,
+        ),
         ("boolq train absent", ["train", "--task", "boolq", *m, "--data-dir", data, *out("k")], "no train split", None),
-        ("task toml unknown key", ["train", "--task", task_with("key", TASK_TOML + "colour = 1\n"), *m, *out("l")],
-         "unknown key", None),  # fmt: skip
+        (
+            "task toml unknown key",
+            ["train", "--task", task_with("key", TASK_TOML + "colour = 1\n"), *m, *out("l")],
+            "unknown key",
+            None,
+        ),
         ("task toml invalid", ["train", "--task", task_with("toml", "name = \n"), *m, *out("m")], "invalid TOML", None),
-        ("task toml template", ["train", "--task", task_with("tpl", TASK_TOML.replace("{text}", "{label}")), *m, *out("n")],
-         "uses the label field", None),  # fmt: skip
-        ("study unknown key", ["study", study_with("typo", "epoch = 3"), "--out", str(tmp / "s1")], "unknown key(s) ['epoch']",
-         None),  # fmt: skip
-        ("study unknown task", ["study", study_with("task", tasks='["nope"]'), "--out", str(tmp / "s2")], "unknown task 'nope'",
-         None),  # fmt: skip
+        (
+            "task toml template",
+            ["train", "--task", task_with("tpl", TASK_TOML.replace("{text}", "{label}")), *m, *out("n")],
+            "uses the label field",
+            None,
+        ),
+        (
+            "study unknown key",
+            ["study", study_with("typo", "epoch = 3"), "--out", str(tmp / "s1")],
+            "unknown key(s) ['epoch']",
+            None,
+        ),
+        (
+            "study unknown task",
+            ["study", study_with("task", tasks='["nope"]'), "--out", str(tmp / "s2")],
+            "unknown task 'nope'",
+            None,
+        ),
         ("study out URL", ["study", study_with("url"), "--out", "s3://bucket/x"], "URLs", None),
-        ("ray flags", ["study", study_with("ray"), "--out", str(tmp / "s3"), "--cpus-per-run", "2"], "applies to --executor ray",
-         None),  # fmt: skip
+        (
+            "ray flags",
+            ["study", study_with("ray"), "--out", str(tmp / "s3"), "--cpus-per-run", "2"],
+            "applies to --executor ray",
+            None,
+        ),
         ("bad config value", [*t, data, "--tokens", "0", *out("o")], "tokens must be at least 1", None),
-        ("resume another config", [*t, data, "--tokens", "5", "--epochs", "1", "--batch-size", "4", "--lr", "0.1",
-                                   "--out", str(w["done"]), "--resume"], "different config", None),  # fmt: skip
-        ("out holds a run", [*t, data, "--tokens", "3", "--epochs", "1", "--batch-size", "4", "--lr", "0.1",
-                             "--out", str(w["done"])], "already holds a complete run", None),  # fmt: skip
-        ("diverged", [*t, data, "--lr", "1e30", "--optimizer", "adam", "--warmup", "0", "--schedule", "constant", *out("p")],
-         "diverged", None),  # fmt: skip
+        (
+            "resume another config",
+            [*t, data, "--tokens", "5", "--epochs", "1", "--batch-size", "4", "--lr", "0.1", "--out", str(w["done"]), "--resume"],
+            "different config",
+            None,
+        ),
+        (
+            "out holds a run",
+            [*t, data, "--tokens", "3", "--epochs", "1", "--batch-size", "4", "--lr", "0.1", "--out", str(w["done"])],
+            "already holds a complete run",
+            None,
+        ),
+        (
+            "diverged",
+            [*t, data, "--lr", "1e30", "--optimizer", "adam", "--warmup", "0", "--schedule", "constant", *out("p")],
+            "diverged",
+            None,
+        ),
         ("hub unreachable", [*t, "hub", *out("q")], "could not load aps/super_glue/rte", None),
         ("run format", ["eval", *run, str(tmp / "format99"), *m], "run format 99", None),
         ("corrupt run.json", ["eval", *run, str(tmp / "corrupt"), *m], "invalid JSON at line 1", None),
         ("truncated prompt", ["eval", *run, str(tmp / "truncated"), *m], "does not match", None),
         ("NaN prompt", ["eval", *run, str(tmp / "nan"), *m], "does not match", None),
-        ("hidden size", ["eval", *run, str(tmp / "width8"), *m, "--data-dir", data], "hidden size 8 but the model's hidden size is 32",
-         None),  # fmt: skip
-        ("pickled adapter", ["import-peft", str(tmp / "adapters" / "pickled"), "--out", str(tmp / "imp1")], "is a pickle file", None),
-        ("malformed adapter", ["import-peft", str(tmp / "adapters" / "lora"), "--out", str(tmp / "imp2")],
-         "field 'peft_type' is 'LORA'", None),  # fmt: skip
+        (
+            "hidden size",
+            ["eval", *run, str(tmp / "width8"), *m, "--data-dir", data],
+            "hidden size 8 but the model's hidden size is 32",
+            None,
+        ),
+        (
+            "pickled adapter",
+            ["import-peft", str(tmp / "adapters" / "pickled"), "--out", str(tmp / "imp1")],
+            "is a pickle file",
+            None,
+        ),
+        (
+            "malformed adapter",
+            ["import-peft", str(tmp / "adapters" / "lora"), "--out", str(tmp / "imp2")],
+            "field 'peft_type' is 'LORA'",
+            None,
+        ),
         # --- faults this file adds: ownership, stale inputs, artifacts, filesystem, environment
         ("locked out", [*t, data, *out("locked")], "is being written by another softprompt process (pid", None),
-        ("inputs changed", [*t, str(w["data2"]), "--tokens", "3", "--epochs", "2", "--batch-size", "4", "--lr", "0.1",
-                            "--out", str(tmp / "stale"), "--resume"], "train data changed since this run started", None),  # fmt: skip
-        ("prompt swapped", ["neighbors", str(tmp / "swapped"), "--out", str(tmp / "n1"), *m], "prompt.safetensors does not match", None),
+        (
+            "inputs changed",
+            [
+                *t,
+                str(w["data2"]),
+                "--tokens",
+                "3",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "4",
+                "--lr",
+                "0.1",
+                "--out",
+                str(tmp / "stale"),
+                "--resume",
+            ],
+            "train data changed since this run started",
+            None,
+        ),
+        (
+            "prompt swapped",
+            ["neighbors", str(tmp / "swapped"), "--out", str(tmp / "n1"), *m],
+            "prompt.safetensors does not match",
+            None,
+        ),
         ("out is a file", [*t, data, "--out", str(tmp / "a-file")], "exists and is not a directory", None),
         ("out not creatable", [*t, data, "--out", "/sys/softprompt-fault/run"], "cannot create it", None),
         ("data file is a directory", [*t, str(dir_as_file), *out("r")], "val.jsonl is not a file", None),
         ("no such device", [*t, data, "--device", "cuda:3", *out("s")], "device 'cuda:3'", None),
-        ("study wrong type", ["study", study_with("type", "weight_decay = 'none'"), "--out", str(tmp / "s4")],
-         "weight_decay must be a number", None),  # fmt: skip
-        ("study analysis metric", ["study", study_with("metric", "[analysis]\nmetric = 'euclid'"), "--out", str(tmp / "s5")],
-         "metric: unknown 'euclid'", None),  # fmt: skip
+        (
+            "study wrong type",
+            ["study", study_with("type", "weight_decay = 'none'"), "--out", str(tmp / "s4")],
+            "weight_decay must be a number",
+            None,
+        ),
+        (
+            "study analysis metric",
+            ["study", study_with("metric", "[analysis]\nmetric = 'euclid'"), "--out", str(tmp / "s5")],
+            "metric: unknown 'euclid'",
+            None,
+        ),
         ("max length too small", [*t, data, "--max-length", "6", *out("u")], "leaves no room", None),
-        ("disk full in train", [*t, data, "--epochs", "2", *out("v")], "checkpoint.safetensors: No space left on device",
-         "disk_full:checkpoint.safetensors"),  # fmt: skip
-        ("disk full in a report", ["geometry", str(w["done"]), "--out", str(tmp / "g1")], "geometry.json: No space left on device",
-         "disk_full:geometry.json"),  # fmt: skip
-        ("permission denied", ["export", str(w["done"]), "--peft", str(tmp / "adapter-out")], "adapter_config.json: Permission denied",
-         "no_permission:adapter_config.json"),  # fmt: skip
+        (
+            "disk full in train",
+            [*t, data, "--epochs", "2", *out("v")],
+            "checkpoint.safetensors: No space left on device",
+            "disk_full:checkpoint.safetensors",
+        ),
+        (
+            "disk full in a report",
+            ["geometry", str(w["done"]), "--out", str(tmp / "g1")],
+            "geometry.json: No space left on device",
+            "disk_full:geometry.json",
+        ),
+        (
+            "permission denied",
+            ["export", str(w["done"]), "--peft", str(tmp / "adapter-out")],
+            "adapter_config.json: Permission denied",
+            "no_permission:adapter_config.json",
+        ),
         ("export onto a file", ["export", str(w["done"]), "--peft", str(tmp / "a-file")], "exists and is not a directory", None),
-        ("import onto a run", ["import-peft", str(tmp / "adapters" / "width8"), "--out", str(w["done"])], "already holds a run",
-         None),  # fmt: skip
+        (
+            "import onto a run",
+            ["import-peft", str(tmp / "adapters" / "width8"), "--out", str(w["done"])],
+            "already holds a run",
+            None,
+        ),
         ("out of memory", [*t, data, *out("w")], "out of memory (OutOfMemoryError: CUDA out of memory", "out_of_memory"),
     ]
 
@@ -309,13 +394,23 @@ def test_every_fault_is_one_line_and_never_a_traceback(world, tmp_path):
         cases = [c for c in cases if c[0] != "out not creatable"]
     logs = tmp_path / "logs"
     logs.mkdir()
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     failures = []
     try:
         for i, (name, argv, expected, fault) in enumerate(cases):
-            case = {"argv": argv, "cwd": str(tmp_path), "stdout": str(logs / f"{i}.out"), "stderr": str(logs / f"{i}.err"),
-                    "fault": fault}  # fmt: skip
+            case = {
+                "argv": argv,
+                "cwd": str(tmp_path),
+                "stdout": str(logs / f"{i}.out"),
+                "stderr": str(logs / f"{i}.err"),
+                "fault": fault,
+            }
             if name == "locked out":
                 with directory_lock(tmp_path / "out" / "locked"):
                     rc = _ask(driver, case)
@@ -349,8 +444,18 @@ def test_the_real_entry_point_agrees(world, tmp_path):
     cases = [c for c in _cases(world) if c[0] in picked]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [
-        (name, expected, subprocess.Popen([sys.executable, "-m", "softprompt.cli", *argv], env=env, cwd=tmp_path,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))  # fmt: skip
+        (
+            name,
+            expected,
+            subprocess.Popen(
+                [sys.executable, "-m", "softprompt.cli", *argv],
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
         for name, argv, expected, _ in cases
     ]
     for name, expected, proc in procs:

@@ -21,15 +21,14 @@ import softprompt.io as io_mod
 import softprompt.train as train_mod
 from softprompt.cli import main
 from softprompt.errors import SoftPromptError
-from softprompt.train import TrainConfig, train
+from softprompt.train import train
+from tests.conftest import tiny_config
 
 DISK_FULL = "No space left on device (the disk is full: free some space)"
 
 
 def _cfg(data, **kw):
-    base = dict(task="rte", model="tiny", tokens=3, epochs=3, batch_size=2, lr=0.1, data_dir=str(data), compute_dtype="float32",
-                checkpoint_every=1, max_length=128)  # fmt: skip
-    return TrainConfig(**{**base, **kw})
+    return tiny_config(data, **{"epochs": 3, "batch_size": 2, "checkpoint_every": 1, **kw})
 
 
 def _no_temporaries(root: Path) -> list[Path]:
@@ -242,7 +241,7 @@ def test_settings_that_would_fail_after_training_fail_before_it(tiny_llama, toy_
 @pytest.mark.parametrize(
     "bad, match",
     [
-        (dict(tokens="20"), "tokens must be an integer, got str '20'"),
+        (dict(tokens="20"), "tokens must be an integer, got '20'"),
         (dict(lr=True), "lr must be a number"),
         (dict(max_eval=0), "max_eval must be at least 1"),
         (dict(checkpoint_every=-1), "checkpoint_every must be 0 or more"),

@@ -10,35 +10,25 @@ import json
 
 import pytest
 
-import softprompt.train as train_mod
 from softprompt.errors import SoftPromptError
 from softprompt.inputs import task_inputs
 from softprompt.runs import load_run
 from softprompt.study import run_study
 from softprompt.tasks import BUILTIN_TASKS
-from softprompt.train import TrainConfig, train
+from softprompt.train import train
+from tests.conftest import tiny_config
 
 
 def _cfg(data, **kw):
-    base = dict(task="rte", model="tiny", tokens=3, epochs=2, batch_size=4, lr=0.1, data_dir=str(data), compute_dtype="float32")
-    return TrainConfig(**{**base, **kw})
+    return tiny_config(data, **{"epochs": 2, "max_length": 512, **kw})
 
 
-def _interrupted_run(cfg, out, backbone, monkeypatch, at: int = 2):
+def _interrupted_run(cfg, out, backbone, interrupt_at, at: int = 2):
     """A run stopped by Ctrl-C at its `at`-th batch (run.json `interrupted`, a checkpoint of epoch 1 or none)."""
-    calls = {"n": 0}
-    real = train_mod.LOSSES["choices"]
-
-    def interrupting(scores, labels):
-        calls["n"] += 1
-        if calls["n"] == at:
-            raise KeyboardInterrupt
-        return real(scores, labels)
-
-    monkeypatch.setitem(train_mod.LOSSES, "choices", interrupting)
+    interrupt_at(at)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, out, backbone=backbone, progress=False)
-    monkeypatch.setitem(train_mod.LOSSES, "choices", real)
+    interrupt_at(None)
 
 
 def _flip_first_label(path):
@@ -59,9 +49,11 @@ def test_run_json_records_the_digests_of_data_and_task(tiny_llama, toy_data, tmp
 
 
 @pytest.mark.parametrize("change", ["train data", "validation data", "task definition"])
-def test_resume_after_inputs_changed_is_refused_with_the_choice(tiny_llama, toy_data, tmp_path, monkeypatch, change):
+def test_resume_after_inputs_changed_is_refused_with_the_choice(
+    tiny_llama, toy_data, tmp_path, monkeypatch, interrupt_at, change
+):
     cfg, out = _cfg(toy_data, batch_size=2), tmp_path / "r"
-    _interrupted_run(cfg, out, tiny_llama, monkeypatch, at=8)  # in epoch 2: epoch 1 is checkpointed
+    _interrupted_run(cfg, out, tiny_llama, interrupt_at, at=8)  # in epoch 2: epoch 1 is checkpointed
     if change == "train data":
         _flip_first_label(toy_data / "rte" / "train.jsonl")
     elif change == "validation data":
@@ -76,9 +68,9 @@ def test_resume_after_inputs_changed_is_refused_with_the_choice(tiny_llama, toy_
     assert res.final.n == 4 and load_run(out).record.inputs == task_inputs("rte", str(toy_data))
 
 
-def test_resume_on_another_model_revision_is_refused(tiny_llama, toy_data, tmp_path, monkeypatch):
+def test_resume_on_another_model_revision_is_refused(tiny_llama, toy_data, tmp_path, interrupt_at):
     cfg, out = _cfg(toy_data, batch_size=2), tmp_path / "r"
-    _interrupted_run(cfg, out, tiny_llama, monkeypatch, at=8)
+    _interrupted_run(cfg, out, tiny_llama, interrupt_at, at=8)
     other = dataclasses.replace(tiny_llama, revision="another-commit")
     with pytest.raises(SoftPromptError, match="model revision changed since this run started"):
         train(cfg, out, backbone=other, progress=False, resume=True)
@@ -86,9 +78,9 @@ def test_resume_on_another_model_revision_is_refused(tiny_llama, toy_data, tmp_p
     assert load_run(out).complete
 
 
-def test_a_run_older_than_the_digests_is_trusted_with_a_warning(tiny_llama, toy_data, tmp_path, monkeypatch, capsys):
+def test_a_run_older_than_the_digests_is_trusted_with_a_warning(tiny_llama, toy_data, tmp_path, interrupt_at, capsys):
     cfg, out = _cfg(toy_data, batch_size=2), tmp_path / "r"
-    _interrupted_run(cfg, out, tiny_llama, monkeypatch, at=8)
+    _interrupted_run(cfg, out, tiny_llama, interrupt_at, at=8)
     old = json.loads((out / "run.json").read_text())
     old.pop("inputs")  # as written before run.json recorded digests
     (out / "run.json").write_text(json.dumps(old))
@@ -200,26 +192,19 @@ def test_study_trusts_runs_older_than_the_digests_with_a_warning(tmp_path, tiny_
     assert f"{run_json} predates input digests" in capsys.readouterr().err
 
 
-def test_study_retrains_an_unfinished_run_whose_model_revision_changed(tmp_path, tiny_model_dir, toy_data, monkeypatch):
+def test_study_retrains_an_unfinished_run_whose_model_revision_changed(
+    tmp_path, tiny_model_dir, toy_data, monkeypatch, interrupt_at
+):
     """A Hub model's commit is known once it loads: a run the study would resume on other weights is retrained."""
     import softprompt.backbones as backbones_mod
 
     cfg = tmp_path / "study.toml"
     cfg.write_text(STUDY.format(model=tiny_model_dir, task="rte", data=toy_data).replace("seeds = [0]", "seeds = [0, 1]"))
     out = tmp_path / "study"
-    calls = {"n": 0}
-    real_loss = train_mod.LOSSES["choices"]
-
-    def interrupting(scores, labels):
-        calls["n"] += 1
-        if calls["n"] == 4:  # 3 batches per run: the first batch of seed 1
-            raise KeyboardInterrupt
-        return real_loss(scores, labels)
-
-    monkeypatch.setitem(train_mod.LOSSES, "choices", interrupting)
+    interrupt_at(4)  # 3 batches per run: the first batch of seed 1
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg, out, progress=False)
-    monkeypatch.setitem(train_mod.LOSSES, "choices", real_loss)
+    interrupt_at(None)
     real_load = backbones_mod.load_backbone
     monkeypatch.setattr(backbones_mod, "load_backbone", lambda *a, **k: dataclasses.replace(real_load(*a, **k), revision="new"))
     res = run_study(cfg, out, progress=False)

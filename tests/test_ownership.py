@@ -16,7 +16,8 @@ import pytest
 from softprompt.errors import SoftPromptError
 from softprompt.locks import LOCK_FILE, directory_lock
 from softprompt.runs import RunRecord, load_run, observed_status, run_state
-from softprompt.train import TrainConfig, train
+from softprompt.train import train
+from tests.conftest import tiny_config
 from tests.test_reliability import _train_cmd
 
 HOST = socket.gethostname()
@@ -48,11 +49,6 @@ def test_a_killed_holder_releases_the_lock(tmp_path):
         pass
 
 
-def _cfg(data, **kw):
-    base = dict(task="rte", model="tiny", tokens=3, epochs=1, batch_size=4, lr=0.1, data_dir=str(data), compute_dtype="float32")
-    return TrainConfig(**{**base, **kw})
-
-
 def test_train_study_and_baselines_refuse_a_locked_directory_before_loading_a_model(tmp_path, toy_data, monkeypatch):
     import softprompt.backbones as backbones_mod
     import softprompt.baseline_runs as baseline_runs_mod
@@ -66,7 +62,7 @@ def test_train_study_and_baselines_refuse_a_locked_directory_before_loading_a_mo
     for module in (backbones_mod, baseline_runs_mod, train_mod):
         monkeypatch.setattr(module, "load_backbone", no_model)
     with directory_lock(tmp_path / "run"), pytest.raises(SoftPromptError, match="is being written by another"):
-        train(_cfg(toy_data), tmp_path / "run", progress=False)
+        train(tiny_config(toy_data), tmp_path / "run", progress=False)
     cfg = tmp_path / "study.toml"
     cfg.write_text(CONFIG.format(model="tiny", data=toy_data, methods='["majority"]'))
     study_locked = pytest.raises(SoftPromptError, match=f"study directory {tmp_path / 'study'} is being written")
@@ -74,7 +70,7 @@ def test_train_study_and_baselines_refuse_a_locked_directory_before_loading_a_mo
         run_study(cfg, tmp_path / "study", progress=False)
     baselines_locked = pytest.raises(SoftPromptError, match="baselines directory .* is being written")
     with directory_lock(tmp_path / "b", "baselines directory"), baselines_locked:
-        baseline_runs_mod.run_baselines(_cfg(toy_data), tmp_path / "b", methods=["no_prompt"])
+        baseline_runs_mod.run_baselines(tiny_config(toy_data), tmp_path / "b", methods=["no_prompt"])
 
 
 def test_two_concurrent_trains_into_one_out(tmp_path, tiny_model_dir, toy_data):
@@ -104,7 +100,7 @@ def test_two_concurrent_trains_into_one_out(tmp_path, tiny_model_dir, toy_data):
 
 
 def _running_record(tmp_path, pid: int, host: str = HOST):
-    record = RunRecord(status="running", config=_cfg(tmp_path).to_dict(), worker={"host": host, "pid": pid})
+    record = RunRecord(status="running", config=tiny_config(tmp_path).to_dict(), worker={"host": host, "pid": pid})
     record.write(tmp_path / "run")
     return record
 
@@ -114,7 +110,7 @@ def test_a_running_run_whose_process_is_gone_is_interrupted(tmp_path):
     gone.wait()
     record = _running_record(tmp_path, gone.pid)
     assert observed_status(record) == "interrupted"
-    assert run_state(tmp_path / "run", _cfg(tmp_path)).status == "interrupted"
+    assert run_state(tmp_path / "run", tiny_config(tmp_path)).status == "interrupted"
     with pytest.raises(SoftPromptError, match="is interrupted: finish it with `softprompt train --resume"):
         load_run(tmp_path / "run")
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -158,7 +158,7 @@ def check_types(obj: Any) -> None:
         if isinstance(value, bool) and bool not in allowed:
             raise SoftPromptError(f"{f.name} must be {_names(allowed)}, got the boolean {value!r}")
         if not isinstance(value, allowed):
-            raise SoftPromptError(f"{f.name} must be {_names(allowed)}, got {type(value).__name__} {value!r}")
+            raise SoftPromptError(f"{f.name} must be {_names(allowed)}, got {value!r}")
 
 
 def _names(allowed: tuple[type, ...]) -> str:

@@ -1,9 +1,10 @@
 """The training loop: a soft prompt (or full fine-tuning / LoRA as baselines) on one task.
 
-`train()` reads as its steps: claim the run directory -> prepare data -> build trainables -> the
-loop (optimiser, schedule, resumed state) -> fit the epochs -> finalize (artifacts, reference
-evaluations, run.json). The loop checkpoints at each epoch end, every `checkpoint_every` steps and
-on Ctrl-C; `resume` continues from the checkpoint to the same result an uninterrupted run gives.
+`train()` reads as its steps: hash the inputs -> lock and claim the run directory -> prepare data ->
+build trainables -> the loop (optimiser, schedule, resumed state; what is scored later tokenized now)
+-> fit the epochs -> finalize (artifacts, reference evaluations, run.json). The loop checkpoints at
+each epoch end, every `checkpoint_every` steps and on Ctrl-C or SIGTERM; `resume` continues from the
+checkpoint to the same result an uninterrupted run gives, and refuses a run whose inputs changed.
 """
 
 from __future__ import annotations
