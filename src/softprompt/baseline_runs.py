@@ -29,7 +29,7 @@ from softprompt.baselines import (
 )
 from softprompt.config import TrainConfig
 from softprompt.errors import SoftPromptError
-from softprompt.evaluate import Evaluator
+from softprompt.evaluate import EVAL_SEED, Evaluator
 from softprompt.inputs import task_inputs
 from softprompt.io import write_json
 from softprompt.locks import directory_lock
@@ -128,21 +128,22 @@ def _evaluator(
         max_length=cfg.max_length,
         compute_dtype=resolve_compute_dtype(cfg.compute_dtype, backbone.device),
         progress=progress,
+        prompt_format=cfg.prompt_format,
     )
 
 
 def _untrained(method: str, cfg: TrainConfig, task: Task, evaluator: Evaluator | None, total: int | None) -> dict[str, Any]:
     if method == "majority":
-        train_ex = task.load("train", cfg.data_dir, limit=cfg.max_train, seed=cfg.seed)
+        train_ex, _ = task.load_train(cfg.data_dir, limit=cfg.max_train, seed=cfg.seed, dev_size=cfg.dev_size)
         if evaluator is not None:
-            val_ex = evaluator.examples(task, "validation", cfg.max_eval, cfg.seed)
+            val_ex = evaluator.examples(task, "validation", cfg.max_eval, EVAL_SEED)
         else:
-            val_ex = task.load("validation", cfg.data_dir, limit=cfg.max_eval, seed=cfg.seed)
+            val_ex = task.load("validation", cfg.data_dir, limit=cfg.max_eval, seed=EVAL_SEED)
         res = majority_result(task, train_ex, val_ex)
         label = task.label_words[res.predictions[0]] if res.predictions else None
         return baseline_row(method, res.metrics(), 0, None, majority_label=label, train_examples=len(train_ex))
     assert evaluator is not None
-    res = untrained_result(method, evaluator, task, limit=cfg.max_eval, seed=cfg.seed, hard_prompt=task.description)
+    res = untrained_result(method, evaluator, task, limit=cfg.max_eval, seed=EVAL_SEED, hard_prompt=task.description)
     extra = {"hard_prompt": task.description} if method == "english_prompt" else {}
     return baseline_row(method, res.metrics(), 0, total, **extra)
 

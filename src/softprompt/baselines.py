@@ -25,7 +25,19 @@ METHODS = BASELINE_METHODS
 TRAINED = TRAINED_BASELINES
 NEEDS_MODEL = ("no_prompt", "english_prompt")  # the untrained baselines that score with the model
 # What an untrained baseline's result depends on (a trained one: its whole config).
-EVALUATION_FIELDS = ("task", "model", "seed", "max_train", "max_eval", "max_length", "dtype", "compute_dtype", "data_dir")
+EVALUATION_FIELDS = (
+    "task",
+    "model",
+    "seed",
+    "max_train",
+    "max_eval",
+    "max_length",
+    "dtype",
+    "compute_dtype",
+    "data_dir",
+    "prompt_format",
+    "dev_size",
+)
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
@@ -44,12 +56,12 @@ def baseline_config(cfg: TrainConfig, method: str, overrides: Mapping[str, Any] 
     """A trained baseline's config: `cfg` with `method` and `overrides`.
 
     The learning rate is the method's default unless an override sets it: a prompt's learning rate
-    would wreck full fine-tuning."""
+    would wreck full fine-tuning. Prompt-only settings (the reparameterisation) do not apply."""
     overrides = dict(overrides or {})
     check_keys(TrainConfig, overrides, f"{method} overrides")
     if "method" in overrides:
         raise SoftPromptError(f"{method} overrides: 'method' is the baseline's own")
-    return replace(cfg, method=method, **{"lr": None, **overrides})
+    return replace(cfg, method=method, **{"lr": None, "reparam": "none", **overrides})
 
 
 def result_inputs(cfg: TrainConfig, method: str) -> dict[str, Any]:

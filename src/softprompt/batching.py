@@ -1,8 +1,10 @@
 """Tokenize examples into scoring rows: truncate the input (never the prompt or the answer), pad, bucket.
 
 Layout of one row, left to right: [soft prompt (n vectors)] [BOS if the tokenizer adds one]
-[hard prompt tokens] [context tokens] [choice tokens except the last]. Rows are padded on the
-RIGHT, so no pad ever sits between the prompt and the text and position ids stay 0..L-1.
+[hard prompt tokens] [context tokens] [choice tokens except the last]. In the chat format
+(`softprompt.chat`) the chat template's head replaces the BOS and its tail (up to the assistant's
+answer) follows the context. Rows are padded on the RIGHT, so no pad ever sits between the prompt
+and the text and position ids stay 0..L-1.
 
 Choices of a single token are scored together on one shared row (the context alone); a choice of
 several tokens gets its own row. A target is (row position, token id, choice index).
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from softprompt.chat import ChatLayout, chat_choice, chat_context
 from softprompt.errors import SoftPromptError
 from softprompt.tasks.base import Example
 
@@ -54,25 +57,33 @@ def encode_examples(
     n_prompt: int = 0,
     hard_prompt: str | None = None,
     max_length: int = 512,
+    prompt_format: str = "plain",
 ) -> list[EncodedExample]:
-    """Tokenize examples for scoring; the context is cut from its start if the row would exceed max_length."""
-    specials = _leading_specials(tokenizer)
+    """Tokenize examples for scoring; the context is cut from its start if the row would exceed max_length.
+
+    `prompt_format` is `plain` or `chat` (resolve `auto` first with `chat.resolve_prompt_format`)."""
+    chat = ChatLayout.of(tokenizer) if prompt_format == "chat" else None
+    head = list(chat.head) if chat else _leading_specials(tokenizer)
+    tail = list(chat.tail) if chat else []
     hard = tokenizer(hard_prompt + "\n", add_special_tokens=False)["input_ids"] if hard_prompt else []
-    contexts = tokenizer([ex.context for ex in examples], add_special_tokens=False)["input_ids"]
+    texts = [chat_context(ex.context) if chat else ex.context for ex in examples]
+    contexts = tokenizer(texts, add_special_tokens=False)["input_ids"]
     out = []
     for ex, ctx in zip(examples, contexts, strict=True):
-        choices = tokenizer(list(ex.choices), add_special_tokens=False)["input_ids"]
+        answers = [chat_choice(c) for c in ex.choices] if chat else list(ex.choices)
+        choices = tokenizer(answers, add_special_tokens=False)["input_ids"]
         if any(len(c) == 0 for c in choices):
             raise SoftPromptError(f"example {ex.idx}: a choice tokenizes to nothing ({ex.choices})")
         longest = max(len(c) for c in choices)
-        budget = max_length - n_prompt - len(specials) - len(hard) - (longest - 1)
+        budget = max_length - n_prompt - len(head) - len(tail) - len(hard) - (longest - 1)
         if budget < 1:
             raise SoftPromptError(
                 f"max_length {max_length} leaves no room for the input after the soft prompt ({n_prompt}), "
-                f"hard prompt ({len(hard)}) and answer ({longest}) tokens"
+                f"hard prompt ({len(hard)}), {'chat template' if chat else 'special'} ({len(head) + len(tail)}) "
+                f"and answer ({longest}) tokens"
             )
         dropped = max(0, len(ctx) - budget)
-        prefix = specials + hard + ctx[dropped:]
+        prefix = head + hard + ctx[dropped:] + tail
         rows: list[Row] = []
         single = [(k, c[0]) for k, c in enumerate(choices) if len(c) == 1]
         if single:

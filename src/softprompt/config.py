@@ -21,6 +21,7 @@ METHODS = ("prompt", "finetune", "lora")  # what a run trains
 TRAINED_BASELINES = ("finetune", "lora")
 BASELINE_METHODS = ("majority", "no_prompt", "english_prompt", *TRAINED_BASELINES)
 INIT_METHODS = ("text", "random", "vocab", "labels")
+PROMPT_FORMATS = ("auto", "plain", "chat")  # softprompt.chat implements them
 LOSSES = ("choices", "lm")  # softprompt.scoring.LOSSES implements them
 SCHEDULES = ("linear", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw")
@@ -28,7 +29,11 @@ DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 EXECUTORS = ("local", "ray")
-DEFAULT_LR = {"prompt": 3e-2, "finetune": 2e-5, "lora": 1e-3}
+REPARAMS = ("none", "mlp", "residual")  # softprompt.reparam implements them
+DEFAULT_LR = {"finetune": 2e-5, "lora": 1e-3}  # a prompt's default is relative to the embedding scale:
+PROMPT_LR_PER_STD = 0.025  # lr = this x the std of the model's input-embedding outputs (bench/README, convergence)
+# Values of fields that runs saved before the field existed actually used (when they differ from today's default).
+LEGACY_VALUES: dict[str, Any] = {"prompt_format": "plain"}
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -61,7 +66,24 @@ class TrainConfig:
         "text", "how the prompt starts: the init text's tokens, random, frequent tokens, label words", choices=INIT_METHODS
     )
     init_text: str | None = option(None, "text for --init text (default: the task's description)")
-    lr: float | None = option(None, "learning rate (default: 3e-2 prompt, 2e-5 finetune, 1e-3 lora)")
+    prompt_format: str = option(
+        "auto",
+        "plain: the task template as text; chat: inside the model's chat template (instruction-tuned models); "
+        "auto: chat when the tokenizer has a chat template",
+        choices=PROMPT_FORMATS,
+    )
+    reparam: str = option(
+        "none",
+        "train the prompt directly (none), through an MLP (P-tuning), or as prompt + MLP(prompt) (residual); "
+        "saved and exported as the resulting matrix",
+        choices=REPARAMS,
+    )
+    reparam_hidden: int = option(256, "hidden width of the reparameterisation MLP")
+    lr: float | None = option(
+        None,
+        f"learning rate (default: prompt {PROMPT_LR_PER_STD} x the std of the model's embedding outputs, "
+        "finetune 2e-5, lora 1e-3)",
+    )
     optimizer: str = option("adamw", choices=OPTIMIZERS)
     loss: str = option(
         "choices",
@@ -80,6 +102,13 @@ class TrainConfig:
     seed: int = option(0)
     max_train: int | None = option(None, "few-shot: a seeded subsample of N training examples")
     max_eval: int | None = option(None, "evaluate on a seeded subsample of N validation examples")
+    dev_size: int = option(
+        0,
+        "hold out N training-split examples (never trained on) to pick the best prompt; 0: no selection, the last "
+        "prompt is the result",
+    )
+    eval_every: int = option(0, "also evaluate every N optimiser steps (learning curves); 0: at epoch ends only")
+    max_grad_norm: float = option(0.0, "clip the gradient norm to this (0: no clipping)")
     max_length: int = option(512, "max tokens per row, prompt included (inputs are cut, answers never)")
     dtype: str = option("float32", "weight dtype", choices=DTYPES)
     compute_dtype: str = option(
@@ -105,9 +134,16 @@ class TrainConfig:
         for name in ("tokens", "epochs", "batch_size", "grad_accum", "max_length"):
             if getattr(self, name) < 1:
                 raise SoftPromptError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr is None:
+        for name in ("dev_size", "eval_every", "reparam_hidden"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise SoftPromptError(f"{name} must be a whole number >= 0, got {getattr(self, name)!r}")
+        if not (self.max_grad_norm >= 0 and math.isfinite(self.max_grad_norm)):
+            raise SoftPromptError(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
+        if self.reparam != "none" and self.method != "prompt":
+            raise SoftPromptError(f"reparam {self.reparam!r} applies to method 'prompt' only, not {self.method!r}")
+        if self.lr is None and self.method in DEFAULT_LR:
             self.lr = DEFAULT_LR[self.method]
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise SoftPromptError(f"lr must be a positive number, got {self.lr}")
         if not 0 <= self.warmup < 1:
             raise SoftPromptError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
@@ -133,7 +169,8 @@ class TrainConfig:
         """The fields whose value in a saved run's config differs from this one's (a field the saved
         config predates counts as its default, so adding an option does not invalidate old runs)."""
         mine = asdict(self)
-        full = {**{k: v for k, v in asdict(TrainConfig()).items() if k not in saved}, **saved}
+        absent = {k: LEGACY_VALUES.get(k, v) for k, v in asdict(TrainConfig()).items() if k not in saved}
+        full = {**absent, **saved}
         return sorted(k for k in set(full) | set(mine) if full.get(k) != mine.get(k))
 
 

@@ -15,6 +15,7 @@ from sklearn.metrics import f1_score
 
 from softprompt.backbones import Backbone
 from softprompt.batching import EncodedExample, encode_examples
+from softprompt.chat import resolve_prompt_format
 from softprompt.distributed import SINGLE, DataParallel
 from softprompt.scoring import Scores, ScoringOptions, choice_scores
 from softprompt.tasks import Task, get_task
@@ -77,8 +78,11 @@ class Evaluator:
         progress: bool = False,
         parallel: DataParallel = SINGLE,
         scoring: ScoringOptions | None = None,
+        prompt_format: str = "plain",
     ):
         self.backbone = backbone
+        # every example this evaluator scores is laid out in one format (plain template or chat template)
+        self.prompt_format = resolve_prompt_format(prompt_format, backbone.tokenizer)
         self.parallel = parallel  # under a data-parallel launch each process scores a shard
         self.data_dir = data_dir
         self.max_length = max_length
@@ -88,6 +92,7 @@ class Evaluator:
         self.scoring = scoring  # how the scorer computes (default: the fastest strategy for the model)
         self._examples: dict[tuple, list[Example]] = {}
         self._encoded: dict[tuple, list[EncodedExample]] = {}
+        self._held: dict[int, list[Example]] = {}
 
     def examples(self, task: Task, split: str = "validation", limit: int | None = None, seed: int = 0) -> list[Example]:
         key = (task.name, id(task), split, limit, seed)
@@ -101,7 +106,12 @@ class Evaluator:
         full_key = (*key, n_prompt, hard_prompt)
         if full_key not in self._encoded:
             self._encoded[full_key] = encode_examples(
-                examples, self.backbone.tokenizer, n_prompt=n_prompt, hard_prompt=hard_prompt, max_length=self.max_length
+                examples,
+                self.backbone.tokenizer,
+                n_prompt=n_prompt,
+                hard_prompt=hard_prompt,
+                max_length=self.max_length,
+                prompt_format=self.prompt_format,
             )
         return self._encoded[full_key]
 
@@ -131,14 +141,27 @@ class Evaluator:
         seed: int = 0,
     ) -> EvalResult:
         task = get_task(task) if isinstance(task, str) else task
+        examples = self.examples(task, split, limit, seed)
+        return self._score(task, examples, prompt, hard_prompt, split, (task.name, id(task), split, limit, seed))
+
+    def evaluate_examples(
+        self, task: Task, examples: list[Example], prompt: torch.Tensor | None = None, *, split: str = "dev"
+    ) -> EvalResult:
+        """Score a given list of examples (e.g. a development split carved from the training data)."""
+        self._held[id(examples)] = examples  # keeps the id in the cache key unique while cached
+        return self._score(task, examples, prompt, None, split, ("examples", id(examples)))
+
+    def _score(
+        self, task: Task, examples: list[Example], prompt: torch.Tensor | None, hard_prompt: str | None, split: str, key: tuple
+    ) -> EvalResult:
         n_prompt = 0 if prompt is None else int(prompt.shape[0])
-        enc = self.prepare(task, n_prompt, hard_prompt=hard_prompt, split=split, limit=limit, seed=seed)
+        enc = self.encoded(task, examples, n_prompt, hard_prompt, key)
         mine = self.parallel.shard(list(range(len(enc))))
         bar = None
         if self.progress and self.parallel.is_main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(mine), desc=f"eval {task.name}", unit="ex", leave=False)
+            bar = tqdm(total=len(mine), desc=f"eval {task.name} {split}", unit="ex", leave=False)
         scores = choice_scores(
             self.backbone.model,
             [enc[i] for i in mine] if self.parallel.active else enc,

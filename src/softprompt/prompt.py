@@ -100,6 +100,14 @@ def _embed(model, ids: list[int]) -> torch.Tensor:
         return emb(idx).float().cpu()
 
 
+def embedding_scale(model, n: int = 5000) -> float:
+    """The std of the input-embedding module's outputs over the first `n` token ids: the scale a prompt
+    lives on (0.12 for SmolLM2, ~1.0 for Gemma, which multiplies embeddings by sqrt(d)). Random init and
+    the default prompt learning rate are set relative to it, so they carry across models."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    return float(_embed(model, list(range(min(vocab, n)))).std())
+
+
 def _fill(ids: list[int], n: int) -> list[int]:
     """Repeat or truncate token ids to exactly n, as PEFT's TEXT init does."""
     if not ids:
@@ -145,7 +153,7 @@ def init_prompt(
         ids = torch.randint(0, top, (n_tokens,), generator=gen).tolist()
         return SoftPrompt(_embed(model, ids), PromptInit("vocab", None, ids, seed))
     # random: uniform in [-s, s] with s matched to the embedding matrix's std, so it starts on its scale
-    ref = _embed(model, list(range(min(vocab, 5000))))
-    scale = float(ref.std())
-    weight = (torch.rand(n_tokens, ref.shape[1], generator=gen) * 2 - 1) * scale * 3**0.5
+    scale = embedding_scale(model)
+    dim = model.get_input_embeddings().weight.shape[1]
+    weight = (torch.rand(n_tokens, dim, generator=gen) * 2 - 1) * scale * 3**0.5
     return SoftPrompt(weight, PromptInit("random", None, [], seed))

@@ -70,7 +70,10 @@ class RunRecord:
     final: dict[str, Any] | None = None  # EvalResult.metrics() of the last epoch
     best: dict[str, Any] | None = None  # epoch, metric, value
     baselines: dict[str, dict[str, Any]] | None = None  # no_prompt, english_prompt: EvalResult.metrics()
+    resolved: dict[str, Any] | None = None  # settings resolved at training time: lr, prompt_format
+    dev_examples: int | None = None  # size of the development split held out of the training data
     train_examples: int | None = None
+    train_label_counts: list[int] | None = None  # training examples per class (the chance loss of learning.py)
     train_truncated: int | None = None
     wall_time_s: float | None = None
 
@@ -121,6 +124,12 @@ class Run:
     @property
     def method(self) -> str:
         return self.config.get("method", "prompt")
+
+    @property
+    def prompt_format(self) -> str:
+        """How the run's examples were laid out (plain or chat); runs from before the option were plain."""
+        resolved = self.record.resolved or {}
+        return resolved.get("prompt_format") or self.config.get("prompt_format", "plain")
 
     def prompt(self, which: str = "last") -> SoftPrompt:
         """The run's last (or best) prompt, checked against run.json: the shape it records, and the

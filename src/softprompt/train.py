@@ -25,15 +25,17 @@ import torch
 from softprompt.backbones import Backbone, load_backbone, resolve_compute_dtype, resolve_device
 from softprompt.baselines import reference_results
 from softprompt.batching import EncodedExample, collate, encode_examples, length_grouped_order
+from softprompt.chat import resolve_prompt_format
 from softprompt.checkpoint import load_checkpoint, save_checkpoint, save_trainables
-from softprompt.config import TrainConfig
+from softprompt.config import PROMPT_LR_PER_STD, TrainConfig
 from softprompt.distributed import DataParallel, setup_data_parallel
 from softprompt.errors import SoftPromptError, os_error_line
 from softprompt.evaluate import EVAL_SEED, EvalResult, Evaluator
 from softprompt.inputs import MODEL_REVISION, task_inputs
 from softprompt.io import remove_stale_temporaries, write_text
 from softprompt.locks import directory_lock
-from softprompt.prompt import PROMPT_FILE, SoftPrompt, init_prompt
+from softprompt.prompt import PROMPT_FILE, SoftPrompt, embedding_scale, init_prompt
+from softprompt.reparam import PromptEncoder
 from softprompt.runs import (
     ABSENT,
     BEST_ADAPTER_FILE,
@@ -160,35 +162,51 @@ def claim_run_dir(out: Path, cfg: TrainConfig, dp: DataParallel, inputs: dict, *
 
 @dataclass
 class TrainData:
-    """The task, the model and the training examples, tokenized for the prompt length.
-
-    (A development split carved from the training examples for model selection belongs here.)"""
+    """The task, the model, the training examples tokenized for the prompt length, and the development
+    split (held-out training examples for model selection; empty without `dev_size`)."""
 
     task: Task
     backbone: Backbone
     examples: list[Example]
     encoded: list[EncodedExample]
+    dev: list[Example]
+    prompt_format: str  # plain or chat (resolved from the config's `auto`)
 
 
 def prepare_data(cfg: TrainConfig, backbone: Backbone | None, dp: DataParallel) -> TrainData:
     task = get_task(cfg.task)
-    examples = task.load("train", cfg.data_dir, limit=cfg.max_train, seed=cfg.seed)
+    examples, dev = task.load_train(cfg.data_dir, limit=cfg.max_train, seed=cfg.seed, dev_size=cfg.dev_size)
     backbone = backbone or load_backbone(cfg.model, dtype=cfg.dtype, device=str(dp.device) if dp.active else cfg.device)
+    prompt_format = resolve_prompt_format(cfg.prompt_format, backbone.tokenizer)
     n_prompt = cfg.tokens if cfg.method == "prompt" else 0
-    encoded = encode_examples(examples, backbone.tokenizer, n_prompt=n_prompt, max_length=cfg.max_length)
-    return TrainData(task, backbone, examples, encoded)
+    encoded = encode_examples(
+        examples, backbone.tokenizer, n_prompt=n_prompt, max_length=cfg.max_length, prompt_format=prompt_format
+    )
+    return TrainData(task, backbone, examples, encoded, dev, prompt_format)
 
 
 @dataclass
 class Trainables:
-    """What the method trains, by stable name (the checkpoint's tensor names), and the prompt fed to the scorer."""
+    """What the method trains, by stable name (the checkpoint's tensor names), the prompt fed to the scorer,
+    and the learning rate (a prompt's default follows the model's embedding scale)."""
 
     prompt: SoftPrompt | None
     params: dict[str, torch.nn.Parameter]
+    lr: float
+    encoder: PromptEncoder | None = None
 
     def prompt_matrix(self) -> torch.Tensor | None:
-        """The (n, d) matrix placed before the input embeddings (a reparameterised prompt would compute it here)."""
-        return self.prompt.weight if self.prompt is not None else None
+        """The (n, d) matrix placed before the input embeddings (computed through the reparameterisation)."""
+        return self.encoder() if self.encoder is not None else None
+
+    def prompt_to_save(self) -> SoftPrompt | None:
+        """The materialised prompt with its init facts: what prompt files, exports and analyses see."""
+        if self.prompt is None or self.encoder is None:
+            return None
+        if self.encoder.kind == "none":
+            return self.prompt
+        with torch.no_grad():
+            return SoftPrompt(self.encoder().detach(), self.prompt.init, self.prompt.initial)
 
     def counts(self, backbone: Backbone) -> dict[str, int]:
         total = sum(p.numel() for p in backbone.model.parameters())
@@ -200,29 +218,34 @@ class Trainables:
 
 def build_trainables(cfg: TrainConfig, data: TrainData, dp: DataParallel) -> Trainables:
     backbone = data.backbone
-    prompt: SoftPrompt | None = None
-    if cfg.method == "prompt":
-        prompt = init_prompt(
-            backbone.model,
-            backbone.tokenizer,
-            cfg.tokens,
-            cfg.init,
-            text=cfg.init_text or data.task.description,
-            label_words=list(data.task.label_words),
-            seed=cfg.seed,
-        )
-        prompt.check_model(backbone.hidden_size)
-        prompt.to(backbone.device)
-    params = _method_parameters(cfg, backbone, prompt)
+    if cfg.method != "prompt":
+        params = _method_parameters(cfg, backbone)
+        dp.broadcast_(params.values())
+        return Trainables(None, params, float(cfg.lr))
+    prompt = init_prompt(
+        backbone.model,
+        backbone.tokenizer,
+        cfg.tokens,
+        cfg.init,
+        text=cfg.init_text or data.task.description,
+        label_words=list(data.task.label_words),
+        seed=cfg.seed,
+    )
+    prompt.check_model(backbone.hidden_size)
+    prompt.to(backbone.device)
+    encoder = PromptEncoder(prompt.weight, cfg.reparam, cfg.reparam_hidden, seed=cfg.seed)
+    if cfg.reparam == "mlp":  # what training starts from is MLP(E): the drift analyses measure from there
+        with torch.no_grad():
+            prompt.initial.copy_(encoder().detach())
+    params = encoder.named_trainables()
     dp.broadcast_(params.values())
-    return Trainables(prompt, params)
+    lr = cfg.lr if cfg.lr is not None else PROMPT_LR_PER_STD * embedding_scale(backbone.model)
+    return Trainables(prompt, params, float(lr), encoder)
 
 
-def _method_parameters(cfg: TrainConfig, backbone: Backbone, prompt: SoftPrompt | None) -> dict[str, torch.nn.Parameter]:
+def _method_parameters(cfg: TrainConfig, backbone: Backbone) -> dict[str, torch.nn.Parameter]:
+    """The weights fine-tuning or LoRA trains (LoRA's adapters are injected into the model here)."""
     model = backbone.model
-    if cfg.method == "prompt":
-        assert prompt is not None
-        return {"prompt": prompt.weight}
     if cfg.method == "lora":
         from peft import LoraConfig, inject_adapter_in_model
 
@@ -287,9 +310,10 @@ class TrainingLoop:
             progress=progress and self.main,
             parallel=dp,
             scoring=scoring,
+            prompt_format=data.prompt_format,
         )
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(list(trainables.params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = opt_cls(list(trainables.params.values()), lr=trainables.lr, weight_decay=cfg.weight_decay)
         self.global_batch = cfg.batch_size * dp.world
         n = len(data.encoded)
         total_steps = math.ceil(n / (self.global_batch * cfg.grad_accum)) * cfg.epochs
@@ -297,7 +321,9 @@ class TrainingLoop:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.micro_per_epoch = math.ceil(n / self.global_batch)
         self.lengths = [e.num_tokens for e in data.encoded]  # for --group-by-length
+        # loss_mark: where in the epoch's losses the last evaluation was (a record's train_loss is the mean since)
         self.state: dict[str, Any] = {"epoch": 0, "micro_step": 0, "optimizer_step": 0, "history": [], "best": None}
+        self.state["loss_mark"] = 0
         self.state.update(elapsed=0.0, processes=dp.world)
         self.consistent = True
         self.bar = None
@@ -336,7 +362,7 @@ class TrainingLoop:
         self.record.inputs = inputs
         if self.main:
             replace(self.record, worker={"host": socket.gethostname(), "pid": os.getpid()}).write(self.out)
-            prompt = self.trainables.prompt
+            prompt = self.trainables.prompt_to_save()
             if prompt is not None and not (self.out / BEST_PROMPT_FILE).exists():
                 prompt.save(self.out / BEST_PROMPT_FILE)
 
@@ -348,6 +374,8 @@ class TrainingLoop:
         self.consistent = True
         with self.outcome_recorded():
             try:
+                if self.cfg.eval_every and not self.state["history"]:
+                    self._record_point(0)  # where the curve starts: the initial prompt
                 while self.state["epoch"] < self.cfg.epochs:
                     self._epoch(self.state["epoch"])
             except KeyboardInterrupt:
@@ -414,7 +442,7 @@ class TrainingLoop:
         batch_loss = loss_sum / rows  # the global batch's mean loss, the same in every process
         if not math.isfinite(batch_loss):
             raise SoftPromptError(
-                f"loss became {batch_loss} at epoch {epoch + 1}, batch {micro + 1} (lr {cfg.lr}): "
+                f"loss became {batch_loss} at epoch {epoch + 1}, batch {micro + 1} (lr {self.trainables.lr:.3g}): "
                 f"stopped; the last good checkpoint in {self.out} is kept (try a smaller --lr)"
             )
         if loss is not None:
@@ -430,12 +458,14 @@ class TrainingLoop:
         cfg, params = self.cfg, self.trainables.params.values()
         self.consistent = False
         self.dp.sum_gradients(params)
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(list(params), cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if not all(torch.isfinite(p).all() and p.abs().max() < DIVERGED for p in params):
             raise SoftPromptError(
-                f"parameters diverged (NaN/inf or |value| >= {DIVERGED:g}) at epoch {epoch + 1}: lr {cfg.lr} "
+                f"parameters diverged (NaN/inf or |value| >= {DIVERGED:g}) at epoch {epoch + 1}: lr {self.trainables.lr:.3g} "
                 f"is too large? stopped; the last good checkpoint in {self.out} is kept"
             )
         # Progress is committed only at optimiser-step boundaries, so a checkpoint never holds half an
@@ -447,54 +477,93 @@ class TrainingLoop:
         if self.bar is not None:
             recent = self.losses[-20:]
             self.bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+        self._maybe_evaluate(epoch, micro, last_micro)
         if cfg.checkpoint_every and self.state["optimizer_step"] % cfg.checkpoint_every == 0 and not last_micro:
             self.state["elapsed"] = time.perf_counter() - self.started
             self.checkpoint()
 
     def evaluate(self) -> EvalResult:
         """The validation subsample with the current parameters (the same subsample for every seed and method)."""
+        return self.evaluator.evaluate(self.data.task, self._prompt(), limit=self.cfg.max_eval, seed=EVAL_SEED)
+
+    def _prompt(self) -> torch.Tensor | None:
         prompt = self.trainables.prompt_matrix()
-        return self.evaluator.evaluate(
-            self.data.task, prompt.detach() if prompt is not None else None, limit=self.cfg.max_eval, seed=EVAL_SEED
-        )
+        return prompt.detach() if prompt is not None else None
+
+    def _maybe_evaluate(self, epoch: int, micro: int, last_micro: bool) -> None:
+        """Every `eval_every` optimiser steps (not at an epoch's end, which evaluates anyway): a curve point."""
+        step = self.state["optimizer_step"]
+        if not (self.cfg.eval_every and step % self.cfg.eval_every == 0 and not last_micro):
+            return
+        self._record_point(round(epoch + (micro + 1) / self.micro_per_epoch, 3))
+
+    def _record_point(self, epoch: float) -> None:
+        """A curve point between optimiser steps: evaluate, maybe keep the prompt as the best, append it."""
+        record, res, dev = self._evaluation_point(epoch)
+        self.consistent = False
+        best = self._select(self.state["best"], record, res, dev)
+        self.state.update(history=[*self.state["history"], record], best=best, loss_mark=len(self.losses))
+        self.consistent = True
+
+    def _evaluation_point(self, epoch: float) -> tuple[dict[str, Any], EvalResult, EvalResult | None]:
+        """Evaluate the current prompt on validation (and the dev split if any): one history record."""
+        res = self.evaluate()
+        recent = self.losses[self.state.get("loss_mark", 0) :]
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "step": self.state["optimizer_step"],
+            "train_loss": sum(recent) / len(recent) if recent else None,
+            **res.metrics(),
+        }
+        dev = self.evaluator.evaluate_examples(self.data.task, self.data.dev, self._prompt()) if self.data.dev else None
+        if dev is not None:
+            record["dev"] = dev.metrics()
+        record["elapsed_s"] = round(time.perf_counter() - self.started, 2)
+        return record, res, dev
+
+    def _select(self, best: dict | None, record: dict, res: EvalResult, dev: EvalResult | None) -> dict:
+        """The best prompt so far: the highest dev metric; without a dev split, the latest (no selection: the
+        validation examples the report scores are never used to choose)."""
+        metric = self.data.task.metric
+        if dev is not None:
+            value = dev.metric(metric)
+            if best is not None and value <= best["value"]:
+                return best
+            new = {"split": "dev", "value": value, "validation": res.metric(metric)}
+        else:
+            new = {"split": None, "value": res.metric(metric)}
+        self._save_best()
+        return {"epoch": record["epoch"], "step": record["step"], "metric": metric, **new}
 
     def _end_epoch(self, epoch: int) -> None:
-        """Evaluate, keep the best parameters, record the epoch, checkpoint."""
-        task, state = self.data.task, self.state
-        res = self.evaluate()
-        record = {
-            "epoch": epoch + 1,
-            "step": state["optimizer_step"],
-            "train_loss": sum(self.losses) / max(len(self.losses), 1),
-            **res.metrics(),
-            "elapsed_s": round(time.perf_counter() - self.started, 2),
-        }
-        primary = res.metric(task.metric)
-        best = state["best"]
+        """Evaluate, keep the best parameters, record the epoch (one state update), checkpoint."""
+        record, res, dev = self._evaluation_point(epoch + 1)
         self.consistent = False
-        if best is None or primary > best["value"]:
-            best = {"epoch": epoch + 1, "metric": task.metric, "value": primary}
-            self._save_best()
-        state.update(
-            history=[*state["history"], record],
+        best = self._select(self.state["best"], record, res, dev)
+        self.state.update(
+            history=[*self.state["history"], record],
             best=best,
             last_eval={"task": res.task, "split": res.split, **res.metrics()},
             epoch=epoch + 1,
             micro_step=0,
             epoch_losses=[],
+            loss_mark=0,
             elapsed=time.perf_counter() - self.started,
         )
         self.consistent = True
         if self.bar is not None:
-            self.bar.write(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}  val {task.metric} {primary:.4f}")
+            metric = self.data.task.metric
+            dev_text = f"  dev {dev.metric(metric):.4f}" if dev is not None else ""
+            self.bar.write(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}  val {metric} {res.metric(metric):.4f}{dev_text}")
         self.checkpoint()
 
     def _save_best(self) -> None:
         if not self.main:
             return
-        if self.trainables.prompt is not None:
-            self.trainables.prompt.save(self.out / BEST_PROMPT_FILE)
-            facts = artifact_facts(self.out / BEST_PROMPT_FILE, self.trainables.prompt)  # for run.json
+        prompt = self.trainables.prompt_to_save()
+        if prompt is not None:
+            prompt.save(self.out / BEST_PROMPT_FILE)
+            facts = artifact_facts(self.out / BEST_PROMPT_FILE, prompt)  # for run.json
             self.state["artifacts"] = {**self.state.get("artifacts", {}), BEST_PROMPT_FILE: facts}
         elif self.cfg.method == "lora":
             save_trainables(self.out / BEST_ADAPTER_FILE, self.trainables.params)
@@ -529,11 +598,12 @@ def finalize(loop: TrainingLoop, *, references: bool) -> TrainResult:
     """Final artifacts, the no-prompt/English-prompt reference evaluations, run.json complete, no checkpoint."""
     cfg, out, task, trainables = loop.cfg, loop.out, loop.data.task, loop.trainables
     artifacts = dict(loop.state.get("artifacts") or {})  # what loading the prompts checks them against
-    if trainables.prompt is not None and loop.main:
-        trainables.prompt.save(out / PROMPT_FILE)
+    prompt = trainables.prompt_to_save()
+    if prompt is not None and loop.main:
+        prompt.save(out / PROMPT_FILE)
         for name in (PROMPT_FILE, BEST_PROMPT_FILE):
             if name == PROMPT_FILE or name not in artifacts:  # (a checkpoint older than these records)
-                artifacts[name] = artifact_facts(out / name, trainables.prompt)
+                artifacts[name] = artifact_facts(out / name, prompt)
     elif loop.main:
         save_trainables(out / WEIGHTS_FILES[cfg.method], trainables.params)
     final = EvalResult(**loop.state["last_eval"])  # the last epoch's evaluation scored exactly these parameters
@@ -587,6 +657,9 @@ def run_record(cfg: TrainConfig, data: TrainData, trainables: Trainables, *, pro
         parameters=trainables.counts(backbone),
         versions=package_versions(),
         processes=processes,
+        resolved={"lr": trainables.lr, "prompt_format": data.prompt_format},
+        train_label_counts=[sum(1 for e in data.examples if e.label == k) for k in range(task.num_classes)],
+        dev_examples=len(data.dev),
     )
     if prompt is not None:
         record.prompt = {

@@ -439,7 +439,7 @@ def neighbors_report(
     if project and evaluator is None:
         from softprompt.evaluate import Evaluator
 
-        evaluator = Evaluator(backbone)
+        evaluator = Evaluator(backbone, prompt_format=runs[0].prompt_format)
     out_dir = Path(out_dir) if out_dir is not None else None
     per_run: dict[str, dict] = {}
     fig_paths: dict[str, str] = {}

@@ -27,7 +27,7 @@ def _model_name(a: argparse.Namespace, runs) -> str:
 
 
 def _load(a: argparse.Namespace, runs):
-    return load_model(a, _model_name(a, runs))
+    return load_model(a, _model_name(a, runs), runs)
 
 
 def _runs(a: argparse.Namespace):

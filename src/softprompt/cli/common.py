@@ -9,8 +9,9 @@ from dataclasses import MISSING, Field, fields
 from typing import Any
 
 from softprompt.config import TrainConfig
+from softprompt.errors import SoftPromptError
 
-MODEL_FIELDS = ("model", "dtype", "compute_dtype", "device", "data_dir", "max_length")  # what loading and scoring need
+MODEL_FIELDS = ("model", "dtype", "compute_dtype", "device", "data_dir", "max_length", "prompt_format")  # loading, scoring
 
 
 def config_fields(names: Iterable[str] | None = None) -> list[Field]:
@@ -59,15 +60,25 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
 
 
-def load_model(a: argparse.Namespace, model: str | None = None):
-    """The backbone the model flags name (or `model`), and an Evaluator over it with the scoring flags."""
+def load_model(a: argparse.Namespace, model: str | None = None, runs: Sequence = ()):
+    """The backbone the model flags name (or `model`), and an Evaluator over it with the scoring flags.
+
+    Given trained `runs`, examples are laid out in the runs' prompt format (they must agree), not --prompt-format."""
     from softprompt.backbones import load_backbone, resolve_compute_dtype
     from softprompt.evaluate import Evaluator
 
     backbone = load_backbone(model or a.model, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code)
     compute_dtype = resolve_compute_dtype(a.compute_dtype, backbone.device)
+    formats = sorted({r.prompt_format for r in runs})
+    if len(formats) > 1:
+        raise SoftPromptError(f"the runs were trained in different prompt formats ({', '.join(formats)}): analyse them apart")
     evaluator = Evaluator(
-        backbone, data_dir=a.data_dir, max_length=a.max_length, compute_dtype=compute_dtype, progress=not a.quiet
+        backbone,
+        data_dir=a.data_dir,
+        max_length=a.max_length,
+        compute_dtype=compute_dtype,
+        progress=not a.quiet,
+        prompt_format=formats[0] if formats else a.prompt_format,
     )
     return backbone, evaluator
 

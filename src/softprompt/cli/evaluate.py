@@ -18,7 +18,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         raise SoftPromptError("--task is required (the run does not name a task)")
     task = get_task(task_name)
     soft = run.prompt(a.which) if run is not None else None  # checked against run.json before the model loads
-    backbone, ev = load_model(a)
+    backbone, ev = load_model(a, runs=[run] if run is not None else [])
 
     def row(label: str, prompt=None, hard_prompt: str | None = None) -> dict:
         return {

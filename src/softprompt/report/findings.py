@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from softprompt.analysis.results import (
     GeometryResult,
     GeometrySummary,
@@ -10,11 +12,26 @@ from softprompt.analysis.results import (
     TransferResult,
     TransferSummary,
 )
+from softprompt.learning import LEARNED_BELOW
 from softprompt.report.tables import METHOD_LABELS, accuracy_rows
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
+
+
+def compare(values: list[float], reference: float) -> str:
+    """`values` (one per seed) against a fixed reference: the mean difference in points, n, and whether it
+    exceeds twice its standard error over seeds (else a tie); never a claim from one seed."""
+    n = len(values)
+    d = statistics.mean(values) - reference
+    above = sum(v > reference for v in values)
+    text = f"{'+' if d >= 0 else ''}{100 * d:.1f} points (n={n}, {above}/{n} seeds above"
+    if n < 2:
+        return text + "; one seed: no standard error, not a finding)"
+    se = statistics.stdev(values) / n**0.5
+    verdict = ("above" if d > 0 else "below") if abs(d) > 2 * se else "a tie within 2 standard errors"
+    return text + f"; SE {100 * se:.1f}: {verdict})"
 
 
 def accuracy_findings(results: dict) -> list[str]:
@@ -26,20 +43,33 @@ def accuracy_findings(results: dict) -> list[str]:
         soft = tr.get("soft_prompt")
         if not soft:
             continue
-        best = max(tr.values(), key=lambda r: r["accuracy"])
-        s = (
-            f"{task}: soft prompt {_pct(soft['accuracy'])} ± {_pct(soft['accuracy_std'] or 0)} over {soft['n_runs']} seeds; "
-            f"best method {METHOD_LABELS.get(best['method'], best['method'])} ({_pct(best['accuracy'])})"
-        )
-        comps = []
-        for m in ("no_prompt", "english_prompt", "majority"):
-            if m in tr:
-                d = soft["accuracy"] - tr[m]["accuracy"]
-                comps.append(f"{'+' if d >= 0 else ''}{100 * d:.1f} points vs {METHOD_LABELS[m]}")
+        runs = [r for r in results["runs"] if r["task"] == task]
+        values = [r["final"]["accuracy"] for r in runs]
+        s = f"{task}: soft prompt {_pct(soft['accuracy'])} ± {_pct(soft['accuracy_std'] or 0)} over {soft['n_runs']} seeds"
+        comps = [f"vs {METHOD_LABELS[m]} {compare(values, tr[m]['accuracy'])}" for m in REFERENCES if m in tr]
         if comps:
-            s += "; soft prompt " + ", ".join(comps)
+            s += "; " + "; ".join(comps)
         out.append(s + ".")
+        out += _plateau_findings(task, runs)
     return out
+
+
+REFERENCES = ("no_prompt", "english_prompt", "majority", "lora", "finetune")
+
+
+def _plateau_findings(task: str, runs: list[dict]) -> list[str]:
+    verdicts = [r.get("learning") or {} for r in runs]
+    judged = [v for v in verdicts if v.get("learned") is not None]
+    if not judged:
+        return []
+    stuck = [r for r, v in zip(runs, verdicts, strict=True) if v.get("learned") is False]
+    if not stuck:
+        return [f"{task}: all {len(judged)} runs left the chance-loss plateau (training loss below {LEARNED_BELOW:.0%} of it)."]
+    names = ", ".join(f"seed {r['seed']}" for r in stuck)
+    return [
+        f"{task}: {len(stuck)} of {len(judged)} runs never left the chance-loss plateau ({names}): those prompts did "
+        "not learn the task, so their neighbours, drift and transfer describe an untrained prompt."
+    ]
 
 
 def analysis_findings(results: dict) -> list[str]:
@@ -63,7 +93,9 @@ def _geometry_findings(geo: GeometrySummary) -> list[str]:
             + "."
         )
     for e in geo.equidistance:
-        if e.mean is not None and e.cv is not None:
+        if e.mean is not None and e.cv is not None and e.pairs < 3:
+            out.append(f"{e.task}: {e.pairs} seed pair(s) only; whether runs are equidistant needs at least 3 seeds.")
+        elif e.mean is not None and e.cv is not None:
             out.append(
                 f"{e.task}: pairwise Frobenius distances between its {e.pairs} seed pair(s) have mean {e.mean:.2f}, "
                 f"std {e.std:.2f} (coefficient of variation {e.cv:.2f}; a small value means equidistant runs)."

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from softprompt.config import TrainConfig
 from softprompt.io import write_figure, write_text
+from softprompt.learning import LEARNED_BELOW
 from softprompt.report.analysis_sections import analysis_sections
 from softprompt.report.findings import findings
 from softprompt.report.primitives import esc, figure, section, table
@@ -27,7 +28,8 @@ code{background:#f5f5f5;padding:0 .2em}ul.findings li{margin:.3em 0}
 
 
 def training_curves(results: dict, out: Path) -> Path | None:
-    """Validation metric per epoch for every prompt run (one panel per task)."""
+    """Per task: validation accuracy (top) and training loss (bottom) against optimiser steps, one line per
+    seed; the chance loss (label entropy) as a dotted line; runs that never left it drawn dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,18 +39,30 @@ def training_curves(results: dict, out: Path) -> Path | None:
     if not runs:
         return None
     tasks = sorted({r["task"] for r in runs})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 5.6), squeeze=False, sharex="col")
+    for col, task in enumerate(tasks):
+        acc_ax, loss_ax = axes[0][col], axes[1][col]
         for r in (r for r in runs if r["task"] == task):
             h = r["history"]
-            ax.plot([x["epoch"] for x in h], [x["accuracy"] for x in h], marker="o", label=f"seed {r['seed']}")
+            x = [p.get("step", p["epoch"]) for p in h]
+            plateau = (r.get("learning") or {}).get("learned") is False
+            style = {"ls": "--" if plateau else "-", "marker": "o", "ms": 3}
+            label = f"seed {r['seed']}" + (" (plateau)" if plateau else "")
+            (line,) = acc_ax.plot(x, [p["accuracy"] for p in h], label=label, **style)
+            pts = [(xi, p["train_loss"]) for xi, p in zip(x, h, strict=True) if p.get("train_loss") is not None]
+            loss_ax.plot([a for a, _ in pts], [b for _, b in pts], color=line.get_color(), **style)
         nop = results.get("baselines", {}).get(task, {}).get("no_prompt")
         if nop:
-            ax.axhline(nop["accuracy"], color="grey", ls="--", lw=1, label="no prompt")
-        ax.set_title(task)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("validation accuracy")
-        ax.legend(fontsize=7)
+            acc_ax.axhline(nop["accuracy"], color="grey", ls="--", lw=1, label="no prompt")
+        chance = next((r["learning"]["chance_loss"] for r in runs if r["task"] == task and r.get("learning")), None)
+        if chance:
+            loss_ax.axhline(chance, color="grey", ls=":", lw=1, label="chance (label entropy)")
+            loss_ax.legend(fontsize=7)
+        acc_ax.set_title(task)
+        acc_ax.set_ylabel("validation accuracy")
+        acc_ax.legend(fontsize=7)
+        loss_ax.set_xlabel("optimiser step")
+        loss_ax.set_ylabel("training loss")
     fig.tight_layout()
     try:
         return write_figure(out / "figures" / "training_curves.png", fig, dpi=110)
@@ -124,6 +138,7 @@ def _accuracy_section(results: dict, out: Path) -> str:
             "seed": r["seed"],
             "accuracy": r["final"].get("accuracy"),
             "f1_macro": r["final"].get("f1_macro"),
+            "learned": (r.get("learning") or {}).get("text", "n/a"),
             "best epoch": (r.get("best") or {}).get("epoch"),
             "wall time (s)": r.get("wall_time_s"),
         }
@@ -141,7 +156,12 @@ def _accuracy_section(results: dict, out: Path) -> str:
         "last-epoch prompt, mean ± sample std over seeds. Majority predicts the most frequent training label.</p>"
         + "<h3>Per run</h3>"
         + table(per_run)
-        + figure(curves, "Validation accuracy after each epoch, per task and seed; dashed: no prompt.")
+        + figure(
+            curves,
+            "Validation accuracy (top) and training loss (bottom) against optimiser steps, per task and seed. A run "
+            f"whose final training loss is not below {LEARNED_BELOW:.0%} of the chance loss (the label entropy, dotted) "
+            "never left the plateau: it is drawn dashed and its prompt did not learn the task.",
+        )
     )
 
 

@@ -16,6 +16,7 @@ from softprompt.config import EXECUTORS
 from softprompt.errors import SoftPromptError, warn
 from softprompt.inputs import MODEL_REVISION, input_changes, task_inputs
 from softprompt.io import read_json, remove_stale_temporaries, write_json
+from softprompt.learning import learning_verdict
 from softprompt.locks import directory_lock
 from softprompt.report import write_report
 from softprompt.runs import METRICS_FILE, Run, load_run
@@ -147,6 +148,7 @@ def _results(study: Study, units: list[Unit], outcome: ExecutorResult, *, wall_t
 def _run_summary(run: Run) -> dict:
     record = run.record
     metrics = run.path / METRICS_FILE
+    history = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
     return {
         "name": run.path.name,
         "path": str(run.path),
@@ -158,5 +160,6 @@ def _run_summary(run: Run) -> dict:
         "parameters": record.parameters or {},
         "wall_time_s": record.wall_time_s,
         "init_text": ((record.prompt or {}).get("init") or {}).get("text"),
-        "history": [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else [],
+        "history": history,
+        "learning": learning_verdict(history, record.train_label_counts, run.config.get("loss", "choices")),
     }

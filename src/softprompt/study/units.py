@@ -105,7 +105,11 @@ class ModelCache:
             from softprompt.evaluate import Evaluator
 
             self._evaluator = Evaluator(
-                self.backbone, data_dir=self.train.data_dir, max_length=self.train.max_length, compute_dtype=self.compute_dtype
+                self.backbone,
+                data_dir=self.train.data_dir,
+                max_length=self.train.max_length,
+                compute_dtype=self.compute_dtype,
+                prompt_format=self.train.prompt_format,
             )
         return self._evaluator
 

@@ -123,12 +123,42 @@ class Task:
         if not examples:
             src = self.source.files.get(split)
             raise SoftPromptError(f"task {self.name}: the {split} split is empty" + (f" ({src}: no records)" if src else ""))
-        if limit is not None and limit < len(examples):
-            if limit < 1:
-                raise SoftPromptError(f"the example limit must be at least 1, got {limit}")
-            rng = random.Random(seed)
-            examples = [examples[i] for i in sorted(rng.sample(range(len(examples)), limit))]
+        return subsample(examples, limit, seed)
+
+    def load_train(
+        self, data_dir: str | Path | None, limit: int | None, seed: int, dev_size: int = 0
+    ) -> tuple[list[Example], list[Example]]:
+        """(training examples, development split): `dev_size` examples held out of the training split for
+        model selection (the same for every seed), then the seeded `limit` subsample of the rest."""
+        if not dev_size:
+            return self.load("train", data_dir, limit=limit, seed=seed), []
+        pool, dev = carve_dev(self.load("train", data_dir), dev_size, f"task {self.name}")
+        return subsample(pool, limit, seed), dev
+
+
+def subsample(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    """A seeded random subsample of `limit` examples in their original order (all of them without a limit)."""
+    if limit is None or limit >= len(examples):
         return examples
+    if limit < 1:
+        raise SoftPromptError(f"the example limit must be at least 1, got {limit}")
+    rng = random.Random(seed)
+    return [examples[i] for i in sorted(rng.sample(range(len(examples)), limit))]
+
+
+DEV_SEED = 20211  # the development split is the same for every run seed, so seeds compare on it
+
+
+def carve_dev(examples: list[Example], dev_size: int, where: str) -> tuple[list[Example], list[Example]]:
+    """(the rest, a development split of `dev_size` examples) of a training split: the dev examples are
+    held out for model selection and never trained on; the same ones for every run seed."""
+    if dev_size >= len(examples):
+        raise SoftPromptError(
+            f"{where}: dev_size {dev_size} leaves no training examples (the training split has {len(examples)})"
+        )
+    dev_idx = set(random.Random(DEV_SEED).sample(range(len(examples)), dev_size))
+    rest = [e for i, e in enumerate(examples) if i not in dev_idx]
+    return rest, [e for i, e in enumerate(examples) if i in dev_idx]
 
 
 def majority_label(examples: Sequence[Example]) -> int:

@@ -1,0 +1,217 @@
+"""Accuracy-vs-step curves of training recipes over seeds, with paired statistics: does the prompt learn?
+
+Each recipe is a set of TrainConfig overrides trained with the library's own `softprompt.train.train` on the
+same seeded training subsamples (one per seed), evaluated every `--eval-every` optimiser steps on the
+validation set (the number the report shows) and on a development split held out of the training data
+(`--dev`, the number recipes are CHOSEN on). Runs are ordinary run directories under `--runs`: an
+interrupted benchmark is rerun with the same command and skips the finished runs.
+
+    .venv/bin/python bench/convergence.py --task sst2 --train 512 --epochs 2 --seeds 0,1,2,3,4 \\
+        --recipes default,old-default,lora --json bench/results/convergence_sst2.json \\
+        --plot bench/results/convergence_sst2.png
+
+Prints a per-seed table, mean/std/min per recipe, and every recipe's paired difference from the
+reference recipe (95% t interval over seeds, wins/ties/losses), on validation and on dev.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from common import ROOT, load_average, machine  # noqa: F401  (puts src/ on the path)
+from scipy import stats
+
+from softprompt.config import TrainConfig
+from softprompt.io import write_figure, write_json
+from softprompt.runs import COMPLETE, RunRecord, run_state
+
+# Named recipes: TrainConfig overrides. "default" is the library's defaults; the others are what was tried.
+RECIPES: dict[str, dict] = {
+    "default": {},
+    "old-default": {"prompt_format": "plain", "lr": 3e-2},  # the defaults before issue #14
+    "plain": {"prompt_format": "plain"},
+    "chat-lr1e-2": {"prompt_format": "chat", "lr": 1e-2},
+    "chat-lr3e-2": {"prompt_format": "chat", "lr": 3e-2},
+    "chat-lr1e-3": {"prompt_format": "chat", "lr": 1e-3},
+    "labels": {"init": "labels"},
+    "residual": {"reparam": "residual"},
+    "mlp": {"reparam": "mlp", "lr": 1e-3},
+    "tokens-50": {"tokens": 50},
+    "lora": {"method": "lora"},
+    "lora-plain": {"method": "lora", "prompt_format": "plain"},
+}
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float, str]:
+    """Mean of a - b, the half-width of its 95% t interval, and wins/ties/losses."""
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    mean = statistics.mean(d)
+    half = stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+    return mean, half, f"{sum(x > 0 for x in d)}/{sum(x == 0 for x in d)}/{sum(x < 0 for x in d)}"
+
+
+def run_one(cfg: TrainConfig, out: Path, backbone) -> dict:
+    """Train (or reuse the finished run in `out`) and return its curve and final numbers."""
+    from softprompt.train import train
+
+    t0 = time.perf_counter()
+    state = run_state(out, cfg)
+    if state.kind != COMPLETE:
+        train(cfg, out, backbone=backbone, progress=False, resume=state.kind != "absent", overwrite=False)
+    record = RunRecord.read(out)
+    history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    metric = history[-1].get("dev", {}) if history else {}
+    return {
+        "curve": [
+            {"step": h["step"], "val": h["accuracy"], "dev": h.get("dev", {}).get("accuracy"), "train_loss": h["train_loss"]}
+            for h in history
+        ],
+        "val": record.final["accuracy"],
+        "val_f1": record.final["f1_macro"],
+        "dev": metric.get("accuracy"),
+        "best": record.best,
+        "baselines": record.baselines or {},
+        "lr": (record.resolved or {}).get("lr"),
+        "prompt_format": (record.resolved or {}).get("prompt_format"),
+        "wall_s": record.wall_time_s,
+        "reused": state.kind == COMPLETE,
+        "seconds_here": round(time.perf_counter() - t0, 1),
+    }
+
+
+def summarize(results: dict, recipes: list[str], seeds: list[int], reference: str) -> list[str]:
+    lines = ["| seed | " + " | ".join(recipes) + " |", "|---" * (len(recipes) + 1) + "|"]
+    for s in seeds:
+        lines.append(f"| {s} | " + " | ".join(f"{results[r][str(s)]['val']:.3f}" for r in recipes) + " |")
+    for name, fn in (("mean", statistics.mean), ("std", statistics.stdev), ("min", min)):
+        lines.append(f"| {name} | " + " | ".join(f"{fn([results[r][str(s)]['val'] for s in seeds]):.3f}" for r in recipes) + " |")
+    lines.append(
+        "| dev mean | "
+        + " | ".join(
+            f"{statistics.mean(d):.3f}" if None not in (d := [results[r][str(s)]["dev"] for s in seeds]) else "n/a"
+            for r in recipes
+        )
+        + " |"
+    )
+    lines += ["", f"paired difference vs {reference} over {len(seeds)} seeds (95% t interval; wins/ties/losses):"]
+    ref_val = [results[reference][str(s)]["val"] for s in seeds]
+    ref_dev = [results[reference][str(s)]["dev"] for s in seeds]
+    for r in recipes:
+        if r == reference:
+            continue
+        m, h, wtl = paired([results[r][str(s)]["val"] for s in seeds], ref_val)
+        text = f"  {r}: validation {m:+.3f} [{m - h:+.3f}, {m + h:+.3f}] {wtl}"
+        dev = [results[r][str(s)]["dev"] for s in seeds]
+        if None not in dev and None not in ref_dev:
+            m, h, wtl = paired(dev, ref_dev)
+            text += f"; dev {m:+.3f} [{m - h:+.3f}, {m + h:+.3f}] {wtl}"
+        lines.append(text)
+    return lines
+
+
+def plot(results: dict, recipes: list[str], seeds: list[int], references: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for r in recipes:
+        curves = [results[r][str(s)]["curve"] for s in seeds]
+        steps = [p["step"] for p in curves[0]]
+        vals = np.array([[p["val"] for p in c] for c in curves if [p["step"] for p in c] == steps])
+        mean, sd = vals.mean(axis=0), vals.std(axis=0, ddof=1) if len(vals) > 1 else np.zeros(len(steps))
+        (line,) = ax.plot(steps, mean, marker="o", ms=3, label=f"{r} (n={len(vals)})")
+        ax.fill_between(steps, mean - sd, mean + sd, alpha=0.15, color=line.get_color())
+    styles = {"no_prompt": ":", "english_prompt": "--", "majority": "-."}
+    for name, value in references.items():
+        ax.axhline(value, color="grey", ls=styles.get(name, ":"), lw=1, label=name.replace("_", " "))
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    write_figure(path, fig, dpi=130)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="sst2")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--train", type=int, default=512, help="training examples per seed (seeded subsample)")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--dev", type=int, default=200, help="development examples held out of the training split")
+    ap.add_argument("--eval-every", type=int, default=32)
+    ap.add_argument("--max-eval", type=int, default=None, help="validation subsample (default: all of it)")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--recipes", default="default,old-default,lora", help=f"names from {', '.join(RECIPES)}")
+    ap.add_argument("--reference", default=None, help="the recipe others are compared with (default: the first)")
+    ap.add_argument("--set", action="append", default=[], help="extra TrainConfig override for every recipe, KEY=JSON")
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "convergence")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None)
+    args = ap.parse_args()
+
+    from softprompt.backbones import load_backbone
+
+    recipes = args.recipes.split(",")
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        sys.exit(f"unknown recipe(s) {unknown}: expected some of {list(RECIPES)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    extra = {k: json.loads(v) for k, v in (x.split("=", 1) for x in args.set)}
+    base = dict(
+        task=args.task,
+        model=args.model,
+        max_train=args.train,
+        epochs=args.epochs,
+        dev_size=args.dev,
+        eval_every=args.eval_every,
+        max_eval=args.max_eval,
+        **extra,
+    )
+    backbone = load_backbone(args.model)
+    results: dict[str, dict[str, dict]] = {}
+    started = time.perf_counter()
+    for r in recipes:
+        results[r] = {}
+        for s in seeds:
+            cfg = TrainConfig(**{**base, **RECIPES[r], "seed": s})
+            out = args.runs / args.task / f"{r}-s{s}"
+            # trained baselines modify the model (LoRA injects adapters): they get their own copy
+            bb = load_backbone(args.model) if cfg.method != "prompt" else backbone
+            results[r][str(s)] = run_one(cfg, out, bb)
+            print(f"{r} seed {s}: val {results[r][str(s)]['val']:.3f} dev {results[r][str(s)]['dev']}", flush=True)
+    first = results[recipes[0]][str(seeds[0])]["baselines"]
+    references = {k: v["accuracy"] for k, v in first.items()}
+    lines = summarize(results, recipes, seeds, args.reference or recipes[0])
+    print("\n".join(lines))
+    if references:
+        print("references (validation): " + ", ".join(f"{k} {v:.3f}" for k, v in references.items()))
+    info = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "recipes": {r: RECIPES[r] for r in recipes},
+        "machine": machine(),
+        "load_average_end": load_average(),
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "references": references,
+        "results": results,
+        "summary": lines,
+    }
+    if args.json:
+        write_json(args.json, info)
+    if args.plot:
+        title = f"{args.task}, {args.model}: {args.train} examples x {args.epochs} epochs, {len(seeds)} seeds"
+        plot(results, recipes, seeds, references, args.plot, title)
+
+
+if __name__ == "__main__":
+    main()
