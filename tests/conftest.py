@@ -120,3 +120,33 @@ def tiny_model_dir(tmp_path, tiny_llama) -> Path:
     tiny_llama.model.save_pretrained(d)
     tiny_llama.tokenizer.save_pretrained(d)
     return d
+
+
+def tiny_config(data: Path, **overrides):
+    """The config of a tiny run (RTE on the toy data, 3 soft tokens, one epoch, 128 tokens a row): `overrides` replace fields."""
+    from softprompt.config import TrainConfig
+
+    base = dict(task="rte", model="tiny", tokens=3, epochs=1, batch_size=4, lr=0.1, data_dir=str(data), compute_dtype="float32",
+                max_length=128)  # fmt: skip
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture
+def interrupt_at(monkeypatch):
+    """`interrupt_at(n)`: Ctrl-C (a KeyboardInterrupt) at the n-th training batch from now on; `interrupt_at(None)` lifts it."""
+    import softprompt.train as train_mod
+
+    real = train_mod.LOSSES["choices"]
+
+    def arm(n: int | None) -> None:
+        calls = {"n": 0}
+
+        def interrupting(scores, labels):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return real(scores, labels)
+
+        monkeypatch.setitem(train_mod.LOSSES, "choices", real if n is None else interrupting)
+
+    return arm

@@ -132,7 +132,10 @@ def test_cli_prints_one_table_with_five_rows(tiny_llama, toy_data, tmp_path, mon
     from softprompt.cli import build_parser, main
 
     assert build_parser().parse_args(["baselines", "--task", "rte"]).methods == list(METHODS)  # the CLI's default: all
+    import softprompt.baseline_runs as baseline_runs_mod
+
     monkeypatch.setattr(backbones_mod, "load_backbone", lambda *a, **k: tiny_llama)
+    monkeypatch.setattr(baseline_runs_mod, "load_backbone", lambda *a, **k: tiny_llama)  # loaded once --out is locked
     argv = ["baselines", "--task", "rte", "--model", "tiny", "--max-train", "8", "--epochs", "1", "--batch-size", "4"]
     argv += ["--data-dir", str(toy_data), "--compute-dtype", "float32", "--out", str(tmp_path / "b"), "--quiet"]
     assert main(argv) == 0

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,36 @@ def test_two_processes_match_one(tmp_path, tiny_model_dir, toy_data):
     assert r2.stdout.count("run saved to") == 1
 
 
+@pytest.mark.skipif(not ACCELERATE.exists(), reason="accelerate's launcher is not installed")
+def test_sigterm_to_accelerate_launch_checkpoints_and_resumes(tmp_path, tiny_model_dir, toy_data):
+    """Preemption of a data-parallel run: SIGTERM to the launcher reaches every process, which stop like on
+    Ctrl-C (run.json `interrupted`, a checkpoint); `accelerate launch ... --resume` ends with one process's prompt."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = _train_args(tiny_model_dir, toy_data, one, 10)
+    args[args.index("--epochs") + 1] = "15"
+    r1 = subprocess.run([sys.executable, *args], env=_env(), capture_output=True, text=True, timeout=300)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    launch = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29518"]  # fmt: skip
+    args = _train_args(tiny_model_dir, toy_data, two, 5)
+    args[args.index("--epochs") + 1] = "15"
+    proc = subprocess.Popen([*launch, *args], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not (two / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode != 0
+    assert "softprompt: interrupted (SIGTERM); progress was checkpointed: rerun with --resume to continue" in err
+    assert json.loads((two / "run.json").read_text())["status"] == "interrupted"
+    assert (two / "checkpoint.safetensors").exists()
+    r2 = subprocess.run([*launch, *args, "--resume"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 0, r2.stdout[-2000:] + r2.stderr[-3000:]
+    p1, p2 = load_file(one / "prompt.safetensors"), load_file(two / "prompt.safetensors")
+    torch.testing.assert_close(p2["prompt"], p1["prompt"], rtol=1e-4, atol=1e-5)
+    assert json.loads((two / "run.json").read_text())["status"] == "complete"
+
+
 def test_single_process_is_inert():
     """Without a launcher nothing joins a process group and every helper is the identity."""
     assert not launched_in_parallel() and not SINGLE.active and SINGLE.is_main
@@ -108,6 +140,9 @@ def test_resume_with_another_process_count_is_refused(tmp_path, tiny_llama, toy_
     class PretendTwo(DataParallel):  # rank 0 of 2, without a process group: the check comes first
         def barrier(self) -> None:
             pass
+
+        def sum(self, values):  # the one other process contributes nothing (it claims no lock)
+            return values
 
         def broadcast_(self, params) -> None:
             pass

@@ -1,8 +1,9 @@
-"""Faults: SIGKILL/SIGINT at random points resume to the bit-identical result; tampered artifacts are refused;
+"""Faults: SIGKILL/SIGINT/SIGTERM at random points resume to the bit-identical result; tampered artifacts are refused;
 property tests on templating, truncation and label mapping."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -67,12 +68,14 @@ def test_killed_runs_resume_to_identical_result(tmp_path, tiny_model_dir, toy_da
     rng = random.Random(0)
     kills = 0
     seen: list[tuple[str, bool]] = []  # (status after the kill, checkpoint present)
-    for attempt in range(12):
+    terminated: list[tuple[int, str]] = []  # (exit code, status) after a SIGTERM
+    for attempt in range(14):
         extra = ["--resume"] if (cut / "run.json").exists() else []
         proc = subprocess.Popen(
             _train_cmd(tiny_model_dir, toy_data, cut, *extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        if attempt < 4:
+        sig = None
+        if attempt < 6:
             # Wait until this process has written a random number (1-8) of new checkpoints, then kill
             # it at a random instant within a step: always mid-training (240 steps in all), wherever
             # in a step (forward, optimiser, checkpoint write) the signal lands.
@@ -86,16 +89,19 @@ def test_killed_runs_resume_to_identical_result(tmp_path, tiny_model_dir, toy_da
                     last, writes = now, writes + 1
                 time.sleep(0.005)
             time.sleep(rng.uniform(0.0, 0.05))
-            sig = signal.SIGKILL if attempt % 2 == 0 else signal.SIGINT
+            sig = (signal.SIGKILL, signal.SIGINT, signal.SIGTERM)[attempt % 3]  # SIGTERM: what preemption sends
             proc.send_signal(sig)
             kills += 1
         proc.wait(timeout=300)
-        if attempt < 4 and (cut / "run.json").exists():
+        if sig is not None and (cut / "run.json").exists():
             seen.append((json.loads((cut / "run.json").read_text())["status"], (cut / "checkpoint.safetensors").exists()))
+            if sig == signal.SIGTERM:
+                terminated.append((proc.returncode, seen[-1][0]))
         if (cut / "run.json").exists() and json.loads((cut / "run.json").read_text())["status"] == "complete":
             break
     assert kills >= 1
     assert any(status in ("running", "interrupted") and ckpt for status, ckpt in seen), seen  # killed mid-training
+    assert (143, "interrupted") in terminated, terminated  # SIGTERM: checkpointed like Ctrl-C, exit 143
     assert load_run(cut).complete
     a = load_file(str(ref / "prompt.safetensors"))
     b = load_file(str(cut / "prompt.safetensors"))
@@ -217,14 +223,22 @@ def test_trust_remote_code_off_by_default(tmp_path, monkeypatch):
     assert seen["calls"] == [False, True]
 
 
+def _checkpoint_times(out) -> dict:
+    times = {}
+    for p in out.glob("runs/*/checkpoint.safetensors"):
+        with contextlib.suppress(FileNotFoundError):  # a finished run just removed it
+            times[p] = p.stat().st_mtime_ns
+    return times
+
+
 def test_killed_study_resumes_to_identical_result(tmp_path, tiny_model_dir, toy_data):
-    """SIGKILL/SIGINT a whole `softprompt study` at random instants; re-running it finishes with the same prompts."""
+    """SIGKILL/SIGINT/SIGTERM a whole `softprompt study` at random instants; re-running it finishes with the same prompts."""
     from tests.test_study import CONFIG
 
     cfg = tmp_path / "study.toml"
     cfg.write_text(
         CONFIG.format(model=tiny_model_dir, data=toy_data, methods='["majority", "no_prompt"]')
-        .replace("epochs = 2", "epochs = 12")
+        .replace("epochs = 2", "epochs = 30")
         .replace("seeds = [0, 1, 2]", "seeds = [0, 1]")
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -233,20 +247,27 @@ def test_killed_study_resumes_to_identical_result(tmp_path, tiny_model_dir, toy_
     out = tmp_path / "cut"
     rng = random.Random(1)
     killed_mid_run = 0
+    terminated = []  # exit codes after a SIGTERM
     for attempt in range(10):
         proc = subprocess.Popen([*cmd, str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if attempt < 3:
+        sig = None
+        if attempt < 4:  # once this process has written a checkpoint of its own, at a random instant
+            before = _checkpoint_times(out)
             deadline = time.time() + 120
-            while time.time() < deadline and proc.poll() is None and not list(out.glob("runs/*/checkpoint.safetensors")):
+            while time.time() < deadline and proc.poll() is None and _checkpoint_times(out) in (before, {}):
                 time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 1.5))
+            time.sleep(rng.uniform(0.0, 1.0))
             if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL if attempt != 1 else signal.SIGINT)
+                sig = (signal.SIGKILL, signal.SIGINT, signal.SIGTERM, signal.SIGTERM)[attempt]
+                proc.send_signal(sig)
                 killed_mid_run += 1
         proc.wait(timeout=600)
+        if sig == signal.SIGTERM:
+            terminated.append(proc.returncode)
         if (out / "report.html").exists() and proc.returncode == 0:
             break
-    assert killed_mid_run >= 2
+    assert killed_mid_run >= 3
+    assert 143 in terminated, terminated  # a study stops on SIGTERM as on Ctrl-C, exit 143
     for seed in (0, 1):
         a = load_file(str(tmp_path / "ref" / "runs" / f"rte-s{seed}" / "prompt.safetensors"))["prompt"]
         b = load_file(str(out / "runs" / f"rte-s{seed}" / "prompt.safetensors"))["prompt"]
@@ -273,3 +294,50 @@ def test_stale_temporaries_of_a_killed_writer_are_removed_on_resume(tmp_path, ti
     train(cfg, out, backbone=tiny_llama, progress=False)
     assert not stale.exists() and keep.exists()
     assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+def test_a_prompt_that_does_not_match_its_run_json_is_refused_everywhere(tmp_path, tiny_llama, tiny_model_dir, toy_data, capsys):
+    """Another run's 6-token prompt copied into a 4-token run: eval, generate, neighbors, geometry, transfer and
+    export refuse it in one line (SHA-256 recorded at save time; without it, the shape run.json records)."""
+    from softprompt.cli import main
+    from softprompt.train import TrainConfig, train
+
+    def cfg(tokens):
+        return TrainConfig(task="rte", model="tiny", tokens=tokens, epochs=1, batch_size=4, lr=0.1, data_dir=str(toy_data),
+                           compute_dtype="float32", max_length=128)  # fmt: skip
+
+    four, six = tmp_path / "four", tmp_path / "six"
+    train(cfg(4), four, backbone=tiny_llama, progress=False)
+    train(cfg(6), six, backbone=tiny_llama, progress=False)
+    record = json.loads((four / "run.json").read_text())
+    assert record["artifacts"]["prompt.safetensors"]["shape"] == [4, 32]
+    assert load_run(four).prompt().n_tokens == 4 and load_run(four).prompt("best").n_tokens == 4  # untouched: accepted
+    (four / "prompt.safetensors").write_bytes((six / "prompt.safetensors").read_bytes())
+    with pytest.raises(SoftPromptError, match=r"prompt.safetensors does not match .*run.json: its SHA-256 differs"):
+        load_run(four).prompt()
+    model = ["--model", str(tiny_model_dir), "--data-dir", str(toy_data), "--max-length", "128", "--quiet"]
+    commands = {
+        "eval": ["eval", "--run", str(four), *model],
+        "generate": ["generate", "hi", "--run", str(four), "--model", str(tiny_model_dir)],
+        "neighbors": ["neighbors", str(four), str(six), "--out", str(tmp_path / "n"), *model],
+        "geometry": ["geometry", str(four), str(six), "--out", str(tmp_path / "g")],
+        "transfer": ["transfer", str(four), "--out", str(tmp_path / "t"), *model],
+        "export": ["export", str(four), "--peft", str(tmp_path / "adapter")],
+    }
+    for name, argv in commands.items():
+        capsys.readouterr()
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("softprompt: error: ") and "\n" not in err and "does not match" in err, (name, err)
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / "n").exists()  # refused before writing anything
+    # a run.json without the digest (older, or edited): the shape it records still catches the swap
+    del record["artifacts"]
+    (four / "run.json").write_text(json.dumps(record))
+    with pytest.raises(SoftPromptError, match=r"holds a 6 x 32 prompt, but .*run.json records 4 x 32: the file belongs"):
+        load_run(four).prompt()
+    # the best prompt replaced by another of the same shape: only the digest tells
+    train(cfg(4), tmp_path / "again", backbone=tiny_llama, progress=False)
+    best = tmp_path / "again" / "best.safetensors"
+    SoftPrompt(torch.zeros(4, 32), init=load_run(tmp_path / "again").prompt().init).save(best)
+    with pytest.raises(SoftPromptError, match="best.safetensors does not match"):
+        load_run(tmp_path / "again").prompt("best")

@@ -86,8 +86,21 @@ def cache_dir() -> Path:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device `device` names; one that is malformed or absent on this machine is a one-line
+    error here, before the model is loaded, not a torch traceback halfway through."""
     if device != "auto":
-        return torch.device(device)
+        try:
+            resolved = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise SoftPromptError(f"unknown device {device!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise SoftPromptError(f"device {device!r}: no CUDA GPU is available here (use --device cpu or auto)")
+        if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise SoftPromptError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        mps = getattr(torch.backends, "mps", None)
+        if resolved.type == "mps" and not (mps is not None and mps.is_available()):
+            raise SoftPromptError(f"device {device!r}: MPS is not available here (use --device cpu or auto)")
+        return resolved
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -170,6 +183,18 @@ def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()[:16]
 
 
+def known_revision(name: str) -> str | None:
+    """The revision `load_backbone(name)` records, where it is known without loading the model: an
+    offline alias's GGUF digest. None for a Hub id (its commit is resolved when it loads) or a folder."""
+    entry = OFFLINE_MODELS.get(name)
+    if entry is None:
+        return None
+    try:
+        return _file_digest(_offline_gguf(entry))
+    except (SoftPromptError, OSError):
+        return None  # loading it will say what is wrong
+
+
 def dequantized_dir(alias: str, revision: str) -> Path:
     """Where the Hugging Face-format copy of an offline model (GGUF digest `revision`) is cached."""
     return cache_dir() / "models" / f"{alias}-{revision}"
@@ -219,6 +244,7 @@ def load_backbone(
 ) -> Backbone:
     """Load `name` (offline alias, local directory, or Hub id) frozen, on `device`, in `dtype`."""
     torch_dtype = resolve_dtype(dtype)
+    target = resolve_device(device)  # a device this machine lacks fails before the weights are read
     if name in OFFLINE_MODELS:
         model, tok, source, rev = _load_offline(OFFLINE_MODELS[name])
     else:
@@ -240,7 +266,7 @@ def load_backbone(
         rev = getattr(model.config, "_commit_hash", None) or revision or "local"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model = freeze(model.to(device=resolve_device(device), dtype=torch_dtype))
+    model = freeze(model.to(device=target, dtype=torch_dtype))
     return Backbone(model=model, tokenizer=tok, name=name, source=source, revision=str(rev))
 
 

@@ -30,8 +30,10 @@ from softprompt.baselines import (
 from softprompt.config import TrainConfig
 from softprompt.errors import SoftPromptError
 from softprompt.evaluate import EVAL_SEED, Evaluator
+from softprompt.inputs import task_inputs
 from softprompt.io import write_json
-from softprompt.runs import COMPLETE, CONFLICT, RESUMABLE, RunRecord, run_state
+from softprompt.locks import directory_lock
+from softprompt.runs import COMPLETE, CONFLICT, RESUMABLE, RunRecord, run_state, warn_unknown_inputs
 from softprompt.scoring import ScoringOptions
 from softprompt.tasks import Task, get_task
 from softprompt.train import train
@@ -50,6 +52,7 @@ def run_baselines(
     evaluator: Evaluator | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    trust_remote_code: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the requested baselines of `cfg.task` on validation; one dict per method, in the order given.
 
@@ -58,9 +61,11 @@ def run_baselines(
     (already loaded, frozen) serves the untrained baselines; the trained ones get a copy from
     `backbone_factory`, else a deep copy of `backbone`, else a fresh `load_backbone(cfg.model)`.
     `evaluator` may be shared with other work on the same backbone (its tokenization cache is reused).
+    The output directory is locked, and the data files read, before any model is loaded.
     """
     methods = check_methods(methods)
     task = get_task(cfg.task)
+    inputs = task_inputs(cfg.task, cfg.data_dir)  # reads the data files: a missing or unreadable one fails now
     out_dir = Path(out_dir)
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(TRAINED))
@@ -69,51 +74,53 @@ def run_baselines(
         raise SoftPromptError(f"{', '.join(keys)} given for {unknown}: only {', '.join(TRAINED)} are trained")
     # built first, so a bad option fails before any work
     configs = {m: baseline_config(cfg, m, overrides.get(m)) for m in methods if m in TRAINED}
-    evaluator = _evaluator(cfg, methods, backbone, evaluator, progress)
-    backbone = backbone or (evaluator.backbone if evaluator is not None else None)
-    total = sum(p.numel() for p in backbone.model.parameters()) if backbone is not None else None
+    with directory_lock(out_dir, "baselines directory"):  # before the model loads: a second writer fails at once
+        evaluator = _evaluator(cfg, methods, backbone, evaluator, progress, trust_remote_code)
+        backbone = backbone or (evaluator.backbone if evaluator is not None else None)
+        total = sum(p.numel() for p in backbone.model.parameters()) if backbone is not None else None
 
-    rows: list[dict[str, Any]] = []
-    meta = {
-        "task": task.name,
-        "task_spec": cfg.task,
-        "model": cfg.model,
-        "split": "validation",
-        "settings": {
-            "max_train": cfg.max_train,
-            "max_eval": cfg.max_eval,
-            "epochs": cfg.epochs,
-            "seed": cfg.seed,
-            "batch_size": cfg.batch_size,
-            "max_length": cfg.max_length,
-            "data_dir": cfg.data_dir,
-        },
-    }
+        rows: list[dict[str, Any]] = []
+        meta = {
+            "task": task.name,
+            "task_spec": cfg.task,
+            "model": cfg.model,
+            "split": "validation",
+            "settings": {
+                "max_train": cfg.max_train,
+                "max_eval": cfg.max_eval,
+                "epochs": cfg.epochs,
+                "seed": cfg.seed,
+                "batch_size": cfg.batch_size,
+                "max_length": cfg.max_length,
+                "data_dir": cfg.data_dir,
+            },
+        }
 
-    def save(status: str) -> None:
-        write_json(out_dir / BASELINES_FILE, {**meta, "status": status, "methods": methods, "rows": rows})
+        def save(status: str) -> None:
+            write_json(out_dir / BASELINES_FILE, {**meta, "status": status, "methods": methods, "rows": rows})
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for method in methods:
-        started = time.perf_counter()
-        if method in TRAINED:
-            copies = backbone_factory or ((lambda: copy.deepcopy(backbone)) if backbone is not None else None)
-            row = _trained(method, configs[method], out_dir / method, copies, overwrite, progress)
-        else:
-            row = _untrained(method, cfg, task, evaluator, total)
-        row.setdefault("wall_time_s", round(time.perf_counter() - started, 2))
-        rows.append(row)
-        save("partial")
-    save("complete")
-    return rows
+        for method in methods:
+            started = time.perf_counter()
+            if method in TRAINED:
+                copies = backbone_factory or ((lambda: copy.deepcopy(backbone)) if backbone is not None else None)
+                row = _trained(method, configs[method], out_dir / method, copies, overwrite, progress, inputs)
+            else:
+                row = _untrained(method, cfg, task, evaluator, total)
+            row.setdefault("wall_time_s", round(time.perf_counter() - started, 2))
+            rows.append(row)
+            save("partial")
+        save("complete")
+        return rows
 
 
-def _evaluator(cfg: TrainConfig, methods: list[str], backbone, evaluator: Evaluator | None, progress: bool) -> Evaluator | None:
+def _evaluator(
+    cfg: TrainConfig, methods: list[str], backbone, evaluator: Evaluator | None, progress: bool, trust_remote_code: bool = False
+) -> Evaluator | None:
     """The evaluator of the untrained baselines: the one given, else one on `backbone` (loaded if a method needs it)."""
     if evaluator is not None:
         return evaluator
     if backbone is None and any(m in NEEDS_MODEL for m in methods):
-        backbone = load_backbone(cfg.model, dtype=cfg.dtype, device=cfg.device)
+        backbone = load_backbone(cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=trust_remote_code)
     if backbone is None:
         return None
     return Evaluator(
@@ -143,15 +150,18 @@ def _untrained(method: str, cfg: TrainConfig, task: Task, evaluator: Evaluator |
     return baseline_row(method, res.metrics(), 0, total, **extra)
 
 
-def _trained(method: str, cfg: TrainConfig, run_dir: Path, copies, overwrite: bool, progress: bool) -> dict[str, Any]:
-    """A finetune or LoRA run: reused when complete with the same config, resumed when unfinished, else trained."""
+def _trained(
+    method: str, cfg: TrainConfig, run_dir: Path, copies, overwrite: bool, progress: bool, inputs: dict
+) -> dict[str, Any]:
+    """A finetune or LoRA run: reused when complete with the same config and inputs, resumed when unfinished,
+    else trained."""
     resume = False
     if not overwrite:
-        state = run_state(run_dir, cfg)
+        state = run_state(run_dir, cfg, inputs)
         if state.kind == CONFLICT:
-            raise SoftPromptError(
-                f"{run_dir} holds a run with a different config (changed: {list(state.changed)}): use another --out or --overwrite"
-            )
+            raise SoftPromptError(f"{run_dir} holds a run with {state.conflict()}: use another --out or --overwrite")
+        if state.inputs_unknown and state.kind == COMPLETE:
+            warn_unknown_inputs(run_dir)
         if state.kind == COMPLETE:  # done before: reuse it
             record = RunRecord.read(run_dir)
             params = record.parameters or {}

@@ -10,6 +10,8 @@ is adding a field here plus the code that uses it.
 from __future__ import annotations
 
 import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -133,6 +135,7 @@ class TrainConfig:
     extra: dict[str, Any] = option({}, "free-form settings recorded with the run (part of its identity)", cli=False)
 
     def __post_init__(self) -> None:
+        check_types(self)
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and f.name not in ("dtype", "compute_dtype") and getattr(self, f.name) not in choices:
@@ -157,6 +160,12 @@ class TrainConfig:
             raise SoftPromptError(f"lr must be a positive number, got {self.lr}")
         if not 0 <= self.warmup < 1:
             raise SoftPromptError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        for name in ("max_train", "max_eval", "lora_r", "lora_alpha"):  # a subsample or rank of 0 fails late otherwise
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise SoftPromptError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "weight_decay"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise SoftPromptError(f"{name} must be 0 or more, got {getattr(self, name)}")
         canonical_dtype(self.dtype)
         if self.compute_dtype != "auto":
             canonical_dtype(self.compute_dtype)
@@ -176,6 +185,36 @@ class TrainConfig:
         absent = {k: LEGACY_VALUES.get(k, v) for k, v in asdict(TrainConfig()).items() if k not in saved}
         full = {**absent, **saved}
         return sorted(k for k in set(full) | set(mine) if full.get(k) != mine.get(k))
+
+
+def _allowed_types(hint: Any) -> tuple[type, ...]:
+    """The Python types a field annotated `hint` accepts (`int | None` gives int and NoneType)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (types.UnionType, typing.Union) else (hint,)
+    out: list[type] = []
+    for a in args:
+        a = typing.get_origin(a) or a
+        out += [int, float] if a is float else [a] if isinstance(a, type) else [object]
+    return tuple(out)
+
+
+def check_types(obj: Any) -> None:
+    """Refuse a dataclass field of the wrong type (from a TOML file: `tokens = "20"`) in one line,
+    before a comparison deep inside training would fail on it. A bool is not an int here."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value, allowed = getattr(obj, f.name), _allowed_types(hints[f.name])
+        if object in allowed:
+            continue
+        if isinstance(value, bool) and bool not in allowed:
+            raise SoftPromptError(f"{f.name} must be {_names(allowed)}, got the boolean {value!r}")
+        if not isinstance(value, allowed):
+            raise SoftPromptError(f"{f.name} must be {_names(allowed)}, got {value!r}")
+
+
+def _names(allowed: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
+    words = [names.get(t, t.__name__) for t in allowed if t is not type(None) and not (t is int and float in allowed)]
+    return " or ".join(words) + (" (or left out)" if type(None) in allowed else "")
 
 
 def check_keys(cls, data: dict[str, Any], where: str) -> None:

@@ -115,6 +115,21 @@ class Evaluator:
             )
         return self._encoded[full_key]
 
+    def prepare(
+        self,
+        task: Task,
+        n_prompt: int = 0,
+        *,
+        hard_prompt: str | None = None,
+        split: str = "validation",
+        limit: int | None = None,
+        seed: int = 0,
+    ) -> list[EncodedExample]:
+        """Load and tokenize what `evaluate` scores for these arguments (cached): calling it early makes a
+        missing split or a max_length too small for an answer fail before hours of training, not after."""
+        examples = self.examples(task, split, limit, seed)
+        return self.encoded(task, examples, n_prompt, hard_prompt, (task.name, id(task), split, limit, seed))
+
     def evaluate(
         self,
         task: Task | str,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -32,22 +33,45 @@ def current_umask() -> int:
     return mask
 
 
+_OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)")
+
+
+def _as_os_error(e: BaseException, path: Path) -> BaseException:
+    """The failure of a write to `path` as an OSError naming `path` (not its temporary name), so every
+    writer's disk-full or permission error reads the same; safetensors reports the OS error only in
+    its message (`... (os error 28)`). Anything else is returned unchanged."""
+    if isinstance(e, OSError):
+        return OSError(e.errno, e.strerror or str(e), str(path))
+    m = _OS_ERROR_CODE.search(str(e)) if type(e).__name__ == "SafetensorError" else None
+    if m:
+        code = int(m.group(1))
+        return OSError(code, os.strerror(code), str(path))
+    return e
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` (with the mode the umask
-    gives new files), on error it is removed and `path` is left as it was."""
+    gives new files), on error it is removed and `path` is left as it was. A filesystem failure
+    (disk full, no permission) is raised as an OSError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _as_os_error(e, path) from e
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+        translated = _as_os_error(e, path)
+        if translated is e:
+            raise
+        raise translated from e
 
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from softprompt.errors import SoftPromptError
 from softprompt.io import atomic_path, read_json, write_text
 from softprompt.prompt import PROMPT_FILE, PromptInit, SoftPrompt
-from softprompt.runs import BEST_PROMPT_FILE, RUN_FILE, Run, RunRecord, load_run, package_versions
+from softprompt.runs import BEST_PROMPT_FILE, RUN_FILE, Run, RunRecord, artifact_facts, load_run, package_versions
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -240,6 +240,7 @@ def import_peft(
         },
         model={"name": base, "hidden_size": prompt.dim},
         prompt={"n_tokens": prompt.n_tokens, "dim": prompt.dim, "init": {"method": prompt.init.method}},
+        artifacts={name: artifact_facts(out / name, prompt) for name in (PROMPT_FILE, BEST_PROMPT_FILE)},
         versions=package_versions(),
     ).write(out)
     return out

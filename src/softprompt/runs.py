@@ -1,19 +1,25 @@
 """A run directory: run.json (`RunRecord`), prompt files, metrics, checkpoint; and what state it is in.
 
 A run is `complete` only after its final artifacts are written; anything else is `running`,
-`interrupted` or `failed` and can be continued with --resume. `run_state` is the one rule for
-whether a directory may be reused (train, study and baselines all ask it).
+`interrupted` or `failed` and can be continued with --resume. A run recorded `running` whose
+process on this host is gone (SIGKILL, a crash) is `interrupted` (`observed_status`).
+`run_state` is the one rule for whether a directory may be reused (train, study and baselines all
+ask it): it compares the config and the inputs' digests (`softprompt.inputs`). Loading a run's
+prompt checks the file against the shape and SHA-256 recorded in run.json when it was saved.
 """
 
 from __future__ import annotations
 
+import os
 import platform
+import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from softprompt.config import TrainConfig
-from softprompt.errors import SoftPromptError
+from softprompt.errors import SoftPromptError, warn
+from softprompt.inputs import MODEL_REVISION, file_sha256, input_changes
 from softprompt.io import read_json, write_json
 from softprompt.prompt import PROMPT_FILE, SoftPrompt
 
@@ -56,6 +62,8 @@ class RunRecord:
     parameters: dict[str, int] | None = None  # trainable, total
     versions: dict[str, str] | None = None
     prompt: dict[str, Any] | None = None  # n_tokens, dim, init, init_tokens
+    inputs: dict[str, Any] | None = None  # task: definition digest, data: {split: digest} (softprompt.inputs)
+    artifacts: dict[str, dict[str, Any]] | None = None  # prompt file name -> sha256, shape (at save time)
     processes: int | None = None  # data-parallel processes that trained it
     worker: dict[str, Any] | None = None  # host and pid, while running
     error: str | None = None  # why a failed run stopped
@@ -124,10 +132,32 @@ class Run:
         return resolved.get("prompt_format") or self.config.get("prompt_format", "plain")
 
     def prompt(self, which: str = "last") -> SoftPrompt:
+        """The run's last (or best) prompt, checked against run.json: the shape it records, and the
+        SHA-256 recorded when the file was saved (another run's prompt copied in is refused)."""
         if self.method != "prompt":
             raise SoftPromptError(f"run {self.path} trained method {self.method!r}: it has no soft prompt")
         name = PROMPT_FILE if which == "last" else BEST_PROMPT_FILE
-        return SoftPrompt.load(self.path / name)
+        path = self.path / name
+        recorded = (self.record.artifacts or {}).get(name)
+        if recorded and path.is_file() and file_sha256(path) != recorded.get("sha256"):
+            raise SoftPromptError(
+                f"{path} does not match {self.path / RUN_FILE}: its SHA-256 differs from the one recorded when the run "
+                "saved it (the file was replaced or modified); restore the run's own file or retrain the run"
+            )
+        prompt = SoftPrompt.load(path)
+        facts = self.record.prompt or {}
+        expected = (recorded or {}).get("shape") or [facts.get("n_tokens"), facts.get("dim")]
+        if None not in expected and [prompt.n_tokens, prompt.dim] != list(expected):
+            raise SoftPromptError(
+                f"{path} holds a {prompt.n_tokens} x {prompt.dim} prompt, but {self.path / RUN_FILE} records "
+                f"{expected[0]} x {expected[1]}: the file belongs to another run; restore the run's own file or retrain the run"
+            )
+        return prompt
+
+
+def artifact_facts(path: Path, prompt: SoftPrompt) -> dict[str, Any]:
+    """What run.json records of a prompt file just saved: its SHA-256 and shape."""
+    return {"sha256": file_sha256(path), "shape": [prompt.n_tokens, prompt.dim]}
 
 
 def load_run(path: str | Path, require_complete: bool = True) -> Run:
@@ -136,10 +166,36 @@ def load_run(path: str | Path, require_complete: bool = True) -> Run:
         raise SoftPromptError(f"run directory {path} does not exist")
     run = Run(path, RunRecord.read(path))
     if require_complete and not run.complete:
-        raise SoftPromptError(
-            f"run {path} is {run.record.status or 'incomplete'}: finish it with `softprompt train --resume --out {path}`"
-        )
+        status = observed_status(run.record)
+        raise SoftPromptError(f"run {path} is {status or 'incomplete'}: finish it with `softprompt train --resume --out {path}`")
     return run
+
+
+def _process_gone(pid: int) -> bool:
+    """True when no process `pid` runs on this host (a zombie, killed but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def observed_status(record: RunRecord) -> str:
+    """The run's status as it is now: `running` only while the process recorded in run.json lives.
+    A run on this host whose process is gone (SIGKILL, out of memory, a crash) was interrupted; a run
+    recorded by another host is taken at its word."""
+    worker = record.worker or {}
+    pid = worker.get("pid")
+    here = worker.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid()
+    if record.status == "running" and here and _process_gone(pid):
+        return "interrupted"
+    return record.status
 
 
 ABSENT, COMPLETE, RESUMABLE, CONFLICT = "absent", "complete", "resumable", "conflict"
@@ -147,19 +203,43 @@ ABSENT, COMPLETE, RESUMABLE, CONFLICT = "absent", "complete", "resumable", "conf
 
 @dataclass(frozen=True)
 class RunState:
-    """What a run directory holds for a config: nothing (absent), its finished run (complete), its unfinished
-    run (resumable: running, interrupted or failed), or a run of another config (conflict, `changed` fields)."""
+    """What a run directory holds for a config and its inputs: nothing (absent), its finished run
+    (complete), its unfinished run (resumable: running, interrupted or failed), or a run of another
+    config (conflict, `changed` fields) or of changed inputs (conflict, `inputs_changed`: "train
+    data", "task definition", "model revision"). `inputs_unknown`: the run predates input digests."""
 
     kind: str
     status: str | None = None
     changed: tuple[str, ...] = ()
+    inputs_changed: tuple[str, ...] = ()
+    inputs_unknown: bool = False
+
+    def conflict(self) -> str:
+        """The conflict in words: `a different config (changed: [...])` or `changed inputs (train data)`."""
+        if self.changed:
+            return f"a different config (changed: {list(self.changed)})"
+        return f"changed inputs ({', '.join(self.inputs_changed)} changed since it was trained)"
 
 
-def run_state(out: str | Path, cfg: TrainConfig) -> RunState:
+def run_state(out: str | Path, cfg: TrainConfig, inputs: dict[str, Any] | None = None) -> RunState:
+    """The state of `out` for `cfg`; with `inputs` (`softprompt.inputs.task_inputs`, plus the model
+    revision where known) a run computed from other data or another task definition is a conflict."""
     if not (Path(out) / RUN_FILE).exists():
         return RunState(ABSENT)
     record = RunRecord.read(out)
-    changed = cfg.differences(record.config)
-    if changed:
-        return RunState(CONFLICT, record.status, tuple(changed))
-    return RunState(COMPLETE if record.status == "complete" else RESUMABLE, record.status)
+    status = observed_status(record)
+    saved = {**(record.inputs or {}), MODEL_REVISION: (record.model or {}).get("revision")}
+    inputs_changed = tuple(input_changes(saved, inputs)) if inputs is not None else ()
+    unknown = inputs is not None and record.inputs is None
+    changed = tuple(cfg.differences(record.config))
+    if changed or inputs_changed:
+        return RunState(CONFLICT, status, changed, inputs_changed, unknown)
+    return RunState(COMPLETE if status == "complete" else RESUMABLE, status, inputs_unknown=unknown)
+
+
+def warn_unknown_inputs(out: str | Path) -> None:
+    """A run made before run.json recorded input digests is trusted, with this note."""
+    warn(
+        f"{Path(out) / RUN_FILE} predates input digests: its data and task definition are assumed unchanged "
+        "(retrain it, e.g. with --overwrite, to have them checked)"
+    )

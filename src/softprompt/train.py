@@ -1,35 +1,40 @@
 """The training loop: a soft prompt (or full fine-tuning / LoRA as baselines) on one task.
 
-`train()` reads as its steps: claim the run directory -> prepare data -> build trainables -> the
-loop (optimiser, schedule, resumed state) -> fit the epochs -> finalize (artifacts, reference
-evaluations, run.json). The loop checkpoints at each epoch end, every `checkpoint_every` steps and
-on Ctrl-C; `resume` continues from the checkpoint to the same result an uninterrupted run gives.
+`train()` reads as its steps: hash the inputs -> lock and claim the run directory -> prepare data ->
+build trainables -> the loop (optimiser, schedule, resumed state; what is scored later tokenized now)
+-> fit the epochs -> finalize (artifacts, reference evaluations, run.json). The loop checkpoints at
+each epoch end, every `checkpoint_every` steps and on Ctrl-C or SIGTERM; `resume` continues from the
+checkpoint to the same result an uninterrupted run gives, and refuses a run whose inputs changed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import socket
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from softprompt.backbones import Backbone, load_backbone, resolve_compute_dtype
+from softprompt.backbones import Backbone, load_backbone, resolve_compute_dtype, resolve_device
 from softprompt.baselines import reference_results
 from softprompt.batching import EncodedExample, collate, encode_examples, length_grouped_order
 from softprompt.chat import resolve_prompt_format
 from softprompt.checkpoint import load_checkpoint, save_checkpoint, save_trainables
 from softprompt.config import PROMPT_LR_PER_STD, TrainConfig
 from softprompt.distributed import DataParallel, setup_data_parallel
-from softprompt.errors import SoftPromptError
+from softprompt.errors import SoftPromptError, os_error_line
 from softprompt.evaluate import EVAL_SEED, EvalResult, Evaluator
+from softprompt.inputs import MODEL_REVISION, task_inputs
 from softprompt.io import remove_stale_temporaries, write_text
+from softprompt.locks import directory_lock
 from softprompt.prompt import PROMPT_FILE, SoftPrompt, embedding_scale, init_prompt
 from softprompt.reparam import PromptEncoder
 from softprompt.runs import (
@@ -41,8 +46,11 @@ from softprompt.runs import (
     METRICS_FILE,
     WEIGHTS_FILES,
     RunRecord,
+    RunState,
+    artifact_facts,
     package_versions,
     run_state,
+    warn_unknown_inputs,
 )
 from softprompt.scoring import LOSSES, ScoringOptions, ScoringStats, autocast_context, batch_choice_scores
 from softprompt.tasks import Task, get_task
@@ -88,32 +96,72 @@ def train(
     """
     out = Path(out)
     dp = setup_data_parallel(cfg.device)
-    claim_run_dir(out, cfg, dp, resume=resume, overwrite=overwrite)
-    torch.manual_seed(cfg.seed)
-    data = prepare_data(cfg, backbone, dp)
-    trainables = build_trainables(cfg, data, dp)
-    loop = TrainingLoop(cfg, out, data, trainables, dp, scoring=scoring, progress=progress)
-    if resume:
-        loop.resume()
-    loop.start()
-    loop.fit()
-    return finalize(loop, references=baselines and cfg.method == "prompt")
+    if backbone is None:
+        resolve_device(cfg.device)  # a device this machine lacks fails before anything is written
+    inputs = task_inputs(cfg.task, cfg.data_dir)  # reads every data file the run needs: a missing one fails now
+    with owned_run_dir(out, dp):
+        claim_run_dir(out, cfg, dp, inputs, resume=resume, overwrite=overwrite)
+        torch.manual_seed(cfg.seed)
+        data = prepare_data(cfg, backbone, dp)
+        if resume:  # the model is known now: a run trained on other weights is not continued
+            refuse_changed_run(out, run_state(out, cfg, {**inputs, MODEL_REVISION: data.backbone.revision}))
+        trainables = build_trainables(cfg, data, dp)
+        loop = TrainingLoop(cfg, out, data, trainables, dp, scoring=scoring, progress=progress)
+        references = baselines and cfg.method == "prompt"
+        loop.preflight(references=references)
+        if resume:
+            loop.resume()
+        loop.start(inputs)
+        loop.fit()
+        with loop.outcome_recorded():
+            return finalize(loop, references=references)
 
 
 # ----------------------------------------------------------------------------- steps
 
 
-def claim_run_dir(out: Path, cfg: TrainConfig, dp: DataParallel, *, resume: bool, overwrite: bool) -> None:
-    """Refuse a directory holding another run (unless `overwrite`) or another config (on `resume`), then
-    create it and drop the half-written files of a killed earlier attempt."""
+@contextlib.contextmanager
+def owned_run_dir(out: Path, dp: DataParallel) -> Iterator[None]:
+    """The run directory is this run's until it returns: the main process holds its lock
+    (`softprompt.locks`), so a second `train` into the same --out fails at once, naming this one;
+    the other processes of a data-parallel launch learn whether the main one got it."""
+    with contextlib.ExitStack() as stack:
+        error: SoftPromptError | None = None
+        if dp.is_main:
+            try:
+                stack.enter_context(directory_lock(out, "run directory"))
+            except SoftPromptError as e:
+                error = e
+        if dp.sum([1.0 if error else 0.0])[0] > 0:
+            raise error or SoftPromptError(f"run directory {out}: the main process could not claim it")
+        yield
+
+
+def refuse_changed_run(out: Path, state: RunState) -> None:
+    """--resume of a run whose config or inputs changed would mix two runs: refuse, saying what to do."""
+    if state.kind != CONFLICT:
+        return
+    if state.changed:
+        raise SoftPromptError(f"{out}: --resume with a different config (changed: {list(state.changed)}); use another --out")
+    raise SoftPromptError(
+        f"{out}: the {', '.join(state.inputs_changed)} changed since this run started, so --resume would mix old and "
+        "new inputs: pass --overwrite (without --resume) to retrain it from scratch, or restore the original files"
+    )
+
+
+def claim_run_dir(out: Path, cfg: TrainConfig, dp: DataParallel, inputs: dict, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a directory holding another run (unless `overwrite`), or another config or changed inputs
+    (on `resume`), then drop the half-written files of a killed earlier attempt."""
     if resume or not overwrite:
-        state = run_state(out, cfg)
+        state = run_state(out, cfg, inputs)
         if not resume and state.kind != ABSENT:
             raise SoftPromptError(
                 f"{out} already holds a {state.status} run: pass --resume to continue it or choose another --out"
             )
-        if resume and state.kind == CONFLICT:
-            raise SoftPromptError(f"{out}: --resume with a different config (changed: {list(state.changed)}); use another --out")
+        if resume:
+            refuse_changed_run(out, state)
+            if state.inputs_unknown and dp.is_main:
+                warn_unknown_inputs(out)
     dp.barrier()  # every process has read what was there before the main process writes
     out.mkdir(parents=True, exist_ok=True)
     if dp.is_main:
@@ -316,9 +364,23 @@ class TrainingLoop:
                 f"{self.dp.world}: the global batch would change; resume with the same number of processes"
             )
 
-    def start(self) -> None:
-        """run.json says running (and who runs it: a cluster's worker, a launcher's main process)."""
+    def preflight(self, *, references: bool) -> None:
+        """Load and tokenize now what is only scored later (the validation split at each epoch's end, the
+        reference evaluations after the last one): a missing split, or a --max-length too small for an
+        answer or for the hard prompt, fails before training instead of after it. Cached, so nothing is
+        done twice."""
+        task, cfg, ev = self.data.task, self.cfg, self.evaluator
+        matrix = self.trainables.prompt_matrix()
+        ev.prepare(task, 0 if matrix is None else int(matrix.shape[0]), limit=cfg.max_eval, seed=EVAL_SEED)
+        if references:
+            ev.prepare(task, 0, limit=cfg.max_eval, seed=EVAL_SEED)
+            ev.prepare(task, 0, hard_prompt=cfg.init_text or task.description, limit=cfg.max_eval, seed=EVAL_SEED)
+
+    def start(self, inputs: dict[str, Any] | None = None) -> None:
+        """run.json says running (and who runs it: a cluster's worker, a launcher's main process), with
+        the digests of the inputs (`softprompt.inputs`) that --resume and a study compare."""
         self.record = run_record(self.cfg, self.data, self.trainables, processes=self.dp.world)
+        self.record.inputs = inputs
         if self.main:
             replace(self.record, worker={"host": socket.gethostname(), "pid": os.getpid()}).write(self.out)
             prompt = self.trainables.prompt_to_save()
@@ -326,30 +388,53 @@ class TrainingLoop:
                 prompt.save(self.out / BEST_PROMPT_FILE)
 
     def fit(self) -> None:
-        """The epochs, from wherever the state says; Ctrl-C and divergence leave a resumable directory."""
+        """The epochs, from wherever the state says; Ctrl-C, SIGTERM, divergence and a full disk leave a
+        resumable directory."""
         self.bar = self._progress_bar()
         self.started = time.perf_counter() - self.state["elapsed"]
         self.consistent = True
+        with self.outcome_recorded():
+            try:
+                if self.cfg.eval_every and not self.state["history"]:
+                    self._record_point(0)  # where the curve starts: the initial prompt
+                while self.state["epoch"] < self.cfg.epochs:
+                    self._epoch(self.state["epoch"])
+            except KeyboardInterrupt:
+                # Checkpoint only a consistent instant; otherwise the last checkpoint on disk (an earlier
+                # consistent instant) is what --resume continues from, to the same result. So does a
+                # checkpoint that cannot be written (disk full).
+                if self.consistent:
+                    with contextlib.suppress(OSError):
+                        self._checkpoint_on_interrupt()  # reads the queued losses first
+                raise
+
+    @contextlib.contextmanager
+    def outcome_recorded(self) -> Iterator[None]:
+        """If the block stops the run, run.json says so: `interrupted` (Ctrl-C, SIGTERM) or `failed` with
+        the reason (divergence, a full disk, out of memory), as far as run.json can still be written.
+        A filesystem failure becomes one line naming the path; the last checkpoint is kept for --resume."""
         try:
-            if self.cfg.eval_every and not self.state["history"]:
-                self._record_point(0)  # where the curve starts: the initial prompt
-            while self.state["epoch"] < self.cfg.epochs:
-                self._epoch(self.state["epoch"])
+            yield
         except KeyboardInterrupt:
-            # Checkpoint only a consistent instant; otherwise the last checkpoint on disk (an earlier
-            # consistent instant) is what --resume continues from, to the same result.
-            if self.consistent:
-                self._checkpoint_on_interrupt()
-            if self.main:
-                replace(self.record, status="interrupted").write(self.out)
-            self._close_bar()
+            self._mark("interrupted")
             raise
-        except SoftPromptError as e:  # diverged: keep the last good checkpoint, say why in run.json
-            if self.main:
-                replace(self.record, status="failed", error=str(e)).write(self.out)
-            self._close_bar()
+        except OSError as e:
+            reason = os_error_line(e)
+            self._mark("failed", reason)
+            raise SoftPromptError(
+                f"{reason}; the run stopped and {self.out} keeps its last checkpoint: fix this, then resume it "
+                "(train --resume, or rerun the study)"
+            ) from None
+        except Exception as e:
+            self._mark("failed", str(e) if isinstance(e, SoftPromptError) else f"{type(e).__name__}: {e}")
             raise
-        self._close_bar()
+        finally:
+            self._close_bar()
+
+    def _mark(self, status: str, error: str | None = None) -> None:
+        if self.main:
+            with contextlib.suppress(OSError):  # the disk may be full: the checkpoint still resumes
+                replace(self.record, status=status, error=error).write(self.out)
 
     def _epoch(self, epoch: int) -> None:
         order = epoch_order(len(self.data.encoded), self.cfg.seed, epoch)
@@ -543,6 +628,8 @@ class TrainingLoop:
         prompt = self.trainables.prompt_to_save()
         if prompt is not None:
             prompt.save(self.out / BEST_PROMPT_FILE)
+            facts = artifact_facts(self.out / BEST_PROMPT_FILE, prompt)  # for run.json
+            self.state["artifacts"] = {**self.state.get("artifacts", {}), BEST_PROMPT_FILE: facts}
         elif self.cfg.method == "lora":
             save_trainables(self.out / BEST_ADAPTER_FILE, self.trainables.params)
 
@@ -576,9 +663,13 @@ class TrainingLoop:
 def finalize(loop: TrainingLoop, *, references: bool) -> TrainResult:
     """Final artifacts, the no-prompt/English-prompt reference evaluations, run.json complete, no checkpoint."""
     cfg, out, task, trainables = loop.cfg, loop.out, loop.data.task, loop.trainables
+    artifacts = dict(loop.state.get("artifacts") or {})  # what loading the prompts checks them against
     prompt = trainables.prompt_to_save()
     if prompt is not None and loop.main:
         prompt.save(out / PROMPT_FILE)
+        for name in (PROMPT_FILE, BEST_PROMPT_FILE):
+            if name == PROMPT_FILE or name not in artifacts:  # (a checkpoint older than these records)
+                artifacts[name] = artifact_facts(out / name, prompt)
     elif loop.main:
         save_trainables(out / WEIGHTS_FILES[cfg.method], trainables.params)
     final = EvalResult(**loop.state["last_eval"])  # the last epoch's evaluation scored exactly these parameters
@@ -593,6 +684,7 @@ def finalize(loop: TrainingLoop, *, references: bool) -> TrainResult:
         final=final.metrics(),
         best=loop.state["best"],
         baselines={k: v.metrics() for k, v in base.items()},
+        artifacts=artifacts or None,
         train_examples=len(encoded),
         train_truncated=sum(1 for e in encoded if e.truncated),
         wall_time_s=round(time.perf_counter() - loop.started, 2),

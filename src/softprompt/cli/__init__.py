@@ -1,4 +1,5 @@
-"""The command line: a thin layer over the package's functions. Errors print one line, exit 2.
+"""The command line: a thin layer over the package's functions. Errors print one line, exit 2; never a traceback
+for a fault of the inputs or the environment (docs/reliability.md).
 
 One module per command group registers its subcommands (`REGISTRARS`); `common` holds what they
 share (flags generated from TrainConfig, the model flags, tables). Nothing outside this package
@@ -18,8 +19,9 @@ from softprompt.cli.info import add_info
 from softprompt.cli.peft import add_peft
 from softprompt.cli.study import add_study
 from softprompt.cli.train import add_train
-from softprompt.errors import SoftPromptError
+from softprompt.errors import SoftPromptError, os_error_line
 from softprompt.logging_setup import quiet_libraries
+from softprompt.preemption import sigterm_as_interrupt
 
 REGISTRARS: list[Callable] = [add_train, add_eval, add_generate, add_info, add_peft, add_study, add_baselines, add_analysis]
 
@@ -34,15 +36,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What to do after an interrupted command: the commands that checkpoint say how to continue.
+CONTINUE = {
+    "train": "progress was checkpointed: rerun with --resume to continue",
+    "study": "progress was checkpointed: rerun the same command to continue",
+    "baselines": "progress was checkpointed: rerun the same command to continue",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. A fault of the inputs or the environment is one `softprompt: error:` line and
+    exit 2; Ctrl-C exits 130 and SIGTERM (preemption) 143, both after the same checkpoint."""
     args = build_parser().parse_args(argv)
-    quiet_libraries()
-    try:
-        return args.func(args)
-    except SoftPromptError as e:
-        print(f"softprompt: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        how = "rerun the same command to continue" if args.command == "study" else "rerun with --resume to continue"
-        print(f"\nsoftprompt: interrupted; progress was checkpointed: {how}", file=sys.stderr)
-        return 130
+    with sigterm_as_interrupt() as signals:
+        try:
+            quiet_libraries()
+            return args.func(args)
+        except SoftPromptError as e:
+            return _error(str(e))
+        except OSError as e:  # disk full, no permission, a read-only filesystem, ...: the path and what to do
+            return _error(os_error_line(e))
+        except MemoryError as e:
+            return _error(_out_of_memory(args, e))
+        except RuntimeError as e:
+            if type(e).__name__ != "OutOfMemoryError":  # torch.cuda.OutOfMemoryError; anything else is a bug
+                raise
+            return _error(_out_of_memory(args, e))
+        except KeyboardInterrupt:
+            what = "interrupted (SIGTERM)" if signals.terminated else "interrupted"
+            how = CONTINUE.get(args.command)
+            print(f"\nsoftprompt: {what}" + (f"; {how}" if how else ""), file=sys.stderr)
+            return signals.exit_code
+
+
+def _error(message: str) -> int:
+    print(f"softprompt: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _out_of_memory(args: argparse.Namespace, e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    resume = " (training resumes from its last checkpoint with --resume)" if args.command == "train" else ""
+    return f"out of memory ({type(e).__name__}: {first[:200]}): use a smaller --batch-size or --max-length{resume}"

@@ -6,7 +6,7 @@ Each loads the model at most once; the work is `softprompt.analysis`'s.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from pathlib import Path
 
 from softprompt.cli.common import add_model_args, load_model, print_table
 from softprompt.errors import SoftPromptError
@@ -30,10 +30,16 @@ def _load(a: argparse.Namespace, runs):
     return load_model(a, _model_name(a, runs), runs)
 
 
-def _runs(paths: Sequence[str]):
+def _runs(a: argparse.Namespace):
+    """The runs, their prompts checked against their run.json and --out created, before any model is loaded."""
     from softprompt.analysis.common import as_runs
+    from softprompt.locks import ensure_directory
 
-    return as_runs(paths)
+    runs = as_runs(a.runs)
+    for run in runs:
+        run.prompt(a.which)
+    ensure_directory(Path(a.out), "--out")
+    return runs
 
 
 def cmd_neighbors(a: argparse.Namespace) -> int:
@@ -41,7 +47,7 @@ def cmd_neighbors(a: argparse.Namespace) -> int:
 
     if a.task and not a.project:
         raise SoftPromptError("--task only applies with --project (the task the projected prompt is evaluated on)")
-    runs = _runs(a.runs)
+    runs = _runs(a)
     backbone, evaluator = _load(a, runs)
     rep = neighbors_report(
         backbone,
@@ -79,7 +85,7 @@ def cmd_neighbors(a: argparse.Namespace) -> int:
 def cmd_geometry(a: argparse.Namespace) -> int:
     from softprompt.analysis.geometry import geometry_report
 
-    rep = geometry_report(_runs(a.runs), a.out, level=a.level, seed=a.seed, perplexity=a.perplexity, which=a.which)
+    rep = geometry_report(_runs(a), a.out, level=a.level, seed=a.seed, perplexity=a.perplexity, which=a.which)
     print_table(
         [
             {
@@ -117,7 +123,7 @@ def cmd_geometry(a: argparse.Namespace) -> int:
 def cmd_transfer(a: argparse.Namespace) -> int:
     from softprompt.analysis.transfer import transfer_report
 
-    runs = _runs(a.runs)
+    runs = _runs(a)
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
     _, evaluator = _load(a, runs)
     rep = transfer_report(evaluator, runs, tasks, a.out, limit=a.max_eval, which=a.which)

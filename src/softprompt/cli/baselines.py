@@ -21,20 +21,21 @@ SHARED_FIELDS = (
 
 
 def cmd_baselines(a: argparse.Namespace) -> int:
-    from softprompt.backbones import load_backbone
     from softprompt.baseline_runs import run_baselines
-    from softprompt.baselines import NEEDS_MODEL, table_rows
+    from softprompt.baselines import table_rows
 
     started = time.perf_counter()
     cfg = TrainConfig(task=a.task, **config_values(a, MODEL_FIELDS + SHARED_FIELDS))
     out = Path(a.out or f"runs/baselines-{Path(a.task).stem if a.task.endswith('.toml') else a.task}-s{a.seed}")
-    needs_model = any(m in NEEDS_MODEL for m in a.methods)
-    backbone = (
-        load_backbone(a.model, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code) if needs_model else None
-    )
     lr = {m: {"lr": v} for m, v in (("finetune", a.finetune_lr), ("lora", a.lora_lr)) if v is not None}
-    rows = run_baselines(
-        cfg, out, methods=a.methods, overrides=lr, backbone=backbone, overwrite=a.overwrite, progress=not a.quiet
+    rows = run_baselines(  # loads the model once --out is locked and the data read (a fault there fails first)
+        cfg,
+        out,
+        methods=a.methods,
+        overrides=lr,
+        overwrite=a.overwrite,
+        progress=not a.quiet,
+        trust_remote_code=a.trust_remote_code,
     )
     n = rows[0]["n"] if rows else 0
     print(f"\n{a.task} validation (n={n}); training examples: {a.max_train or 'all'}; epochs {a.epochs}; seed {a.seed}")

@@ -17,6 +17,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if not task_name or task_name == "unknown":
         raise SoftPromptError("--task is required (the run does not name a task)")
     task = get_task(task_name)
+    soft = run.prompt(a.which) if run is not None else None  # checked against run.json before the model loads
     backbone, ev = load_model(a, runs=[run] if run is not None else [])
 
     def row(label: str, prompt=None, hard_prompt: str | None = None) -> dict:
@@ -26,10 +27,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
         }
 
     rows = []
-    if run is not None:
-        prompt = run.prompt(a.which)
-        prompt.check_model(backbone.hidden_size, where=f"the prompt of {a.run}")
-        rows.append(row(f"soft {a.run}", prompt.weight.detach()))
+    if soft is not None:
+        soft.check_model(backbone.hidden_size, where=f"the prompt of {a.run}")
+        rows.append(row(f"soft {a.run}", soft.weight.detach()))
     if a.no_prompt or run is None and a.hard_prompt is None and not a.english:
         rows.append(row("no prompt"))
     if a.english:
@@ -46,10 +46,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from softprompt.generate import generate
     from softprompt.runs import load_run
 
+    sp = load_run(a.run).prompt() if a.run else None  # checked against run.json before the model loads
     backbone = load_backbone(a.model, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code)
     prompt = None
-    if a.run:
-        sp = load_run(a.run).prompt()
+    if sp is not None:
         sp.check_model(backbone.hidden_size, where=f"the prompt of {a.run}")
         prompt = sp.weight.detach()
     print(a.text + generate(backbone, a.text, prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed))

@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from softprompt.analysis.neighbors import METRICS as ANALYSIS_METRICS
 from softprompt.baselines import baseline_config
-from softprompt.config import BASELINE_METHODS, TRAINED_BASELINES, TrainConfig, check_keys
+from softprompt.config import BASELINE_METHODS, TRAINED_BASELINES, TrainConfig, check_keys, check_types
 from softprompt.errors import SoftPromptError
 from softprompt.tasks import get_task
 
@@ -85,7 +86,11 @@ def _train_config(table: dict[str, Any], study: dict[str, Any], path: Path) -> T
     if owned:
         raise SoftPromptError(f"{path} [train]: {owned} are set by the study ([study] tasks, seeds, model, data_dir)")
     table.setdefault("max_eval", study.get("max_eval"))
-    return TrainConfig.from_dict({**table, "model": study["model"], "data_dir": study["data_dir"]}, where=f"{path} [train]")
+    try:
+        return TrainConfig.from_dict({**table, "model": study["model"], "data_dir": study["data_dir"]}, where=f"{path} [train]")
+    except SoftPromptError as e:  # a bad value: say where it is
+        message = str(e)
+        raise SoftPromptError(message if message.startswith(str(path)) else f"{path} [train]: {message}") from None
 
 
 def load_study_config(path: str | Path) -> StudyConfig:
@@ -127,8 +132,27 @@ def _validate(cfg: StudyConfig, path: Path) -> None:
         raise SoftPromptError(f"{path} [baselines] methods: unknown {bad}; expected some of {list(BASELINE_METHODS)}")
     if not cfg.tasks or not cfg.seeds:
         raise SoftPromptError(f"{path} [study]: tasks and seeds must be non-empty lists")
+    _validate_values(cfg, path)
     for task in cfg.tasks:
         get_task(task)
     overrides = cfg.baselines.overrides()
     for method in TRAINED_BASELINES:
         baseline_config(cfg.baseline_base(cfg.tasks[0]), method, overrides[method])
+
+
+def _validate_values(cfg: StudyConfig, path: Path) -> None:
+    """Types and ranges that would otherwise fail only when their step runs (the analyses, after every run)."""
+    for section, obj in (("study", cfg), ("baselines", cfg.baselines), ("analysis", cfg.analysis)):
+        try:
+            check_types(obj)
+        except SoftPromptError as e:
+            raise SoftPromptError(f"{path} [{section}]: {e}") from None
+    if not all(isinstance(t, str) for t in cfg.tasks) or not all(type(s) is int for s in cfg.seeds):
+        raise SoftPromptError(f"{path} [study]: tasks must be a list of strings and seeds a list of integers")
+    a = cfg.analysis
+    if a.metric not in ANALYSIS_METRICS:
+        raise SoftPromptError(f"{path} [analysis] metric: unknown {a.metric!r}; expected one of {', '.join(ANALYSIS_METRICS)}")
+    if a.k < 1 or (cfg.max_eval is not None and cfg.max_eval < 1):
+        raise SoftPromptError(f"{path}: [analysis] k and [study] max_eval must be at least 1, got {a.k} and {cfg.max_eval}")
+    if a.tsne_perplexity is not None and not a.tsne_perplexity > 0:
+        raise SoftPromptError(f"{path} [analysis] tsne_perplexity: must be a positive number, got {a.tsne_perplexity}")

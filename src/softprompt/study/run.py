@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from softprompt.config import EXECUTORS
-from softprompt.errors import SoftPromptError
-from softprompt.io import remove_stale_temporaries, write_json
+from softprompt.errors import SoftPromptError, warn
+from softprompt.inputs import MODEL_REVISION, input_changes, task_inputs
+from softprompt.io import read_json, remove_stale_temporaries, write_json
 from softprompt.learning import learning_verdict
+from softprompt.locks import directory_lock
 from softprompt.report import write_report
 from softprompt.runs import METRICS_FILE, Run, load_run
-from softprompt.study.config import load_study_config
+from softprompt.study.config import StudyConfig, load_study_config
 from softprompt.study.executors import ExecutorResult, StudyProgress, run_locally
 from softprompt.study.plan import Unit, task_dir_name
 from softprompt.study.units import Study
@@ -26,6 +28,7 @@ from softprompt.study.units import Study
 if TYPE_CHECKING:
     from softprompt.study.ray_executor import RayOptions
 
+INPUTS_FILE = "inputs.json"  # every task's input digests at the last invocation, to say what changed
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -63,12 +66,41 @@ def run_study(
 
         import_ray()  # fail before any work if Ray is missing
     cfg = load_study_config(config_path)
-    out.mkdir(parents=True, exist_ok=True)
+    inputs = study_inputs(cfg)  # reads every task's data: a missing or unreadable file fails before any work
+    with directory_lock(out, "study directory"):  # one process writes a study directory at a time
+        return _run_study(cfg, out, inputs, progress, executor, ray_options)
+
+
+def study_inputs(cfg: StudyConfig) -> dict[str, dict[str, Any]]:
+    """Every task's input digests (`softprompt.inputs`) and the model revision where known without
+    loading it: part of every run's, baseline's and analysis's identity."""
+    from softprompt.backbones import known_revision
+
+    revision = known_revision(cfg.model)
+    return {task: {**task_inputs(task, cfg.data_dir), MODEL_REVISION: revision} for task in cfg.tasks}
+
+
+def _say_changed_inputs(out: Path, inputs: dict[str, dict[str, Any]]) -> None:
+    """A line per task whose data, definition or model changed since the study's last invocation."""
+    path = out / INPUTS_FILE
+    before = read_json(path) if path.exists() else {}
+    for task, digests in inputs.items():
+        saved = before.get(task) if isinstance(before, dict) else None
+        changed = input_changes(saved, digests) if isinstance(saved, dict) else []
+        if changed:
+            warn(
+                f"task {task}: {', '.join(changed)} changed since this study last ran: its runs, baselines and analyses are redone"
+            )
+    write_json(path, inputs)
+
+
+def _run_study(cfg: StudyConfig, out: Path, inputs, progress: bool, executor: str, ray_options) -> dict:
     for d in {p.parent for p in out.rglob(".*.tmp")}:  # left by a killed earlier attempt; nothing writes now
         remove_stale_temporaries(d)
     write_json(out / "study_config.json", cfg.to_json())
+    _say_changed_inputs(out, inputs)
     started = time.perf_counter()
-    study = Study(cfg, out, progress)
+    study = Study(cfg, out, progress, inputs=inputs)
     units = study.units()
     bar = StudyProgress(len(units) + 1, cfg.name, progress)
     try:
@@ -100,7 +132,13 @@ def _results(study: Study, units: list[Unit], outcome: ExecutorResult, *, wall_t
             baselines.setdefault(task_dir_name(unit.task), {})[unit.method] = done[unit]["row"]
     return {
         "study": study.cfg.to_json(),
-        "setup": {**final["setup"], "executor": executor_info, "wall_time_s": wall_time_s, "actions": actions},
+        "setup": {
+            **final["setup"],
+            "executor": executor_info,
+            "wall_time_s": wall_time_s,
+            "actions": actions,
+            "inputs": study.inputs,
+        },
         "runs": [_run_summary(load_run(d)) for _, _, d in study.prompt_runs()],
         "baselines": baselines,
         **final["analyses"],

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 from softprompt.baseline_runs import run_baselines
 from softprompt.baselines import TRAINED, baseline_config, result_inputs
 from softprompt.config import TrainConfig
+from softprompt.inputs import MODEL_REVISION, input_changes
 from softprompt.io import read_json, write_json
 from softprompt.prompt import PROMPT_FILE
-from softprompt.runs import COMPLETE, CONFLICT, RESUMABLE, load_run, package_versions, run_state
+from softprompt.runs import COMPLETE, CONFLICT, RESUMABLE, load_run, package_versions, run_state, warn_unknown_inputs
 from softprompt.study.config import StudyConfig
 from softprompt.study.plan import Unit, analysis_dir, baseline_dir, file_digest, model_cache_key, run_dir, units, work_key
 from softprompt.train import train
@@ -40,6 +41,7 @@ class Study:
     out: Path
     progress: bool = True
     timings: dict[str, float] = field(default_factory=dict)
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> its digests (softprompt.inputs)
 
     def run_dir(self, task: str, seed: int) -> Path:
         return run_dir(self.out, task, seed)
@@ -54,10 +56,16 @@ class Study:
         """Train `cfg` into `out` unless an identical complete run is there; returns what was done.
 
         A run left `running`, `interrupted` or `failed` (a killed process, a Ray worker that died)
-        resumes from its checkpoint; a run of another config is replaced."""
-        state = run_state(out, cfg)
+        resumes from its checkpoint; a run of another config, or of changed data or task definition,
+        is replaced."""
+        inputs = self.inputs.get(cfg.task)
+        state = run_state(out, cfg, inputs)
         if state.kind == COMPLETE:
+            if state.inputs_unknown:
+                warn_unknown_inputs(out)
             return "skipped"
+        if state.kind == RESUMABLE and inputs is not None:  # it trains, so the model loads: compare its revision too
+            state = run_state(out, cfg, {**inputs, MODEL_REVISION: models.backbone.revision})
         if state.kind == RESUMABLE:
             train(cfg, out, resume=True, backbone=models.backbone, progress=self.progress)
             return "resumed"
@@ -160,17 +168,30 @@ def run_unit(study: Study, models: ModelCache, unit: Unit) -> dict[str, Any]:
     return out
 
 
-def _cached(path: Path, key: str) -> Any | None:
+def inputs_changed(saved: dict[str, Any] | None, current: dict[str, dict[str, Any]]) -> bool:
+    """Whether any task's inputs (`{task: digests}`) differ from those a cached result recorded; a
+    result cached before digests were recorded (`saved` None) is trusted, like an old run."""
+    if saved is None:
+        return False
+    return any(input_changes(saved.get(task) or {}, digests) for task, digests in current.items())
+
+
+def _cached(path: Path, key: str, inputs: dict[str, dict[str, Any]] | None = None) -> Any | None:
     if path.exists():
         saved = read_json(path)
-        if isinstance(saved, dict) and saved.get("key") == key and saved.get("status") == "complete":
+        done = isinstance(saved, dict) and saved.get("key") == key and saved.get("status") == "complete"
+        if done and not inputs_changed(saved.get("inputs"), inputs or {}):
             return saved["value"]
     return None
 
 
-def _store(path: Path, key: str, value: Any) -> Any:
-    write_json(path, {"key": key, "status": "complete", "value": value})
+def _store(path: Path, key: str, value: Any, inputs: dict[str, dict[str, Any]] | None = None) -> Any:
+    write_json(path, {"key": key, "status": "complete", "value": value, "inputs": inputs or {}})
     return value
+
+
+def _task_inputs(study: Study, tasks: list[str]) -> dict[str, dict[str, Any]]:
+    return {t: study.inputs[t] for t in tasks if t in study.inputs}
 
 
 def baseline_unit(study: Study, task: str, method: str, models: ModelCache) -> dict[str, Any]:
@@ -181,13 +202,15 @@ def baseline_unit(study: Study, task: str, method: str, models: ModelCache) -> d
     key = work_key("baseline", method, result_inputs(resolved, method))
     base_dir = baseline_dir(study.out, task, method)
     cache = base_dir / "result.json"
-    hit = _cached(cache, key)
+    inputs = _task_inputs(study, [task])
+    hit = _cached(cache, key, inputs)
     if hit is not None:
         return hit
     previous = base_dir / "key.json"
-    if (base_dir / method).exists() and (not previous.exists() or read_json(previous).get("key") != key):
-        shutil.rmtree(base_dir / method)  # its config changed: this baseline's run is redone from scratch
-    write_json(base_dir / "key.json", {"key": key})
+    before = read_json(previous) if previous.exists() else {}
+    if (base_dir / method).exists() and (before.get("key") != key or inputs_changed(before.get("inputs"), inputs)):
+        shutil.rmtree(base_dir / method)  # its config or inputs changed: this baseline's run is redone from scratch
+    write_json(base_dir / "key.json", {"key": key, "inputs": inputs})
     needs_model = method != "majority"  # the majority class is counted from the data alone
     rows = run_baselines(
         base,
@@ -198,7 +221,7 @@ def baseline_unit(study: Study, task: str, method: str, models: ModelCache) -> d
         evaluator=models.evaluator if needs_model else None,
         progress=study.progress,
     )
-    return _store(cache, key, rows[0])
+    return _store(cache, key, rows[0], inputs)
 
 
 def analyses_unit(study: Study, models: ModelCache) -> dict[str, Any]:
@@ -217,7 +240,8 @@ def _neighbors(study: Study, runs, digests: list[str], models: ModelCache) -> di
 
     cfg, a, adir = study.cfg, study.cfg.analysis, analysis_dir(study.out)
     key = work_key("neighbors", digests, a.k, a.metric, a.project, cfg.max_eval, models.key)
-    hit = _cached(adir / "neighbors.cache.json", key)
+    inputs = _task_inputs(study, cfg.tasks)
+    hit = _cached(adir / "neighbors.cache.json", key, inputs)
     if hit is None:
         hit = neighbors_report(
             models.backbone,
@@ -229,7 +253,7 @@ def _neighbors(study: Study, runs, digests: list[str], models: ModelCache) -> di
             evaluator=models.evaluator,
             limit=cfg.max_eval,
         )
-        _store(adir / "neighbors.cache.json", key, hit)
+        _store(adir / "neighbors.cache.json", key, hit, inputs)
     return hit
 
 
@@ -238,11 +262,12 @@ def _geometry(study: Study, runs, digests: list[str]) -> dict[str, Any]:
 
     a, adir = study.cfg.analysis, analysis_dir(study.out)
     key = work_key("geometry", digests, a.tsne_perplexity)
-    hit = _cached(adir / "geometry.cache.json", key)
+    inputs = _task_inputs(study, study.cfg.tasks)  # drift vs difficulty reads the runs' no-prompt accuracy
+    hit = _cached(adir / "geometry.cache.json", key, inputs)
     if hit is None:
         kwargs = {"perplexity": a.tsne_perplexity} if a.tsne_perplexity else {}
         hit = geometry_report(runs, adir / "geometry", **kwargs)
-        _store(adir / "geometry.cache.json", key, hit)
+        _store(adir / "geometry.cache.json", key, hit, inputs)
     return hit
 
 
@@ -251,8 +276,9 @@ def _transfer(study: Study, runs, digests: list[str], models: ModelCache) -> dic
 
     cfg, adir = study.cfg, analysis_dir(study.out)
     key = work_key("transfer", digests, cfg.tasks, cfg.max_eval, models.key)
-    hit = _cached(adir / "transfer.cache.json", key)
+    inputs = _task_inputs(study, cfg.tasks)
+    hit = _cached(adir / "transfer.cache.json", key, inputs)
     if hit is None:
         hit = transfer_report(models.evaluator, runs, cfg.tasks, adir / "transfer", limit=cfg.max_eval)
-        _store(adir / "transfer.cache.json", key, hit)
+        _store(adir / "transfer.cache.json", key, hit, inputs)
     return hit

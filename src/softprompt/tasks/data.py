@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from softprompt.errors import SoftPromptError
+from softprompt.errors import SoftPromptError, os_error_line
 
 HUB = "hub"
 
@@ -41,8 +41,15 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
     return path
 
 
+def _open(path: Path):
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise SoftPromptError(f"data file {os_error_line(e)}") from None
+
+
 def _decode_lines(path: Path) -> Iterator[tuple[int, str]]:
-    with open(path, "rb") as f:
+    with _open(path) as f:
         for lineno, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8")
@@ -150,18 +157,20 @@ def _hub_records(task, split: str) -> Iterator[tuple[dict, str]]:
         yield dict(rec), f"hub:{where}:{hub_split}[{i}]"
 
 
-def load_records(task, split: str, data_dir: str | Path | None) -> Iterator[tuple[dict, str]]:
+def split_file(task, split: str, data_dir: str | Path | None) -> Path | None:
+    """The local file that holds `split` of `task`, or None when it comes from the Hub; a split that
+    cannot be read (no file declared, a missing file, a directory, no data folder) is a one-line error."""
     rel = task.source.files.get(split)
     if rel is not None and Path(rel).is_absolute():  # a user task (TOML) names its own files
         path = Path(rel)
         if not path.is_file():
             raise SoftPromptError(f"task {task.name}: data file {path} for the {split} split not found")
-        yield from read_file(path)
-        return
+        return path
     local = resolve_data_dir(data_dir)
     if local is None:
-        yield from _hub_records(task, split)
-        return
+        if task.source.hub is None:
+            raise SoftPromptError(f"task {task.name}: no local data directory and no Hub dataset declared")
+        return None
     if split in task.source.missing:
         raise SoftPromptError(
             f"task {task.name}: no {split} split in {local}: {task.source.missing[split]} "
@@ -169,7 +178,17 @@ def load_records(task, split: str, data_dir: str | Path | None) -> Iterator[tupl
         )
     if rel is None:
         raise SoftPromptError(f"task {task.name}: no file declared for the {split} split")
-    path = Path(rel) if Path(rel).is_absolute() else local / rel
+    path = local / rel
     if not path.exists():
         raise SoftPromptError(f"task {task.name}: data file {path} not found (set --data-dir, SOFTPROMPT_DATA, or 'hub')")
+    if not path.is_file():
+        raise SoftPromptError(f"task {task.name}: data file {path} is not a file")
+    return path
+
+
+def load_records(task, split: str, data_dir: str | Path | None) -> Iterator[tuple[dict, str]]:
+    path = split_file(task, split, data_dir)
+    if path is None:
+        yield from _hub_records(task, split)
+        return
     yield from read_file(path)
