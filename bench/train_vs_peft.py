@@ -72,6 +72,7 @@ from softprompt.config import TrainConfig  # noqa: E402
 from softprompt.distributed import SINGLE  # noqa: E402
 from softprompt.evaluate import Evaluator  # noqa: E402
 from softprompt.prompt import init_prompt  # noqa: E402
+from softprompt.reparam import PromptEncoder  # noqa: E402
 from softprompt.tasks import get_task  # noqa: E402
 from softprompt.train import Trainables, TrainData, TrainingLoop, epoch_order, lr_lambda  # noqa: E402
 
@@ -161,8 +162,10 @@ class SoftpromptArm(Arm):
         self.prompt = init_prompt(backbone.model, backbone.tokenizer, args.tokens, "text", text=task.description)
         self.prompt.to(backbone.device)
         self.encoded = encode_examples(examples, backbone.tokenizer, n_prompt=args.tokens, max_length=cfg.max_length)
-        data = TrainData(task, backbone, examples, self.encoded)
-        trainables = Trainables(self.prompt, {"prompt": self.prompt.weight})
+        # the plain template layout (PEFT's arm sees the same text), no dev split; the prompt trained directly
+        data = TrainData(task, backbone, examples, self.encoded, dev=[], prompt_format="plain")
+        encoder = PromptEncoder(self.prompt, "none", 0)
+        trainables = Trainables(self.prompt, encoder.named_trainables(), lr=args.lr, encoder=encoder)
         self.loop = TrainingLoop(cfg, Path("bench-writes-nothing"), data, trainables, SINGLE, scoring=None, progress=False)
         self.compute_dtype = self.loop.compute_dtype
         steps = math.ceil(len(examples) / args.batch_size) * args.epochs + args.warmup_steps
