@@ -26,7 +26,7 @@ from pathlib import Path
 from common import ROOT, load_average, machine  # noqa: F401  (puts src/ on the path)
 from scipy import stats
 
-from softprompt.config import TrainConfig
+from softprompt.config import DEFAULT_MODEL, TrainConfig
 from softprompt.io import write_figure, write_json
 from softprompt.runs import COMPLETE, RunRecord, run_state
 
@@ -53,6 +53,12 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float, str]:
     mean = statistics.mean(d)
     half = stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
     return mean, half, f"{sum(x > 0 for x in d)}/{sum(x == 0 for x in d)}/{sum(x < 0 for x in d)}"
+
+
+def run_group(task: str, model: str) -> str:
+    """The runs' folder: the task's name (a task file's stem), under the model's name unless it is the default."""
+    name = Path(task).stem if task.endswith(".toml") else task
+    return name if model == DEFAULT_MODEL else f"{model.replace('/', '_')}/{name}"
 
 
 def run_one(cfg: TrainConfig, out: Path, backbone) -> dict:
@@ -185,7 +191,7 @@ def main() -> None:
         results[r] = {}
         for s in seeds:
             cfg = TrainConfig(**{**base, **RECIPES[r], "seed": s})
-            out = args.runs / args.task / f"{r}-s{s}"
+            out = args.runs / run_group(args.task, args.model) / f"{r}-s{s}"
             # trained baselines modify the model (LoRA injects adapters): they get their own copy
             bb = load_backbone(args.model) if cfg.method != "prompt" else backbone
             results[r][str(s)] = run_one(cfg, out, bb)
