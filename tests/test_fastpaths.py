@@ -257,3 +257,47 @@ def test_kv_tree_asked_for_where_it_does_not_fit_is_a_clear_error(tiny_llama, mo
         torch.testing.assert_close(
             batch_choice_scores(tiny_llama.model, None, batch), batch_choice_scores(tiny_llama.model, None, batch, options=PLAIN)
         )
+
+
+CHAT = "{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}{% if add_generation_prompt %}<|bot|>{% endif %}"
+
+
+@pytest.mark.parametrize("with_prompt", [True, False])
+@pytest.mark.parametrize("variant", ["all", "split_every_row", "share_prompt_always", "no_split"])
+def test_shared_chat_head_is_cached_once_with_the_same_numbers(tiny_backbone, with_prompt, variant):
+    """In the chat format every row starts with the template's head: the tree caches it with the prompt
+    (stage 1), for training batches and once per evaluation, and scores, gradients and predictions stay
+    those of the plain path."""
+    import copy
+
+    model, tok = tiny_backbone.model, copy.deepcopy(tiny_backbone.tokenizer)
+    tok.chat_template = CHAT
+    options = ScoringOptions(**{"strategy": "kv_tree", **VARIANTS[variant]})
+    enc = encode_examples(EXAMPLES, tok, n_prompt=5 if with_prompt else 0, prompt_format="chat")
+    rows = [r.ids for e in enc for r in e.rows]
+    c = kv_tree.shared_length(rows, [t[0] for e in enc for r in e.rows for t in r.targets])
+    assert c >= 3 and all(r[:c] == rows[0][:c] for r in rows)  # the head "<|user|>" is shared
+    batch = collate(enc, tok.pad_token_id)
+    prompt = torch.randn(5, model.config.hidden_size, generator=torch.Generator().manual_seed(2)) * 0.1
+    if with_prompt:
+        plain, g_plain = _scores_and_grad(model, prompt, batch, PLAIN)
+        fast, g_fast = _scores_and_grad(model, prompt, batch, options)
+        torch.testing.assert_close(g_fast, g_plain, atol=1e-6, rtol=1e-4)
+    else:
+        with torch.no_grad():
+            plain = batch_choice_scores(model, None, batch, options=PLAIN)
+            fast = batch_choice_scores(model, None, batch, options=options)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    evaluated = choice_scores(
+        model, enc, prompt if with_prompt else None, pad_id=tok.pad_token_id, max_examples=3, options=options
+    )
+    reference = choice_scores(model, enc, prompt if with_prompt else None, pad_id=tok.pad_token_id, max_examples=3, options=PLAIN)
+    for a, b in zip(evaluated.logprobs, reference.logprobs, strict=True):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=1e-5)
+
+
+def test_shared_head_saves_tokens_and_never_swallows_a_target():
+    assert kv_tree.shared_length([[1, 2, 3, 4], [1, 2, 5]], [3, 2]) == 2
+    assert kv_tree.shared_length([[1, 2, 3, 4], [1, 2, 3, 9]], [1, 3]) == 1  # a target at position 1: cache only 1 token
+    assert kv_tree.shared_length([[1, 2], [1, 2]], [1, 1]) == 1  # at least one token left in every row
+    assert kv_tree.shared_length([[7, 2], [1, 2]], [1, 1]) == 0

@@ -1,7 +1,8 @@
 """The KV prefix tree: the reference path's numbers from fewer computed tokens.
 
 A batch is computed as a tree of KV-cached forwards instead of one forward over padded rows:
-  1. the soft prompt alone, batch 1 (it is the same for every row), its keys/values expanded;
+  1. the soft prompt and the tokens every row starts with (a chat template's head, a BOS), batch 1
+     (the same for every row), its keys/values expanded (`Prefix`);
   2. each example's shared prefix (for single-token choices, the whole row), rows split into
      length groups so little padding is computed (gradients are unchanged: same rows, same loss);
   3. the continuations of multi-token choices, on top of their example's cached prefix.
@@ -77,27 +78,64 @@ def residual_dtype(model, options: ScoringOptions) -> torch.dtype:
     return torch.float32 if options.fp32_residual and dtype in (torch.bfloat16, torch.float16) else dtype
 
 
+@dataclass
+class Prefix:
+    """The keys/values (batch 1, per layer) of what every row starts with: the soft prompt (if any), then
+    `tokens`, the token ids every row shares (a chat template's head, a BOS). Differentiable wrt the prompt."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    tokens: tuple[int, ...]
+    length: int  # prompt rows + len(tokens): the positions the cache covers
+
+
+def prefix_kv(model, prompt: torch.Tensor | None, tokens: Sequence[int], options: ScoringOptions, stats: ScoringStats) -> Prefix:
+    device, dtype = next(model.parameters()).device, residual_dtype(model, options)
+    parts = [] if prompt is None else [prompt.to(device=device, dtype=dtype).unsqueeze(0)]
+    if tokens:
+        ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)
+        parts.append(model.get_input_embeddings()(ids).to(dtype))
+    emb = torch.cat(parts, dim=1)
+    mask = torch.ones((1, emb.shape[1]), dtype=torch.long, device=device)
+    _, kv = body_forward(model, emb, mask, None, stats, keep_cache=True)
+    stats["real"] += emb.shape[1]
+    return Prefix(kv, tuple(tokens), int(emb.shape[1]))
+
+
 def prompt_kv(
     model, prompt: torch.Tensor, options: ScoringOptions, stats: ScoringStats
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Keys/values of the soft prompt alone (batch 1), per layer; differentiable wrt the prompt."""
-    emb = prompt.to(device=next(model.parameters()).device, dtype=residual_dtype(model, options)).unsqueeze(0)
-    mask = torch.ones((1, prompt.shape[0]), dtype=torch.long, device=emb.device)
-    _, kv = body_forward(model, emb, mask, None, stats, keep_cache=True)
-    stats["real"] += prompt.shape[0]
-    return kv
+    return prefix_kv(model, prompt, (), options, stats).kv
 
 
-def shared_prompt_kv(model, prompt, compute_dtype, options: ScoringOptions, stats: ScoringStats):
-    """The prompt's keys/values once for all batches of an evaluation, or None where the tree does not apply."""
+def shared_length(rows: Sequence[Sequence[int]], target_positions: Sequence[int]) -> int:
+    """How many leading tokens all `rows` share and the tree may cache: never a target's own position
+    (its hidden state must be computed in stage 2 or 3), and at least one token left in every row."""
+    if not rows:
+        return 0
+    limit = min(min(len(r) for r in rows) - 1, min(target_positions, default=0))
+    first = rows[0]
+    for k in range(max(limit, 0)):
+        if any(r[k] != first[k] for r in rows[1:]):
+            return k
+    return max(limit, 0)
+
+
+def shared_prefix(model, prompt, encoded, compute_dtype, options: ScoringOptions, stats: ScoringStats) -> Prefix | None:
+    """The prefix every row of an evaluation starts with (the prompt and the shared tokens), computed once
+    for all its batches; None where the tree does not apply or there is nothing to share."""
     device = next(model.parameters()).device
-    if not (options.resolved(device) == "kv_tree" and options.share_prompt and prompt is not None):
+    if not (options.resolved(device) == "kv_tree" and options.share_prompt and encoded):
+        return None
+    rows = [r.ids for e in encoded for r in e.rows]
+    tokens = rows[0][: shared_length(rows, [t[0] for e in encoded for r in e.rows for t in r.targets])]
+    if prompt is None and not tokens:
         return None
     with autocast_context(device, compute_dtype):
         low = compute_model(model, autocast_dtype(device), options)
         if cache_support(type(base_model(low)))[0] is None:
             return None
-        return prompt_kv(low, prompt, options, stats)
+        return prefix_kv(low, prompt, tokens, options, stats)
 
 
 def supported(model, batch: Batch, total_len: int) -> bool:
@@ -155,6 +193,22 @@ class _Tree:
     t_row: list[int]
     t_pos: list[int]
 
+    def after(self, c: int) -> _Tree:
+        """The same tree without its first `c` tokens (they are in the cached prefix)."""
+        if not c:
+            return self
+        return _Tree(
+            [r[c:] for r in self.rows],
+            [n - c for n in self.lengths],
+            self.unit_rows,
+            [n - c for n in self.unit_len],
+            self.row_unit,
+            {r: n - c for r, n in self.row_plen.items()},
+            self.unit_targets,
+            self.t_row,
+            [p - c for p in self.t_pos],
+        )
+
 
 def _plan_tree(batch: Batch, lengths: list[int], share_prefix: bool) -> _Tree | None:
     ids_all = batch.input_ids
@@ -183,11 +237,12 @@ def _plan_tree(batch: Batch, lengths: list[int], share_prefix: bool) -> _Tree | 
 class _Forwards:
     """The tree's forwards for one batch, collecting the hidden states at the targets."""
 
-    def __init__(self, model, prompt, tree: _Tree, kv0, options: ScoringOptions, stats: ScoringStats):
+    def __init__(self, model, prompt, tree: _Tree, kv0: Prefix | None, options: ScoringOptions, stats: ScoringStats):
         self.model, self.prompt, self.tree, self.kv0 = model, prompt, tree, kv0
         self.options, self.stats = options, stats
         self.device = next(model.parameters()).device
-        self.n = 0 if prompt is None else int(prompt.shape[0])
+        # positions before the tree's rows: the cached prefix, or the prompt computed inline with each row
+        self.n = kv0.length if kv0 is not None else 0 if prompt is None else int(prompt.shape[0])
         self.takes_positions = cache_support(type(base_model(model)))[1]
         self.picked: list[torch.Tensor] = []
         self.where: list[int] = []  # target index of each picked row
@@ -212,13 +267,13 @@ class _Forwards:
         if inline_prompt:
             self.stats["real"] += n * len(group)
         full_mask = mask
-        if self.prompt is not None:
+        if n:
             ones = torch.ones((len(group), n), dtype=mask.dtype, device=device)
             full_mask = torch.cat([ones, mask], dim=1)
         kv = (
             None
             if self.kv0 is None
-            else [(k.expand(len(group), -1, -1, -1), v.expand(len(group), -1, -1, -1)) for k, v in self.kv0]
+            else [(k.expand(len(group), -1, -1, -1), v.expand(len(group), -1, -1, -1)) for k, v in self.kv0.kv]
         )
         hidden, kv1 = body_forward(
             self.model, self.embeds(ids, inline_prompt), full_mask, kv, self.stats, keep_cache=bool(suffix_rows)
@@ -277,11 +332,14 @@ class _Forwards:
         return out.index_select(0, inverse.to(self.device))
 
 
-def target_hidden(model, prompt, batch: Batch, kv0, options: ScoringOptions, stats: ScoringStats) -> torch.Tensor | None:
+def target_hidden(
+    model, prompt, batch: Batch, kv0: Prefix | None, options: ScoringOptions, stats: ScoringStats
+) -> torch.Tensor | None:
     """Final hidden states at the batch's target positions [T, d], via the KV prefix tree.
 
     Returns None where the model or batch does not fit the tree (the caller goes plain). `kv0` is the
-    prompt's keys/values from `prompt_kv` (computed here when worth it and absent).
+    shared prefix from `shared_prefix` (an evaluation's, computed once); absent, the batch's own is
+    computed here when worth it.
     """
     n = 0 if prompt is None else int(prompt.shape[0])
     lengths = batch.attention_mask.sum(dim=1).tolist()
@@ -291,11 +349,17 @@ def target_hidden(model, prompt, batch: Batch, kv0, options: ScoringOptions, sta
     tree = _plan_tree(batch, lengths, options.share_prefix and (takes_positions or mask_positions(model)))
     if tree is None:
         return None
-    # the prompt's own forward streams every weight once more: worth it unless the prompt is short
-    # and the rows few (evaluation passes kv0, computed once for all its batches)
-    worth_it = (len(tree.unit_rows) - 1) * n >= options.group_overhead_tokens
-    if kv0 is None and prompt is not None and options.share_prompt and worth_it:
-        kv0 = prompt_kv(model, prompt, options, stats)
+    if kv0 is None and options.share_prompt:
+        # the prefix's own forward streams every weight once more: worth it unless it is short and the
+        # rows few (evaluation passes kv0, computed once for all its batches)
+        c = shared_length(tree.rows, tree.t_pos)
+        if (prompt is not None or c) and (len(tree.unit_rows) - 1) * (n + c) >= options.group_overhead_tokens:
+            kv0 = prefix_kv(model, prompt, tree.rows[0][:c], options, stats)
+    if kv0 is not None:
+        c = len(kv0.tokens)
+        if any(r[:c] != list(kv0.tokens) for r in tree.rows):
+            raise AssertionError("a row does not start with the cached prefix")
+        tree = tree.after(c)
     forwards = _Forwards(model, prompt, tree, kv0, options, stats)
     all_units = [list(range(len(tree.unit_rows)))]
     for group in plan_groups(tree.unit_len, options.group_overhead_tokens) if options.split_lengths else all_units:

@@ -88,8 +88,8 @@ def batch_choice_scores(
     """Summed log-likelihood of every choice, shape [examples, max_choices] (-inf where absent).
 
     `options` picks the strategy (default: `ScoringOptions()`, the fastest for the device); `stats` counts
-    what was computed; `kv0` is the prompt's cached keys/values from `kv_tree.prompt_kv` (computed here
-    when absent and the tree runs). `batch` may be on the host or already on the model's device (`Batch.to`).
+    what was computed; `kv0` is the cached prefix every row starts with (`kv_tree.shared_prefix`: the
+    prompt and shared tokens; computed here when absent and the tree runs). `batch` may be on the host or already on the model's device (`Batch.to`).
     """
     options = options or DEFAULT
     stats = stats if stats is not None else ScoringStats()
@@ -168,7 +168,7 @@ def choice_scores(
     stats = stats if stats is not None else ScoringStats()
     device = next(model.parameters()).device
     out: list[list[float] | None] = [None] * len(encoded)
-    kv0 = kv_tree.shared_prompt_kv(model, prompt, compute_dtype, options, stats) if encoded else None
+    kv0 = kv_tree.shared_prefix(model, prompt, encoded, compute_dtype, options, stats)
     batches, scores = length_batches(encoded, max_tokens, max_examples), []
     for idx in batches:
         batch = collate([encoded[i] for i in idx], pad_id)
