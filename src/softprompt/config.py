@@ -19,6 +19,7 @@ METHODS = ("prompt", "finetune", "lora")  # what a run trains
 TRAINED_BASELINES = ("finetune", "lora")
 BASELINE_METHODS = ("majority", "no_prompt", "english_prompt", *TRAINED_BASELINES)
 INIT_METHODS = ("text", "random", "vocab", "labels")
+RUN_INIT, TASK_INIT = "run:", "task:"  # init from a trained prompt: run:PATH[@best|@last], task:NAME (a study's own run)
 LOSSES = ("choices", "lm")  # softprompt.scoring.LOSSES implements them
 SCHEDULES = ("linear", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw")
@@ -56,7 +57,10 @@ class TrainConfig:
     method: str = option("prompt", "what to train: a soft prompt, or the fine-tuning/LoRA baseline", choices=METHODS)
     tokens: int = option(20, "soft prompt length n")
     init: str = option(
-        "text", "how the prompt starts: the init text's tokens, random, frequent tokens, label words", choices=INIT_METHODS
+        "text",
+        "how the prompt starts: text (the init text's tokens), random, vocab (frequent tokens), labels (label words), "
+        "run:PATH (the trained prompt of the run in PATH; run:PATH@best for its best epoch's), or in a study "
+        "task:NAME (the study's trained prompt of task NAME)",
     )
     init_text: str | None = option(None, "text for --init text (default: the task's description)")
     lr: float | None = option(None, "learning rate (default: 3e-2 prompt, 2e-5 finetune, 1e-3 lora)")
@@ -97,6 +101,7 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and f.name not in ("dtype", "compute_dtype") and getattr(self, f.name) not in choices:
                 raise SoftPromptError(f"unknown {f.name} {getattr(self, f.name)!r}: expected one of {', '.join(choices)}")
+        check_init(self.init)
         if not isinstance(self.group_by_length, bool):
             raise SoftPromptError(f"group_by_length must be true or false, got {self.group_by_length!r}")
         for name in ("tokens", "epochs", "batch_size", "grad_accum", "max_length"):
@@ -126,6 +131,17 @@ class TrainConfig:
         mine = asdict(self)
         full = {**{k: v for k, v in asdict(TrainConfig()).items() if k not in saved}, **saved}
         return sorted(k for k in set(full) | set(mine) if full.get(k) != mine.get(k))
+
+
+def check_init(init: object) -> None:
+    """An init method, `run:PATH` with an optional `@best`/`@last`, or `task:NAME`; anything else is refused."""
+    ok = init in INIT_METHODS
+    if isinstance(init, str) and init.startswith((RUN_INIT, TASK_INIT)):
+        ok = bool(init.split(":", 1)[1].strip())
+    if not ok:
+        raise SoftPromptError(
+            f"unknown init {init!r}: expected one of {', '.join(INIT_METHODS)}, run:PATH[@best] or task:NAME (in a study)"
+        )
 
 
 def check_keys(cls, data: dict[str, Any], where: str) -> None:

@@ -7,15 +7,16 @@ whether a directory may be reused (train, study and baselines all ask it).
 
 from __future__ import annotations
 
+import hashlib
 import platform
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from softprompt.config import TrainConfig
+from softprompt.config import RUN_INIT, TrainConfig
 from softprompt.errors import SoftPromptError
 from softprompt.io import read_json, write_json
-from softprompt.prompt import PROMPT_FILE, SoftPrompt
+from softprompt.prompt import PROMPT_FILE, SoftPrompt, parse_run_init
 
 RUN_FORMAT = 1
 RUN_FILE = "run.json"
@@ -55,7 +56,7 @@ class RunRecord:
     task: dict[str, Any] | None = None  # name, description, template, label_words, metric
     parameters: dict[str, int] | None = None  # trainable, total
     versions: dict[str, str] | None = None
-    prompt: dict[str, Any] | None = None  # n_tokens, dim, init, init_tokens
+    prompt: dict[str, Any] | None = None  # n_tokens, dim, init, init_tokens; source (a run: init's run, file, sha256)
     processes: int | None = None  # data-parallel processes that trained it
     worker: dict[str, Any] | None = None  # host and pid, while running
     error: str | None = None  # why a failed run stopped
@@ -133,6 +134,48 @@ def load_run(path: str | Path, require_complete: bool = True) -> Run:
     return run
 
 
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class InitSource:
+    """The trained prompt a `run:PATH` init starts from, and what run.json records about it (`facts`)."""
+
+    prompt: SoftPrompt
+    facts: dict[str, Any]
+
+
+def init_source(init: str) -> InitSource:
+    """Load the prompt `init` (run:PATH[@best|@last]) names from a complete prompt run, with its file's content hash."""
+    path, which = parse_run_init(init)
+    try:
+        run = load_run(path)
+        prompt = run.prompt(which)
+    except SoftPromptError as e:
+        raise SoftPromptError(f"init {init}: {e}") from None
+    file = path / (PROMPT_FILE if which == "last" else BEST_PROMPT_FILE)
+    facts = {
+        "run": str(path.absolute()),
+        "file": file.name,
+        "sha256": file_sha256(file),
+        "task": run.task,
+        "seed": run.config.get("seed"),
+        "model": run.config.get("model"),
+    }
+    return InitSource(prompt, facts)
+
+
+def _init_source_changed(cfg: TrainConfig, record: RunRecord) -> bool:
+    """A `run:` init whose source prompt file now holds another prompt than the one the run started from."""
+    if not cfg.init.startswith(RUN_INIT):
+        return False
+    recorded = ((record.prompt or {}).get("source") or {}).get("sha256")
+    path, which = parse_run_init(cfg.init)
+    file = path / (PROMPT_FILE if which == "last" else BEST_PROMPT_FILE)
+    return recorded is not None and file.exists() and file_sha256(file) != recorded
+
+
 ABSENT, COMPLETE, RESUMABLE, CONFLICT = "absent", "complete", "resumable", "conflict"
 
 
@@ -151,6 +194,8 @@ def run_state(out: str | Path, cfg: TrainConfig) -> RunState:
         return RunState(ABSENT)
     record = RunRecord.read(out)
     changed = cfg.differences(record.config)
+    if not changed and _init_source_changed(cfg, record):
+        changed = ["init source"]
     if changed:
         return RunState(CONFLICT, record.status, tuple(changed))
     return RunState(COMPLETE if record.status == "complete" else RESUMABLE, record.status)

@@ -23,12 +23,12 @@ from softprompt.backbones import Backbone, load_backbone, resolve_compute_dtype
 from softprompt.baselines import reference_results
 from softprompt.batching import EncodedExample, collate, encode_examples, length_grouped_order
 from softprompt.checkpoint import load_checkpoint, save_checkpoint, save_trainables
-from softprompt.config import TrainConfig
+from softprompt.config import INIT_METHODS, TASK_INIT, TrainConfig
 from softprompt.distributed import DataParallel, setup_data_parallel
 from softprompt.errors import SoftPromptError
 from softprompt.evaluate import EVAL_SEED, EvalResult, Evaluator
 from softprompt.io import remove_stale_temporaries, write_text
-from softprompt.prompt import PROMPT_FILE, SoftPrompt, init_prompt
+from softprompt.prompt import PROMPT_FILE, SoftPrompt, check_source_length, init_prompt, prompt_from_source
 from softprompt.runs import (
     ABSENT,
     BEST_ADAPTER_FILE,
@@ -37,7 +37,9 @@ from softprompt.runs import (
     CONFLICT,
     METRICS_FILE,
     WEIGHTS_FILES,
+    InitSource,
     RunRecord,
+    init_source,
     package_versions,
     run_state,
 )
@@ -77,11 +79,12 @@ def train(
     no-prompt and English-prompt evaluations to a prompt run; `scoring` picks the scorer's strategy.
     """
     out = Path(out)
+    source = trained_init_source(cfg)
     dp = setup_data_parallel(cfg.device)
     claim_run_dir(out, cfg, dp, resume=resume, overwrite=overwrite)
     torch.manual_seed(cfg.seed)
     data = prepare_data(cfg, backbone, dp)
-    trainables = build_trainables(cfg, data, dp)
+    trainables = build_trainables(cfg, data, dp, source)
     loop = TrainingLoop(cfg, out, data, trainables, dp, scoring=scoring, progress=progress)
     if resume:
         loop.resume()
@@ -91,6 +94,19 @@ def train(
 
 
 # ----------------------------------------------------------------------------- steps
+
+
+def trained_init_source(cfg: TrainConfig) -> InitSource | None:
+    """The trained prompt a `run:PATH` init starts from, checked against --tokens before anything is loaded or written."""
+    if cfg.method != "prompt" or cfg.init in INIT_METHODS:
+        return None
+    if cfg.init.startswith(TASK_INIT):
+        raise SoftPromptError(
+            f"init {cfg.init!r} names a study's prompt: it works inside a study config; outside one use run:PATH"
+        )
+    source = init_source(cfg.init)
+    check_source_length(source.prompt, cfg.tokens, cfg.init)
+    return source
 
 
 def claim_run_dir(out: Path, cfg: TrainConfig, dp: DataParallel, *, resume: bool, overwrite: bool) -> None:
@@ -137,6 +153,7 @@ class Trainables:
 
     prompt: SoftPrompt | None
     params: dict[str, torch.nn.Parameter]
+    source: dict[str, Any] | None = None  # a run: init's source run, file and content hash (run.json records it)
 
     def prompt_matrix(self) -> torch.Tensor | None:
         """The (n, d) matrix placed before the input embeddings (a reparameterised prompt would compute it here)."""
@@ -150,10 +167,12 @@ class Trainables:
         return {"trainable": int(n_train), "total": int(total)}
 
 
-def build_trainables(cfg: TrainConfig, data: TrainData, dp: DataParallel) -> Trainables:
+def build_trainables(cfg: TrainConfig, data: TrainData, dp: DataParallel, source: InitSource | None = None) -> Trainables:
     backbone = data.backbone
     prompt: SoftPrompt | None = None
-    if cfg.method == "prompt":
+    if cfg.method == "prompt" and source is not None:
+        prompt = prompt_from_source(source.prompt, cfg.tokens, cfg.init, cfg.seed)
+    elif cfg.method == "prompt":
         prompt = init_prompt(
             backbone.model,
             backbone.tokenizer,
@@ -163,11 +182,12 @@ def build_trainables(cfg: TrainConfig, data: TrainData, dp: DataParallel) -> Tra
             label_words=list(data.task.label_words),
             seed=cfg.seed,
         )
-        prompt.check_model(backbone.hidden_size)
+    if prompt is not None:
+        prompt.check_model(backbone.hidden_size, where=f"init {cfg.init}: the source prompt" if source else "the prompt")
         prompt.to(backbone.device)
     params = _method_parameters(cfg, backbone, prompt)
     dp.broadcast_(params.values())
-    return Trainables(prompt, params)
+    return Trainables(prompt, params, source.facts if source is not None else None)
 
 
 def _method_parameters(cfg: TrainConfig, backbone: Backbone, prompt: SoftPrompt | None) -> dict[str, torch.nn.Parameter]:
@@ -503,4 +523,6 @@ def run_record(cfg: TrainConfig, data: TrainData, trainables: Trainables, *, pro
             "init": asdict(prompt.init),
             "init_tokens": [tok.decode([i]) for i in prompt.init.token_ids],
         }
+        if trainables.source is not None:
+            record.prompt["source"] = trainables.source
     return record

@@ -236,3 +236,45 @@ class TransferResult(_View):
     matrix: TransferMatrix
     summary: TransferSummary
     similarity_note: str | None
+
+
+# ----------------------------------------------------------------------------- transfer initialisation
+
+
+@dataclass(frozen=True)
+class TransferInitPair(_View):
+    """B's prompt started from A's: accuracies per seed, the paired gain over B's own prompt, the prompts' similarity."""
+
+    source: str
+    target: str
+    seeds: list[int]
+    transferred: list[float]
+    own: list[float]
+    transferred_mean: float
+    own_mean: float
+    gain_mean: float | None
+    gain_se: float | None
+    n: int
+    similarity: dict[str, float | None]
+    zero_shot_gain: float | None
+
+
+@dataclass(frozen=True)
+class TransferInitCorrelation(_View):
+    similarity: str
+    direction: str
+    level: str  # "task pairs" (independent points) or "task pairs x seeds"
+    pearson_r: float | None
+    pearson_p: float | None
+    spearman_r: float | None
+    spearman_p: float | None
+    n: int
+
+
+@dataclass(frozen=True)
+class TransferInitResult(_View):
+    own_init: str
+    pairs: list[TransferInitPair]
+    correlations: list[TransferInitCorrelation]
+    similarity_note: str | None
+    figures: dict[str, str]
