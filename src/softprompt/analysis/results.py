@@ -260,15 +260,11 @@ class TransferInitPair(_View):
 
 
 @dataclass(frozen=True)
-class TransferInitCorrelation(_View):
-    similarity: str
-    direction: str
-    level: str  # "task pairs" (independent points) or "task pairs x seeds"
-    pearson_r: float | None
-    pearson_p: float | None
-    spearman_r: float | None
-    spearman_p: float | None
-    n: int
+class TransferInitCorrelation(Correlation):
+    """Prompt similarity against the gain of transfer initialisation, over task pairs (independent points) or over
+    (task pair, seed) points ("task pairs x seeds")."""
+
+    level: str = "task pairs"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import numpy as np
 
 from softprompt.analysis.common import correlation, json_safe, paired_difference
 from softprompt.analysis.results import TransferInitResult
-from softprompt.analysis.transfer import DIRECTION, prompt_similarity
+from softprompt.analysis.transfer import DIRECTION, similarities_or_pooled
 from softprompt.errors import SoftPromptError
 from softprompt.runs import Run
 
@@ -45,13 +45,7 @@ def _accuracy(run: Run) -> float:
 
 def _similarities(own: dict[tuple[str, int], Run]) -> tuple[dict[str, np.ndarray], list[tuple[str, int]], str | None]:
     keys = sorted(own)
-    prompts = [own[k].prompt().weight for k in keys]
-    note = None
-    try:
-        sims = prompt_similarity(prompts)
-    except SoftPromptError as e:
-        note = f"{e}; only the pooled cosine is reported"
-        sims = prompt_similarity(prompts, metrics=("pooled_cosine",))
+    sims, note = similarities_or_pooled([own[k].prompt().weight for k in keys])
     return {k: np.array(v) for k, v in sims.items()}, keys, note
 
 

@@ -152,10 +152,19 @@ def _accuracy_section(results: dict, out: Path) -> str:
         )
         + "<p>Accuracy on the validation set (the same seeded subsample for every method). The soft prompt row is the "
         "last-epoch prompt, mean ± sample std over seeds. Majority predicts the most frequent training label.</p>"
+        + _cell_note(results)
         + "<h3>Per run</h3>"
         + table(per_run)
         + figure(curves, "Validation accuracy after each epoch, per task and seed; dashed: no prompt.")
     )
+
+
+def _cell_note(results: dict) -> str:
+    cell = (results.get("sweep") or {}).get("analysis_cell")
+    if not cell:
+        return ""
+    text = ", ".join(f"{k}={v}" for k, v in cell.items())
+    return f"<p class='note'>A sweep: the soft prompt rows here are the analysis cell's ({esc(text)}); every cell is in Ablations.</p>"
 
 
 def render(results: dict, out: Path) -> str:
