@@ -102,7 +102,7 @@ def _results(study: Study, units: list[Unit], outcome: ExecutorResult, *, wall_t
     results = {
         "study": study.cfg.to_json(),
         "setup": {**final["setup"], "executor": executor_info, "wall_time_s": wall_time_s, "actions": actions},
-        "runs": [_run_summary(study, Unit(t, seed=s, cell=study.cfg.analysis_cell())) for t, s, _ in study.prompt_runs()],
+        "runs": [_run_summary(study, u) for u in study.analysis_units()],
         "baselines": baselines,
         **final["analyses"],
     }

@@ -61,10 +61,14 @@ class Study:
         """The run's directory under runs/: `rte-s0`, `tokens=20,init=text/rte-s0`, `rte-from-sst2-s0`."""
         return self.run_dir(unit).relative_to(self.out / "runs").as_posix()
 
-    def prompt_runs(self) -> list[tuple[str, int, Path]]:
-        """The prompt runs of the analysis cell (what the interpretation sections read): (task, seed, directory)."""
+    def analysis_units(self) -> list[Unit]:
+        """The prompt runs of the analysis cell: what the accuracy table and the interpretation sections read."""
         cell = self.cfg.analysis_cell()
-        return [(t, s, self.run_dir(Unit(t, seed=s, cell=cell))) for t in self.cfg.tasks for s in self.cfg.seeds]
+        return [Unit(t, seed=s, cell=cell) for t in self.cfg.tasks for s in self.cfg.seeds]
+
+    def prompt_runs(self) -> list[tuple[str, int, Path]]:
+        """(task, seed, directory) of the analysis cell's prompt runs."""
+        return [(u.task, u.seed, self.run_dir(u)) for u in self.analysis_units() if u.seed is not None]
 
     def units(self) -> list[Unit]:
         return units(self.cfg)
