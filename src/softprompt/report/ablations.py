@@ -128,13 +128,24 @@ def _lines(ab: dict, axis: str) -> list[dict[str, Any]]:
     return combos
 
 
+def _dodge(xs: list, line: int, lines: int, log: bool) -> list[float]:
+    """x positions nudged per line, so the error bars of overlapping lines stay apart (log axes: by a factor)."""
+    k = line - (lines - 1) / 2
+    if log:
+        return [x * 10 ** (0.015 * k) for x in xs]
+    span = (max(xs) - min(xs)) or 1
+    return [x + 0.012 * span * k if len(xs) > 1 else x + 0.03 * k for x in xs]
+
+
 def _panel(ax, ab: dict, axis: str, task: str) -> None:
     values = ab["axes"][axis]
     numeric = _numeric(values)
     xs = list(values) if numeric else list(range(len(values)))
-    for held in _lines(ab, axis):
+    log = numeric and min(values) > 0 and max(values) / min(values) > 10
+    lines = _lines(ab, axis)
+    for j, held in enumerate(lines):
         pts = []
-        for x, v in zip(xs, values, strict=True):
+        for x, v in zip(_dodge(xs, j, len(lines), log), values, strict=True):
             cell = {**held, axis: v}
             row = next(r for r in ab["rows"] if r["task"] == task and all(_key(r[k]) == _key(c) for k, c in cell.items()))
             if row["n"]:
@@ -147,7 +158,7 @@ def _panel(ax, ab: dict, axis: str, task: str) -> None:
     for method, level in ab["references"].get(task, {}).items():
         name, colour, style = REFERENCES[method]
         ax.axhline(level, color=colour, ls=style, lw=1.2, label=name)
-    if numeric and min(values) > 0 and max(values) / min(values) > 10:
+    if log:
         ax.set_xscale("log")
     if not numeric:
         ax.set_xlim(-0.5, len(values) - 0.5)
