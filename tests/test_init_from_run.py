@@ -102,3 +102,16 @@ def test_changed_source_prompt_makes_the_run_a_conflict(tiny_llama, toy_data, tm
     assert state.kind == CONFLICT and state.changed == ("init source",)
     with pytest.raises(SoftPromptError, match=r"--resume with a different config \(changed: \['init source'\]\)"):
         train(cfg, tmp_path / "target", resume=True, backbone=tiny_llama, progress=False)
+
+
+def test_source_of_another_width_is_refused_before_training(tiny_llama, toy_data, tmp_path, source_run, monkeypatch):
+    from softprompt.prompt import PromptInit, SoftPrompt
+
+    SoftPrompt(torch.zeros(3, 16), PromptInit("random")).save(source_run / "prompt.safetensors")  # another model's width
+    steps = []
+    monkeypatch.setattr(train_mod.TrainingLoop, "fit", lambda self: steps.append(1))
+    with pytest.raises(
+        SoftPromptError, match=r"^init run:.*: the source prompt has hidden size 16 but the model's hidden size is 32"
+    ):
+        train(_cfg(toy_data, init=f"run:{source_run}"), tmp_path / "target", backbone=tiny_llama, progress=False)
+    assert not steps

@@ -247,7 +247,12 @@ def ablations_section(results: dict, out: Path) -> str:
         "tie unless it is larger than its standard error (paired by seed); that bar is not a significance test.</p>",
     ]
     for axis in axes:
-        body.append(figure(ablation_figure(ab, axis, out), f"Accuracy against {axis}, one panel per task; bars: std over seeds"))
+        body.append(
+            figure(
+                ablation_figure(ab, axis, out),
+                f"Accuracy against {axis}, one panel per task; points: mean, bars: sample std over seeds (n per point in the table)",
+            )
+        )
     body.append(table(rows, headers={"accuracy_mean": "accuracy (mean)", "accuracy_std": "std", "n": "seeds (n)"}))
     findings = ablation_findings(ab)
     if findings:
