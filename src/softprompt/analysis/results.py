@@ -261,8 +261,8 @@ class TransferInitPair(_View):
 
 @dataclass(frozen=True)
 class TransferInitCorrelation(Correlation):
-    """Prompt similarity against the gain of transfer initialisation, over task pairs (independent points) or over
-    (task pair, seed) points ("task pairs x seeds")."""
+    """Prompt similarity against the gain of transfer initialisation, over ordered task pairs ("task pairs") or over
+    (task pair, seed) points ("task pairs x seeds", not independent)."""
 
     level: str = "task pairs"
 

@@ -4,8 +4,9 @@ For every ordered task pair (A, B) the study trained B's prompt starting from A'
 seed). Its gain is B's accuracy from A's prompt minus B's accuracy from its own initialisation (the
 study's ordinary run of B), paired by seed: mean, standard error and n. SPoT found that the similarity
 of the two tasks' prompts predicts which source helps; that is measured here as the correlation
-between prompt similarity (A's and B's own prompts, the same seed, averaged over seeds) and the gain,
-over task pairs (independent points) and over (pair, seed) points (not independent: shown, not relied on).
+between prompt similarity (A's and B's own prompts, the same seed, averaged over seeds; symmetric, so A -> B and
+B -> A share it) and the gain, over ordered task pairs and over (pair, seed) points (not independent: shown,
+not relied on).
 """
 
 from __future__ import annotations

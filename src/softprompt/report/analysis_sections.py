@@ -199,8 +199,9 @@ def _transfer_init(tri: TransferInitResult, out: Path) -> str:
         figure(tri.figures.get("gain"), "Gain of B (column) started from A's prompt (row) over B's own initialisation"),
         "<h3>Did prompt similarity predict the gain?</h3>",
         "<ul>" + "".join(f"<li>{esc(similarity_verdict(c))}</li>" for c in tri.correlations) + "</ul>",
-        '<p class="note">Over task pairs the points are independent (one per ordered pair); over task pairs x seeds '
-        "they are not (each pair contributes every seed), so only the first is evidence.</p>",
+        '<p class="note">Over task pairs each ordered pair is one point (its gain averaged over seeds); the similarity is '
+        "symmetric, so A→B and B→A share their similarity. Over task pairs x seeds each pair contributes every seed, so "
+        "those points are not independent: shown for reference, not as evidence.</p>",
     ]
     if tri.similarity_note:
         body.append(f'<p class="note">{esc(tri.similarity_note)}</p>')
