@@ -186,3 +186,21 @@ def test_eval_result_metrics_is_the_one_dict():
 
     r = EvalResult("rte", "validation", 0.5, 0.4, 0.6, 10, 1, [0, 1])
     assert r.metrics() == {"accuracy": 0.5, "f1_macro": 0.4, "acc_norm": 0.6, "n": 10, "truncated": 1}
+
+
+@pytest.mark.parametrize("flag", [[], ["--trust-remote-code"]])
+def test_train_trust_remote_code_reaches_the_model_loader(toy_data, tmp_path, monkeypatch, flag):
+    """`softprompt train --trust-remote-code` is passed to the loader (it used to be accepted and ignored); off by default."""
+    import softprompt.train as train_mod
+    from softprompt.cli import main
+
+    seen = {}
+
+    def loader(name, **kw):
+        seen.update(kw)
+        raise SoftPromptError("stop after the loader")
+
+    monkeypatch.setattr(train_mod, "load_backbone", loader)
+    argv = ["train", "--model", "some/hub-model", "--task", "rte", "--data-dir", str(toy_data), "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--quiet", *flag]) != 0
+    assert seen["trust_remote_code"] is bool(flag)

@@ -195,3 +195,30 @@ def test_unit_error_is_one_line_and_not_retried(ray_cluster, inputs, tmp_path):
         == "run rte-s0 failed on a Ray worker: rte-s0: parameters diverged (a stand-in for any error of the run itself)"
     )
     assert (tmp_path / "attempts").read_text() == "attempt\n"  # raised once, not retried (worker deaths are)
+
+
+def test_ray_runs_a_transfer_initialised_unit_after_its_source(ray_cluster, inputs, tmp_path):
+    """[transfer] init: B's run from A's prompt needs A's finished run. With half a CPU per unit all four runs could
+    start at once on the two-CPU cluster, so only the dependency keeps a transferred run from starting too early
+    (it would fail: its source run would not be complete)."""
+    import hashlib
+
+    from tests.test_sweeps import TOY_TASK
+
+    toy = inputs / "data" / "toy.toml"
+    toy.write_text(TOY_TASK)
+    text = (
+        CONFIG.format(model=inputs / "tiny-model", data=inputs / "data", methods='["majority"]')
+        .replace('tasks = ["rte"]', f'tasks = ["rte", "{toy}"]')
+        .replace("seeds = [0, 1, 2]", "seeds = [0]")
+    )
+    config = tmp_path / "transfer.toml"
+    config.write_text(text + "[transfer]\ninit = true\n")
+    out = tmp_path / "study"
+    res = run_study(config, out, progress=False, executor="ray", ray_options=RayOptions(cpus_per_run=0.5))
+    assert set(res["setup"]["actions"].values()) == {"trained"} and len(res["setup"]["actions"]) == 4
+    for a, b in (("rte", "toy"), ("toy", "rte")):
+        record = json.loads((out / "runs" / f"{b}-from-{a}-s0" / "run.json").read_text())
+        source = out / "runs" / f"{a}-s0" / "prompt.safetensors"
+        assert record["prompt"]["source"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert len(res["transfer_init"]["pairs"]) == 2

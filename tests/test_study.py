@@ -137,9 +137,11 @@ def test_shipped_configs_are_valid():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    for name in ("demo.toml", "cpu-study.toml", "seed-study.toml"):
+    for name in ("demo.toml", "cpu-study.toml", "seed-study.toml", "ablation-cpu.toml", "transfer-init-cpu.toml"):
         cfg = load_study_config(root / name)
         assert cfg.tasks and cfg.seeds
+    assert len(load_study_config(root / "ablation-cpu.toml").cells()) == 16
+    assert load_study_config(root / "transfer-init-cpu.toml").transfer.init
 
 
 @pytest.mark.parametrize("task", ["../../etc/passwd.toml", "..toml", "/abs/dir/my task.toml", "rte"])

@@ -22,6 +22,7 @@ TRAINED_BASELINES = ("finetune", "lora")
 BASELINE_METHODS = ("majority", "no_prompt", "english_prompt", *TRAINED_BASELINES)
 INIT_METHODS = ("text", "random", "vocab", "labels")
 PROMPT_FORMATS = ("auto", "plain", "chat")  # softprompt.chat implements them
+RUN_INIT, TASK_INIT = "run:", "task:"  # init from a trained prompt: run:PATH[@best|@last], task:NAME (a study's own run)
 LOSSES = ("choices", "lm")  # softprompt.scoring.LOSSES implements them
 SCHEDULES = ("linear", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw")
@@ -64,7 +65,10 @@ class TrainConfig:
     method: str = option("prompt", "what to train: a soft prompt, or the fine-tuning/LoRA baseline", choices=METHODS)
     tokens: int = option(20, "soft prompt length n")
     init: str = option(
-        "text", "how the prompt starts: the init text's tokens, random, frequent tokens, label words", choices=INIT_METHODS
+        "text",
+        "how the prompt starts: text (the init text's tokens), random, vocab (frequent tokens), labels (label words), "
+        "run:PATH (the trained prompt of the run in PATH; run:PATH@best for its best epoch's), or in a study "
+        "task:NAME (the study's trained prompt of task NAME)",
     )
     init_text: str | None = option(None, "text for --init text (default: the task's description)")
     prompt_format: str = option(
@@ -140,6 +144,7 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and f.name not in ("dtype", "compute_dtype") and getattr(self, f.name) not in choices:
                 raise SoftPromptError(f"unknown {f.name} {getattr(self, f.name)!r}: expected one of {', '.join(choices)}")
+        check_init(self.init)
         if not isinstance(self.group_by_length, bool):
             raise SoftPromptError(f"group_by_length must be true or false, got {self.group_by_length!r}")
         for name in ("tokens", "epochs", "batch_size", "grad_accum", "max_length"):
@@ -215,6 +220,17 @@ def _names(allowed: tuple[type, ...]) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
     words = [names.get(t, t.__name__) for t in allowed if t is not type(None) and not (t is int and float in allowed)]
     return " or ".join(words) + (" (or left out)" if type(None) in allowed else "")
+
+
+def check_init(init: object) -> None:
+    """An init method, `run:PATH` with an optional `@best`/`@last`, or `task:NAME`; anything else is refused."""
+    ok = init in INIT_METHODS
+    if isinstance(init, str) and init.startswith((RUN_INIT, TASK_INIT)):
+        ok = bool(init.split(":", 1)[1].strip())
+    if not ok:
+        raise SoftPromptError(
+            f"unknown init {init!r}: expected one of {', '.join(INIT_METHODS)}, run:PATH[@best] or task:NAME (in a study)"
+        )
 
 
 def check_keys(cls, data: dict[str, Any], where: str) -> None:

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from softprompt.config import INIT_METHODS
+from softprompt.config import INIT_METHODS, RUN_INIT
 from softprompt.errors import SoftPromptError
 from softprompt.io import atomic_path
 
@@ -91,6 +91,37 @@ class SoftPrompt(nn.Module):
             raise SoftPromptError(f"{path}: the prompt holds NaN or inf values")
         init = PromptInit(**json.loads(meta["init"])) if "init" in meta else PromptInit(method="unknown")
         return cls(weight, init, initial)
+
+
+def parse_run_init(init: str) -> tuple[Path, str]:
+    """`run:PATH`, `run:PATH@last` or `run:PATH@best` -> (the run directory, "last" or "best")."""
+    if not init.startswith(RUN_INIT):
+        raise SoftPromptError(f"init {init!r} does not name a run: expected run:PATH[@best]")
+    spec = init[len(RUN_INIT) :]
+    which = "last"
+    head, sep, tail = spec.rpartition("@")
+    if sep and tail in ("best", "last"):
+        spec, which = head, tail
+    if not spec.strip():
+        raise SoftPromptError(f"init {init!r}: no run directory after 'run:'")
+    return Path(spec), which
+
+
+def check_source_length(source: SoftPrompt, n_tokens: int, spec: str) -> None:
+    if source.n_tokens != n_tokens:
+        raise SoftPromptError(
+            f"init {spec}: the source prompt has {source.n_tokens} tokens but --tokens is {n_tokens}; "
+            f"train with --tokens {source.n_tokens} or pick a source of {n_tokens} tokens"
+        )
+
+
+def prompt_from_source(source: SoftPrompt, n_tokens: int, spec: str, seed: int = 0) -> SoftPrompt:
+    """A new prompt that starts exactly at another run's trained prompt (SPoT's prompt transfer, Vu et al. 2022).
+
+    Its length must be `n_tokens`: a transferred prompt is not cut or repeated, since either would make it
+    another prompt than the one that was trained."""
+    check_source_length(source, n_tokens, spec)
+    return SoftPrompt(source.weight.detach(), PromptInit("run", spec, [], seed))
 
 
 def _embed(model, ids: list[int]) -> torch.Tensor:

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from softprompt.config import TrainConfig
+from softprompt.config import RUN_INIT, TrainConfig
 from softprompt.errors import SoftPromptError, warn
 from softprompt.inputs import MODEL_REVISION, file_sha256, input_changes
 from softprompt.io import read_json, write_json
-from softprompt.prompt import PROMPT_FILE, SoftPrompt
+from softprompt.prompt import PROMPT_FILE, SoftPrompt, parse_run_init
 
 RUN_FORMAT = 1
 RUN_FILE = "run.json"
@@ -61,7 +61,7 @@ class RunRecord:
     task: dict[str, Any] | None = None  # name, description, template, label_words, metric
     parameters: dict[str, int] | None = None  # trainable, total
     versions: dict[str, str] | None = None
-    prompt: dict[str, Any] | None = None  # n_tokens, dim, init, init_tokens
+    prompt: dict[str, Any] | None = None  # n_tokens, dim, init, init_tokens; source (a run: init's run, file, sha256)
     inputs: dict[str, Any] | None = None  # task: definition digest, data: {split: digest} (softprompt.inputs)
     artifacts: dict[str, dict[str, Any]] | None = None  # prompt file name -> sha256, shape (at save time)
     processes: int | None = None  # data-parallel processes that trained it
@@ -198,6 +198,44 @@ def observed_status(record: RunRecord) -> str:
     return record.status
 
 
+@dataclass(frozen=True)
+class InitSource:
+    """The trained prompt a `run:PATH` init starts from, and what run.json records about it (`facts`)."""
+
+    prompt: SoftPrompt
+    facts: dict[str, Any]
+
+
+def init_source(init: str) -> InitSource:
+    """Load the prompt `init` (run:PATH[@best|@last]) names from a complete prompt run, with its file's content hash."""
+    path, which = parse_run_init(init)
+    try:
+        run = load_run(path)
+        prompt = run.prompt(which)
+    except SoftPromptError as e:
+        raise SoftPromptError(f"init {init}: {e}") from None
+    file = path / (PROMPT_FILE if which == "last" else BEST_PROMPT_FILE)
+    facts = {
+        "run": str(path.absolute()),
+        "file": file.name,
+        "sha256": file_sha256(file),
+        "task": run.task,
+        "seed": run.config.get("seed"),
+        "model": run.config.get("model"),
+    }
+    return InitSource(prompt, facts)
+
+
+def _init_source_changed(cfg: TrainConfig, record: RunRecord) -> bool:
+    """A `run:` init whose source prompt file now holds another prompt than the one the run started from."""
+    if not cfg.init.startswith(RUN_INIT):
+        return False
+    recorded = ((record.prompt or {}).get("source") or {}).get("sha256")
+    path, which = parse_run_init(cfg.init)
+    file = path / (PROMPT_FILE if which == "last" else BEST_PROMPT_FILE)
+    return recorded is not None and file.exists() and file_sha256(file) != recorded
+
+
 ABSENT, COMPLETE, RESUMABLE, CONFLICT = "absent", "complete", "resumable", "conflict"
 
 
@@ -232,6 +270,8 @@ def run_state(out: str | Path, cfg: TrainConfig, inputs: dict[str, Any] | None =
     inputs_changed = tuple(input_changes(saved, inputs)) if inputs is not None else ()
     unknown = inputs is not None and record.inputs is None
     changed = tuple(cfg.differences(record.config))
+    if not changed and _init_source_changed(cfg, record):
+        changed = ("init source",)
     if changed or inputs_changed:
         return RunState(CONFLICT, status, changed, inputs_changed, unknown)
     return RunState(COMPLETE if status == "complete" else RESUMABLE, status, inputs_unknown=unknown)

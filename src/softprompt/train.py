@@ -28,14 +28,14 @@ from softprompt.baselines import reference_results
 from softprompt.batching import EncodedExample, collate, encode_examples, length_grouped_order
 from softprompt.chat import resolve_prompt_format
 from softprompt.checkpoint import load_checkpoint, save_checkpoint, save_trainables
-from softprompt.config import PROMPT_LR_PER_STD, TrainConfig
+from softprompt.config import INIT_METHODS, PROMPT_LR_PER_STD, TASK_INIT, TrainConfig
 from softprompt.distributed import DataParallel, setup_data_parallel
 from softprompt.errors import SoftPromptError, os_error_line
 from softprompt.evaluate import EVAL_SEED, EvalResult, Evaluator
 from softprompt.inputs import MODEL_REVISION, task_inputs
 from softprompt.io import remove_stale_temporaries, write_text
 from softprompt.locks import directory_lock
-from softprompt.prompt import PROMPT_FILE, SoftPrompt, embedding_scale, init_prompt
+from softprompt.prompt import PROMPT_FILE, SoftPrompt, check_source_length, embedding_scale, init_prompt, prompt_from_source
 from softprompt.reparam import PromptEncoder
 from softprompt.runs import (
     ABSENT,
@@ -45,9 +45,11 @@ from softprompt.runs import (
     CONFLICT,
     METRICS_FILE,
     WEIGHTS_FILES,
+    InitSource,
     RunRecord,
     RunState,
     artifact_facts,
+    init_source,
     package_versions,
     run_state,
     warn_unknown_inputs,
@@ -84,6 +86,7 @@ def train(
     progress: bool = True,
     baselines: bool = True,
     scoring: ScoringOptions | None = None,
+    trust_remote_code: bool = False,
 ) -> TrainResult:
     """Train one run into `out` and evaluate it; returns its final metrics.
 
@@ -92,9 +95,11 @@ def train(
     only the main process writes into `out` (see `softprompt.distributed`). `baselines` adds the
     no-prompt and English-prompt evaluations to a prompt run; `scoring` (the scorer's options, switches
     included) replaces `ScoringOptions(strategy=cfg.scoring_strategy)`, whose strategy it must match
-    unless the config says `auto`.
+    unless the config says `auto`. `trust_remote_code` lets a Hub model run its own code when it is loaded
+    here (never on unless asked: `softprompt train --trust-remote-code`).
     """
     out = Path(out)
+    source = trained_init_source(cfg)
     dp = setup_data_parallel(cfg.device)
     if backbone is None:
         resolve_device(cfg.device)  # a device this machine lacks fails before anything is written
@@ -102,10 +107,10 @@ def train(
     with owned_run_dir(out, dp):
         claim_run_dir(out, cfg, dp, inputs, resume=resume, overwrite=overwrite)
         torch.manual_seed(cfg.seed)
-        data = prepare_data(cfg, backbone, dp)
+        data = prepare_data(cfg, backbone, dp, trust_remote_code=trust_remote_code)
         if resume:  # the model is known now: a run trained on other weights is not continued
             refuse_changed_run(out, run_state(out, cfg, {**inputs, MODEL_REVISION: data.backbone.revision}))
-        trainables = build_trainables(cfg, data, dp)
+        trainables = build_trainables(cfg, data, dp, source)
         loop = TrainingLoop(cfg, out, data, trainables, dp, scoring=scoring, progress=progress)
         references = baselines and cfg.method == "prompt"
         loop.preflight(references=references)
@@ -118,6 +123,19 @@ def train(
 
 
 # ----------------------------------------------------------------------------- steps
+
+
+def trained_init_source(cfg: TrainConfig) -> InitSource | None:
+    """The trained prompt a `run:PATH` init starts from, checked against --tokens before anything is loaded or written."""
+    if cfg.method != "prompt" or cfg.init in INIT_METHODS:
+        return None
+    if cfg.init.startswith(TASK_INIT):
+        raise SoftPromptError(
+            f"init {cfg.init!r} names a study's prompt: it works inside a study config; outside one use run:PATH"
+        )
+    source = init_source(cfg.init)
+    check_source_length(source.prompt, cfg.tokens, cfg.init)
+    return source
 
 
 @contextlib.contextmanager
@@ -181,10 +199,15 @@ class TrainData:
     prompt_format: str  # plain or chat (resolved from the config's `auto`)
 
 
-def prepare_data(cfg: TrainConfig, backbone: Backbone | None, dp: DataParallel) -> TrainData:
+def prepare_data(
+    cfg: TrainConfig, backbone: Backbone | None, dp: DataParallel, *, trust_remote_code: bool = False
+) -> TrainData:
+    """The task's examples (training subsample and dev split), the backbone (loaded unless given; a Hub
+    model's own code only with `trust_remote_code`), the resolved prompt format and the tokenized rows."""
     task = get_task(cfg.task)
     examples, dev = task.load_train(cfg.data_dir, limit=cfg.max_train, seed=cfg.seed, dev_size=cfg.dev_size)
-    backbone = backbone or load_backbone(cfg.model, dtype=cfg.dtype, device=str(dp.device) if dp.active else cfg.device)
+    device = str(dp.device) if dp.active else cfg.device
+    backbone = backbone or load_backbone(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=trust_remote_code)
     prompt_format = resolve_prompt_format(cfg.prompt_format, backbone.tokenizer)
     n_prompt = cfg.tokens if cfg.method == "prompt" else 0
     encoded = encode_examples(
@@ -202,6 +225,7 @@ class Trainables:
     params: dict[str, torch.nn.Parameter]
     lr: float
     encoder: PromptEncoder | None = None
+    source: dict[str, Any] | None = None  # a run: init's source run, file and content hash (run.json records it)
 
     def prompt_matrix(self) -> torch.Tensor | None:
         """The (n, d) matrix placed before the input embeddings (computed through the reparameterisation)."""
@@ -224,22 +248,25 @@ class Trainables:
         return {"trainable": int(n_train), "total": int(total)}
 
 
-def build_trainables(cfg: TrainConfig, data: TrainData, dp: DataParallel) -> Trainables:
+def build_trainables(cfg: TrainConfig, data: TrainData, dp: DataParallel, source: InitSource | None = None) -> Trainables:
     backbone = data.backbone
     if cfg.method != "prompt":
         params = _method_parameters(cfg, backbone)
         dp.broadcast_(params.values())
         return Trainables(None, params, float(cfg.lr))
-    prompt = init_prompt(
-        backbone.model,
-        backbone.tokenizer,
-        cfg.tokens,
-        cfg.init,
-        text=cfg.init_text or data.task.description,
-        label_words=list(data.task.label_words),
-        seed=cfg.seed,
-    )
-    prompt.check_model(backbone.hidden_size)
+    if source is not None:
+        prompt = prompt_from_source(source.prompt, cfg.tokens, cfg.init, cfg.seed)
+    else:
+        prompt = init_prompt(
+            backbone.model,
+            backbone.tokenizer,
+            cfg.tokens,
+            cfg.init,
+            text=cfg.init_text or data.task.description,
+            label_words=list(data.task.label_words),
+            seed=cfg.seed,
+        )
+    prompt.check_model(backbone.hidden_size, where=f"init {cfg.init}: the source prompt" if source else "the prompt")
     prompt.to(backbone.device)
     encoder = PromptEncoder(prompt, cfg.reparam, cfg.reparam_hidden, seed=cfg.seed)
     if cfg.reparam == "mlp":  # what training starts from is MLP(E): the drift analyses measure from there
@@ -248,7 +275,7 @@ def build_trainables(cfg: TrainConfig, data: TrainData, dp: DataParallel) -> Tra
     params = encoder.named_trainables()
     dp.broadcast_(params.values())
     lr = cfg.lr if cfg.lr is not None else PROMPT_LR_PER_STD * embedding_scale(backbone.model)
-    return Trainables(prompt, params, float(lr), encoder)
+    return Trainables(prompt, params, float(lr), encoder, source.facts if source is not None else None)
 
 
 def _method_parameters(cfg: TrainConfig, backbone: Backbone) -> dict[str, torch.nn.Parameter]:
@@ -734,4 +761,6 @@ def run_record(cfg: TrainConfig, data: TrainData, trainables: Trainables, *, pro
             "init": asdict(prompt.init),
             "init_tokens": [tok.decode([i]) for i in prompt.init.token_ids],
         }
+        if trainables.source is not None:
+            record.prompt["source"] = trainables.source
     return record

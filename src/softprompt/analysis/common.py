@@ -93,6 +93,26 @@ def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     return out
 
 
+def paired_difference(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
+    """Mean of x_i - y_i over paired values (e.g. two settings' accuracies per seed) and its standard error
+    (sample std / sqrt(n); None below two pairs), with n."""
+    if len(x) != len(y):
+        raise SoftPromptError(f"a paired difference needs paired values, got {len(x)} and {len(y)}")
+    d = [float(a) - float(b) for a, b in zip(x, y, strict=True)]
+    if not d:
+        return {"mean": None, "se": None, "n": 0}
+    mean = sum(d) / len(d)
+    se = None
+    if len(d) > 1:
+        se = math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1) / len(d))
+    return {"mean": mean, "se": se, "n": len(d)}
+
+
+def exceeds_its_error(diff: dict[str, Any]) -> bool:
+    """Whether a paired difference is larger than its standard error (the bar below which a report says "tie")."""
+    return diff["mean"] is not None and diff["se"] is not None and abs(diff["mean"]) > diff["se"]
+
+
 def json_safe(obj: Any) -> Any:
     """Plain JSON types all the way down: numpy scalars to Python, NaN/inf to None, tuples to lists."""
     import numpy as np

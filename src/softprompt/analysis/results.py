@@ -236,3 +236,41 @@ class TransferResult(_View):
     matrix: TransferMatrix
     summary: TransferSummary
     similarity_note: str | None
+
+
+# ----------------------------------------------------------------------------- transfer initialisation
+
+
+@dataclass(frozen=True)
+class TransferInitPair(_View):
+    """B's prompt started from A's: accuracies per seed, the paired gain over B's own prompt, the prompts' similarity."""
+
+    source: str
+    target: str
+    seeds: list[int]
+    transferred: list[float]
+    own: list[float]
+    transferred_mean: float
+    own_mean: float
+    gain_mean: float | None
+    gain_se: float | None
+    n: int
+    similarity: dict[str, float | None]
+    zero_shot_gain: float | None
+
+
+@dataclass(frozen=True)
+class TransferInitCorrelation(Correlation):
+    """Prompt similarity against the gain of transfer initialisation, over ordered task pairs ("task pairs") or over
+    (task pair, seed) points ("task pairs x seeds", not independent)."""
+
+    level: str = "task pairs"
+
+
+@dataclass(frozen=True)
+class TransferInitResult(_View):
+    own_init: str
+    pairs: list[TransferInitPair]
+    correlations: list[TransferInitCorrelation]
+    similarity_note: str | None
+    figures: dict[str, str]

@@ -68,6 +68,14 @@ def prompt_similarity(prompts: Sequence[torch.Tensor], metrics: Sequence[str] = 
     return out
 
 
+def similarities_or_pooled(prompts: Sequence[torch.Tensor]) -> tuple[dict[str, list[list[float]]], str | None]:
+    """Every similarity, or only the pooled cosine where the prompts differ in length (and a note saying so)."""
+    try:
+        return prompt_similarity(prompts), None
+    except SoftPromptError as e:
+        return prompt_similarity(prompts, metrics=("pooled_cosine",)), f"{e}; only the pooled cosine is reported"
+
+
 # ----------------------------------------------------------------------------- transfer
 
 
@@ -195,13 +203,7 @@ def transfer_report(
     labels = run_labels(runs)
     tasks = list(tasks) if tasks else sorted({r.task for r in runs})
     matrix = transfer_matrix(evaluator, runs, tasks, limit, which=which)
-    prompts = [r.prompt(which).weight for r in runs]
-    note = None
-    try:
-        sims = prompt_similarity(prompts)
-    except SoftPromptError as e:
-        note = f"{e}; only the pooled cosine is reported"
-        sims = prompt_similarity(prompts, metrics=("pooled_cosine",))
+    sims, note = similarities_or_pooled([r.prompt(which).weight for r in runs])
     share = share_beating_no_prompt(matrix)
     corr = similarity_vs_gain(matrix, sims)
     report: dict[str, Any] = json_safe(

@@ -1,11 +1,13 @@
-"""Report sections for the analyses: nearest tokens, scripts, projected prompts, stochasticity, transfer."""
+"""Report sections for the analyses: nearest tokens, scripts, projected prompts, stochasticity, transfer, transfer
+initialisation."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
 
-from softprompt.analysis.results import GeometryResult, NeighborsResult, TransferResult
+from softprompt.analysis.results import GeometryResult, NeighborsResult, TransferInitResult, TransferResult
+from softprompt.report.findings import similarity_verdict
 from softprompt.report.primitives import esc, figure, section, table
 from softprompt.report.tables import write_csv
 
@@ -169,6 +171,46 @@ def _transfer(tr: TransferResult, out: Path) -> str:
     return "".join(body)
 
 
+def _transfer_init(tri: TransferInitResult, out: Path) -> str:
+    rows = [
+        {
+            "source (A)": p.source,
+            "target (B)": p.target,
+            "seeds (n)": p.n,
+            "B from A's prompt": p.transferred_mean,
+            f"B from {tri.own_init}": p.own_mean,
+            "gain": p.gain_mean,
+            "gain standard error": p.gain_se,
+            "zero-shot: A's prompt on B, vs no prompt": p.zero_shot_gain,
+            **{f"similarity: {k}": v for k, v in p.similarity.items()},
+        }
+        for p in tri.pairs
+    ]
+    write_csv(out / "tables" / "transfer_init.csv", rows)
+    corr = [asdict(c) for c in tri.correlations]
+    write_csv(out / "tables" / "transfer_init_correlations.csv", corr)
+    body = [
+        "<p>For every ordered task pair (A, B), B's prompt was trained starting from A's trained prompt (the same seed, "
+        f"the analysis cell; SPoT, Vu et al. 2022). Gain: B's accuracy from A's prompt minus B's accuracy from "
+        f"{esc(tri.own_init)}, paired by seed (mean and standard error over n seeds). The zero-shot column is A's prompt "
+        "evaluated on B without training, minus no prompt (the transfer matrix above). Similarity is between A's and B's "
+        "own prompts of the same seed, averaged over seeds.</p>",
+        table(rows),
+        figure(tri.figures.get("gain"), "Gain of B (column) started from A's prompt (row) over B's own initialisation"),
+        "<h3>Did prompt similarity predict the gain?</h3>",
+        "<ul>" + "".join(f"<li>{esc(similarity_verdict(c))}</li>" for c in tri.correlations) + "</ul>",
+        '<p class="note">Over task pairs each ordered pair is one point (its gain averaged over seeds); the similarity is '
+        "symmetric, so A→B and B→A share their similarity. Over task pairs x seeds each pair contributes every seed, so "
+        "those points are not independent: shown for reference, not as evidence.</p>",
+    ]
+    if tri.similarity_note:
+        body.append(f'<p class="note">{esc(tri.similarity_note)}</p>')
+    for name, path in tri.figures.items():
+        if name.startswith("scatter_"):
+            body.append(figure(path, f"{name.removeprefix('scatter_').replace('_', ' ')} of A's and B's prompts vs gain"))
+    return "".join(body)
+
+
 def analysis_sections(results: dict, out: Path) -> list[str]:
     """The analyses' sections, from results.json's typed views (a missing field is an error naming it)."""
     parts = []
@@ -185,4 +227,7 @@ def analysis_sections(results: dict, out: Path) -> list[str]:
     if results.get("transfer"):
         tr = TransferResult.from_json(results["transfer"], "results.json transfer")
         parts.append(section("Transfer between tasks", _transfer(tr, out), "transfer"))
+    if results.get("transfer_init"):
+        tri = TransferInitResult.from_json(results["transfer_init"], "results.json transfer_init")
+        parts.append(section("Transfer initialisation (SPoT)", _transfer_init(tri, out), "transfer-init"))
     return parts

@@ -9,11 +9,16 @@ from softprompt.analysis.results import (
     GeometrySummary,
     NeighborsResult,
     NeighborsSummary,
+    TransferInitCorrelation,
+    TransferInitResult,
     TransferResult,
     TransferSummary,
 )
 from softprompt.learning import LEARNED_BELOW
+from softprompt.report.ablations import ablation_findings
 from softprompt.report.tables import METHOD_LABELS, accuracy_rows
+
+SIGNIFICANCE = 0.05  # the p-value below which a correlation counts as evidence
 
 
 def _pct(x: float) -> str:
@@ -80,6 +85,45 @@ def analysis_findings(results: dict) -> list[str]:
         out += _transfer_findings(TransferResult.from_json(results["transfer"], "results.json transfer").summary)
     if results.get("neighbors"):
         out += _neighbors_findings(NeighborsResult.from_json(results["neighbors"], "results.json neighbors").summary)
+    if results.get("transfer_init"):
+        out += transfer_init_findings(TransferInitResult.from_json(results["transfer_init"], "results.json transfer_init"))
+    return out
+
+
+def similarity_verdict(c: TransferInitCorrelation) -> str:
+    """Whether prompt similarity predicted the gain of transfer initialisation, from one correlation, measured."""
+    closer = "more similar prompts" if c.direction == "similarity" else "closer prompts (smaller distance)"
+    stats = (
+        f"Pearson r = {c.pearson_r:.2f} (p = {c.pearson_p:.3g}), Spearman r = {c.spearman_r:.2f} (p = {c.spearman_p:.3g})"
+        if c.pearson_r is not None and c.pearson_p is not None and c.spearman_r is not None and c.spearman_p is not None
+        else "no correlation computable"
+    )
+    head = f"Prompt similarity ({c.similarity}) vs the gain of transfer initialisation over {c.level}: {stats}, n = {c.n}"
+    ps = [p for p in (c.pearson_p, c.spearman_p) if p is not None]
+    if not ps or min(ps) >= SIGNIFICANCE:
+        why = " (at least 3 points are needed)" if c.n < 3 else " (constant values)" if c.pearson_r is None else ""
+        return f"{head}: no evidence that prompt similarity predicted the gain{why}."
+    r = c.pearson_r if c.pearson_p is not None and c.pearson_p < SIGNIFICANCE else c.spearman_r
+    helped = (r or 0) > 0 if c.direction == "similarity" else (r or 0) < 0
+    return f"{head}: {closer} gave {'larger' if helped else 'smaller'} gains (p < {SIGNIFICANCE})."
+
+
+def transfer_init_findings(tri: TransferInitResult) -> list[str]:
+    out = []
+    for p in tri.pairs:
+        if p.gain_mean is None:
+            continue
+        se = "n/a" if p.gain_se is None else f"{100 * p.gain_se:.1f}"
+        verdict = (
+            "within its standard error: a tie"
+            if p.gain_se is None or abs(p.gain_mean) <= p.gain_se
+            else "beyond its standard error"
+        )
+        out.append(
+            f"{p.target} started from {p.source}'s prompt: {p.transferred_mean:.3f} vs {p.own_mean:.3f} from "
+            f"{tri.own_init} ({100 * p.gain_mean:+.1f} points, standard error {se}, paired over n = {p.n} seeds; {verdict})."
+        )
+    out += [similarity_verdict(c) for c in tri.correlations if c.level == "task pairs"]
     return out
 
 
@@ -145,4 +189,5 @@ def _neighbors_findings(nb: NeighborsSummary) -> list[str]:
 
 
 def findings(results: dict) -> list[str]:
-    return accuracy_findings(results) + analysis_findings(results)
+    ablations = ablation_findings(results["ablations"]) if results.get("ablations") else []
+    return accuracy_findings(results) + ablations + analysis_findings(results)

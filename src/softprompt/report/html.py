@@ -11,6 +11,7 @@ from pathlib import Path
 from softprompt.config import TrainConfig
 from softprompt.io import write_figure, write_text
 from softprompt.learning import LEARNED_BELOW
+from softprompt.report.ablations import ablations_section
 from softprompt.report.analysis_sections import analysis_sections
 from softprompt.report.findings import findings
 from softprompt.report.primitives import esc, figure, section, table
@@ -81,6 +82,7 @@ def _setup_section(results: dict) -> str:
         },
         {"item": "tasks × seeds", "value": f"{', '.join(st['tasks'])} × seeds {st['seeds']}"},
         {"item": "training budget", "value": json.dumps(training_budget(st["train"]))},
+        *_sweep_rows(st),
         {"item": "validation subsample", "value": st.get("max_eval") or "full validation sets"},
         {
             "item": "compute",
@@ -106,6 +108,17 @@ def training_budget(train: dict) -> dict:
         for k, v in train.items()
         if k in BUDGET or (k not in NOT_BUDGET and k in defaults and v != defaults[k]) or k not in defaults
     }
+
+
+def _sweep_rows(st: dict) -> list[dict]:
+    """The sweep and the analysis cell (the Accuracy table and the interpretation sections read its runs)."""
+    rows = []
+    if st.get("sweep"):
+        rows.append({"item": "sweep (every combination)", "value": json.dumps(st["sweep"])})
+        rows.append({"item": "analysis cell", "value": json.dumps(st["analysis"]["cell"])})
+    if (st.get("transfer") or {}).get("init"):
+        rows.append({"item": "transfer initialisation", "value": "every ordered task pair, in the analysis cell"})
+    return rows
 
 
 def _executor_text(ex: dict) -> str:
@@ -154,6 +167,7 @@ def _accuracy_section(results: dict, out: Path) -> str:
         )
         + "<p>Accuracy on the validation set (the same seeded subsample for every method). The soft prompt row is the "
         "last-epoch prompt, mean ± sample std over seeds. Majority predicts the most frequent training label.</p>"
+        + _cell_note(results)
         + "<h3>Per run</h3>"
         + table(per_run)
         + figure(
@@ -165,10 +179,19 @@ def _accuracy_section(results: dict, out: Path) -> str:
     )
 
 
+def _cell_note(results: dict) -> str:
+    cell = (results.get("sweep") or {}).get("analysis_cell")
+    if not cell:
+        return ""
+    text = ", ".join(f"{k}={v}" for k, v in cell.items())
+    return f"<p class='note'>A sweep: the soft prompt rows here are the analysis cell's ({esc(text)}); every cell is in Ablations.</p>"
+
+
 def render(results: dict, out: Path) -> str:
     parts = [
         section("Setup", _setup_section(results), "setup"),
         section("Accuracy", _accuracy_section(results, out), "accuracy"),
+        *([section("Ablations", ablations_section(results, out), "ablations")] if results.get("ablations") else []),
         *analysis_sections(results, out),
     ]
     facts = findings(results)
@@ -189,11 +212,13 @@ def render(results: dict, out: Path) -> str:
             ("Findings", "findings"),
             ("Setup", "setup"),
             ("Accuracy", "accuracy"),
+            *([("Ablations", "ablations")] if results.get("ablations") else []),
             ("Nearest tokens", "neighbors"),
             ("Scripts", "scripts"),
             ("Projected prompts", "projection"),
             ("Stochasticity", "stochasticity"),
             ("Transfer", "transfer"),
+            *([("Transfer init", "transfer-init")] if results.get("transfer_init") else []),
         ]
     )
     return (

@@ -1,9 +1,14 @@
-"""A study config (TOML): [study] what to run, [train] the shared TrainConfig, [baselines], [analysis].
+"""A study config (TOML): [study] what to run, [train] the shared TrainConfig, [sweep], [baselines], [analysis],
+[transfer].
 
 [train] is parsed into the one training schema, `TrainConfig`; the fields a study sets itself
-(task and seed per run, model and data folder from [study]) are refused there. A prompt run's config
-is `run_config(task, seed)`; a trained baseline's is `baselines.baseline_config` of the first seed's
-run config with the method's [baselines] overrides. Typos are errors naming the key.
+(task and seed per run, model and data folder from [study]) are refused there. [sweep] varies [train]
+fields (`study.sweep`): a prompt run's config is `run_config(task, seed, cell)`; a trained baseline's is
+`baselines.baseline_config` of the first seed's run config at the [train] values with the method's
+[baselines] overrides. An init `task:NAME` ([train] or a swept init) starts every other task's run from
+NAME's run of the same seed and cell (NAME's own run there starts from its text); `[transfer] init = true`
+adds, in the analysis cell, a run of every task B started from every other task A's prompt. Typos are
+errors naming the key.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ from typing import Any
 
 from softprompt.analysis.neighbors import METRICS as ANALYSIS_METRICS
 from softprompt.baselines import baseline_config
-from softprompt.config import BASELINE_METHODS, TRAINED_BASELINES, TrainConfig, check_keys, check_types
+from softprompt.config import BASELINE_METHODS, RUN_INIT, TASK_INIT, TRAINED_BASELINES, TrainConfig, check_keys, check_types
 from softprompt.errors import SoftPromptError
+from softprompt.study.sweep import Cell, analysis_cell, cells, parse_sweep
 from softprompt.tasks import get_task
 
-SECTIONS = ("study", "train", "baselines", "analysis")
+SECTIONS = ("study", "train", "sweep", "baselines", "analysis", "transfer")
 SET_BY_STUDY = ("task", "seed", "model", "method", "data_dir")  # TrainConfig fields [train] may not set
 
 
@@ -30,6 +36,12 @@ class AnalysisConfig:
     project: bool = True
     transfer: bool = True
     tsne_perplexity: float | None = None
+    cell: dict[str, Any] | None = None  # the sweep cell the interpretation sections read (study.sweep)
+
+
+@dataclass
+class TransferConfig:
+    init: bool = False  # train every task's prompt from every other task's (SPoT) and report the gain
 
 
 @dataclass
@@ -54,10 +66,20 @@ class StudyConfig:
     train: TrainConfig = field(default_factory=TrainConfig)  # shared by the prompt runs (and the baselines)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    sweep: dict[str, list[Any]] = field(default_factory=dict)  # axis (a TrainConfig field) -> values
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
-    def run_config(self, task: str, seed: int) -> TrainConfig:
-        """The config of the prompt run (task, seed): [train] with the fields [study] sets."""
-        return replace(self.train, task=task, seed=seed, model=self.model, method="prompt", data_dir=self.data_dir)
+    def run_config(self, task: str, seed: int, cell: Cell = ()) -> TrainConfig:
+        """The config of the prompt run (task, seed) in `cell`: [train] with the cell's values and the fields
+        [study] sets (an init `task:NAME` is left for the study to resolve into its run)."""
+        fixed = {"task": task, "seed": seed, "model": self.model, "method": "prompt", "data_dir": self.data_dir}
+        return replace(self.train, **dict(cell), **fixed)
+
+    def cells(self) -> list[Cell]:
+        return cells(self.sweep)
+
+    def analysis_cell(self) -> Cell:
+        return analysis_cell(self.sweep, self.train, self.analysis.cell, "[analysis]")
 
     def baseline_base(self, task: str) -> TrainConfig:
         """The shared settings of `task`'s baselines (trained ones add their method and overrides): the first seed."""
@@ -67,10 +89,12 @@ class StudyConfig:
         """study_config.json and results.json's "study": [train] in full, without the per-run task and seed."""
         d = asdict(self)
         d["train"] = {k: v for k, v in d["train"].items() if k not in ("task", "seed")}
+        if self.sweep:
+            d["analysis"]["cell"] = dict(self.analysis_cell())
         return d
 
 
-STUDY_KEYS = [f.name for f in fields(StudyConfig) if f.name not in ("train", "baselines", "analysis")]
+STUDY_KEYS = [f.name for f in fields(StudyConfig) if f.name not in ("train", "baselines", "analysis", "sweep", "transfer")]
 
 
 def _table(raw: dict, section: str, path: Path) -> dict[str, Any]:
@@ -86,6 +110,7 @@ def _train_config(table: dict[str, Any], study: dict[str, Any], path: Path) -> T
     if owned:
         raise SoftPromptError(f"{path} [train]: {owned} are set by the study ([study] tasks, seeds, model, data_dir)")
     table.setdefault("max_eval", study.get("max_eval"))
+    _run_paths(table, path)
     try:
         return TrainConfig.from_dict({**table, "model": study["model"], "data_dir": study["data_dir"]}, where=f"{path} [train]")
     except SoftPromptError as e:  # a bad value: say where it is
@@ -106,7 +131,8 @@ def load_study_config(path: str | Path) -> StudyConfig:
         raise SoftPromptError(f"{path}: not UTF-8 text") from None
     top = set(raw) - set(SECTIONS)
     if top:
-        raise SoftPromptError(f"{path}: unknown section(s) {sorted(top)}; expected [study], [train], [baselines], [analysis]")
+        expected = ", ".join(f"[{x}]" for x in SECTIONS)
+        raise SoftPromptError(f"{path}: unknown section(s) {sorted(top)}; expected some of {expected}")
     study = _table(raw, "study", path)
     unknown = sorted(set(study) - set(STUDY_KEYS))
     if unknown:
@@ -121,8 +147,27 @@ def load_study_config(path: str | Path) -> StudyConfig:
     analysis = _table(raw, "analysis", path)
     check_keys(AnalysisConfig, analysis, f"{path} [analysis]")
     cfg.analysis = AnalysisConfig(**analysis)
+    cfg.sweep = parse_sweep(_run_paths(_table(raw, "sweep", path), path), cfg.train, f"{path} [sweep]")
+    transfer = _table(raw, "transfer", path)
+    check_keys(TransferConfig, transfer, f"{path} [transfer]")
+    cfg.transfer = TransferConfig(**transfer)
     _validate(cfg, path)
     return cfg
+
+
+def _run_path(init: Any, path: Path) -> Any:
+    """A `run:PATH` init relative to the config file's folder, as data_dir is."""
+    if isinstance(init, str) and init.startswith(RUN_INIT) and not Path(init[len(RUN_INIT) :]).is_absolute():
+        return RUN_INIT + str((path.parent / init[len(RUN_INIT) :]).resolve())
+    return init
+
+
+def _run_paths(table: dict[str, Any], path: Path) -> dict[str, Any]:
+    if isinstance(table.get("init"), list):
+        table["init"] = [_run_path(v, path) for v in table["init"]]
+    elif "init" in table:
+        table["init"] = _run_path(table["init"], path)
+    return table
 
 
 def _validate(cfg: StudyConfig, path: Path) -> None:
@@ -138,6 +183,8 @@ def _validate(cfg: StudyConfig, path: Path) -> None:
     overrides = cfg.baselines.overrides()
     for method in TRAINED_BASELINES:
         baseline_config(cfg.baseline_base(cfg.tasks[0]), method, overrides[method])
+    analysis_cell(cfg.sweep, cfg.train, cfg.analysis.cell, f"{path} [analysis]")
+    _validate_inits(cfg, path)
 
 
 def _validate_values(cfg: StudyConfig, path: Path) -> None:
@@ -156,3 +203,20 @@ def _validate_values(cfg: StudyConfig, path: Path) -> None:
         raise SoftPromptError(f"{path}: [analysis] k and [study] max_eval must be at least 1, got {a.k} and {cfg.max_eval}")
     if a.tsne_perplexity is not None and not a.tsne_perplexity > 0:
         raise SoftPromptError(f"{path} [analysis] tsne_perplexity: must be a positive number, got {a.tsne_perplexity}")
+
+
+def _validate_inits(cfg: StudyConfig, path: Path) -> None:
+    """A `task:NAME` init names one of the study's tasks; [transfer] init compares with each task's own prompt."""
+    inits = [cfg.train.init, *cfg.sweep.get("init", [])]
+    for init in inits:
+        if init.startswith(TASK_INIT) and init[len(TASK_INIT) :] not in cfg.tasks:
+            raise SoftPromptError(f"{path}: init {init!r} names no task of this study; [study] tasks are {cfg.tasks}")
+    if cfg.transfer.init:
+        if len(cfg.tasks) < 2:
+            raise SoftPromptError(f"{path} [transfer] init = true needs at least two tasks in [study] tasks")
+        own = dict(cfg.analysis_cell()).get("init", cfg.train.init)
+        if own.startswith(TASK_INIT):
+            raise SoftPromptError(
+                f"{path} [transfer] init = true compares each transferred prompt with the task's own prompt, "
+                f"so the analysis cell's init must not be {own!r}"
+            )

@@ -1,7 +1,8 @@
 """A study's plan: its units of work, where each writes, and the keys that say whether work is done.
 
-A unit is a prompt run (task, seed) or one baseline method of one task; the analyses come after all
-of them. Every cached result is stored with a key derived from what determines it (the resolved
+A unit is a prompt run (task, seed, sweep cell; or a transfer-initialised run: its source task) or
+one baseline method of one task; the analyses come after all of them. A run whose init is another
+task's trained prompt depends on that task's unit (`source_unit`), which comes first in `units`. Every cached result is stored with a key derived from what determines it (the resolved
 TrainConfig for runs and baselines, prompt digests and settings for analyses), so a re-run skips
 work whose key is unchanged and a config change redoes only what it touches.
 """
@@ -14,28 +15,53 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softprompt.config import TrainConfig
+from softprompt.config import TASK_INIT, TrainConfig
 from softprompt.study.config import StudyConfig
+from softprompt.study.sweep import Cell, cell_label
 
 
 @dataclass(frozen=True)
 class Unit:
-    """One independent piece of a study: a prompt run (`seed` set) or a baseline (`method` set)."""
+    """One piece of a study: a prompt run (`seed` set; in a sweep `cell`; `source`: the task whose trained
+    prompt it starts from, for [transfer] init) or a baseline (`method` set)."""
 
     task: str
     seed: int | None = None
     method: str | None = None
+    cell: Cell = ()
+    source: str | None = None
 
     def __str__(self) -> str:  # the name progress bars and errors use, e.g. "run rte-s1", "baseline rte lora"
         if self.method is None:
-            return f"run {run_name(self.task, self.seed)}"
+            where = f" [{cell_label(self.cell)}]" if self.cell else ""
+            return f"run {run_name(self.task, self.seed, self.source)}{where}"
         return f"baseline {task_dir_name(self.task)} {self.method}"
 
 
 def units(cfg: StudyConfig) -> list[Unit]:
-    """The independent units in the local executor's order: every prompt run, then the baselines."""
-    runs = [Unit(task, seed=seed) for task in cfg.tasks for seed in cfg.seeds]
+    """Every unit, each after the unit it depends on: the prompt runs of every cell (sources first), the
+    transfer-initialised runs, then the baselines."""
+    runs = [Unit(task, seed=seed, cell=cell) for cell in cfg.cells() for task in cfg.tasks for seed in cfg.seeds]
+    runs.sort(key=lambda u: source_unit(cfg, u) is not None)  # stable: the order within each group is kept
+    if cfg.transfer.init:
+        cell = cfg.analysis_cell()
+        pairs = [(a, b) for a in cfg.tasks for b in cfg.tasks if a != b]
+        runs += [Unit(b, seed=seed, cell=cell, source=a) for a, b in pairs for seed in cfg.seeds]
     return runs + [Unit(task, method=m) for task in cfg.tasks for m in cfg.baselines.methods]
+
+
+def source_unit(cfg: StudyConfig, unit: Unit) -> Unit | None:
+    """The prompt run whose trained prompt `unit` starts from: its [transfer] source, or the task an init
+    `task:NAME` names (NAME's own run, which starts from its text, has none)."""
+    if unit.method is not None or unit.seed is None:
+        return None
+    name = unit.source
+    if name is None:
+        init = cfg.run_config(unit.task, unit.seed, unit.cell).init
+        name = init[len(TASK_INIT) :] if init.startswith(TASK_INIT) else None
+    if name is None or name == unit.task:
+        return None
+    return Unit(name, seed=unit.seed, cell=unit.cell)
 
 
 # ----------------------------------------------------------------------------- paths
@@ -48,12 +74,17 @@ def task_dir_name(task: str) -> str:
     return safe or "task"
 
 
-def run_name(task: str, seed: int | None) -> str:
+def run_name(task: str, seed: int | None, source: str | None = None) -> str:
+    """`rte-s0`; a run started from another task's prompt: `rte-from-sst2-s0`."""
+    if source is not None:
+        return f"{task_dir_name(task)}-from-{task_dir_name(source)}-s{seed}"
     return f"{task_dir_name(task)}-s{seed}"
 
 
-def run_dir(out: Path, task: str, seed: int) -> Path:
-    return out / "runs" / run_name(task, seed)
+def run_dir(out: Path, task: str, seed: int, cell_dir: str = "", source: str | None = None) -> Path:
+    """`out/runs/rte-s0` (no sweep) or `out/runs/tokens=20,init=text/rte-s0` (`cell_dir`: `sweep.cell_name`)."""
+    base = out / "runs" / cell_dir if cell_dir else out / "runs"
+    return base / run_name(task, seed, source)
 
 
 def baseline_dir(out: Path, task: str, method: str) -> Path:

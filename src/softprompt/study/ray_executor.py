@@ -10,6 +10,9 @@ times, and a retried prompt run resumes from its checkpoint (`Study.ensure_run`)
 raised by the unit itself (a SoftPromptError such as divergence or a bad task file) is not retried:
 it would fail again. It stops the study with a one-line error naming the unit.
 
+A unit that starts from another unit's trained prompt (a `task:` init, [transfer] init) gets that
+unit's result as an argument, so Ray starts it only after its source finished.
+
 Ray is imported only here, and this module only when `--executor ray` is asked for.
 """
 
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from softprompt.errors import SoftPromptError
 from softprompt.logging_setup import quiet_libraries
 from softprompt.study.executors import ExecutorResult, StudyProgress
+from softprompt.study.plan import source_unit
 from softprompt.study.units import Study, analyses_unit, process_model_cache, run_unit
 
 if TYPE_CHECKING:
@@ -62,8 +66,9 @@ def import_ray():
     return ray
 
 
-def _remote_unit(study: Study, unit: Unit | None, threads: int) -> dict[str, Any]:
-    """On a Ray worker: one unit, or the analyses when `unit` is None, on this process's cached models."""
+def _remote_unit(study: Study, unit: Unit | None, threads: int, *after: Any) -> dict[str, Any]:
+    """On a Ray worker: one unit, or the analyses when `unit` is None, on this process's cached models. `after`:
+    the results of the units it depends on (Ray runs it once they exist; their values are not needed)."""
     import torch
 
     quiet_libraries()
@@ -87,7 +92,11 @@ def run_on_ray(study: Study, units: list[Unit], bar: StudyProgress, options: Ray
             retry_exceptions=False,
         )
         remote_study = dataclasses.replace(study, progress=False, timings={})  # no per-run bars from workers
-        pending = {task.remote(remote_study, unit, options.threads): unit for unit in units}
+        refs: dict[Unit, Any] = {}
+        for unit in units:  # a unit's source comes before it in `units`
+            source = source_unit(study.cfg, unit)
+            refs[unit] = task.remote(remote_study, unit, options.threads, *([refs[source]] if source in refs else []))
+        pending = {ref: unit for unit, ref in refs.items()}
         done: dict[Unit, dict[str, Any]] = {}
         bar.current(f"{len(pending)} units queued")
         try:

@@ -19,7 +19,8 @@ from softprompt.io import read_json, remove_stale_temporaries, write_json
 from softprompt.learning import learning_verdict
 from softprompt.locks import directory_lock
 from softprompt.report import write_report
-from softprompt.runs import METRICS_FILE, Run, load_run
+from softprompt.report.ablations import ablation_results
+from softprompt.runs import METRICS_FILE, load_run
 from softprompt.study.config import StudyConfig, load_study_config
 from softprompt.study.executors import ExecutorResult, StudyProgress, run_locally
 from softprompt.study.plan import Unit, task_dir_name
@@ -119,18 +120,19 @@ def _run_study(cfg: StudyConfig, out: Path, inputs, progress: bool, executor: st
 
 
 def _results(study: Study, units: list[Unit], outcome: ExecutorResult, *, wall_time_s: float) -> dict[str, Any]:
-    """results.json: the config, the setup, every prompt run, every baseline row and every analysis."""
+    """results.json: the config, the setup, the analysis cell's prompt runs, every baseline row and every analysis;
+    with a sweep, every cell's runs and the ablation table; with [transfer] init, the transfer-initialised runs."""
     done, final, executor_info = outcome
     actions: dict[str, str] = {}
     baselines: dict[str, dict] = {}
     for unit in units:
         if unit.method is None:
-            name = study.run_dir(unit.task, unit.seed).name
+            name = study.run_label(unit)
             actions[name] = done[unit]["action"]
             study.timings[name] = done[unit]["seconds"]
         else:
             baselines.setdefault(task_dir_name(unit.task), {})[unit.method] = done[unit]["row"]
-    return {
+    results = {
         "study": study.cfg.to_json(),
         "setup": {
             **final["setup"],
@@ -139,21 +141,32 @@ def _results(study: Study, units: list[Unit], outcome: ExecutorResult, *, wall_t
             "actions": actions,
             "inputs": study.inputs,
         },
-        "runs": [_run_summary(load_run(d)) for _, _, d in study.prompt_runs()],
+        "runs": [_run_summary(study, u) for u in study.analysis_units()],
         "baselines": baselines,
         **final["analyses"],
     }
+    if study.cfg.sweep:
+        cell_runs = [_run_summary(study, u) for u in units if u.method is None and u.source is None]
+        results["sweep"] = {"axes": study.cfg.sweep, "analysis_cell": dict(study.cfg.analysis_cell()), "runs": cell_runs}
+        by_task = {t: baselines.get(task_dir_name(t), {}) for t in study.cfg.tasks}  # keyed as the runs name their task
+        results["ablations"] = ablation_results(study.cfg.sweep, study.cfg.analysis_cell(), cell_runs, by_task)
+    if study.cfg.transfer.init:
+        results["transfer_init_runs"] = [_run_summary(study, u) for u in units if u.source is not None]
+    return results
 
 
-def _run_summary(run: Run) -> dict:
+def _run_summary(study: Study, unit: Unit) -> dict:
+    run = load_run(study.run_dir(unit))
     record = run.record
     metrics = run.path / METRICS_FILE
     history = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
     return {
-        "name": run.path.name,
+        "name": study.run_label(unit),
         "path": str(run.path),
         "task": run.task,
         "seed": run.config["seed"],
+        **({"cell": dict(unit.cell)} if unit.cell else {}),
+        **({"source": unit.source} if unit.source else {}),
         "final": record.final or {},
         "best": record.best,
         "baselines": record.baselines or {},

@@ -11,19 +11,30 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from softprompt.baseline_runs import run_baselines
 from softprompt.baselines import TRAINED, baseline_config, result_inputs
-from softprompt.config import TrainConfig
+from softprompt.config import RUN_INIT, TASK_INIT, TrainConfig
 from softprompt.inputs import MODEL_REVISION, input_changes
 from softprompt.io import read_json, write_json
 from softprompt.prompt import PROMPT_FILE
-from softprompt.runs import COMPLETE, CONFLICT, RESUMABLE, load_run, package_versions, run_state, warn_unknown_inputs
+from softprompt.runs import COMPLETE, CONFLICT, RESUMABLE, RUN_FILE, load_run, package_versions, run_state, warn_unknown_inputs
 from softprompt.study.config import StudyConfig
-from softprompt.study.plan import Unit, analysis_dir, baseline_dir, file_digest, model_cache_key, run_dir, units, work_key
+from softprompt.study.plan import (
+    Unit,
+    analysis_dir,
+    baseline_dir,
+    file_digest,
+    model_cache_key,
+    run_dir,
+    source_unit,
+    units,
+    work_key,
+)
+from softprompt.study.sweep import cell_name
 from softprompt.train import train
 
 if TYPE_CHECKING:
@@ -43,14 +54,38 @@ class Study:
     timings: dict[str, float] = field(default_factory=dict)
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> its digests (softprompt.inputs)
 
-    def run_dir(self, task: str, seed: int) -> Path:
-        return run_dir(self.out, task, seed)
+    def run_dir(self, unit: Unit) -> Path:
+        cell_dir = cell_name(self.cfg.sweep, unit.cell) if self.cfg.sweep else ""
+        assert unit.seed is not None
+        return run_dir(self.out, unit.task, unit.seed, cell_dir, unit.source)
+
+    def run_label(self, unit: Unit) -> str:
+        """The run's directory under runs/: `rte-s0`, `tokens=20,init=text/rte-s0`, `rte-from-sst2-s0`."""
+        return self.run_dir(unit).relative_to(self.out / "runs").as_posix()
+
+    def analysis_units(self) -> list[Unit]:
+        """The prompt runs of the analysis cell: what the accuracy table and the interpretation sections read."""
+        cell = self.cfg.analysis_cell()
+        return [Unit(t, seed=s, cell=cell) for t in self.cfg.tasks for s in self.cfg.seeds]
 
     def prompt_runs(self) -> list[tuple[str, int, Path]]:
-        return [(t, s, self.run_dir(t, s)) for t in self.cfg.tasks for s in self.cfg.seeds]
+        """(task, seed, directory) of the analysis cell's prompt runs."""
+        return [(u.task, u.seed, self.run_dir(u)) for u in self.analysis_units() if u.seed is not None]
 
     def units(self) -> list[Unit]:
         return units(self.cfg)
+
+    def run_config(self, unit: Unit) -> TrainConfig:
+        """A prompt unit's config: an init from another task's trained prompt becomes `run:` its run directory (its
+        content hash is checked by `run_state`); a `task:NAME` init of NAME's own run becomes text."""
+        assert unit.seed is not None
+        cfg = self.cfg.run_config(unit.task, unit.seed, unit.cell)
+        source = source_unit(self.cfg, unit)
+        if source is not None:
+            return replace(cfg, init=f"{RUN_INIT}{self.run_dir(source)}")
+        if cfg.init.startswith(TASK_INIT):
+            return replace(cfg, init="text")
+        return cfg
 
     def ensure_run(self, cfg: TrainConfig, out: Path, models: ModelCache) -> str:
         """Train `cfg` into `out` unless an identical complete run is there; returns what was done.
@@ -159,9 +194,7 @@ def run_unit(study: Study, models: ModelCache, unit: Unit) -> dict[str, Any]:
     """Do one unit: {"action": ...} for a prompt run, {"row": ...} for a baseline; plus its seconds."""
     t0 = time.perf_counter()
     if unit.method is None:
-        assert unit.seed is not None
-        cfg = study.cfg.run_config(unit.task, unit.seed)
-        out: dict[str, Any] = {"action": study.ensure_run(cfg, study.run_dir(unit.task, unit.seed), models)}
+        out: dict[str, Any] = {"action": study.ensure_run(study.run_config(unit), study.run_dir(unit), models)}
     else:
         out = {"row": baseline_unit(study, unit.task, unit.method, models)}
     out["seconds"] = time.perf_counter() - t0
@@ -232,7 +265,33 @@ def analyses_unit(study: Study, models: ModelCache) -> dict[str, Any]:
     analyses = {"neighbors": _neighbors(study, runs, digests, models), "geometry": _geometry(study, runs, digests)}
     if study.cfg.analysis.transfer:
         analyses["transfer"] = _transfer(study, runs, digests, models)
+    if study.cfg.transfer.init:
+        analyses["transfer_init"] = _transfer_init(study, (analyses.get("transfer") or {}).get("task_level"))
     return {"analyses": analyses, "setup": models.facts()}
+
+
+def _transfer_init(study: Study, zero_shot: dict[str, Any] | None) -> dict[str, Any]:
+    """Each transfer-initialised run against its target's own run, cached by every involved run's files."""
+    from softprompt.analysis.transfer_init import TransferredRun, transfer_init_report
+
+    pairs = []
+    for unit in (u for u in study.units() if u.source is not None):
+        assert unit.seed is not None
+        own, source = Unit(unit.task, seed=unit.seed, cell=unit.cell), Unit(unit.source, seed=unit.seed, cell=unit.cell)
+        runs = [load_run(study.run_dir(u)) for u in (unit, own, source)]
+        pairs.append(TransferredRun(unit.source, unit.task, unit.seed, *runs))
+    files = [file_digest(r.path / name) for p in pairs for r in (p.run, p.own, p.source_run) for name in (PROMPT_FILE, RUN_FILE)]
+    own_init = dict(study.cfg.analysis_cell()).get("init", study.cfg.train.init)
+    adir = analysis_dir(study.out)
+    key = work_key("transfer_init", files, own_init, zero_shot)
+    hit = _cached(adir / "transfer_init.cache.json", key)
+    if hit is None:
+        hit = _store(
+            adir / "transfer_init.cache.json",
+            key,
+            transfer_init_report(pairs, own_init, adir / "transfer_init", zero_shot=zero_shot),
+        )
+    return hit
 
 
 def _neighbors(study: Study, runs, digests: list[str], models: ModelCache) -> dict[str, Any]:
