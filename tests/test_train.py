@@ -97,25 +97,16 @@ def test_interrupt_inside_a_step_or_epoch_bookkeeping_resumes_identically(tiny_l
 
 
 @pytest.mark.parametrize("stop_at", [2, 5, 7])
-def test_resume_after_interrupt_is_bit_identical(tiny_llama, toy_data, tmp_path, monkeypatch, stop_at):
+def test_resume_after_interrupt_is_bit_identical(tiny_llama, toy_data, tmp_path, interrupt_at, stop_at):
     cfg = _cfg(toy_data, batch_size=2, grad_accum=2)
     train(cfg, tmp_path / "ref", backbone=tiny_llama, progress=False)
-    calls = {"n": 0}
-    real = train_mod.LOSSES["choices"]
-
-    def interrupting(scores, labels):
-        calls["n"] += 1
-        if calls["n"] == stop_at:
-            raise KeyboardInterrupt
-        return real(scores, labels)
-
-    monkeypatch.setitem(train_mod.LOSSES, "choices", interrupting)
+    interrupt_at(stop_at)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False)
     assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "interrupted"
     with pytest.raises(SoftPromptError, match="interrupted"):
         load_run(tmp_path / "cut")
-    monkeypatch.setitem(train_mod.LOSSES, "choices", real)
+    interrupt_at(None)
     with pytest.raises(SoftPromptError, match="--resume"):
         train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False)
     train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False, resume=True)

@@ -155,22 +155,13 @@ def test_train_loss_is_the_mean_since_the_previous_evaluation(tiny_llama, toy_da
 
 
 @pytest.mark.parametrize("stop_at", [3, 6])
-def test_resume_with_dev_curves_and_reparam_is_bit_identical(tiny_llama, toy_data, tmp_path, monkeypatch, stop_at):
+def test_resume_with_dev_curves_and_reparam_is_bit_identical(tiny_llama, toy_data, tmp_path, interrupt_at, stop_at):
     cfg = _cfg(toy_data, epochs=3, batch_size=2, dev_size=4, eval_every=3, reparam="residual", reparam_hidden=8)
     train(cfg, tmp_path / "ref", backbone=tiny_llama, progress=False)
-    calls = {"n": 0}
-    real = train_mod.LOSSES["choices"]
-
-    def interrupting(scores, labels):
-        calls["n"] += 1
-        if calls["n"] == stop_at:
-            raise KeyboardInterrupt
-        return real(scores, labels)
-
-    monkeypatch.setitem(train_mod.LOSSES, "choices", interrupting)
+    interrupt_at(stop_at)
     with pytest.raises(KeyboardInterrupt):
         train(cfg.__class__(**{**cfg.to_dict(), "checkpoint_every": 1}), tmp_path / "cut", backbone=tiny_llama, progress=False)
-    monkeypatch.setitem(train_mod.LOSSES, "choices", real)
+    interrupt_at(None)
     cut_cfg = cfg.__class__(**{**cfg.to_dict(), "checkpoint_every": 1})
     train(cut_cfg, tmp_path / "cut", backbone=tiny_llama, progress=False, resume=True)
     for name in ("prompt.safetensors", "best.safetensors"):

@@ -199,9 +199,7 @@ class TrainData:
     prompt_format: str  # plain or chat (resolved from the config's `auto`)
 
 
-def prepare_data(
-    cfg: TrainConfig, backbone: Backbone | None, dp: DataParallel, *, trust_remote_code: bool = False
-) -> TrainData:
+def prepare_data(cfg: TrainConfig, backbone: Backbone | None, dp: DataParallel, *, trust_remote_code: bool = False) -> TrainData:
     """The task's examples (training subsample and dev split), the backbone (loaded unless given; a Hub
     model's own code only with `trust_remote_code`), the resolved prompt format and the tokenized rows."""
     task = get_task(cfg.task)

@@ -15,9 +15,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     cfg = TrainConfig(**config_values(a))
     out = Path(a.out or f"runs/{cfg.task.replace('/', '_').removesuffix('.toml')}-{cfg.method}-s{cfg.seed}")
-    res = train(
-        cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet, trust_remote_code=a.trust_remote_code
-    )
+    res = train(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet, trust_remote_code=a.trust_remote_code)
     if not setup_data_parallel(cfg.device).is_main:  # under `accelerate launch`, one summary
         return 0
     rows = [{"prompt": f"soft ({cfg.method}, last)" if cfg.method == "prompt" else cfg.method, **result_row(res.final)}]
