@@ -59,8 +59,11 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float, str]:
 
 
 def run_group(task: str, model: str) -> str:
-    """The runs' folder: the task's name (a task file's stem), under the model's name unless it is the default."""
-    name = Path(task).stem if task.endswith(".toml") else task
+    """The runs' folder: the task's name (a task file's stem, or its folder's name for a `task.toml`), under the
+    model's name unless it is the default."""
+    name = task
+    if task.endswith(".toml"):  # examples/mrpc/task.toml -> mrpc
+        name = Path(task).parent.name if Path(task).stem == "task" else Path(task).stem
     return name if model == DEFAULT_MODEL else f"{model.replace('/', '_')}/{name}"
 
 

@@ -230,6 +230,29 @@ def test_default_prompt_lr_follows_the_embedding_scale(tiny_llama, toy_data, tmp
     assert TrainConfig(method="lora").lr == 1e-3 and TrainConfig().lr is None
 
 
+def test_a_changed_default_lr_makes_a_default_lr_run_a_conflict(tiny_llama, toy_data, tmp_path, monkeypatch):
+    """Runs at the default lr record the factor they used: after the default changes, a study retrains them and
+    --resume refuses them, instead of reusing a prompt trained at another rate. An explicit --lr is unaffected."""
+    import softprompt.runs as runs_mod
+    from softprompt.io import read_json, write_json
+    from softprompt.runs import COMPLETE, CONFLICT, run_state
+
+    cfg, fixed = _cfg(toy_data, epochs=1, lr=None), _cfg(toy_data, epochs=1, lr=0.05)
+    train(cfg, tmp_path / "default", backbone=tiny_llama, progress=False, baselines=False)
+    train(fixed, tmp_path / "fixed", backbone=tiny_llama, progress=False, baselines=False)
+    assert load_run(tmp_path / "default").record.resolved["lr_per_std"] == PROMPT_LR_PER_STD
+    assert run_state(tmp_path / "default", cfg).kind == COMPLETE
+    monkeypatch.setattr(runs_mod, "PROMPT_LR_PER_STD", PROMPT_LR_PER_STD * 2)
+    state = run_state(tmp_path / "default", cfg)
+    assert state.kind == CONFLICT and state.changed == ("lr (the default learning rate changed since this run)",)
+    assert run_state(tmp_path / "fixed", fixed).kind == COMPLETE
+    monkeypatch.setattr(runs_mod, "PROMPT_LR_PER_STD", runs_mod.LEGACY_LR_PER_STD)
+    record = read_json(tmp_path / "default" / "run.json")
+    del record["resolved"]["lr_per_std"]  # a run made before the factor was recorded used the legacy one
+    write_json(tmp_path / "default" / "run.json", record)
+    assert run_state(tmp_path / "default", cfg).kind == COMPLETE
+
+
 def test_gradient_clipping_is_applied(tiny_llama, toy_data, tmp_path, monkeypatch):
     norms: list[float] = []
     real = torch.nn.utils.clip_grad_norm_

@@ -32,7 +32,7 @@ COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 EXECUTORS = ("local", "ray")
 REPARAMS = ("none", "mlp", "residual")  # softprompt.reparam implements them
 DEFAULT_LR = {"finetune": 2e-5, "lora": 1e-3}  # a prompt's default is relative to the embedding scale:
-PROMPT_LR_PER_STD = 0.025  # lr = this x the std of the model's input-embedding outputs (bench/README, convergence)
+PROMPT_LR_PER_STD = 0.082  # lr = this x the std of the input-embedding outputs: SmolLM2 1.0e-2 (bench/README, "Convergence")
 # Values of fields that runs saved before the field existed actually used (when they differ from today's default).
 LEGACY_VALUES: dict[str, Any] = {"prompt_format": "plain"}
 SCORING_STRATEGIES = ("auto", "plain", "padded", "kv_tree")  # softprompt.scoring.options implements them

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from softprompt.config import RUN_INIT, TrainConfig
+from softprompt.config import PROMPT_LR_PER_STD, RUN_INIT, TrainConfig
 from softprompt.errors import SoftPromptError, warn
 from softprompt.inputs import MODEL_REVISION, file_sha256, input_changes
 from softprompt.io import read_json, write_json
@@ -70,7 +70,7 @@ class RunRecord:
     final: dict[str, Any] | None = None  # EvalResult.metrics() of the last epoch
     best: dict[str, Any] | None = None  # epoch, metric, value
     baselines: dict[str, dict[str, Any]] | None = None  # no_prompt, english_prompt: EvalResult.metrics()
-    resolved: dict[str, Any] | None = None  # settings resolved at training time: lr, prompt_format
+    resolved: dict[str, Any] | None = None  # settings resolved at training time: lr (lr_per_std when by default), prompt_format
     dev_examples: int | None = None  # size of the development split held out of the training data
     train_examples: int | None = None
     train_label_counts: list[int] | None = None  # training examples per class (the chance loss of learning.py)
@@ -236,6 +236,19 @@ def _init_source_changed(cfg: TrainConfig, record: RunRecord) -> bool:
     return recorded is not None and file.exists() and file_sha256(file) != recorded
 
 
+# The default prompt learning rate, relative to the embedding scale, of runs that did not record it (issue #14's
+# first recipe); runs before that stored their learning rate in the config itself.
+LEGACY_LR_PER_STD = 0.025
+
+
+def _default_lr_changed(cfg: TrainConfig, record: RunRecord) -> bool:
+    """A prompt run trained at the default learning rate (lr left out) is another run once the default changes:
+    run.json records the factor it used (`resolved.lr_per_std`), so a study retrains it instead of reusing it."""
+    if cfg.method != "prompt" or cfg.lr is not None or record.config.get("lr") is not None:
+        return False
+    return (record.resolved or {}).get("lr_per_std", LEGACY_LR_PER_STD) != PROMPT_LR_PER_STD
+
+
 ABSENT, COMPLETE, RESUMABLE, CONFLICT = "absent", "complete", "resumable", "conflict"
 
 
@@ -272,6 +285,8 @@ def run_state(out: str | Path, cfg: TrainConfig, inputs: dict[str, Any] | None =
     changed = tuple(cfg.differences(record.config))
     if not changed and _init_source_changed(cfg, record):
         changed = ("init source",)
+    if not changed and _default_lr_changed(cfg, record):
+        changed = ("lr (the default learning rate changed since this run)",)
     if changed or inputs_changed:
         return RunState(CONFLICT, status, changed, inputs_changed, unknown)
     return RunState(COMPLETE if status == "complete" else RESUMABLE, status, inputs_unknown=unknown)

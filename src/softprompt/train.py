@@ -748,7 +748,11 @@ def run_record(cfg: TrainConfig, data: TrainData, trainables: Trainables, *, pro
         parameters=trainables.counts(backbone),
         versions=package_versions(),
         processes=processes,
-        resolved={"lr": trainables.lr, "prompt_format": data.prompt_format},
+        resolved={
+            "lr": trainables.lr,
+            "lr_per_std": PROMPT_LR_PER_STD if cfg.method == "prompt" and cfg.lr is None else None,
+            "prompt_format": data.prompt_format,
+        },
         train_label_counts=[sum(1 for e in data.examples if e.label == k) for k in range(task.num_classes)],
         dev_examples=len(data.dev),
     )
