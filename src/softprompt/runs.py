@@ -244,9 +244,9 @@ LEGACY_LR_PER_STD = 0.025
 def _default_lr_changed(cfg: TrainConfig, record: RunRecord) -> bool:
     """A prompt run trained at the default learning rate (lr left out) is another run once the default changes:
     run.json records the factor it used (`resolved.lr_per_std`), so a study retrains it instead of reusing it."""
-    if cfg.method != "prompt" or cfg.lr is not None or record.config.get("lr") is not None:
-        return False
-    return (record.resolved or {}).get("lr_per_std", LEGACY_LR_PER_STD) != PROMPT_LR_PER_STD
+    if cfg.method != "prompt" or cfg.lr is not None or record.config.get("lr") is not None or record.resolved is None:
+        return False  # (a record with nothing resolved says nothing about its rate)
+    return record.resolved.get("lr_per_std", LEGACY_LR_PER_STD) != PROMPT_LR_PER_STD
 
 
 ABSENT, COMPLETE, RESUMABLE, CONFLICT = "absent", "complete", "resumable", "conflict"
