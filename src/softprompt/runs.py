@@ -136,7 +136,7 @@ class Run:
         SHA-256 recorded when the file was saved (another run's prompt copied in is refused)."""
         if self.method != "prompt":
             raise SoftPromptError(f"run {self.path} trained method {self.method!r}: it has no soft prompt")
-        name = PROMPT_FILE if which == "last" else BEST_PROMPT_FILE
+        name = prompt_file_name(which)
         path = self.path / name
         recorded = (self.record.artifacts or {}).get(name)
         if recorded and path.is_file() and file_sha256(path) != recorded.get("sha256"):
@@ -198,6 +198,11 @@ def observed_status(record: RunRecord) -> str:
     return record.status
 
 
+def prompt_file_name(which: str) -> str:
+    """The file of a run's `last` or `best` prompt."""
+    return PROMPT_FILE if which == "last" else BEST_PROMPT_FILE
+
+
 @dataclass(frozen=True)
 class InitSource:
     """The trained prompt a `run:PATH` init starts from, and what run.json records about it (`facts`)."""
@@ -214,7 +219,7 @@ def init_source(init: str) -> InitSource:
         prompt = run.prompt(which)
     except SoftPromptError as e:
         raise SoftPromptError(f"init {init}: {e}") from None
-    file = path / (PROMPT_FILE if which == "last" else BEST_PROMPT_FILE)
+    file = path / prompt_file_name(which)
     facts = {
         "run": str(path.absolute()),
         "file": file.name,
@@ -232,7 +237,7 @@ def _init_source_changed(cfg: TrainConfig, record: RunRecord) -> bool:
         return False
     recorded = ((record.prompt or {}).get("source") or {}).get("sha256")
     path, which = parse_run_init(cfg.init)
-    file = path / (PROMPT_FILE if which == "last" else BEST_PROMPT_FILE)
+    file = path / prompt_file_name(which)
     return recorded is not None and file.exists() and file_sha256(file) != recorded
 
 
