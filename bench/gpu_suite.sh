@@ -10,7 +10,8 @@
 #   bash bench/gpu_suite.sh train-bloomz-560m-rte-b32 eval-smollm2-135m   # only these cells (a rerun)
 #
 # Needs bench/carry/ (bash bench/prepare_carry.sh; $CARRY overrides it). Budgets, in seconds:
-# SUITE_BUDGET_S for all cells (450), TRAIN_CELL_S and EVAL_CELL_S per cell (75, 90). A cell gets the
+# SUITE_BUDGET_S for all cells (450), TRAIN_CELL_S and EVAL_CELL_S per cell (75, 90). TRAIN_ARMS and EVAL_ARMS
+# replace the cells' --arms lists. A cell gets the
 # smaller of its budget and what is left, is killed at its end (`timeout`), and a cell that would start
 # with under 20 s left is skipped: one slow cell cannot eat the session. Inside a training cell the
 # timed epoch is capped to fit (train_vs_peft.py --time-budget), so a slow arm gives fewer steps, not
@@ -79,13 +80,13 @@ for cell in "${cells[@]}"; do
             # warm-up and the end: 35 s
             cmd=("$PY" bench/train_vs_peft.py --device "$device" --shape "$shape" --task "$task" --batch-size "$batch"
                  --train 256 --epochs 1 --warmup-steps 3 --val 0 --mem-steps 0 --sync-every 8
-                 --arms softprompt,softprompt-kv_tree,peft,peft-bf16)
+                 --arms "${TRAIN_ARMS:-softprompt,softprompt-kv_tree,peft,peft-bf16}")
             ;;
         eval-*)
             shape=${cell#eval-}
             budget=$EVAL_CELL_S
             cmd=("$PY" bench/eval_vs_naive.py --device "$device" --shape "$shape" --tasks rte,sst2 --limit 128 --reps 2
-                 --dtypes float32,auto --arms softprompt,softprompt-kv_tree,naive)
+                 --dtypes float32,auto --arms "${EVAL_ARMS:-softprompt,softprompt-kv_tree,naive}")
             ;;
         *) echo "unknown cell $cell: expected train-SHAPE-TASK-bBATCH or eval-SHAPE" >&2; exit 2 ;;
     esac

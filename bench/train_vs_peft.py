@@ -77,7 +77,7 @@ from softprompt.tasks import get_task  # noqa: E402
 from softprompt.train import Trainables, TrainData, TrainingLoop, epoch_order, lr_lambda  # noqa: E402
 
 ARMS = ("softprompt", "softprompt-fp32", "softprompt-plain", "softprompt-padded", "softprompt-kv_tree", "softprompt-grouped")
-ARMS += ("softprompt-lm", "peft", "peft-bf16")
+ARMS += ("softprompt-lm", "softprompt-cudnn", "peft", "peft-bf16")
 
 
 class Arm:
@@ -143,7 +143,10 @@ SOFTPROMPT_ARMS = {
     "softprompt-kv_tree": {"scoring_strategy": "kv_tree"},
     "softprompt-grouped": {"group_by_length": True},
     "softprompt-lm": {"loss": "lm", "warmup": 0.0, "weight_decay": 0.01},  # PEFT's objective and schedule
+    "softprompt-cudnn": {},  # `auto` with cuDNN's attention allowed on CUDA (what it was before scoring.attention left it out)
 }
+# softprompt arm -> the scoring options it runs with, where not TrainConfig's default
+ARM_SCORING = {"softprompt-cudnn": scoring.ScoringOptions(cudnn_attention=True)}
 
 
 class SoftpromptArm(Arm):
@@ -166,7 +169,9 @@ class SoftpromptArm(Arm):
         data = TrainData(task, backbone, examples, self.encoded, dev=[], prompt_format="plain")
         encoder = PromptEncoder(self.prompt, "none", 0)
         trainables = Trainables(self.prompt, encoder.named_trainables(), lr=args.lr, encoder=encoder)
-        self.loop = TrainingLoop(cfg, Path("bench-writes-nothing"), data, trainables, SINGLE, scoring=None, progress=False)
+        self.loop = TrainingLoop(
+            cfg, Path("bench-writes-nothing"), data, trainables, SINGLE, scoring=ARM_SCORING.get(name), progress=False
+        )
         self.compute_dtype = self.loop.compute_dtype
         steps = math.ceil(len(examples) / args.batch_size) * args.epochs + args.warmup_steps
         schedule = lr_lambda("linear", int(cfg.warmup * steps), steps)

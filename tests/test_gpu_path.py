@@ -116,3 +116,34 @@ def test_read_cadence_follows_the_device_table(tiny_llama, toy_data, tmp_path):
         cfg.scoring_strategy = "kv_tree"
         TrainingLoop(cfg, tmp_path / "c", data, build_trainables(cfg, data, SINGLE), SINGLE, scoring=PADDED, progress=False)
     assert json.loads(json.dumps(cfg.to_dict()))["scoring_strategy"] == "kv_tree"  # part of the run's config
+
+
+def test_cuda_attention_leaves_out_cudnn_unless_asked():
+    """cuDNN's SDPA plans anew for every sequence length (measured on an H100: it doubled a llama training step)."""
+    from torch.nn.attention import SDPBackend
+
+    from softprompt.scoring.attention import sdpa_backends
+
+    allowed = sdpa_backends(torch.device("cuda"), ScoringOptions())
+    assert SDPBackend.CUDNN_ATTENTION not in allowed and SDPBackend.FLASH_ATTENTION in allowed
+    assert sdpa_backends(torch.device("cuda"), ScoringOptions(cudnn_attention=True)) is None
+    assert sdpa_backends(torch.device("cpu"), ScoringOptions()) is None
+
+
+def test_the_backend_choice_reaches_the_scoring_forward(tiny_llama, monkeypatch):
+    """The allowed backends wrap the forward itself: allowing only a backend this CPU lacks makes SDPA fail."""
+    from torch.nn.attention import SDPBackend
+
+    import softprompt.scoring.attention as attention
+
+    tok = tiny_llama.tokenizer
+    model = tiny_llama.model
+    assert model.config._attn_implementation == "sdpa"  # noqa: SLF001
+    batch = collate(encode_examples(EXAMPLES, tok, n_prompt=0), tok.pad_token_id)
+    with torch.no_grad():
+        expected = batch_choice_scores(model, None, batch, options=PADDED)
+        monkeypatch.setattr(attention, "sdpa_backends", lambda device, options: [SDPBackend.MATH])
+        assert torch.allclose(batch_choice_scores(model, None, batch, options=PADDED), expected, atol=1e-5)
+        monkeypatch.setattr(attention, "sdpa_backends", lambda device, options: [SDPBackend.CUDNN_ATTENTION])
+        with pytest.raises(RuntimeError):
+            batch_choice_scores(model, None, batch, options=PADDED)

@@ -50,6 +50,7 @@ class ScoringOptions:
     eager_backward: bool = True  # CPU + gradients: eager attention (its backward beats torch's CPU flash kernel's)
     group_overhead_tokens: int = 64  # fixed cost of one more forward (weights streamed again), in tokens
     padding_mask: bool = False  # padded: pass the padding mask anyway (for a model whose positions need it)
+    cudnn_attention: bool = False  # CUDA: let SDPA pick cuDNN's attention (it plans anew for every length)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

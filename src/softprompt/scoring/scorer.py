@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from softprompt.batching import Batch, EncodedExample, collate, length_batches
 from softprompt.errors import SoftPromptError
 from softprompt.scoring import kv_tree
-from softprompt.scoring.attention import eager_attention_for_backward
+from softprompt.scoring.attention import scoring_attention
 from softprompt.scoring.lowp import compute_model
 from softprompt.scoring.model import autocast_context, autocast_dtype, hidden_states, lm_logits
 from softprompt.scoring.options import DEFAULT, ScoringOptions, ScoringStats
@@ -96,7 +96,7 @@ def batch_choice_scores(
     device = next(model.parameters()).device
     low = compute_model(model, autocast_dtype(device), options) if options.accelerated else model
     batch = batch.to(device)  # one copy (none if the caller moved it already)
-    with eager_attention_for_backward(low, options) if options.accelerated else contextlib.nullcontext():
+    with scoring_attention(low, options) if options.accelerated else contextlib.nullcontext():
         picked = _target_hidden(low, prompt, batch, kv0, options, stats)
     logprobs = head_logprobs(model, low, picked, options)
     stats["head"] += picked.shape[0]
