@@ -33,3 +33,28 @@ def test_comparisons_state_n_and_call_ties():
     assert "above" in compare([0.80, 0.82, 0.81], 0.60) and "n=3, 3/3 seeds above" in compare([0.80, 0.82, 0.81], 0.60)
     assert "below" in compare([0.40, 0.41, 0.42], 0.60)
     assert "not a finding" in compare([0.9], 0.5)
+
+
+def _run(task: str, final: float, best: dict | None) -> dict:
+    return {"task": task, "final": {"accuracy": final, "f1_macro": final - 0.1}, "best": best, "parameters": {"trainable": 7}}
+
+
+def test_the_accuracy_table_shows_the_dev_selected_prompt_next_to_the_last():
+    from softprompt.report.tables import accuracy_rows
+
+    dev = [{"split": "dev", "metric": "accuracy", "value": 0.9, "validation": v} for v in (0.80, 0.84)]
+    cb = [{"split": "dev", "metric": "f1_macro", "value": 0.5, "validation": v} for v in (0.40, 0.50)]
+    results = {
+        "runs": [_run("sst2", 0.70, dev[0]), _run("sst2", 0.74, dev[1]), _run("cb", 0.6, cb[0]), _run("cb", 0.7, cb[1])],
+        "baselines": {},
+    }
+    rows = {(r["task"], r["method"]): r for r in accuracy_rows(results)}
+    assert rows["sst2", "soft_prompt"]["accuracy"] == pytest.approx(0.72)
+    assert rows["sst2", "soft_prompt_dev"]["accuracy"] == pytest.approx(0.82)
+    assert rows["sst2", "soft_prompt_dev"]["n_runs"] == 2 and rows["sst2", "soft_prompt_dev"]["f1_macro"] is None
+    # chosen on macro-F1: the row reports that metric and leaves accuracy empty rather than guessing it
+    assert rows["cb", "soft_prompt_dev"]["f1_macro"] == pytest.approx(0.45) and rows["cb", "soft_prompt_dev"]["accuracy"] is None
+    # one run without a dev split (its best is its last prompt): no dev-selected row for that task
+    results["runs"][1]["best"] = {"split": None, "metric": "accuracy", "value": 0.74}
+    rows = {(r["task"], r["method"]) for r in accuracy_rows(results)}
+    assert ("sst2", "soft_prompt_dev") not in rows and ("cb", "soft_prompt_dev") in rows

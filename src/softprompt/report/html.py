@@ -139,7 +139,11 @@ def _accuracy_section(results: dict, out: Path) -> str:
             r,
             method=METHOD_LABELS.get(r["method"], r["method"]),
             accuracy=(
-                f"{r['accuracy']:.3f} ± {r['accuracy_std']:.3f}" if r["accuracy_std"] is not None else f"{r['accuracy']:.3f}"
+                ""
+                if r["accuracy"] is None
+                else f"{r['accuracy']:.3f} ± {r['accuracy_std']:.3f}"
+                if r["accuracy_std"] is not None
+                else f"{r['accuracy']:.3f}"
             ),
         )
         for r in rows
@@ -153,6 +157,7 @@ def _accuracy_section(results: dict, out: Path) -> str:
             "f1_macro": r["final"].get("f1_macro"),
             "learned": (r.get("learning") or {}).get("text", "n/a"),
             "best epoch": (r.get("best") or {}).get("epoch"),
+            "dev-selected validation": (r.get("best") or {}).get("validation"),
             "wall time (s)": r.get("wall_time_s"),
         }
         for r in results["runs"]
@@ -166,7 +171,9 @@ def _accuracy_section(results: dict, out: Path) -> str:
             {"trainable_parameters": "trainable parameters", "n_runs": "runs"},
         )
         + "<p>Accuracy on the validation set (the same seeded subsample for every method). The soft prompt row is the "
-        "last-epoch prompt, mean ± sample std over seeds. Majority predicts the most frequent training label.</p>"
+        "last-epoch prompt, mean ± sample std over seeds; the dev-selected row (where runs carved a dev split from "
+        "their training data) is each run's best prompt by the dev split's task metric, scored on the same validation "
+        "examples, which played no part in choosing it. Majority predicts the most frequent training label.</p>"
         + _cell_note(results)
         + "<h3>Per run</h3>"
         + table(per_run)

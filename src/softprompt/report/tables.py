@@ -15,6 +15,7 @@ METHOD_LABELS = {
     "no_prompt": "no prompt",
     "english_prompt": "English prompt (hard)",
     "soft_prompt": "soft prompt (mean ± std over seeds)",
+    "soft_prompt_dev": "soft prompt, dev-selected (mean ± std)",
     "finetune": "full fine-tuning",
     "lora": "LoRA",
 }
@@ -59,8 +60,39 @@ def accuracy_rows(results: dict) -> list[dict]:
                 "n_runs": len(runs),
             }
         )
+        dev = _dev_selected_row(task, runs)
+        if dev is not None:
+            rows.append(dev)
         rows += [_baseline_row(task, m, base[m]) for m in ("finetune", "lora") if m in base]
     return rows
+
+
+def dev_selected_values(runs: Sequence[dict]) -> tuple[str, list[float]] | None:
+    """(metric, validation values) of the prompts chosen on the dev split carved from the training data, one per
+    run; None unless every run chose one (a run without a dev split has no selection: its last prompt is its best)."""
+    bests = [r.get("best") or {} for r in runs]
+    if not bests or any(b.get("split") != "dev" or b.get("validation") is None for b in bests):
+        return None
+    metrics = {b.get("metric") for b in bests}
+    if len(metrics) != 1 or None in metrics:
+        return None
+    return metrics.pop(), [b["validation"] for b in bests]
+
+
+def _dev_selected_row(task: str, runs: Sequence[dict]) -> dict | None:
+    """The dev-selected prompts' validation score, in the column of the task's metric (the best file is
+    chosen on the task's metric alone, so the other column stays empty)."""
+    found = dev_selected_values(runs)
+    if found is None:
+        return None
+    metric, values = found
+    m, s = mean_std(values)
+    row = {"task": task, "method": "soft_prompt_dev", "accuracy": None, "accuracy_std": None, "f1_macro": None}
+    if metric == "f1_macro":
+        row["f1_macro"] = m
+    else:
+        row.update(accuracy=m, accuracy_std=s)
+    return row | {"trainable_parameters": runs[0]["parameters"].get("trainable", 0), "n_runs": len(runs)}
 
 
 def to_csv(rows: Sequence[dict]) -> str:
