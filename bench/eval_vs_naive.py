@@ -48,13 +48,15 @@ from softprompt.prompt import SoftPrompt, init_prompt  # noqa: E402
 from softprompt.scoring import autocast_context, full_logits  # noqa: E402
 from softprompt.tasks import get_task  # noqa: E402
 
-ARMS = ("softprompt", "softprompt-plain", "softprompt-padded", "softprompt-kv_tree", "softprompt-cudnn", "naive")
+ARMS = ("softprompt", "softprompt-plain", "softprompt-padded", "softprompt-kv_tree", "softprompt-cudnn", "softprompt-lowp")
+ARMS += ("naive",)
 ARM_OPTIONS = {  # softprompt arm -> its scoring options (softprompt: the default, `auto`, the device's strategy)
     "softprompt": scoring.DEFAULT,
     "softprompt-plain": scoring.PLAIN,
     "softprompt-padded": scoring.ScoringOptions(strategy="padded"),
     "softprompt-kv_tree": scoring.ScoringOptions(strategy="kv_tree"),
     "softprompt-cudnn": scoring.ScoringOptions(cudnn_attention=True),  # `auto` with cuDNN's attention allowed on CUDA
+    "softprompt-lowp": scoring.ScoringOptions(lowp_devices=("cpu", "cuda", "mps")),  # bf16 weight copy on GPUs too
 }
 
 

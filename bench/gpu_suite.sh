@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # THE prepared GPU run of issue #13: training (softprompt = the `auto` scoring strategy, which on a GPU is
-# one padded forward; softprompt-kv_tree = the CPU's prefix tree; PEFT fp32; PEFT bf16) for
+# one padded forward; softprompt-lowp = the same with a bf16 weight copy; PEFT fp32; PEFT bf16; TRAIN_ARMS / EVAL_ARMS
+# override the arms, e.g. softprompt-kv_tree for the CPU's prefix tree, softprompt-cudnn with cuDNN attention) for
 # both model shapes x RTE and SST-2 x batch 8 and 32, and evaluation vs the naive scorer, on one GPU in
 # ~8 minutes; every result lands in $OUT (gpu_suite.json, summary.md, suite.log, cells.log).
 # How to call it through the device tool, and how to fold the results in: bench/README.md, "GPU run".
@@ -80,13 +81,13 @@ for cell in "${cells[@]}"; do
             # warm-up and the end: 35 s
             cmd=("$PY" bench/train_vs_peft.py --device "$device" --shape "$shape" --task "$task" --batch-size "$batch"
                  --train 256 --epochs 1 --warmup-steps 3 --val 0 --mem-steps 0 --sync-every 8
-                 --arms "${TRAIN_ARMS:-softprompt,softprompt-kv_tree,peft,peft-bf16}")
+                 --arms "${TRAIN_ARMS:-softprompt,softprompt-lowp,peft,peft-bf16}")
             ;;
         eval-*)
             shape=${cell#eval-}
             budget=$EVAL_CELL_S
             cmd=("$PY" bench/eval_vs_naive.py --device "$device" --shape "$shape" --tasks rte,sst2 --limit 128 --reps 2
-                 --dtypes float32,auto --arms "${EVAL_ARMS:-softprompt,softprompt-kv_tree,naive}")
+                 --dtypes float32,auto --arms "${EVAL_ARMS:-softprompt,softprompt-lowp,naive}")
             ;;
         *) echo "unknown cell $cell: expected train-SHAPE-TASK-bBATCH or eval-SHAPE" >&2; exit 2 ;;
     esac

@@ -15,8 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-TRAIN_ARMS = ("softprompt", "softprompt-kv_tree", "peft", "peft-bf16")  # softprompt = `auto`: on a GPU the padded strategy
+TRAIN_ARMS = ("softprompt", "softprompt-lowp", "peft", "peft-bf16")  # softprompt = `auto`: on a GPU the padded strategy
 SECOND = (
+    "softprompt-lowp",
     "softprompt-cudnn",
     "softprompt-kv_tree",
     "softprompt-plain",
@@ -90,7 +91,15 @@ def train_table(cells: dict) -> str:
                 res["timed_steps_per_epoch"],
             ]
         )
-    cols = ["shape", "task", "batch", "softprompt (auto) ex/s", "softprompt 2nd arm (cudnn or kv_tree)", "PEFT fp32", "PEFT bf16"]
+    cols = [
+        "shape",
+        "task",
+        "batch",
+        "softprompt (auto) ex/s",
+        "softprompt 2nd arm (lowp, cudnn or kv_tree)",
+        "PEFT fp32",
+        "PEFT bf16",
+    ]
     cols += ["softprompt / best PEFT", "best softprompt / best PEFT", "peak GiB sp / 2nd / PEFT / PEFT bf16"]
     cols += ["MFU vs bf16 peak (sp / 2nd)", "timed steps"]
     return _table(cols, rows)
@@ -128,7 +137,7 @@ def eval_table(cells: dict) -> str:
         "task",
         "dtype",
         "softprompt (auto) ex/s",
-        "softprompt 2nd arm (cudnn, kv_tree or plain)",
+        "softprompt 2nd arm (lowp, cudnn, kv_tree or plain)",
         "naive",
         "speedup",
     ]

@@ -77,7 +77,7 @@ from softprompt.tasks import get_task  # noqa: E402
 from softprompt.train import Trainables, TrainData, TrainingLoop, epoch_order, lr_lambda  # noqa: E402
 
 ARMS = ("softprompt", "softprompt-fp32", "softprompt-plain", "softprompt-padded", "softprompt-kv_tree", "softprompt-grouped")
-ARMS += ("softprompt-lm", "softprompt-cudnn", "peft", "peft-bf16")
+ARMS += ("softprompt-lm", "softprompt-cudnn", "softprompt-lowp", "peft", "peft-bf16")
 
 
 class Arm:
@@ -144,9 +144,13 @@ SOFTPROMPT_ARMS = {
     "softprompt-grouped": {"group_by_length": True},
     "softprompt-lm": {"loss": "lm", "warmup": 0.0, "weight_decay": 0.01},  # PEFT's objective and schedule
     "softprompt-cudnn": {},  # `auto` with cuDNN's attention allowed on CUDA (what it was before scoring.attention left it out)
+    "softprompt-lowp": {},  # `auto` with the bf16 weight copy on CUDA too (no per-forward weight casts)
 }
 # softprompt arm -> the scoring options it runs with, where not TrainConfig's default
-ARM_SCORING = {"softprompt-cudnn": scoring.ScoringOptions(cudnn_attention=True)}
+ARM_SCORING = {
+    "softprompt-cudnn": scoring.ScoringOptions(cudnn_attention=True),
+    "softprompt-lowp": scoring.ScoringOptions(lowp_devices=("cpu", "cuda", "mps")),
+}
 
 
 class SoftpromptArm(Arm):

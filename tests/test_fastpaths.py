@@ -301,3 +301,14 @@ def test_shared_head_saves_tokens_and_never_swallows_a_target():
     assert kv_tree.shared_length([[1, 2, 3, 4], [1, 2, 3, 9]], [1, 3]) == 1  # a target at position 1: cache only 1 token
     assert kv_tree.shared_length([[1, 2], [1, 2]], [1, 1]) == 1  # at least one token left in every row
     assert kv_tree.shared_length([[7, 2], [1, 2]], [1, 1]) == 0
+
+
+def test_low_precision_copy_only_on_the_listed_device_types(tiny_llama):
+    """By default the copy is a CPU measure; a GPU gets it only when asked (`lowp_devices`, the bench's lowp arm)."""
+    import copy
+
+    model = copy.deepcopy(tiny_llama.model).to("meta")
+    assert scoring.compute_model(model, torch.bfloat16) is model
+    low = scoring.compute_model(model, torch.bfloat16, scoring.ScoringOptions(lowp_devices=("cpu", "meta")))
+    assert low is not model and low.device.type == "meta"
+    assert {p.dtype for p in low.parameters() if p.dim() >= 2} == {torch.bfloat16}

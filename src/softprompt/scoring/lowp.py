@@ -41,11 +41,12 @@ COPIES = LowPrecisionCopies()
 
 
 def compute_model(model, dtype: torch.dtype | None, options: ScoringOptions = DEFAULT):
-    """`model` itself, or its cached copy whose frozen weights are stored in `dtype` (CPU autocast)."""
+    """`model` itself, or its cached copy whose frozen weights are stored in `dtype` (autocast on a device type
+    in `options.lowp_devices`: by default the CPU)."""
     if dtype is None or dtype == torch.float32 or not options.lowp_weights:
         return model
     params = list(model.parameters())
-    if not params or params[0].device.type != "cpu":
+    if not params or params[0].device.type not in options.lowp_devices:
         return model
     if any(p.requires_grad for p in params) or not all(p.dtype == torch.float32 for p in params):
         return model

@@ -45,6 +45,9 @@ class ScoringOptions:
     share_prefix: bool = True  # compute a multi-token-choice example's context once
     split_lengths: bool = True  # split a batch into length groups to skip padding
     lowp_weights: bool = True  # CPU autocast: keep a low-precision copy of frozen weights
+    # device types where that copy is used: on a GPU it would remove autocast's per-forward weight casts (a third
+    # of a llama step's launches, bench/README.md "GPU results"), not yet measured there, so CPU only by default
+    lowp_devices: tuple[str, ...] = ("cpu",)
     fp32_head: bool = True  # LM head in float32 on the scored positions under autocast
     fp32_residual: bool = True  # low-precision copy: residual stream in float32 (as autocast keeps it)
     eager_backward: bool = True  # CPU + gradients: eager attention (its backward beats torch's CPU flash kernel's)
