@@ -27,6 +27,17 @@ from softprompt.tasks import get_task
 from softprompt.tasks.base import Example
 
 
+def _checkpoint_step(path) -> int | None:
+    """The optimiser step a checkpoint file holds (None: none yet, or replaced while read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int(json.loads((f.metadata() or {})["state"])["optimizer_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _train_cmd(model_dir, data, out, *extra):
     return [
         sys.executable,
@@ -42,7 +53,7 @@ def _train_cmd(model_dir, data, out, *extra):
         "--tokens",
         "3",
         "--epochs",
-        "40",
+        "80",
         "--batch-size",
         "2",
         "--lr",
@@ -77,16 +88,18 @@ def test_killed_runs_resume_to_identical_result(tmp_path, tiny_model_dir, toy_da
         sig = None
         if attempt < 6:
             # Wait until this process has written a random number (1-8) of new checkpoints, then kill
-            # it at a random instant within a step: always mid-training (240 steps in all), wherever
+            # it at a random instant within a step: always mid-training (480 steps in all), wherever
             # in a step (forward, optimiser, checkpoint write) the signal lands.
+            # Progress is read from the checkpoint's own step counter, not from file events, so a fast machine
+            # (several checkpoints between two polls) cannot run past the kill.
             ckpt = cut / "checkpoint.safetensors"
-            last = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
-            target, writes = rng.randint(1, 8), 0
+            start = _checkpoint_step(ckpt)
+            target = rng.randint(1, 8)
             deadline = time.time() + 120
-            while time.time() < deadline and proc.poll() is None and writes < target:
-                now = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
-                if now != last:
-                    last, writes = now, writes + 1
+            while time.time() < deadline and proc.poll() is None:
+                step = _checkpoint_step(ckpt)
+                if step is not None and step - (start or 0) >= target and (start is None or step > start):
+                    break
                 time.sleep(0.005)
             time.sleep(rng.uniform(0.0, 0.05))
             sig = (signal.SIGKILL, signal.SIGINT, signal.SIGTERM)[attempt % 3]  # SIGTERM: what preemption sends
@@ -238,7 +251,7 @@ def test_killed_study_resumes_to_identical_result(tmp_path, tiny_model_dir, toy_
     cfg = tmp_path / "study.toml"
     cfg.write_text(
         CONFIG.format(model=tiny_model_dir, data=toy_data, methods='["majority", "no_prompt"]')
-        .replace("epochs = 2", "epochs = 30")
+        .replace("epochs = 2", "epochs = 60")
         .replace("seeds = [0, 1, 2]", "seeds = [0, 1]")
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -140,7 +140,7 @@ def test_shipped_configs_are_valid():
     for name in ("demo.toml", "cpu-study.toml", "seed-study.toml", "ablation-cpu.toml", "transfer-init-cpu.toml"):
         cfg = load_study_config(root / name)
         assert cfg.tasks and cfg.seeds
-    assert len(load_study_config(root / "ablation-cpu.toml").cells()) == 16
+    assert len(load_study_config(root / "ablation-cpu.toml").cells()) == 12
     assert load_study_config(root / "transfer-init-cpu.toml").transfer.init
 
 
