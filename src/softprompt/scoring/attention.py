@@ -42,16 +42,16 @@ def scoring_attention(model, options: ScoringOptions) -> Iterator[None]:
     """The attention of one scoring forward of `model`: see the module docstring."""
     device = next(model.parameters()).device
     backends = sdpa_backends(device, options)
-    with sdpa_kernel(backends) if backends else contextlib.nullcontext(), eager_attention_for_backward(model, options):
+    with sdpa_kernel(backends) if backends else contextlib.nullcontext(), eager_attention_for_backward(model, device, options):
         yield
 
 
 @contextlib.contextmanager
-def eager_attention_for_backward(model, options: ScoringOptions) -> Iterator[None]:
-    """While the forward inside records gradients on CPU, run an sdpa model's attention as plain matmuls."""
+def eager_attention_for_backward(model, device: torch.device, options: ScoringOptions) -> Iterator[None]:
+    """While the forward inside records gradients on CPU (`device`: the model's), run an sdpa model's attention as
+    plain matmuls."""
     cfg = model.config
     current = getattr(cfg, "_attn_implementation", None)
-    device = next(model.parameters()).device
     if not (options.eager_backward and torch.is_grad_enabled() and device.type == "cpu" and current == "sdpa"):
         yield
         return
