@@ -15,13 +15,19 @@ import json
 import sys
 from pathlib import Path
 
-TRAIN_ARMS = ("softprompt", "softprompt-lowp", "peft", "peft-bf16")  # softprompt = `auto`: on a GPU the padded strategy
-SECOND = (
+TRAIN_ARMS = ("softprompt", "softprompt-graphs", "softprompt-graphs-lowp", "peft", "peft-bf16")  # the suite's default
+# softprompt arms in the order tables show them (softprompt = `auto`: on a GPU the padded strategy)
+SOFTPROMPT_ARMS = (
+    "softprompt",
+    "softprompt-graphs",
+    "softprompt-graphs-lowp",
     "softprompt-lowp",
     "softprompt-cudnn",
     "softprompt-kv_tree",
     "softprompt-plain",
-)  # the other softprompt arm a table shows (the first a result has)
+)
+SECOND = SOFTPROMPT_ARMS[1:]  # the evaluation table's other softprompt arm (the first a result has)
+PEFT_ARMS = ("peft", "peft-bf16")
 
 
 def _second(by_arm: dict) -> str:
@@ -63,45 +69,43 @@ def _finished(cells: dict, kind: str):
 
 
 def train_table(cells: dict) -> str:
+    """One row per training cell, one rate column per arm any cell ran (softprompt arms, then PEFT's)."""
+    finished = _finished(cells, "train")
+    ran = {r["arm"] for _, res in finished for r in res["results"]}
+    sp_arms = [k for k in SOFTPROMPT_ARMS if k in ran] or ["softprompt"]
+    arms = [*sp_arms, *PEFT_ARMS]
     rows = []
-    for name, res in _finished(cells, "train"):
+    for name, res in finished:
         by_arm = {r["arm"]: r for r in res["results"]}
         a = res["args"]
-        arms = ("softprompt", _second(by_arm), "peft", "peft-bf16")
-        peft = [by_arm[k]["examples/s"] for k in ("peft", "peft-bf16") if k in by_arm]
-        sp = [by_arm[k]["examples/s"] for k in arms[:2] if k in by_arm]
-        ratio = f"{by_arm['softprompt']['examples/s'] / max(peft):.2f}x" if peft and "softprompt" in by_arm else "-"
-        best = f"{max(sp) / max(peft):.2f}x" if peft and sp else "-"
+        peft = [by_arm[k]["examples/s"] for k in PEFT_ARMS if k in by_arm]
+        sp = {k: by_arm[k]["examples/s"] for k in sp_arms if k in by_arm}
+        best = max(sp, key=sp.get) if sp else None
+        ratio = f"{sp[best] / max(peft):.2f}x ({best})" if peft and sp else "-"
         mem = " / ".join(_num(by_arm[k].get("peak GiB"), 3) if k in by_arm else "-" for k in arms)
-        mfu = " / ".join(f"{100 * by_arm[k]['MFU bf16 peak']:.1f}%" if k in by_arm else "-" for k in arms[:2])
+        mfu = " / ".join(f"{100 * by_arm[k]['MFU bf16 peak']:.1f}%" if k in by_arm else "-" for k in sp_arms)
         shape = a.get("shape") or a.get("model")
         batch = a["batch_size"]
         if a.get("cpu_dry_run"):  # the dry run caps the batch: say which cell's it was
             batch = f"{batch} (dry run of b{name.rsplit('-b', 1)[-1]})"
         rows.append(
-            [
-                shape,
-                a["task"],
-                batch,
-                *(_rate(by_arm.get(k)) for k in arms),
-                ratio,
-                best,
-                mem,
-                mfu,
-                res["timed_steps_per_epoch"],
-            ]
+            [shape, a["task"], batch, *(_rate(by_arm.get(k)) for k in arms), ratio, mem, mfu, res["timed_steps_per_epoch"]]
         )
-    cols = [
-        "shape",
-        "task",
-        "batch",
-        "softprompt (auto) ex/s",
-        "softprompt 2nd arm (lowp, cudnn or kv_tree)",
-        "PEFT fp32",
-        "PEFT bf16",
-    ]
-    cols += ["softprompt / best PEFT", "best softprompt / best PEFT", "peak GiB sp / 2nd / PEFT / PEFT bf16"]
-    cols += ["MFU vs bf16 peak (sp / 2nd)", "timed steps"]
+    cols = ["shape", "task", "batch", *arms, "best softprompt / best PEFT", "peak GiB (" + " / ".join(arms) + ")"]
+    cols += ["MFU vs bf16 peak (" + " / ".join(sp_arms) + ")", "timed steps"]
+    return _table(cols, rows)
+
+
+def graphs_table(cells: dict) -> str:
+    """The graph arms' captures and replays, and how far each softprompt arm's prompt is from softprompt's."""
+    rows = []
+    for name, res in _finished(cells, "train"):
+        diffs = res.get("prompt_diff_vs_softprompt", {})
+        for arm, g in res.get("graphs", {}).items():
+            rows.append([name, arm, g["captures"], g["replays"], g["eager"], g["failed"] or "-", _num(diffs.get(arm))])
+    if not rows:
+        return "(no graph arm ran)"
+    cols = ["cell", "arm", "captures", "replays", "eager steps", "capture failure", "prompt diff vs softprompt"]
     return _table(cols, rows)
 
 
@@ -166,6 +170,7 @@ def summary(merged: dict) -> str:
         n: c["result"].get("fp32_identical_predictions") for n, c in cells.items() if n.startswith("eval-") and c["result"]
     }
     parts += ["", "Training (examples/s, ms per step in brackets)", "", train_table(cells)]
+    parts += ["", "CUDA graphs", "", graphs_table(cells)]
     parts += ["", "Evaluation", "", eval_table(cells)]
     parts += ["", "float32 predictions identical to the naive scorer: " + json.dumps(identical)]
     parts += ["", "Cells", "", status_table(cells)]

@@ -18,6 +18,10 @@ tokens/s and model FLOP/s are medians over epochs.
   (batching.length_grouped_order; `softprompt train --group-by-length`, an opt-in). softprompt-lm:
   PEFT's objective and schedule on softprompt's step (`softprompt train --loss lm --warmup 0
   --weight-decay 0.01`: the correct answer's NLL, no warmup, AdamW's default weight decay).
+  softprompt-graphs: `softprompt train --cuda-graphs` (each step replayed from a CUDA graph per padded-length
+  bucket, softprompt.cuda_graphs; on a CPU the same as softprompt); softprompt-graphs-lowp: the same on the bf16
+  weight copy. The result records each graph arm's captures and replays, and how far every softprompt arm's
+  learned prompt is from softprompt's (same init, batches and steps: float rounding only, if the replays are right).
 - peft: the recipe of PEFT's prompt-tuning causal-LM example (bloomz-560m, twitter_complaints):
   `get_peft_model(PromptTuningConfig(task_type="CAUSAL_LM", prompt_tuning_init="TEXT", ...))`, inputs
   tokenized as text + answer + pad, LEFT-padded to a fixed max_length, labels -100 on the input, the
@@ -77,7 +81,15 @@ from softprompt.tasks import get_task  # noqa: E402
 from softprompt.train import Trainables, TrainData, TrainingLoop, epoch_order, lr_lambda  # noqa: E402
 
 ARMS = ("softprompt", "softprompt-fp32", "softprompt-plain", "softprompt-padded", "softprompt-kv_tree", "softprompt-grouped")
-ARMS += ("softprompt-lm", "softprompt-cudnn", "softprompt-lowp", "peft", "peft-bf16")
+ARMS += (
+    "softprompt-lm",
+    "softprompt-cudnn",
+    "softprompt-lowp",
+    "softprompt-graphs",
+    "softprompt-graphs-lowp",
+    "peft",
+    "peft-bf16",
+)
 
 
 class Arm:
@@ -145,11 +157,14 @@ SOFTPROMPT_ARMS = {
     "softprompt-lm": {"loss": "lm", "warmup": 0.0, "weight_decay": 0.01},  # PEFT's objective and schedule
     "softprompt-cudnn": {},  # `auto` with cuDNN's attention allowed on CUDA (what it was before scoring.attention left it out)
     "softprompt-lowp": {},  # `auto` with the bf16 weight copy on CUDA too (no per-forward weight casts)
+    "softprompt-graphs": {"cuda_graphs": True},  # `softprompt train --cuda-graphs`: steps replayed as CUDA graphs
+    "softprompt-graphs-lowp": {"cuda_graphs": True},  # the same with the bf16 weight copy on CUDA
 }
 # softprompt arm -> the scoring options it runs with, where not TrainConfig's default
 ARM_SCORING = {
     "softprompt-cudnn": scoring.ScoringOptions(cudnn_attention=True),
     "softprompt-lowp": scoring.ScoringOptions(lowp_devices=("cpu", "cuda", "mps")),
+    "softprompt-graphs-lowp": scoring.ScoringOptions(lowp_devices=("cpu", "cuda", "mps")),
 }
 
 
@@ -212,6 +227,11 @@ class SoftpromptArm(Arm):
 
     def learned(self) -> torch.Tensor:
         return self.prompt.weight.detach().cpu().clone()
+
+    def graph_counts(self) -> dict | None:
+        """Captures, replays, eager steps and why capturing stopped, where the arm replays CUDA graphs."""
+        g = self.loop.graphs
+        return None if g is None else {"captures": g.captures, "replays": g.replays, "eager": g.eager, "failed": g.failed}
 
 
 class PeftArm(Arm):
@@ -476,8 +496,12 @@ def main(argv: list[str] | None = None) -> None:
     warm_dts: dict[str, float] = {}
     dropped: dict[str, str] = {}
     warm_order = {a.name: a.order(len(examples), args.seed, 0) for a in arms}
+    warm_total: dict[str, float] = {}
     for s in range(args.warmup_steps):
-        warm_dts.update(step_all(arms, warm_order, s, args.batch_size, dropped))
+        warm_dts.update(step_all(arms, warm_order, s % math.ceil(len(examples) / args.batch_size), args.batch_size, dropped))
+        for k, dt in warm_dts.items():
+            warm_total[k] = warm_total.get(k, 0.0) + dt
+    info["warmup_s"] = warm_total  # a graph arm's captures happen here when the warm-up covers every batch shape
     for a in arms:
         a.stats = new_stats()
     info["warmup_last_step_s"] = warm_dts
@@ -554,6 +578,18 @@ def main(argv: list[str] | None = None) -> None:
     peft_rates = [base[k]["examples/s"] for k in ("peft", "peft-bf16") if k in base]
     if "softprompt" in base and peft_rates:  # issue #13's target: >= 3x the better of PEFT fp32 and bf16
         info["speedup_vs_best_peft"] = base["softprompt"]["examples/s"] / max(peft_rates)
+    if peft_rates:
+        info["speedup_vs_best_peft_by_arm"] = {
+            r["arm"]: r["examples/s"] / max(peft_rates) for r in rows if r["arm"].startswith("softprompt")
+        }
+    sp = {a.name: a for a in arms if isinstance(a, SoftpromptArm)}
+    info["graphs"] = {name: a.graph_counts() for name, a in sp.items() if a.graph_counts() is not None}
+    if "softprompt" in sp:  # same init, batches and steps: the other softprompt arms must learn the same prompt
+        ref, init = sp["softprompt"].learned(), sp["softprompt"].prompt.initial.detach().cpu()
+        moved = float((ref - init).norm())
+        info["prompt_diff_vs_softprompt"] = {  # ||P_arm - P_softprompt|| / ||P_softprompt - P_init||: rounding << 1
+            name: float((a.learned() - ref).norm()) / max(moved, 1e-12) for name, a in sp.items() if name != "softprompt"
+        }
     if args.profile_steps:  # after everything measured above: these steps train the prompts further
         info["profile"] = {a.name: profile_arm(a, examples, args) for a in arms if a.name in ("softprompt", "peft")}
     mem = []
@@ -585,8 +621,12 @@ def main(argv: list[str] | None = None) -> None:
             f"speedup softprompt / peft: {info['speedup_examples_per_s']:.2f}x examples/s "
             f"(median per-step ratio {info['speedup_median_step_ratio']:.2f}x)"
         )
-    if "speedup_vs_best_peft" in info:
-        print(f"speedup softprompt / best PEFT arm: {info['speedup_vs_best_peft']:.2f}x examples/s")
+    for name, x in info.get("speedup_vs_best_peft_by_arm", {}).items():
+        print(f"speedup {name} / best PEFT arm: {x:.2f}x examples/s")
+    for name, x in info.get("prompt_diff_vs_softprompt", {}).items():
+        print(f"{name}: learned prompt differs from softprompt's by {x:.3g} of softprompt's distance travelled")
+    for name, g in info["graphs"].items():
+        print(f"{name}: CUDA graphs {g}")
     if mem:
         print(common.fmt_table(mem, ["arm", "vmhwm_mb"]))
     if args.json:

@@ -147,3 +147,154 @@ def test_the_backend_choice_reaches_the_scoring_forward(tiny_llama, monkeypatch)
         monkeypatch.setattr(attention, "sdpa_backends", lambda device, options: [SDPBackend.CUDNN_ATTENTION])
         with pytest.raises(RuntimeError):
             batch_choice_scores(model, None, batch, options=PADDED)
+
+
+# ----------------------------------------------------------------------------- CUDA graphs (softprompt.cuda_graphs)
+
+
+def test_bucketed_batches_score_the_same(tiny_backbone):
+    """Padding rows to a length bucket and targets to a multiple of 8 (what makes graph shapes repeat) changes no score."""
+    from softprompt.batching import TARGET_MULTIPLE, shape_key
+
+    tok, model = tiny_backbone.tokenizer, tiny_backbone.model
+    encoded = encode_examples(EXAMPLES, tok, n_prompt=3)
+    prompt = torch.randn(3, model.config.hidden_size) * 0.02
+    plain, bucketed = collate(encoded, tok.pad_token_id), collate(encoded, tok.pad_token_id, bucket=24)
+    assert bucketed.input_ids.shape[1] % 24 == 0 and bucketed.input_ids.shape[1] > plain.input_ids.shape[1]
+    assert len(bucketed.target_row) % TARGET_MULTIPLE == 0 and len(bucketed.target_row) > len(plain.target_row)
+    with torch.no_grad():
+        for options in (PADDED, ScoringOptions(strategy="plain")):
+            expected = batch_choice_scores(model, prompt, plain, options=options)
+            got = batch_choice_scores(model, prompt, bucketed, options=options)
+            assert torch.equal(torch.isinf(got), torch.isinf(expected))
+            assert torch.allclose(got[~torch.isinf(got)], expected[~torch.isinf(expected)], atol=1e-5)
+    shorter = collate(encoded[:-1], tok.pad_token_id, bucket=24)
+    assert shape_key(shorter) != shape_key(bucketed)  # another example count: another graph
+
+
+def _graph_loop(cfg, data, tmp_path, name, *, graphs: bool):
+    from softprompt.cuda_graphs import EagerReplay, StepGraphs
+
+    torch.manual_seed(0)
+    trainables = build_trainables(cfg, data, SINGLE)
+    loop = TrainingLoop(cfg, tmp_path / name, data, trainables, SINGLE, scoring=None, progress=False)
+    if graphs:  # what a CUDA device gets (`TrainingLoop._step_graphs`), with the CPU's stand-in for a graph
+        loop.graphs, loop.bucket = (
+            StepGraphs(torch.device("cpu"), capture=EagerReplay()),
+            2,
+        )  # toy rows (22-24 tokens): two buckets
+    return loop
+
+
+def test_graphed_training_steps_match_eager_ones(tiny_llama, toy_data, tmp_path):
+    """Two epochs with gradient accumulation through `StepGraphs` (the CPU stand-in replays from the static
+    buffer into the captured outputs, as a graph does): the same losses and prompt as eager steps on the
+    same bucketed batches, one capture per shape, every step replayed."""
+    cfg = TrainConfig(
+        task="rte", model="tiny", tokens=4, epochs=2, batch_size=2, grad_accum=2, lr=0.1, data_dir=str(toy_data),
+        compute_dtype="float32", scoring_strategy="padded", max_train=12,
+    )  # fmt: skip
+    data = prepare_data(cfg, tiny_llama, SINGLE)
+    eager, graphed = (_graph_loop(cfg, data, tmp_path, n, graphs=g) for n, g in (("e", False), ("g", True)))
+    eager.bucket = graphed.bucket  # the same padded shapes: the only difference is the replay
+    for loop in (eager, graphed):
+        for epoch in range(2):
+            # toy rows repeat every 4: pairs of one padded shape but different rows (a stale static input shows)
+            order = [0, 1, 2, 3, 4, 6, 5, 7, 8, 11, 9, 10]
+            order = order[::-1] if epoch else order
+            loop.pending = []
+            for micro in range(loop.micro_per_epoch):
+                loop._micro_batch(epoch, micro, order)
+            loop.read_losses()
+    g = graphed.graphs
+    assert g.replays == 2 * graphed.micro_per_epoch and g.eager == 0 and g.failed is None
+    assert 1 < g.captures < g.replays and len(g.graphs) == g.captures  # shapes repeat, and some differ
+    assert graphed.losses == pytest.approx(eager.losses, abs=1e-6) and len(eager.losses) == 2 * eager.micro_per_epoch
+    assert torch.allclose(graphed.trainables.prompt.weight, eager.trainables.prompt.weight, atol=1e-6)
+    assert not torch.equal(graphed.trainables.prompt.weight, graphed.trainables.prompt.initial)  # it trained
+    assert graphed.stats["forwards"] == eager.stats["forwards"] == g.replays
+    assert graphed.stats["real"] == eager.stats["real"] and graphed.stats["padded"] == eager.stats["padded"]
+
+
+def test_graphed_steps_read_nothing_back(tiny_backbone, toy_data, tmp_path, no_packed_check):
+    """The graphed micro-batch (pack, static copy, capture, replays, gradient accumulation) on the meta device."""
+    from softprompt.cuda_graphs import EagerReplay, StepGraphs
+
+    cfg = TrainConfig(
+        task="rte", model="tiny", tokens=4, epochs=1, batch_size=2, lr=0.1, data_dir=str(toy_data),
+        compute_dtype="float32", scoring_strategy="padded", log_every=100,
+    )  # fmt: skip
+    backbone = Backbone(model=tiny_backbone.model, tokenizer=tiny_backbone.tokenizer, name="t", source="t", revision="t")
+    data = prepare_data(cfg, backbone, SINGLE)
+    trainables = build_trainables(cfg, data, SINGLE)
+    backbone.model.to("meta")
+    trainables.prompt.to("meta")
+    trainables.params["prompt"] = trainables.prompt.weight
+    loop = TrainingLoop(cfg, tmp_path / "run", data, trainables, SINGLE, scoring=None, progress=False)
+    loop.graphs, loop.bucket = StepGraphs(torch.device("meta"), capture=EagerReplay()), 64
+    order = list(range(len(data.encoded)))
+    for micro in range(4):
+        loop._micro_batch(0, micro, order)
+    assert loop.state["optimizer_step"] == 4 and loop.graphs.replays == 4 and loop.graphs.captures >= 1
+
+
+def test_a_failed_capture_falls_back_to_eager_steps(tiny_llama):
+    from softprompt.cuda_graphs import StepGraphs
+
+    class Refuses:
+        def capture(self, step, warmup):
+            raise RuntimeError("operation not permitted when stream is capturing\nmore")
+
+    tok = tiny_llama.tokenizer
+    host = collate(encode_examples(EXAMPLES, tok, n_prompt=0), tok.pad_token_id, bucket=64)
+    graphs = StepGraphs(torch.device("cpu"), capture=Refuses())
+    with pytest.warns(RuntimeWarning, match="operation not permitted"):
+        out = graphs.run(lambda b: (b.input_ids.sum(),), host)
+    assert out[0] == host.input_ids.sum() and graphs.failed and graphs.eager == 1
+    assert graphs.run(lambda b: (b.labels.sum(),), host)[0] == host.labels.sum() and graphs.eager == 2
+
+
+def test_cuda_graphs_apply_to_prompts_on_cuda_only(tiny_llama, toy_data, tmp_path):
+    cfg = TrainConfig(task="rte", model="tiny", tokens=4, epochs=1, data_dir=str(toy_data), cuda_graphs=True)
+    data = prepare_data(cfg, tiny_llama, SINGLE)
+    loop = TrainingLoop(cfg, tmp_path / "a", data, build_trainables(cfg, data, SINGLE), SINGLE, scoring=None, progress=False)
+    assert loop.graphs is None and loop.bucket == 0  # a CPU: no graphs, batches as always
+    with pytest.raises(Exception, match="cuda_graphs must be true or false"):
+        TrainConfig(task="rte", cuda_graphs="yes")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs in the GPU session: bench/README.md)")
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_cuda_graph_steps_match_eager_steps_on_a_gpu(tiny_backbone, toy_data, tmp_path, compute_dtype):
+    """The real capture (torch.cuda.CUDAGraph) on a GPU: two epochs of replayed steps learn the prompt that
+    eager steps on the same bucketed batches learn (capture may pick other attention kernels: rounding only)."""
+    from softprompt.cuda_graphs import StepGraphs
+
+    cfg = TrainConfig(
+        task="rte", model="tiny", tokens=4, epochs=2, batch_size=2, grad_accum=2, lr=0.1, data_dir=str(toy_data),
+        compute_dtype=compute_dtype, scoring_strategy="padded", max_train=12, log_every=100,
+    )  # fmt: skip
+    backbone = Backbone(
+        model=tiny_backbone.model.to("cuda"), tokenizer=tiny_backbone.tokenizer, name="t", source="t", revision="t"
+    )
+    data = prepare_data(cfg, backbone, SINGLE)
+    loops = []
+    for name, graphs in (("eager", False), ("graphed", True)):
+        torch.manual_seed(0)
+        trainables = build_trainables(cfg, data, SINGLE)
+        loop = TrainingLoop(cfg, tmp_path / name, data, trainables, SINGLE, scoring=None, progress=False)
+        loop.graphs, loop.bucket = (StepGraphs(torch.device("cuda")) if graphs else None), 2
+        for epoch in range(2):
+            order = [0, 1, 2, 3, 4, 6, 5, 7, 8, 11, 9, 10]
+            loop.pending = []
+            for micro in range(loop.micro_per_epoch):
+                loop._micro_batch(epoch, micro, order[::-1] if epoch else order)
+            loop.read_losses()
+        loops.append(loop)
+    eager, graphed = loops
+    g = graphed.graphs
+    assert g.failed is None and g.eager == 0 and g.replays == 2 * graphed.micro_per_epoch and 1 < g.captures < g.replays
+    tol = 1e-4 if compute_dtype == "float32" else 2e-2
+    assert graphed.losses == pytest.approx(eager.losses, abs=tol)
+    moved = (eager.trainables.prompt.weight - eager.trainables.prompt.initial.to("cuda")).norm()
+    assert float((graphed.trainables.prompt.weight - eager.trainables.prompt.weight).norm()) < 0.05 * float(moved)

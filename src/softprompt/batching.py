@@ -128,13 +128,33 @@ class Batch:
 
 def packed_copy(host: Batch, device: torch.device) -> Batch:
     """`host`'s tensors packed into one int64 buffer, copied to `device` once, and unpacked there (views)."""
-    named = [(name, getattr(host, name)) for name in _BATCH_TENSORS if getattr(host, name) is not None]
-    flat = torch.cat([t.reshape(-1).long() for _, t in named])
+    flat = pack(host)
     if device.type == "cuda":
         flat = flat.pin_memory()
-    moved = flat.to(device, non_blocking=True).split([t.numel() for _, t in named])
-    tensors = {name: part.view(t.shape).to(t.dtype) for (name, t), part in zip(named, moved, strict=True)}
+    return unpack(flat.to(device, non_blocking=True), host)
+
+
+def pack(host: Batch) -> torch.Tensor:
+    """The batch's tensors, flattened into one int64 CPU buffer (`unpack` inverts it)."""
+    return torch.cat([t.reshape(-1).long() for _, t in _named_tensors(host)])
+
+
+def unpack(flat: torch.Tensor, host: Batch) -> Batch:
+    """The batch laid out like `host` whose tensors are read from `flat` (`pack`'s layout, on any device):
+    views, except those of another dtype than int64 (the choice mask), which are converted."""
+    named = _named_tensors(host)
+    parts = flat.split([t.numel() for _, t in named])
+    tensors = {name: part.view(t.shape).to(t.dtype) for (name, t), part in zip(named, parts, strict=True)}
     return replace(host, **tensors, host=host)
+
+
+def shape_key(host: Batch) -> tuple:
+    """What fixes the shapes of everything computed from the batch: its tensors' shapes and its counts."""
+    return (host.num_examples, host.max_choices, *(tuple(t.shape) for _, t in _named_tensors(host)))
+
+
+def _named_tensors(host: Batch) -> list[tuple[str, torch.Tensor]]:
+    return [(name, getattr(host, name)) for name in _BATCH_TENSORS if getattr(host, name) is not None]
 
 
 _BATCH_TENSORS = (
@@ -150,9 +170,22 @@ _BATCH_TENSORS = (
 )
 
 
-def collate(encoded: Sequence[EncodedExample], pad_id: int) -> Batch:
+TARGET_MULTIPLE = 8  # a bucketed batch's target count is padded to a multiple of this
+
+
+def collate(encoded: Sequence[EncodedExample], pad_id: int, *, bucket: int = 0) -> Batch:
+    """Right-padded rows and flattened targets of `encoded`.
+
+    `bucket` > 0: the rows are padded to a multiple of `bucket` tokens and the targets to a multiple of
+    `TARGET_MULTIPLE`, so that batches of similar length have the same shapes (what a CUDA graph
+    replays, `softprompt.cuda_graphs`). The extra positions are pads to the right of every real token
+    (causal attention never shows them to a real position), the extra targets predict the pad at
+    position 0 into slot `num_examples * max_choices`, which no choice reads
+    (`scoring.summed_choice_scores`): scores are unchanged."""
     rows = [r for e in encoded for r in e.rows]
     length = max(len(r.ids) for r in rows)
+    if bucket > 0:
+        length = -(-length // bucket) * bucket
     input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
     max_choices = max(e.num_choices for e in encoded)
@@ -169,6 +202,10 @@ def collate(encoded: Sequence[EncodedExample], pad_id: int) -> Batch:
                 t_tok.append(tok)
                 t_slot.append(ei * max_choices + k)
             r += 1
+    if bucket > 0:
+        extra = -len(t_row) % TARGET_MULTIPLE
+        t_row, t_pos, t_tok = t_row + [0] * extra, t_pos + [0] * extra, t_tok + [pad_id] * extra
+        t_slot += [len(encoded) * max_choices] * extra
     choice_mask = torch.zeros((len(encoded), max_choices), dtype=torch.bool)
     for ei, e in enumerate(encoded):
         choice_mask[ei, : e.num_choices] = True

@@ -131,6 +131,11 @@ class TrainConfig:
         "how the scorer computes: auto = the fastest for the device (CPU: kv_tree, GPU: padded; see bench/README.md)",
         choices=SCORING_STRATEGIES,
     )
+    cuda_graphs: bool = option(
+        False,
+        "CUDA, method prompt: replay each training step as a CUDA graph, one per padded-length bucket (fewer host launches; "
+        "no effect elsewhere)",
+    )
     log_every: int = option(
         0,
         "read the loss back from the device (progress, NaN/divergence check) every N optimiser steps and before every "
@@ -145,8 +150,9 @@ class TrainConfig:
             if choices and f.name not in ("dtype", "compute_dtype") and getattr(self, f.name) not in choices:
                 raise SoftPromptError(f"unknown {f.name} {getattr(self, f.name)!r}: expected one of {', '.join(choices)}")
         check_init(self.init)
-        if not isinstance(self.group_by_length, bool):
-            raise SoftPromptError(f"group_by_length must be true or false, got {self.group_by_length!r}")
+        for name in ("group_by_length", "cuda_graphs"):
+            if not isinstance(getattr(self, name), bool):
+                raise SoftPromptError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("tokens", "epochs", "batch_size", "grad_accum", "max_length"):
             if getattr(self, name) < 1:
                 raise SoftPromptError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -29,6 +29,7 @@ from softprompt.batching import EncodedExample, collate, encode_examples, length
 from softprompt.chat import resolve_prompt_format
 from softprompt.checkpoint import load_checkpoint, save_checkpoint, save_trainables
 from softprompt.config import INIT_METHODS, PROMPT_LR_PER_STD, TASK_INIT, TrainConfig
+from softprompt.cuda_graphs import LENGTH_BUCKET, StepGraphs
 from softprompt.distributed import DataParallel, setup_data_parallel
 from softprompt.errors import SoftPromptError, os_error_line
 from softprompt.evaluate import EVAL_SEED, EvalResult, Evaluator
@@ -54,7 +55,7 @@ from softprompt.runs import (
     run_state,
     warn_unknown_inputs,
 )
-from softprompt.scoring import LOSSES, ScoringOptions, ScoringStats, autocast_context, batch_choice_scores
+from softprompt.scoring import LOSSES, ScoringOptions, ScoringStats, autocast_context, batch_choice_scores, padded_counts
 from softprompt.tasks import Task, get_task
 from softprompt.tasks.base import Example
 
@@ -377,6 +378,24 @@ class TrainingLoop:
         self.pending: list[tuple[int, int, torch.Tensor]] = []
         self.unread: list[tuple[int, int, torch.Tensor]] = []
         self.record = RunRecord()
+        self.graphs = self._step_graphs()
+        self.bucket = LENGTH_BUCKET if self.graphs is not None else 0  # batch lengths padded to buckets: shapes repeat
+
+    def _step_graphs(self) -> StepGraphs | None:
+        """CUDA graphs for the training steps (`cuda_graphs`), where they apply: a soft prompt trained on a CUDA
+        device with a one-forward scoring strategy (the prefix tree plans on the host, per batch)."""
+        device = self.data.backbone.device
+        if not self.cfg.cuda_graphs or device.type != "cuda":
+            return None
+        strategy = self.scoring.resolved(device)
+        if self.cfg.method != "prompt" or strategy not in ("padded", "plain"):
+            warnings.warn(
+                f"softprompt: cuda_graphs is not used for method {self.cfg.method} with scoring strategy {strategy}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
+        return StepGraphs(device)
 
     def resume(self) -> None:
         """Continue from the checkpoint in `out`, if there is one."""
@@ -474,28 +493,46 @@ class TrainingLoop:
     def _micro_batch(self, epoch: int, micro: int, order: list[int]) -> None:
         """This process's share of one global batch: forward, loss, backward; an optimiser step every grad_accum.
 
-        Nothing is read back from the device here: the loss is queued (`pending`) for `read_losses`."""
+        Nothing is read back from the device here: the loss is queued (`pending`) for `read_losses`. With CUDA
+        graphs (`cuda_graphs`) the same `_loss_and_grads` is replayed from its graph for the batch's shape."""
         cfg, dp, gb = self.cfg, self.dp, self.global_batch
         idx = order[micro * gb : (micro + 1) * gb]
         idx = idx[dp.rank * cfg.batch_size : (dp.rank + 1) * cfg.batch_size]  # this process's share
         backbone = self.data.backbone
         loss_rows = torch.zeros(2, dtype=torch.float64, device=backbone.device)  # a process with no rows adds nothing
         if idx:
-            batch = collate([self.data.encoded[i] for i in idx], backbone.tokenizer.pad_token_id).to(backbone.device)
-            with autocast_context(backbone.device, self.compute_dtype):
-                scores = batch_choice_scores(
-                    backbone.model, self.trainables.prompt_matrix(), batch, options=self.scoring, stats=self.stats
-                )
-            loss = LOSSES[cfg.loss](scores, batch.labels)
-            detached = loss.detach().double()  # [loss x rows, rows]: summed over processes, the global batch's mean
-            loss_rows = torch.stack([detached * len(idx), torch.full_like(detached, len(idx))])
-            (loss * len(idx) / (gb * cfg.grad_accum)).backward()
+            host = collate([self.data.encoded[i] for i in idx], backbone.tokenizer.pad_token_id, bucket=self.bucket)
+            if self.graphs is not None:
+                loss_rows, *grads = self.graphs.run(lambda b: self._loss_and_grads(b, len(idx)), host, key=(len(idx),))
+                self.stats.update(padded_counts(host, cfg.tokens))
+                self.stats["head"] += host.target_row.numel()
+            else:
+                loss_rows, *grads = self._loss_and_grads(host.to(backbone.device), len(idx), self.stats)
+            for p, g in zip(self.trainables.params.values(), grads, strict=True):
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad.add_(g)
         self.pending.append((epoch, micro, loss_rows))
         last_micro = micro == self.micro_per_epoch - 1
         if self.bar is not None:
             self.bar.update(1)
         if (micro + 1) % cfg.grad_accum == 0 or last_micro:
             self._optimizer_step(epoch, micro, last_micro)
+
+    def _loss_and_grads(self, batch, rows: int, stats: ScoringStats | None = None) -> tuple[torch.Tensor | None, ...]:
+        """([loss x rows, rows], *gradients of the trainables) of one micro-batch of `rows` examples already on
+        the device: the loss scaled to its share of the optimiser step. Reads nothing back from the device and
+        depends on no Python value but `rows` and the batch's shape, so a CUDA graph can replay it."""
+        cfg = self.cfg
+        with autocast_context(batch.input_ids.device, self.compute_dtype):
+            scores = batch_choice_scores(
+                self.data.backbone.model, self.trainables.prompt_matrix(), batch, options=self.scoring, stats=stats
+            )
+        loss = LOSSES[cfg.loss](scores, batch.labels)
+        detached = loss.detach().double()  # [loss x rows, rows]: summed over processes, the global batch's mean
+        loss_rows = torch.stack([detached * rows, torch.full_like(detached, rows)])
+        params = list(self.trainables.params.values())
+        grads = torch.autograd.grad(loss * rows / (self.global_batch * cfg.grad_accum), params, allow_unused=True)
+        return (loss_rows, *grads)
 
     def _optimizer_step(self, epoch: int, micro: int, last_micro: bool) -> None:
         cfg, params = self.cfg, self.trainables.params.values()

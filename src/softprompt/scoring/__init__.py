@@ -20,6 +20,7 @@ from softprompt.scoring.scorer import (
     choice_loss,
     choice_scores,
     head_logprobs,
+    padded_counts,
     summed_choice_scores,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "compute_model",
     "full_logits",
     "head_logprobs",
+    "padded_counts",
     "plan_groups",
     "prompt_embeds",
     "prompt_kv",

@@ -39,12 +39,17 @@ def padded_target_hidden(model, prompt, batch: Batch, stats: ScoringStats, *, pa
     every real token of its row, so causal attention never lets a real position see it, and positions
     stay 0..L-1 as with the mask (ALiBi's too); a target is always a real position."""
     n = 0 if prompt is None else prompt.shape[0]
-    host = batch.on_host()
     hidden = hidden_states(model, prompt, batch.input_ids, batch.attention_mask if padding_mask else None)
-    stats["forwards"] += 1
-    stats["padded"] += hidden.shape[0] * hidden.shape[1]
-    stats["real"] += int(host.attention_mask.sum()) + n * host.input_ids.shape[0]
+    stats.update(padded_counts(batch.on_host(), n))
     return hidden[batch.target_row, batch.target_pos + n]  # [T, d]
+
+
+def padded_counts(host: Batch, n_prompt: int) -> ScoringStats:
+    """What one padded forward over `host`'s rows behind an `n_prompt`-vector prompt computes (`ScoringStats`'s
+    forwards, padded, real), read from the host copy: also what a replayed CUDA graph of it computed."""
+    rows, length = host.input_ids.shape
+    real = int(host.attention_mask.sum()) + n_prompt * rows
+    return ScoringStats(forwards=1, padded=rows * (length + n_prompt), real=real)
 
 
 def head_logprobs(model, low, picked: torch.Tensor, options: ScoringOptions) -> torch.Tensor:
@@ -104,12 +109,14 @@ def batch_choice_scores(
 
 
 def summed_choice_scores(batch: Batch, logprobs: torch.Tensor) -> torch.Tensor:
-    """[examples, max_choices] sums of the targets' log-probs, from log-probs at every target [T, vocab]."""
+    """[examples, max_choices] sums of the targets' log-probs, from log-probs at every target [T, vocab]
+    (a bucketed batch's padding targets add into one extra slot, dropped: `batching.collate`)."""
     device = logprobs.device
     tok_lp = logprobs.gather(1, batch.target_tok.to(device).unsqueeze(1)).squeeze(1)  # [T]
-    flat = torch.zeros(batch.num_examples * batch.max_choices, device=device, dtype=tok_lp.dtype)
+    slots = batch.num_examples * batch.max_choices
+    flat = torch.zeros(slots + 1, device=device, dtype=tok_lp.dtype)
     flat = flat.index_add(0, batch.target_slot.to(device), tok_lp)
-    scores = flat.view(batch.num_examples, batch.max_choices)
+    scores = flat[:slots].view(batch.num_examples, batch.max_choices)
     return scores.masked_fill(~batch.choice_mask.to(device), float("-inf"))
 
 
