@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from softprompt.batching import Batch, pack, shape_key, unpack
 
@@ -37,6 +38,38 @@ WARMUP_FIRST, WARMUP = 3, 1  # eager runs before a capture: the first capture of
 
 Outputs = tuple[torch.Tensor | None, ...]
 Step = Callable[[Batch], Outputs]
+
+
+class PinnedHostConstants(TorchFunctionMode):
+    """While capturing: host data a forward copies to the GPU goes through pinned memory, kept alive here.
+
+    CUDA cannot capture a copy from pageable host memory, and some models build constants from Python
+    numbers on every forward (BLOOM's ALiBi slopes: `torch.tensor(2 ** ..., device=cuda)`; measured on an H100,
+    every BLOOM capture failed on it). From a pinned buffer the copy is captured and replayed, reading the
+    same constant every time; `keep` holds the buffers as long as the graph."""
+
+    def __init__(self, keep: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.keep = keep
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.tensor, torch.as_tensor) and torch.device(kwargs.get("device") or "cpu").type == "cuda":
+            device = kwargs.pop("device")
+            host = func(*args, **kwargs)
+            if host.device.type == "cpu":
+                host = host.pin_memory()
+                self.keep.append(host)
+            return host.to(device, non_blocking=True)
+        if func in (torch.Tensor.to, torch.Tensor.cuda) and args and _pageable(args[0]):
+            pinned = args[0].pin_memory()
+            self.keep.append(pinned)
+            args = (pinned, *args[1:])
+        return func(*args, **kwargs)
+
+
+def _pageable(t: object) -> bool:
+    return isinstance(t, torch.Tensor) and t.device.type == "cpu" and not t.is_pinned()
 
 
 class CudaGraphCapture:
@@ -53,10 +86,15 @@ class CudaGraphCapture:
             for _ in range(warmup):
                 step()
         torch.cuda.current_stream(self.device).wait_stream(self.stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
+        graph, constants = torch.cuda.CUDAGraph(), []
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream), PinnedHostConstants(constants):
             outputs = step()
-        return graph.replay, outputs
+
+        def replay() -> None:
+            graph.replay()  # `constants` lives as long as this function: the graph's copies read them
+
+        replay.constants = constants  # type: ignore[attr-defined]
+        return replay, outputs
 
 
 class EagerReplay:
