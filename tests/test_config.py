@@ -32,6 +32,7 @@ def test_every_config_field_is_a_train_flag_with_its_default():
     assert (cfg.lora_alpha, cfg.group_by_length, cfg.max_train, cfg.loss, cfg.warmup) == (32, True, 16, "lm", 0.1)
     with pytest.raises(SystemExit):
         _parse("--method", "adapter")  # choices come from the field
+    assert _parse().cuda_graphs is True and _parse("--no-cuda-graphs").cuda_graphs is False  # on by default: --no-x
 
 
 def test_loss_names_match_the_losses_the_scorer_implements():

@@ -230,9 +230,9 @@ def test_group_by_length_batches_similar_lengths_deterministically(tiny_llama, t
     seen: list[list[int]] = []
     real_collate = train_mod.collate
 
-    def recording(encoded, pad_id):
+    def recording(encoded, pad_id, **kw):
         seen.append([e.num_tokens for e in encoded])
-        return real_collate(encoded, pad_id)
+        return real_collate(encoded, pad_id, **kw)
 
     monkeypatch.setattr(train_mod, "collate", recording)
 

@@ -132,9 +132,9 @@ class TrainConfig:
         choices=SCORING_STRATEGIES,
     )
     cuda_graphs: bool = option(
-        False,
-        "CUDA, method prompt: replay each training step as a CUDA graph, one per padded-length bucket (fewer host launches; "
-        "no effect elsewhere)",
+        True,
+        "replay each training step from a CUDA graph, one per padded-length bucket (a soft prompt on CUDA with the padded "
+        "or plain scoring strategy; no effect elsewhere): on an H100 0.95-8.8x the speed of eager steps (bench/README.md)",
     )
     log_every: int = option(
         0,

@@ -382,20 +382,13 @@ class TrainingLoop:
         self.bucket = LENGTH_BUCKET if self.graphs is not None else 0  # batch lengths padded to buckets: shapes repeat
 
     def _step_graphs(self) -> StepGraphs | None:
-        """CUDA graphs for the training steps (`cuda_graphs`), where they apply: a soft prompt trained on a CUDA
-        device with a one-forward scoring strategy (the prefix tree plans on the host, per batch)."""
+        """CUDA graphs for the training steps (`cuda_graphs`, on by default), where they apply: a soft prompt
+        trained on a CUDA device with a one-forward scoring strategy (the prefix tree plans on the host, per
+        batch; LoRA and fine-tuning would hold a copy of every gradient in the graph's memory)."""
         device = self.data.backbone.device
-        if not self.cfg.cuda_graphs or device.type != "cuda":
+        if not self.cfg.cuda_graphs or device.type != "cuda" or self.cfg.method != "prompt":
             return None
-        strategy = self.scoring.resolved(device)
-        if self.cfg.method != "prompt" or strategy not in ("padded", "plain"):
-            warnings.warn(
-                f"softprompt: cuda_graphs is not used for method {self.cfg.method} with scoring strategy {strategy}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return None
-        return StepGraphs(device)
+        return StepGraphs(device) if self.scoring.resolved(device) in ("padded", "plain") else None
 
     def resume(self) -> None:
         """Continue from the checkpoint in `out`, if there is one."""

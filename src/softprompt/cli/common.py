@@ -47,8 +47,9 @@ def add_config_flags(
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         help_text = helps.get(f.name, f.metadata.get("help") or None)
         flag = "--" + f.name.replace("_", "-")
-        if kind is bool:
-            p.add_argument(flag, dest=f.name, action="store_true", default=default, help=help_text)
+        if kind is bool:  # --x sets an option that is off by default; one that is on gets --x / --no-x
+            action = argparse.BooleanOptionalAction if default else "store_true"
+            p.add_argument(flag, dest=f.name, action=action, default=default, help=help_text)
             continue
         kwargs: dict[str, Any] = {"dest": f.name, "type": kind, "default": default, "help": help_text}
         if f.metadata.get("choices"):
