@@ -15,10 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-TRAIN_ARMS = ("softprompt", "softprompt-graphs", "softprompt-graphs-lowp", "peft", "peft-bf16")  # the suite's default
-# softprompt arms in the order tables show them (softprompt = `auto`: on a GPU the padded strategy)
+# softprompt arms in the order tables show them (softprompt = the defaults: on a GPU the padded strategy, and CUDA
+# graphs since results with softprompt-graphs; before those, softprompt ran eagerly)
 SOFTPROMPT_ARMS = (
     "softprompt",
+    "softprompt-eager",
     "softprompt-graphs",
     "softprompt-graphs-lowp",
     "softprompt-lowp",

@@ -18,9 +18,9 @@ tokens/s and model FLOP/s are medians over epochs.
   (batching.length_grouped_order; `softprompt train --group-by-length`, an opt-in). softprompt-lm:
   PEFT's objective and schedule on softprompt's step (`softprompt train --loss lm --warmup 0
   --weight-decay 0.01`: the correct answer's NLL, no warmup, AdamW's default weight decay).
-  softprompt-graphs: `softprompt train --cuda-graphs` (each step replayed from a CUDA graph per padded-length
-  bucket, softprompt.cuda_graphs; on a CPU the same as softprompt); softprompt-graphs-lowp: the same on the bf16
-  weight copy. The result records each graph arm's captures and replays, and how far every softprompt arm's
+  softprompt-graphs: each step replayed from a CUDA graph per padded-length bucket (softprompt.cuda_graphs; the
+  default, `--cuda-graphs`, since it was measured; on a CPU the same as softprompt); softprompt-graphs-lowp: the same
+  on the bf16 weight copy; softprompt-eager: `--no-cuda-graphs`, the step as it was before. The result records each graph arm's captures and replays, and how far every softprompt arm's
   learned prompt is from softprompt's (same init, batches and steps: float rounding only, if the replays are right).
 - peft: the recipe of PEFT's prompt-tuning causal-LM example (bloomz-560m, twitter_complaints):
   `get_peft_model(PromptTuningConfig(task_type="CAUSAL_LM", prompt_tuning_init="TEXT", ...))`, inputs
@@ -157,8 +157,9 @@ SOFTPROMPT_ARMS = {
     "softprompt-lm": {"loss": "lm", "warmup": 0.0, "weight_decay": 0.01},  # PEFT's objective and schedule
     "softprompt-cudnn": {},  # `auto` with cuDNN's attention allowed on CUDA (what it was before scoring.attention left it out)
     "softprompt-lowp": {},  # `auto` with the bf16 weight copy on CUDA too (no per-forward weight casts)
-    "softprompt-graphs": {"cuda_graphs": True},  # `softprompt train --cuda-graphs`: steps replayed as CUDA graphs
+    "softprompt-graphs": {"cuda_graphs": True},  # steps replayed from CUDA graphs (the default since they were measured)
     "softprompt-graphs-lowp": {"cuda_graphs": True},  # the same with the bf16 weight copy on CUDA
+    "softprompt-eager": {"cuda_graphs": False},  # `softprompt train --no-cuda-graphs`: every kernel launched by the host
 }
 # softprompt arm -> the scoring options it runs with, where not TrainConfig's default
 ARM_SCORING = {
