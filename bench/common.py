@@ -203,6 +203,21 @@ TINY = {
     },
     "bloom": {"hidden_size": 32, "n_layer": 2, "n_head": 4},
 }
+# scoring options of the bench arms that differ from the defaults in how they score (both benchmarks' arms)
+LOWP_EVERYWHERE = ("cpu", "cuda", "mps")  # the bf16 weight copy on GPUs too (ScoringOptions.lowp_devices)
+
+
+def arm_scoring(arm: str):
+    """The scoring options a `softprompt-*` bench arm names by its suffix (-cudnn, -lowp), None for the defaults."""
+    from softprompt.scoring import ScoringOptions
+
+    if arm.endswith("-cudnn"):
+        return ScoringOptions(cudnn_attention=True)  # `auto` with cuDNN's attention allowed on CUDA
+    if arm.endswith("-lowp"):
+        return ScoringOptions(lowp_devices=LOWP_EVERYWHERE)
+    return None
+
+
 CARRY = ROOT / "bench" / "carry"  # filled by bench/prepare_carry.sh (git-ignored): data + tokenizer for the GPU machine
 
 

@@ -55,8 +55,8 @@ ARM_OPTIONS = {  # softprompt arm -> its scoring options (softprompt: the defaul
     "softprompt-plain": scoring.PLAIN,
     "softprompt-padded": scoring.ScoringOptions(strategy="padded"),
     "softprompt-kv_tree": scoring.ScoringOptions(strategy="kv_tree"),
-    "softprompt-cudnn": scoring.ScoringOptions(cudnn_attention=True),  # `auto` with cuDNN's attention allowed on CUDA
-    "softprompt-lowp": scoring.ScoringOptions(lowp_devices=("cpu", "cuda", "mps")),  # bf16 weight copy on GPUs too
+    "softprompt-cudnn": common.arm_scoring("softprompt-cudnn"),
+    "softprompt-lowp": common.arm_scoring("softprompt-lowp"),
 }
 
 

@@ -161,12 +161,6 @@ SOFTPROMPT_ARMS = {
     "softprompt-graphs-lowp": {"cuda_graphs": True},  # the same with the bf16 weight copy on CUDA
     "softprompt-eager": {"cuda_graphs": False},  # `softprompt train --no-cuda-graphs`: every kernel launched by the host
 }
-# softprompt arm -> the scoring options it runs with, where not TrainConfig's default
-ARM_SCORING = {
-    "softprompt-cudnn": scoring.ScoringOptions(cudnn_attention=True),
-    "softprompt-lowp": scoring.ScoringOptions(lowp_devices=("cpu", "cuda", "mps")),
-    "softprompt-graphs-lowp": scoring.ScoringOptions(lowp_devices=("cpu", "cuda", "mps")),
-}
 
 
 class SoftpromptArm(Arm):
@@ -190,7 +184,7 @@ class SoftpromptArm(Arm):
         encoder = PromptEncoder(self.prompt, "none", 0)
         trainables = Trainables(self.prompt, encoder.named_trainables(), lr=args.lr, encoder=encoder)
         self.loop = TrainingLoop(
-            cfg, Path("bench-writes-nothing"), data, trainables, SINGLE, scoring=ARM_SCORING.get(name), progress=False
+            cfg, Path("bench-writes-nothing"), data, trainables, SINGLE, scoring=common.arm_scoring(name), progress=False
         )
         self.compute_dtype = self.loop.compute_dtype
         steps = math.ceil(len(examples) / args.batch_size) * args.epochs + args.warmup_steps
