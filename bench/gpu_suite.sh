@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # THE prepared GPU run of issue #13: training (softprompt = the defaults: the `auto` scoring strategy, which on a GPU
-# is one padded forward, replayed from CUDA graphs; softprompt-eager = the same without graphs (--no-cuda-graphs);
-# softprompt-graphs-lowp = graphs on a bf16 weight copy; PEFT fp32; PEFT bf16; TRAIN_ARMS / EVAL_ARMS
+# is one padded forward, replayed from CUDA graphs; softprompt-grouped = the same with --group-by-length;
+# softprompt-eager = without graphs (--no-cuda-graphs); PEFT fp32; PEFT bf16; TRAIN_ARMS / EVAL_ARMS
 # override the arms, e.g. softprompt-kv_tree for the CPU's prefix tree, softprompt-cudnn with cuDNN attention) for
 # both model shapes x RTE and SST-2 x batch 8 and 32, and evaluation vs the naive scorer, on one GPU in
 # ~8 minutes; every result lands in $OUT (gpu_suite.json, summary.md, suite.log, cells.log).
@@ -83,7 +83,7 @@ for cell in "${cells[@]}"; do
             # JSON, warmup_s); what the cell keeps for startup, warm-up and the end: 35 s
             cmd=("$PY" bench/train_vs_peft.py --device "$device" --shape "$shape" --task "$task" --batch-size "$batch"
                  --train 256 --epochs 1 --warmup-steps $(( (256 + batch - 1) / batch )) --val 0 --mem-steps 0 --sync-every 8
-                 --arms "${TRAIN_ARMS:-softprompt,softprompt-eager,softprompt-graphs-lowp,peft,peft-bf16}")
+                 --arms "${TRAIN_ARMS:-softprompt,softprompt-grouped,softprompt-eager,peft,peft-bf16}")
             ;;
         eval-*)
             shape=${cell#eval-}

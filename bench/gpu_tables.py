@@ -19,6 +19,7 @@ from pathlib import Path
 # graphs since results with softprompt-graphs; before those, softprompt ran eagerly)
 SOFTPROMPT_ARMS = (
     "softprompt",
+    "softprompt-grouped",
     "softprompt-eager",
     "softprompt-graphs",
     "softprompt-graphs-lowp",

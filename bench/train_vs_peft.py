@@ -583,7 +583,9 @@ def main(argv: list[str] | None = None) -> None:
         ref, init = sp["softprompt"].learned(), sp["softprompt"].prompt.initial.detach().cpu()
         moved = float((ref - init).norm())
         info["prompt_diff_vs_softprompt"] = {  # ||P_arm - P_softprompt|| / ||P_softprompt - P_init||: rounding << 1
-            name: float((a.learned() - ref).norm()) / max(moved, 1e-12) for name, a in sp.items() if name != "softprompt"
+            name: float((a.learned() - ref).norm()) / max(moved, 1e-12)
+            for name, a in sp.items()
+            if name != "softprompt" and not a.grouped  # a grouped arm sees other batches
         }
     if args.profile_steps:  # after everything measured above: these steps train the prompts further
         info["profile"] = {a.name: profile_arm(a, examples, args) for a in arms if a.name in ("softprompt", "peft")}
