@@ -78,9 +78,13 @@ def test_padded_scoring_reads_nothing_back(tiny_backbone, no_packed_check):
     assert scores.shape == (7, 3) and prompt.grad is not None and prompt.grad.device.type == "meta"
 
 
-def test_training_steps_read_nothing_back_between_reads(tiny_backbone, toy_data, tmp_path, no_packed_check):
+@pytest.mark.parametrize("graphed", [False, True])
+def test_training_steps_read_nothing_back_between_reads(tiny_backbone, toy_data, tmp_path, no_packed_check, graphed):
     """The library's own step (`TrainingLoop._micro_batch` with its optimiser steps) on the meta device:
-    four micro-batches and optimiser steps, their losses queued, no read until `read_losses`."""
+    four micro-batches and optimiser steps, their losses queued, no read until `read_losses`; `graphed`: through
+    `StepGraphs` (pack, static copy, capture, replays) with the CPU stand-in for a graph."""
+    from softprompt.cuda_graphs import EagerReplay, StepGraphs
+
     cfg = TrainConfig(
         task="rte", model="tiny", tokens=4, epochs=1, batch_size=2, lr=0.1, data_dir=str(toy_data),
         compute_dtype="float32", scoring_strategy="padded", log_every=100,
@@ -93,10 +97,13 @@ def test_training_steps_read_nothing_back_between_reads(tiny_backbone, toy_data,
     trainables.params["prompt"] = trainables.prompt.weight
     loop = TrainingLoop(cfg, tmp_path / "run", data, trainables, SINGLE, scoring=None, progress=False)
     assert loop.read_every == 100
+    if graphed:
+        loop.graphs, loop.bucket = StepGraphs(torch.device("meta"), capture=EagerReplay()), 64
     order = list(range(len(data.encoded)))
     for micro in range(4):
         loop._micro_batch(0, micro, order)
     assert loop.state["optimizer_step"] == 4 and len(loop.unread) == 4 and loop.losses == []
+    assert not graphed or (loop.graphs.replays == 4 and loop.graphs.captures >= 1)
     assert loop.stats["forwards"] == 4 and loop.stats["head"] > 0
     with pytest.raises((RuntimeError, NotImplementedError)):  # the read itself is the one place that needs values
         loop.read_losses()
@@ -214,28 +221,6 @@ def test_graphed_training_steps_match_eager_ones(tiny_llama, toy_data, tmp_path)
     assert not torch.equal(graphed.trainables.prompt.weight, graphed.trainables.prompt.initial)  # it trained
     assert graphed.stats["forwards"] == eager.stats["forwards"] == g.replays
     assert graphed.stats["real"] == eager.stats["real"] and graphed.stats["padded"] == eager.stats["padded"]
-
-
-def test_graphed_steps_read_nothing_back(tiny_backbone, toy_data, tmp_path, no_packed_check):
-    """The graphed micro-batch (pack, static copy, capture, replays, gradient accumulation) on the meta device."""
-    from softprompt.cuda_graphs import EagerReplay, StepGraphs
-
-    cfg = TrainConfig(
-        task="rte", model="tiny", tokens=4, epochs=1, batch_size=2, lr=0.1, data_dir=str(toy_data),
-        compute_dtype="float32", scoring_strategy="padded", log_every=100,
-    )  # fmt: skip
-    backbone = Backbone(model=tiny_backbone.model, tokenizer=tiny_backbone.tokenizer, name="t", source="t", revision="t")
-    data = prepare_data(cfg, backbone, SINGLE)
-    trainables = build_trainables(cfg, data, SINGLE)
-    backbone.model.to("meta")
-    trainables.prompt.to("meta")
-    trainables.params["prompt"] = trainables.prompt.weight
-    loop = TrainingLoop(cfg, tmp_path / "run", data, trainables, SINGLE, scoring=None, progress=False)
-    loop.graphs, loop.bucket = StepGraphs(torch.device("meta"), capture=EagerReplay()), 64
-    order = list(range(len(data.encoded)))
-    for micro in range(4):
-        loop._micro_batch(0, micro, order)
-    assert loop.state["optimizer_step"] == 4 and loop.graphs.replays == 4 and loop.graphs.captures >= 1
 
 
 def test_a_failed_capture_falls_back_to_eager_steps(tiny_llama):
