@@ -223,6 +223,18 @@ def test_graphed_training_steps_match_eager_ones(tiny_llama, toy_data, tmp_path)
     assert graphed.stats["real"] == eager.stats["real"] and graphed.stats["padded"] == eager.stats["padded"]
 
 
+def test_shapes_beyond_the_graph_limit_run_eagerly(tiny_llama):
+    from softprompt.cuda_graphs import EagerReplay, StepGraphs
+
+    tok = tiny_llama.tokenizer
+    encoded = encode_examples(EXAMPLES, tok, n_prompt=0)
+    graphs = StepGraphs(torch.device("cpu"), capture=EagerReplay(), max_graphs=2)
+    for k in (1, 2, 3, 1, 3):  # three shapes (example counts), the third over the limit
+        host = collate(encoded[:k], tok.pad_token_id, bucket=64)
+        assert graphs.run(lambda b: (b.labels.sum(),), host)[0] == host.labels.sum()
+    assert (graphs.captures, graphs.replays, graphs.eager) == (2, 3, 2)
+
+
 def test_a_failed_capture_falls_back_to_eager_steps(tiny_llama):
     from softprompt.cuda_graphs import StepGraphs
 

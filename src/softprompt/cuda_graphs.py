@@ -35,6 +35,7 @@ from softprompt.batching import Batch, pack, shape_key, unpack
 
 LENGTH_BUCKET = 64  # rows are padded to a multiple of this many tokens: few shapes, little padding
 WARMUP_FIRST, WARMUP = 3, 1  # eager runs before a capture: the first capture of a run, and every later one
+MAX_GRAPHS = 48  # shapes captured at most (each holds its static buffers); a batch of a shape beyond runs eagerly
 
 Outputs = tuple[torch.Tensor | None, ...]
 Step = Callable[[Batch], Outputs]
@@ -124,8 +125,8 @@ class Captured:
 class StepGraphs:
     """One captured graph per batch shape; see the module docstring."""
 
-    def __init__(self, device: torch.device, capture=None) -> None:
-        self.device = torch.device(device)
+    def __init__(self, device: torch.device, capture=None, max_graphs: int = MAX_GRAPHS) -> None:
+        self.device, self.max_graphs = torch.device(device), max_graphs
         self.capturer = capture if capture is not None else CudaGraphCapture(self.device)
         self.graphs: dict[tuple, Captured] = {}
         self.failed: str | None = None  # why capturing stopped (every step runs eagerly since)
@@ -139,6 +140,9 @@ class StepGraphs:
         k = (shape_key(host), *key)
         entry = self.graphs.get(k)
         flat = pack(host)
+        if entry is None and len(self.graphs) >= self.max_graphs:  # shapes keep coming: no more graph memory for them
+            self.eager += 1
+            return fn(host.to(self.device))
         if entry is None:
             static = flat.to(self.device)
             try:
