@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -151,6 +152,20 @@ def test_run_dirs_cannot_escape_the_study(task, tmp_path):
     name = task_dir_name(task)
     target = (tmp_path / "runs" / f"{name}-s0").resolve()
     assert target.parent == (tmp_path / "runs").resolve() and not name.startswith(".")
+
+
+def test_two_task_files_that_would_share_run_folders_are_refused(tmp_path):
+    """examples/a/task.toml and examples/b/task.toml both name their runs `task-s*`: refused before any run."""
+    from softprompt.study import load_study_config
+
+    src = Path(__file__).resolve().parents[1] / "examples"
+    cfg = tmp_path / "study.toml"
+    a, b = src / "custom_task" / "task.toml", src / "mrpc" / "task.toml"
+    cfg.write_text(f'[study]\nmodel = "smollm2-135m"\ntasks = ["{a}", "{b}"]\nseeds = [0]\n')
+    with pytest.raises(SoftPromptError, match=r"would share the run folders 'task'-s\*: rename one"):
+        load_study_config(cfg)
+    cfg.write_text(f'[study]\nmodel = "smollm2-135m"\ntasks = ["{a}", "{src / "topics" / "topics.toml"}"]\nseeds = [0]\n')
+    assert len(load_study_config(cfg).tasks) == 2
 
 
 def test_local_executor_never_imports_ray(tmp_path, tiny_model_dir, toy_data, monkeypatch):

@@ -170,6 +170,13 @@ def _run_paths(table: dict[str, Any], path: Path) -> dict[str, Any]:
     return table
 
 
+def task_dir_name(task: str) -> str:
+    """A directory name for a task that cannot escape the study directory (no separators, no leading dot)."""
+    name = Path(task).stem if task.endswith(".toml") else task
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
+    return safe or "task"
+
+
 def _validate(cfg: StudyConfig, path: Path) -> None:
     """Every task, run config and baseline config now, before hours of compute."""
     bad = sorted(set(cfg.baselines.methods) - set(BASELINE_METHODS))
@@ -178,8 +185,15 @@ def _validate(cfg: StudyConfig, path: Path) -> None:
     if not cfg.tasks or not cfg.seeds:
         raise SoftPromptError(f"{path} [study]: tasks and seeds must be non-empty lists")
     _validate_values(cfg, path)
+    folders: dict[str, str] = {}
     for task in cfg.tasks:
         get_task(task)
+        other = folders.setdefault(task_dir_name(task), task)
+        if other != task:  # e.g. a/task.toml and b/task.toml: their runs would overwrite each other's
+            raise SoftPromptError(
+                f"{path} [study] tasks: {other!r} and {task!r} would share the run folders "
+                f"{task_dir_name(task)!r}-s*: rename one of the task files"
+            )
     overrides = cfg.baselines.overrides()
     for method in TRAINED_BASELINES:
         baseline_config(cfg.baseline_base(cfg.tasks[0]), method, overrides[method])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.config import TASK_INIT, TrainConfig
-from softprompt.study.config import StudyConfig
+from softprompt.study.config import StudyConfig, task_dir_name
 from softprompt.study.sweep import Cell, cell_label
 
 
@@ -65,13 +65,6 @@ def source_unit(cfg: StudyConfig, unit: Unit) -> Unit | None:
 
 
 # ----------------------------------------------------------------------------- paths
-
-
-def task_dir_name(task: str) -> str:
-    """A directory name for a task that cannot escape the study directory (no separators, no leading dot)."""
-    name = Path(task).stem if task.endswith(".toml") else task
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
-    return safe or "task"
 
 
 def run_name(task: str, seed: int | None, source: str | None = None) -> str:
