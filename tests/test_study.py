@@ -154,6 +154,25 @@ def test_run_dirs_cannot_escape_the_study(task, tmp_path):
     assert target.parent == (tmp_path / "runs").resolve() and not name.startswith(".")
 
 
+def test_a_custom_task_file_gets_its_baselines_in_the_report(tmp_path, tiny_model_dir, toy_data):
+    """A task given as a .toml path: its baselines are found by the same name as its runs (the accuracy table once
+    showed a custom task's soft prompt without its majority / no-prompt rows)."""
+    from softprompt.report.tables import accuracy_rows
+
+    task = tmp_path / "pairs.toml"
+    task.write_text(
+        'name = "pairs"\ndescription = "Does the hypothesis follow?"\n'
+        'template = "{premise}\\nQuestion: {hypothesis} Yes or no?\\nAnswer:"\nlabel_words = ["yes", "no"]\n'
+        f'label_values = ["entailment", "not_entailment"]\n[data]\ntrain = "{toy_data}/rte/train.jsonl"\n'
+        f'validation = "{toy_data}/rte/val.jsonl"\n'
+    )
+    cfg = _write(tmp_path, tiny_model_dir, toy_data, methods='["majority", "no_prompt"]')
+    cfg.write_text(cfg.read_text().replace('tasks = ["rte"]', f'tasks = ["{task}"]').replace("seeds = [0, 1, 2]", "seeds = [0]"))
+    results = run_study(cfg, tmp_path / "study", progress=False)
+    methods = {r["method"] for r in accuracy_rows(results) if r["task"] == str(task)}
+    assert {"majority", "no_prompt", "soft_prompt"} <= methods
+
+
 def test_two_task_files_that_would_share_run_folders_are_refused(tmp_path):
     """examples/a/task.toml and examples/b/task.toml both name their runs `task-s*`: refused before any run."""
     from softprompt.study import load_study_config

@@ -23,7 +23,7 @@ from softprompt.report.ablations import ablation_results
 from softprompt.runs import METRICS_FILE, load_run
 from softprompt.study.config import StudyConfig, load_study_config
 from softprompt.study.executors import ExecutorResult, StudyProgress, run_locally
-from softprompt.study.plan import Unit, task_dir_name
+from softprompt.study.plan import Unit
 from softprompt.study.units import Study
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def _results(study: Study, units: list[Unit], outcome: ExecutorResult, *, wall_t
             actions[name] = done[unit]["action"]
             study.timings[name] = done[unit]["seconds"]
         else:
-            baselines.setdefault(task_dir_name(unit.task), {})[unit.method] = done[unit]["row"]
+            baselines.setdefault(unit.task, {})[unit.method] = done[unit]["row"]  # keyed as runs name their task
     results = {
         "study": study.cfg.to_json(),
         "setup": {
@@ -148,7 +148,7 @@ def _results(study: Study, units: list[Unit], outcome: ExecutorResult, *, wall_t
     if study.cfg.sweep:
         cell_runs = [_run_summary(study, u) for u in units if u.method is None and u.source is None]
         results["sweep"] = {"axes": study.cfg.sweep, "analysis_cell": dict(study.cfg.analysis_cell()), "runs": cell_runs}
-        by_task = {t: baselines.get(task_dir_name(t), {}) for t in study.cfg.tasks}  # keyed as the runs name their task
+        by_task = {t: baselines.get(t, {}) for t in study.cfg.tasks}
         results["ablations"] = ablation_results(study.cfg.sweep, study.cfg.analysis_cell(), cell_runs, by_task)
     if study.cfg.transfer.init:
         results["transfer_init_runs"] = [_run_summary(study, u) for u in units if u.source is not None]
