@@ -133,33 +133,37 @@ class StepGraphs:
         self.captures = self.replays = self.eager = 0
 
     def run(self, fn: Step, host: Batch, key: Sequence = ()) -> Outputs:
-        """`fn(host on the device)`, from the graph of `host`'s shape (captured now if it is new)."""
-        if self.failed is not None:
-            self.eager += 1
-            return fn(host.to(self.device))
-        k = (shape_key(host), *key)
-        entry = self.graphs.get(k)
-        flat = pack(host)
-        if entry is None and len(self.graphs) >= self.max_graphs:  # shapes keep coming: no more graph memory for them
-            self.eager += 1
-            return fn(host.to(self.device))
+        """`fn(host on the device)`, from the graph of `host`'s shape (captured now if it is new); eagerly once a
+        capture failed, or for a new shape beyond `max_graphs`."""
+        entry = None if self.failed is not None else self._loaded(fn, host, (shape_key(host), *key))
         if entry is None:
-            static = flat.to(self.device)
-            try:
-                replay, outputs = self.capturer.capture(lambda: fn(unpack(static, host)), WARMUP if self.graphs else WARMUP_FIRST)
-            except RuntimeError as e:  # a forward that reads a value back cannot be captured
-                self.failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                warnings.warn(
-                    f"softprompt: CUDA graph capture failed ({self.failed}): training steps run without graphs from here",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self.eager += 1
-                return fn(host.to(self.device))
-            entry = self.graphs[k] = Captured(static, replay, outputs)
-            self.captures += 1
-        else:
-            entry.static.copy_(flat.pin_memory() if self.device.type == "cuda" else flat, non_blocking=True)
+            self.eager += 1
+            return fn(host.to(self.device))
         entry.replay()
         self.replays += 1
         return tuple(None if out is None else out.clone() for out in entry.outputs)
+
+    def _loaded(self, fn: Step, host: Batch, k: tuple) -> Captured | None:
+        """The graph of shape `k` with `host` in its static buffer: copied into the one captured before, or captured
+        now (None: a new shape beyond the limit, or the capture failed)."""
+        entry = self.graphs.get(k)
+        if entry is not None:
+            flat = pack(host)
+            entry.static.copy_(flat.pin_memory() if self.device.type == "cuda" else flat, non_blocking=True)
+            return entry
+        if len(self.graphs) >= self.max_graphs:  # shapes keep coming: no more graph memory for them
+            return None
+        static = pack(host).to(self.device)
+        try:
+            replay, outputs = self.capturer.capture(lambda: fn(unpack(static, host)), WARMUP if self.graphs else WARMUP_FIRST)
+        except RuntimeError as e:  # a forward that reads a value back cannot be captured
+            self.failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            warnings.warn(
+                f"softprompt: CUDA graph capture failed ({self.failed}): training steps run without graphs from here",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        entry = self.graphs[k] = Captured(static, replay, outputs)
+        self.captures += 1
+        return entry
