@@ -208,13 +208,18 @@ LOWP_EVERYWHERE = ("cpu", "cuda", "mps")  # the bf16 weight copy on GPUs too (Sc
 
 
 def arm_scoring(arm: str):
-    """The scoring options a `softprompt-*` bench arm names by its suffix (-cudnn, -lowp), None for the defaults."""
+    """The scoring options a `softprompt-*` bench arm names by its suffix (-cudnn, -lowp, -alibi-eager, -bloom-gelu), None for the
+    defaults."""
     from softprompt.scoring import ScoringOptions
 
     if arm.endswith("-cudnn"):
         return ScoringOptions(cudnn_attention=True)  # `auto` with cuDNN's attention allowed on CUDA
     if arm.endswith("-lowp"):
         return ScoringOptions(lowp_devices=LOWP_EVERYWHERE)
+    if arm.endswith("-alibi-eager"):
+        return ScoringOptions(alibi_sdpa_devices=())  # BLOOM's own eager attention on CUDA too
+    if arm.endswith("-bloom-gelu"):
+        return ScoringOptions(fused_gelu_devices=())  # BLOOM's own GELU (a custom autograd function) on CUDA too
     return None
 
 

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # THE prepared GPU run of issue #13: training (softprompt = the defaults: the `auto` scoring strategy, which on a GPU
-# is one padded forward, replayed from CUDA graphs; softprompt-grouped = the same with --group-by-length;
-# softprompt-eager = without graphs (--no-cuda-graphs); PEFT fp32; PEFT bf16; TRAIN_ARMS / EVAL_ARMS
-# override the arms, e.g. softprompt-kv_tree for the CPU's prefix tree, softprompt-cudnn with cuDNN attention) for
+# is one padded forward, replayed from CUDA graphs; the other arms: train_arms below; TRAIN_ARMS / EVAL_ARMS
+# override the arms, e.g. softprompt-eager without graphs, softprompt-kv_tree for the CPU's prefix tree) for
 # both model shapes x RTE and SST-2 x batch 8 and 32, and evaluation vs the naive scorer, on one GPU in
 # ~8 minutes; every result lands in $OUT (gpu_suite.json, summary.md, suite.log, cells.log).
 # How to call it through the device tool, and how to fold the results in: bench/README.md, "GPU run".
@@ -68,6 +67,17 @@ print(f"preflight: {name}, torch {torch.__version__}, transformers {transformers
       f"tokenizer {type(tok).__name__} ({len(tok)} tokens)")
 EOF
 
+# the default training arms of a cell (shape, task, batch): softprompt (the defaults), softprompt-grouped
+# (--group-by-length), softprompt-bucket64 (the fixed 64-token buckets before batching.bucketed_length), on RTE at
+# b32 softprompt-nosplit (one forward per batch: no length groups, TrainingLoop._length_groups), on BLOOM
+# softprompt-alibi-eager and softprompt-bloom-gelu (its own attention / GELU instead of scoring.bloom's), PEFT's
+# recipe fp32 and bf16, and peft-bf16-grouped (PEFT tuned alike: dynamic padding, grouped batches)
+train_arms() {
+    local arms=softprompt,softprompt-grouped,softprompt-bucket64
+    [ "$2-$3" = rte-32 ] && arms+=,softprompt-nosplit
+    [ "${1#bloomz}" != "$1" ] && arms+=,softprompt-alibi-eager,softprompt-bloom-gelu
+    echo "$arms,peft,peft-bf16,peft-bf16-grouped"
+}
 merge() { "$PY" bench/gpu_tables.py --cells "$work" --out "$OUT/gpu_suite.json" --summary "$OUT/summary.md" || echo "merge failed"; }
 
 start=$SECONDS
@@ -83,7 +93,7 @@ for cell in "${cells[@]}"; do
             # JSON, warmup_s); what the cell keeps for startup, warm-up and the end: 35 s
             cmd=("$PY" bench/train_vs_peft.py --device "$device" --shape "$shape" --task "$task" --batch-size "$batch"
                  --train 256 --epochs 1 --warmup-steps $(( (256 + batch - 1) / batch )) --val 0 --mem-steps 0 --sync-every 8
-                 --arms "${TRAIN_ARMS:-softprompt,softprompt-grouped,softprompt-eager,peft,peft-bf16}")
+                 --arms "${TRAIN_ARMS:-$(train_arms "$shape" "$task" "$batch")}")
             ;;
         eval-*)
             shape=${cell#eval-}
@@ -101,8 +111,8 @@ for cell in "${cells[@]}"; do
         continue
     fi
     case $cell in train-*) cmd+=(--time-budget $((budget > 50 ? budget - 35 : budget / 3))) ;; esac
-    # where the llama shape's fixed per-step cost goes (issue #13): an op table of 2 steps, in cells.log
-    [ "$cell" = train-smollm2-135m-rte-b8 ] && cmd+=(--profile-steps 2)
+    # where the BLOOM step at b32 spends its time (5-8% of the bf16 peak before): an op table of 2 steps, in cells.log
+    [ "$cell" = train-bloomz-560m-sst2-b32 ] && cmd+=(--profile-steps 2)
     cmd+=(--tokenizer "$CARRY/tokenizer" --data-dir "$CARRY/data" --json "$json" $dry)
     echo "== $cell (budget ${budget}s)"
     t0=$SECONDS

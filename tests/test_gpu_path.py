@@ -156,6 +156,86 @@ def test_the_backend_choice_reaches_the_scoring_forward(tiny_llama, monkeypatch)
             batch_choice_scores(model, None, batch, options=PADDED)
 
 
+def _counted(monkeypatch, name: str) -> list[int]:
+    """Counts the calls of torch.nn.functional's `name` (BLOOM's own kernels call neither SDPA nor F.gelu)."""
+    import softprompt.scoring.bloom as bloom
+
+    calls, fn = [0], getattr(torch.nn.functional, name)
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return fn(*args, **kwargs)
+
+    monkeypatch.setattr(bloom.F, name, counted)
+    return calls
+
+
+def _scores_and_grad(model, prompt, batch, options):
+    prompt = prompt.clone().requires_grad_()
+    scores = batch_choice_scores(model, prompt, batch, options=options)
+    (grad,) = torch.autograd.grad(scores[~torch.isinf(scores)].sum(), prompt)
+    return scores.detach(), grad
+
+
+@pytest.mark.parametrize("padding_mask", [False, True])
+@pytest.mark.parametrize("replaced", ["attention", "gelu", "both"])
+def test_bloom_kernels_give_the_same_scores_and_gradients(tiny_backbone, monkeypatch, padding_mask, replaced):
+    """BLOOM's attention through SDPA and its GELU as one kernel (the defaults on CUDA; here forced on the CPU): the
+    scores and the prompt's gradient of the model's own kernels, with or without the padding mask, one call per
+    layer of each replacement, and the model's modules as they were afterwards. A llama model has no BLOOM
+    modules: nothing changes."""
+    from softprompt.scoring.bloom import bloom_modules
+
+    tok, model = tiny_backbone.tokenizer, tiny_backbone.model
+    batch = collate(encode_examples(EXAMPLES, tok, n_prompt=3), tok.pad_token_id, bucket=16)
+    prompt = torch.randn(3, model.config.hidden_size, generator=torch.Generator().manual_seed(0)) * 0.5
+    sdpa, gelu = _counted(monkeypatch, "scaled_dot_product_attention"), _counted(monkeypatch, "gelu")
+    own = ScoringOptions(strategy="padded", padding_mask=padding_mask, alibi_sdpa_devices=(), fused_gelu_devices=())
+    scores, grad = _scores_and_grad(model, prompt, batch, own)
+    layers = model.config.n_layer if "bloom" in tiny_backbone.name else 0
+    assert sdpa[0] == gelu[0] == 0 and len(bloom_modules(model, "attention")) == len(bloom_modules(model, "gelu")) == layers
+    on = {
+        "alibi_sdpa_devices": ("cpu",) if replaced != "gelu" else (),
+        "fused_gelu_devices": ("cpu",) if replaced != "attention" else (),
+    }
+    got, got_grad = _scores_and_grad(model, prompt, batch, ScoringOptions(strategy="padded", padding_mask=padding_mask, **on))
+    assert sdpa[0] == (layers if replaced != "gelu" else 0) and gelu[0] == (layers if replaced != "attention" else 0)
+    assert torch.equal(torch.isinf(got), torch.isinf(scores))
+    assert torch.allclose(got[~torch.isinf(got)], scores[~torch.isinf(scores)], atol=1e-5)
+    assert torch.allclose(got_grad, grad, atol=1e-5, rtol=1e-4) and grad.abs().sum() > 0
+    assert all("forward" not in vars(m) for kind in ("attention", "gelu") for m in bloom_modules(model, kind))
+
+
+def test_one_kernel_gelu_is_bloom_gelu():
+    """The replacement is BLOOM's own GELU (its tanh formula, not the erf one), value and gradient, over the range
+    activations take (the tiny test models' activations are too small to tell the two GELUs apart)."""
+    from transformers.models.bloom.modeling_bloom import BloomGelu
+
+    from softprompt.scoring.bloom import _tanh_gelu
+
+    x = (torch.randn(4096, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3).requires_grad_()
+    want = BloomGelu()(x)
+    (want_grad,) = torch.autograd.grad(want.sum(), x)
+    got = _tanh_gelu(x)
+    (got_grad,) = torch.autograd.grad(got.sum(), x)
+    assert torch.allclose(got, want, atol=1e-7) and torch.allclose(got_grad, want_grad, atol=1e-7)
+    assert not torch.allclose(torch.nn.functional.gelu(x), want, atol=1e-4)  # the erf GELU would be told apart
+
+
+def test_bucketed_lengths_are_geometric():
+    """Steps of `bucket` tokens while that is at most an eighth of the length, then an eighth: never shorter, at
+    most 12.5% (or one bucket) longer, and at most 8 shapes per doubling of the length."""
+    from softprompt.batching import bucketed_length
+
+    got = [bucketed_length(n, 16) for n in range(1, 1025)]
+    assert all(b >= n and b % 16 == 0 and b <= max(n * 1.125, n + 15) for n, b in zip(range(1, 1025), got, strict=True))
+    assert got[:64] == [16] * 16 + [32] * 16 + [48] * 16 + [64] * 16  # short rows: steps of 16
+    assert bucketed_length(300, 16) == 320 and bucketed_length(513, 16) == 576  # longer rows: steps of 32, 64
+    for lo in (128, 256, 512):
+        assert len({b for n, b in zip(range(1, 1025), got, strict=True) if lo < n <= 2 * lo}) <= 8
+    assert sorted(got) == got  # a longer batch never gets a shorter bucket
+
+
 # ----------------------------------------------------------------------------- CUDA graphs (softprompt.cuda_graphs)
 
 
@@ -221,6 +301,35 @@ def test_graphed_training_steps_match_eager_ones(tiny_llama, toy_data, tmp_path)
     assert not torch.equal(graphed.trainables.prompt.weight, graphed.trainables.prompt.initial)  # it trained
     assert graphed.stats["forwards"] == eager.stats["forwards"] == g.replays
     assert graphed.stats["real"] == eager.stats["real"] and graphed.stats["padded"] == eager.stats["padded"]
+
+
+def test_split_batches_train_like_whole_ones(tiny_llama, toy_data, tmp_path):
+    """A graphed step split into groups of similar length (`split_overhead`, the default with CUDA graphs): the
+    same losses and prompt as one forward per batch (the gradient is the same sum), in more forwards over
+    fewer padded positions; every example in exactly one group."""
+    cfg = TrainConfig(
+        task="rte", model="tiny", tokens=4, epochs=2, batch_size=4, lr=0.1, data_dir=str(toy_data),
+        compute_dtype="float32", scoring_strategy="padded", max_train=12,
+    )  # fmt: skip
+    data = prepare_data(cfg, tiny_llama, SINGLE)
+    whole, split = (_graph_loop(cfg, data, tmp_path, n, graphs=True) for n in ("whole", "split"))
+    assert whole.split_overhead == 0  # on a CPU: no graphs at construction, no split
+    split.split_overhead = 1  # toy rows of 22-24 tokens: splitting saves a few positions, worth it at this price
+    order = list(range(12))
+    groups = split._length_groups(order[:4])
+    assert len(groups) > 1 and sorted(i for g in groups for i in g) == order[:4]
+    for loop in (whole, split):
+        for epoch in range(2):
+            loop.pending = []
+            for micro in range(loop.micro_per_epoch):
+                loop._micro_batch(epoch, micro, order[::-1] if epoch else order)
+            loop.read_losses()
+    assert split.stats["forwards"] > whole.stats["forwards"] and split.stats["padded"] < whole.stats["padded"]
+    assert split.stats["real"] == whole.stats["real"]
+    assert split.losses == pytest.approx(whole.losses, abs=1e-6) and len(split.losses) == 2 * split.micro_per_epoch
+    moved = float((whole.trainables.prompt.weight - whole.trainables.prompt.initial).norm())
+    # Adam turns a rounding-sized gradient into a full step: compared to how far the prompt moved
+    assert float((split.trainables.prompt.weight - whole.trainables.prompt.weight).norm()) < 1e-3 * moved
 
 
 def test_shapes_beyond_the_graph_limit_run_eagerly(tiny_llama):
@@ -316,3 +425,24 @@ def test_cuda_graph_replays_match_eager_steps_in_bfloat16(tiny_backbone, toy_dat
         assert torch.nn.functional.cosine_similarity(got[1].flatten(), want[1].flatten(), dim=0) > 0.99
     g = loop.graphs
     assert g.failed is None and g.replays == len(PAIRS) // 2 and 1 < g.captures < g.replays
+
+
+@CUDA_ONLY
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_bloom_kernels_on_a_gpu(tiny_backbone, dtype):
+    """On CUDA (where they are the default) SDPA's ALiBi attention and the one-kernel GELU score like BLOOM's own
+    kernels: to float rounding in float32, the same predictions and a close prompt gradient under bf16 autocast."""
+    from softprompt.scoring.model import autocast_context
+
+    tok, model = tiny_backbone.tokenizer, tiny_backbone.model.to("cuda")
+    batch = collate(encode_examples(EXAMPLES, tok, n_prompt=3), tok.pad_token_id, bucket=16).to("cuda")
+    prompt = torch.randn(3, model.config.hidden_size, device="cuda") * 0.5
+    with autocast_context(torch.device("cuda"), getattr(torch, dtype)):
+        own_kernels = ScoringOptions(strategy="padded", alibi_sdpa_devices=(), fused_gelu_devices=())
+        own, own_grad = _scores_and_grad(model, prompt, batch, own_kernels)
+        got, got_grad = _scores_and_grad(model, prompt, batch, ScoringOptions(strategy="padded"))
+    real = ~torch.isinf(own)
+    tol = 1e-4 if dtype == "float32" else 5e-2
+    assert torch.equal(torch.isinf(got), ~real) and torch.allclose(got[real], own[real], atol=tol, rtol=tol)
+    assert torch.equal(got.argmax(-1), own.argmax(-1))
+    assert torch.nn.functional.cosine_similarity(got_grad.flatten(), own_grad.flatten(), dim=0) > 0.99

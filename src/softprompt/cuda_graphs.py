@@ -33,7 +33,14 @@ from torch.overrides import TorchFunctionMode
 
 from softprompt.batching import Batch, pack, shape_key, unpack
 
-LENGTH_BUCKET = 64  # rows are padded to a multiple of this many tokens: few shapes, little padding
+LENGTH_BUCKET = 16  # rows are padded to a multiple of this many tokens or more (batching.bucketed_length)
+# A replayed step splits its batch into 2 or 4 equal groups of similar length (`SPLIT_PARTS`: equal sizes keep the
+# shapes few), one graph each, where the padding saved exceeds this many tokens per extra forward
+# (`TrainingLoop._length_groups`; the gradient is the same sum). Estimated from the H100 graph steps of SmolLM2 on
+# RTE (bench/README.md "GPU results"): 16.7 ms at batch 8 and 48.8 ms at 32, i.e. ~6 ms of a step does not grow
+# with its tokens: about what 1,300 tokens cost.
+SPLIT_OVERHEAD_TOKENS = 1024
+SPLIT_PARTS = (1, 2, 4)
 WARMUP_FIRST, WARMUP = 3, 1  # eager runs before a capture: the first capture of a run, and every later one
 MAX_GRAPHS = 48  # shapes captured at most (each holds its static buffers); a batch of a shape beyond runs eagerly
 

@@ -25,11 +25,11 @@ import torch
 
 from softprompt.backbones import Backbone, load_backbone, resolve_compute_dtype, resolve_device
 from softprompt.baselines import reference_results
-from softprompt.batching import EncodedExample, collate, encode_examples, length_grouped_order
+from softprompt.batching import EncodedExample, bucketed_length, collate, encode_examples, length_grouped_order
 from softprompt.chat import resolve_prompt_format
 from softprompt.checkpoint import load_checkpoint, save_checkpoint, save_trainables
 from softprompt.config import INIT_METHODS, PROMPT_LR_PER_STD, TASK_INIT, TrainConfig
-from softprompt.cuda_graphs import LENGTH_BUCKET, StepGraphs
+from softprompt.cuda_graphs import LENGTH_BUCKET, SPLIT_OVERHEAD_TOKENS, SPLIT_PARTS, StepGraphs
 from softprompt.distributed import DataParallel, setup_data_parallel
 from softprompt.errors import SoftPromptError, os_error_line
 from softprompt.evaluate import EVAL_SEED, EvalResult, Evaluator
@@ -380,6 +380,7 @@ class TrainingLoop:
         self.record = RunRecord()
         self.graphs = self._step_graphs()
         self.bucket = LENGTH_BUCKET if self.graphs is not None else 0  # batch lengths padded to buckets: shapes repeat
+        self.split_overhead = SPLIT_OVERHEAD_TOKENS if self.graphs is not None else 0  # 0: one forward per micro-batch
 
     def _step_graphs(self) -> StepGraphs | None:
         """CUDA graphs for the training steps (`cuda_graphs`, on by default), where they apply: a soft prompt
@@ -493,14 +494,16 @@ class TrainingLoop:
         idx = idx[dp.rank * cfg.batch_size : (dp.rank + 1) * cfg.batch_size]  # this process's share
         backbone = self.data.backbone
         loss_rows = torch.zeros(2, dtype=torch.float64, device=backbone.device)  # a process with no rows adds nothing
-        if idx:
-            host = collate([self.data.encoded[i] for i in idx], backbone.tokenizer.pad_token_id, bucket=self.bucket)
+        for group in self._length_groups(idx) if idx else []:
+            host = collate([self.data.encoded[i] for i in group], backbone.tokenizer.pad_token_id, bucket=self.bucket)
             if self.graphs is not None:
-                loss_rows, *grads = self.graphs.run(lambda b: self._loss_and_grads(b, len(idx)), host, key=(len(idx),))
+                rows = len(group)
+                group_loss, *grads = self.graphs.run(lambda b, rows=rows: self._loss_and_grads(b, rows), host, key=(rows,))
                 self.stats.update(padded_counts(host, cfg.tokens))
                 self.stats["head"] += host.target_row.numel()
             else:
-                loss_rows, *grads = self._loss_and_grads(host.to(backbone.device), len(idx), self.stats)
+                group_loss, *grads = self._loss_and_grads(host.to(backbone.device), len(group), self.stats)
+            loss_rows = loss_rows + group_loss
             for p, g in zip(self.trainables.params.values(), grads, strict=True):
                 if g is not None:
                     p.grad = g if p.grad is None else p.grad.add_(g)
@@ -510,6 +513,28 @@ class TrainingLoop:
             self.bar.update(1)
         if (micro + 1) % cfg.grad_accum == 0 or last_micro:
             self._optimizer_step(epoch, micro, last_micro)
+
+    def _length_groups(self, idx: list[int]) -> list[list[int]]:
+        """`idx` as the groups that get one forward each: with CUDA graphs (`split_overhead` > 0) a random batch
+        is padded to its longest row while a replayed forward costs little more than its tokens, so the batch,
+        sorted by length, is cut into the 1, 2 or 4 equal groups (`SPLIT_PARTS`; equal sizes keep the graphs'
+        shapes few) that compute the fewest positions counting `split_overhead` per forward. The gradient is
+        the same sum over the same examples. 0: one group."""
+        if not self.split_overhead or len(idx) < 2:
+            return [idx]
+        enc, n = self.data.encoded, self.cfg.tokens if self.cfg.method == "prompt" else 0
+        longest = {i: max(len(r.ids) for r in enc[i].rows) for i in idx}
+        length = {i: (bucketed_length(k, self.bucket) if self.bucket else k) + n for i, k in longest.items()}
+        ordered = sorted(idx, key=lambda i: (length[i], i))
+
+        def cost(groups: list[list[int]]) -> int:
+            return sum(self.split_overhead + sum(len(enc[i].rows) for i in g) * max(length[i] for i in g) for g in groups)
+
+        splits = []
+        for parts in (p for p in SPLIT_PARTS if p <= len(idx)):
+            size = -(-len(idx) // parts)
+            splits.append([ordered[k : k + size] for k in range(0, len(ordered), size)])
+        return min(splits, key=cost)  # ties: the fewest groups (listed first)
 
     def _loss_and_grads(self, batch, rows: int, stats: ScoringStats | None = None) -> tuple[torch.Tensor | None, ...]:
         """([loss x rows, rows], *gradients of the trainables) of one micro-batch of `rows` examples already on

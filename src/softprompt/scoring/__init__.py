@@ -5,7 +5,8 @@
 - `options`: `ScoringOptions` (which strategy, its switches) and `ScoringStats` (what was computed);
 - `model`: the model as the scorer sees it (body, head, prompt embeddings, autocast);
 - `kv_tree`: the KV-prefix-tree strategy; `lowp`: the low-precision weight copy; `attention`:
-  eager attention for CPU backward passes.
+  the attention kernels per device (eager for CPU backward passes); `bloom`: BLOOM's attention and GELU
+  replaced by fused kernels on CUDA.
 """
 
 from softprompt.scoring.kv_tree import plan_groups, prompt_kv

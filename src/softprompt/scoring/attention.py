@@ -14,6 +14,8 @@ cuDNN builds an execution plan for every new sequence length; the scorer's batch
 own longest row, so almost every step has a new length. Measured (bench/README.md, "GPU results"): the
 llama shape paid ~100 ms of host time per training step and bf16 evaluation ran slower than float32,
 while BLOOM (no SDPA) did not. Flash and memory-efficient attention take any length without planning.
+
+BLOOM's attention (ALiBi, no SDPA in transformers) is replaced on CUDA by `softprompt.scoring.bloom`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Iterator
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from softprompt.scoring.bloom import bloom_kernels
 from softprompt.scoring.options import ScoringOptions
 
 # SDPA backends a CUDA forward may use, in torch's order of preference, cuDNN's left out
@@ -42,7 +45,11 @@ def scoring_attention(model, options: ScoringOptions) -> Iterator[None]:
     """The attention of one scoring forward of `model`: see the module docstring."""
     device = next(model.parameters()).device
     backends = sdpa_backends(device, options)
-    with sdpa_kernel(backends) if backends else contextlib.nullcontext(), eager_attention_for_backward(model, device, options):
+    with (
+        sdpa_kernel(backends) if backends else contextlib.nullcontext(),
+        eager_attention_for_backward(model, device, options),
+        bloom_kernels(model, device, options),
+    ):
         yield
 
 

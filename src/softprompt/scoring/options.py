@@ -54,6 +54,10 @@ class ScoringOptions:
     group_overhead_tokens: int = 64  # fixed cost of one more forward (weights streamed again), in tokens
     padding_mask: bool = False  # padded: pass the padding mask anyway (for a model whose positions need it)
     cudnn_attention: bool = False  # CUDA: let SDPA pick cuDNN's attention (it plans anew for every length)
+    # device types where BLOOM's ALiBi attention runs through SDPA (the bias as its mask) instead of the model's
+    # eager matmuls and float32 softmax, and where its GELU runs as one kernel (scoring.bloom); measured on CUDA
+    alibi_sdpa_devices: tuple[str, ...] = ("cuda",)
+    fused_gelu_devices: tuple[str, ...] = ("cuda",)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
