@@ -12,7 +12,7 @@
 #
 # Needs bench/carry/ (bash bench/prepare_carry.sh; $CARRY overrides it). Budgets, in seconds:
 # SUITE_BUDGET_S for all cells (450), TRAIN_CELL_S and EVAL_CELL_S per cell (75, 90). TRAIN_ARMS and EVAL_ARMS
-# replace the cells' --arms lists. A cell gets the
+# replace the cells' --arms lists; TRAIN_EPOCHS timed epochs per training cell (1; rates are medians over them). A cell gets the
 # smaller of its budget and what is left, is killed at its end (`timeout`), and a cell that would start
 # with under 20 s left is skipped: one slow cell cannot eat the session. Inside a training cell the
 # timed epoch is capped to fit (train_vs_peft.py --time-budget), so a slow arm gives fewer steps, not
@@ -92,7 +92,7 @@ for cell in "${cells[@]}"; do
             # each batch shape there, so the timed epoch is their steady state; the warm-up's cost is in the
             # JSON, warmup_s); what the cell keeps for startup, warm-up and the end: 35 s
             cmd=("$PY" bench/train_vs_peft.py --device "$device" --shape "$shape" --task "$task" --batch-size "$batch"
-                 --train 256 --epochs 1 --warmup-steps $(( (256 + batch - 1) / batch )) --val 0 --mem-steps 0 --sync-every 8
+                 --train 256 --epochs "${TRAIN_EPOCHS:-1}" --warmup-steps $(( (256 + batch - 1) / batch )) --val 0 --mem-steps 0 --sync-every 8
                  --arms "${TRAIN_ARMS:-$(train_arms "$shape" "$task" "$batch")}")
             ;;
         eval-*)
