@@ -367,6 +367,28 @@ def test_transfer_matrix_on_tiny_model(tiny_llama, two_task_data, fake_runs, tmp
         assert _is_png(path)
 
 
+def test_transfer_matrix_names_a_custom_task_by_its_name(tiny_llama, two_task_data, fake_runs, emb, tmp_path):
+    """A run of a custom task names it by its .toml path, the matrix's column by the task's name: its prompts on
+    its own task are not cross-task transfers (a demo study counted 9 transfers between two tasks x 3 seeds)."""
+    task_dir = tmp_path / "mini"
+    task_dir.mkdir()
+    rows = [{"text": t, "label": lab} for t, lab in (("the cat sat", "yes"), ("the dog ran", "no"), ("a good movie", "yes"))]
+    for split in ("train", "validation"):
+        (task_dir / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    toml = task_dir / "mini.toml"
+    toml.write_text(
+        'name = "mini"\ndescription = "Yes or no?"\ntemplate = "{text}\\nAnswer:"\nlabel_words = ["yes", "no"]\n'
+        'label_field = "label"\n[data]\ntrain = "train.jsonl"\nvalidation = "validation.jsonl"\n'
+    )
+    custom = make_run(tmp_path / "runs" / "mini-0", str(toml), 0, emb[[1, 2, 3, 4]].clone(), emb[[1, 2, 3, 4]], [1, 2, 3, 4])
+    ev = Evaluator(tiny_llama, data_dir=two_task_data)
+    runs = [fake_runs[0], custom]
+    m = transfer_matrix(ev, runs, ["rte", str(toml)])
+    assert m["tasks"] == ["rte", "mini"] and m["source_tasks"] == ["rte", "mini"]
+    assert m["own_task"]["mini-s0"] == m["accuracy"][1][1]  # its own column, not a separate evaluation
+    assert share_beating_no_prompt(m)["transfers"] == 2  # rte -> mini and mini -> rte only
+
+
 # ----------------------------------------------------------------------------- neighbours report, projection, figures
 
 

@@ -29,9 +29,22 @@ def run_seed(run: Run) -> int | None:
     return int(seed) if isinstance(seed, int) else None
 
 
+def task_name(task: str) -> str:
+    """A task as reports name it: a custom task (given by its .toml path) by the name its file declares (its file
+    name if the file cannot be read any more), a built-in one by itself."""
+    if not task.endswith(".toml"):
+        return task
+    from softprompt.tasks import get_task
+
+    try:
+        return get_task(task).name
+    except SoftPromptError:
+        return Path(task).stem
+
+
 def run_labels(runs: Sequence[Run]) -> list[str]:
     """Short unique labels `task-sSEED` (the directory name is appended where two runs would collide)."""
-    base = [f"{r.task}-s{run_seed(r)}" if run_seed(r) is not None else r.task for r in runs]
+    base = [f"{task_name(r.task)}-s{run_seed(r)}" if run_seed(r) is not None else task_name(r.task) for r in runs]
     out = []
     for label, run in zip(base, runs, strict=True):
         out.append(label if base.count(label) == 1 else f"{label} ({run.path.name})")

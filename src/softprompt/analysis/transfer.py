@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from softprompt.analysis.common import as_runs, correlation, json_safe, run_labels, run_meta
+from softprompt.analysis.common import as_runs, correlation, json_safe, run_labels, run_meta, task_name
 from softprompt.analysis.results import TransferResult
 from softprompt.errors import SoftPromptError
 
@@ -103,6 +103,9 @@ def transfer_matrix(
     labels = run_labels(runs)
     task_objs = [get_task(t) for t in tasks]
     names = [t.name for t in task_objs]
+    # a run names its task as it was given (a custom task by its .toml path), a column by the task's name: compare
+    # names, or a custom task's own prompts would count as cross-task transfers
+    sources = [task_name(r.task) for r in runs]
     hidden = evaluator.backbone.hidden_size
     prompts = []
     for run in runs:
@@ -117,14 +120,14 @@ def transfer_matrix(
         f1.append([r.f1_macro for r in results])
     own = {}
     for i, (run, p) in enumerate(zip(runs, prompts, strict=True)):
-        if run.task in names:
-            own[labels[i]] = acc[i][names.index(run.task)]
+        if sources[i] in names:
+            own[labels[i]] = acc[i][names.index(sources[i])]
         else:
             own[labels[i]] = evaluator.evaluate(run.task, p, limit=limit).accuracy
     gain = [[a - no_prompt[t].accuracy for a, t in zip(row, names, strict=True)] for row in acc]
     return {
         "runs": labels,
-        "source_tasks": [r.task for r in runs],
+        "source_tasks": sources,
         "tasks": names,
         "n": {t: no_prompt[t].n for t in names},
         "limit": limit,

@@ -79,9 +79,9 @@ def _pair_rows(runs: Sequence[TransferredRun], sims, keys, zero_shot: dict[str, 
 
 def _zero_shot(zero_shot: dict[str, Any] | None, source: str, target: str) -> float | None:
     """A's prompt evaluated on B without training, minus no prompt (the transfer analysis' task-level gain)."""
-    from softprompt.tasks import get_task
+    from softprompt.analysis.common import task_name
 
-    target = get_task(target).name  # the matrix's columns are task names, its rows the runs' task arguments
+    source, target = task_name(source), task_name(target)  # the matrix names tasks by name, rows and columns
     if not zero_shot or source not in zero_shot["source_tasks"] or target not in zero_shot["tasks"]:
         return None
     return zero_shot["gain"][zero_shot["source_tasks"].index(source)][zero_shot["tasks"].index(target)]
