@@ -42,6 +42,8 @@ RECIPES: dict[str, dict] = {
     "residual": {"reparam": "residual"},
     "mlp": {"reparam": "mlp", "lr": 1e-3},
     "tokens-50": {"tokens": 50},
+    "constant": {"schedule": "constant"},  # no decay after warmup: do slow seeds catch up?
+    "cosine": {"schedule": "cosine"},
     "lora": {"method": "lora"},
     "lora-plain": {"method": "lora", "prompt_format": "plain"},
     # the same, evaluated at epoch ends only (a third of the evaluation time: for the arms whose curve is not the point)
