@@ -80,23 +80,8 @@ from softprompt.reparam import PromptEncoder  # noqa: E402
 from softprompt.tasks import get_task  # noqa: E402
 from softprompt.train import Trainables, TrainData, TrainingLoop, epoch_order, lr_lambda  # noqa: E402
 
-ARMS = ("softprompt", "softprompt-fp32", "softprompt-plain", "softprompt-padded", "softprompt-kv_tree", "softprompt-grouped")
-ARMS += (
-    "softprompt-lm",
-    "softprompt-cudnn",
-    "softprompt-lowp",
-    "softprompt-graphs",
-    "softprompt-graphs-lowp",
-    "softprompt-eager",
-    "softprompt-alibi-eager",
-    "softprompt-bloom-gelu",
-    "softprompt-bucket64",
-    "softprompt-nosplit",
-    "peft",
-    "peft-bf16",
-    "peft-bf16-grouped",
-)
 PEFT_ARMS = ("peft", "peft-bf16")  # the reference: PEFT's documented recipe, float32 and bf16 autocast
+PEFT_TUNED = "peft-bf16-grouped"  # PEFT with dynamic padding and grouped batches (PeftArm's `grouped`): not the target
 
 
 class Arm:
@@ -172,6 +157,7 @@ SOFTPROMPT_ARMS = {
     "softprompt-bucket64": {},  # graphs with the fixed 64-token length buckets of before (batching.bucketed_length)
     "softprompt-nosplit": {},  # graphs, one forward per batch (no split into length groups: TrainingLoop._length_groups)
 }
+ARMS = (*SOFTPROMPT_ARMS, *PEFT_ARMS, PEFT_TUNED)
 
 
 class SoftpromptArm(Arm):
@@ -314,7 +300,8 @@ class PeftArm(Arm):
 
     def count(self, batches: list[list[int]], before) -> None:
         for idx in batches:
-            mask = torch.tensor([self.data[i][1][-self._width(idx) :] for i in idx])
+            w = self._width(idx)
+            mask = torch.tensor([self.data[i][1][-w:] for i in idx])
             real = int(mask.sum()) + self.n * len(idx)
             self.stats["flops"] += common.step_flops(self.bb.model, real, int(mask.sum()))
             self.stats["tokens_real"] += real
@@ -336,8 +323,8 @@ class PeftArm(Arm):
 def build_arm(name, backbone, task, examples, args, max_length, device):
     if name in SOFTPROMPT_ARMS:
         return SoftpromptArm(backbone, task, examples, args, name)
-    if name in ("peft", "peft-bf16", "peft-bf16-grouped"):
-        return PeftArm(task, examples, args, name != "peft", max_length, device, grouped=name.endswith("-grouped"))
+    if name in (*PEFT_ARMS, PEFT_TUNED):
+        return PeftArm(task, examples, args, name != "peft", max_length, device, grouped=name == PEFT_TUNED)
     raise SystemExit(f"unknown arm {name!r}: expected some of {', '.join(ARMS)}")
 
 
@@ -603,8 +590,8 @@ def main(argv: list[str] | None = None) -> None:
         info["speedup_vs_best_peft_by_arm"] = by_arm
         if "softprompt" in by_arm:
             info["speedup_vs_best_peft"] = by_arm["softprompt"]
-    if "peft-bf16-grouped" in base:  # against PEFT tuned the same way (dynamic padding, grouped batches): not the target
-        tuned = base["peft-bf16-grouped"]["examples/s"]
+    if PEFT_TUNED in base:  # against PEFT tuned the same way (dynamic padding, grouped batches): not the target
+        tuned = base[PEFT_TUNED]["examples/s"]
         info["speedup_vs_peft_grouped_by_arm"] = {
             r["arm"]: r["examples/s"] / tuned for r in rows if r["arm"].startswith("softprompt")
         }

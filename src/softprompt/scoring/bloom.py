@@ -31,6 +31,8 @@ BIAS_ALIGNMENT = 16  # SDPA's memory-efficient kernel copies a mask whose rows a
 
 def bloom_modules(model, kind: str) -> list[torch.nn.Module]:
     """A BLOOM model's "attention" (BloomAttention) or "gelu" (BloomGelu) modules; none for other models."""
+    if getattr(getattr(model, "config", None), "model_type", None) != "bloom":
+        return []  # every scoring forward on CUDA asks: other models are not scanned module by module
     from transformers.models.bloom import modeling_bloom
 
     cls = {"attention": modeling_bloom.BloomAttention, "gelu": modeling_bloom.BloomGelu}[kind]
