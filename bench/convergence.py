@@ -26,7 +26,7 @@ from pathlib import Path
 from common import ROOT, load_average, machine  # noqa: F401  (puts src/ on the path)
 from scipy import stats
 
-from softprompt.config import DEFAULT_MODEL, TrainConfig
+from softprompt.config import DEFAULT_MODEL, PROMPT_LR_PER_STD, TrainConfig
 from softprompt.io import write_figure, write_json
 from softprompt.runs import COMPLETE, RunRecord, run_state
 
@@ -44,6 +44,9 @@ RECIPES: dict[str, dict] = {
     "tokens-50": {"tokens": 50},
     "constant": {"schedule": "constant"},  # no decay after warmup: do slow seeds catch up?
     "cosine": {"schedule": "cosine"},
+    # the learning rate as a multiple of the model's embedding std (the default's factor is PROMPT_LR_PER_STD)
+    "lr2x": {"lr_per_std": 2 * PROMPT_LR_PER_STD},
+    "lr4x": {"lr_per_std": 4 * PROMPT_LR_PER_STD},
     "lora": {"method": "lora"},
     "lora-plain": {"method": "lora", "prompt_format": "plain"},
     # the same, evaluated at epoch ends only (a third of the evaluation time: for the arms whose curve is not the point)
@@ -175,6 +178,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from softprompt.backbones import load_backbone
+    from softprompt.prompt import embedding_scale
 
     recipes = args.recipes.split(",")
     unknown = [r for r in recipes if r not in RECIPES]
@@ -198,7 +202,10 @@ def main() -> None:
     for r in recipes:
         results[r] = {}
         for s in seeds:
-            cfg = TrainConfig(**{**base, **RECIPES[r], "seed": s})
+            overrides = dict(RECIPES[r])
+            if "lr_per_std" in overrides:  # a scale-relative rate: the same recipe on every model
+                overrides["lr"] = overrides.pop("lr_per_std") * embedding_scale(backbone.model)
+            cfg = TrainConfig(**{**base, **overrides, "seed": s})
             out = args.runs / run_group(args.task, args.model) / f"{r}-s{s}"
             # trained baselines modify the model (LoRA injects adapters): they get their own copy
             bb = load_backbone(args.model) if cfg.method != "prompt" else backbone

@@ -169,8 +169,12 @@ def test_a_custom_task_file_gets_its_baselines_in_the_report(tmp_path, tiny_mode
     cfg = _write(tmp_path, tiny_model_dir, toy_data, methods='["majority", "no_prompt"]')
     cfg.write_text(cfg.read_text().replace('tasks = ["rte"]', f'tasks = ["{task}"]').replace("seeds = [0, 1, 2]", "seeds = [0]"))
     results = run_study(cfg, tmp_path / "study", progress=False)
-    methods = {r["method"] for r in accuracy_rows(results) if r["task"] == str(task)}
+    methods = {r["method"] for r in accuracy_rows(results) if r["task"] == "pairs"}
     assert {"majority", "no_prompt", "soft_prompt"} <= methods
+    # the report names it as its file declares it; the path appears once, in the setup table, next to the name
+    html = (tmp_path / "study" / "report.html").read_text()
+    assert html.count(str(task)) == 1 and f"pairs ({task})" in html
+    assert "pairs: soft prompt" in html
 
 
 def test_two_task_files_that_would_share_run_folders_are_refused(tmp_path):

@@ -62,7 +62,7 @@ def run_meta(run: Run, label: str) -> dict[str, Any]:
     return {
         "id": label,
         "path": str(run.path),
-        "task": run.task,
+        "task": task_name(run.task),
         "seed": run_seed(run),
         "model": run.config.get("model"),
         "init_method": init.get("method"),

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from softprompt.analysis.common import as_runs, correlation, json_safe, run_labels, run_meta
+from softprompt.analysis.common import as_runs, correlation, json_safe, run_labels, run_meta, task_name
 from softprompt.analysis.results import GeometryResult
 from softprompt.errors import SoftPromptError
 
@@ -272,7 +272,7 @@ def geometry_report(
     prompts = [r.prompt(which) for r in runs]
     weights = [p.weight.detach() for p in prompts]
     initials = [p.initial.detach() for p in prompts]
-    tasks = [r.task for r in runs]
+    tasks = [task_name(r.task) for r in runs]
     rows = []
     for run, label, sp in zip(runs, labels, prompts, strict=True):
         rows.append({**run_meta(run, label), "n_tokens": sp.n_tokens, "drift": drift(sp.weight, sp.initial)})

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from softprompt.analysis.common import exceeds_its_error, paired_difference
+from softprompt.analysis.common import exceeds_its_error, paired_difference, task_name
 from softprompt.io import write_figure
 from softprompt.report.primitives import esc, figure, table
 from softprompt.report.tables import mean_std, write_csv
@@ -54,7 +54,7 @@ def _rows(sweep: dict[str, list], runs: Sequence[dict], tasks: list[str]) -> lis
             mean, std = mean_std(list(acc.values()))
             rows.append(
                 {
-                    "task": task,
+                    "task": task_name(task),
                     **cell,
                     "n": len(acc),
                     "accuracy_mean": mean if acc else None,
@@ -80,7 +80,7 @@ def _comparisons(sweep: dict[str, list], at: dict[str, Any], runs: Sequence[dict
             diff = paired_difference([acc[_key(best)][s] for s in seeds], [acc[_key(value)][s] for s in seeds])
             out.append(
                 {
-                    "task": task,
+                    "task": task_name(task),
                     "axis": axis,
                     "held": {k: v for k, v in at.items() if k != axis},
                     "best": best,
@@ -100,8 +100,10 @@ def ablation_results(
     """results.json's "ablations": a row per (task, cell), the paired comparisons, the reference accuracies."""
     tasks = list(dict.fromkeys(r["task"] for r in runs))
     at = dict(analysis_cell)
-    references = {
-        t: {m: baselines[t][m]["accuracy"] for m in REFERENCES if m in baselines.get(t, {})} for t in tasks if t in baselines
+    references = {  # runs and baselines are keyed by the task as given; the results by its name
+        task_name(t): {m: baselines[t][m]["accuracy"] for m in REFERENCES if m in baselines.get(t, {})}
+        for t in tasks
+        if t in baselines
     }
     return {
         "axes": sweep,
@@ -164,7 +166,7 @@ def _panel(ax, ab: dict, axis: str, task: str) -> None:
         ax.set_xlim(-0.5, len(values) - 0.5)
     ax.set_xticks(xs, labels=[esc(_text(v)) for v in values])
     ax.minorticks_off()
-    ax.set_title(esc(Path(task).stem if task.endswith(".toml") else task))
+    ax.set_title(esc(task))
     ax.set_xlabel(esc(axis))
     ax.set_ylabel("validation accuracy")
     ax.legend(fontsize=7)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 
+from softprompt.analysis.common import task_name
 from softprompt.analysis.results import (
     GeometryResult,
     GeometrySummary,
@@ -48,9 +49,9 @@ def accuracy_findings(results: dict) -> list[str]:
         soft = tr.get("soft_prompt")
         if not soft:
             continue
-        runs = [r for r in results["runs"] if r["task"] == task]
+        runs = [r for r in results["runs"] if task_name(r["task"]) == task]
         values = [r["final"]["accuracy"] for r in runs]
-        s = f"{task}: soft prompt {_pct(soft['accuracy'])} ± {_pct(soft['accuracy_std'] or 0)} over {soft['n_runs']} seeds"
+        s = f"{task}: soft prompt {_pct(soft['accuracy'])} ± {_pct(soft['accuracy_std'] or 0)} over {soft['n_runs']} seed{'s' if soft['n_runs'] != 1 else ''}"
         comps = [f"vs {METHOD_LABELS[m]} {compare(values, tr[m]['accuracy'])}" for m in REFERENCES if m in tr]
         if comps:
             s += "; " + "; ".join(comps)

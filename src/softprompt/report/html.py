@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from softprompt.analysis.common import task_name
 from softprompt.config import TrainConfig
 from softprompt.io import write_figure, write_text
 from softprompt.learning import LEARNED_BELOW
@@ -26,6 +27,12 @@ figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{f
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.6em 1em}.muted{color:#777}
 code{background:#f5f5f5;padding:0 .2em}ul.findings li{margin:.3em 0}
 """
+
+
+def _task_setup_label(task: str) -> str:
+    """A task as the setup table names it: a custom task by its declared name and the file it came from."""
+    name = task_name(task)
+    return task if name == task else f"{name} ({task})"
 
 
 def training_curves(results: dict, out: Path) -> Path | None:
@@ -59,7 +66,7 @@ def training_curves(results: dict, out: Path) -> Path | None:
         if chance:
             loss_ax.axhline(chance, color="grey", ls=":", lw=1, label="chance (label entropy)")
             loss_ax.legend(fontsize=7)
-        acc_ax.set_title(task)
+        acc_ax.set_title(task_name(task))
         acc_ax.set_ylabel("validation accuracy")
         acc_ax.legend(fontsize=7)
         loss_ax.set_xlabel("optimiser step")
@@ -80,7 +87,7 @@ def _setup_section(results: dict) -> str:
             "item": "model size",
             "value": f"{m['parameters']:,} parameters, hidden size {m['hidden_size']}, vocabulary {m['vocab_size']:,}",
         },
-        {"item": "tasks × seeds", "value": f"{', '.join(st['tasks'])} × seeds {st['seeds']}"},
+        {"item": "tasks × seeds", "value": f"{', '.join(map(_task_setup_label, st['tasks']))} × seeds {st['seeds']}"},
         {"item": "training budget", "value": json.dumps(training_budget(st["train"]))},
         *_sweep_rows(st),
         {"item": "validation subsample", "value": st.get("max_eval") or "full validation sets"},
@@ -151,7 +158,7 @@ def _accuracy_section(results: dict, out: Path) -> str:
     per_run = [
         {
             "run": r["name"],
-            "task": r["task"],
+            "task": task_name(r["task"]),
             "seed": r["seed"],
             "accuracy": r["final"].get("accuracy"),
             "f1_macro": r["final"].get("f1_macro"),

@@ -8,6 +8,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from softprompt.analysis.common import task_name
 from softprompt.io import write_text
 
 METHOD_LABELS = {
@@ -45,8 +46,9 @@ def accuracy_rows(results: dict) -> list[dict]:
     by_task: dict[str, list[dict]] = {}
     for r in results["runs"]:
         by_task.setdefault(r["task"], []).append(r)
-    for task, runs in by_task.items():
-        base = results.get("baselines", {}).get(task, {})
+    for key, runs in by_task.items():
+        base = results.get("baselines", {}).get(key, {})
+        task = task_name(key)  # runs and baselines are keyed by the task as given (a custom task's path)
         rows += [_baseline_row(task, m, base[m]) for m in ("majority", "no_prompt", "english_prompt") if m in base]
         m, s = mean_std([r["final"]["accuracy"] for r in runs])
         rows.append(
