@@ -145,6 +145,32 @@ def test_shipped_configs_are_valid():
     assert load_study_config(root / "transfer-init-cpu.toml").transfer.init
 
 
+def test_per_task_budgets(tmp_path):
+    """[train.per_task.NAME] gives one task its own budget (by its listed name or a custom task's declared name);
+    its baselines get it too; anything shared across tasks, a swept field or an unknown task is refused."""
+    topics = Path(__file__).resolve().parents[1] / "examples" / "topics" / "topics.toml"
+    head = f'[study]\ntasks = ["sst2", "{topics}"]\nseeds = [0, 1]\n[train]\nepochs = 2\nlr = 0.01\n'
+    p = tmp_path / "s.toml"
+    p.write_text(head + "[train.per_task.topics]\nepochs = 1\nmax_train = 50\n[train.per_task.sst2]\nlr = 0.02\n")
+    cfg = load_study_config(p)
+    t, s = cfg.run_config(str(topics), 1), cfg.run_config("sst2", 1)
+    assert (t.epochs, t.max_train, t.lr) == (1, 50, 0.01) and (s.epochs, s.max_train, s.lr) == (2, None, 0.02)
+    assert cfg.baseline_base(str(topics)).max_train == 50
+    assert cfg.to_json()["per_task"]["topics"] == {"epochs": 1, "max_train": 50}
+    for extra, match in [
+        ("[train.per_task.rte]\nepochs = 1\n", "'rte' names no task of this study"),
+        ("[train.per_task.topics]\ntokens = 5\n", r"\['tokens'\] are shared by every task"),
+        ("[train.per_task.topics]\nepoch = 5\n", r"unknown key\(s\) \['epoch'\]"),
+        ("[train.per_task.topics]\nepochs = 'two'\n", r"\[train.per_task.topics\]: .*epochs"),
+        ("[sweep]\nlr = [0.01, 0.1]\n[train.per_task.topics]\nlr = 0.3\n", r"\['lr'\] are \[sweep\] axes"),
+        (f'[train.per_task.topics]\nepochs = 1\n[train.per_task."{topics}"]\nepochs = 3\n', "give it one table"),
+        ("[train]\nper_task = 3\n", "table of tables"),
+    ]:
+        p.write_text(head + extra if not extra.startswith("[train]") else head.replace("[train]\n", extra))
+        with pytest.raises(SoftPromptError, match=match):
+            load_study_config(p)
+
+
 @pytest.mark.parametrize("task", ["../../etc/passwd.toml", "..toml", "/abs/dir/my task.toml", "rte"])
 def test_run_dirs_cannot_escape_the_study(task, tmp_path):
     from softprompt.study.plan import task_dir_name
@@ -167,14 +193,16 @@ def test_a_custom_task_file_gets_its_baselines_in_the_report(tmp_path, tiny_mode
         f'validation = "{toy_data}/rte/val.jsonl"\n'
     )
     cfg = _write(tmp_path, tiny_model_dir, toy_data, methods='["majority", "no_prompt"]')
-    cfg.write_text(cfg.read_text().replace('tasks = ["rte"]', f'tasks = ["{task}"]').replace("seeds = [0, 1, 2]", "seeds = [0]"))
+    text = cfg.read_text().replace('tasks = ["rte"]', f'tasks = ["{task}"]').replace("seeds = [0, 1, 2]", "seeds = [0]")
+    cfg.write_text(text + "\n[train.per_task.pairs]\nepochs = 1\n")  # its own budget, named by its declared name
     results = run_study(cfg, tmp_path / "study", progress=False)
     methods = {r["method"] for r in accuracy_rows(results) if r["task"] == "pairs"}
     assert {"majority", "no_prompt", "soft_prompt"} <= methods
+    assert [h["epoch"] for h in results["runs"][0]["history"]] == [1]  # [train] says 2 epochs
     # the report names it as its file declares it; the path appears once, in the setup table, next to the name
     html = (tmp_path / "study" / "report.html").read_text()
     assert html.count(str(task)) == 1 and f"pairs ({task})" in html
-    assert "pairs: soft prompt" in html
+    assert "pairs: soft prompt" in html and "training budget of pairs</td><td>{&quot;epochs&quot;: 1}" in html
 
 
 def test_two_task_files_that_would_share_run_folders_are_refused(tmp_path):

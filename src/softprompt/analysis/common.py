@@ -10,6 +10,7 @@ from typing import Any
 
 from softprompt.errors import SoftPromptError
 from softprompt.runs import Run, load_run
+from softprompt.tasks import task_name
 
 
 def as_run(run: Run | str | Path) -> Run:
@@ -27,19 +28,6 @@ def as_runs(runs: Iterable[Run | str | Path]) -> list[Run]:
 def run_seed(run: Run) -> int | None:
     seed = run.config.get("seed")
     return int(seed) if isinstance(seed, int) else None
-
-
-def task_name(task: str) -> str:
-    """A task as reports name it: a custom task (given by its .toml path) by the name its file declares (its file
-    name if the file cannot be read any more), a built-in one by itself."""
-    if not task.endswith(".toml"):
-        return task
-    from softprompt.tasks import get_task
-
-    try:
-        return get_task(task).name
-    except SoftPromptError:
-        return Path(task).stem
 
 
 def run_labels(runs: Sequence[Run]) -> list[str]:

@@ -79,7 +79,7 @@ def _pair_rows(runs: Sequence[TransferredRun], sims, keys, zero_shot: dict[str, 
 
 def _zero_shot(zero_shot: dict[str, Any] | None, source: str, target: str) -> float | None:
     """A's prompt evaluated on B without training, minus no prompt (the transfer analysis' task-level gain)."""
-    from softprompt.analysis.common import task_name
+    from softprompt.tasks import task_name
 
     source, target = task_name(source), task_name(target)  # the matrix names tasks by name, rows and columns
     if not zero_shot or source not in zero_shot["source_tasks"] or target not in zero_shot["tasks"]:

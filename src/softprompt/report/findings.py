@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import statistics
 
-from softprompt.analysis.common import task_name
 from softprompt.analysis.results import (
     GeometryResult,
     GeometrySummary,
@@ -18,6 +17,7 @@ from softprompt.analysis.results import (
 from softprompt.learning import LEARNED_BELOW
 from softprompt.report.ablations import ablation_findings
 from softprompt.report.tables import METHOD_LABELS, accuracy_rows
+from softprompt.tasks import task_name
 
 SIGNIFICANCE = 0.05  # the p-value below which a correlation counts as evidence
 

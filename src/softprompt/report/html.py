@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from softprompt.analysis.common import task_name
 from softprompt.config import TrainConfig
 from softprompt.io import write_figure, write_text
 from softprompt.learning import LEARNED_BELOW
@@ -17,6 +16,7 @@ from softprompt.report.analysis_sections import analysis_sections
 from softprompt.report.findings import findings
 from softprompt.report.primitives import esc, figure, section, table
 from softprompt.report.tables import METHOD_LABELS, accuracy_rows, write_csv
+from softprompt.tasks import task_name
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
@@ -89,6 +89,10 @@ def _setup_section(results: dict) -> str:
         },
         {"item": "tasks × seeds", "value": f"{', '.join(map(_task_setup_label, st['tasks']))} × seeds {st['seeds']}"},
         {"item": "training budget", "value": json.dumps(training_budget(st["train"]))},
+        *(
+            {"item": f"training budget of {task_name(t)}", "value": json.dumps(overrides)}
+            for t, overrides in (st.get("per_task") or {}).items()
+        ),
         *_sweep_rows(st),
         {"item": "validation subsample", "value": st.get("max_eval") or "full validation sets"},
         {

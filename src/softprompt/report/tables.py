@@ -8,8 +8,8 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from softprompt.analysis.common import task_name
 from softprompt.io import write_text
+from softprompt.tasks import task_name
 
 METHOD_LABELS = {
     "majority": "majority class",

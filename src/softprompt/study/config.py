@@ -23,10 +23,16 @@ from softprompt.baselines import baseline_config
 from softprompt.config import BASELINE_METHODS, RUN_INIT, TASK_INIT, TRAINED_BASELINES, TrainConfig, check_keys, check_types
 from softprompt.errors import SoftPromptError
 from softprompt.study.sweep import Cell, analysis_cell, cells, parse_sweep
-from softprompt.tasks import get_task
+from softprompt.tasks import get_task, task_name
 
 SECTIONS = ("study", "train", "sweep", "baselines", "analysis", "transfer")
 SET_BY_STUDY = ("task", "seed", "model", "method", "data_dir")  # TrainConfig fields [train] may not set
+# [train.per_task.NAME] may set a task's training budget and optimisation, nothing the evaluator, the baselines'
+# scoring or the analyses share across tasks (the model, precision, prompt length and format, validation subsample)
+PER_TASK_FIELDS = (
+    "epochs", "max_train", "dev_size", "eval_every", "lr", "optimizer", "schedule", "warmup", "weight_decay",
+    "batch_size", "grad_accum", "max_grad_norm", "loss", "init_text", "checkpoint_every",
+)  # fmt: skip
 
 
 @dataclass
@@ -68,12 +74,18 @@ class StudyConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     sweep: dict[str, list[Any]] = field(default_factory=dict)  # axis (a TrainConfig field) -> values
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    # [train.per_task.NAME]: a task's own budget (NAME: the task as listed in [study] tasks, or its declared name)
+    per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def task_overrides(self, task: str) -> dict[str, Any]:
+        """[train.per_task] values for `task` (listed by its path or by its name), else none."""
+        return self.per_task.get(task) or self.per_task.get(task_name(task)) or {}
 
     def run_config(self, task: str, seed: int, cell: Cell = ()) -> TrainConfig:
-        """The config of the prompt run (task, seed) in `cell`: [train] with the cell's values and the fields
-        [study] sets (an init `task:NAME` is left for the study to resolve into its run)."""
+        """The config of the prompt run (task, seed) in `cell`: [train], the task's [train.per_task] values, the
+        cell's values and the fields [study] sets (an init `task:NAME` is left for the study to resolve into its run)."""
         fixed = {"task": task, "seed": seed, "model": self.model, "method": "prompt", "data_dir": self.data_dir}
-        return replace(self.train, **dict(cell), **fixed)
+        return replace(self.train, **self.task_overrides(task), **dict(cell), **fixed)
 
     def cells(self) -> list[Cell]:
         return cells(self.sweep)
@@ -94,7 +106,9 @@ class StudyConfig:
         return d
 
 
-STUDY_KEYS = [f.name for f in fields(StudyConfig) if f.name not in ("train", "baselines", "analysis", "sweep", "transfer")]
+STUDY_KEYS = [
+    f.name for f in fields(StudyConfig) if f.name not in ("train", "baselines", "analysis", "sweep", "transfer", "per_task")
+]
 
 
 def _table(raw: dict, section: str, path: Path) -> dict[str, Any]:
@@ -138,9 +152,13 @@ def load_study_config(path: str | Path) -> StudyConfig:
     if unknown:
         raise SoftPromptError(f"{path} [study]: unknown key(s) {unknown}; expected some of {sorted(STUDY_KEYS)}")
     cfg = StudyConfig(**study)
+    train = _table(raw, "train", path)
+    cfg.per_task = train.pop("per_task", {})
+    if not isinstance(cfg.per_task, dict):
+        raise SoftPromptError(f"{path} [train] per_task: must be a table of tables, [train.per_task.NAME]")
     if cfg.data_dir and not Path(cfg.data_dir).is_absolute() and cfg.data_dir != "hub":
         cfg.data_dir = str((path.parent / cfg.data_dir).resolve())
-    cfg.train = _train_config(_table(raw, "train", path), {**study, "model": cfg.model, "data_dir": cfg.data_dir}, path)
+    cfg.train = _train_config(train, {**study, "model": cfg.model, "data_dir": cfg.data_dir}, path)
     baselines = _table(raw, "baselines", path)
     check_keys(BaselineConfig, baselines, f"{path} [baselines]")
     cfg.baselines = BaselineConfig(**baselines)
@@ -185,6 +203,7 @@ def _validate(cfg: StudyConfig, path: Path) -> None:
     if not cfg.tasks or not cfg.seeds:
         raise SoftPromptError(f"{path} [study]: tasks and seeds must be non-empty lists")
     _validate_values(cfg, path)
+    _validate_per_task(cfg, path)
     folders: dict[str, str] = {}
     for task in cfg.tasks:
         get_task(task)
@@ -217,6 +236,34 @@ def _validate_values(cfg: StudyConfig, path: Path) -> None:
         raise SoftPromptError(f"{path}: [analysis] k and [study] max_eval must be at least 1, got {a.k} and {cfg.max_eval}")
     if a.tsne_perplexity is not None and not a.tsne_perplexity > 0:
         raise SoftPromptError(f"{path} [analysis] tsne_perplexity: must be a positive number, got {a.tsne_perplexity}")
+
+
+def _validate_per_task(cfg: StudyConfig, path: Path) -> None:
+    """Each [train.per_task.NAME] names one of the study's tasks and sets only PER_TASK_FIELDS, none of them swept."""
+    names = {t: t for t in cfg.tasks} | {task_name(t): t for t in cfg.tasks}
+    seen: dict[str, str] = {}
+    for key, table in cfg.per_task.items():
+        where = f"{path} [train.per_task.{key}]"
+        if key not in names:
+            raise SoftPromptError(f"{where}: {key!r} names no task of this study; [study] tasks are {cfg.tasks}")
+        if (other := seen.setdefault(names[key], key)) != key:
+            raise SoftPromptError(f"{where}: the same task as [train.per_task.{other}]; give it one table")
+        if not isinstance(table, dict):
+            raise SoftPromptError(f"{where}: must be a table of [train] fields")
+        check_keys(TrainConfig, table, where)
+        shared = sorted(set(table) - set(PER_TASK_FIELDS))
+        if shared:
+            raise SoftPromptError(
+                f"{where}: {shared} are shared by every task of a study (set them in [train]); "
+                f"per task: {', '.join(PER_TASK_FIELDS)}"
+            )
+        swept = sorted(set(table) & set(cfg.sweep))
+        if swept:
+            raise SoftPromptError(f"{where}: {swept} are [sweep] axes; a task cannot fix them")
+        try:
+            cfg.run_config(names[key], cfg.seeds[0])
+        except SoftPromptError as e:
+            raise SoftPromptError(f"{where}: {e}") from None
 
 
 def _validate_inits(cfg: StudyConfig, path: Path) -> None:
