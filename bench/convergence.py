@@ -47,6 +47,8 @@ RECIPES: dict[str, dict] = {
     # the learning rate as a multiple of the model's embedding std (the default's factor is PROMPT_LR_PER_STD)
     "lr2x": {"lr_per_std": 2 * PROMPT_LR_PER_STD},
     "lr4x": {"lr_per_std": 4 * PROMPT_LR_PER_STD},
+    "lr-half": {"lr_per_std": PROMPT_LR_PER_STD / 2},
+    "clip1": {"max_grad_norm": 1.0},
     "lora": {"method": "lora"},
     "lora-plain": {"method": "lora", "prompt_format": "plain"},
     # the same, evaluated at epoch ends only (a third of the evaluation time: for the arms whose curve is not the point)
