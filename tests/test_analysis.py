@@ -367,6 +367,41 @@ def test_transfer_matrix_on_tiny_model(tiny_llama, two_task_data, fake_runs, tmp
         assert _is_png(path)
 
 
+def test_memoizing_evaluator_scores_each_prompt_once(tiny_llama, two_task_data, fake_runs, monkeypatch):
+    """A study's analyses score a prompt on its own task twice (projection, transfer matrix) and no prompt once per
+    run: the memoizing evaluator (a frozen backbone) scores each distinct (task, prompt values, hard prompt) once,
+    with the same result; a changed value, another hard prompt or another subsample is scored anew."""
+    import softprompt.evaluate as evaluate_module
+
+    calls = []
+    real = evaluate_module.choice_scores
+    monkeypatch.setattr(evaluate_module, "choice_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plain, memo = Evaluator(tiny_llama, data_dir=two_task_data), Evaluator(tiny_llama, data_dir=two_task_data, memoize=True)
+    w = SoftPrompt.load(fake_runs[0] / "prompt.safetensors").weight.detach()
+    first = memo.evaluate("rte", w)
+    assert memo.evaluate("rte", w.clone()) is first and len(calls) == 1  # same values: one scoring
+    assert memo.evaluate("rte", w.to(torch.bfloat16)) is not first  # other numbers
+    changed = w.clone()
+    changed[0, 0] += 1.0
+    for args, kw in [
+        (("rte", changed), {}),
+        (("rte", None), {}),
+        (("rte", None), {"hard_prompt": "Yes?"}),
+        (("rte", w), {"limit": 2}),
+    ]:
+        n = len(calls)
+        memo.evaluate(*args, **kw)
+        memo.evaluate(*args, **kw)
+        assert len(calls) == n + 1, (args, kw)
+    assert plain.evaluate("rte", w).accuracy == first.accuracy
+    n = len(calls)
+    plain.evaluate("rte", w)
+    assert len(calls) == n + 1  # not memoizing: every call scores
+    n = len(calls)
+    transfer_matrix(memo, fake_runs[:1], ["rte", "boolq"])
+    assert len(calls) == n + 2  # only the prompt on boolq and no prompt on boolq are new
+
+
 def test_transfer_matrix_names_a_custom_task_by_its_name(tiny_llama, two_task_data, fake_runs, emb, tmp_path):
     """A run of a custom task names it by its .toml path, the matrix's column by the task's name: its prompts on
     its own task are not cross-task transfers (a demo study counted 9 transfers between two tasks x 3 seeds)."""

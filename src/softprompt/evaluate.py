@@ -6,6 +6,7 @@ the transfer matrix, cost one model load and one tokenization per task.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ class Evaluator:
         parallel: DataParallel = SINGLE,
         scoring: ScoringOptions | None = None,
         prompt_format: str = "plain",
+        memoize: bool = False,
     ):
         self.backbone = backbone
         # every example this evaluator scores is laid out in one format (plain template or chat template)
@@ -93,6 +95,12 @@ class Evaluator:
         self._examples: dict[tuple, list[Example]] = {}
         self._encoded: dict[tuple, list[EncodedExample]] = {}
         self._held: dict[int, list[Example]] = {}
+        # memoize: `evaluate` returns the result it computed before for the same task, split, subsample, prompt
+        # values and hard prompt. Only for a backbone nothing trains while this evaluator lives (a study's
+        # analyses score each prompt on its own task in the neighbour projection and again in the transfer
+        # matrix, and no prompt once per run): a fine-tuned model would be handed its first epoch's score.
+        self.memoize = memoize
+        self._results: dict[tuple, EvalResult] = {}
 
     def examples(self, task: Task, split: str = "validation", limit: int | None = None, seed: int = 0) -> list[Example]:
         key = (task.name, id(task), split, limit, seed)
@@ -142,7 +150,13 @@ class Evaluator:
     ) -> EvalResult:
         task = get_task(task) if isinstance(task, str) else task
         examples = self.examples(task, split, limit, seed)
-        return self._score(task, examples, prompt, hard_prompt, split, (task.name, id(task), split, limit, seed))
+        key = (task.name, id(task), split, limit, seed)
+        if not self.memoize:
+            return self._score(task, examples, prompt, hard_prompt, split, key)
+        memo = (*key, hard_prompt, _values_key(prompt))
+        if memo not in self._results:
+            self._results[memo] = self._score(task, examples, prompt, hard_prompt, split, key)
+        return self._results[memo]
 
     def evaluate_examples(
         self, task: Task, examples: list[Example], prompt: torch.Tensor | None = None, *, split: str = "dev"
@@ -177,6 +191,15 @@ class Evaluator:
         if self.parallel.active:
             scores = _merge_shards(self.parallel.gather((mine, scores)), len(enc))
         return result_from_scores(task, split, scores)
+
+
+def _values_key(prompt: torch.Tensor | None) -> tuple | None:
+    """A prompt's identity by value (shape, dtype and a digest of its numbers), for the evaluator's memo."""
+    if prompt is None:
+        return None
+    data = prompt.detach().cpu().contiguous()
+    raw = data.view(torch.uint8) if data.dtype == torch.bfloat16 else data
+    return (tuple(data.shape), str(data.dtype), hashlib.sha256(raw.numpy().tobytes()).hexdigest())
 
 
 def _merge_shards(shards: list[tuple[list[int], Scores]], n: int) -> Scores:

@@ -145,6 +145,7 @@ class ModelCache:
                 max_length=self.train.max_length,
                 compute_dtype=self.compute_dtype,
                 prompt_format=self.train.prompt_format,
+                memoize=True,  # the units' shared backbone is frozen: the analyses re-score some prompts
             )
         return self._evaluator
 
