@@ -26,7 +26,7 @@ from pathlib import Path
 from common import ROOT, load_average, machine  # noqa: F401  (puts src/ on the path)
 from scipy import stats
 
-from softprompt.config import DEFAULT_MODEL, PROMPT_LR_PER_STD, TrainConfig
+from softprompt.config import DEFAULT_MODEL, TrainConfig
 from softprompt.io import write_figure, write_json
 from softprompt.runs import COMPLETE, RunRecord, run_state
 
@@ -44,10 +44,11 @@ RECIPES: dict[str, dict] = {
     "tokens-50": {"tokens": 50},
     "constant": {"schedule": "constant"},  # no decay after warmup: do slow seeds catch up?
     "cosine": {"schedule": "cosine"},
-    # the learning rate as a multiple of the model's embedding std (the default's factor is PROMPT_LR_PER_STD)
-    "lr2x": {"lr_per_std": 2 * PROMPT_LR_PER_STD},
-    "lr4x": {"lr_per_std": 4 * PROMPT_LR_PER_STD},
-    "lr-half": {"lr_per_std": PROMPT_LR_PER_STD / 2},
+    # the learning rate as a multiple of the model's embedding std (today's default: PROMPT_LR_PER_STD = 0.041)
+    "std0.041": {"lr_per_std": 0.041},
+    "std0.082": {"lr_per_std": 0.082},  # the default of the second round (= chat-lr1e-2 on SmolLM2)
+    "std0.164": {"lr_per_std": 0.164},
+    "std0.328": {"lr_per_std": 0.328},
     "clip1": {"max_grad_norm": 1.0},
     "lora": {"method": "lora"},
     "lora-plain": {"method": "lora", "prompt_format": "plain"},
@@ -74,14 +75,20 @@ def run_group(task: str, model: str) -> str:
     return name if model == DEFAULT_MODEL else f"{model.replace('/', '_')}/{name}"
 
 
-def run_one(cfg: TrainConfig, out: Path, backbone) -> dict:
-    """Train (or reuse the finished run in `out`) and return its curve and final numbers."""
+def run_one(cfg: TrainConfig, out: Path, backbone, collect_only: bool = False) -> dict:
+    """Train (or reuse the finished run in `out`) and return its curve and final numbers. `collect_only` reads a
+    finished run as it is, whatever the defaults were when it trained (its resolved learning rate is reported)."""
     from softprompt.train import train
 
     t0 = time.perf_counter()
-    state = run_state(out, cfg)
-    if state.kind != COMPLETE:
-        train(cfg, out, backbone=backbone, progress=False, resume=state.kind != "absent", overwrite=False)
+    if collect_only:
+        if not (out / "run.json").exists() or RunRecord.read(out).final is None:
+            sys.exit(f"--collect-only: {out} holds no finished run")
+        state = None
+    else:
+        state = run_state(out, cfg)
+        if state.kind != COMPLETE:
+            train(cfg, out, backbone=backbone, progress=False, resume=state.kind != "absent", overwrite=False)
     record = RunRecord.read(out)
     history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     metric = history[-1].get("dev", {}) if history else {}
@@ -98,7 +105,7 @@ def run_one(cfg: TrainConfig, out: Path, backbone) -> dict:
         "lr": (record.resolved or {}).get("lr"),
         "prompt_format": (record.resolved or {}).get("prompt_format"),
         "wall_s": record.wall_time_s,
-        "reused": state.kind == COMPLETE,
+        "reused": state is None or state.kind == COMPLETE,
         "seconds_here": round(time.perf_counter() - t0, 1),
     }
 
@@ -175,6 +182,9 @@ def main() -> None:
     ap.add_argument("--reference", default=None, help="the recipe others are compared with (default: the first)")
     ap.add_argument("--set", action="append", default=[], help="extra TrainConfig override for every recipe, KEY=JSON")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "convergence")
+    ap.add_argument(
+        "--collect-only", action="store_true", help="read finished runs, train nothing (tables after a default changed)"
+    )
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     args = ap.parse_args()
@@ -198,7 +208,7 @@ def main() -> None:
         max_eval=args.max_eval,
         **extra,
     )
-    backbone = load_backbone(args.model)
+    backbone = load_backbone(args.model) if not args.collect_only else None
     results: dict[str, dict[str, dict]] = {}
     started = time.perf_counter()
     for r in recipes:
@@ -206,12 +216,13 @@ def main() -> None:
         for s in seeds:
             overrides = dict(RECIPES[r])
             if "lr_per_std" in overrides:  # a scale-relative rate: the same recipe on every model
-                overrides["lr"] = overrides.pop("lr_per_std") * embedding_scale(backbone.model)
+                factor = overrides.pop("lr_per_std")
+                overrides["lr"] = None if args.collect_only else factor * embedding_scale(backbone.model)
             cfg = TrainConfig(**{**base, **overrides, "seed": s})
             out = args.runs / run_group(args.task, args.model) / f"{r}-s{s}"
             # trained baselines modify the model (LoRA injects adapters): they get their own copy
-            bb = load_backbone(args.model) if cfg.method != "prompt" else backbone
-            results[r][str(s)] = run_one(cfg, out, bb)
+            bb = load_backbone(args.model) if cfg.method != "prompt" and not args.collect_only else backbone
+            results[r][str(s)] = run_one(cfg, out, bb, args.collect_only)
             print(f"{r} seed {s}: val {results[r][str(s)]['val']:.3f} dev {results[r][str(s)]['dev']}", flush=True)
     first = results[recipes[0]][str(seeds[0])]["baselines"]
     references = {k: v["accuracy"] for k, v in first.items()}

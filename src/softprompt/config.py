@@ -32,7 +32,9 @@ COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 EXECUTORS = ("local", "ray")
 REPARAMS = ("none", "mlp", "residual")  # softprompt.reparam implements them
 DEFAULT_LR = {"finetune": 2e-5, "lora": 1e-3}  # a prompt's default is relative to the embedding scale:
-PROMPT_LR_PER_STD = 0.082  # lr = this x the std of the input-embedding outputs: SmolLM2 1.0e-2 (bench/README, "Convergence")
+# lr = this x the std of the input-embedding outputs: SmolLM2 5.0e-3, gemma3-270m 0.042; chosen on dev over both
+# shapes, 5 seeds each (bench/README, "Convergence"; 0.082 before, 0.025 before that)
+PROMPT_LR_PER_STD = 0.041
 # Values of fields that runs saved before the field existed actually used (when they differ from today's default).
 LEGACY_VALUES: dict[str, Any] = {"prompt_format": "plain"}
 SCORING_STRATEGIES = ("auto", "plain", "padded", "kv_tree")  # softprompt.scoring.options implements them
