@@ -129,10 +129,10 @@ def test_shipped_study_configs_keep_their_meaning():
 
     demo = load_study_config(Path(__file__).resolve().parents[1] / "configs" / "demo.toml")
     train = demo.train
-    assert (train.tokens, train.max_train, train.max_length, train.dev_size, train.max_eval) == (20, 160, 160, 40, 60)
+    assert (train.tokens, train.max_train, train.max_length, train.dev_size, train.max_eval) == (20, 240, 160, 40, 60)
     assert demo.tasks == ["sst2", "examples/topics/topics.toml"] and demo.seeds == [0, 1, 2]
     sst2, topics = (demo.run_config(t, 0) for t in demo.tasks)
-    assert (sst2.epochs, topics.epochs, sst2.eval_every) == (2, 1, 10)  # topics' own budget, [train.per_task.topics]
+    assert (sst2.epochs, sst2.max_train, topics.epochs, topics.max_train) == (2, 240, 1, 160)  # [train.per_task.topics]
     assert train.lr is None and train.prompt_format == "auto"  # the defaults: lr relative to the embedding scale, chat
     assert demo.train.model == demo.model == "smollm2-135m"
 
