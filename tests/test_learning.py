@@ -58,3 +58,19 @@ def test_the_accuracy_table_shows_the_dev_selected_prompt_next_to_the_last():
     results["runs"][1]["best"] = {"split": None, "metric": "accuracy", "value": 0.74}
     rows = {(r["task"], r["method"]) for r in accuracy_rows(results)}
     assert ("sst2", "soft_prompt_dev") not in rows and ("cb", "soft_prompt_dev") in rows
+
+
+def test_transfer_finding_counts_ties_apart():
+    """A transfer that scores exactly no prompt's accuracy is a tie, said as one (not folded into "did not beat")."""
+    from softprompt.analysis.results import TransferSummary
+    from softprompt.analysis.transfer import share_beating_no_prompt
+    from softprompt.report.findings import _transfer_findings
+
+    matrix = {"source_tasks": ["a", "b", "b"], "tasks": ["a", "b"], "gain": [[0.1, 0.0], [0.05, 0.2], [-0.1, 0.3]]}
+    share = share_beating_no_prompt(matrix)
+    assert (share["transfers"], share["beat_no_prompt"], share["ties"]) == (3, 1, 1)
+    summary = TransferSummary(share["share"], 3, [], n_beat=1, n_ties=1)
+    (text,) = _transfer_findings(summary)
+    assert "33.3% of cross-task transfers (1 of 3; exact ties with it: 1, below it: 1) beat no prompt" in text
+    (old,) = _transfer_findings(TransferSummary(0.5, 4, []))  # a summary saved before ties were recorded
+    assert "50.0% of cross-task transfers (4) beat" in old

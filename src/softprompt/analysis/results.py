@@ -228,6 +228,8 @@ class TransferSummary(_View):
     share_beat_no_prompt: float | None
     n_transfers: int
     correlations: list[Correlation]
+    n_beat: int | None = None  # (absent from summaries written before they were recorded)
+    n_ties: int | None = None  # transfers scoring exactly no prompt's accuracy
 
 
 @dataclass(frozen=True)

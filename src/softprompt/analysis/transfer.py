@@ -238,6 +238,8 @@ def _summary(share: dict[str, Any], corr: dict[str, Any]) -> dict[str, Any]:
     return {
         "share_beat_no_prompt": share["share"],
         "n_transfers": share["transfers"],
+        "n_beat": share["beat_no_prompt"],
+        "n_ties": share["ties"],
         "correlations": [
             {
                 "similarity": name,

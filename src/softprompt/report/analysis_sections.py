@@ -147,7 +147,7 @@ def _transfer(tr: TransferResult, out: Path) -> str:
         "template; the last row is the target task without a prompt.</p>",
         table(rows),
         f"<p>Share of cross-task transfers that beat no prompt: <b>{'n/a' if share is None else f'{100 * share:.1f}%'}</b> "
-        f"of {summary.n_transfers}.</p>",
+        f"of {summary.n_transfers}" + (f" ({summary.n_ties} tie it exactly)" if summary.n_ties else "") + ".</p>",
         figure(figs.get("accuracy"), "Transfer accuracy: prompt (row) on task (column); framed: own task"),
         figure(figs.get("gain"), "Accuracy gain over no prompt"),
         "<h3>Prompt similarity and transfer</h3>",

@@ -157,9 +157,13 @@ def _geometry_findings(geo: GeometrySummary) -> list[str]:
 def _transfer_findings(tr: TransferSummary) -> list[str]:
     out = []
     if tr.share_beat_no_prompt is not None:
+        counts = ""
+        if tr.n_beat is not None and tr.n_ties is not None:
+            below = tr.n_transfers - tr.n_beat - tr.n_ties
+            counts = f"{tr.n_beat} of {tr.n_transfers}; exact ties with it: {tr.n_ties}, below it: {below}"
         out.append(
-            f"{_pct(tr.share_beat_no_prompt)} of cross-task transfers ({tr.n_transfers}) beat no prompt on the "
-            "target task (the original study reported 90%)."
+            f"{_pct(tr.share_beat_no_prompt)} of cross-task transfers ({counts or tr.n_transfers}) beat no prompt on "
+            "the target task (the original study reported 90%)."
         )
     for c in tr.correlations:
         if c.pearson_r is not None:
