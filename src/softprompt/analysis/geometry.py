@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from softprompt.analysis.common import as_runs, correlation, json_safe, run_labels, run_meta, task_name
+from softprompt.analysis.common import as_runs, correlation, json_safe, run_labels, run_meta
 from softprompt.analysis.results import GeometryResult
 from softprompt.errors import SoftPromptError
+from softprompt.tasks import task_name
 
 LEVELS = ("token", "prompt")
 _TITLES = {"tsne": "t-SNE", "pca": "PCA"}

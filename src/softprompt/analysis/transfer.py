@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from softprompt.analysis.common import as_runs, correlation, json_safe, run_labels, run_meta, task_name
+from softprompt.analysis.common import as_runs, correlation, json_safe, run_labels, run_meta
 from softprompt.analysis.results import TransferResult
 from softprompt.errors import SoftPromptError
+from softprompt.tasks import task_name
 
 SIMILARITIES = ("frobenius", "pooled_cosine", "token_cosine")
 PER_TOKEN = ("frobenius", "token_cosine")

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from softprompt.analysis.common import exceeds_its_error, paired_difference, task_name
+from softprompt.analysis.common import exceeds_its_error, paired_difference
 from softprompt.io import write_figure
 from softprompt.report.primitives import esc, figure, table
 from softprompt.report.tables import mean_std, write_csv
+from softprompt.tasks import task_name
 
 MAX_LINES = 6
 REFERENCES = {"no_prompt": ("no prompt", "grey", "--"), "english_prompt": ("English prompt", "tab:orange", ":")}
