@@ -49,7 +49,6 @@ RECIPES: dict[str, dict] = {
     "std0.082": {"lr_per_std": 0.082},  # the default of the second round (= chat-lr1e-2 on SmolLM2)
     "std0.164": {"lr_per_std": 0.164},
     "std0.328": {"lr_per_std": 0.328},
-    "clip1": {"max_grad_norm": 1.0},
     "lora": {"method": "lora"},
     "lora-plain": {"method": "lora", "prompt_format": "plain"},
     # the same, evaluated at epoch ends only (a third of the evaluation time: for the arms whose curve is not the point)
