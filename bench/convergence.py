@@ -50,6 +50,9 @@ RECIPES: dict[str, dict] = {
     "std0.164": {"lr_per_std": 0.164},
     "std0.328": {"lr_per_std": 0.328},
     "lora": {"method": "lora"},
+    # dev selection (issue 27): the runs record the dev loss at every point and dev_loss's own choice; `last`,
+    # `dev_accuracy` and argmin dev loss without the margin are read off the same runs' histories
+    "dev-loss": {"selection": "dev_loss"},
     "lora-plain": {"method": "lora", "prompt_format": "plain"},
     # the same, evaluated at epoch ends only (a third of the evaluation time: for the arms whose curve is not the point)
     "lora-epochs": {"method": "lora", "eval_every": 0},
@@ -92,6 +95,8 @@ def run_one(cfg: TrainConfig, out: Path, backbone, collect_only: bool = False) -
     history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     metric = history[-1].get("dev", {}) if history else {}
     return {
+        "selection_rules": selection_rules(record, history),
+        "selection": record.selection,
         "curve": [
             {"step": h["step"], "val": h["accuracy"], "dev": h.get("dev", {}).get("accuracy"), "train_loss": h["train_loss"]}
             for h in history
@@ -107,6 +112,48 @@ def run_one(cfg: TrainConfig, out: Path, backbone, collect_only: bool = False) -
         "reused": state is None or state.kind == COMPLETE,
         "seconds_here": round(time.perf_counter() - t0, 1),
     }
+
+
+SELECTION_RULES = ("dev_accuracy", "dev_loss_no_margin", "run")
+
+
+def selection_rules(record: RunRecord, history: list[dict]) -> dict:
+    """The validation value (the task's metric) of the prompt each selection rule picks from this run's evaluations,
+    with the last prompt's: `dev_accuracy` (the first highest dev metric), `dev_loss_no_margin` (the lowest dev
+    loss), `run` (what the run's own `selection` rule kept: best.safetensors)."""
+    metric = (record.task or {}).get("metric", "accuracy")
+    points = [h for h in history if h.get("dev")]
+    out = {"metric": metric, "last": record.final[metric], "dev_n": points[0]["dev"]["n"] if points else None}
+    if points:
+        by_metric = max(range(len(points)), key=lambda i: (points[i]["dev"][metric], -i))
+        out["dev_accuracy"] = points[by_metric][metric]
+        out["dev_accuracy_step"] = points[by_metric]["step"]
+        if all(p["dev"].get("loss") is not None for p in points):
+            by_loss = min(range(len(points)), key=lambda i: (points[i]["dev"]["loss"], i))
+            out["dev_loss_no_margin"] = points[by_loss][metric]
+            out["dev_loss_no_margin_step"] = points[by_loss]["step"]
+    best = record.best or {}
+    out["run"] = best["validation"] if best.get("split") == "dev" else record.final[metric]
+    out["run_step"] = best.get("step")
+    return out
+
+
+def summarize_selection(results: dict, recipes: list[str], seeds: list[int]) -> list[str]:
+    """Each selection rule's validation value minus the last prompt's, paired over seeds: mean, SE, 95% t interval."""
+    lines = ["", "dev selection: the selected prompt's validation value minus the last prompt's, paired over seeds:"]
+    for r in recipes:
+        rules = [results[r][str(s)]["selection_rules"] for s in seeds]
+        lines.append(
+            f"  {r} ({rules[0]['metric']}, dev n={rules[0]['dev_n']}, last mean {statistics.mean(x['last'] for x in rules):.3f}):"
+        )
+        for rule in SELECTION_RULES:
+            if any(rule not in x for x in rules):
+                continue
+            m, h, wtl = paired([x[rule] for x in rules], [x["last"] for x in rules])
+            se = statistics.stdev([x[rule] - x["last"] for x in rules]) / len(rules) ** 0.5 if len(rules) > 1 else float("nan")
+            name = f"{rule} ({dict(RECIPES[r]).get('selection', 'dev_accuracy')})" if rule == "run" else rule
+            lines.append(f"    {name}: {m:+.3f} (SE {se:.3f}; 95% [{m - h:+.3f}, {m + h:+.3f}]) wins/ties/losses {wtl}")
+    return lines
 
 
 def summarize(results: dict, recipes: list[str], seeds: list[int], reference: str) -> list[str]:
@@ -184,12 +231,18 @@ def main() -> None:
     ap.add_argument(
         "--collect-only", action="store_true", help="read finished runs, train nothing (tables after a default changed)"
     )
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's); 1 on a shared machine")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     args = ap.parse_args()
 
+    import torch
+
     from softprompt.backbones import load_backbone
     from softprompt.prompt import embedding_scale
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     recipes = args.recipes.split(",")
     unknown = [r for r in recipes if r not in RECIPES]
@@ -225,7 +278,7 @@ def main() -> None:
             print(f"{r} seed {s}: val {results[r][str(s)]['val']:.3f} dev {results[r][str(s)]['dev']}", flush=True)
     first = results[recipes[0]][str(seeds[0])]["baselines"]
     references = {k: v["accuracy"] for k, v in first.items()}
-    lines = summarize(results, recipes, seeds, args.reference or recipes[0])
+    lines = summarize(results, recipes, seeds, args.reference or recipes[0]) + summarize_selection(results, recipes, seeds)
     print("\n".join(lines))
     if references:
         print("references (validation): " + ", ".join(f"{k} {v:.3f}" for k, v in references.items()))

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# THE prepared GPU run of issue #13: training (softprompt = the defaults: the `auto` scoring strategy, which on a GPU
-# is one padded forward, replayed from CUDA graphs; the other arms: train_arms below; TRAIN_ARMS / EVAL_ARMS
-# override the arms, e.g. softprompt-eager without graphs, softprompt-kv_tree for the CPU's prefix tree) for
-# both model shapes x RTE and SST-2 x batch 8 and 32, and evaluation vs the naive scorer, on one GPU in
-# ~8 minutes; every result lands in $OUT (gpu_suite.json, summary.md, suite.log, cells.log).
+# THE prepared GPU run of issues #13 and #28: training (softprompt = the defaults: the `auto` scoring strategy, which
+# on a GPU is one padded forward, replayed from CUDA graphs; the other arms: train_arms below, with what issue 28
+# left pending a GPU: softprompt-lm, the answer-only-loss PEFT arm, a --prompt-format auto cell; TRAIN_ARMS /
+# EVAL_ARMS override the arms, e.g. softprompt-eager without graphs, softprompt-kv_tree for the CPU's prefix tree)
+# for both model shapes x RTE and SST-2 x batch 8 and 32, and evaluation vs the naive scorer, on one GPU in
+# ~8 minutes (cells that do not fit are skipped, named in summary.md: rerun them by name); every result lands in
+# $OUT (gpu_suite.json, summary.md, suite.log, cells.log).
 # How to call it through the device tool, and how to fold the results in: bench/README.md, "GPU run".
 #
 #   bash bench/gpu_suite.sh                 # on the GPU machine, from the repository root
 #   bash bench/gpu_suite.sh --cpu-dry-run   # here: every cell on CPU with tiny models (a few minutes)
 #   bash bench/gpu_suite.sh train-bloomz-560m-rte-b32 eval-smollm2-135m   # only these cells (a rerun)
+#   bash bench/gpu_suite.sh train-smollm2-135m-sst2-b32-auto              # a cell with --prompt-format auto
 #
 # Needs bench/carry/ (bash bench/prepare_carry.sh; $CARRY overrides it). Budgets, in seconds:
 # SUITE_BUDGET_S for all cells (450), TRAIN_CELL_S and EVAL_CELL_S per cell (75, 90). TRAIN_ARMS and EVAL_ARMS
@@ -42,10 +45,13 @@ work=$(mktemp -d)  # per-cell files: $OUT takes back at most 8 files, so they ar
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 exec > >(tee -a "$OUT/suite.log") 2>&1
 
-# the issue's table, most wanted first (the MFU target cell, then one cell per shape and the evaluations)
+# the issue's table, most wanted first (the MFU target cell, then one cell per shape and the evaluations), and one
+# cell with the prompt format a user gets (`-auto`: --prompt-format auto, on SmolLM2's tokenizer the chat layout;
+# SST-2 b32, where the chat template's tokens are the largest share of a row; a bloomz cell would resolve `auto` on
+# the SmolLM2 tokenizer the shape borrows, not on bloomz's own, which has no chat template: plain, as measured)
 default_cells=(
     train-bloomz-560m-rte-b32 train-smollm2-135m-rte-b8 eval-smollm2-135m eval-bloomz-560m
-    train-smollm2-135m-rte-b32 train-smollm2-135m-sst2-b8 train-smollm2-135m-sst2-b32
+    train-smollm2-135m-rte-b32 train-smollm2-135m-sst2-b32-auto train-smollm2-135m-sst2-b8 train-smollm2-135m-sst2-b32
     train-bloomz-560m-rte-b8 train-bloomz-560m-sst2-b8 train-bloomz-560m-sst2-b32
 )
 [ ${#cells[@]} -gt 0 ] || cells=("${default_cells[@]}")
@@ -67,16 +73,20 @@ print(f"preflight: {name}, torch {torch.__version__}, transformers {transformers
       f"tokenizer {type(tok).__name__} ({len(tok)} tokens)")
 EOF
 
-# the default training arms of a cell (shape, task, batch): softprompt (the defaults), softprompt-grouped
-# (--group-by-length), softprompt-bucket64 (the fixed 64-token buckets before batching.bucketed_length), on RTE at
-# b32 softprompt-nosplit (one forward per batch: no length groups, TrainingLoop._length_groups), on BLOOM
-# softprompt-alibi-eager and softprompt-bloom-gelu (its own attention / GELU instead of scoring.bloom's), PEFT's
-# recipe fp32 and bf16, and peft-bf16-grouped (PEFT tuned alike: dynamic padding, grouped batches)
+# the default training arms of a cell (shape, task, batch): what issue 28 left pending a GPU first. softprompt (the
+# defaults), softprompt-grouped (--group-by-length), softprompt-lm (PEFT's loss and schedule on softprompt's step:
+# the same LM objective as the PEFT arms), PEFT's recipe fp32 and bf16, peft-bf16-grouped (PEFT tuned alike: dynamic
+# padding, grouped batches) and peft-bf16-grouped-answer (the same with the LM head only at the answer's positions:
+# the fairest PEFT arm). ABLATION_ARMS=1 adds the one-change-undone arms of the third session (measured then):
+# softprompt-bucket64, on RTE b32 softprompt-nosplit, on BLOOM softprompt-alibi-eager and softprompt-bloom-gelu.
 train_arms() {
-    local arms=softprompt,softprompt-grouped,softprompt-bucket64
-    [ "$2-$3" = rte-32 ] && arms+=,softprompt-nosplit
-    [ "${1#bloomz}" != "$1" ] && arms+=,softprompt-alibi-eager,softprompt-bloom-gelu
-    echo "$arms,peft,peft-bf16,peft-bf16-grouped"
+    local arms=softprompt,softprompt-grouped,softprompt-lm
+    if [ -n "${ABLATION_ARMS:-}" ]; then
+        arms+=,softprompt-bucket64
+        [ "$2-$3" = rte-32 ] && arms+=,softprompt-nosplit
+        [ "${1#bloomz}" != "$1" ] && arms+=,softprompt-alibi-eager,softprompt-bloom-gelu
+    fi
+    echo "$arms,peft,peft-bf16,peft-bf16-grouped,peft-bf16-grouped-answer"
 }
 merge() { "$PY" bench/gpu_tables.py --cells "$work" --out "$OUT/gpu_suite.json" --summary "$OUT/summary.md" || echo "merge failed"; }
 
@@ -86,14 +96,17 @@ for cell in "${cells[@]}"; do
     json="$work/$cell.json"
     case $cell in
         train-*-b*)
-            rest=${cell#train-}; batch=${rest##*-b}; rest=${rest%-b*}; task=${rest##*-}; shape=${rest%-*}
+            rest=${cell#train-}; format=plain
+            # a trailing -auto: the cell runs with --prompt-format auto (every recorded cell ran plain)
+            [ "${rest%-auto}" != "$rest" ] && { format=auto; rest=${rest%-auto}; }
+            batch=${rest##*-b}; rest=${rest%-b*}; task=${rest##*-}; shape=${rest%-*}
             budget=$TRAIN_CELL_S
             # one timed epoch of 256 examples after one untimed epoch (every arm: the graph arms capture
             # each batch shape there, so the timed epoch is their steady state; the warm-up's cost is in the
             # JSON, warmup_s); what the cell keeps for startup, warm-up and the end: 35 s
             cmd=("$PY" bench/train_vs_peft.py --device "$device" --shape "$shape" --task "$task" --batch-size "$batch"
                  --train 256 --epochs "${TRAIN_EPOCHS:-1}" --warmup-steps $(( (256 + batch - 1) / batch )) --val 0 --mem-steps 0 --sync-every 8
-                 --arms "${TRAIN_ARMS:-$(train_arms "$shape" "$task" "$batch")}")
+                 --prompt-format "$format" --arms "${TRAIN_ARMS:-$(train_arms "$shape" "$task" "$batch")}")
             ;;
         eval-*)
             shape=${cell#eval-}
@@ -101,7 +114,7 @@ for cell in "${cells[@]}"; do
             cmd=("$PY" bench/eval_vs_naive.py --device "$device" --shape "$shape" --tasks rte,sst2 --limit 128 --reps 2
                  --dtypes float32,auto --arms "${EVAL_ARMS:-softprompt,softprompt-lowp,naive}")
             ;;
-        *) echo "unknown cell $cell: expected train-SHAPE-TASK-bBATCH or eval-SHAPE" >&2; exit 2 ;;
+        *) echo "unknown cell $cell: expected train-SHAPE-TASK-bBATCH[-auto] or eval-SHAPE" >&2; exit 2 ;;
     esac
     [ "$left" -lt "$budget" ] && budget=$left
     if [ "$budget" -lt 20 ]; then

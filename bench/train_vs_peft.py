@@ -27,7 +27,16 @@ tokens/s and model FLOP/s are medians over epochs.
   tokenized as text + answer + pad, LEFT-padded to a fixed max_length, labels -100 on the input, the
   model's own LM loss (full-vocabulary logits at every position), AdamW(lr), linear schedule with no
   warmup, float32. max_length is the longest example of the subset so nothing is cut (the recipe's
-  truncation would cut answers). peft-bf16: the same under bf16 autocast.
+  truncation would cut answers). peft-bf16: the same under bf16 autocast. Not the recipe, PEFT tuned for speed:
+  peft-bf16-grouped (each batch left-padded to its own longest row, batches of similar length), and
+  peft-bf16-answer / peft-bf16-grouped-answer (the same loss, the answer's and EOS's NLL, but the LM head only at
+  the last positions that predict them, `logits_to_keep`: what softprompt's scorer computes, instead of
+  full-vocabulary logits at every position).
+
+`--prompt-format` lays out every arm's text (default plain, as every recorded run: the PEFT arms tokenize the
+task's template as plain text, and the bloomz-560m shape borrows SmolLM2's tokenizer, whose chat template a real
+bloomz tokenizer does not have). `auto` is `softprompt train`'s default (chat when the tokenizer has a chat
+template: SmolLM2-135M-Instruct's has); both tools then see the same chat-formatted text (softprompt.chat's layout).
 
 Model FLOPs per step = 4 x non-embedding parameters per token computed + 4 x d x vocab per LM-head
 row (bench/common.py: step_flops); softprompt counts the tokens its scorer computed (the prompt once
@@ -72,6 +81,7 @@ import common  # noqa: E402  (sets sys.path and offline env)
 from softprompt import scoring  # noqa: E402
 from softprompt.backbones import resolve_compute_dtype  # noqa: E402
 from softprompt.batching import encode_examples, length_grouped_order  # noqa: E402
+from softprompt.chat import ChatLayout, chat_choice, chat_context, resolve_prompt_format  # noqa: E402
 from softprompt.config import TrainConfig  # noqa: E402
 from softprompt.distributed import SINGLE  # noqa: E402
 from softprompt.evaluate import Evaluator  # noqa: E402
@@ -81,7 +91,10 @@ from softprompt.tasks import get_task  # noqa: E402
 from softprompt.train import Trainables, TrainData, TrainingLoop, epoch_order, lr_lambda  # noqa: E402
 
 PEFT_ARMS = ("peft", "peft-bf16")  # the issue's reference: PEFT's documented recipe, float32 and bf16 autocast
-PEFT_TUNED = "peft-bf16-grouped"  # PEFT with dynamic padding and grouped batches (PeftArm's `grouped`): not the target
+PEFT_TUNED = "peft-bf16-grouped"  # PEFT with dynamic padding and grouped batches (PeftArm's `grouped`): not the recipe
+# PEFT with the LM head only where the loss reads it (PeftArm's `answer_only`), ungrouped and grouped: not the recipe
+PEFT_ANSWER = ("peft-bf16-answer", "peft-bf16-grouped-answer")
+PROMPT_FORMATS = ("plain", "auto", "chat")
 
 
 class Arm:
@@ -157,7 +170,7 @@ SOFTPROMPT_ARMS = {
     "softprompt-bucket64": {},  # graphs with the fixed 64-token length buckets of before (batching.bucketed_length)
     "softprompt-nosplit": {},  # graphs, one forward per batch (no split into length groups: TrainingLoop._length_groups)
 }
-ARMS = (*SOFTPROMPT_ARMS, *PEFT_ARMS, PEFT_TUNED)
+ARMS = (*SOFTPROMPT_ARMS, *PEFT_ARMS, PEFT_TUNED, *PEFT_ANSWER)
 
 
 class SoftpromptArm(Arm):
@@ -175,9 +188,12 @@ class SoftpromptArm(Arm):
         cfg = TrainConfig(**fields, epochs=args.epochs, seed=args.seed, max_length=512, **SOFTPROMPT_ARMS[name])
         self.prompt = init_prompt(backbone.model, backbone.tokenizer, args.tokens, "text", text=task.description)
         self.prompt.to(backbone.device)
-        self.encoded = encode_examples(examples, backbone.tokenizer, n_prompt=args.tokens, max_length=cfg.max_length)
-        # the plain template layout (PEFT's arm sees the same text), no dev split; the prompt trained directly
-        data = TrainData(task, backbone, examples, self.encoded, dev=[], prompt_format="plain")
+        fmt = resolve_prompt_format(args.prompt_format, backbone.tokenizer)
+        self.encoded = encode_examples(
+            examples, backbone.tokenizer, n_prompt=args.tokens, max_length=cfg.max_length, prompt_format=fmt
+        )
+        # the --prompt-format layout (PEFT's arm sees the same text), no dev split; the prompt trained directly
+        data = TrainData(task, backbone, examples, self.encoded, dev=[], prompt_format=fmt)
         encoder = PromptEncoder(self.prompt, "none", 0)
         trainables = Trainables(self.prompt, encoder.named_trainables(), lr=args.lr, encoder=encoder)
         self.loop = TrainingLoop(
@@ -235,17 +251,31 @@ class PeftArm(Arm):
 
     `grouped` (arm peft-bf16-grouped, not the recipe: what a PEFT user tuning for speed would do): each batch
     left-padded only to its own longest row (a dynamic-padding collator) and batches of similar length in the
-    order softprompt-grouped uses (`length_grouped_order`, like HF Trainer's group_by_length)."""
+    order softprompt-grouped uses (`length_grouped_order`, like HF Trainer's group_by_length).
+    `answer_only` (arms ...-answer): the same loss over the same tokens, but the model's LM head runs only at the
+    last positions, those that predict the answer and EOS (left padding puts them at every row's end), instead of
+    full-vocabulary logits at every position: the work softprompt's scorer does."""
 
-    def __init__(self, task, examples, args, bf16: bool, max_length: int | None, device: torch.device, grouped: bool = False):
+    def __init__(
+        self,
+        task,
+        examples,
+        args,
+        bf16: bool,
+        max_length: int | None,
+        device: torch.device,
+        grouped: bool = False,
+        answer_only: bool = False,
+    ):
         from peft import PromptTuningConfig, get_peft_model
         from transformers import get_linear_schedule_with_warmup
 
         super().__init__(device)
         self.bb = common.make_backbone(args, device)  # a separately loaded (or built) copy, wrapped by PEFT
         tok = self.bb.tokenizer
-        self.name = ("peft-bf16" if bf16 else "peft") + ("-grouped" if grouped else "")
-        self.bf16, self.grouped, self.bs = bf16, grouped, args.batch_size
+        self.name = ("peft-bf16" if bf16 else "peft") + ("-grouped" if grouped else "") + ("-answer" if answer_only else "")
+        self.bf16, self.grouped, self.answer_only, self.bs = bf16, grouped, answer_only, args.batch_size
+        self.fmt = resolve_prompt_format(args.prompt_format, tok)
         cfg = PromptTuningConfig(
             task_type="CAUSAL_LM",
             prompt_tuning_init="TEXT",
@@ -255,15 +285,15 @@ class PeftArm(Arm):
         )
         self.model = get_peft_model(self.bb.model, cfg)
         self.n = args.tokens
-        self.max_length = max_length or peft_max_length(tok, examples)
+        self.max_length = max_length or peft_max_length(tok, examples, self.fmt)
         self.data = [self._encode(tok, ex) for ex in examples]
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr)
         steps = math.ceil(len(examples) / args.batch_size) * args.epochs + args.warmup_steps
         self.sched = get_linear_schedule_with_warmup(self.opt, num_warmup_steps=0, num_training_steps=steps)
 
     def _encode(self, tok, ex):
-        inp = tok(ex.context)["input_ids"]
-        lab = tok(ex.choices[ex.label])["input_ids"] + [tok.pad_token_id]
+        inp, answer = peft_text_ids(tok, ex, self.fmt)
+        lab = answer + [tok.pad_token_id]
         ids, labels = inp + lab, [-100] * len(inp) + lab
         pad = self.max_length - len(ids)
         ids = ([tok.pad_token_id] * pad + ids)[: self.max_length]
@@ -286,24 +316,42 @@ class PeftArm(Arm):
         w = self._width(idx)
         mask = torch.tensor([self.data[i][1][-w:] for i in idx])
         ids = torch.tensor([self.data[i][0][-w:] for i in idx]).to(self.dev)
-        labels = torch.tensor([self.data[i][2][-w:] for i in idx]).to(self.dev)
-        return mask, ids, labels, mask.to(self.dev)
+        labels = torch.tensor([self.data[i][2][-w:] for i in idx])
+        return mask, ids, labels.to(self.dev), mask.to(self.dev), self._kept(idx)
+
+    def _kept(self, idx: list[int]) -> int:
+        """Positions whose logits the answer-only loss reads: the batch's most labelled tokens (answer + EOS, in
+        the last columns of every left-padded row), plus the position before them, which predicts the first."""
+        return 1 + max(sum(1 for y in self.data[i][2] if y != -100) for i in idx)
 
     def work(self, ready) -> None:
-        _, ids, labels, dev_mask = ready
-        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = self.model(input_ids=ids, attention_mask=dev_mask, labels=labels).loss
-        loss.backward()
+        self.loss(ready).backward()
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad()
+
+    def loss(self, ready) -> torch.Tensor:
+        """The step's loss: PEFT's LM loss over the answer and EOS tokens (with the head everywhere, or answer-only)."""
+        _, ids, labels, dev_mask, keep = ready
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
+            if self.answer_only:  # logits at the last `keep` positions: those predicting the answer and EOS, and one more
+                logits = self.model(input_ids=ids, attention_mask=dev_mask, logits_to_keep=keep).logits
+                target = labels[:, labels.shape[1] - keep + 1 :]
+                loss = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100
+                )
+            else:
+                loss = self.model(input_ids=ids, attention_mask=dev_mask, labels=labels).loss
+        return loss
 
     def count(self, batches: list[list[int]], before) -> None:
         for idx in batches:
             w = self._width(idx)
             mask = torch.tensor([self.data[i][1][-w:] for i in idx])
             real = int(mask.sum()) + self.n * len(idx)
-            self.stats["flops"] += common.step_flops(self.bb.model, real, int(mask.sum()))
+            # the LM head's rows: every real position, or (answer-only) the kept last positions of every row
+            head = len(idx) * self._kept(idx) if self.answer_only else int(mask.sum())
+            self.stats["flops"] += common.step_flops(self.bb.model, real, head)
             self.stats["tokens_real"] += real
             self.stats["tokens_naive"] += real
             self.stats["tokens_padded"] += mask.numel() + self.n * len(idx)
@@ -323,17 +371,30 @@ class PeftArm(Arm):
 def build_arm(name, backbone, task, examples, args, max_length, device):
     if name in SOFTPROMPT_ARMS:
         return SoftpromptArm(backbone, task, examples, args, name)
-    if name in (*PEFT_ARMS, PEFT_TUNED):
-        return PeftArm(task, examples, args, name != "peft", max_length, device, grouped=name == PEFT_TUNED)
+    if name in (*PEFT_ARMS, PEFT_TUNED, *PEFT_ANSWER):
+        grouped, answer_only = "-grouped" in name, name.endswith("-answer")
+        return PeftArm(task, examples, args, name != "peft", max_length, device, grouped=grouped, answer_only=answer_only)
     raise SystemExit(f"unknown arm {name!r}: expected some of {', '.join(ARMS)}")
 
 
-def peft_max_length(tok, examples) -> int:
-    return max(len(tok(ex.context)["input_ids"]) + len(tok(ex.choices[ex.label])["input_ids"]) + 1 for ex in examples)
+def peft_text_ids(tok, ex, fmt: str) -> tuple[list[int], list[int]]:
+    """The PEFT arms' input and answer token ids: the task's text as plain text (the recipe), or in the chat layout
+    softprompt uses with `--prompt-format chat` (softprompt.chat: the template's head, the context without its answer
+    cue, the template's tail; the answer without its leading space)."""
+    if fmt != "chat":
+        return tok(ex.context)["input_ids"], tok(ex.choices[ex.label])["input_ids"]
+    layout = ChatLayout.of(tok)
+    inp = [*layout.head, *tok(chat_context(ex.context), add_special_tokens=False)["input_ids"], *layout.tail]
+    return inp, tok(chat_choice(ex.choices[ex.label]), add_special_tokens=False)["input_ids"]
+
+
+def peft_max_length(tok, examples, fmt: str = "plain") -> int:
+    return max(sum(len(x) for x in peft_text_ids(tok, ex, fmt)) + 1 for ex in examples)
 
 
 # the options a memory subprocess needs to rebuild the same arm
 WORKER_OPTIONS = ("model", "task", "train", "tokens", "batch_size", "epochs", "lr", "seed", "mem_steps", "warmup_steps")
+WORKER_OPTIONS += ("prompt_format",)
 WORKER_OPTIONS += ("device", "shape", "tokenizer", "data_dir")
 
 
@@ -379,6 +440,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--arms", default="softprompt,softprompt-fp32,peft", help=f"comma-separated, from {', '.join(ARMS)}")
     ap.add_argument("--mem-steps", type=int, default=3, help="steps run by each memory subprocess (0: skip; CPU only)")
+    ap.add_argument(
+        "--prompt-format",
+        choices=PROMPT_FORMATS,
+        default="plain",
+        help="every arm's text layout: plain (every recorded run), auto (softprompt train's default: chat where the "
+        "tokenizer has a chat template) or chat",
+    )
     ap.add_argument("--warmup-steps", type=int, default=0, help="untimed steps of every arm before the first epoch")
     ap.add_argument("--max-steps", type=int, default=0, help="timed steps per epoch at most (0: the whole epoch)")
     ap.add_argument(
@@ -487,7 +555,8 @@ def main(argv: list[str] | None = None) -> None:
     examples = task.load("train", args.data_dir, limit=args.train, seed=args.seed)
     backbone = common.make_backbone(args, device)
     info["model"] = common.describe_model(backbone)
-    max_length = peft_max_length(backbone.tokenizer, examples)
+    info["prompt_format"] = resolve_prompt_format(args.prompt_format, backbone.tokenizer)  # what `auto` resolved to
+    max_length = peft_max_length(backbone.tokenizer, examples, info["prompt_format"])
     names = [a.strip() for a in args.arms.split(",") if a.strip()]
     arms = [build_arm(n, backbone, task, examples, args, max_length, device) for n in names]
     sp = [a for a in arms if isinstance(a, SoftpromptArm)]
@@ -551,7 +620,8 @@ def main(argv: list[str] | None = None) -> None:
     # accuracy of every learned prompt on the same validation subset, one evaluator (--val 0: none)
     acc = {}
     if args.val:
-        evaluator = Evaluator(backbone, data_dir=args.data_dir, compute_dtype=resolve_compute_dtype("auto", backbone.device))
+        dtype = resolve_compute_dtype("auto", backbone.device)
+        evaluator = Evaluator(backbone, data_dir=args.data_dir, compute_dtype=dtype, prompt_format=info["prompt_format"])
         sp = [a for a in arms if isinstance(a, SoftpromptArm)]
         initial = sp[0].prompt.initial if sp else None
         acc = {"initial (text init)": evaluator.evaluate(task, initial, limit=args.val, seed=args.seed)}

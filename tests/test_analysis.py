@@ -180,6 +180,54 @@ def test_moved_prompt_loses_its_initial_token(tiny_llama, emb):
     assert r["positions"][0]["cos_to_initial"] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_drift_and_displacement_name_the_token_moved_toward(tiny_llama, emb):
+    a_id, b_id = 10, 99
+    init = emb[[a_id, 20]].clone()
+    final = init.clone()
+    final[0] = init[0] + 0.3 * (emb[b_id] - init[0])  # position 0 moved a third of the way toward token B
+    res = analyze_neighbors(final, init, [a_id, 20], emb, tiny_llama.tokenizer, k=3)
+    p0, p1 = res["positions"]
+    assert p0["tokens"][0]["id"] == a_id and p0["initial_rank"] == 1 and not p0["top1_changed"]
+    assert p0["displacement_tokens"][0]["id"] == b_id
+    assert p0["displacement_tokens"][0]["token"] == readable_token(tiny_llama.tokenizer, b_id)
+    cos = torch.nn.functional.cosine_similarity(emb[b_id] - emb[a_id], emb[b_id], dim=0)
+    assert p0["displacement_tokens"][0]["similarity"] == pytest.approx(float(cos), abs=1e-5)
+    # drift by hand: the step, relative to the init vector and to the distance to A's nearest other token
+    step = 0.3 * (emb[b_id] - emb[a_id]).norm()
+    others = torch.cat([emb[:a_id], emb[a_id + 1 :]])
+    gap = (others - emb[a_id]).norm(dim=1).min()
+    d = p0["drift"]
+    assert d["norm"] == pytest.approx(float(step), rel=1e-5) and d["gap"] == pytest.approx(float(gap), rel=1e-5)
+    assert d["relative_to_init"] == pytest.approx(float(step / emb[a_id].norm()), rel=1e-5)
+    assert d["relative_to_gap"] == pytest.approx(float(step / gap), rel=1e-5)
+    # an unmoved position: no displacement to read, zero drift, its top-1 kept
+    assert p1["displacement_tokens"] is None and p1["drift"]["norm"] == 0.0 and p1["drift"]["relative_to_gap"] == 0.0
+    s = res["summary"]
+    assert s["mean_relative_drift"] == pytest.approx(d["relative_to_init"] / 2, rel=1e-5)
+    assert s["mean_relative_to_gap"] == pytest.approx(d["relative_to_gap"] / 2, rel=1e-5)
+    assert s["top1_changed_positions"] == [] and s["top1_changed_rate"] == 0.0
+    assert s["common_displacement_tokens"][0] == {"token": readable_token(tiny_llama.tokenizer, b_id), "positions": 1}
+    assert s["survival_rate"] == 1.0  # the existing keys are unchanged
+
+
+def test_drift_past_the_gap_and_without_an_initial_matrix(tiny_llama, emb):
+    init = emb[[10, 20]].clone()
+    final = emb[[10, 99]].clone()  # position 1 jumped onto token 99
+    res = analyze_neighbors(final, init, [10, 20], emb, tiny_llama.tokenizer, k=2)
+    p1 = res["positions"][1]
+    assert p1["top1_changed"] and p1["drift"]["relative_to_gap"] >= 1.0  # at least as far as the nearest other token
+    assert p1["displacement_tokens"][0]["similarity"] <= 1.0
+    assert res["summary"]["top1_changed_positions"] == [1] and res["summary"]["past_gap_rate"] == 0.5
+    # a random init (no token ids): the gap is the distance to the nearest vocabulary row at all
+    rand = torch.randn(2, emb.shape[1], generator=torch.Generator().manual_seed(0)) * 0.1
+    r = analyze_neighbors(rand + 0.01, rand, [], emb, tiny_llama.tokenizer, k=2)
+    assert r["positions"][0]["drift"]["gap"] == pytest.approx(float((emb - rand[0]).norm(dim=1).min()), rel=1e-5)
+    assert r["positions"][0]["initial_rank"] is None
+    # no initial matrix: the new fields are None, nothing fails
+    n = analyze_neighbors(final, None, None, emb, tiny_llama.tokenizer, k=2)
+    assert n["positions"][0]["drift"] is None and n["summary"]["mean_relative_drift"] is None
+
+
 def test_readable_tokens(tiny_tokenizer):
     tok = tiny_tokenizer
     reader = TokenReader(tok)
@@ -444,6 +492,19 @@ def test_neighbors_report_and_projection(tiny_llama, toy_data, fake_runs, tmp_pa
     assert [p["run"] for p in rep["summary"]["projection"]] == ["rte-s0", "rte-s1"]
     for path in rep["figures"].values():
         assert _is_png(path)
+
+
+def test_neighbors_report_summarises_drift_per_task(tiny_llama, fake_runs, tmp_path):
+    rep = neighbors_report(tiny_llama, fake_runs, 3, tmp_path / "nb", figures=False)
+    still, moved = rep["runs"]["rte-s0"], rep["runs"]["rte-s1"]  # rte-0 is its init; rte-1 has noise added
+    assert still["summary"]["mean_relative_drift"] == 0.0 and still["positions"][0]["displacement_tokens"] is None
+    assert moved["summary"]["mean_relative_drift"] > 0 and len(moved["positions"][0]["displacement_tokens"]) == 3
+    rte = rep["summary"]["drift_by_task"]["rte"]
+    assert rte["runs"] == 2
+    assert rte["mean_relative_drift"] == pytest.approx(moved["summary"]["mean_relative_drift"] / 2)
+    assert rte["displacement_tokens"][0] == moved["summary"]["common_displacement_tokens"][0]["token"]
+    written = json.loads((tmp_path / "nb" / "neighbors.json").read_text())
+    assert written["runs"]["rte-s1"]["positions"][0]["drift"]["relative_to_gap"] > 0
 
 
 def test_figures_survive_cjk_and_dollar_tokens(tmp_path):

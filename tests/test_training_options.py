@@ -82,9 +82,9 @@ def test_run_records_and_reuses_its_prompt_format(tiny_llama, chat_tokenizer, to
     from softprompt.evaluate import Evaluator
 
     again = Evaluator(backbone, data_dir=str(toy_data), prompt_format=run.prompt_format).evaluate(
-        "rte", run.prompt().weight, seed=0
+        "rte", run.prompt().weight, seed=0, calibrate=True
     )
-    assert again.metrics() == res.final.metrics()
+    assert again.metrics() == res.final.metrics()  # the run's final is calibrated too
     plain = Evaluator(backbone, data_dir=str(toy_data), prompt_format="plain")
     examples = plain.examples(get_task("rte"), "validation", None, 0)
     chat = Evaluator(backbone, data_dir=str(toy_data), prompt_format="chat")
@@ -116,8 +116,9 @@ def test_dev_split_is_held_out_and_shared_by_seeds(toy_data):
         task.load_train(str(toy_data), limit=None, seed=0, dev_size=12)
 
 
-def test_best_prompt_is_chosen_on_dev_and_curves_every_n_steps(tiny_llama, toy_data, tmp_path):
+def test_best_prompt_is_chosen_on_dev_and_curves_every_n_steps(tiny_llama, toy_data, tmp_path, monkeypatch):
     # 12 training rows - 4 dev = 8, batch 4: 2 steps per epoch, 3 epochs; eval_every 1 adds the mid-epoch points
+    monkeypatch.setattr(train_mod, "MIN_SELECTION_DEV", 4)  # the toy data's dev split is below the real minimum
     res = train(_cfg(toy_data, epochs=3, dev_size=4, eval_every=1), tmp_path / "r", backbone=tiny_llama, progress=False)
     steps = [h["step"] for h in res.history]
     assert steps == [0, 1, 2, 3, 4, 5, 6]  # step 0: the initial prompt

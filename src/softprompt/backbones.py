@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,63 @@ def known_revision(name: str) -> str | None:
         return _file_digest(_offline_gguf(entry))
     except (SoftPromptError, OSError):
         return None  # loading it will say what is wrong
+
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def _gguf_metadata_int(path: Path, suffix: str) -> int | None:
+    """The first integer metadata value of a GGUF file whose key ends with `suffix` (e.g. `.embedding_length`),
+    read from the header alone: the model's keys precede its tokenizer's and the tensors."""
+    def read(fmt: str):
+        return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+    def skip(kind: int) -> None:
+        if kind == 8:
+            f.seek(read("<Q"), 1)
+        elif kind == 9:
+            item, count = read("<I"), read("<Q")
+            for _ in range(count):
+                skip(item)
+        else:
+            f.seek(struct.calcsize(_GGUF_SCALARS[kind]), 1)
+
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF" or read("<I") < 2:
+            return None
+        _tensors, n_keys = read("<Q"), read("<Q")
+        for _ in range(n_keys):
+            key = f.read(read("<Q")).decode("utf-8", "replace")
+            kind = read("<I")
+            if key.endswith(suffix) and kind in _GGUF_SCALARS and kind not in (6, 7, 12):
+                return int(read(_GGUF_SCALARS[kind]))
+            skip(kind)
+    return None
+
+
+def model_hidden_size(name: str, *, trust_remote_code: bool = False) -> int:
+    """The embedding width of model `name` from its config alone, in well under a second (no weights, no dequantizing):
+    an offline alias's cached config.json or its GGUF header, a local folder's config.json, a Hub id's config."""
+    from transformers import AutoConfig
+
+    entry = OFFLINE_MODELS.get(name)
+    try:
+        if entry is not None:
+            gguf = _offline_gguf(entry)
+            cached = dequantized_dir(entry.alias, _file_digest(gguf))
+            if not (cached / "config.json").is_file():
+                width = _gguf_metadata_int(gguf, ".embedding_length")
+                if width is None:
+                    raise ValueError(f"{gguf} has no embedding_length in its header")
+                return width
+            config = AutoConfig.from_pretrained(cached)
+        else:
+            config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        return int(text.hidden_size)
+    except (OSError, ValueError, AttributeError, struct.error) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SoftPromptError(f"cannot read the config of model {name!r} ({reason})") from None
 
 
 def dequantized_dir(alias: str, revision: str) -> Path:

@@ -1,9 +1,10 @@
 """Every baseline of one task, side by side: `run_baselines` (the `baselines` command, a study's baseline units).
 
-The trained baselines (`finetune`, `lora`) are ordinary training runs in `OUT/finetune` and
-`OUT/lora`, on the same training subsample, with their own artifacts, metrics and resume. Each gets
-its own copy of the model: fine-tuning changes the weights and LoRA injects adapters in place, so
-the shared backbone stays untouched. A completed run with the same config is reused, an interrupted
+The trained baselines (`finetune`, `lora`, `hard`) are ordinary training runs in `OUT/finetune`,
+`OUT/lora` and `OUT/hard`, on the same training subsample, with their own artifacts, metrics and resume.
+Fine-tuning and LoRA each get their own copy of the model: fine-tuning changes the weights and LoRA
+injects adapters in place, so the shared backbone stays untouched; a hard prompt leaves the model as it
+is, so it trains on the shared backbone. A completed run with the same config is reused, an interrupted
 one is resumed (`runs.run_state`). Rows go to `OUT/baselines.json` after every method.
 """
 
@@ -103,6 +104,8 @@ def run_baselines(
             started = time.perf_counter()
             if method in TRAINED:
                 copies = backbone_factory or ((lambda: copy.deepcopy(backbone)) if backbone is not None else None)
+                if method == "hard" and backbone is not None:  # frozen and unchanged by a prompt: no copy needed
+                    copies = lambda: backbone  # noqa: E731
                 row = _trained(method, configs[method], out_dir / method, copies, overwrite, progress, inputs)
             else:
                 row = _untrained(method, cfg, task, evaluator, total)
@@ -173,6 +176,7 @@ def _trained(
                 run=str(run_dir),
                 reused=True,
                 wall_time_s=record.wall_time_s,
+                **hard_prompt_columns(record.hard_prompt),
             )
         resume = state.kind == RESUMABLE
     model_copy = copies() if copies is not None else None  # None: train() loads a fresh one from cfg.model
@@ -189,4 +193,20 @@ def _trained(
         run=str(run_dir),
         best_epoch=res.best["epoch"] if res.best else None,
         wall_time_s=RunRecord.read(run_dir).wall_time_s,
+        **hard_prompt_columns(res.hard_prompt),
     )
+
+
+def hard_prompt_columns(hard: dict[str, Any] | None) -> dict[str, Any]:
+    """A hard baseline's extra columns: its text (the last prompt, what the row's accuracy scores as token rows),
+    whether the text tokenizes back to those tokens, and the text's own score typed as a hard prompt."""
+    if not hard:
+        return {}
+    text = hard.get("text_final") or {}
+    return {
+        "hard_prompt": hard["last"]["text"],
+        "hard_prompt_tokens": hard["last"]["tokens"],
+        "retokenizes_to_same_ids": hard["last"]["retokenizes_to_same_ids"],
+        "text_accuracy": text.get("accuracy"),
+        "text_f1_macro": text.get("f1_macro"),
+    }

@@ -7,6 +7,9 @@
   reports both next to its own numbers (`train` calls `reference_results`).
 - `finetune` / `lora`: ordinary training runs of the study's (or command's) training config with
   another method (`baseline_config`); `softprompt.baseline_runs.run_baselines` trains them.
+- `hard`: the discrete counterpart of the soft prompt (PEZ, `softprompt.reparam.HardPromptEncoder`), a
+  training run too, of the same length and init; its row also holds its text and that text's score when
+  typed as a hard prompt. Run only when named (`DEFAULT_BASELINES` leaves it out).
 """
 
 from __future__ import annotations
@@ -15,16 +18,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from softprompt.config import BASELINE_METHODS, TRAINED_BASELINES, TrainConfig, check_keys
+from softprompt.config import BASELINE_METHODS, DEFAULT_BASELINES, INIT_METHODS, TRAINED_BASELINES, TrainConfig, check_keys
 from softprompt.errors import SoftPromptError
-from softprompt.evaluate import EvalResult, Evaluator, metrics_from_predictions
+from softprompt.evaluate import CONTENT_FREE, EvalResult, Evaluator, metrics_from_predictions
 from softprompt.tasks import Task, majority_label
 from softprompt.tasks.base import Example
 
-METHODS = BASELINE_METHODS
+METHODS = DEFAULT_BASELINES  # what runs when no methods are named
+CHOICES = BASELINE_METHODS  # every baseline there is
 TRAINED = TRAINED_BASELINES
 NEEDS_MODEL = ("no_prompt", "english_prompt")  # the untrained baselines that score with the model
-# What an untrained baseline's result depends on (a trained one: its whole config).
+# What an untrained baseline's result depends on (a trained one: its config's identity). Not the data folder: the
+# data's digests are compared (a study keys by the folder only where they cannot be: softprompt.study.units).
 EVALUATION_FIELDS = (
     "task",
     "model",
@@ -34,7 +39,6 @@ EVALUATION_FIELDS = (
     "max_length",
     "dtype",
     "compute_dtype",
-    "data_dir",
     "prompt_format",
     "dev_size",
 )
@@ -43,8 +47,8 @@ EVALUATION_FIELDS = (
 def check_methods(methods: Sequence[str]) -> list[str]:
     out: list[str] = []
     for m in methods:
-        if m not in METHODS:
-            raise SoftPromptError(f"unknown baseline {m!r}: expected some of {', '.join(METHODS)}")
+        if m not in CHOICES:
+            raise SoftPromptError(f"unknown baseline {m!r}: expected some of {', '.join(CHOICES)}")
         if m not in out:
             out.append(m)
     if not out:
@@ -56,19 +60,27 @@ def baseline_config(cfg: TrainConfig, method: str, overrides: Mapping[str, Any] 
     """A trained baseline's config: `cfg` with `method` and `overrides`.
 
     The learning rate is the method's default unless an override sets it: a prompt's learning rate
-    would wreck full fine-tuning. Prompt-only settings (the reparameterisation) do not apply."""
+    would wreck full fine-tuning. Prompt-only settings (the reparameterisation) do not apply. A hard prompt keeps
+    the length and init of `cfg`'s prompt, but starts from its text when `cfg` starts from a trained prompt
+    (run:PATH, task:NAME): the baseline is PEZ from words, not a projection of another run."""
     overrides = dict(overrides or {})
     check_keys(TrainConfig, overrides, f"{method} overrides")
     if "method" in overrides:
         raise SoftPromptError(f"{method} overrides: 'method' is the baseline's own")
-    return replace(cfg, method=method, **{"lr": None, "reparam": "none", **overrides})
+    fixed: dict[str, Any] = {"lr": None, "reparam": "none"}
+    if method == "hard" and cfg.init not in INIT_METHODS:
+        fixed["init"] = "text"
+    return replace(cfg, method=method, **{**fixed, **overrides})
 
 
 def result_inputs(cfg: TrainConfig, method: str) -> dict[str, Any]:
-    """What determines a baseline's result: a trained one's whole config, an untrained one's evaluation settings."""
+    """What determines a baseline's result: a trained one's config identity (`TrainConfig.identity_dict`: not how it
+    is executed), an untrained one's evaluation settings (and, scored by the model, its calibration's content-free
+    inputs: results cached before it are redone)."""
     if method in TRAINED:
-        return cfg.to_dict()
-    return {name: getattr(cfg, name) for name in EVALUATION_FIELDS}
+        return cfg.identity_dict()
+    calibration = {"calibration": list(CONTENT_FREE)} if method in NEEDS_MODEL else {}
+    return {name: getattr(cfg, name) for name in EVALUATION_FIELDS} | calibration
 
 
 def majority_result(task: Task, train: Sequence[Example], evaluation: Sequence[Example], split: str = "validation") -> EvalResult:
@@ -80,13 +92,14 @@ def majority_result(task: Task, train: Sequence[Example], evaluation: Sequence[E
 
 
 def untrained_result(
-    method: str, evaluator: Evaluator, task: Task, *, limit: int | None, seed: int, hard_prompt: str
+    method: str, evaluator: Evaluator, task: Task, *, limit: int | None, seed: int, hard_prompt: str, calibrate: bool = True
 ) -> EvalResult:
-    """`no_prompt` (the template alone) or `english_prompt` (`hard_prompt` before it) on the validation split."""
+    """`no_prompt` (the template alone) or `english_prompt` (`hard_prompt` before it) on the validation split, with
+    its content-free calibrated metrics unless `calibrate` is False (3 more inputs scored)."""
     if method == "no_prompt":
-        return evaluator.evaluate(task, None, limit=limit, seed=seed)
+        return evaluator.evaluate(task, None, limit=limit, seed=seed, calibrate=calibrate)
     if method == "english_prompt":
-        return evaluator.evaluate(task, None, hard_prompt=hard_prompt, limit=limit, seed=seed)
+        return evaluator.evaluate(task, None, hard_prompt=hard_prompt, limit=limit, seed=seed, calibrate=calibrate)
     raise SoftPromptError(f"{method!r} is not evaluated with the model: expected one of {', '.join(NEEDS_MODEL)}")
 
 
@@ -98,11 +111,16 @@ def reference_results(
 
 
 def baseline_row(method: str, metrics: Mapping[str, Any], trainable: int, total: int | None, **extra: Any) -> dict[str, Any]:
-    """One row of baselines.json from an EvalResult's `metrics()` (or a finished run's `final`)."""
+    """One row of baselines.json from an EvalResult's `metrics()` (or a finished run's `final`); the content-free
+    calibrated accuracy and macro-F1 next to the raw ones (None where not calibrated, with the reason if skipped)."""
+    calibrated = metrics.get("calibrated") or {}
     row = {
         "method": method,
         "accuracy": float(metrics["accuracy"]),
         "f1_macro": float(metrics["f1_macro"]),
+        "calibrated_accuracy": calibrated.get("accuracy"),
+        "calibrated_f1_macro": calibrated.get("f1_macro"),
+        **({"calibration_note": calibrated["skipped"]} if calibrated.get("skipped") else {}),
         "acc_norm": float(metrics["acc_norm"]),
         "n": int(metrics["n"]),
         "truncated": int(metrics.get("truncated", 0)),
@@ -114,12 +132,14 @@ def baseline_row(method: str, metrics: Mapping[str, Any], trainable: int, total:
 
 
 def table_rows(rows: Sequence[dict]) -> list[dict[str, Any]]:
-    """The printed table: method, accuracy, macro-F1, trainable parameters."""
+    """The printed table: method, accuracy, macro-F1, the same calibrated ("-": not calibrated), trainable parameters."""
     return [
         {
             "method": r["method"].replace("_", " "),
             "accuracy": r["accuracy"],
             "f1_macro": r["f1_macro"],
+            "calibrated accuracy": "-" if r.get("calibrated_accuracy") is None else r["calibrated_accuracy"],
+            "calibrated f1_macro": "-" if r.get("calibrated_f1_macro") is None else r["calibrated_f1_macro"],
             "trainable parameters": f"{r['trainable_parameters']:,}",
         }
         for r in rows

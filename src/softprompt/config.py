@@ -3,8 +3,10 @@
 `TrainConfig` is the only training schema. Each field carries its command-line help and choices in
 its metadata: `softprompt train` makes one flag per field (`softprompt.cli.train`), a study config's
 `[train]` table is parsed into it, a baseline's config is a `dataclasses.replace` of it, and a run
-saves it whole in run.json (resume checks and study cache keys compare it). Adding a training option
-is adding a field here plus the code that uses it.
+saves it whole in run.json. Each field is either the run's identity (what determines its result:
+resume checks and study cache keys compare `identity_dict()`) or how it is executed (`option(...,
+execution=True)`: device, strategies, cadences, data location; recorded, never compared). Adding a
+training option is adding a field here, choosing which it is, plus the code that uses it.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any
 
 from softprompt.errors import SoftPromptError
 
-METHODS = ("prompt", "finetune", "lora")  # what a run trains
-TRAINED_BASELINES = ("finetune", "lora")
-BASELINE_METHODS = ("majority", "no_prompt", "english_prompt", *TRAINED_BASELINES)
+METHODS = ("prompt", "hard", "finetune", "lora")  # what a run trains
+PROMPT_METHODS = ("prompt", "hard")  # a prompt matrix before the input: soft, or projected on tokens (PEZ, softprompt.reparam)
+TRAINED_BASELINES = ("finetune", "lora", "hard")
+DEFAULT_BASELINES = ("majority", "no_prompt", "english_prompt", "finetune", "lora")  # what runs unless methods are named
+BASELINE_METHODS = (*DEFAULT_BASELINES, "hard")
 INIT_METHODS = ("text", "random", "vocab", "labels")
 PROMPT_FORMATS = ("auto", "plain", "chat")  # softprompt.chat implements them
 RUN_INIT, TASK_INIT = "run:", "task:"  # init from a trained prompt: run:PATH[@best|@last], task:NAME (a study's own run)
@@ -30,14 +34,20 @@ DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 EXECUTORS = ("local", "ray")
+SELECTIONS = ("dev_accuracy", "dev_loss", "last")  # softprompt.train.select_prompt implements them
 REPARAMS = ("none", "mlp", "residual")  # softprompt.reparam implements them
 DEFAULT_LR = {"finetune": 2e-5, "lora": 1e-3}  # a prompt's default is relative to the embedding scale:
 # lr = this x the std of the input-embedding outputs: SmolLM2 5.0e-3, gemma3-270m 0.042; chosen on dev over both
 # shapes, 5 seeds each (bench/README, "Convergence"; 0.082 before, 0.025 before that)
 PROMPT_LR_PER_STD = 0.041
+# A hard (PEZ) prompt's default lr, also x the embedding std: its steps must cross between tokens (issue 26;
+# measured on SST-2's dev split, bench/README "Hard prompts")
+HARD_LR_PER_STD = 0.041
+LR_PER_STD = {"prompt": PROMPT_LR_PER_STD, "hard": HARD_LR_PER_STD}
 # Values of fields that runs saved before the field existed actually used (when they differ from today's default).
 LEGACY_VALUES: dict[str, Any] = {"prompt_format": "plain"}
 SCORING_STRATEGIES = ("auto", "plain", "padded", "kv_tree")  # softprompt.scoring.options implements them
+REPORT_TO = ("none", "tensorboard", "mlflow", "wandb")  # softprompt.trackers implements them
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -49,10 +59,22 @@ def canonical_dtype(name: str) -> str:
     return name
 
 
-def option(default: Any = None, help: str = "", *, choices: tuple[str, ...] | None = None, cli: bool = True, **extra: Any):
+def option(
+    default: Any = None,
+    help: str = "",
+    *,
+    choices: tuple[str, ...] | None = None,
+    cli: bool = True,
+    execution: bool = False,
+    **extra: Any,
+):
     """A TrainConfig field with its command-line facts: `help`, `choices`, `cli=False` for no flag,
-    `required=True` for a flag that must be given (its default still serves configs built in code)."""
-    metadata = {"help": help, "choices": choices, "cli": cli, **extra}
+    `required=True` for a flag that must be given (its default still serves configs built in code).
+
+    `execution=True` marks how a run is executed (device, strategies, cadences, data location), which may
+    change on resume and in a study re-run; every other field is the run's identity (`identity_dict`), which
+    decides "same run" (docs/reliability.md, "Which settings may change on resume")."""
+    metadata = {"help": help, "choices": choices, "cli": cli, "execution": execution, **extra}
     if isinstance(default, dict):
         return field(default_factory=dict, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -60,12 +82,16 @@ def option(default: Any = None, help: str = "", *, choices: tuple[str, ...] | No
 
 @dataclass
 class TrainConfig:
-    """Everything that determines a run's result (and nothing that does not)."""
+    """A run's settings: its identity (what determines the result) and how it is executed (`execution=True`)."""
 
     task: str = option("rte", "built-in task name (see `softprompt tasks`) or a task .toml file", required=True)
     model: str = option(DEFAULT_MODEL, f"offline alias, local folder or Hub id (default: {DEFAULT_MODEL})")
-    method: str = option("prompt", "what to train: a soft prompt, or the fine-tuning/LoRA baseline", choices=METHODS)
-    tokens: int = option(20, "soft prompt length n")
+    method: str = option(
+        "prompt",
+        "what to train: a soft prompt, a hard prompt (discrete tokens, PEZ projected gradients), or the fine-tuning/LoRA baseline",
+        choices=METHODS,
+    )
+    tokens: int = option(20, "prompt length n (soft or hard)")
     init: str = option(
         "text",
         "how the prompt starts: text (the init text's tokens), random, vocab (frequent tokens), labels (label words), "
@@ -88,7 +114,7 @@ class TrainConfig:
     reparam_hidden: int = option(256, "hidden width of the reparameterisation MLP")
     lr: float | None = option(
         None,
-        f"learning rate (default: prompt {PROMPT_LR_PER_STD} x the std of the model's embedding outputs, "
+        f"learning rate (default: prompt {PROMPT_LR_PER_STD}, hard {HARD_LR_PER_STD} x the std of the model's embedding outputs, "
         "finetune 2e-5, lora 1e-3)",
     )
     optimizer: str = option("adamw", choices=OPTIMIZERS)
@@ -114,6 +140,13 @@ class TrainConfig:
         "hold out N training-split examples (never trained on) to pick the best prompt; 0: no selection, the last "
         "prompt is the result",
     )
+    selection: str = option(
+        "dev_accuracy",
+        "which prompt best.safetensors holds, chosen on the dev split: dev_accuracy (the task's metric, accuracy or "
+        "macro-F1), dev_loss (the lowest mean choice cross-entropy, kept only if it beats the last prompt by one paired "
+        "standard error), last (no selection); a dev split under 30 examples always keeps the last",
+        choices=SELECTIONS,
+    )
     eval_every: int = option(0, "also evaluate every N optimiser steps (learning curves); 0: at epoch ends only")
     max_grad_norm: float = option(0.0, "clip the gradient norm to this (0: no clipping)")
     max_length: int = option(512, "max tokens per row, prompt included (inputs are cut, answers never)")
@@ -125,23 +158,35 @@ class TrainConfig:
     )
     lora_r: int = option(8, "LoRA rank")
     lora_alpha: int = option(16, "LoRA alpha: the adapter's update is scaled by alpha / r")
-    data_dir: str | None = option(None, "local data folder (default: $SOFTPROMPT_DATA or ../shared/data); 'hub' for the Hub")
-    device: str = option("auto", "auto, cpu, cuda, cuda:1, mps")
-    checkpoint_every: int = option(0, "also checkpoint every N optimiser steps")
+    data_dir: str | None = option(
+        None, "local data folder (default: $SOFTPROMPT_DATA or ../shared/data); 'hub' for the Hub", execution=True
+    )
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, mps", execution=True)
+    checkpoint_every: int = option(0, "also checkpoint every N optimiser steps", execution=True)
     scoring_strategy: str = option(
         "auto",
         "how the scorer computes: auto = the fastest for the device (CPU: kv_tree, GPU: padded; see bench/README.md)",
         choices=SCORING_STRATEGIES,
+        execution=True,
     )
     cuda_graphs: bool = option(
         True,
         "replay each training step from a CUDA graph, one per padded-length bucket (a soft prompt on CUDA with the padded "
         "or plain scoring strategy; no effect elsewhere): on an H100 0.95-8.8x the speed of eager steps (bench/README.md)",
+        execution=True,
     )
     log_every: int = option(
         0,
         "read the loss back from the device (progress, NaN/divergence check) every N optimiser steps and before every "
         "checkpoint; 0 = auto: every step on CPU, every 16 on a GPU",
+        execution=True,
+    )
+    report_to: str = option(  # execution setting
+        "none",
+        "also log the loss, learning rate, evaluations and config to: none, or a comma-separated list of tensorboard "
+        "(event files in OUT/logs), mlflow (file store OUT/mlruns, or $MLFLOW_TRACKING_URI), wandb (offline unless "
+        "$WANDB_MODE); each needs its extra: pip install 'softprompt[tensorboard]'",
+        execution=True,
     )
     extra: dict[str, Any] = option({}, "free-form settings recorded with the run (part of its identity)", cli=False)
 
@@ -152,6 +197,7 @@ class TrainConfig:
             if choices and f.name not in ("dtype", "compute_dtype") and getattr(self, f.name) not in choices:
                 raise SoftPromptError(f"unknown {f.name} {getattr(self, f.name)!r}: expected one of {', '.join(choices)}")
         check_init(self.init)
+        self.report_to = ",".join(report_targets(self.report_to)) or "none"
         for name in ("group_by_length", "cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise SoftPromptError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -189,15 +235,30 @@ class TrainConfig:
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field: what run.json records (the identity and the execution settings it last ran with)."""
         return asdict(self)
 
+    def identity_dict(self) -> dict[str, Any]:
+        """The fields that determine the result: what resume checks and study cache keys compare."""
+        return {k: v for k, v in asdict(self).items() if k not in EXECUTION_FIELDS}
+
+    def execution_dict(self) -> dict[str, Any]:
+        """How the run is executed (device, strategies, cadences, data location): recorded, never compared."""
+        return {k: v for k, v in asdict(self).items() if k in EXECUTION_FIELDS}
+
     def differences(self, saved: dict[str, Any]) -> list[str]:
-        """The fields whose value in a saved run's config differs from this one's (a field the saved
-        config predates counts as its default, so adding an option does not invalidate old runs)."""
-        mine = asdict(self)
+        """The identity fields whose value in a saved run's config differs from this one's (a field the saved
+        config predates counts as its default, so adding an option does not invalidate old runs; the
+        execution settings are not compared)."""
+        mine = self.identity_dict()
         absent = {k: LEGACY_VALUES.get(k, v) for k, v in asdict(TrainConfig()).items() if k not in saved}
-        full = {**absent, **saved}
+        full = {k: v for k, v in {**absent, **saved}.items() if k not in EXECUTION_FIELDS}
         return sorted(k for k in set(full) | set(mine) if full.get(k) != mine.get(k))
+
+
+# How a run is executed (`option(..., execution=True)`); every other field is its identity.
+EXECUTION_FIELDS = frozenset(f.name for f in fields(TrainConfig) if f.metadata.get("execution"))
+IDENTITY_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name not in EXECUTION_FIELDS)
 
 
 def _allowed_types(hint: Any) -> tuple[type, ...]:
@@ -228,6 +289,17 @@ def _names(allowed: tuple[type, ...]) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
     words = [names.get(t, t.__name__) for t in allowed if t is not type(None) and not (t is int and float in allowed)]
     return " or ".join(words) + (" (or left out)" if type(None) in allowed else "")
+
+
+def report_targets(report_to: str) -> tuple[str, ...]:
+    """The trackers a `report_to` value names ("tensorboard,mlflow"; "none" or "" for none), each once, in order."""
+    names = tuple(dict.fromkeys(n.strip() for n in report_to.split(",") if n.strip() and n.strip() != "none"))
+    unknown = [n for n in names if n not in REPORT_TO]
+    if unknown or ("none" in report_to.replace(" ", "").split(",") and names):
+        raise SoftPromptError(
+            f"unknown report_to {report_to!r}: expected none or a comma-separated list of {', '.join(REPORT_TO[1:])}"
+        )
+    return names
 
 
 def check_init(init: object) -> None:

@@ -9,20 +9,24 @@ load: for an offline (GGUF) model that is the dequantized Hugging Face-format fo
 cache, the weights the prompt was trained against; the GGUF file and the Hub model it quantizes are
 recorded in the adapter's README.md and in the weights file's metadata.
 
-Every malformed adapter is refused with one line naming the file and the field, before anything is written.
+Every malformed adapter is refused with one line naming the file and the field, before anything is written;
+so is an adapter whose width is not the base model's (its config's hidden size). Export writes only into an empty
+(or new) directory or one holding an earlier export (`--overwrite` replaces that), never over files it did not write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from softprompt.errors import SoftPromptError
+from softprompt.errors import SoftPromptError, warn
 from softprompt.io import atomic_path, read_json, write_text
 from softprompt.prompt import PROMPT_FILE, PromptInit, SoftPrompt
 from softprompt.runs import BEST_PROMPT_FILE, RUN_FILE, Run, RunRecord, artifact_facts, load_run, package_versions
@@ -32,6 +36,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLED_WEIGHTS = "adapter_model.bin"
 ADAPTER_README = "README.md"
 PROMPT_TENSOR = "prompt_embeddings"
+EXPORT_MARK = "softprompt_base_model"  # in the weights' metadata of every adapter softprompt exported
+README_MARK = "exported by softprompt from"  # in its README's title
 
 
 # ----------------------------------------------------------------------------- export
@@ -97,15 +103,67 @@ def _readme(base: str, hub_id: str | None, n_tokens: int, dim: int, run: Run, no
     return front + "\n".join(lines)
 
 
-def export_peft(run_dir: str | Path, out_dir: str | Path, which: str = "last") -> Path:
-    """Write the run's prompt as a PEFT PROMPT_TUNING adapter for CAUSAL_LM (config, weights, README)."""
+def _own_export(out: Path) -> bool:
+    """Whether `out`'s weights file is one softprompt exported (its metadata carries EXPORT_MARK)."""
+    weights = out / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        return False
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return EXPORT_MARK in (f.metadata() or {})
+    except Exception:  # unreadable: not ours to overwrite
+        return False
+
+
+def _foreign_files(out: Path) -> list[str]:
+    """The entries of `out` an export did not write: everything but its own config, weights and README (and the
+    temporaries of an interrupted export), or everything when its weights are not softprompt's."""
+    ours = {ADAPTER_CONFIG, ADAPTER_WEIGHTS}
+    readme = out / ADAPTER_README
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if readme.is_file() and README_MARK in readme.read_text(encoding="utf-8"):
+            ours.add(ADAPTER_README)
+    own = _own_export(out)
+    return sorted(p.name for p in out.iterdir() if not (own and p.name in ours) and not _temporary(p))
+
+
+def _temporary(path: Path) -> bool:
+    """A temporary file an export killed while writing left (`io.atomic_path`'s name for one of its files)."""
+    prefixes = tuple(f".{n}." for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_README))
+    return path.is_file() and path.name.startswith(prefixes) and path.name.endswith(".tmp")
+
+
+def check_export_dir(out: Path, *, overwrite: bool) -> None:
+    """Export writes only into a new or empty directory, or (with `overwrite`) over an earlier export of softprompt:
+    never over a user's files (a README, another adapter's config, an `adapter_model.bin` PEFT would load first)."""
+    if out.exists() and not out.is_dir():
+        raise SoftPromptError(f"--peft {out} exists and is not a directory")
+    if not out.is_dir() or all(_temporary(p) for p in out.iterdir()):
+        return
+    foreign = _foreign_files(out)
+    if foreign:
+        shown = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
+        raise SoftPromptError(
+            f"--peft {out} holds files softprompt did not export ({shown}); export never overwrites or deletes "
+            "them: choose a new or empty directory (or move those files away)"
+        )
+    if not overwrite:
+        raise SoftPromptError(f"--peft {out} already holds an exported adapter: pass --overwrite to replace it")
+
+
+def export_peft(run_dir: str | Path, out_dir: str | Path, which: str = "last", *, overwrite: bool = False) -> Path:
+    """Write the run's prompt as a PEFT PROMPT_TUNING adapter for CAUSAL_LM (config, weights, README) into a new or
+    empty directory, or over an earlier export with `overwrite` (`check_export_dir`)."""
     from peft import PromptTuningConfig
 
     run = load_run(run_dir)
     prompt = run.prompt(which)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise SoftPromptError(f"--peft {out} exists and is not a directory")
+    check_export_dir(out, overwrite=overwrite)
+    if out.is_dir():
+        for p in out.iterdir():
+            if _temporary(p):
+                p.unlink(missing_ok=True)
     base, base_revision, meta, notes = _base_model(run)
     cfg = PromptTuningConfig(
         task_type="CAUSAL_LM",
@@ -206,6 +264,23 @@ def _prompt_tensor(tensors: dict[str, Any], file: Path, config: Path, n: int, d:
     return weight.float()
 
 
+def _check_width(file: Path, dim: int, base: str) -> None:
+    """An adapter as wide as its base model's embeddings (read from the model's config, no weights loaded); one whose
+    model cannot be read here (a Hub id offline, a folder on another machine) is imported with a warning."""
+    from softprompt.backbones import model_hidden_size
+
+    try:
+        width = model_hidden_size(base)
+    except SoftPromptError as e:
+        warn(f"{file}: its width ({dim}) is not checked against the base model: {e}; eval checks it when the model loads")
+        return
+    if width != dim:
+        raise SoftPromptError(
+            f"{file}: the prompt is {dim} wide, but model {base!r} has hidden size {width}: the adapter belongs to "
+            "another model; pass its own base model with --model"
+        )
+
+
 def import_peft(
     adapter_dir: str | Path, out_dir: str | Path, *, task: str | None = None, model: str | None = None, allow_pickle: bool = False
 ) -> Path:
@@ -225,9 +300,11 @@ def import_peft(
         raise SoftPromptError(f"{out} already holds a run; choose another --out")
     if out.exists() and not out.is_dir():
         raise SoftPromptError(f"--out {out} exists and is not a directory")
+    base = model or cfg.get("base_model_name_or_path")
+    if base:
+        _check_width(file, prompt.dim, base)
     prompt.save(out / PROMPT_FILE)
     prompt.save(out / BEST_PROMPT_FILE)
-    base = model or cfg.get("base_model_name_or_path")
     RunRecord(
         status="complete",
         imported_from=str(src),

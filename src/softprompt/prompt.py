@@ -89,8 +89,28 @@ class SoftPrompt(nn.Module):
             )
         if not torch.isfinite(weight).all():
             raise SoftPromptError(f"{path}: the prompt holds NaN or inf values")
-        init = PromptInit(**json.loads(meta["init"])) if "init" in meta else PromptInit(method="unknown")
+        init = _init_from_metadata(meta["init"], path) if "init" in meta else PromptInit(method="unknown")
         return cls(weight, init, initial)
+
+
+def _init_from_metadata(text: str, path: Path) -> PromptInit:
+    """A prompt file's `init` metadata, checked: a JSON object of PromptInit's fields and types."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SoftPromptError(f"{path}: metadata 'init' is not valid JSON ({e.msg})") from None
+    ok = (
+        isinstance(data, dict)
+        and set(data) <= {"method", "text", "token_ids", "seed"}
+        and isinstance(data.get("method"), str)
+        and isinstance(data.get("text"), str | None)
+        and isinstance(data.get("token_ids", []), list)
+        and all(isinstance(i, int) for i in data.get("token_ids", []))
+        and isinstance(data.get("seed", 0), int)
+    )
+    if not ok:
+        raise SoftPromptError(f"{path}: metadata 'init' is {text[:80]!r}, expected an object with a string 'method'")
+    return PromptInit(**data)
 
 
 def parse_run_init(init: str) -> tuple[Path, str]:
@@ -129,6 +149,21 @@ def _embed(model, ids: list[int]) -> torch.Tensor:
     idx = torch.tensor(ids, dtype=torch.long, device=emb.weight.device)
     with torch.no_grad():
         return emb(idx).float().cpu()
+
+
+@torch.no_grad()
+def input_embedding_matrix(model, n_tokens: int | None = None, chunk: int = 32768) -> torch.Tensor:
+    """All rows the model actually sees as input embeddings, float32, shape (V, d), on the model's device.
+
+    Goes through the embedding module (chunked) so scaled or normalised embeddings come out on the
+    scale a soft prompt is trained on. `n_tokens` limits it to the first ids (e.g. the tokenizer's
+    length when the matrix has padding rows that no token maps to).
+    """
+    emb = model.get_input_embeddings()
+    vocab = int(emb.weight.shape[0]) if n_tokens is None else min(int(n_tokens), int(emb.weight.shape[0]))
+    device = emb.weight.device
+    parts = [emb(torch.arange(s, min(s + chunk, vocab), device=device)).float() for s in range(0, vocab, chunk)]
+    return torch.cat(parts, dim=0)
 
 
 def embedding_scale(model, n: int = 5000) -> float:

@@ -27,29 +27,31 @@ from softprompt.backbones import Backbone, load_backbone, resolve_compute_dtype,
 from softprompt.baselines import reference_results
 from softprompt.batching import EncodedExample, bucketed_length, collate, encode_examples, length_grouped_order
 from softprompt.chat import resolve_prompt_format
-from softprompt.checkpoint import load_checkpoint, save_checkpoint, save_trainables
-from softprompt.config import INIT_METHODS, PROMPT_LR_PER_STD, TASK_INIT, TrainConfig
+from softprompt.checkpoint import load_checkpoint, save_checkpoint, save_trainables, verify_checkpoint
+from softprompt.config import INIT_METHODS, LR_PER_STD, PROMPT_METHODS, TASK_INIT, TrainConfig
 from softprompt.cuda_graphs import LENGTH_BUCKET, SPLIT_OVERHEAD_TOKENS, SPLIT_PARTS, StepGraphs
 from softprompt.distributed import DataParallel, setup_data_parallel
 from softprompt.errors import SoftPromptError, os_error_line
-from softprompt.evaluate import EVAL_SEED, EvalResult, Evaluator
+from softprompt.evaluate import EVAL_SEED, EvalResult, Evaluator, choice_losses
 from softprompt.inputs import MODEL_REVISION, task_inputs
-from softprompt.io import remove_stale_temporaries, write_text
+from softprompt.io import remove_stale_temporaries, write_json, write_text
 from softprompt.locks import directory_lock
 from softprompt.prompt import PROMPT_FILE, SoftPrompt, check_source_length, embedding_scale, init_prompt, prompt_from_source
-from softprompt.reparam import PromptEncoder
+from softprompt.reparam import HardPromptEncoder, PromptEncoder, hard_prompt_encoder, hard_prompt_facts
 from softprompt.runs import (
     ABSENT,
     BEST_ADAPTER_FILE,
     BEST_PROMPT_FILE,
     CHECKPOINT_FILE,
     CONFLICT,
+    HARD_PROMPT_FILE,
     METRICS_FILE,
     WEIGHTS_FILES,
     InitSource,
     RunRecord,
     RunState,
     artifact_facts,
+    execution_history,
     init_source,
     package_versions,
     run_state,
@@ -58,6 +60,7 @@ from softprompt.runs import (
 from softprompt.scoring import LOSSES, ScoringOptions, ScoringStats, autocast_context, batch_choice_scores, padded_counts
 from softprompt.tasks import Task, get_task
 from softprompt.tasks.base import Example
+from softprompt.trackers import FAILED, FINISHED, KILLED, Trackers, open_trackers, require_trackers
 
 DIVERGED = 1e6  # no embedding-scale parameter gets near this unless the learning rate exploded
 # Optimiser steps between two reads of the device (the losses, the NaN/divergence check) when
@@ -75,6 +78,7 @@ class TrainResult:
     baselines: dict[str, EvalResult]
     history: list[dict[str, Any]]
     parameters: dict[str, int]
+    hard_prompt: dict[str, Any] | None = None  # method hard: run.json's hard_prompt (the discrete prompt, its text's score)
 
 
 def train(
@@ -101,6 +105,7 @@ def train(
     """
     out = Path(out)
     source = trained_init_source(cfg)
+    require_trackers(cfg.report_to)  # a missing tracker package (--report-to) fails before anything loads
     dp = setup_data_parallel(cfg.device)
     if backbone is None:
         resolve_device(cfg.device)  # a device this machine lacks fails before anything is written
@@ -110,14 +115,15 @@ def train(
         torch.manual_seed(cfg.seed)
         data = prepare_data(cfg, backbone, dp, trust_remote_code=trust_remote_code)
         if resume:  # the model is known now: a run trained on other weights is not continued
-            refuse_changed_run(out, run_state(out, cfg, {**inputs, MODEL_REVISION: data.backbone.revision}))
+            here = compute_dtype_name(cfg, data.backbone)  # and not in another precision than it was (`auto`: by device)
+            refuse_changed_run(out, run_state(out, cfg, {**inputs, MODEL_REVISION: data.backbone.revision}, compute_dtype=here))
         trainables = build_trainables(cfg, data, dp, source)
         loop = TrainingLoop(cfg, out, data, trainables, dp, scoring=scoring, progress=progress)
-        references = baselines and cfg.method == "prompt"
+        references = baselines and cfg.method in PROMPT_METHODS
         loop.preflight(references=references)
         if resume:
             loop.resume()
-        loop.start(inputs)
+        loop.start(inputs, resumed=resume)
         loop.fit()
         with loop.outcome_recorded():
             return finalize(loop, references=references)
@@ -128,7 +134,7 @@ def train(
 
 def trained_init_source(cfg: TrainConfig) -> InitSource | None:
     """The trained prompt a `run:PATH` init starts from, checked against --tokens before anything is loaded or written."""
-    if cfg.method != "prompt" or cfg.init in INIT_METHODS:
+    if cfg.method not in PROMPT_METHODS or cfg.init in INIT_METHODS:
         return None
     if cfg.init.startswith(TASK_INIT):
         raise SoftPromptError(
@@ -156,6 +162,11 @@ def owned_run_dir(out: Path, dp: DataParallel) -> Iterator[None]:
         yield
 
 
+def compute_dtype_name(cfg: TrainConfig, backbone: Backbone) -> str:
+    """What the config's compute dtype resolves to on the model's device (`bfloat16`, `float32`): run.json records it."""
+    return str(resolve_compute_dtype(cfg.compute_dtype, backbone.device)).removeprefix("torch.")
+
+
 def refuse_changed_run(out: Path, state: RunState) -> None:
     """--resume of a run whose config or inputs changed would mix two runs: refuse, saying what to do."""
     if state.kind != CONFLICT:
@@ -181,10 +192,13 @@ def claim_run_dir(out: Path, cfg: TrainConfig, dp: DataParallel, inputs: dict, *
             refuse_changed_run(out, state)
             if state.inputs_unknown and dp.is_main:
                 warn_unknown_inputs(out)
+            verify_checkpoint(out, warn_unverified=dp.is_main)  # before the model loads
     dp.barrier()  # every process has read what was there before the main process writes
     out.mkdir(parents=True, exist_ok=True)
     if dp.is_main:
         remove_stale_temporaries(out)
+        if not resume:  # an overwritten run's checkpoint is not this run's to resume from
+            (out / CHECKPOINT_FILE).unlink(missing_ok=True)
 
 
 @dataclass
@@ -208,7 +222,7 @@ def prepare_data(cfg: TrainConfig, backbone: Backbone | None, dp: DataParallel, 
     device = str(dp.device) if dp.active else cfg.device
     backbone = backbone or load_backbone(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=trust_remote_code)
     prompt_format = resolve_prompt_format(cfg.prompt_format, backbone.tokenizer)
-    n_prompt = cfg.tokens if cfg.method == "prompt" else 0
+    n_prompt = cfg.tokens if cfg.method in PROMPT_METHODS else 0
     encoded = encode_examples(
         examples, backbone.tokenizer, n_prompt=n_prompt, max_length=cfg.max_length, prompt_format=prompt_format
     )
@@ -223,7 +237,7 @@ class Trainables:
     prompt: SoftPrompt | None
     params: dict[str, torch.nn.Parameter]
     lr: float
-    encoder: PromptEncoder | None = None
+    encoder: PromptEncoder | HardPromptEncoder | None = None
     source: dict[str, Any] | None = None  # a run: init's source run, file and content hash (run.json records it)
 
     def prompt_matrix(self) -> torch.Tensor | None:
@@ -249,7 +263,7 @@ class Trainables:
 
 def build_trainables(cfg: TrainConfig, data: TrainData, dp: DataParallel, source: InitSource | None = None) -> Trainables:
     backbone = data.backbone
-    if cfg.method != "prompt":
+    if cfg.method not in PROMPT_METHODS:
         params = _method_parameters(cfg, backbone)
         dp.broadcast_(params.values())
         return Trainables(None, params, float(cfg.lr))
@@ -267,13 +281,17 @@ def build_trainables(cfg: TrainConfig, data: TrainData, dp: DataParallel, source
         )
     prompt.check_model(backbone.hidden_size, where=f"init {cfg.init}: the source prompt" if source else "the prompt")
     prompt.to(backbone.device)
-    encoder = PromptEncoder(prompt, cfg.reparam, cfg.reparam_hidden, seed=cfg.seed)
-    if cfg.reparam == "mlp":  # what training starts from is MLP(E): the drift analyses measure from there
+    encoder: PromptEncoder | HardPromptEncoder
+    if cfg.method == "hard":
+        encoder = hard_prompt_encoder(prompt, backbone.model, backbone.tokenizer)
+    else:
+        encoder = PromptEncoder(prompt, cfg.reparam, cfg.reparam_hidden, seed=cfg.seed)
+    if cfg.reparam == "mlp" or cfg.method == "hard":  # training starts from MLP(E) or E's tokens: drift is measured from there
         with torch.no_grad():
             prompt.initial.copy_(encoder().detach())
     params = encoder.named_trainables()
     dp.broadcast_(params.values())
-    lr = cfg.lr if cfg.lr is not None else PROMPT_LR_PER_STD * embedding_scale(backbone.model)
+    lr = cfg.lr if cfg.lr is not None else LR_PER_STD[cfg.method] * embedding_scale(backbone.model)
     return Trainables(prompt, params, float(lr), encoder, source.facts if source is not None else None)
 
 
@@ -378,6 +396,8 @@ class TrainingLoop:
         self.pending: list[tuple[int, int, torch.Tensor]] = []
         self.unread: list[tuple[int, int, torch.Tensor]] = []
         self.record = RunRecord()
+        self.checkpoint_sha256: str | None = None  # of the checkpoint on disk, resumed from or written (run.json records it)
+        self.trackers = Trackers()  # --report-to's, opened by start() on the main process
         self.graphs = self._step_graphs()
         self.bucket = LENGTH_BUCKET if self.graphs is not None else 0  # batch lengths padded to buckets: shapes repeat
         self.split_overhead = SPLIT_OVERHEAD_TOKENS if self.graphs is not None else 0  # 0: one forward per micro-batch
@@ -395,6 +415,7 @@ class TrainingLoop:
         """Continue from the checkpoint in `out`, if there is one."""
         if not (self.out / CHECKPOINT_FILE).exists():
             return
+        self.checkpoint_sha256 = verify_checkpoint(self.out, warn_unverified=False)
         self.state = load_checkpoint(self.out, self.trainables.params, self.optimizer, self.scheduler)
         if self.state.get("processes", 1) != self.dp.world:
             raise SoftPromptError(
@@ -414,16 +435,24 @@ class TrainingLoop:
             ev.prepare(task, 0, limit=cfg.max_eval, seed=EVAL_SEED)
             ev.prepare(task, 0, hard_prompt=cfg.init_text or task.description, limit=cfg.max_eval, seed=EVAL_SEED)
 
-    def start(self, inputs: dict[str, Any] | None = None) -> None:
+    def start(self, inputs: dict[str, Any] | None = None, *, resumed: bool = False) -> None:
         """run.json says running (and who runs it: a cluster's worker, a launcher's main process), with
-        the digests of the inputs (`softprompt.inputs`) that --resume and a study compare."""
+        the digests of the inputs (`softprompt.inputs`) that --resume and a study compare, and how each
+        session ran (`executions`: a resume may change the execution settings)."""
         self.record = run_record(self.cfg, self.data, self.trainables, processes=self.dp.world)
         self.record.inputs = inputs
+        if self.checkpoint_sha256 is not None:  # the resumed checkpoint stays verifiable
+            self.record.artifacts = {CHECKPOINT_FILE: {"sha256": self.checkpoint_sha256}}
         if self.main:
-            replace(self.record, worker={"host": socket.gethostname(), "pid": os.getpid()}).write(self.out)
+            self.record.executions = execution_history(self.out, self.cfg, resumed=resumed)
+        if self.main:
+            self._write_running()
             prompt = self.trainables.prompt_to_save()
             if prompt is not None and not (self.out / BEST_PROMPT_FILE).exists():
                 prompt.save(self.out / BEST_PROMPT_FILE)
+        step = self.state["optimizer_step"]  # resumed from a checkpoint: the trackers continue their runs after it
+        resumed_step = step if step or self.state["history"] else None
+        self.trackers = open_trackers(self.cfg.report_to, self.out, self.record, resumed_step=resumed_step, main=self.main)
 
     def fit(self) -> None:
         """The epochs, from wherever the state says; Ctrl-C, SIGTERM, divergence and a full disk leave a
@@ -470,6 +499,7 @@ class TrainingLoop:
             self._close_bar()
 
     def _mark(self, status: str, error: str | None = None) -> None:
+        self.trackers.close(KILLED if status == "interrupted" else FAILED)
         if self.main:
             with contextlib.suppress(OSError):  # the disk may be full: the checkpoint still resumes
                 replace(self.record, status=status, error=error).write(self.out)
@@ -522,7 +552,7 @@ class TrainingLoop:
         the same sum over the same examples. 0: one group."""
         if not self.split_overhead or len(idx) < 2:
             return [idx]
-        enc, n = self.data.encoded, self.cfg.tokens if self.cfg.method == "prompt" else 0
+        enc, n = self.data.encoded, self.cfg.tokens if self.cfg.method in PROMPT_METHODS else 0
         longest = {i: max(len(r.ids) for r in enc[i].rows) for i in idx}
         length = {i: (bucketed_length(k, self.bucket) if self.bucket else k) + n for i, k in longest.items()}
         ordered = sorted(idx, key=lambda i: (length[i], i))
@@ -596,6 +626,9 @@ class TrainingLoop:
         losses = [values[2 * k] / values[2 * k + 1] for k in range(len(where))]
         self._raise_if_diverged(where, losses, healthy=bool(values[-1]))
         self.losses = self.losses + losses
+        self.trackers.log_losses(
+            where, values, grad_accum=self.cfg.grad_accum, micro_per_epoch=self.micro_per_epoch, scheduler=self.scheduler
+        )
         self.state["epoch_losses"] = self.losses
         if self.bar is not None:
             recent = self.losses[-20:]
@@ -610,14 +643,21 @@ class TrainingLoop:
             if not math.isfinite(loss):
                 raise SoftPromptError(
                     f"loss became {loss} at epoch {epoch + 1}, batch {micro + 1} (lr {self.trainables.lr:.3g}{late}): "
-                    f"stopped; the last good checkpoint in {self.out} is kept (try a smaller --lr)"
+                    f"stopped; {self._diverged_advice()}"
                 )
         if not healthy:
             when = f"within the {self.read_every} optimiser steps up to step {step}" if self.read_every > 1 else f"at step {step}"
             raise SoftPromptError(
-                f"parameters diverged (NaN/inf or |value| >= {DIVERGED:g}) at epoch {where[-1][0] + 1}, {when}: lr {self.trainables.lr:.3g} "
-                f"is too large? stopped; the last good checkpoint in {self.out} is kept"
+                f"parameters diverged (NaN/inf or |value| >= {DIVERGED:g}) at epoch {where[-1][0] + 1}, {when}: "
+                f"lr {self.trainables.lr:.3g}: stopped; {self._diverged_advice()}"
             )
+
+    def _diverged_advice(self) -> str:
+        """What a diverged run keeps and what to do: only what is known (a checkpoint is written from parameters the
+        check passed, or resumed from one whose digest run.json recorded; --resume would repeat the same steps)."""
+        exists = (self.out / CHECKPOINT_FILE).exists()
+        kept = f"{self.out} keeps its last checkpoint, from before these steps" if exists else "no checkpoint was written"
+        return f"{kept}; the learning rate may be too large: retrain with a smaller --lr (--overwrite; a study's [train] lr)"
 
     def _checkpoint_on_interrupt(self) -> None:
         """Ctrl-C at a consistent instant: read what the device holds, then checkpoint, unless the read finds
@@ -635,7 +675,7 @@ class TrainingLoop:
 
     def evaluate(self) -> EvalResult:
         """The validation subsample with the current parameters (the same subsample for every seed and method)."""
-        return self.evaluator.evaluate(self.data.task, self._prompt(), limit=self.cfg.max_eval, seed=EVAL_SEED)
+        return self.evaluator.evaluate(self.data.task, self._prompt(), limit=self.cfg.max_eval, seed=EVAL_SEED, calibrate=True)
 
     def _prompt(self) -> torch.Tensor | None:
         prompt = self.trainables.prompt_matrix()
@@ -661,29 +701,37 @@ class TrainingLoop:
         }
         dev = self.evaluator.evaluate_examples(self.data.task, self.data.dev, self._prompt()) if self.data.dev else None
         if dev is not None:
-            record["dev"] = dev.metrics()
+            record["dev"] = {**dev.metrics(), "loss": dev.loss}  # the loss: what selection = dev_loss compares
         record["elapsed_s"] = round(time.perf_counter() - self.started, 2)
+        self.trackers.log_evaluation(self.state["optimizer_step"], epoch, res, dev)
         return record, res, dev
 
-    def _select(self, best: dict | None, record: dict, res: EvalResult, dev: EvalResult | None) -> dict:
-        """The best prompt so far: the highest dev metric; without a dev split, the latest (no selection: the
-        validation examples the report scores are never used to choose)."""
-        metric = self.data.task.metric
-        if dev is not None:
-            value = dev.metric(metric)
-            if best is not None and value <= best["value"]:
-                return best
-            new = {"split": "dev", "value": value, "validation": res.metric(metric)}
-        else:
-            new = {"split": None, "value": res.metric(metric)}
-        self._save_best()
-        return {"epoch": record["epoch"], "step": record["step"], "metric": metric, **new}
+    def _select(self, best: dict | None, record: dict, res: EvalResult, dev: EvalResult | None, *, last: bool = False) -> dict:
+        """The best prompt so far by the run's `selection` rule on the dev split (`improves`); the latest without
+        one, or with one too small to choose on (the validation examples the report scores never choose). At the
+        run's last evaluation (`last`), the final choice between that candidate and the last prompt
+        (`settle_selection`), recorded in state["selection"] for run.json."""
+        rule, _ = selection_rule(self.cfg.selection, len(self.data.dev))
+        here = selection_point(record, res, dev if rule != "last" else None, self.data.task.metric)
+        losses = choice_losses(dev.scores) if rule != "last" and dev is not None and dev.scores is not None else []
+        if rule == "last" or improves(rule, here, best):
+            self._save_best()
+            best = here
+            self.state["candidate_losses"] = losses
+        if last:
+            chosen, facts = settle_selection(
+                self.cfg.selection, best, here, self.state.get("candidate_losses") or [], losses, len(self.data.dev)
+            )
+            if chosen is not best:  # the candidate did not beat the last prompt by the margin: the last one is the best
+                self._save_best()
+            best, self.state["selection"] = chosen, facts
+        return best
 
     def _end_epoch(self, epoch: int) -> None:
         """Evaluate, keep the best parameters, record the epoch (one state update), checkpoint."""
         record, res, dev = self._evaluation_point(epoch + 1)
         self.consistent = False
-        best = self._select(self.state["best"], record, res, dev)
+        best = self._select(self.state["best"], record, res, dev, last=epoch + 1 == self.cfg.epochs)
         self.state.update(
             history=[*self.state["history"], record],
             best=best,
@@ -716,8 +764,22 @@ class TrainingLoop:
     def checkpoint(self) -> None:
         self.read_losses()  # never from parameters that were not checked, and with every committed loss
         if self.main:
-            save_checkpoint(self.out, self.trainables.params, self.optimizer, self.scheduler, self.state)
+            params, opt, sched = self.trainables.params, self.optimizer, self.scheduler
+            digest = save_checkpoint(self.out, params, opt, sched, self.state, before_replace=self._record_checkpoint)
+            self._record_checkpoint(digest, replaced=True)
             write_text(self.out / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in self.state["history"]))
+
+    def _record_checkpoint(self, digest: str, *, replaced: bool = False) -> None:
+        """run.json's digest of the checkpoint, which --resume verifies: the new one beside the old while the file
+        is replaced (a kill in between leaves either file), then the new one alone."""
+        old = ((self.record.artifacts or {}).get(CHECKPOINT_FILE) or {}).get("sha256")
+        facts = {"sha256": digest} if replaced or old in (None, digest) else {"sha256": digest, "previous_sha256": old}
+        self.record.artifacts = {**(self.record.artifacts or {}), CHECKPOINT_FILE: facts}
+        self.checkpoint_sha256 = digest
+        self._write_running()
+
+    def _write_running(self) -> None:
+        replace(self.record, worker={"host": socket.gethostname(), "pid": os.getpid()}).write(self.out)
 
     def _progress_bar(self):
         if not (self.progress and self.main):
@@ -737,6 +799,89 @@ class TrainingLoop:
             self.bar.close()
 
 
+# ----------------------------------------------------------------------------- selection
+# Which prompt is the run's best (best.safetensors, run.json's `best`, `selection`). Issue 27: choosing on 40 dev
+# examples by accuracy picked worse prompts than the last; `bench/convergence.py --recipes dev-loss` compares the rules.
+
+MIN_SELECTION_DEV = 30  # below this many dev examples a choice is noise (the normal approximation of a mean): the last
+SELECTION_MARGIN_SE = 1.0  # dev_loss keeps a candidate only if its paired loss gain over the last exceeds this many SEs
+
+
+def selection_rule(selection: str, dev_size: int) -> tuple[str, str | None]:
+    """The rule in force for a run (`last` unless a dev split large enough to choose on exists) and why, if it is
+    not the configured one."""
+    if selection == "last":
+        return "last", None
+    if dev_size == 0:
+        return "last", "no dev split to choose on: the last prompt"
+    if dev_size < MIN_SELECTION_DEV:
+        return "last", f"a dev split of {dev_size} < {MIN_SELECTION_DEV} examples is too small to choose on: the last prompt"
+    return selection, None
+
+
+def selection_point(record: dict, res: EvalResult, dev: EvalResult | None, metric: str) -> dict[str, Any]:
+    """One evaluation as `best` records it: on the dev split (its metric and loss, the validation metric
+    beside), or without one the validation metric alone."""
+    point = {"epoch": record["epoch"], "step": record["step"], "metric": metric}
+    if dev is None:
+        return {**point, "split": None, "value": res.metric(metric)}
+    return {**point, "split": "dev", "value": dev.metric(metric), "validation": res.metric(metric), "dev_loss": dev.loss}
+
+
+def improves(rule: str, point: dict, candidate: dict | None) -> bool:
+    """Whether `point` replaces `candidate` as the best so far: a lower dev loss (`dev_loss`) or a higher dev
+    metric (`dev_accuracy`); ties keep the earlier prompt."""
+    if candidate is None or candidate.get("split") != "dev":
+        return True
+    if rule == "dev_loss":
+        return point["dev_loss"] < candidate["dev_loss"]
+    return point["value"] > candidate["value"]
+
+
+def paired_gain(candidate_losses: list[float], last_losses: list[float]) -> tuple[float, float]:
+    """The mean over dev examples of (last prompt's loss - candidate's loss) and its standard error (inf for n < 2)."""
+    d = [b - a for a, b in zip(candidate_losses, last_losses, strict=True)]
+    n = len(d)
+    mean = math.fsum(d) / n if n else 0.0
+    se = math.sqrt(math.fsum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else math.inf
+    return mean, se
+
+
+def settle_selection(
+    selection: str, candidate: dict, last: dict, candidate_losses: list[float], last_losses: list[float], dev_size: int
+) -> tuple[dict, dict[str, Any]]:
+    """(the best prompt's point: `candidate` or `last`, the facts run.json's `selection` records). `dev_loss` keeps
+    its candidate only if it beats the last prompt by SELECTION_MARGIN_SE paired standard errors of the
+    per-example loss difference; `dev_accuracy` keeps its candidate (the rule before issue 27)."""
+    rule, why = selection_rule(selection, dev_size)
+    facts: dict[str, Any] = {"rule": selection, "dev_size": dev_size, "applied": rule}
+    if rule == "last" or candidate["step"] == last["step"]:
+        why = why or ("selection = last: the last prompt" if rule == "last" else f"the last prompt is the best by {rule}")
+        return last if rule == "last" else candidate, {**facts, "chosen": "last", "step": last["step"], "why": why}
+    facts["candidate_step"] = candidate["step"]
+    if rule == "dev_accuracy":
+        why = f"the highest dev {candidate['metric']} ({candidate['value']:.4f}; the first of ties): step {candidate['step']}"
+        return candidate, {**facts, "chosen": "candidate", "step": candidate["step"], "why": why}
+    gain, se = paired_gain(candidate_losses, last_losses)
+    facts.update(loss_gain=gain, loss_gain_se=se if math.isfinite(se) else None, margin_se=SELECTION_MARGIN_SE)
+    text = f"step {candidate['step']}'s dev loss is {gain:.4f} below the last prompt's (paired SE {se:.4f}, n={len(last_losses)})"
+    if gain > SELECTION_MARGIN_SE * se:
+        return candidate, {**facts, "chosen": "candidate", "step": candidate["step"], "why": text + ": kept"}
+    why = f"{text}, within {SELECTION_MARGIN_SE:g} SE: the last prompt"
+    return last, {**facts, "chosen": "last", "step": last["step"], "why": why}
+
+
+def select_prompt(selection: str, points: list[dict], losses: list[list[float]], dev_size: int) -> tuple[dict, dict]:
+    """The same choice over a whole history at once (`points` as `selection_point` makes them, in order, and each
+    one's per-example dev losses): what a run with these evaluations records (tests, benchmarks)."""
+    rule, _ = selection_rule(selection, dev_size)
+    best, best_losses = None, []
+    for point, point_losses in zip(points, losses, strict=True):
+        if rule == "last" or improves(rule, point, best):
+            best, best_losses = point, point_losses
+    return settle_selection(selection, best, points[-1], best_losses, losses[-1], dev_size)
+
+
 # ----------------------------------------------------------------------------- finalize
 
 
@@ -753,6 +898,7 @@ def finalize(loop: TrainingLoop, *, references: bool) -> TrainResult:
     elif loop.main:
         save_trainables(out / WEIGHTS_FILES[cfg.method], trainables.params)
     final = EvalResult(**loop.state["last_eval"])  # the last epoch's evaluation scored exactly these parameters
+    hard = hard_prompt_outcome(loop) if cfg.method == "hard" else None
     base: dict[str, EvalResult] = {}
     if references:
         hard_prompt = cfg.init_text or task.description
@@ -763,8 +909,10 @@ def finalize(loop: TrainingLoop, *, references: bool) -> TrainResult:
         status="complete",
         final=final.metrics(),
         best=loop.state["best"],
+        selection=loop.state.get("selection"),
         baselines={k: v.metrics() for k, v in base.items()},
         artifacts=artifacts or None,
+        hard_prompt=hard,
         train_examples=len(encoded),
         train_truncated=sum(1 for e in encoded if e.truncated),
         wall_time_s=round(time.perf_counter() - loop.started, 2),
@@ -773,8 +921,29 @@ def finalize(loop: TrainingLoop, *, references: bool) -> TrainResult:
         record.write(out)
         # A complete run needs no checkpoint (for full fine-tuning it holds the weights and two Adam moments).
         (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+    loop.trackers.close(FINISHED)
     loop.dp.barrier()  # the run directory is complete before any process returns
-    return TrainResult(out, final, loop.state["best"], base, loop.state["history"], loop.record.parameters or {})
+    return TrainResult(out, final, loop.state["best"], base, loop.state["history"], loop.record.parameters or {}, hard)
+
+
+def hard_prompt_outcome(loop: TrainingLoop) -> dict[str, Any]:
+    """A hard run's discrete prompt, last and best (ids, tokens, text, whether the text tokenizes back to the ids),
+    and the last one's text scored as a typed hard prompt on the validation subsample (`text_final`; `final` is
+    its exact token rows, at the soft prompt's place). Written to hard_prompt.json (main process)."""
+    cfg, tok, encoder = loop.cfg, loop.data.backbone.tokenizer, loop.trainables.encoder
+    assert isinstance(encoder, HardPromptEncoder)
+    last = hard_prompt_facts(encoder.ids(), tok)
+    best_file = loop.out / BEST_PROMPT_FILE
+    best = hard_prompt_facts(encoder.ids(SoftPrompt.load(best_file).weight), tok) if best_file.exists() else None
+    out: dict[str, Any] = {"projection": "cosine", "last": last, "best": best}
+    try:  # a text longer than --max-length allows is recorded, not a failed run: the exact rows were scored
+        res = loop.evaluator.evaluate(loop.data.task, None, hard_prompt=last["text"], limit=cfg.max_eval, seed=EVAL_SEED)
+        out["text_final"] = res.metrics()
+    except SoftPromptError as e:
+        out["text_error"] = str(e)
+    if loop.main:
+        write_json(loop.out / HARD_PROMPT_FILE, out)
+    return out
 
 
 def run_record(cfg: TrainConfig, data: TrainData, trainables: Trainables, *, processes: int) -> RunRecord:
@@ -805,8 +974,9 @@ def run_record(cfg: TrainConfig, data: TrainData, trainables: Trainables, *, pro
         processes=processes,
         resolved={
             "lr": trainables.lr,
-            "lr_per_std": PROMPT_LR_PER_STD if cfg.method == "prompt" and cfg.lr is None else None,
+            "lr_per_std": LR_PER_STD.get(cfg.method) if cfg.lr is None else None,
             "prompt_format": data.prompt_format,
+            "compute_dtype": compute_dtype_name(cfg, backbone),
         },
         train_label_counts=[sum(1 for e in data.examples if e.label == k) for k in range(task.num_classes)],
         dev_examples=len(data.dev),

@@ -3,6 +3,8 @@
 - `neighbors`: nearest vocabulary tokens, surviving initial words, projected prompts (waywardness);
 - `scripts`: which writing system each neighbour belongs to;
 - `geometry`: drift from the init, distances between seeds, t-SNE/PCA, drift vs task difficulty;
+- `importance`: which positions matter (each row replaced by its init or the mean embedding, scored again);
+- `describe`: the model says what a prompt asks for (embed and patch probes, identity probe, scores);
 - `transfer`: every prompt on every task, prompt similarity, similarity vs transfer gain;
 - `figures`: the PNGs.
 
@@ -14,7 +16,9 @@ those dicts that the study report reads (each report checks its own output again
 from __future__ import annotations
 
 from softprompt.analysis.common import correlation
+from softprompt.analysis.describe import describe_prompt, describe_report, describe_text, description_score
 from softprompt.analysis.geometry import drift, embed_2d, geometry_report, pairwise_distances
+from softprompt.analysis.importance import importance_report, position_importance
 from softprompt.analysis.neighbors import (
     analyze_neighbors,
     evaluate_projection,
@@ -30,14 +34,20 @@ from softprompt.analysis.transfer import prompt_similarity, transfer_matrix, tra
 __all__ = [
     "analyze_neighbors",
     "correlation",
+    "describe_prompt",
+    "describe_report",
+    "describe_text",
+    "description_score",
     "drift",
     "embed_2d",
     "evaluate_projection",
     "geometry_report",
+    "importance_report",
     "input_embedding_matrix",
     "nearest_tokens",
     "neighbors_report",
     "pairwise_distances",
+    "position_importance",
     "project_prompt",
     "prompt_similarity",
     "readable_token",

@@ -29,6 +29,7 @@ from softprompt.analysis.common import as_runs, json_safe, run_labels, run_meta
 from softprompt.analysis.results import NeighborsResult
 from softprompt.analysis.scripts import script_counts, summarize_scripts, token_script
 from softprompt.errors import SoftPromptError
+from softprompt.prompt import input_embedding_matrix
 
 METRICS = ("cosine", "dot")
 _EPS = 1e-12
@@ -36,21 +37,6 @@ VISIBLE_SPACE = "\u2423"  # ␣
 
 
 # ----------------------------------------------------------------------------- embeddings and search
-
-
-@torch.no_grad()
-def input_embedding_matrix(model, n_tokens: int | None = None, chunk: int = 32768) -> torch.Tensor:
-    """All rows the model actually sees as input embeddings, float32, shape (V, d), on the model's device.
-
-    Goes through the embedding module (chunked) so scaled or normalised embeddings come out on the
-    scale a soft prompt is trained on. `n_tokens` limits it to the first ids (e.g. the tokenizer's
-    length when the matrix has padding rows that no token maps to).
-    """
-    emb = model.get_input_embeddings()
-    vocab = int(emb.weight.shape[0]) if n_tokens is None else min(int(n_tokens), int(emb.weight.shape[0]))
-    device = emb.weight.device
-    parts = [emb(torch.arange(s, min(s + chunk, vocab), device=device)).float() for s in range(0, vocab, chunk)]
-    return torch.cat(parts, dim=0)
 
 
 def _check(prompt: torch.Tensor, embeddings: torch.Tensor, metric: str) -> None:
@@ -271,7 +257,129 @@ def vocabulary_scripts(tokenizer, n_tokens: int | None = None) -> dict[str, int]
     return script_counts(d["script"] for d in reader.describe(range(n)))
 
 
+@torch.no_grad()
+def nearest_other_distance(
+    rows: torch.Tensor,
+    embeddings: torch.Tensor,
+    exclude_ids: Sequence[int | None] | None = None,
+    *,
+    candidates: int = 16,
+    chunk_size: int | None = None,
+) -> list[float | None]:
+    """L2 distance from each row to its nearest vocabulary row other than itself: the "gap" around a token.
+
+    Rows of the vocabulary equal to the row (its own embedding, duplicates of it) and `exclude_ids[i]` (the
+    token the row was initialised from) do not count. Candidates are found with one matmul per chunk
+    (|p|^2 + |e|^2 - 2 p.e) and their distances recomputed exactly, so near rows do not lose precision.
+    None where every candidate was excluded.
+    """
+    _check(rows, embeddings, "dot")
+    p = rows.detach().to(device=embeddings.device, dtype=torch.float32)
+    vocab = embeddings.shape[0]
+    m = min(candidates, vocab)
+    chunk_size = chunk_size or max(4096, (1 << 26) // max(p.shape[0], 1))
+    best_d = best_i = None
+    for start in range(0, vocab, chunk_size):
+        block = embeddings[start : start + chunk_size].float()
+        d2 = (p * p).sum(1, keepdim=True) + (block * block).sum(1)[None, :] - 2 * p @ block.T
+        d, i = d2.topk(min(m, block.shape[0]), dim=1, largest=False)
+        i = i + start
+        if best_d is not None:
+            d, i = torch.cat([best_d, d], 1), torch.cat([best_i, i], 1)
+            d, pick = d.topk(m, dim=1, largest=False)
+            i = i.gather(1, pick)
+        best_d, best_i = d, i
+    assert best_i is not None
+    exact = (embeddings[best_i].float() - p[:, None, :]).norm(dim=2)  # (n, m)
+    tol = 1e-6 * p.norm(dim=1).clamp_min(1.0)
+    keep = exact > tol[:, None]
+    excl = list(exclude_ids or [])
+    for r, token in enumerate(excl):
+        if token is not None:
+            keep[r] &= best_i[r] != int(token)
+    exact = torch.where(keep, exact, torch.full_like(exact, float("inf")))
+    gap = exact.min(dim=1).values.cpu().tolist()
+    return [g if g != float("inf") else None for g in gap]
+
+
+def _ratio(a: float, b: float | None) -> float | None:
+    return None if b is None or b <= _EPS else a / b
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    v = [x for x in values if x is not None]
+    return sum(v) / len(v) if v else None
+
+
+def _drift_fields(
+    prompt: torch.Tensor,
+    initial: torch.Tensor,
+    init_ids: Sequence[int] | None,
+    embeddings: torch.Tensor,
+    reader: TokenReader,
+    k: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Where each position went: how far (absolute, relative to the init vector, relative to the gap to the
+    nearest other token) and in which direction (the tokens nearest by cosine to final - init).
+
+    Also the positions whose top-1 neighbour changed (the final's nearest token is not the initial vector's).
+    """
+    n = prompt.shape[0]
+    delta = prompt - initial
+    norms = delta.norm(dim=1).tolist()
+    init_norms = initial.norm(dim=1).tolist()
+    gaps = nearest_other_distance(initial, embeddings, list(init_ids) if init_ids else None)
+    moved = [i for i in range(n) if not torch.equal(prompt[i], initial[i])]
+    disp: list[list[dict[str, Any]] | None] = [None] * n
+    if moved:
+        d_ids, d_sims = nearest_tokens(delta[moved], embeddings, k, "cosine")
+        desc = reader.describe(d_ids.flatten().tolist())
+        kk = d_ids.shape[1]
+        for j, i in enumerate(moved):
+            disp[i] = [
+                {"id": t, "token": d["token"], "similarity": float(s)}
+                for t, s, d in zip(d_ids[j].tolist(), d_sims[j].tolist(), desc[j * kk : (j + 1) * kk], strict=True)
+            ]
+    top_final = nearest_tokens(prompt, embeddings, 1, "cosine")[0][:, 0].tolist()
+    top_init = nearest_tokens(initial, embeddings, 1, "cosine")[0][:, 0].tolist()
+    fields = [
+        {
+            "drift": {
+                "norm": norms[i],
+                "relative_to_init": _ratio(norms[i], init_norms[i]),
+                "relative_to_gap": _ratio(norms[i], gaps[i]),
+                "gap": gaps[i],
+            },
+            "top1_changed": top_final[i] != top_init[i],
+            "displacement_tokens": disp[i],
+        }
+        for i in range(n)
+    ]
+    counts: dict[str, int] = {}
+    for tokens in disp:
+        for t in tokens or []:
+            counts[t["token"]] = counts.get(t["token"], 0) + 1
+    common = sorted(counts, key=lambda w: (-counts[w], list(counts).index(w)))[:10]
+    to_gap = [f["drift"]["relative_to_gap"] for f in fields]
+    summary = {
+        "mean_relative_drift": _mean(f["drift"]["relative_to_init"] for f in fields),
+        "mean_relative_to_gap": _mean(to_gap),
+        "past_gap_rate": _mean(float(g >= 1.0) for g in to_gap if g is not None),
+        "top1_changed_positions": [i for i in range(n) if fields[i]["top1_changed"]],
+        "top1_changed_rate": sum(f["top1_changed"] for f in fields) / n,
+        "common_displacement_tokens": [{"token": w, "positions": counts[w]} for w in common],
+    }
+    return fields, summary
+
+
 # ----------------------------------------------------------------------------- analysis
+
+
+def _no_drift(n: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The drift fields of a prompt without an initial matrix: all None."""
+    rows = [{"drift": None, "top1_changed": None, "displacement_tokens": None} for _ in range(n)]
+    summary = dict.fromkeys(("mean_relative_drift", "mean_relative_to_gap", "past_gap_rate", "top1_changed_rate"))
+    return rows, {**summary, "top1_changed_positions": [], "common_displacement_tokens": []}
 
 
 def analyze_neighbors(
@@ -289,6 +397,8 @@ def analyze_neighbors(
     The summary holds the survival rate and the surviving words: the study's evidence that some
     words of the English init ("entailed") matter enough for training to keep them.
     Positions without an initial token (random init) get None for the token-based fields.
+    With the initial matrix, each position also gets `drift`, `top1_changed` and `displacement_tokens`
+    (`_drift_fields`; None without it), and the summary their means and the common displacement tokens.
     """
     prompt = prompt.detach().float().cpu()
     ids, sims = nearest_tokens(prompt, embeddings, k, metric)
@@ -305,6 +415,9 @@ def analyze_neighbors(
         cos0 = torch.nn.functional.cosine_similarity(prompt, initial, dim=1).tolist()
         l2_0 = (prompt - initial).norm(dim=1).tolist()
     top_desc = reader.describe(ids.flatten().tolist())
+    drift_rows, drift_summary = _no_drift(prompt.shape[0])
+    if initial is not None:
+        drift_rows, drift_summary = _drift_fields(prompt, initial, init_ids if have_init else None, embeddings, reader, k)
     positions = []
     for i in range(prompt.shape[0]):
         row_ids = ids[i].tolist()
@@ -324,6 +437,7 @@ def analyze_neighbors(
             pos.update(initial_id=None, initial_token=None, initial_rank=None, survived=None)
         pos["cos_to_initial"] = None if cos0 is None else float(cos0[i])
         pos["l2_to_initial"] = None if l2_0 is None else float(l2_0[i])
+        pos.update(drift_rows[i])
         positions.append(pos)
     survived = [p for p in positions if p["survived"]]
     words: list[str] = []
@@ -341,6 +455,7 @@ def analyze_neighbors(
         "median_initial_rank": float(torch.tensor(ranks, dtype=torch.float).median()) if have_init else None,
         "mean_cos_to_initial": None if cos0 is None else float(sum(cos0) / len(cos0)),
         "mean_top1_similarity": float(sims[:, 0].mean()),
+        **drift_summary,
     }
     return {"k": int(ids.shape[1]), "metric": metric, "positions": positions, "summary": summary}
 
@@ -505,7 +620,27 @@ def _summary(per_run: dict[str, dict], k: int) -> dict[str, Any]:
         for label, a in per_run.items()
         if "projection" in a
     ]
-    return {"k": k, "survival_by_task": survival, "projection": projection}
+    return {"k": k, "survival_by_task": survival, "projection": projection, "drift_by_task": _drift_by_task(by_task)}
+
+
+def _drift_by_task(by_task: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
+    """Per task, over its runs: mean drift relative to the init and to the gap, the share of positions whose top-1
+    neighbour changed, and the displacement tokens shared by most positions."""
+    out = {}
+    for task, analyses in sorted(by_task.items()):
+        sums = [a["summary"] for a in analyses]
+        counts: dict[str, int] = {}
+        for s in sums:
+            for t in s.get("common_displacement_tokens") or []:
+                counts[t["token"]] = counts.get(t["token"], 0) + t["positions"]
+        out[task] = {
+            "runs": len(analyses),
+            "mean_relative_drift": _mean(s.get("mean_relative_drift") for s in sums),
+            "mean_relative_to_gap": _mean(s.get("mean_relative_to_gap") for s in sums),
+            "top1_changed_rate": _mean(s.get("top1_changed_rate") for s in sums),
+            "displacement_tokens": sorted(counts, key=lambda w: (-counts[w], list(counts).index(w)))[:10],
+        }
+    return out
 
 
 def _slug(label: str) -> str:

@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 
 from softprompt.cli.analysis import add_analysis
 from softprompt.cli.baselines import add_baselines
+from softprompt.cli.describe import add_describe
 from softprompt.cli.evaluate import add_eval, add_generate
+from softprompt.cli.importance import add_importance
 from softprompt.cli.info import add_info
 from softprompt.cli.peft import add_peft
 from softprompt.cli.study import add_study
@@ -23,7 +25,7 @@ from softprompt.errors import SoftPromptError, os_error_line
 from softprompt.logging_setup import quiet_libraries
 from softprompt.preemption import sigterm_as_interrupt
 
-REGISTRARS: list[Callable] = [add_train, add_eval, add_generate, add_info, add_peft, add_study, add_baselines, add_analysis]
+REGISTRARS: list[Callable] = [add_train, add_eval, add_generate, add_info, add_peft, add_study, add_baselines, add_analysis, add_importance, add_describe]
 
 
 def build_parser() -> argparse.ArgumentParser:

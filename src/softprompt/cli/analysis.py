@@ -68,6 +68,8 @@ def cmd_neighbors(a: argparse.Namespace) -> int:
             "run": label,
             f"survival@{a.k}": _fmt(s["survival_rate"]),
             "cos_to_init": _fmt(s["mean_cos_to_initial"]),
+            "drift/gap": _fmt(s.get("mean_relative_to_gap")),
+            "top1 changed": _fmt(s.get("top1_changed_rate")),
             "surviving words": " ".join(s["surviving_words"][:8]),
         }
         if "projection" in r:

@@ -19,12 +19,15 @@ def cmd_eval(a: argparse.Namespace) -> int:
     task = get_task(task_name)
     soft = run.prompt(a.which) if run is not None else None  # checked against run.json before the model loads
     backbone, ev = load_model(a, runs=[run] if run is not None else [])
+    priors: list[str] = []
 
     def row(label: str, prompt=None, hard_prompt: str | None = None) -> dict:
-        return {
-            "prompt": label,
-            **result_row(ev.evaluate(task, prompt, hard_prompt=hard_prompt, split=a.split, limit=a.max_eval)),
-        }
+        res = ev.evaluate(task, prompt, hard_prompt=hard_prompt, split=a.split, limit=a.max_eval, calibrate=a.calibrate)
+        out = {"prompt": label, **result_row(res)}
+        if a.calibrate:
+            out.update(calibrated_columns(res.calibrated or {}))
+            priors.append(calibration_line(label, task.label_words, res.calibrated or {}))
+        return out
 
     rows = []
     if soft is not None:
@@ -38,7 +41,26 @@ def cmd_eval(a: argparse.Namespace) -> int:
         rows.append(row(f"hard {a.hard_prompt[:30]!r}", hard_prompt=a.hard_prompt))
     print(f"{task.name} {a.split}")
     print_table(rows)
+    for line in dict.fromkeys(priors):
+        print(line)
     return 0
+
+
+def calibrated_columns(calibrated: dict) -> dict:
+    """The calibrated accuracy and macro-F1 as table cells ("-" where calibration does not apply)."""
+    return {
+        "calibrated accuracy": calibrated.get("accuracy", "-"),
+        "calibrated f1_macro": calibrated.get("f1_macro", "-"),
+    }
+
+
+def calibration_line(label: str, words, calibrated: dict) -> str:
+    """What the calibrated columns divided by: the prompt's prior over the label words on content-free inputs."""
+    if "prior" not in calibrated:
+        return f"calibration: {calibrated.get('skipped', 'not calibrated')}"
+    prior = ", ".join(f"{w} {p:.3f}" for w, p in zip(words, calibrated["prior"], strict=True))
+    inputs = ", ".join(repr(x) for x in calibrated["content_free"])
+    return f"calibration of {label}: prior over the label words {prior} (mean over content-free inputs {inputs})"
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
@@ -67,6 +89,12 @@ def add_eval(sub) -> None:
     p.add_argument("--english", action="store_true", help="also evaluate the task description as a hard prompt")
     p.add_argument("--hard-prompt", default=None, help="evaluate this text as a hard prompt")
     p.add_argument("--max-eval", type=int, default=None)
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="add content-free calibrated accuracy and macro-F1 columns (Zhao et al. 2021: each prompt's label "
+        "probabilities divided by their mean on the inputs 'N/A', '' and '[MASK]' in the task's template)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
 

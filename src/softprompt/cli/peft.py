@@ -8,7 +8,7 @@ import argparse
 def cmd_export(a: argparse.Namespace) -> int:
     from softprompt.peft_interop import export_peft
 
-    print(f"PEFT adapter written to {export_peft(a.run, a.peft, which=a.which)}")
+    print(f"PEFT adapter written to {export_peft(a.run, a.peft, which=a.which, overwrite=a.overwrite)}")
     return 0
 
 
@@ -25,6 +25,9 @@ def add_peft(sub) -> None:
     p.add_argument("run")
     p.add_argument("--peft", required=True, help="output adapter directory")
     p.add_argument("--which", default="last", choices=["last", "best"])
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an adapter exported there before (other files are never touched)"
+    )
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("import-peft", help="turn a PEFT prompt-tuning adapter into a softprompt run")
     p.add_argument("adapter", help="PEFT adapter directory")

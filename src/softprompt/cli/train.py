@@ -18,13 +18,24 @@ def cmd_train(a: argparse.Namespace) -> int:
     res = train(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet, trust_remote_code=a.trust_remote_code)
     if not setup_data_parallel(cfg.device).is_main:  # under `accelerate launch`, one summary
         return 0
-    rows = [{"prompt": f"soft ({cfg.method}, last)" if cfg.method == "prompt" else cfg.method, **result_row(res.final)}]
+    label = {"prompt": "soft (prompt, last)", "hard": "hard (PEZ token rows, last)"}.get(cfg.method, cfg.method)
+    rows = [{"prompt": label, **result_row(res.final)}]
+    hard = res.hard_prompt or {}
+    if "text_final" in hard:
+        typed = hard["text_final"]
+        rows.append({"prompt": "hard, its text typed", **{k: typed[k] for k in ("accuracy", "f1_macro", "acc_norm")}})
     rows += [{"prompt": name.replace("_", " "), **result_row(r)} for name, r in res.baselines.items()]
     print(
         f"\n{res.final.task} {res.final.split} (n={res.final.n}); best epoch {res.best['epoch']} "
         f"{res.best['metric']} {res.best['value']:.4f}; trainable parameters {res.parameters['trainable']:,}"
     )
     print_table(rows)
+    if hard:
+        last = hard["last"]
+        same = "" if last["retokenizes_to_same_ids"] else " (typed, it tokenizes to other ids)"
+        print(f"hard prompt: {last['text']!r}{same}; tokens {last['tokens']}")
+        if "text_error" in hard:
+            print(f"its text was not scored: {hard['text_error']}")
     print(f"run saved to {out}")
     return 0
 
@@ -32,7 +43,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 def add_train(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train a soft prompt (or a fine-tuning/LoRA baseline) on a task",
+        help="train a soft prompt (or a hard prompt, or a fine-tuning/LoRA baseline) on a task",
         description="Train a soft prompt on a task with a frozen causal LM, then evaluate it next to "
         "no prompt and the English prompt. Every training option is a flag (softprompt.config.TrainConfig).",
     )

@@ -16,7 +16,7 @@ from softprompt.analysis.results import (
 )
 from softprompt.learning import LEARNED_BELOW
 from softprompt.report.ablations import ablation_findings
-from softprompt.report.tables import METHOD_LABELS, accuracy_rows
+from softprompt.report.tables import METHOD_LABELS, accuracy_rows, calibrated_values
 from softprompt.tasks import task_name
 
 SIGNIFICANCE = 0.05  # the p-value below which a correlation counts as evidence
@@ -56,8 +56,28 @@ def accuracy_findings(results: dict) -> list[str]:
         if comps:
             s += "; " + "; ".join(comps)
         out.append(s + ".")
+        out += _calibrated_finding(task, tr, runs, values)
         out += _plateau_findings(task, runs)
     return out
+
+
+def _calibrated_finding(task: str, rows: dict[str, dict], runs: list[dict], values: list[float]) -> list[str]:
+    """The soft prompt against the best baseline after content-free calibration (rank classification otherwise
+    inherits the model's prior over the label words, which can sink an English prompt below no prompt)."""
+    calibrated = {
+        m: r["calibrated_accuracy"]
+        for m, r in rows.items()
+        if not m.startswith("soft_prompt") and r.get("calibrated_accuracy") is not None
+    }
+    if not calibrated:
+        return []
+    best = max(calibrated, key=calibrated.__getitem__)
+    label = METHOD_LABELS.get(best, best)
+    s = f"{task}: vs the best calibrated baseline ({label}, calibrated accuracy {_pct(calibrated[best])}) the soft prompt is {compare(values, calibrated[best])}"
+    own = calibrated_values(runs, "accuracy")
+    if own is not None:
+        s += f"; calibrated too, the soft prompt scores {_pct(statistics.mean(own))}"
+    return [s + "."]
 
 
 REFERENCES = ("no_prompt", "english_prompt", "majority", "lora", "finetune")

@@ -8,14 +8,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from softprompt.config import TrainConfig
+from softprompt.config import PROMPT_LR_PER_STD, TrainConfig
 from softprompt.io import write_figure, write_text
 from softprompt.learning import LEARNED_BELOW
 from softprompt.report.ablations import ablations_section
 from softprompt.report.analysis_sections import analysis_sections
 from softprompt.report.findings import findings
 from softprompt.report.primitives import esc, figure, section, table
-from softprompt.report.tables import METHOD_LABELS, accuracy_rows, write_csv
+from softprompt.report.readouts import readout_findings, readouts_section
+from softprompt.report.tables import accuracy_rows, method_label, write_csv
 from softprompt.tasks import task_name
 
 CSS = """
@@ -88,9 +89,9 @@ def _setup_section(results: dict) -> str:
             "value": f"{m['parameters']:,} parameters, hidden size {m['hidden_size']}, vocabulary {m['vocab_size']:,}",
         },
         {"item": "tasks × seeds", "value": f"{', '.join(map(_task_setup_label, st['tasks']))} × seeds {st['seeds']}"},
-        {"item": "training budget", "value": json.dumps(training_budget(st["train"]))},
+        {"item": "training budget", "value": budget_text(training_budget(st["train"]))},
         *(
-            {"item": f"training budget of {task_name(t)}", "value": json.dumps(overrides)}
+            {"item": f"training budget of {task_name(t)}", "value": budget_text(overrides)}
             for t, overrides in (st.get("per_task") or {}).items()
         ),
         *_sweep_rows(st),
@@ -121,6 +122,24 @@ def training_budget(train: dict) -> dict:
     }
 
 
+def budget_text(settings: dict) -> str:
+    """Settings as a line a reader takes in at a glance: `tokens 20 · epochs 2 · batch size 8 · lr 0.005`
+    (an unset learning rate says what it defaults to; nested values are shown compactly)."""
+
+    def value(k: str, v) -> str:
+        if k == "lr" and v is None:
+            return f"default (prompt: {PROMPT_LR_PER_STD:g} × embedding std)"
+        if v is None:
+            return "none"
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, dict | list):
+            return json.dumps(v) if v else "none"
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return " · ".join(f"{k.replace('_', ' ')} {value(k, v)}" for k, v in settings.items()) or "defaults"
+
+
 def _sweep_rows(st: dict) -> list[dict]:
     """The sweep and the analysis cell (the Accuracy table and the interpretation sections read its runs)."""
     rows = []
@@ -148,7 +167,7 @@ def _accuracy_section(results: dict, out: Path) -> str:
     shown = [
         dict(
             r,
-            method=METHOD_LABELS.get(r["method"], r["method"]),
+            method=method_label(r),
             accuracy=(
                 ""
                 if r["accuracy"] is None
@@ -178,13 +197,30 @@ def _accuracy_section(results: dict, out: Path) -> str:
     return (
         table(
             shown,
-            ["task", "method", "accuracy", "f1_macro", "trainable_parameters", "n_runs"],
-            {"trainable_parameters": "trainable parameters", "n_runs": "runs"},
+            [
+                "task",
+                "method",
+                "accuracy",
+                "f1_macro",
+                "calibrated_accuracy",
+                "calibrated_f1_macro",
+                "trainable_parameters",
+                "n_runs",
+            ],
+            {
+                "calibrated_accuracy": "calibrated accuracy",
+                "calibrated_f1_macro": "calibrated f1_macro",
+                "trainable_parameters": "trainable parameters",
+                "n_runs": "runs",
+            },
         )
         + "<p>Accuracy on the validation set (the same seeded subsample for every method). The soft prompt row is the "
         "last-epoch prompt, mean ± sample std over seeds; the dev-selected row (where runs carved a dev split from "
         "their training data) is each run's best prompt by the dev split's task metric, scored on the same validation "
-        "examples, which played no part in choosing it. Majority predicts the most frequent training label.</p>"
+        "examples, which played no part in choosing it. Majority predicts the most frequent training label. The calibrated "
+        "columns divide each prompt's label probabilities by their mean on content-free inputs ('N/A', '', '[MASK]' in "
+        "the template, the same prompt before them; Zhao et al. 2021), removing the model's prior over the label "
+        "words; soft prompt: the mean over seeds of the last prompts' (empty where a run or task has none).</p>"
         + _cell_note(results)
         + "<h3>Per run</h3>"
         + table(per_run)
@@ -205,14 +241,23 @@ def _cell_note(results: dict) -> str:
     return f"<p class='note'>A sweep: the soft prompt rows here are the analysis cell's ({esc(text)}); every cell is in Ablations.</p>"
 
 
+def _has_readouts(results: dict) -> bool:
+    return bool((results.get("readouts") or {}).get("tasks"))
+
+
 def render(results: dict, out: Path) -> str:
     parts = [
         section("Setup", _setup_section(results), "setup"),
         section("Accuracy", _accuracy_section(results, out), "accuracy"),
         *([section("Ablations", ablations_section(results, out), "ablations")] if results.get("ablations") else []),
         *analysis_sections(results, out),
+        *(
+            [section("What the prompts say", readouts_section(results["readouts"], out), "readouts")]
+            if _has_readouts(results)
+            else []
+        ),
     ]
-    facts = findings(results)
+    facts = findings(results) + readout_findings(results.get("readouts"))
     parts.insert(
         0,
         section(
@@ -234,6 +279,7 @@ def render(results: dict, out: Path) -> str:
             ("Nearest tokens", "neighbors"),
             ("Scripts", "scripts"),
             ("Projected prompts", "projection"),
+            *([("What the prompts say", "readouts")] if _has_readouts(results) else []),
             ("Stochasticity", "stochasticity"),
             ("Transfer", "transfer"),
             *([("Transfer init", "transfer-init")] if results.get("transfer_init") else []),

@@ -19,7 +19,19 @@ METHOD_LABELS = {
     "soft_prompt_dev": "soft prompt, dev-selected (mean ± std)",
     "finetune": "full fine-tuning",
     "lora": "LoRA",
+    "hard": "hard prompt (PEZ), its token rows",
+    "hard_text": "hard prompt (PEZ), its text typed",
 }
+
+
+def method_label(row: dict) -> str:
+    """A row's method in words; a hard prompt's row adds its text (newlines shown as \\n)."""
+    label = METHOD_LABELS.get(row["method"], row["method"])
+    text = row.get("prompt_text")
+    if text is None:
+        return label
+    shown = text.replace("\n", "\\n")
+    return f"{label}: “{shown}”"
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -35,9 +47,18 @@ def _baseline_row(task: str, method: str, b: dict) -> dict:
         "accuracy": b["accuracy"],
         "accuracy_std": None,
         "f1_macro": b["f1_macro"],
+        "calibrated_accuracy": b.get("calibrated_accuracy"),  # content-free calibration: a column next to the raw one
+        "calibrated_f1_macro": b.get("calibrated_f1_macro"),
         "trainable_parameters": b.get("trainable_parameters", 0),
         "n_runs": 1,
     }
+
+
+def calibrated_values(runs: Sequence[dict], metric: str) -> list[float] | None:
+    """The runs' content-free calibrated `metric` (of their last prompt), one per run; None unless every run has it
+    (runs trained before calibration existed, or a task it does not apply to)."""
+    values = [((r.get("final") or {}).get("calibrated") or {}).get(metric) for r in runs]
+    return None if not values or None in values else values
 
 
 def accuracy_rows(results: dict) -> list[dict]:
@@ -58,6 +79,7 @@ def accuracy_rows(results: dict) -> list[dict]:
                 "accuracy": m,
                 "accuracy_std": s,
                 "f1_macro": mean_std([r["final"]["f1_macro"] for r in runs])[0],
+                **{f"calibrated_{k}": _mean_or_none(calibrated_values(runs, k)) for k in ("accuracy", "f1_macro")},
                 "trainable_parameters": runs[0]["parameters"].get("trainable", 0),
                 "n_runs": len(runs),
             }
@@ -66,7 +88,26 @@ def accuracy_rows(results: dict) -> list[dict]:
         if dev is not None:
             rows.append(dev)
         rows += [_baseline_row(task, m, base[m]) for m in ("finetune", "lora") if m in base]
+        rows += _hard_rows(task, base["hard"]) if "hard" in base else []
     return rows
+
+
+def _hard_rows(task: str, b: dict) -> list[dict]:
+    """The hard baseline: its exact token rows (the row's accuracy) and, when scored, its text typed as a hard prompt."""
+    text = b.get("hard_prompt")
+    rows = [_baseline_row(task, "hard", b) | {"prompt_text": text}]
+    if b.get("text_accuracy") is not None:
+        typed = {
+            "accuracy": b["text_accuracy"],
+            "f1_macro": b["text_f1_macro"],
+            "trainable_parameters": b.get("trainable_parameters", 0),
+        }
+        rows.append(_baseline_row(task, "hard_text", typed) | {"prompt_text": text})
+    return rows
+
+
+def _mean_or_none(values: list[float] | None) -> float | None:
+    return None if values is None else statistics.fmean(values)
 
 
 def dev_selected_values(runs: Sequence[dict]) -> tuple[str, list[float]] | None:

@@ -20,7 +20,16 @@ from typing import Any
 
 from softprompt.analysis.neighbors import METRICS as ANALYSIS_METRICS
 from softprompt.baselines import baseline_config
-from softprompt.config import BASELINE_METHODS, RUN_INIT, TASK_INIT, TRAINED_BASELINES, TrainConfig, check_keys, check_types
+from softprompt.config import (
+    BASELINE_METHODS,
+    DEFAULT_BASELINES,
+    RUN_INIT,
+    TASK_INIT,
+    TRAINED_BASELINES,
+    TrainConfig,
+    check_keys,
+    check_types,
+)
 from softprompt.errors import SoftPromptError
 from softprompt.study.sweep import Cell, analysis_cell, cells, parse_sweep
 from softprompt.tasks import get_task, task_name
@@ -41,6 +50,9 @@ class AnalysisConfig:
     metric: str = "cosine"
     project: bool = True
     transfer: bool = True
+    importance: bool = True  # each position ablated (analysis.importance): n_tokens x 2 evaluations per run
+    describe: bool = True  # the model's own descriptions of each prompt and its init (analysis.describe)
+    describe_samples: int = 2  # sampled descriptions per prompt, besides the greedy ones
     tsne_perplexity: float | None = None
     cell: dict[str, Any] | None = None  # the sweep cell the interpretation sections read (study.sweep)
 
@@ -52,9 +64,10 @@ class TransferConfig:
 
 @dataclass
 class BaselineConfig:
-    methods: list[str] = field(default_factory=lambda: list(BASELINE_METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))  # "hard" runs only when listed
     finetune: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides, e.g. lr
     lora: dict[str, Any] = field(default_factory=dict)
+    hard: dict[str, Any] = field(default_factory=dict)  # the hard (PEZ) prompt's overrides
 
     def overrides(self) -> dict[str, dict[str, Any]]:
         """TrainConfig overrides per trained method."""
@@ -213,11 +226,38 @@ def _validate(cfg: StudyConfig, path: Path) -> None:
                 f"{path} [study] tasks: {other!r} and {task!r} would share the run folders "
                 f"{task_dir_name(task)!r}-s*: rename one of the task files"
             )
+    _validate_names(cfg, path)
     overrides = cfg.baselines.overrides()
     for method in TRAINED_BASELINES:
         baseline_config(cfg.baseline_base(cfg.tasks[0]), method, overrides[method])
     analysis_cell(cfg.sweep, cfg.train, cfg.analysis.cell, f"{path} [analysis]")
     _validate_inits(cfg, path)
+
+
+def _validate_names(cfg: StudyConfig, path: Path) -> None:
+    """A task's name identifies it in every table, finding and [train.per_task] section of the study, so two tasks
+    that declare one name (a task file declaring a built-in's name, two task files, a task listed twice) are refused."""
+    seen: dict[str, str] = {}
+    for task in cfg.tasks:
+        name = task_name(task)
+        other = seen.setdefault(name.casefold(), task)
+        if other == task and cfg.tasks.count(task) == 1:
+            continue
+        where = f"{path} [study] tasks"
+        if other == task:
+            raise SoftPromptError(f"{where}: {task!r} is listed twice; list each task once")
+        files = [t for t in (other, task) if t.endswith(".toml")]
+        if len(files) == 2:
+            clash = f"{other!r} and {task!r} both declare the name {name!r}"
+        elif files:
+            builtin = other if files[0] == task else task
+            clash = f"{files[0]!r} declares the name {name!r} of the built-in task {builtin!r}"
+        else:
+            clash = f"{other!r} and {task!r} are the same built-in task"
+        raise SoftPromptError(
+            f"{where}: {clash}: their runs, tables and [train.per_task] settings would merge; "
+            "rename the task (the `name` in its task file)"
+        )
 
 
 def _validate_values(cfg: StudyConfig, path: Path) -> None:
@@ -236,6 +276,8 @@ def _validate_values(cfg: StudyConfig, path: Path) -> None:
         raise SoftPromptError(f"{path}: [analysis] k and [study] max_eval must be at least 1, got {a.k} and {cfg.max_eval}")
     if a.tsne_perplexity is not None and not a.tsne_perplexity > 0:
         raise SoftPromptError(f"{path} [analysis] tsne_perplexity: must be a positive number, got {a.tsne_perplexity}")
+    if a.describe_samples < 0:
+        raise SoftPromptError(f"{path} [analysis] describe_samples: must be 0 or more, got {a.describe_samples}")
 
 
 def _validate_per_task(cfg: StudyConfig, path: Path) -> None:

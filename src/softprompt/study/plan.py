@@ -105,3 +105,10 @@ def file_digest(path: Path) -> str:
 def model_cache_key(train: TrainConfig) -> tuple:
     """What a loaded model and evaluator depend on: a cached one is reused only for an equal key."""
     return (train.model, train.dtype, train.device, train.compute_dtype, train.max_length, train.data_dir)
+
+
+def model_result_key(train: TrainConfig) -> tuple:
+    """What a result computed with the loaded model depends on (part of the analyses' cache keys): the model, its
+    precision and row length; not the device or the data folder, how the study is executed (the data's digests
+    are compared separately)."""
+    return (train.model, train.dtype, train.compute_dtype, train.max_length)

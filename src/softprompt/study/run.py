@@ -6,12 +6,12 @@ key is unchanged and complete, resumes interrupted runs, and redoes only what a 
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from softprompt.analysis.readouts import readouts_summary
 from softprompt.config import EXECUTORS
 from softprompt.errors import SoftPromptError, warn
 from softprompt.inputs import MODEL_REVISION, input_changes, task_inputs
@@ -20,11 +20,12 @@ from softprompt.learning import learning_verdict
 from softprompt.locks import directory_lock
 from softprompt.report import write_report
 from softprompt.report.ablations import ablation_results
-from softprompt.runs import METRICS_FILE, load_run
+from softprompt.runs import load_run, read_metrics
 from softprompt.study.config import StudyConfig, load_study_config
 from softprompt.study.executors import ExecutorResult, StudyProgress, run_locally
 from softprompt.study.plan import Unit
 from softprompt.study.units import Study
+from softprompt.tasks import task_name
 
 if TYPE_CHECKING:
     from softprompt.study.ray_executor import RayOptions
@@ -145,6 +146,9 @@ def _results(study: Study, units: list[Unit], outcome: ExecutorResult, *, wall_t
         "baselines": baselines,
         **final["analyses"],
     }
+    results["readouts"] = readouts_summary(
+        results.get("neighbors"), results.get("importance"), results.get("describe"), baselines, _soft_accuracy(results["runs"])
+    )
     if study.cfg.sweep:
         cell_runs = [_run_summary(study, u) for u in units if u.method is None and u.source is None]
         results["sweep"] = {"axes": study.cfg.sweep, "analysis_cell": dict(study.cfg.analysis_cell()), "runs": cell_runs}
@@ -155,11 +159,19 @@ def _results(study: Study, units: list[Unit], outcome: ExecutorResult, *, wall_t
     return results
 
 
+def _soft_accuracy(runs: list[dict]) -> dict[str, list[float]]:
+    """The analysis cell's final validation accuracies per task (by name), for the readouts' hard-prompt comparison."""
+    out: dict[str, list[float]] = {}
+    for r in runs:
+        if r["final"].get("accuracy") is not None:
+            out.setdefault(task_name(r["task"]), []).append(r["final"]["accuracy"])
+    return out
+
+
 def _run_summary(study: Study, unit: Unit) -> dict:
     run = load_run(study.run_dir(unit))
     record = run.record
-    metrics = run.path / METRICS_FILE
-    history = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
+    history = read_metrics(run.path)  # every line checked: a damaged one is FILE:LINE, not a traceback
     return {
         "name": study.run_label(unit),
         "path": str(run.path),

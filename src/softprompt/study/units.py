@@ -21,7 +21,17 @@ from softprompt.config import RUN_INIT, TASK_INIT, TrainConfig
 from softprompt.inputs import MODEL_REVISION, input_changes
 from softprompt.io import read_json, write_json
 from softprompt.prompt import PROMPT_FILE
-from softprompt.runs import COMPLETE, CONFLICT, RESUMABLE, RUN_FILE, load_run, package_versions, run_state, warn_unknown_inputs
+from softprompt.runs import (
+    COMPLETE,
+    CONFLICT,
+    RESUMABLE,
+    RUN_FILE,
+    data_digests_known,
+    load_run,
+    package_versions,
+    run_state,
+    warn_unknown_inputs,
+)
 from softprompt.study.config import StudyConfig
 from softprompt.study.plan import (
     Unit,
@@ -29,13 +39,14 @@ from softprompt.study.plan import (
     baseline_dir,
     file_digest,
     model_cache_key,
+    model_result_key,
     run_dir,
     source_unit,
     units,
     work_key,
 )
 from softprompt.study.sweep import cell_name
-from softprompt.train import train
+from softprompt.train import compute_dtype_name, train
 
 if TYPE_CHECKING:
     import torch
@@ -100,7 +111,8 @@ class Study:
                 warn_unknown_inputs(out)
             return "skipped"
         if state.kind == RESUMABLE and inputs is not None:  # it trains, so the model loads: compare its revision too
-            state = run_state(out, cfg, {**inputs, MODEL_REVISION: models.backbone.revision})
+            here = compute_dtype_name(cfg, models.backbone)  # a run is not continued in another precision
+            state = run_state(out, cfg, {**inputs, MODEL_REVISION: models.backbone.revision}, compute_dtype=here)
         if state.kind == RESUMABLE:
             train(cfg, out, resume=True, backbone=models.backbone, progress=self.progress)
             return "resumed"
@@ -117,6 +129,7 @@ class ModelCache:
     def __init__(self, train: TrainConfig):
         self.train = train
         self.key = model_cache_key(train)
+        self.result_key = model_result_key(train)
         self._backbone: Backbone | None = None
         self._evaluator: Evaluator | None = None
 
@@ -210,17 +223,23 @@ def inputs_changed(saved: dict[str, Any] | None, current: dict[str, dict[str, An
     return any(input_changes(saved.get(task) or {}, digests) for task, digests in current.items())
 
 
-def _cached(path: Path, key: str, inputs: dict[str, dict[str, Any]] | None = None) -> Any | None:
+def _cached(path: Path, key: str | tuple[str, ...], inputs: dict[str, dict[str, Any]] | None = None) -> Any | None:
+    """The cached value at `path` if it was stored under `key` (or one of `key`s: the current key first, then the
+    key an older softprompt computed for the same work, which is then upgraded to the current one) and its inputs."""
+    keys = (key,) if isinstance(key, str) else key
     if path.exists():
         saved = read_json(path)
-        done = isinstance(saved, dict) and saved.get("key") == key and saved.get("status") == "complete"
+        done = isinstance(saved, dict) and saved.get("key") in keys and saved.get("status") == "complete"
         if done and not inputs_changed(saved.get("inputs"), inputs or {}):
+            if saved["key"] != keys[0]:
+                _store(path, keys[0], saved["value"], saved.get("inputs"))
             return saved["value"]
     return None
 
 
-def _store(path: Path, key: str, value: Any, inputs: dict[str, dict[str, Any]] | None = None) -> Any:
-    write_json(path, {"key": key, "status": "complete", "value": value, "inputs": inputs or {}})
+def _store(path: Path, key: str | tuple[str, ...], value: Any, inputs: dict[str, dict[str, Any]] | None = None) -> Any:
+    """Cache `value` under `key` (the first, current one of `_analysis_keys`)."""
+    write_json(path, {"key": key if isinstance(key, str) else key[0], "status": "complete", "value": value, "inputs": inputs or {}})
     return value
 
 
@@ -228,12 +247,25 @@ def _task_inputs(study: Study, tasks: list[str]) -> dict[str, dict[str, Any]]:
     return {t: study.inputs[t] for t in tasks if t in study.inputs}
 
 
+def _data_location(study: Study, tasks: list[str]) -> str | None:
+    """The data folder, as part of a cache key only where the digests cannot vouch for the data (an unpinned Hub
+    split): elsewhere the data's location is how the study is executed, and the digests are compared instead."""
+    known = all(t in study.inputs and data_digests_known(study.inputs[t], study.inputs[t]) for t in tasks)
+    return None if known else study.cfg.data_dir
+
+
+def _analysis_keys(study: Study, models: ModelCache, *parts: Any) -> tuple[str, str]:
+    """An analysis's cache key (`parts`, the model's result key and the data location where it matters), and the key
+    softprompt computed before the device and data folder left the keys (a cache it wrote is still a hit)."""
+    return work_key(*parts, models.result_key, _data_location(study, study.cfg.tasks)), work_key(*parts, models.key)
+
+
 def baseline_unit(study: Study, task: str, method: str, models: ModelCache) -> dict[str, Any]:
     """One baseline of `task`, cached per method, so a config change redoes only the methods it touches."""
     base = study.cfg.baseline_base(task)
     overrides = study.cfg.baselines.overrides()
     resolved = baseline_config(base, method, overrides[method]) if method in TRAINED else base
-    key = work_key("baseline", method, result_inputs(resolved, method))
+    key = work_key("baseline", method, result_inputs(resolved, method), _data_location(study, [task]))
     base_dir = baseline_dir(study.out, task, method)
     cache = base_dir / "result.json"
     inputs = _task_inputs(study, [task])
@@ -242,8 +274,10 @@ def baseline_unit(study: Study, task: str, method: str, models: ModelCache) -> d
         return hit
     previous = base_dir / "key.json"
     before = read_json(previous) if previous.exists() else {}
-    if (base_dir / method).exists() and (before.get("key") != key or inputs_changed(before.get("inputs"), inputs)):
-        shutil.rmtree(base_dir / method)  # its config or inputs changed: this baseline's run is redone from scratch
+    run = base_dir / method
+    redo = before.get("key") != key or inputs_changed(before.get("inputs"), inputs)
+    if run.exists() and redo and run_state(run, resolved, study.inputs.get(task)).kind == CONFLICT:
+        shutil.rmtree(run)  # its identity or inputs changed: this baseline's run is redone from scratch
     write_json(base_dir / "key.json", {"key": key, "inputs": inputs})
     needs_model = method != "majority"  # the majority class is counted from the data alone
     rows = run_baselines(
@@ -264,6 +298,10 @@ def analyses_unit(study: Study, models: ModelCache) -> dict[str, Any]:
     runs = [load_run(d) for _, _, d in study.prompt_runs()]
     digests = [file_digest(r.path / PROMPT_FILE) for r in runs]
     analyses = {"neighbors": _neighbors(study, runs, digests, models), "geometry": _geometry(study, runs, digests)}
+    if study.cfg.analysis.importance:
+        analyses["importance"] = _importance(study, runs, digests, models)
+    if study.cfg.analysis.describe:
+        analyses["describe"] = _describe(study, runs, digests, models)
     if study.cfg.analysis.transfer:
         analyses["transfer"] = _transfer(study, runs, digests, models)
     if study.cfg.transfer.init:
@@ -299,7 +337,7 @@ def _neighbors(study: Study, runs, digests: list[str], models: ModelCache) -> di
     from softprompt.analysis.neighbors import neighbors_report
 
     cfg, a, adir = study.cfg, study.cfg.analysis, analysis_dir(study.out)
-    key = work_key("neighbors", digests, a.k, a.metric, a.project, cfg.max_eval, models.key)
+    key = _analysis_keys(study, models, "neighbors", digests, a.k, a.metric, a.project, cfg.max_eval)
     inputs = _task_inputs(study, cfg.tasks)
     hit = _cached(adir / "neighbors.cache.json", key, inputs)
     if hit is None:
@@ -314,6 +352,33 @@ def _neighbors(study: Study, runs, digests: list[str], models: ModelCache) -> di
             limit=cfg.max_eval,
         )
         _store(adir / "neighbors.cache.json", key, hit, inputs)
+    return hit
+
+
+def _importance(study: Study, runs, digests: list[str], models: ModelCache) -> dict[str, Any]:
+    """Which positions matter: each put back to its init vector (and to the mean embedding) on the validation subsample."""
+    from softprompt.analysis.importance import importance_report
+
+    cfg, adir = study.cfg, analysis_dir(study.out)
+    key = _analysis_keys(study, models, "importance", digests, cfg.max_eval)
+    inputs = _task_inputs(study, cfg.tasks)
+    hit = _cached(adir / "importance.cache.json", key, inputs)
+    if hit is None:
+        hit = importance_report(models.evaluator, runs, adir / "importance", limit=cfg.max_eval)
+        _store(adir / "importance.cache.json", key, hit, inputs)
+    return hit
+
+
+def _describe(study: Study, runs, digests: list[str], models: ModelCache) -> dict[str, Any]:
+    """What the model says each prompt (and its init) asks for: depends on the prompts and the model only."""
+    from softprompt.analysis.describe import describe_report
+
+    a, adir = study.cfg.analysis, analysis_dir(study.out)
+    key = _analysis_keys(study, models, "describe", digests, a.describe_samples)
+    hit = _cached(adir / "describe.cache.json", key)
+    if hit is None:
+        hit = describe_report(models.backbone, runs, adir / "describe", samples=a.describe_samples)
+        _store(adir / "describe.cache.json", key, hit)
     return hit
 
 
@@ -335,7 +400,7 @@ def _transfer(study: Study, runs, digests: list[str], models: ModelCache) -> dic
     from softprompt.analysis.transfer import transfer_report
 
     cfg, adir = study.cfg, analysis_dir(study.out)
-    key = work_key("transfer", digests, cfg.tasks, cfg.max_eval, models.key)
+    key = _analysis_keys(study, models, "transfer", digests, cfg.tasks, cfg.max_eval)
     inputs = _task_inputs(study, cfg.tasks)
     hit = _cached(adir / "transfer.cache.json", key, inputs)
     if hit is None:

@@ -1,0 +1,238 @@
+"""Which soft-prompt positions matter: ablate one row at a time and score the prompt again.
+
+Position i is replaced by its initial vector (`init`: what training added at that position, undone) or by
+the mean input embedding over the vocabulary (`mean`: a neutral token, what the position's content is worth
+at all), and the ablated prompt is scored through the one scoring path (`Evaluator.evaluate`) on a seeded
+validation subsample. The drop in accuracy, in the task's metric and the rise of the loss ("choices"
+cross-entropy, graded where accuracy moves in steps of 1/n) say how much the model relies on that row.
+
+What it does not say: a position whose effect only shows together with another one (interactions) looks
+unimportant alone, and on a small subsample a drop of one or two examples is noise (`n` is reported).
+A row that equals its replacement is not scored again: its drop is exactly 0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softprompt.analysis.common import as_runs, json_safe, run_labels, run_meta
+from softprompt.analysis.neighbors import TokenReader, input_embedding_matrix
+from softprompt.errors import SoftPromptError
+
+REPLACEMENTS = ("init", "mean")
+NOTE = (
+    "Each position is ablated alone (replaced by its initial vector, or by the mean vocabulary embedding) and the "
+    "prompt scored again on the same examples: interactions between positions are not captured, and with few "
+    "examples (n) a drop of 1/n in accuracy is within noise; the loss increase is the graded readout."
+)
+
+
+def neutral_vector(model, tokenizer=None) -> torch.Tensor:
+    """The mean input embedding over the vocabulary (float32, CPU, shape (d,)): a replacement row that reads as no
+    particular token, on the scale of the embeddings (scaled ones included, see `input_embedding_matrix`)."""
+    n = len(tokenizer) if tokenizer is not None else None
+    return input_embedding_matrix(model, n_tokens=n).mean(0).cpu()
+
+
+def _check_args(prompt: torch.Tensor, initial: torch.Tensor | None, replacements: Sequence[str], mean_vector) -> None:
+    if prompt.dim() != 2:
+        raise SoftPromptError(f"a soft prompt is an (n, d) matrix, got shape {tuple(prompt.shape)}")
+    if not replacements or len(set(replacements)) != len(replacements):
+        raise SoftPromptError(f"replacements {list(replacements)}: expected distinct names from {', '.join(REPLACEMENTS)}")
+    unknown = [r for r in replacements if r not in REPLACEMENTS]
+    if unknown:
+        raise SoftPromptError(f"unknown replacement {unknown[0]!r}: expected one of {', '.join(REPLACEMENTS)}")
+    if "init" in replacements:
+        if initial is None:
+            raise SoftPromptError("replacement 'init' needs the prompt's initial matrix, got none")
+        if tuple(initial.shape) != tuple(prompt.shape):
+            raise SoftPromptError(f"initial prompt {tuple(initial.shape)} and prompt {tuple(prompt.shape)} differ in shape")
+    if mean_vector is not None and tuple(mean_vector.shape) != (prompt.shape[1],):
+        raise SoftPromptError(
+            f"mean vector of shape {tuple(mean_vector.shape)}: expected ({prompt.shape[1]},), the prompt's width"
+        )
+
+
+def _scores(res, metric: str) -> dict[str, float | None]:
+    return {"accuracy": res.accuracy, "loss": res.loss, "metric": res.metric(metric)}
+
+
+def _effect(base: dict[str, Any], ablated: dict[str, Any], unchanged: bool) -> dict[str, Any]:
+    """One ablation against the unablated prompt: positive numbers mean the position helped."""
+    return {
+        **ablated,
+        "accuracy_drop": base["accuracy"] - ablated["accuracy"],
+        "loss_increase": ablated["loss"] - base["loss"],
+        "metric_drop": base["metric"] - ablated["metric"],
+        "unchanged": unchanged,
+    }
+
+
+def position_importance(
+    evaluator,
+    task,
+    prompt: torch.Tensor,
+    initial: torch.Tensor | None,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    split: str = "validation",
+    replacements: Sequence[str] = REPLACEMENTS,
+    mean_vector: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Per position: the accuracy drop, loss increase and task-metric drop when that one row is replaced.
+
+    Every score is `evaluator.evaluate` on the same seeded subsample (`limit`, `seed`). The top-level numbers of a
+    position are its `init` replacement's (else the first one asked for); `by_replacement` holds each. `ranking`
+    lists the positions by loss increase, largest first. `mean_vector` defaults to `neutral_vector` of the model.
+    """
+    from softprompt.tasks import get_task
+
+    task = get_task(task) if isinstance(task, str) else task
+    _check_args(prompt, initial, replacements, mean_vector)
+    prompt = prompt.detach().float().cpu()
+    rows: dict[str, torch.Tensor] = {}
+    if "init" in replacements:
+        rows["init"] = initial.detach().float().cpu()  # type: ignore[union-attr]
+    if "mean" in replacements:
+        if mean_vector is None:
+            mean_vector = neutral_vector(evaluator.backbone.model, evaluator.backbone.tokenizer)
+        rows["mean"] = mean_vector.detach().float().cpu().expand_as(prompt)
+
+    def score(p: torch.Tensor) -> dict[str, Any]:
+        return _scores(evaluator.evaluate(task, p, split=split, limit=limit, seed=seed), task.metric)
+
+    base_res = evaluator.evaluate(task, prompt, split=split, limit=limit, seed=seed)
+    if base_res.loss is None:
+        raise SoftPromptError(f"task {task.name}: no {split} examples to score the prompt on")
+    base = _scores(base_res, task.metric)
+    primary = "init" if "init" in replacements else replacements[0]
+    positions, evaluations = [], 1
+    for i in range(prompt.shape[0]):
+        by: dict[str, dict[str, Any]] = {}
+        for name in replacements:
+            unchanged = torch.equal(prompt[i], rows[name][i])
+            if unchanged:
+                by[name] = _effect(base, base, True)
+                continue
+            ablated = prompt.clone()
+            ablated[i] = rows[name][i]
+            by[name] = _effect(base, score(ablated), False)
+            evaluations += 1
+        top = by[primary]
+        positions.append(
+            {
+                "index": i,
+                "accuracy_drop": top["accuracy_drop"],
+                "loss_increase": top["loss_increase"],
+                "metric_drop": top["metric_drop"],
+                "by_replacement": by,
+            }
+        )
+    ranking = [p["index"] for p in sorted(positions, key=lambda p: (-p["loss_increase"], p["index"]))]
+    return {
+        "task": task.name,
+        "split": split,
+        "n": base_res.n,
+        "metric": task.metric,
+        "primary": primary,
+        "base": base,
+        "positions": positions,
+        "ranking": ranking,
+        "evaluations": evaluations,
+    }
+
+
+def _init_tokens(sp, tokenizer) -> list[str] | None:
+    """The readable initial token of every position (text or vocab init), or None when the init was not tokens."""
+    ids = list(sp.init.token_ids or [])
+    if len(ids) != sp.n_tokens or not all(0 <= int(i) < len(tokenizer) for i in ids):
+        return None
+    return [d["token"] for d in TokenReader(tokenizer).describe(ids)]
+
+
+def _run_warnings(run, evaluator) -> list[str]:
+    """What makes a run's importance questionable with this evaluator: another model, another prompt format."""
+    from softprompt.chat import resolve_prompt_format
+
+    out = []
+    backbone = evaluator.backbone
+    trained_on = (run.record.model or {}).get("name") or run.config.get("model")
+    if trained_on and trained_on != backbone.name:
+        out.append(f"prompt trained on {trained_on!r}, scored with {backbone.name!r}")
+    try:
+        fmt = resolve_prompt_format(run.prompt_format, backbone.tokenizer)
+    except SoftPromptError:
+        fmt = run.prompt_format
+    if fmt != evaluator.prompt_format:
+        out.append(f"prompt trained in the {fmt!r} format, scored in {evaluator.prompt_format!r}")
+    return out
+
+
+def importance_report(
+    evaluator,
+    runs: Iterable,
+    out_dir: str | Path | None = None,
+    *,
+    which: str = "last",
+    limit: int | None = None,
+    seed: int = 0,
+    task: str | None = None,
+    replacements: Sequence[str] = REPLACEMENTS,
+) -> dict[str, Any]:
+    """Position importance of every run's prompt (`which`: last or best) on `task` (default: each run's own).
+
+    Uses the given evaluator as it is (a study's loaded one works: its memo only repeats the unablated score),
+    computes the neutral vector once, and writes `importance.json` to `out_dir` when given.
+    """
+    from softprompt.tasks import get_task
+
+    runs = as_runs(runs)
+    labels = run_labels(runs)
+    backbone = evaluator.backbone
+    hidden = int(backbone.model.get_input_embeddings().weight.shape[1])
+    mean = neutral_vector(backbone.model, backbone.tokenizer) if "mean" in replacements else None
+    per_run = []
+    for run, label in zip(runs, labels, strict=True):
+        sp = run.prompt(which)
+        sp.check_model(hidden, where=f"the prompt of {run.path}")
+        target = get_task(task or run.task)
+        start = time.perf_counter()
+        res = position_importance(
+            evaluator, target, sp.weight, sp.initial, limit=limit, seed=seed, replacements=replacements, mean_vector=mean
+        )
+        meta = run_meta(run, label)
+        tokens = _init_tokens(sp, backbone.tokenizer)
+        for p in res["positions"]:
+            p["initial_token"] = None if tokens is None else tokens[p["index"]]
+        entry = {"run": label, **meta, **res, "trained_task": meta["task"], "seconds": time.perf_counter() - start}
+        warnings = _run_warnings(run, evaluator)
+        if warnings:
+            entry["warning"] = "; ".join(warnings)
+        per_run.append(entry)
+    report = json_safe(
+        {
+            "model": backbone.name,
+            "settings": {
+                "which": which,
+                "split": "validation",
+                "limit": limit,
+                "seed": seed,
+                "task": task,
+                "replacements": list(replacements),
+                "primary": "init" if "init" in replacements else replacements[0],
+            },
+            "runs": per_run,
+            "note": NOTE,
+        }
+    )
+    if out_dir is not None:
+        from softprompt.io import write_json
+
+        write_json(Path(out_dir) / "importance.json", report)
+    return report

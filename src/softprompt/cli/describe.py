@@ -1,0 +1,124 @@
+"""The `describe` command: the model says in words what each soft prompt asks for (argument parsing and printing only).
+
+The work is `softprompt.analysis.describe`'s; the flags and the model loading are the analysis commands'.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from softprompt.cli.analysis import _analysis_parser, _fmt, _load, _model_args, _runs
+from softprompt.cli.common import print_table
+from softprompt.errors import SoftPromptError
+
+_WIDTH = 72  # description characters shown in the table (describe.json has them whole)
+
+
+def _layers(value: str | None) -> list[int] | None:
+    """--layers: comma-separated block indices, `none` for no patch probe, absent for the defaults."""
+    if value is None:
+        return None
+    if value.strip().lower() == "none":
+        return []
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise SoftPromptError(f"--layers {value!r}: expected comma-separated layer indices (e.g. 3,9) or none") from None
+
+
+def _check(a: argparse.Namespace) -> None:
+    if not a.runs and a.text is None:
+        raise SoftPromptError("nothing to describe: give run directories (RUN...) or --text")
+    if a.samples < 0:
+        raise SoftPromptError(f"--samples must be 0 or more, got {a.samples}")
+    if a.max_new_tokens < 1:
+        raise SoftPromptError(f"--max-new-tokens must be at least 1, got {a.max_new_tokens}")
+    if a.text is not None and not a.text.strip():
+        raise SoftPromptError("--text is empty: give a sentence to describe")
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _WIDTH else text[: _WIDTH - 3] + "..."
+
+
+def _rows(name: str, prompt: str, descriptions: list[dict]) -> list[dict]:
+    """One table row per greedy description (the samples are in describe.json)."""
+    return [
+        {
+            "run": name,
+            "prompt": prompt,
+            "probe": d["probe"] if d["layer"] is None else f"{d['probe']}@{d['layer']}",
+            "score": _fmt(d["score"]["score"]),
+            "description": _short(d["text"]),
+        }
+        for d in descriptions
+        if d["decoding"] == "greedy"
+    ]
+
+
+def cmd_describe(a: argparse.Namespace) -> int:
+    from softprompt.analysis.describe import describe_report
+    from softprompt.locks import ensure_directory
+
+    _check(a)
+    layers = _layers(a.layers)
+    runs = _runs(a) if a.runs else []
+    ensure_directory(Path(a.out), "--out")
+    backbone, _ = _load(a, runs)
+    rep = describe_report(
+        backbone,
+        runs,
+        a.out,
+        which=a.which,
+        text=a.text,
+        samples=a.samples,
+        max_new_tokens=a.max_new_tokens,
+        layers=layers,
+        seed=a.seed,
+        source=a.source,
+    )
+    rows = []
+    for r in rep["runs"]:
+        rows += _rows(r["run"], "trained", r["descriptions"]) + _rows(r["run"], "init", r["init"]["descriptions"])
+    if "identity" in rep:
+        rows += _rows("--text", "text", rep["identity"]["descriptions"])
+    print_table(rows)
+    for r in rep["runs"]:
+        s = r["summary"]
+        print(
+            f"{r['run']}: mean greedy score trained {_fmt(s['trained_score'])}, init {_fmt(s['init_score'])} ({r['seconds']:.1f}s)"
+        )
+    if "identity" in rep:
+        print(f"--text: mean greedy score {_fmt(rep['identity']['summary']['score'])}")
+    print(f"written to {a.out}: describe.json")
+    return 0
+
+
+def add_describe(sub) -> None:
+    """Register `describe` on the CLI's subparsers."""
+    p = _analysis_parser(
+        sub,
+        "describe",
+        "self-description: the model says what each soft prompt asks for (embed and patch probes)",
+        "Ask the model what each run's soft prompt (and its initial prompt) asks for: the prompt's rows placed "
+        "inside a describing instruction (embed probe), and its hidden states patched into placeholders of that "
+        "instruction at a few layers (patch probe, Patchscopes/InSPEcT). Each description is scored against the "
+        "run's task description and label words. --text describes a plain sentence the same way (the identity "
+        "probe: how far to trust the readout).",
+        which_help="the runs' last or best-epoch prompt",
+    )
+    for action in p._actions:  # RUN... is optional here: --text alone runs the identity probe
+        if action.dest == "runs":
+            action.nargs = "*"
+    p.add_argument("--text", default=None, help="also describe this sentence's token embeddings (identity probe)")
+    p.add_argument("--samples", type=int, default=3, help="sampled embed-probe descriptions per prompt (default 3)")
+    p.add_argument("--max-new-tokens", type=int, default=40, help="length of each description in tokens (default 40)")
+    p.add_argument("--layers", default=None, help="patch-probe layers, e.g. 3,9, or none (default: ~10%% and ~30%% of depth)")
+    p.add_argument(
+        "--source", default="context", choices=["context", "front"], help="where the patch probe's source reads the prompt"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled descriptions")
+    _model_args(p)
+    p.set_defaults(func=cmd_describe)
