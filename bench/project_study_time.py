@@ -102,9 +102,12 @@ class Rate:
     how: str
     sources: list[dict]
     proxy: bool = False
+    scaled_from: str | None = None  # the measured task whose rate this is, times `scale` (characters per example)
+    scale: float = 1.0
 
     def as_json(self) -> dict:
-        return {"examples/s": self.value, "how": self.how, "proxy": self.proxy, "sources": self.sources}
+        out = {"examples/s": self.value, "how": self.how, "proxy": self.proxy, "sources": self.sources}
+        return out | ({"scaled_from": self.scaled_from, "scale": self.scale} if self.scaled_from else {})
 
 
 @dataclass
@@ -201,7 +204,8 @@ def find_rate(method: str, task: str, pool: list[Measurement], pricing: Pricing)
             how = f"{label} on {near}, x {scale:.3g} for {task}'s characters per example (cost taken as linear in length)"
             arms_used = ", ".join(sorted({m.arm for m in from_near}))
             how = how if label == "measured" else f"{how}: {arms_used}"
-            return Rate(statistics.median(m.rate for m in from_near) * scale, how, [m.source() for m in from_near], proxy)
+            rate = statistics.median(m.rate for m in from_near) * scale
+            return Rate(rate, how, [m.source() for m in from_near], proxy, scaled_from=near, scale=scale)
     return None
 
 
@@ -379,7 +383,7 @@ def report(args, cfg, shape, device, batch, units, rows, val_pass, rates, pricin
     analyses = analyses_seconds(cfg, val_pass)
     priced = sum(u.priced for u in units) + (analyses or 0.0)
     complete = not missing
-    proxies = sorted({f"{m} on {t}: {r.how}" for m, bt in rates.items() for t, r in bt.items() if r is not None and r.proxy})
+    proxies = sorted(f"{m} on {t}" for m, bt in rates.items() for t, r in bt.items() if r is not None and r.proxy)
     gpus = [int(g) for g in args.gpus.split(",") if g.strip()]
     ray = {g: list_schedule(units, g) + analyses for g in gpus} if complete else {}
 
@@ -392,8 +396,8 @@ def report(args, cfg, shape, device, batch, units, rows, val_pass, rates, pricin
         for task, r in by_task.items():
             if r is not None and r.how != "measured":
                 print(f"  {method} on {task}: {r.how}")
-    for p in proxies:
-        print(f"PROXY, not a measurement of the method: {p}")
+    if proxies:
+        print(f"PROXY, priced with another method's measurement on request (--proxy): {', '.join(proxies)}")
     if not complete:
         print(f"\nINCOMPLETE: {len(missing)} rate(s) missing, not invented:")
         for m in missing:

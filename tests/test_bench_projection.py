@@ -155,7 +155,9 @@ def test_a_proxy_only_on_request_and_labelled(project, study, tmp_path, capsys):
     out = tmp_path / "p.json"
     rc = project.main([str(suite(tmp_path, train)), "--config", str(study), "--proxy", "lora=peft", "--json", str(out)])
     assert rc == 0
-    assert "PROXY, not a measurement of the method: lora on rte" in capsys.readouterr().out
+    assert "PROXY, priced with another method's measurement on request (--proxy): lora on rte, lora on sst2" in (
+        capsys.readouterr().out
+    )
     p = json.loads(out.read_text())
     assert p["complete"] and not p["measured_only"] and len(p["proxies"]) == 2
     assert p["rates"]["lora"]["sst2"]["proxy"] and p["rates"]["lora"]["sst2"]["examples/s"] == 5.0
@@ -170,6 +172,7 @@ def test_a_task_without_its_own_rate_is_scaled_from_a_measured_one_or_refused(pr
     assert project.main([str(path), "--config", str(study), "--json", str(out)]) == 0
     r = json.loads(out.read_text())["rates"]["prompt"]["sst2"]
     assert r["how"].startswith("measured on rte, x ") and r["sources"][0]["entry"].startswith("cells.train-bloomz-560m-rte-b8")
+    assert r["scaled_from"] == "rte" and r["examples/s"] == pytest.approx(TRAIN_RATES["rte"]["softprompt"] * r["scale"])
     assert project.main([str(path), "--config", str(study), "--no-task-stand-ins", "--json", str(out)]) == 3
     assert json.loads(out.read_text())["rates"]["prompt"]["sst2"] is None
 

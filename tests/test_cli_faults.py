@@ -171,6 +171,19 @@ def world(tmp_path, tiny_llama, tiny_model_dir, toy_data, interrupt_at):
             save_file({"prompt_embeddings": torch.zeros(2, 8)}, str(a / "adapter_model.safetensors"))
     import_peft(tmp_path / "adapters" / "width8", tmp_path / "width8", task="rte")
     (tmp_path / "a-file").write_text("not a directory")
+    # issue 30: a checkpoint altered in place since run.json recorded its digest; a user's folder as --peft
+    interrupt_at(5)
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            tiny_config(toy_data, epochs=2, model=str(tiny_model_dir)), tmp_path / "altered", backbone=tiny_llama, progress=False
+        )
+    interrupt_at(None)
+    ckpt = bytearray((tmp_path / "altered" / "checkpoint.safetensors").read_bytes())
+    ckpt[-2] ^= 0x10
+    (tmp_path / "altered" / "checkpoint.safetensors").write_bytes(bytes(ckpt))
+    (tmp_path / "users-adapter").mkdir()
+    (tmp_path / "users-adapter" / "README.md").write_text("# mine\n")
+    torch.save({"prompt_embeddings": torch.zeros(2, 8)}, tmp_path / "users-adapter" / "adapter_model.bin")
     return w
 
 
@@ -206,6 +219,8 @@ def _cases(w) -> list[tuple[str, list[str], str, str | None]]:
     no_files = tmp / "bad" / "nofiles"
     (no_files / "rte").mkdir(parents=True)
     run = ["--run"]
+    clash = task_with("clash", TASK_TOML.replace('name = "toy"', 'name = "rte"'))  # a task file declaring a built-in's name
+    altered = ["--out", str(tmp / "altered"), "--resume"]
     return [
         # --- documented faults (docs/reliability.md)
         ("unknown task", ["train", "--task", "nope", *out("a")], "unknown task 'nope'", None),
@@ -409,6 +424,39 @@ def _cases(w) -> list[tuple[str, list[str], str, str | None]]:
             None,
         ),
         ("out of memory", [*t, data, *out("w")], "out of memory (OutOfMemoryError: CUDA out of memory", "out_of_memory"),
+        # --- issue 30: integrity of what a run resumes from, names that cannot collide, arguments checked up front
+        (
+            "checkpoint altered",
+            [*t, data, "--tokens", "3", "--epochs", "2", "--batch-size", "4", "--lr", "0.1", *altered],
+            "checkpoint.safetensors does not match",
+            None,
+        ),
+        (
+            "study task names collide",
+            ["study", study_with("names", tasks=f'["rte", "{clash}"]'), "--out", str(tmp / "s6")],
+            "declares the name 'rte' of the built-in task 'rte'",
+            None,
+        ),
+        (
+            "export into a user's folder",
+            ["export", str(w["done"]), "--peft", str(tmp / "users-adapter")],
+            "holds files softprompt did not export (README.md, adapter_model.bin)",
+            None,
+        ),
+        (
+            "import of another width",
+            ["import-peft", str(tmp / "adapters" / "width8"), "--out", str(tmp / "imp3"), "--model", model],
+            "the prompt is 8 wide, but model",
+            None,
+        ),
+        ("generate no new tokens", ["generate", "hi", "--model", model, "--max-new-tokens", "0"], "--max-new-tokens", None),
+        ("generate negative temperature", ["generate", "hi", "--model", model, "--temperature", "-1"], "--temperature", None),
+        (
+            "tasks --stats on bad data",
+            ["tasks", "--stats", "--task", "rte", "--data-dir", data_with("stats", [GOOD, "{oops"])],
+            "train.jsonl:2: invalid JSON (Expecting property name enclosed in double quotes at column 2)",
+            None,
+        ),
     ]
 
 

@@ -236,9 +236,10 @@ def test_describe_report_shape_and_file(tmp_path, tiny_llama, tiny_run):
     greedy = [d["score"]["score"] for d in run["descriptions"] if d["decoding"] == "greedy"]
     assert run["summary"]["trained_score"] == pytest.approx(sum(greedy) / 2)
     assert run["summary"]["best"]["score"]["score"] == max(d["score"]["score"] for d in run["descriptions"])
-    assert run["seconds"] > 0 and rep["identity"]["text"] == "The cat sat."
+    assert run["wall_time_s"] > 0 and rep["identity"]["text"] == "The cat sat."
     alone = describe_report(tiny_llama, [], text="The cat sat.", samples=0, max_new_tokens=2, layers=[])
     assert alone["runs"] == [] and [d["probe"] for d in alone["identity"]["descriptions"]] == ["embed"]
+    assert alone["settings"]["probes"] == ["embed"] and rep["settings"]["probes"] == ["embed", "patch"]
     with pytest.raises(SoftPromptError, match="nothing to describe"):
         describe_report(tiny_llama, [])
 
@@ -275,7 +276,8 @@ def test_identity_probe_on_smollm(smollm):
     text = "Is the movie review positive or negative?"
     found = describe_text(smollm, text, samples=0, max_new_tokens=24)
     by = {(d["probe"], d["layer"]): d["text"].lower() for d in found}
-    assert set(by) == {("embed", None), ("patch", 3), ("patch", 9)}
+    assert set(by) == {("embed", None), ("patch", 6), ("patch", 9)}
     embed = by[("embed", None)]
     assert ("movie" in embed or "review" in embed) and ("positive" in embed or "negative" in embed), embed
-    assert text_score(by[("patch", 3)], text)["score"] >= 0.5, by
+    # the patch probe at the default blocks (6 and 9 of 30) reads it back too (measured: "The movie review is positive.")
+    assert all(text_score(by[("patch", layer)], text)["score"] >= 0.5 for layer in (6, 9)), by

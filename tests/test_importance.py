@@ -138,7 +138,7 @@ def test_importance_report_and_cli_on_a_trained_run(tiny_llama, tiny_model_dir, 
     (r,) = rep["runs"]
     assert r["run"] == "rte-s0" and r["task"] == "rte" and r["path"] == str(run) and r["n"] == 3 and r["seed"] == 0
     assert set(r["base"]) == {"accuracy", "loss", "metric"} and r["base"]["loss"] > 0
-    assert len(r["positions"]) == 3 and sorted(r["ranking"]) == [0, 1, 2] and r["seconds"] > 0
+    assert len(r["positions"]) == 3 and sorted(r["ranking"]) == [0, 1, 2] and r["wall_time_s"] > 0
     for p in r["positions"]:
         assert set(p["by_replacement"]) == {"init", "mean"} and isinstance(p["initial_token"], str)
         assert p["loss_increase"] == p["by_replacement"]["init"]["loss_increase"]

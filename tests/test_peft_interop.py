@@ -288,7 +288,8 @@ def test_export_writes_only_into_an_empty_or_earlier_export_directory(tmp_path, 
     torch.save({"prompt_embeddings": torch.zeros(5, 8)}, tmp_path / "again" / "adapter_model.bin")
     capsys.readouterr()
     assert main(["export", str(run), "--peft", str(tmp_path / "again"), "--overwrite"]) == 2
-    assert capsys.readouterr().err.strip().endswith(
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
         "holds files softprompt did not export (adapter_model.bin); export never overwrites or deletes them: "
         "choose a new or empty directory (or move those files away)"
     )

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -448,3 +449,159 @@ def test_a_diverged_run_says_what_it_keeps_without_calling_it_good(tmp_path, tin
     assert (f"{tmp_path / 'r'} keeps its last checkpoint, from before these steps" in text) == kept
     assert ("no checkpoint was written" in text) == (not kept)
     assert text.endswith("the learning rate may be too large: retrain with a smaller --lr (--overwrite; a study's [train] lr)")
+
+
+def test_every_artifact_read_checks_shape_and_types(tmp_path, tiny_llama, toy_data, interrupt_at):
+    """run.json's fields, a prompt file's init metadata and a checkpoint's loop state are checked as they are read
+    (types, not just JSON syntax): a damaged one is one line naming the file and the field, never a traceback."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from softprompt.train import train
+    from tests.conftest import tiny_config
+
+    run = tmp_path / "run"
+    train(tiny_config(toy_data), run, backbone=tiny_llama, progress=False)
+    good = json.loads((run / "run.json").read_text())
+    for name, value, expected in [
+        ("final", [0.5], "field 'final' is [0.5], expected a JSON object"),
+        ("train_examples", "12", "field 'train_examples' is '12', expected a JSON integer"),
+        ("wall_time_s", True, "field 'wall_time_s' is True, expected a JSON number"),
+        ("status", "done", "field 'status' is 'done', expected one of running, interrupted, failed, complete"),
+    ]:
+        (run / "run.json").write_text(json.dumps({**good, name: value}))
+        with pytest.raises(SoftPromptError) as err:
+            load_run(run)
+        assert str(err.value) == f"{run / 'run.json'}: {expected}"
+    (run / "run.json").write_text(json.dumps(good))
+    assert load_run(run).complete
+
+    prompt = tmp_path / "p.safetensors"
+    tensor = torch.randn(2, 4)
+    for init, expected in [
+        ("{oops", "metadata 'init' is not valid JSON"),
+        ('{"method": 3}', "metadata 'init' is '{\"method\": 3}', expected an object with a string 'method'"),
+        ('{"method": "random", "colour": 1}', 'metadata \'init\' is \'{"method": "random", "colour": 1}\', expected an object'),
+    ]:
+        save_file({"prompt": tensor, "initial_prompt": tensor.clone()}, str(prompt), metadata={"init": init})
+        with pytest.raises(SoftPromptError, match=re.escape(f"{prompt}: {expected}")):
+            SoftPrompt.load(prompt)
+
+    # a checkpoint (of a run from before checkpoint digests, so not verified) whose loop state has the wrong types
+    cfg, cut = tiny_config(toy_data, epochs=2), tmp_path / "cut"
+    interrupt_at(5)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, cut, backbone=tiny_llama, progress=False)
+    interrupt_at(None)
+    record = json.loads((cut / "run.json").read_text())
+    del record["artifacts"]
+    (cut / "run.json").write_text(json.dumps(record))
+    with safe_open(str(cut / "checkpoint.safetensors"), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    state = json.loads(meta["state"])
+    save_file(tensors, str(cut / "checkpoint.safetensors"), metadata={"state": json.dumps({**state, "optimizer_step": "3"})})
+    with pytest.raises(SoftPromptError, match=r"checkpoint.safetensors: the loop state's 'optimizer_step' is '3', expected int"):
+        train(cfg, cut, resume=True, backbone=tiny_llama, progress=False)
+
+
+def test_generation_arguments_are_checked_before_the_model_loads(tiny_llama, tmp_path, capsys):
+    """`generate --max-new-tokens 0` was a traceback after the model loaded and `--temperature -1` was accepted: every
+    generation argument is checked up front, by the command (before any model loads) and by `generate` itself."""
+    from softprompt.cli import main
+    from softprompt.generate import generate
+
+    missing = str(tmp_path / "no-such-model")  # loading it would fail: the argument's error must come first
+    for flags, expected in [
+        (["--max-new-tokens", "0"], "--max-new-tokens must be a positive integer, got 0"),
+        (["--max-new-tokens", "-1"], "--max-new-tokens must be a positive integer, got -1"),
+        (["--temperature", "-1"], "--temperature must be a finite number >= 0 (0 = greedy), got -1.0"),
+        (["--temperature", "nan"], "--temperature must be a finite number >= 0 (0 = greedy), got nan"),
+        (["--seed", "-3"], "--seed must be an integer from 0 to 2**64 - 1, got -3"),
+    ]:
+        capsys.readouterr()
+        assert main(["generate", "hi", "--model", missing, *flags]) == 2, flags
+        assert capsys.readouterr().err.strip() == f"softprompt: error: {expected}"
+    for kwargs, expected in [
+        ({"max_new_tokens": 0}, "max_new_tokens must be a positive integer, got 0"),
+        ({"max_new_tokens": 2.5}, "max_new_tokens must be a positive integer, got 2.5"),
+        ({"temperature": float("inf")}, "temperature must be a finite number >= 0 (0 = greedy), got inf"),
+        ({"seed": 2**64}, "seed must be an integer from 0 to 2**64 - 1"),
+    ]:
+        with pytest.raises(SoftPromptError, match=re.escape(expected)):
+            generate(tiny_llama, "hi", **kwargs)
+    assert isinstance(generate(tiny_llama, "hi", max_new_tokens=2, temperature=0.7, seed=1), str)
+
+
+def test_a_train_refused_for_bad_data_leaves_no_empty_out(tmp_path, tiny_llama, toy_data):
+    """The run directory (and the parents created for it) is removed again when the command fails leaving nothing in
+    it but the lock; a directory that existed before is never removed."""
+    from softprompt.train import train
+    from tests.conftest import tiny_config
+
+    with open(toy_data / "rte" / "train.jsonl", "a") as f:
+        f.write("{oops\n")
+    cfg = tiny_config(toy_data)
+    out = tmp_path / "new" / "deep" / "run"
+    with pytest.raises(SoftPromptError, match=r"train.jsonl:13: invalid JSON"):
+        train(cfg, out, backbone=tiny_llama, progress=False)
+    assert not (tmp_path / "new").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(SoftPromptError, match=r"train.jsonl:13: invalid JSON"):
+        train(cfg, mine / "run", backbone=tiny_llama, progress=False)
+    assert mine.is_dir() and not (mine / "run").exists()
+    (mine / "run").mkdir()
+    with pytest.raises(SoftPromptError, match=r"train.jsonl:13: invalid JSON"):
+        train(cfg, mine / "run", backbone=tiny_llama, progress=False)
+    assert (mine / "run").is_dir()  # it was there before: kept
+
+
+def test_an_interrupted_run_is_named_with_the_right_article(tmp_path, tiny_llama, toy_data, interrupt_at):
+    from softprompt.train import train
+    from tests.conftest import tiny_config
+
+    interrupt_at(2)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(toy_data), tmp_path / "r", backbone=tiny_llama, progress=False)
+    interrupt_at(None)
+    with pytest.raises(SoftPromptError, match=r"already holds an interrupted run: pass --resume"):
+        train(tiny_config(toy_data), tmp_path / "r", backbone=tiny_llama, progress=False)
+
+
+def test_a_cache_that_is_a_file_is_reported_before_dequantizing(tmp_path, monkeypatch):
+    """SOFTPROMPT_CACHE naming a file was reported only after the ~3 s dequantize: now before anything loads."""
+    import softprompt.backbones as backbones
+
+    cache = tmp_path / "cache-file"
+    cache.write_text("not a directory")
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the cache was checked")
+
+    monkeypatch.setattr(backbones.AutoModelForCausalLM, "from_pretrained", loaded)
+    monkeypatch.setattr(backbones.AutoTokenizer, "from_pretrained", loaded)
+    for value in (cache, cache / "sub"):
+        monkeypatch.setenv("SOFTPROMPT_CACHE", str(value))
+        with pytest.raises(SoftPromptError) as err:
+            backbones.load_backbone("smollm2-135m", device="cpu")
+        assert str(err.value) == (
+            f"SOFTPROMPT_CACHE {value}: {cache} exists and is not a directory; point SOFTPROMPT_CACHE at a directory"
+        )
+
+
+def test_tasks_stats_fails_whole_on_a_data_error(tmp_path, toy_data, capsys):
+    """`tasks --stats` exited 0 with a data error cut into a table cell: now exit 2 and the whole FILE:LINE message.
+    A split that is simply not there (no file in this folder) is still `n/a` in the table."""
+    from softprompt.cli import main
+
+    with open(toy_data / "rte" / "val.jsonl", "a") as f:
+        f.write('{"premise": "x", "hypothesis": "y", "label": "maybe"}\n')
+    capsys.readouterr()
+    assert main(["tasks", "--stats", "--task", "rte", "--data-dir", str(toy_data)]) == 2
+    out = capsys.readouterr()
+    assert out.err.strip() == (
+        f"softprompt: error: {toy_data / 'rte' / 'val.jsonl'}:5 field 'label': label 'maybe' is not one of the task's labels "
+        "['entailment', 'not_entailment']"
+    )
+    assert main(["tasks", "--stats", "--task", "cb", "--data-dir", str(toy_data)]) == 0  # no cb files here: n/a
+    assert "n/a" in capsys.readouterr().out

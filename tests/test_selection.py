@@ -117,6 +117,9 @@ def test_a_tiny_run_with_a_small_dev_split_says_it_kept_the_last_prompt(tiny_lla
     best, last = _prompts(tmp_path / "r")
     assert torch.equal(best, last)
     assert all(h["dev"]["loss"] is not None for h in res.history)  # the dev loss is recorded at every point
+    # the last prompt and the reference baselines carry their content-free calibrated metrics (run.json, results.json)
+    assert set(record.final["calibrated"]) == {"accuracy", "f1_macro", "prior", "content_free"}
+    assert all(record.baselines[m]["calibrated"]["accuracy"] is not None for m in ("no_prompt", "english_prompt"))
 
 
 @pytest.mark.parametrize("margin", [0.0, 1e9])

@@ -52,8 +52,15 @@ def test_whole_study_on_tiny_model(tmp_path, tiny_model_dir, toy_data):
     assert set(results["baselines"]["rte"]) == {"majority", "no_prompt", "english_prompt", "finetune", "lora"}
     for key in ("neighbors", "geometry", "transfer"):
         assert results[key]["summary"], key
+    # the readouts past nearest tokens: importance and self-description per run, joined per task position by position
+    assert [len(r["positions"]) for r in results["importance"]["runs"]] == [3, 3, 3]
+    assert all(r["descriptions"] and r["init"]["descriptions"] for r in results["describe"]["runs"])
+    joined = results["readouts"]["tasks"]["rte"]
+    assert joined["aligned"] and [p["runs"] for p in joined["positions"]] == [3, 3, 3]
     page = (out / "report.html").read_text()
     for title in (
+        "What the prompts say",
+        "Which positions matter",
         "Findings",
         "Setup",
         "Accuracy",
@@ -247,6 +254,40 @@ def test_task_names_are_unique_within_a_study(tmp_path, toy_data):
             load_study_config(cfg)
     cfg.write_text(f'[study]\nmodel = "smollm2-135m"\ntasks = ["rte", "{fake}"]\nseeds = [0]\n')
     assert len(load_study_config(cfg).tasks) == 2  # a built-in's name is free when that task is not in the study
+
+
+def test_a_damaged_metrics_file_or_cache_entry_on_a_rerun(tmp_path, tiny_model_dir, toy_data, capsys):
+    """A study re-run over a run whose metrics.jsonl holds a malformed line (or a line of the wrong shape) stops with
+    one line naming FILE:LINE and what to do, instead of a traceback; the run is not retrained (it may have taken
+    hours and its prompt is intact). A damaged cache entry (a result the study can recompute) is redone with a warning."""
+    cfg = _write(tmp_path, tiny_model_dir, toy_data, methods='["majority"]')
+    cfg.write_text(cfg.read_text().replace("seeds = [0, 1, 2]", "seeds = [0]").replace("epochs = 2", "epochs = 1"))
+    out = tmp_path / "study"
+    first = run_study(cfg, out, progress=False)
+    metrics = out / "runs" / "rte-s0" / "metrics.jsonl"
+    good = metrics.read_text()
+    line = json.loads(good.splitlines()[0])
+    fix = "the run's metrics file is damaged: restore it, or retrain the run (in a study, delete its directory)"
+    for bad, message in [
+        ('{"epoch": 1, "step": 3, "accuracy"', f"{metrics}:2: invalid JSON (Expecting ':' delimiter at column 35); {fix}"),
+        ("[1, 2]", f"{metrics}:2: expected a JSON object, got list; {fix}"),
+        (json.dumps({**line, "step": "3"}), f"{metrics}:2: field 'step' is '3', not an integer; {fix}"),
+        (json.dumps({k: v for k, v in line.items() if k != "accuracy"}), f"{metrics}:2: missing field 'accuracy'; {fix}"),
+    ]:
+        metrics.write_text(good + bad + "\n")
+        with pytest.raises(SoftPromptError) as err:
+            run_study(cfg, out, progress=False)
+        assert str(err.value) == message
+    metrics.write_text(good)
+    cache = out / "baselines" / "rte" / "majority" / "result.json"
+    cache.write_text("{oops")
+    (out / "inputs.json").write_text("[1")  # what the last invocation's inputs were: only for the "changed" note
+    capsys.readouterr()
+    again = run_study(cfg, out, progress=False)
+    err = capsys.readouterr().err
+    assert f"{cache}: invalid JSON at line 1 column 2" in err and json.loads(cache.read_text())["value"]
+    assert f"{out / 'inputs.json'}: invalid JSON" in err and json.loads((out / "inputs.json").read_text())
+    assert again["runs"][0]["history"] == first["runs"][0]["history"] and again["runs"][0]["final"] == first["runs"][0]["final"]
 
 
 def test_local_executor_never_imports_ray(tmp_path, tiny_model_dir, toy_data, monkeypatch):

@@ -3,6 +3,7 @@ read back with each library's own reader; a missing package is one line naming t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 import sys
@@ -20,7 +21,7 @@ from softprompt.trackers import IDS_FILE, LOG_DIR, Trackers, open_trackers, step
 from softprompt.train import lr_lambda, train
 from tests.conftest import tiny_config
 
-pytest.importorskip("tensorboard")
+NEEDS_TENSORBOARD = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed")
 
 # 12 toy examples, 4 held out as the dev split: 8 to train on, batches of 4, 2 epochs -> steps 1..4 (2 per epoch)
 RUN = dict(epochs=2, dev_size=4, report_to="tensorboard")
@@ -47,6 +48,7 @@ def _agrees_with_history(losses: list[float], history: list[dict]) -> None:
         assert sum(losses[2 * epoch : 2 * epoch + 2]) / 2 == pytest.approx(record["train_loss"], rel=1e-5)
 
 
+@NEEDS_TENSORBOARD
 def test_tensorboard_holds_the_loss_curve_learning_rate_and_evaluations(tiny_llama, toy_data, tmp_path):
     cfg = tiny_config(toy_data, **RUN)
     out = tmp_path / "run"
@@ -77,6 +79,7 @@ def test_tensorboard_holds_the_loss_curve_learning_rate_and_evaluations(tiny_lla
     assert json.loads((out / "run.json").read_text())["config"]["report_to"] == "tensorboard"
 
 
+@NEEDS_TENSORBOARD
 def test_a_resumed_run_continues_its_log_without_the_steps_it_repeats(tiny_llama, toy_data, tmp_path, monkeypatch):
     """Killed after steps 3-4 and their evaluation were logged but before their checkpoint: --resume repeats them
     from the step-2 checkpoint, and TensorBoard shows each step once, with the uninterrupted run's values."""
@@ -84,10 +87,11 @@ def test_a_resumed_run_continues_its_log_without_the_steps_it_repeats(tiny_llama
     train(cfg, tmp_path / "ref", backbone=tiny_llama, progress=False)
     real = train_mod.save_checkpoint
 
-    def killed_at_step_4(out, params, optimizer, scheduler, state):
+    def killed_at_step_4(*args, **kwargs):
+        state = kwargs.get("state", args[4] if len(args) > 4 else None)
         if state["optimizer_step"] == 4:
             raise KeyboardInterrupt
-        return real(out, params, optimizer, scheduler, state)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(train_mod, "save_checkpoint", killed_at_step_4)
     with pytest.raises(KeyboardInterrupt):
@@ -102,6 +106,22 @@ def test_a_resumed_run_continues_its_log_without_the_steps_it_repeats(tiny_llama
         assert [v for _, v in got[tag]] == pytest.approx([v for _, v in ref[tag]], rel=1e-6), tag
 
 
+@NEEDS_TENSORBOARD
+def test_report_to_may_change_on_resume(tiny_llama, toy_data, tmp_path, interrupt_at):
+    """An execution setting, not the run's identity: a run started without a tracker is resumed into one, which
+    then gets the steps from the checkpoint on."""
+    out = tmp_path / "run"
+    interrupt_at(3)  # Ctrl-C in the second epoch: checkpoint at step 2
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(toy_data, **{**RUN, "report_to": "none"}), out, backbone=tiny_llama, progress=False)
+    assert not (out / LOG_DIR).exists()
+    interrupt_at(None)
+    train(tiny_config(toy_data, **RUN), out, backbone=tiny_llama, progress=False, resume=True)
+    scalars = _scalars(out / LOG_DIR)
+    assert [s for s, _ in scalars["train/loss"]] == [3, 4] and [s for s, _ in scalars["eval/validation/accuracy"]] == [4]
+
+
+@NEEDS_TENSORBOARD
 def test_mlflow_file_store_holds_the_run(tiny_llama, toy_data, tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -130,6 +150,17 @@ def test_mlflow_file_store_holds_the_run(tiny_llama, toy_data, tmp_path, monkeyp
     assert {m.step: m.value for m in loss} == pytest.approx(tb, rel=1e-6)  # the same numbers in both trackers
     accuracy = client.get_metric_history(run.info.run_id, "eval/validation/accuracy")
     assert sorted((m.step, m.value) for m in accuracy) == [(r["step"], pytest.approx(r["accuracy"])) for r in _history(out)]
+
+
+@NEEDS_TENSORBOARD
+def test_a_tracker_that_cannot_start_fails_the_run_in_one_line(tiny_llama, toy_data, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://tracking")
+    out = tmp_path / "run"
+    with pytest.raises(SoftPromptError, match=r"^report_to mlflow: could not start logging for .*run") as e:
+        train(tiny_config(toy_data, **{**RUN, "report_to": "tensorboard,mlflow"}), out, backbone=tiny_llama, progress=False)
+    assert "\n" not in str(e.value)
+    assert not (out / "run.json").exists()  # nothing says a run started: training it again needs no --resume
 
 
 def test_mlflow_resume_reopens_the_same_run(tiny_llama, toy_data, tmp_path, monkeypatch, interrupt_at):
@@ -201,6 +232,7 @@ def test_a_missing_tracker_package_is_one_line_naming_the_extra(tiny_llama, toy_
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+@NEEDS_TENSORBOARD
 def test_the_cli_flag(tiny_model_dir, toy_data, tmp_path, monkeypatch, capsys):
     common = ["train", "--task", "rte", "--model", str(tiny_model_dir), "--data-dir", str(toy_data), "--tokens", "3",
               "--epochs", "1", "--max-length", "128", "--compute-dtype", "float32", "--quiet"]  # fmt: skip

@@ -202,6 +202,7 @@ _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 
 def _gguf_metadata_int(path: Path, suffix: str) -> int | None:
     """The first integer metadata value of a GGUF file whose key ends with `suffix` (e.g. `.embedding_length`),
     read from the header alone: the model's keys precede its tokenizer's and the tensors."""
+
     def read(fmt: str):
         return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
 
@@ -258,7 +259,21 @@ def dequantized_dir(alias: str, revision: str) -> Path:
     return cache_dir() / "models" / f"{alias}-{revision}"
 
 
+def check_cache_dir() -> Path:
+    """The cache directory, refused at once (before seconds of dequantizing, whose result it would hold) if it, or
+    the folder it would be created in, is a file."""
+    root = cache_dir()
+    for p in (root, *root.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "SOFTPROMPT_CACHE" if os.environ.get("SOFTPROMPT_CACHE") else "the softprompt cache"
+                raise SoftPromptError(f"{where} {root}: {p} exists and is not a directory; point SOFTPROMPT_CACHE at a directory")
+            break
+    return root
+
+
 def _load_offline(entry: OfflineModel) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str, str]:
+    check_cache_dir()
     gguf = _offline_gguf(entry)
     revision = _file_digest(gguf)
     cached = dequantized_dir(entry.alias, revision)

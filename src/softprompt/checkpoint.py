@@ -85,7 +85,9 @@ STATE_FIELDS = {"epoch": int, "micro_step": int, "optimizer_step": int, "schedul
 def _check_state(state: object, path: Path) -> None:
     """The loop state the resumed run reads, of the types it reads them as."""
     if not isinstance(state, dict):
-        raise SoftPromptError(f"{path}: the loop state is {type(state).__name__}, expected a JSON object; the checkpoint is damaged")
+        raise SoftPromptError(
+            f"{path}: the loop state is {type(state).__name__}, expected a JSON object; the checkpoint is damaged"
+        )
     for name, kind in STATE_FIELDS.items():
         value = state.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):

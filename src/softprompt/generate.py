@@ -1,11 +1,35 @@
-"""Text generation with a soft prompt in front of the input (greedy or sampled)."""
+"""Text generation with a soft prompt in front of the input (greedy or sampled).
+
+Every argument is checked before anything runs (`check_generation_args`; the CLI calls it before the model loads).
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from softprompt.backbones import Backbone
+from softprompt.errors import SoftPromptError
 from softprompt.scoring.model import prompt_embeds
+
+MAX_SEED = 2**64 - 1  # what torch.manual_seed accepts
+
+
+def check_generation_args(max_new_tokens: object, temperature: object, seed: object, *, cli: bool = False) -> None:
+    """max_new_tokens a positive integer, temperature a finite number >= 0 (0: greedy), seed an integer in
+    [0, 2**64 - 1]; `cli` names them as the command's flags (--max-new-tokens)."""
+
+    def name(arg: str) -> str:
+        return "--" + arg.replace("_", "-") if cli else arg
+
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise SoftPromptError(f"{name('max_new_tokens')} must be a positive integer, got {max_new_tokens!r}")
+    number = isinstance(temperature, int | float) and not isinstance(temperature, bool)
+    if not number or not math.isfinite(temperature) or temperature < 0:
+        raise SoftPromptError(f"{name('temperature')} must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise SoftPromptError(f"{name('seed')} must be an integer from 0 to 2**64 - 1, got {seed!r}")
 
 
 @torch.no_grad()
@@ -19,9 +43,12 @@ def generate(
     seed: int = 0,
 ) -> str:
     """The continuation of `text` after [prompt; text] (new text only); greedy when temperature is 0."""
+    check_generation_args(max_new_tokens, temperature, seed)
     tok, model = backbone.tokenizer, backbone.model
     ids = tok(text, return_tensors="pt")["input_ids"].to(backbone.device)
     embeds = prompt_embeds(model, ids, prompt)
+    if embeds.shape[1] == 0:
+        raise SoftPromptError("nothing to continue: the text is empty (it tokenizes to no tokens) and there is no prompt")
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=backbone.device)
     torch.manual_seed(seed)
     kwargs = {"do_sample": temperature > 0}

@@ -63,7 +63,9 @@ def _holder(fd: int) -> str:
 @contextlib.contextmanager
 def directory_lock(directory: str | Path, what: str = "run directory") -> Iterator[Path]:
     """Hold `directory` for this process until the block ends; a second writer gets a one-line error
-    naming the holder. The directory is created if needed."""
+    naming the holder. The directory is created if needed, and removed again (with the parents created for it) if
+    the block fails leaving nothing in it but the lock: a refused command leaves no empty directory behind."""
+    created = [p for p in (Path(directory), *Path(directory).parents) if not p.exists() and not p.is_symlink()]
     directory = ensure_directory(Path(directory), what)
     path = directory / LOCK_FILE
     try:
@@ -88,6 +90,21 @@ def directory_lock(directory: str | Path, what: str = "run directory") -> Iterat
             os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
         except OSError as e:
             raise SoftPromptError(f"{what} {directory} is not writable: {os_error_line(e)}") from None
-        yield directory
+        try:
+            yield directory
+        except BaseException:  # (only once the lock is ours: a refused second writer removes nothing)
+            _remove_if_unused(created, path)
+            raise
     finally:
         os.close(fd)  # releases the lock
+
+
+def _remove_if_unused(created: list[Path], lock: Path) -> None:
+    """Remove the directories this process created (leaf first) while they hold nothing but the lock file; the lock
+    is unlinked while still held, so no other writer can be holding it. Never a directory that existed before."""
+    with contextlib.suppress(OSError):
+        if not created or [p.name for p in created[0].iterdir()] != [LOCK_FILE]:
+            return
+        lock.unlink()
+        for d in created:
+            d.rmdir()  # fails (and stops) at the first one something else was written into

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from softprompt.config import EXECUTION_FIELDS, LR_PER_STD, PROMPT_METHODS, RUN_INIT, TrainConfig, canonical_dtype
+from softprompt.config import (
+    EXECUTION_FIELDS,
+    HARD_LR_PER_STD,
+    PROMPT_LR_PER_STD,
+    PROMPT_METHODS,
+    RUN_INIT,
+    TrainConfig,
+    canonical_dtype,
+)
 from softprompt.errors import SoftPromptError, warn
 from softprompt.inputs import MODEL_REVISION, file_sha256, input_changes
 from softprompt.io import read_json, write_json
@@ -182,12 +190,12 @@ def _metrics_line(line: str, where: str) -> dict[str, Any]:
         if name not in record:
             raise SoftPromptError(f"{where}: missing field {name!r}; {fix}")
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise SoftPromptError(f"{where}: field {name!r} is {value!r:.60}, not a {_type_name(kind)}; {fix}")
+            raise SoftPromptError(f"{where}: field {name!r} is {value!r:.60}, not {_type_name(kind)}; {fix}")
     return record
 
 
 def _type_name(kind: Any) -> str:
-    return {int: "integer", dict: "JSON object"}.get(kind, "number")
+    return {int: "an integer", dict: "a JSON object"}.get(kind, "a number")
 
 
 @dataclass
@@ -335,9 +343,10 @@ LEGACY_LR_PER_STD = 0.025
 def _default_lr_changed(cfg: TrainConfig, record: RunRecord) -> bool:
     """A prompt (or hard prompt) run trained at the default learning rate (lr left out) is another run once the default
     changes: run.json records the factor it used (`resolved.lr_per_std`), so a study retrains it instead of reusing it."""
-    if cfg.method not in LR_PER_STD or cfg.lr is not None or record.config.get("lr") is not None or record.resolved is None:
+    factor = {"prompt": PROMPT_LR_PER_STD, "hard": HARD_LR_PER_STD}.get(cfg.method)  # (read now: tests patch them)
+    if factor is None or cfg.lr is not None or record.config.get("lr") is not None or record.resolved is None:
         return False  # (a record with nothing resolved says nothing about its rate)
-    return record.resolved.get("lr_per_std", LEGACY_LR_PER_STD) != LR_PER_STD[cfg.method]
+    return record.resolved.get("lr_per_std", LEGACY_LR_PER_STD) != factor
 
 
 def identity_changes(

@@ -41,6 +41,7 @@ PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"} 
 EVAL_METRICS = ("accuracy", "f1_macro", "acc_norm", "loss")  # an EvalResult's numbers a tracker gets
 FINISHED, KILLED, FAILED = "FINISHED", "KILLED", "FAILED"  # how a run ended (MLflow's words)
 MLFLOW_BATCH = 100  # MLflow takes at most 100 params per log_batch call
+MLFLOW_PARAM_LENGTH = 6000  # and values of at most 6000 characters (a long init text is cut; run.json has it whole)
 
 
 def require_trackers(report_to: str) -> None:
@@ -58,7 +59,8 @@ def require_trackers(report_to: str) -> None:
 
 def hyperparameters(record: RunRecord) -> dict[str, str | int | float | bool]:
     """The run's config (every TrainConfig field) and what was resolved from it (the learning rate, the prompt
-    format), the model and the parameter counts, as flat name -> scalar pairs (nested tables joined with ".": "model.name" beside the config's "model")."""
+    format), the model and the parameter counts, as flat name -> scalar pairs; nested tables' keys are joined
+    with "." ("resolved.lr", "model.name" beside the config's "model")."""
     model = record.model or {}
     facts = {"resolved": record.resolved or {}, "parameters": record.parameters or {}}
     facts["model"] = {k: model[k] for k in ("name", "revision") if k in model}
@@ -138,14 +140,14 @@ class Trackers:
             try:
                 tracker.close(status)
             except Exception as e:  # the run's own outcome stands: a tracker's close never replaces it
-                warn(f"report_to {name}: closing its run failed ({type(e).__name__}: {e})")
+                warn(f"report_to {name}: closing its run failed ({_one_line(e)})")
 
     def _each(self, method: str, *args: Any) -> None:
         for name, tracker in list(self.trackers.items()):
             try:
                 getattr(tracker, method)(*args)
             except Exception as e:
-                warn(f"report_to {name}: logging failed ({type(e).__name__}: {e}); it gets nothing more from this run")
+                warn(f"report_to {name}: logging failed ({_one_line(e)}); it gets nothing more from this run")
                 self.trackers.pop(name, None)
                 with contextlib.suppress(Exception):
                     tracker.close(FAILED)
@@ -168,12 +170,18 @@ def open_trackers(report_to: str, out: Path, record: RunRecord, *, resumed_step:
             opened.trackers[name] = OPENERS[name](out, params, ids.get(name), resumed_step)
         except Exception as e:
             opened.close(FAILED)
-            raise SoftPromptError(f"report_to {name}: could not start logging for {out} ({type(e).__name__}: {e})") from None
+            raise SoftPromptError(f"report_to {name}: could not start logging for {out} ({_one_line(e)})") from None
         if getattr(opened.trackers[name], "run_id", None):
             ids[name] = opened.trackers[name].run_id
     if ids:
         write_json(ids_path, ids)
     return opened
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _saved_ids(path: Path) -> dict[str, str]:
@@ -255,7 +263,7 @@ class MLflowTracker:
     def _log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)) for k, v in params.items()]
+        items = [Param(k, str(v)[:MLFLOW_PARAM_LENGTH]) for k, v in params.items()]
         for start in range(0, len(items), MLFLOW_BATCH):
             self.client.log_batch(self.run_id, params=items[start : start + MLFLOW_BATCH])
 

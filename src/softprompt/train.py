@@ -186,7 +186,8 @@ def claim_run_dir(out: Path, cfg: TrainConfig, dp: DataParallel, inputs: dict, *
         state = run_state(out, cfg, inputs)
         if not resume and state.kind != ABSENT:
             raise SoftPromptError(
-                f"{out} already holds a {state.status} run: pass --resume to continue it or choose another --out"
+                f"{out} already holds {'an' if str(state.status)[:1] in 'aeiou' else 'a'} {state.status} run: "
+                "pass --resume to continue it or choose another --out"
             )
         if resume:
             refuse_changed_run(out, state)
@@ -443,6 +444,11 @@ class TrainingLoop:
         self.record.inputs = inputs
         if self.checkpoint_sha256 is not None:  # the resumed checkpoint stays verifiable
             self.record.artifacts = {CHECKPOINT_FILE: {"sha256": self.checkpoint_sha256}}
+        # --report-to's trackers, before run.json says running (one that cannot start fails the run first); a run
+        # resumed from a checkpoint continues their runs after its step
+        step = self.state["optimizer_step"]
+        resumed_step = step if step or self.state["history"] else None
+        self.trackers = open_trackers(self.cfg.report_to, self.out, self.record, resumed_step=resumed_step, main=self.main)
         if self.main:
             self.record.executions = execution_history(self.out, self.cfg, resumed=resumed)
         if self.main:
@@ -450,9 +456,6 @@ class TrainingLoop:
             prompt = self.trainables.prompt_to_save()
             if prompt is not None and not (self.out / BEST_PROMPT_FILE).exists():
                 prompt.save(self.out / BEST_PROMPT_FILE)
-        step = self.state["optimizer_step"]  # resumed from a checkpoint: the trackers continue their runs after it
-        resumed_step = step if step or self.state["history"] else None
-        self.trackers = open_trackers(self.cfg.report_to, self.out, self.record, resumed_step=resumed_step, main=self.main)
 
     def fit(self) -> None:
         """The epochs, from wherever the state says; Ctrl-C, SIGTERM, divergence and a full disk leave a

@@ -7,10 +7,17 @@ Two probes, both greedy (plus seeded samples for the first):
   model answers. This is the simplest "ask the model" readout; it reads the prompt where the model
   reads words, not where the trained prompt sits (at the very front of a row).
 - `patch` (Patchscopes, Ghandeharioun et al. 2024; InSPEcT, Ramati et al. 2024, arXiv 2410.11660): a
-  source forward over the prompt rows alone (causal attention: a context after them could not change
-  their states) gives the hidden states of the n prompt positions at layer l (the output of decoder
-  block l, HF `hidden_states[l + 1]`); they replace the states of n placeholder tokens in the same
-  describing instruction at the same layer, during the prefill forward of generation only.
+  source forward over the prompt rows gives the hidden states of the n prompt positions at layer l (the
+  output of decoder block l, HF `hidden_states[l + 1]`); they replace the states of n placeholder tokens in
+  the same describing instruction at the same layer, during the prefill forward of generation only (a
+  forward hook on block l; the cached decode steps are left alone). The source reads the rows after the
+  describing input's own prefix (`context`, the default) or alone from position 0 (`front`, InSPEcT's
+  setting: the states a trained prompt has in use; a context after the rows could not change them).
+
+Measured on SmolLM2-135M with the identity probe (4 task-like sentences, greedy): with the `front` source
+only blocks 0-2 read back faithfully (mean score 0.48-0.60, <= 0.42 from block 3 on; the first row then
+plays the first position's attention-sink role, a likely cause); with `context`, blocks 0-9 do (0.54-0.79),
+fading to 0 from block 23. Hence the default source and layers (`DEFAULT_LAYER_FRACTIONS`).
 
 The identity probe (`describe_text`) runs both on the embeddings of a plain sentence: what comes back
 for a prompt whose meaning is known says how far to trust what comes back for a trained one.
@@ -40,15 +47,16 @@ PROBES = ("embed", "patch")
 INSTRUCTION = ('Here is an instruction: "', '"\nWhat task does this instruction ask for? Answer in one sentence.')
 PLAIN_CUE = "\nAnswer:"  # ends the instruction when the tokenizer has no chat template
 PLACEHOLDER = " x"  # the target's placeholder token (Patchscopes' identity prompt uses such filler tokens)
-# Default patch layers as fractions of the model's depth (on SmolLM2-135M, 30 blocks: 3 and 9), measured on
-# the identity probe: see `default_layers`.
-DEFAULT_LAYER_FRACTIONS = (0.1, 0.3)
+# Default patch layers as fractions of the model's depth: on SmolLM2-135M (30 blocks) blocks 6 and 9. Measured on the
+# identity probe (4 task-like sentences, greedy, context source): mean score 0.54-0.79 at blocks 0-9, at most 0.46 at
+# 10-21, 0 from block 23 on; 6 is among the best and far enough from the input to differ from the embed probe, 9 is the
+# deepest still faithful one.
+DEFAULT_LAYER_FRACTIONS = (0.2, 0.3)
 TEMPERATURE = 0.7
 # Where the patch probe's source forward reads the prompt rows: after the describing input's own prefix (the chat
 # head and the instruction's opening, so the same tokens precede them as precede the placeholders), or alone at
 # position 0 (InSPEcT's setting: the states a trained prompt has in use). Measured on the identity probe (see the
-# module docstring): at position 0 the first row becomes the attention sink and plain text reads back faithfully only
-# at layers 0-2, after the prefix up to the middle layers.
+# module docstring): from position 0 plain text reads back faithfully only at blocks 0-2, after the prefix up to block 9.
 SOURCES = ("context", "front")
 DEFAULT_SOURCE = "context"
 
@@ -72,7 +80,7 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 
 def default_layers(n_layers: int) -> list[int]:
-    """An early and a lower-middle layer (`DEFAULT_LAYER_FRACTIONS` of the depth), distinct and patchable."""
+    """An early and a lower-middle block (`DEFAULT_LAYER_FRACTIONS` of the depth), distinct and patchable."""
     top = max(n_layers - 2, 0)
     return sorted({min(int(round(f * n_layers)), top) for f in DEFAULT_LAYER_FRACTIONS})
 
@@ -459,7 +467,7 @@ def _describe_run(backbone, run, label: str, which: str, options: dict[str, Any]
         descriptions=trained,
         init={"descriptions": init},
         summary={"trained_score": _greedy_mean(trained), "init_score": _greedy_mean(init), "best": _best(trained)},
-        seconds=time.perf_counter() - start,
+        wall_time_s=time.perf_counter() - start,
     )
     return entry
 
@@ -472,7 +480,7 @@ def _describe_identity(backbone, text: str, options: dict[str, Any]) -> dict[str
         "text": text,
         "descriptions": descriptions,
         "summary": {"score": _greedy_mean(descriptions), "best": _best(descriptions)},
-        "seconds": time.perf_counter() - start,
+        "wall_time_s": time.perf_counter() - start,
     }
 
 
@@ -500,7 +508,7 @@ def describe_report(
     options = {"samples": samples, "max_new_tokens": max_new_tokens, "seed": seed, "layers": chosen, "source": source}
     inp = describe_input(backbone.tokenizer, 1)
     settings = {
-        "probes": list(PROBES),
+        "probes": ["embed", "patch"] if chosen else ["embed"],
         "layers": chosen,
         "source": source,
         "n_layers": len(decoder_layers(backbone.model)),

@@ -210,7 +210,7 @@ def importance_report(
         tokens = _init_tokens(sp, backbone.tokenizer)
         for p in res["positions"]:
             p["initial_token"] = None if tokens is None else tokens[p["index"]]
-        entry = {"run": label, **meta, **res, "trained_task": meta["task"], "seconds": time.perf_counter() - start}
+        entry = {"run": label, **meta, **res, "trained_task": meta["task"], "wall_time_s": time.perf_counter() - start}
         warnings = _run_warnings(run, evaluator)
         if warnings:
             entry["warning"] = "; ".join(warnings)

@@ -88,7 +88,7 @@ def cmd_describe(a: argparse.Namespace) -> int:
     for r in rep["runs"]:
         s = r["summary"]
         print(
-            f"{r['run']}: mean greedy score trained {_fmt(s['trained_score'])}, init {_fmt(s['init_score'])} ({r['seconds']:.1f}s)"
+            f"{r['run']}: mean greedy score trained {_fmt(s['trained_score'])}, init {_fmt(s['init_score'])} ({r['wall_time_s']:.1f}s)"
         )
     if "identity" in rep:
         print(f"--text: mean greedy score {_fmt(rep['identity']['summary']['score'])}")
@@ -115,7 +115,9 @@ def add_describe(sub) -> None:
     p.add_argument("--text", default=None, help="also describe this sentence's token embeddings (identity probe)")
     p.add_argument("--samples", type=int, default=3, help="sampled embed-probe descriptions per prompt (default 3)")
     p.add_argument("--max-new-tokens", type=int, default=40, help="length of each description in tokens (default 40)")
-    p.add_argument("--layers", default=None, help="patch-probe layers, e.g. 3,9, or none (default: ~10%% and ~30%% of depth)")
+    p.add_argument(
+        "--layers", default=None, help="patch-probe layers, e.g. 3,9, or none (default: blocks at 20%% and 30%% of the depth)"
+    )
     p.add_argument(
         "--source", default="context", choices=["context", "front"], help="where the patch probe's source reads the prompt"
     )

@@ -65,9 +65,10 @@ def calibration_line(label: str, words, calibrated: dict) -> str:
 
 def cmd_generate(a: argparse.Namespace) -> int:
     from softprompt.backbones import load_backbone
-    from softprompt.generate import generate
+    from softprompt.generate import check_generation_args, generate
     from softprompt.runs import load_run
 
+    check_generation_args(a.max_new_tokens, a.temperature, a.seed, cli=True)  # before the model loads
     sp = load_run(a.run).prompt() if a.run else None  # checked against run.json before the model loads
     backbone = load_backbone(a.model, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code)
     prompt = None

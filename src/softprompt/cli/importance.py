@@ -40,7 +40,7 @@ def cmd_importance(a: argparse.Namespace) -> int:
                 }
             )
         print_table(rows)
-        print(f"most important first: {' '.join(map(str, r['ranking']))} ({r['seconds']:.1f} s)")
+        print(f"most important first: {' '.join(map(str, r['ranking']))} ({r['wall_time_s']:.1f} s)")
         if "warning" in r:
             print(f"warning: {r['warning']}")
     print(f"\nwritten to {a.out}: importance.json")

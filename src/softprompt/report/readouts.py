@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from softprompt.analysis.readouts import LOSS_NOISE_FLOOR
 from softprompt.io import write_figure
 from softprompt.report.primitives import esc, figure, table
 from softprompt.report.tables import write_csv
@@ -175,7 +176,8 @@ def _carrier_finding(task: str, e: dict) -> str:
         largest = f"; the largest is position {top['index']} ({_pm(top['loss_increase'])})" if top else ""
         return (
             f"{task}: no position's ablation (put back to its init vector) raises the loss by more than 2 standard "
-            f"errors over {where}: the evidence for individually important positions is weak{largest}."
+            f"errors and the {LOSS_NOISE_FLOOR:g} noise floor over {where}: the evidence for individually important "
+            f"positions is weak{largest}."
         )
     named = [rows[i] for i in car["clear"]]
     desc = " and ".join(f"{r['index']} ({r['initial_token']}, loss {_pm(r['loss_increase'])})" for r in named)

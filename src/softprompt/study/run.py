@@ -26,6 +26,7 @@ from softprompt.study.executors import ExecutorResult, StudyProgress, run_locall
 from softprompt.study.plan import Unit
 from softprompt.study.units import Study
 from softprompt.tasks import task_name
+from softprompt.trackers import require_trackers
 
 if TYPE_CHECKING:
     from softprompt.study.ray_executor import RayOptions
@@ -68,6 +69,7 @@ def run_study(
 
         import_ray()  # fail before any work if Ray is missing
     cfg = load_study_config(config_path)
+    require_trackers(cfg.train.report_to)  # a missing tracker package fails before the model loads, not at the first run
     inputs = study_inputs(cfg)  # reads every task's data: a missing or unreadable file fails before any work
     with directory_lock(out, "study directory"):  # one process writes a study directory at a time
         return _run_study(cfg, out, inputs, progress, executor, ray_options)
@@ -85,7 +87,11 @@ def study_inputs(cfg: StudyConfig) -> dict[str, dict[str, Any]]:
 def _say_changed_inputs(out: Path, inputs: dict[str, dict[str, Any]]) -> None:
     """A line per task whose data, definition or model changed since the study's last invocation."""
     path = out / INPUTS_FILE
-    before = read_json(path) if path.exists() else {}
+    try:
+        before = read_json(path) if path.exists() else {}
+    except SoftPromptError as e:  # only what this note compares with: rewritten below
+        warn(f"{e}: the inputs of the study's last invocation are unknown, so changes since then are not listed")
+        before = {}
     for task, digests in inputs.items():
         saved = before.get(task) if isinstance(before, dict) else None
         changed = input_changes(saved, digests) if isinstance(saved, dict) else []

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from softprompt.baseline_runs import run_baselines
 from softprompt.baselines import TRAINED, baseline_config, result_inputs
 from softprompt.config import RUN_INIT, TASK_INIT, TrainConfig
+from softprompt.errors import SoftPromptError, warn
 from softprompt.inputs import MODEL_REVISION, input_changes
 from softprompt.io import read_json, write_json
 from softprompt.prompt import PROMPT_FILE
@@ -228,13 +229,30 @@ def _cached(path: Path, key: str | tuple[str, ...], inputs: dict[str, dict[str, 
     key an older softprompt computed for the same work, which is then upgraded to the current one) and its inputs."""
     keys = (key,) if isinstance(key, str) else key
     if path.exists():
-        saved = read_json(path)
-        done = isinstance(saved, dict) and saved.get("key") in keys and saved.get("status") == "complete"
+        saved = _bookkeeping(path)
+        done = saved.get("key") in keys and saved.get("status") == "complete" and "value" in saved
         if done and not inputs_changed(saved.get("inputs"), inputs or {}):
             if saved["key"] != keys[0]:
                 _store(path, keys[0], saved["value"], saved.get("inputs"))
             return saved["value"]
     return None
+
+
+def _bookkeeping(path: Path) -> dict[str, Any]:
+    """A cache entry or key file of the study (results it can recompute), checked: a JSON object whose `inputs`, if
+    any, map tasks to digests. A damaged one (invalid JSON, another shape) is a miss, said in a warning, and redone."""
+    try:
+        saved = read_json(path)
+    except SoftPromptError as e:
+        warn(f"{e}: this cached result is recomputed")
+        return {}
+    inputs = saved.get("inputs") if isinstance(saved, dict) else None
+    if not isinstance(saved, dict) or not (
+        inputs is None or (isinstance(inputs, dict) and all(isinstance(v, dict) for v in inputs.values()))
+    ):
+        warn(f"{path}: not a cache entry of this study (expected a JSON object with a key and its inputs): it is recomputed")
+        return {}
+    return saved
 
 
 def _store(path: Path, key: str | tuple[str, ...], value: Any, inputs: dict[str, dict[str, Any]] | None = None) -> Any:
@@ -273,7 +291,7 @@ def baseline_unit(study: Study, task: str, method: str, models: ModelCache) -> d
     if hit is not None:
         return hit
     previous = base_dir / "key.json"
-    before = read_json(previous) if previous.exists() else {}
+    before = _bookkeeping(previous) if previous.exists() else {}
     run = base_dir / method
     redo = before.get("key") != key or inputs_changed(before.get("inputs"), inputs)
     if run.exists() and redo and run_state(run, resolved, study.inputs.get(task)).kind == CONFLICT:
