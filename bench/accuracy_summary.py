@@ -50,16 +50,17 @@ def main() -> None:
         + " | |"
     )
     print()
-    print(f"paired difference vs {args.reference} over {len(runs)} seeds (95% t interval; wins/ties/losses):")
+    print(f"paired difference vs {args.reference} over {len(runs)} seeds (standard error; 95% t interval; wins/ties/losses):")
     ref = [r[1][args.reference] for r in runs]
     for a in arms:
         if a == args.reference:
             continue
         d = [r[1][a] - x for r, x in zip(runs, ref, strict=True)]
         mean = statistics.mean(d)
-        half = stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+        se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+        half = stats.t.ppf(0.975, len(d) - 1) * se if len(d) > 1 else float("nan")
         w, t, lo = sum(x > 0 for x in d), sum(x == 0 for x in d), sum(x < 0 for x in d)
-        print(f"  {a}: {mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]  {w}/{t}/{lo}")
+        print(f"  {a}: {mean:+.3f} (SE {se:.3f}) [{mean - half:+.3f}, {mean + half:+.3f}]  {w}/{t}/{lo}")
 
 
 if __name__ == "__main__":

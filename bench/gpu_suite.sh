@@ -12,10 +12,12 @@
 #   bash bench/gpu_suite.sh --cpu-dry-run   # here: every cell on CPU with tiny models (a few minutes)
 #   bash bench/gpu_suite.sh train-bloomz-560m-rte-b32 eval-smollm2-135m   # only these cells (a rerun)
 #   bash bench/gpu_suite.sh train-smollm2-135m-sst2-b32-auto              # a cell with --prompt-format auto
+#   bash bench/gpu_suite.sh baselines       # only the baselines cells (train-...-baselines, ~3 min): LoRA and full
+#                                           # fine-tuning, softprompt's loop vs PEFT's LoRA recipe / a plain HF loop
 #
 # Needs bench/carry/ (bash bench/prepare_carry.sh; $CARRY overrides it). Budgets, in seconds:
-# SUITE_BUDGET_S for all cells (450), TRAIN_CELL_S and EVAL_CELL_S per cell (75, 90). TRAIN_ARMS and EVAL_ARMS
-# replace the cells' --arms lists; TRAIN_EPOCHS timed epochs per training cell (1; rates are medians over them). A cell gets the
+# SUITE_BUDGET_S for all cells (450), TRAIN_CELL_S, EVAL_CELL_S and BASELINE_CELL_S per cell (75, 90, 120). TRAIN_ARMS,
+# EVAL_ARMS and BASELINE_ARMS replace the cells' --arms lists; TRAIN_EPOCHS timed epochs per training cell (1; rates are medians over them). A cell gets the
 # smaller of its budget and what is left, is killed at its end (`timeout`), and a cell that would start
 # with under 20 s left is skipped: one slow cell cannot eat the session. Inside a training cell the
 # timed epoch is capped to fit (train_vs_peft.py --time-budget), so a slow arm gives fewer steps, not
@@ -36,6 +38,7 @@ PY=${PYTHON:-python3}
 OUT=${OUT:-$(mktemp -d)}
 CARRY=${CARRY:-bench/carry}
 SUITE_BUDGET_S=${SUITE_BUDGET_S:-450}
+BASELINE_CELL_S=${BASELINE_CELL_S:-120}
 TRAIN_CELL_S=${TRAIN_CELL_S:-75}
 EVAL_CELL_S=${EVAL_CELL_S:-90}
 device=cuda
@@ -49,12 +52,21 @@ exec > >(tee -a "$OUT/suite.log") 2>&1
 # cell with the prompt format a user gets (`-auto`: --prompt-format auto, on SmolLM2's tokenizer the chat layout;
 # SST-2 b32, where the chat template's tokens are the largest share of a row; a bloomz cell would resolve `auto` on
 # the SmolLM2 tokenizer the shape borrows, not on bloomz's own, which has no chat template: plain, as measured)
+# the baselines at prompt speed (issue 28, `-baselines`): LoRA and full fine-tuning, softprompt's own loop against
+# PEFT's LoRA recipe and a plain HF fine-tuning loop (baseline_arms below); last in the defaults (they run if the
+# budget is left), or alone: `bash bench/gpu_suite.sh baselines`
+baseline_cells=(train-smollm2-135m-sst2-b8-baselines train-bloomz-560m-rte-b32-baselines)
 default_cells=(
     train-bloomz-560m-rte-b32 train-smollm2-135m-rte-b8 eval-smollm2-135m eval-bloomz-560m
     train-smollm2-135m-rte-b32 train-smollm2-135m-sst2-b32-auto train-smollm2-135m-sst2-b8 train-smollm2-135m-sst2-b32
-    train-bloomz-560m-rte-b8 train-bloomz-560m-sst2-b8 train-bloomz-560m-sst2-b32
+    train-bloomz-560m-rte-b8 train-bloomz-560m-sst2-b8 train-bloomz-560m-sst2-b32 "${baseline_cells[@]}"
 )
 [ ${#cells[@]} -gt 0 ] || cells=("${default_cells[@]}")
+expanded=()  # `baselines` names the baselines cells
+for c in "${cells[@]}"; do
+    if [ "$c" = baselines ]; then expanded+=("${baseline_cells[@]}"); else expanded+=("$c"); fi
+done
+cells=("${expanded[@]}")
 
 echo "gpu_suite: device $device, ${#cells[@]} cells, budget ${SUITE_BUDGET_S}s, out $OUT, carry $CARRY"
 for f in "$CARRY/tokenizer/tokenizer.json" "$CARRY/data/rte/train.jsonl" "$CARRY/data/sst2/train.tsv"; do
@@ -88,6 +100,15 @@ train_arms() {
     fi
     echo "$arms,peft,peft-bf16,peft-bf16-grouped,peft-bf16-grouped-answer"
 }
+# the baselines cells' arms: softprompt's loop for each method, then its recipe fp32, bf16 and tuned for speed alike
+# (grouped batches; and the LM head only at the answer's positions: the fairest recipe arm)
+baseline_arms() {
+    local arms=softprompt-lora,softprompt-finetune v
+    for r in peft-lora hf-finetune; do
+        for v in "" -bf16 -bf16-grouped -bf16-grouped-answer; do arms+=",$r$v"; done
+    done
+    echo "$arms"
+}
 merge() { "$PY" bench/gpu_tables.py --cells "$work" --out "$OUT/gpu_suite.json" --summary "$OUT/summary.md" || echo "merge failed"; }
 
 start=$SECONDS
@@ -96,7 +117,9 @@ for cell in "${cells[@]}"; do
     json="$work/$cell.json"
     case $cell in
         train-*-b*)
-            rest=${cell#train-}; format=plain
+            rest=${cell#train-}; format=plain; kind=prompt
+            # a trailing -baselines: the LoRA / fine-tuning arms (no CUDA graphs there: 3 warm-up steps suffice)
+            [ "${rest%-baselines}" != "$rest" ] && { kind=baselines; rest=${rest%-baselines}; }
             # a trailing -auto: the cell runs with --prompt-format auto (every recorded cell ran plain)
             [ "${rest%-auto}" != "$rest" ] && { format=auto; rest=${rest%-auto}; }
             batch=${rest##*-b}; rest=${rest%-b*}; task=${rest##*-}; shape=${rest%-*}
@@ -107,6 +130,13 @@ for cell in "${cells[@]}"; do
             cmd=("$PY" bench/train_vs_peft.py --device "$device" --shape "$shape" --task "$task" --batch-size "$batch"
                  --train 256 --epochs "${TRAIN_EPOCHS:-1}" --warmup-steps $(( (256 + batch - 1) / batch )) --val 0 --mem-steps 0 --sync-every 8
                  --prompt-format "$format" --arms "${TRAIN_ARMS:-$(train_arms "$shape" "$task" "$batch")}")
+            keep=35
+            if [ $kind = baselines ]; then  # 10 arms, each its own copy of the model: 50 s kept for loading them
+                budget=$BASELINE_CELL_S; keep=50
+                cmd=("$PY" bench/train_vs_peft.py --device "$device" --shape "$shape" --task "$task" --batch-size "$batch"
+                     --train 256 --epochs "${TRAIN_EPOCHS:-1}" --warmup-steps 3 --val 0 --mem-steps 0 --sync-every 8
+                     --prompt-format "$format" --arms "${BASELINE_ARMS:-$(baseline_arms)}")
+            fi
             ;;
         eval-*)
             shape=${cell#eval-}
@@ -114,7 +144,7 @@ for cell in "${cells[@]}"; do
             cmd=("$PY" bench/eval_vs_naive.py --device "$device" --shape "$shape" --tasks rte,sst2 --limit 128 --reps 2
                  --dtypes float32,auto --arms "${EVAL_ARMS:-softprompt,softprompt-lowp,naive}")
             ;;
-        *) echo "unknown cell $cell: expected train-SHAPE-TASK-bBATCH[-auto] or eval-SHAPE" >&2; exit 2 ;;
+        *) echo "unknown cell $cell: expected train-SHAPE-TASK-bBATCH[-auto][-baselines], eval-SHAPE or baselines" >&2; exit 2 ;;
     esac
     [ "$left" -lt "$budget" ] && budget=$left
     if [ "$budget" -lt 20 ]; then
@@ -123,7 +153,7 @@ for cell in "${cells[@]}"; do
         merge
         continue
     fi
-    case $cell in train-*) cmd+=(--time-budget $((budget > 50 ? budget - 35 : budget / 3))) ;; esac
+    case $cell in train-*) cmd+=(--time-budget $((budget > keep + 15 ? budget - keep : budget / 3))) ;; esac
     # where the BLOOM step at b32 spends its time (5-8% of the bf16 peak before): an op table of 2 steps, in cells.log
     [ "$cell" = train-bloomz-560m-sst2-b32 ] && cmd+=(--profile-steps 2)
     cmd+=(--tokenizer "$CARRY/tokenizer" --data-dir "$CARRY/data" --json "$json" $dry)

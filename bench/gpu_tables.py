@@ -163,7 +163,7 @@ def _cell_id(name: str, res: dict) -> list:
     a = res["args"]
     batch = a["batch_size"]
     if a.get("cpu_dry_run"):  # the dry run caps the batch: say which cell's it was
-        batch = f"{batch} (dry run of b{name.removesuffix('-auto').rsplit('-b', 1)[-1]})"
+        batch = f"{batch} (dry run of b{name.removesuffix('-baselines').removesuffix('-auto').rsplit('-b', 1)[-1]})"
     task = a["task"] + (f" ({res['prompt_format']})" if res.get("prompt_format", "plain") != "plain" else "")
     return [a.get("shape") or a.get("model"), task, batch]
 
@@ -191,6 +191,41 @@ TRAIN_LEGEND = (
     "same steps (the timed epochs; then with the warm-up), each against the PEFT arm that is best by that measure "
     "(named), over every PEFT arm the cell ran (" + ", ".join(ALL_PEFT) + ")."
 )
+
+
+# method -> (softprompt's own loop for it, its plain recipe: PEFT's LoRA recipe, a plain HF fine-tuning loop; bench/train_vs_peft.py)
+BASELINES = {"lora": ("softprompt-lora", "peft-lora"), "finetune": ("softprompt-finetune", "hf-finetune")}
+
+
+def baselines_table(runs: list[tuple[str, dict]]) -> str:
+    """softprompt's loop for LoRA and full fine-tuning against that method's recipe arms, per training cell that ran
+    them: the best recipe arm by steady-state median, the fastest by wall time with the warm-up (both over every
+    variant the cell ran, tuned ones included), and the best plain recipe (fp32 or -bf16) by median, each named."""
+    rows = []
+    for run, name, res in _finished(runs, "train"):
+        times = arm_times(res)
+        for method, (own, recipe) in BASELINES.items():
+            rivals = [a for a in times if a.startswith(recipe)]
+            if own not in times or not rivals:
+                continue
+            t, best = times[own], max(rivals, key=lambda a: times[a]["median"])
+            row = [*([run] if len(runs) > 1 else []), *_cell_id(name, res), method, own, _arm_cell(t)]
+            row.append(f"{t['median'] / times[best]['median']:.2f}x ({best})")
+            with_warm = [a for a in rivals if _total(times[a]) is not None]
+            if with_warm and _total(t) is not None:
+                fastest = min(with_warm, key=lambda a: _total(times[a]))
+                row.append(f"{_total(times[fastest]) / _total(t):.2f}x ({fastest})")
+            else:
+                row.append("-")
+            plain = [a for a in rivals if a in (recipe, f"{recipe}-bf16")]
+            best_plain = max(plain, key=lambda a: times[a]["median"]) if plain else None
+            row.append(f"{t['median'] / times[best_plain]['median']:.2f}x ({best_plain})" if best_plain else "-")
+            rows.append(row)
+    if not rows:
+        return "(no baselines cell ran)"
+    cols = [*(["run"] if len(runs) > 1 else []), "shape", "task", "batch", "method", "softprompt arm"]
+    cols += ["its median · timed+warm-up s", "/ best recipe arm, medians", "/ fastest recipe arm, with warm-up"]
+    return _table([*cols, "/ best plain recipe, medians"], rows)
 
 
 def graphs_table(runs: list[tuple[str, dict]]) -> str:
@@ -278,6 +313,7 @@ def summary(runs: list[tuple[str, dict]]) -> str:
         if n.startswith("eval-") and c["result"]
     }
     parts += ["", "Training", "", TRAIN_LEGEND, "", train_table(runs)]
+    parts += ["", "Baselines: softprompt's loop for LoRA / fine-tuning vs their recipes", "", baselines_table(runs)]
     parts += ["", "Training: memory and MFU", "", resources_table(runs)]
     parts += ["", "CUDA graphs", "", graphs_table(runs)]
     parts += ["", "Evaluation", "", eval_table(runs)]

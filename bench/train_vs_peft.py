@@ -33,6 +33,22 @@ tokens/s and model FLOP/s are medians over epochs.
   the last positions that predict them, `logits_to_keep`: what softprompt's scorer computes, instead of
   full-vocabulary logits at every position).
 
+Baselines at prompt speed (issue 28): LoRA and full fine-tuning, softprompt's own training loop against the plain
+recipes, on the same examples, batches, steps and learning rate (`--lora-lr`, `--finetune-lr`: softprompt train's
+defaults), each arm on its own copy of the model.
+- softprompt-lora / softprompt-finetune: `softprompt train --method lora|finetune`'s step (TrainingLoop: the scorer at
+  the answer positions only, bf16 autocast where native, the `auto` strategy (the KV prefix tree on a CPU), the
+  choices loss, AdamW with the project's schedule); LoRA r 8, alpha 16, every linear layer but the head, dropout 0.
+- peft-lora: PEFT's LoRA recipe (`get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", ...))` with the same LoRA
+  config and the same seeded adapter init) in the loop of PEFT's examples, as the peft arm: fixed-length left padding,
+  the model's own full LM loss, AdamW, linear schedule without warmup, float32. hf-finetune: the same loop over a plain
+  AutoModelForCausalLM with every weight trainable. `-bf16` (bf16 autocast), `-bf16-grouped`, `-bf16-answer`,
+  `-bf16-grouped-answer` as the PEFT arms' (the last: the fairest recipe arm).
+Each row also gives `total s (with warm-up)` (the untimed warm-up steps + every timed epoch), `trainable params`, and
+the JSON `setup_s` (each arm's construction, its model load included), `train_loss` (mean per timed epoch) and
+`speedup_baselines` (softprompt's loop / the best recipe arm by examples/s and by total time, named). Validation
+accuracy of a baseline: its own trained model (no prompt) through the same Evaluator settings.
+
 `--prompt-format` lays out every arm's text (default plain, as every recorded run: the PEFT arms tokenize the
 task's template as plain text, and the bloomz-560m shape borrows SmolLM2's tokenizer, whose chat template a real
 bloomz tokenizer does not have). `auto` is `softprompt train`'s default (chat when the tokenizer has a chat
@@ -82,13 +98,13 @@ from softprompt import scoring  # noqa: E402
 from softprompt.backbones import resolve_compute_dtype  # noqa: E402
 from softprompt.batching import encode_examples, length_grouped_order  # noqa: E402
 from softprompt.chat import ChatLayout, chat_choice, chat_context, resolve_prompt_format  # noqa: E402
-from softprompt.config import TrainConfig  # noqa: E402
+from softprompt.config import DEFAULT_LR, TrainConfig  # noqa: E402
 from softprompt.distributed import SINGLE  # noqa: E402
 from softprompt.evaluate import Evaluator  # noqa: E402
 from softprompt.prompt import init_prompt  # noqa: E402
 from softprompt.reparam import PromptEncoder  # noqa: E402
 from softprompt.tasks import get_task  # noqa: E402
-from softprompt.train import Trainables, TrainData, TrainingLoop, epoch_order, lr_lambda  # noqa: E402
+from softprompt.train import Trainables, TrainData, TrainingLoop, build_trainables, epoch_order, lr_lambda  # noqa: E402
 
 PEFT_ARMS = ("peft", "peft-bf16")  # the issue's reference: PEFT's documented recipe, float32 and bf16 autocast
 PEFT_TUNED = "peft-bf16-grouped"  # PEFT with dynamic padding and grouped batches (PeftArm's `grouped`): not the recipe
@@ -368,12 +384,212 @@ class PeftArm(Arm):
         return self.learned()
 
 
+# The baselines at prompt speed (issue 28): softprompt's own training loop for LoRA and full fine-tuning against the
+# plain recipes a user would write. Each recipe: fp32 (the docs' loop), -bf16 (under bf16 autocast), and tuned for
+# speed as PeftArm's -grouped (dynamic padding, grouped batches) and -answer (the LM head only at the answer's positions).
+METHOD_ARMS = {"softprompt-lora": "lora", "softprompt-finetune": "finetune"}  # arm -> `softprompt train --method`
+RECIPE_METHODS = {"peft-lora": "lora", "hf-finetune": "finetune"}  # recipe -> the method it is the plain recipe of
+RECIPE_VARIANTS = ("", "-bf16", "-bf16-grouped", "-bf16-answer", "-bf16-grouped-answer")
+RECIPE_ARMS = tuple(f"{base}{v}" for base in RECIPE_METHODS for v in RECIPE_VARIANTS)
+BASELINE_ARMS = (*METHOD_ARMS, *RECIPE_ARMS)
+ARMS = (*ARMS, *BASELINE_ARMS)
+
+
+def method_lr(args, method: str) -> float:
+    """The learning rate both sides of a method use (--lora-lr, --finetune-lr; default softprompt train's)."""
+    return args.lora_lr if method == "lora" else args.finetune_lr
+
+
+def recipe_parts(name: str) -> tuple[str, bool, bool, bool]:
+    """(recipe, bf16, grouped, answer_only) of a recipe arm's name, e.g. peft-lora-bf16-grouped."""
+    base = next(b for b in RECIPE_METHODS if name.startswith(b))
+    rest = name.removeprefix(base)
+    return base, rest.startswith("-bf16"), "-grouped" in rest, rest.endswith("-answer")
+
+
+class SoftpromptMethodArm(Arm):
+    """softprompt's own training loop for a baseline method (`softprompt train --method lora|finetune`): the same
+    `TrainingLoop` micro-batch as SoftpromptArm's (collate, the scorer at the answer positions only under autocast,
+    bf16 on this CPU, with the `auto` strategy, the choices loss, backward, AdamW with the project's linear schedule
+    and warmup), no prompt, on its OWN copy of the model (LoRA's adapters are injected into it, fine-tuning changes it).
+    LoRA: r, alpha from TrainConfig's defaults (8, 16), every linear layer but the head, dropout 0, seeded init."""
+
+    def __init__(self, task, examples, args, name: str, device: torch.device):
+        super().__init__(device)
+        self.name, self.method, self.bb = name, METHOD_ARMS[name], common.make_backbone(args, device)
+        fields = dict(task=task.name, model=self.bb.name, method=self.method, lr=method_lr(args, self.method))
+        cfg = TrainConfig(**fields, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, max_length=512)
+        fmt = resolve_prompt_format(args.prompt_format, self.bb.tokenizer)
+        self.encoded = encode_examples(examples, self.bb.tokenizer, n_prompt=0, max_length=cfg.max_length, prompt_format=fmt)
+        data = TrainData(task, self.bb, examples, self.encoded, dev=[], prompt_format=fmt)
+        trainables = build_trainables(cfg, data, SINGLE)
+        self.loop = TrainingLoop(cfg, Path("bench-writes-nothing"), data, trainables, SINGLE, scoring=None, progress=False)
+        self.compute_dtype = self.loop.compute_dtype
+        steps = math.ceil(len(examples) / args.batch_size) * args.epochs + args.warmup_steps
+        self.loop.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.loop.optimizer, lr_lambda("linear", int(cfg.warmup * steps), steps)
+        )
+
+    def order(self, n: int, seed: int, epoch: int) -> list[int]:
+        return epoch_order(n, seed, epoch)
+
+    def work(self, idx: list[int]) -> None:
+        self.loop._micro_batch(0, 0, idx)
+
+    def finish(self) -> None:
+        self.loop.read_losses()
+
+    def counters(self):
+        return dict(self.loop.stats)
+
+    def count(self, batches: list[list[int]], before) -> None:
+        st = {k: v - before.get(k, 0) for k, v in self.loop.stats.items()}
+        flops = common.step_flops(self.bb.model, st.get("real", 0), st.get("head", 0))
+        self.stats["flops"] += flops * (WEIGHT_GRAD_FLOPS if self.method == "finetune" else 1.0)
+        self.stats["tokens_real"] += st.get("real", 0)
+        self.stats["tokens_padded"] += st.get("padded", 0)
+        self.stats["tokens_naive"] += sum(len(r.ids) for idx in batches for i in idx for r in self.encoded[i].rows)
+
+    def resident_bytes(self) -> int:
+        opt = [v for s in self.loop.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        return common.model_bytes(self.bb.model) + common.tensor_bytes(opt)
+
+    def learned(self) -> dict[str, torch.Tensor] | None:
+        """LoRA's adapters (what --save-prompts saves); None for fine-tuning (every weight: too large to save per epoch)."""
+        if self.method != "lora":
+            return None
+        return {n: p.detach().cpu().clone() for n, p in self.loop.trainables.params.items()}
+
+
+# full fine-tuning also computes every weight's gradient: 6 instead of 4 FLOPs per parameter and token (and per head row)
+WEIGHT_GRAD_FLOPS = 1.5
+
+
+class RecipeArm(PeftArm):
+    """A baseline method's plain recipe, as its docs show it. `peft-lora*`: PEFT's LoRA recipe, `get_peft_model` with
+    `LoraConfig(task_type="CAUSAL_LM", r, lora_alpha, target_modules="all-linear", lora_dropout=0)` (the config
+    softprompt's lora method injects: every linear layer but the head; adapters seeded alike). `hf-finetune*`: a plain
+    Hugging Face full-fine-tuning loop, every weight of the AutoModelForCausalLM trainable. Both then run the loop of
+    PEFT's causal-LM examples, as PeftArm: text + answer + EOS left-padded to a fixed max_length, labels -100 on the
+    input, `model(**batch).loss` (the full LM loss: full-vocabulary logits at every position), AdamW(model.parameters(),
+    lr) with torch's default weight decay, a linear schedule without warmup, `model.train()`; -bf16 under bf16 autocast,
+    -grouped and -answer as PeftArm's."""
+
+    def __init__(self, name: str, task, examples, args, max_length: int | None, device: torch.device):
+        from transformers import get_linear_schedule_with_warmup
+
+        Arm.__init__(self, device)
+        base, self.bf16, self.grouped, self.answer_only = recipe_parts(name)
+        self.name, self.method, self.bs, self.n = name, RECIPE_METHODS[base], args.batch_size, 0
+        self.bb = common.make_backbone(args, device)  # its own copy: the adapters go into it / its weights change
+        tok = self.bb.tokenizer
+        self.fmt = resolve_prompt_format(args.prompt_format, tok)
+        self.model = self._trainable_model(args.seed)
+        self.model.train()
+        self.max_length = max_length or peft_max_length(tok, examples, self.fmt)
+        self.data = [self._encode(tok, ex) for ex in examples]
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=method_lr(args, self.method))
+        steps = math.ceil(len(examples) / args.batch_size) * args.epochs + args.warmup_steps
+        self.sched = get_linear_schedule_with_warmup(self.opt, num_warmup_steps=0, num_training_steps=steps)
+        self.step_losses: list[torch.Tensor] = []  # on the device; read after the timed epochs
+
+    def _trainable_model(self, seed: int):
+        if self.method == "finetune":
+            return self.bb.model.requires_grad_(True)
+        from peft import LoraConfig, get_peft_model
+
+        d = TrainConfig()
+        cfg = LoraConfig(
+            task_type="CAUSAL_LM", r=d.lora_r, lora_alpha=d.lora_alpha, target_modules="all-linear", lora_dropout=0.0
+        )
+        torch.manual_seed(seed)  # the adapters' random init, seeded as softprompt's lora method seeds it
+        return get_peft_model(self.bb.model, cfg)
+
+    def work(self, ready) -> None:
+        loss = self.loss(ready)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad()
+        self.step_losses.append(loss.detach())
+
+    def count(self, batches: list[list[int]], before) -> None:
+        flops = self.stats["flops"]
+        super().count(batches, before)
+        if self.method == "finetune":
+            self.stats["flops"] = flops + (self.stats["flops"] - flops) * WEIGHT_GRAD_FLOPS
+
+    def learned(self) -> dict[str, torch.Tensor] | None:
+        if self.method != "lora":
+            return None
+        return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def initial(self) -> torch.Tensor:
+        raise TypeError(f"{self.name} trains no prompt")
+
+
+def trainable_params(arm: Arm) -> int:
+    """How many numbers an arm trains (the LoRA arms must agree, and so must the fine-tuning arms)."""
+    if hasattr(arm, "loop"):
+        return sum(p.numel() for p in arm.loop.trainables.params.values())
+    return sum(p.numel() for p in arm.model.parameters() if p.requires_grad)
+
+
+def train_losses(arm: Arm) -> list[float] | None:
+    """Every training loss an arm computed so far (warm-up steps included), read outside the timed steps."""
+    if hasattr(arm, "loop"):
+        arm.loop.read_losses()
+        return list(arm.loop.losses)
+    if isinstance(arm, RecipeArm):
+        return [float(x) for x in arm.step_losses]
+    return None
+
+
+def validation(arm: Arm, evaluator: Evaluator, task, args):
+    """An arm's validation result: its learned prompt on the shared frozen model, or for a baseline (no prompt) its
+    own trained model, scored by an Evaluator of the same settings (answer-position scoring, the same subsample)."""
+    if not isinstance(arm, (SoftpromptMethodArm, RecipeArm)):
+        return evaluator.evaluate(task, arm.learned(), limit=args.val, seed=args.seed)
+    arm.bb.model.eval()
+    own = Evaluator(arm.bb, data_dir=args.data_dir, compute_dtype=evaluator.compute_dtype, prompt_format=evaluator.prompt_format)
+    with torch.no_grad():
+        return own.evaluate(task, None, limit=args.val, seed=args.seed)
+
+
+def baseline_speedups(rows: list[dict]) -> dict:
+    """softprompt's loop for each method against that method's recipe arms: by steady-state examples/s (the median
+    epoch) and by total wall time (warm-up + timed epochs), each against the recipe arm best by that measure (named),
+    over the plain recipe (fp32, -bf16: the target) and over every variant the cell ran (the tuned ones too)."""
+    by_arm = {r["arm"]: r for r in rows}
+    out = {}
+    for own, method in METHOD_ARMS.items():
+        rivals = [a for a in by_arm if a in RECIPE_ARMS and RECIPE_METHODS[recipe_parts(a)[0]] == method]
+        if own not in by_arm or not rivals:
+            continue
+        plain = [a for a in rivals if not recipe_parts(a)[2] and not recipe_parts(a)[3]]
+        entry = {"arm": own}
+        for label, pool in (("recipe", plain), ("any variant", rivals)):
+            if not pool:
+                continue
+            best = max(pool, key=lambda a: by_arm[a]["examples/s"])
+            fastest = min(pool, key=lambda a: by_arm[a]["total s (with warm-up)"])
+            entry[f"examples/s vs best {label}"] = {"vs": best, "ratio": by_arm[own]["examples/s"] / by_arm[best]["examples/s"]}
+            ratio = by_arm[fastest]["total s (with warm-up)"] / by_arm[own]["total s (with warm-up)"]
+            entry[f"total time vs fastest {label}"] = {"vs": fastest, "ratio": ratio}
+        out[method] = entry
+    return out
+
+
 def build_arm(name, backbone, task, examples, args, max_length, device):
     if name in SOFTPROMPT_ARMS:
         return SoftpromptArm(backbone, task, examples, args, name)
     if name in (*PEFT_ARMS, PEFT_TUNED, *PEFT_ANSWER):
         grouped, answer_only = "-grouped" in name, name.endswith("-answer")
         return PeftArm(task, examples, args, name != "peft", max_length, device, grouped=grouped, answer_only=answer_only)
+    if name in METHOD_ARMS:
+        return SoftpromptMethodArm(task, examples, args, name, device)
+    if name in RECIPE_ARMS:
+        return RecipeArm(name, task, examples, args, max_length, device)
     raise SystemExit(f"unknown arm {name!r}: expected some of {', '.join(ARMS)}")
 
 
@@ -395,6 +611,7 @@ def peft_max_length(tok, examples, fmt: str = "plain") -> int:
 # the options a memory subprocess needs to rebuild the same arm
 WORKER_OPTIONS = ("model", "task", "train", "tokens", "batch_size", "epochs", "lr", "seed", "mem_steps", "warmup_steps")
 WORKER_OPTIONS += ("prompt_format",)
+WORKER_OPTIONS += ("lora_lr", "finetune_lr")
 WORKER_OPTIONS += ("device", "shape", "tokenizer", "data_dir")
 
 
@@ -408,7 +625,8 @@ def worker(args) -> None:
         sum(float(p.sum()) for p in bb.model.parameters())
         print(json.dumps({"arm": "model-only", **common.memory_high_water_mb()}))
         return
-    backbone = None if args.worker.startswith("peft") else common.make_backbone(args, device)
+    own_model = args.worker.startswith("peft") or args.worker in BASELINE_ARMS  # the arm loads its own copy
+    backbone = None if own_model else common.make_backbone(args, device)
     arm = build_arm(args.worker, backbone, task, examples, args, None, device)
     order = arm.order(len(examples), args.seed, 0)
     for s in range(args.mem_steps):
@@ -437,6 +655,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-2)
+    lrs = "softprompt train's default; both sides of the comparison"
+    ap.add_argument("--lora-lr", type=float, default=DEFAULT_LR["lora"], help=f"the LoRA arms' learning rate ({lrs})")
+    ap.add_argument("--finetune-lr", type=float, default=DEFAULT_LR["finetune"], help=f"the fine-tuning arms' ({lrs})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--arms", default="softprompt,softprompt-fp32,peft", help=f"comma-separated, from {', '.join(ARMS)}")
     ap.add_argument("--mem-steps", type=int, default=3, help="steps run by each memory subprocess (0: skip; CPU only)")
@@ -558,10 +779,14 @@ def main(argv: list[str] | None = None) -> None:
     info["prompt_format"] = resolve_prompt_format(args.prompt_format, backbone.tokenizer)  # what `auto` resolved to
     max_length = peft_max_length(backbone.tokenizer, examples, info["prompt_format"])
     names = [a.strip() for a in args.arms.split(",") if a.strip()]
-    arms = [build_arm(n, backbone, task, examples, args, max_length, device) for n in names]
+    arms, info["setup_s"] = [], {}
+    for n in names:  # each arm's construction, untimed (a baseline arm loads its own copy of the model here)
+        t = time.perf_counter()
+        arms.append(build_arm(n, backbone, task, examples, args, max_length, device))
+        info["setup_s"][arms[-1].name] = time.perf_counter() - t
     sp = [a for a in arms if isinstance(a, SoftpromptArm)]
     for a in arms:
-        if isinstance(a, PeftArm) and sp:
+        if type(a) is PeftArm and sp:  # the prompt-tuning recipe (RecipeArm trains no prompt)
             diff = float((a.initial() - sp[0].prompt.weight.detach().cpu()).abs().max())
             info.setdefault("peft_init_max_abs_diff_vs_softprompt", diff)
 
@@ -589,6 +814,8 @@ def main(argv: list[str] | None = None) -> None:
     epoch_stats = {a.name: [] for a in arms}
     peak_runs = [pk]
     step_ratio = []
+    losses_seen = {a.name: len(train_losses(a) or []) for a in arms}  # the warm-up's losses are not an epoch's
+    info["train_loss"] = {a.name: [] for a in arms if train_losses(a) is not None}  # mean per timed epoch
     for epoch in range(args.epochs):
         orders = {a.name: a.order(len(examples), args.seed, epoch) for a in arms}
         per_arm = {a.name: 0.0 for a in arms}
@@ -604,6 +831,10 @@ def main(argv: list[str] | None = None) -> None:
         for a in arms:  # per-epoch counters: rates are medians over epochs, like examples/s
             epoch_stats[a.name].append(dict(a.stats))
             a.stats = new_stats()
+            if a.name in info["train_loss"]:
+                losses = train_losses(a)
+                info["train_loss"][a.name].append(sum(losses[losses_seen[a.name] :]) / max(1, len(losses) - losses_seen[a.name]))
+                losses_seen[a.name] = len(losses)
         peak_runs.append(common.device_peaks(device, reps=3))
         print(f"epoch {epoch + 1}: " + "  ".join(f"{a.name} {per_arm[a.name]:.1f}s" for a in arms), flush=True)
         if args.save_prompts:  # the learned prompts, to evaluate later if the run is cut short
@@ -624,15 +855,16 @@ def main(argv: list[str] | None = None) -> None:
         evaluator = Evaluator(backbone, data_dir=args.data_dir, compute_dtype=dtype, prompt_format=info["prompt_format"])
         sp = [a for a in arms if isinstance(a, SoftpromptArm)]
         initial = sp[0].prompt.initial if sp else None
-        acc = {"initial (text init)": evaluator.evaluate(task, initial, limit=args.val, seed=args.seed)}
+        label = "initial (text init)" if sp else "untrained model (no prompt)"
+        acc = {label: evaluator.evaluate(task, initial, limit=args.val, seed=args.seed)}
         for a in arms:
-            acc[a.name] = evaluator.evaluate(task, a.learned(), limit=args.val, seed=args.seed)
+            acc[a.name] = validation(a, evaluator, task, args)
 
     rows = []
     for a in arms:
         t_epoch = common.med(epoch_times[a.name])
         es = epoch_stats[a.name]
-        is_bf16 = a.name.startswith("peft-bf16") or getattr(a, "compute_dtype", None) == torch.bfloat16
+        is_bf16 = getattr(a, "bf16", False) or getattr(a, "compute_dtype", None) == torch.bfloat16
         rate = common.med([e["flops"] / e["time"] for e in es])
         rows.append(
             {
@@ -646,6 +878,8 @@ def main(argv: list[str] | None = None) -> None:
                 "MFU own dtype": rate / (peak["bf16"] if is_bf16 else peak["fp32"]),
                 "val acc": acc[a.name].accuracy if acc else None,
                 "epoch s (median)": t_epoch,
+                "total s (with warm-up)": info["warmup_s"].get(a.name, 0.0) + sum(epoch_times[a.name]),
+                "trainable params": trainable_params(a),
                 "ms/step": 1e3 * common.med([e["time"] / e["steps"] for e in es]),
                 "peak GiB": a.mem.gib(a.resident_bytes()),
             }
@@ -665,6 +899,7 @@ def main(argv: list[str] | None = None) -> None:
         info["speedup_vs_peft_grouped_by_arm"] = {
             r["arm"]: r["examples/s"] / tuned for r in rows if r["arm"].startswith("softprompt")
         }
+    info["speedup_baselines"] = baseline_speedups(rows)  # softprompt-lora / -finetune against their recipes
     sp = {a.name: a for a in arms if isinstance(a, SoftpromptArm)}
     counts = {name: a.graph_counts() for name, a in sp.items()}
     info["graphs"] = {name: c for name, c in counts.items() if c is not None}
@@ -698,7 +933,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"matmul peaks (best of the run): bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s, fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s")
     print(f"PEFT max_length {max_length} (+{args.tokens} virtual tokens); load {info['load_before']} -> {info['load_after']}")
     cols = ["arm", "examples/s", "real tokens/s", "padded tokens/s", "model GFLOP/s", "MFU own dtype", "MFU bf16 peak"]
-    cols += ["val acc", "epoch s (median)", "ms/step"] + (["peak GiB"] if device.type == "cuda" else [])
+    cols += ["val acc", "epoch s (median)", "total s (with warm-up)", "ms/step"] + (["peak GiB"] if device.type == "cuda" else [])
     print(common.fmt_table(rows, cols))
     for k, v in acc.items():
         print(f"  val acc {k}: {v.accuracy:.3f} (n={v.n})")
@@ -709,6 +944,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     for name, x in info.get("speedup_vs_best_peft_by_arm", {}).items():
         print(f"speedup {name} / best PEFT arm: {x:.2f}x examples/s")
+    for method, entry in info["speedup_baselines"].items():
+        for k, v in entry.items():
+            if k != "arm":
+                print(f"{method}: {entry['arm']} {k} ({v['vs']}): {v['ratio']:.2f}x")
     for name, x in info.get("prompt_diff_vs_softprompt", {}).items():
         print(f"{name}: learned prompt differs from softprompt's by {x:.3g} of softprompt's distance travelled")
     for name, g in info["graphs"].items():

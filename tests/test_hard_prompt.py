@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -239,3 +240,27 @@ def test_hard_baseline_trains_on_the_shared_backbone(tiny_llama, toy_data, tmp_p
         assert torch.equal(p, before[n]) and not p.requires_grad, n
     again = run_baselines(cfg, tmp_path / "b", methods=["hard"], backbone=tiny_llama)
     assert again[0]["reused"] and again[0]["hard_prompt"] == rows[0]["hard_prompt"]
+
+
+def test_a_study_lists_hard_and_its_report_shows_the_text(tmp_path, tiny_model_dir, toy_data):
+    import html
+
+    from softprompt.study import run_study
+
+    path = tmp_path / "study.toml"
+    path.write_text(
+        f'[study]\nname = "tiny"\nmodel = "{tiny_model_dir}"\ntasks = ["rte"]\nseeds = [0]\ndata_dir = "{toy_data}"\n'
+        '[train]\ntokens = 3\nepochs = 1\nbatch_size = 4\nlr = 0.1\ncompute_dtype = "float32"\nmax_length = 128\n'
+        '[baselines]\nmethods = ["no_prompt", "hard"]\nhard = {lr = 0.05}\n'
+        "[analysis]\nk = 3\ntransfer = false\nimportance = false\ndescribe = false\n"
+    )
+    results = run_study(path, tmp_path / "study", progress=False)
+    hard = results["baselines"]["rte"]["hard"]
+    run = load_run(Path(hard["run"]))
+    assert run.method == "hard" and run.config["lr"] == 0.05 and run.config["tokens"] == 3
+    assert hard["hard_prompt"] == run.record.hard_prompt["last"]["text"]
+    page = (tmp_path / "study" / "report.html").read_text()
+    label = method_label({"method": "hard", "prompt_text": hard["hard_prompt"]})
+    assert html.escape(label, quote=False) in page or html.escape(label) in page
+    csv = (tmp_path / "study" / "tables" / "accuracy.csv").read_text()
+    assert ",hard," in csv and ",hard_text," in csv

@@ -30,6 +30,7 @@ from softprompt.analysis.results import NeighborsResult
 from softprompt.analysis.scripts import script_counts, summarize_scripts, token_script
 from softprompt.errors import SoftPromptError
 from softprompt.prompt import input_embedding_matrix
+from softprompt.reparam import special_token_ids
 
 METRICS = ("cosine", "dot")
 _EPS = 1e-12
@@ -165,14 +166,6 @@ def _is_byte_level(tokenizer) -> bool:
     return hasattr(tokenizer, "byte_decoder")
 
 
-def _special_ids(tokenizer) -> set[int]:
-    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
-    for i, tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
-        if getattr(tok, "special", False):
-            ids.add(int(i))
-    return ids
-
-
 class TokenReader:
     """Turns token ids into (bytes, display text, script) for one tokenizer, caching its facts.
 
@@ -185,7 +178,7 @@ class TokenReader:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.byte_level = _is_byte_level(tokenizer)
-        self.special = _special_ids(tokenizer)
+        self.special = special_token_ids(tokenizer)
         self.decoder = _byte_decoder()
 
     def raw(self, ids: Sequence[int]) -> list[str | None]:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from softprompt.analysis.importance import REPLACEMENTS as IMPORTANCE_REPLACEMENTS
 from softprompt.analysis.neighbors import METRICS as ANALYSIS_METRICS
 from softprompt.baselines import baseline_config
 from softprompt.config import (
@@ -50,7 +51,8 @@ class AnalysisConfig:
     metric: str = "cosine"
     project: bool = True
     transfer: bool = True
-    importance: bool = True  # each position ablated (analysis.importance): n_tokens x 2 evaluations per run
+    importance: bool = True  # each position ablated (analysis.importance): n_tokens x replacements evaluations per run
+    importance_replacements: list[str] = field(default_factory=lambda: ["init"])  # "init" and/or "mean" (the CLI does both)
     describe: bool = True  # the model's own descriptions of each prompt and its init (analysis.describe)
     describe_samples: int = 2  # sampled descriptions per prompt, besides the greedy ones
     tsne_perplexity: float | None = None
@@ -276,6 +278,11 @@ def _validate_values(cfg: StudyConfig, path: Path) -> None:
         raise SoftPromptError(f"{path}: [analysis] k and [study] max_eval must be at least 1, got {a.k} and {cfg.max_eval}")
     if a.tsne_perplexity is not None and not a.tsne_perplexity > 0:
         raise SoftPromptError(f"{path} [analysis] tsne_perplexity: must be a positive number, got {a.tsne_perplexity}")
+    if not a.importance_replacements or not set(a.importance_replacements) <= set(IMPORTANCE_REPLACEMENTS):
+        raise SoftPromptError(
+            f"{path} [analysis] importance_replacements: expected some of {list(IMPORTANCE_REPLACEMENTS)}, "
+            f"got {a.importance_replacements!r}"
+        )
     if a.describe_samples < 0:
         raise SoftPromptError(f"{path} [analysis] describe_samples: must be 0 or more, got {a.describe_samples}")
 

@@ -257,7 +257,9 @@ def _bookkeeping(path: Path) -> dict[str, Any]:
 
 def _store(path: Path, key: str | tuple[str, ...], value: Any, inputs: dict[str, dict[str, Any]] | None = None) -> Any:
     """Cache `value` under `key` (the first, current one of `_analysis_keys`)."""
-    write_json(path, {"key": key if isinstance(key, str) else key[0], "status": "complete", "value": value, "inputs": inputs or {}})
+    write_json(
+        path, {"key": key if isinstance(key, str) else key[0], "status": "complete", "value": value, "inputs": inputs or {}}
+    )
     return value
 
 
@@ -374,7 +376,7 @@ def _neighbors(study: Study, runs, digests: list[str], models: ModelCache) -> di
 
 
 def _importance(study: Study, runs, digests: list[str], models: ModelCache) -> dict[str, Any]:
-    """Which positions matter: each put back to its init vector (and to the mean embedding) on the validation subsample."""
+    """Which positions matter: each put back to its init vector (and/or the mean embedding) on the validation subsample."""
     from softprompt.analysis.importance import importance_report
 
     cfg, adir = study.cfg, analysis_dir(study.out)
@@ -382,7 +384,8 @@ def _importance(study: Study, runs, digests: list[str], models: ModelCache) -> d
     inputs = _task_inputs(study, cfg.tasks)
     hit = _cached(adir / "importance.cache.json", key, inputs)
     if hit is None:
-        hit = importance_report(models.evaluator, runs, adir / "importance", limit=cfg.max_eval)
+        replacements = tuple(cfg.analysis.importance_replacements)
+        hit = importance_report(models.evaluator, runs, adir / "importance", limit=cfg.max_eval, replacements=replacements)
         _store(adir / "importance.cache.json", key, hit, inputs)
     return hit
 
