@@ -25,7 +25,18 @@ from softprompt.errors import SoftPromptError, os_error_line
 from softprompt.logging_setup import quiet_libraries
 from softprompt.preemption import sigterm_as_interrupt
 
-REGISTRARS: list[Callable] = [add_train, add_eval, add_generate, add_info, add_peft, add_study, add_baselines, add_analysis, add_importance, add_describe]
+REGISTRARS: list[Callable] = [
+    add_train,
+    add_eval,
+    add_generate,
+    add_info,
+    add_peft,
+    add_study,
+    add_baselines,
+    add_analysis,
+    add_importance,
+    add_describe,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
