@@ -94,9 +94,11 @@ def test_a_small_dev_split_and_rule_last_keep_the_last_prompt():
 
 def test_selection_is_part_of_the_run_identity(toy_data):
     saved = tiny_config(toy_data).to_dict()
-    assert tiny_config(toy_data, selection="dev_loss").differences(saved) == ["selection"]
-    del saved["selection"]  # a run saved before the field: it chose by the dev metric, today's default
-    assert tiny_config(toy_data).differences(saved) == []
+    assert TrainConfig().selection == "dev_loss"
+    assert tiny_config(toy_data, selection="dev_accuracy").differences(saved) == ["selection"]
+    del saved["selection"]  # a run saved before the field chose by the dev metric: not today's default
+    assert tiny_config(toy_data).differences(saved) == ["selection"]
+    assert tiny_config(toy_data, selection="dev_accuracy").differences(saved) == []
     with pytest.raises(SoftPromptError, match="unknown selection 'best'"):
         TrainConfig(task="rte", selection="best")
 
@@ -111,7 +113,7 @@ def _prompts(run) -> tuple[torch.Tensor, torch.Tensor]:
 def test_a_tiny_run_with_a_small_dev_split_says_it_kept_the_last_prompt(tiny_llama, toy_data, tmp_path):
     res = train(tiny_config(toy_data, epochs=2, dev_size=4, eval_every=1), tmp_path / "r", backbone=tiny_llama, progress=False)
     record = load_run(tmp_path / "r").record
-    assert record.selection["rule"] == "dev_accuracy" and record.selection["applied"] == "last"
+    assert record.selection["rule"] == "dev_loss" and record.selection["applied"] == "last"
     assert record.selection["dev_size"] == 4 and "too small to choose on" in record.selection["why"]
     assert res.best["split"] is None and res.best["step"] == res.history[-1]["step"]
     best, last = _prompts(tmp_path / "r")

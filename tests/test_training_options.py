@@ -119,7 +119,8 @@ def test_dev_split_is_held_out_and_shared_by_seeds(toy_data):
 def test_best_prompt_is_chosen_on_dev_and_curves_every_n_steps(tiny_llama, toy_data, tmp_path, monkeypatch):
     # 12 training rows - 4 dev = 8, batch 4: 2 steps per epoch, 3 epochs; eval_every 1 adds the mid-epoch points
     monkeypatch.setattr(train_mod, "MIN_SELECTION_DEV", 4)  # the toy data's dev split is below the real minimum
-    res = train(_cfg(toy_data, epochs=3, dev_size=4, eval_every=1), tmp_path / "r", backbone=tiny_llama, progress=False)
+    cfg = _cfg(toy_data, epochs=3, dev_size=4, eval_every=1, selection="dev_accuracy")  # (dev_loss: test_selection.py)
+    res = train(cfg, tmp_path / "r", backbone=tiny_llama, progress=False)
     steps = [h["step"] for h in res.history]
     assert steps == [0, 1, 2, 3, 4, 5, 6]  # step 0: the initial prompt
     assert [h["epoch"] for h in res.history] == [0, 0.5, 1, 1.5, 2, 2.5, 3]
