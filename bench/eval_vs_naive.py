@@ -94,7 +94,7 @@ def run_arm(arm, backbone, task, examples, prompt, dtype, counts: Counter):
     options = ARM_OPTIONS[arm]
     stats = scoring.ScoringStats()
     try:
-        ev = Evaluator(backbone, compute_dtype=dtype, scoring=options)
+        ev = Evaluator(backbone, compute_dtype=dtype, scoring=options, prompt_format="plain")  # as recorded
         enc = ev.encoded(task, examples, prompt.shape[0], None, (task.name, "bench"))
         return scoring.choice_scores(
             backbone.model, enc, prompt, pad_id=backbone.tokenizer.pad_token_id, compute_dtype=dtype, options=options, stats=stats

@@ -30,7 +30,7 @@ from softprompt.tasks import get_task  # noqa: E402
 
 def matrix(backbone, prompts, tasks, limit, dtype, options=None) -> tuple[float, list[list[float]]]:
     t = time.perf_counter()
-    ev = Evaluator(backbone, compute_dtype=dtype, scoring=options)
+    ev = Evaluator(backbone, compute_dtype=dtype, scoring=options, prompt_format="plain")  # as recorded
     acc = [[ev.evaluate(task, p, limit=limit).accuracy for task in tasks] for p in prompts]
     return time.perf_counter() - t, acc
 

@@ -95,6 +95,22 @@ def test_run_records_and_reuses_its_prompt_format(tiny_llama, chat_tokenizer, to
     )
 
 
+def test_one_factory_builds_the_evaluator_of_a_config_and_of_a_run(tiny_llama, chat_tokenizer, toy_data, tmp_path):
+    from softprompt.evaluate import Evaluator, evaluator_for, evaluator_for_run
+
+    backbone = copy.copy(tiny_llama)
+    backbone.tokenizer = chat_tokenizer
+    cfg = _cfg(toy_data, epochs=1, max_length=200, scoring_strategy="plain")
+    res = train(cfg, tmp_path / "r", backbone=backbone, progress=False)
+    run = load_run(tmp_path / "r")
+    ev = evaluator_for_run(run, backbone)
+    assert (ev.prompt_format, ev.max_length, ev.compute_dtype, ev.data_dir) == ("chat", 200, torch.float32, str(toy_data))
+    assert ev.scoring.strategy == "plain"
+    assert ev.evaluate("rte", run.prompt().weight, seed=0, calibrate=True).metrics() == res.final.metrics()
+    assert Evaluator(backbone).prompt_format == "chat"  # `auto` by default, as TrainConfig's
+    assert evaluator_for(cfg, backbone, prompt_format="plain").prompt_format == "plain"
+
+
 def test_runs_from_before_the_format_option_count_as_plain(toy_data):
     saved = _cfg(toy_data, prompt_format="plain").to_dict()
     del saved["prompt_format"]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from softprompt.backbones import Backbone, load_backbone, resolve_compute_dtype
+from softprompt.backbones import Backbone, load_backbone
 from softprompt.baselines import (
     METHODS,
     NEEDS_MODEL,
@@ -30,12 +30,11 @@ from softprompt.baselines import (
 )
 from softprompt.config import TrainConfig
 from softprompt.errors import SoftPromptError
-from softprompt.evaluate import EVAL_SEED, Evaluator
+from softprompt.evaluate import EVAL_SEED, Evaluator, evaluator_for
 from softprompt.inputs import task_inputs
 from softprompt.io import write_json
 from softprompt.locks import directory_lock
 from softprompt.runs import COMPLETE, CONFLICT, RESUMABLE, RunRecord, run_state, warn_unknown_inputs
-from softprompt.scoring import ScoringOptions
 from softprompt.tasks import Task, get_task
 from softprompt.train import train
 
@@ -126,15 +125,7 @@ def _evaluator(
         backbone = load_backbone(cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=trust_remote_code)
     if backbone is None:
         return None
-    return Evaluator(
-        backbone,
-        data_dir=cfg.data_dir,
-        max_length=cfg.max_length,
-        compute_dtype=resolve_compute_dtype(cfg.compute_dtype, backbone.device),
-        progress=progress,
-        prompt_format=cfg.prompt_format,
-        scoring=ScoringOptions(strategy=cfg.scoring_strategy),
-    )
+    return evaluator_for(cfg, backbone, progress=progress)
 
 
 def _untrained(method: str, cfg: TrainConfig, task: Task, evaluator: Evaluator | None, total: int | None) -> dict[str, Any]:

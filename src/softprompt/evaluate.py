@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from sklearn.metrics import f1_score
 
-from softprompt.backbones import Backbone
+from softprompt.backbones import Backbone, resolve_compute_dtype
 from softprompt.batching import EncodedExample, encode_examples
 from softprompt.chat import resolve_prompt_format
+from softprompt.config import TrainConfig
 from softprompt.distributed import SINGLE, DataParallel
 from softprompt.scoring import Scores, ScoringOptions, choice_scores
 from softprompt.tasks import Task, get_task
@@ -162,7 +163,7 @@ class Evaluator:
         progress: bool = False,
         parallel: DataParallel = SINGLE,
         scoring: ScoringOptions | None = None,
-        prompt_format: str = "plain",
+        prompt_format: str = "auto",  # as TrainConfig's: chat where the tokenizer has a chat template
         memoize: bool = False,
     ):
         self.backbone = backbone
@@ -312,6 +313,44 @@ class Evaluator:
         if self.parallel.active:
             scores = _merge_shards(self.parallel.gather((mine, scores)), len(enc))
         return scores
+
+
+def evaluator_for(
+    cfg: TrainConfig,
+    backbone: Backbone,
+    *,
+    progress: bool = False,
+    parallel: DataParallel = SINGLE,
+    scoring: ScoringOptions | None = None,
+    memoize: bool = False,
+    prompt_format: str | None = None,
+) -> Evaluator:
+    """The Evaluator a config scores with: its data folder, row length, compute dtype (`auto` resolved on the
+    backbone's device), prompt format and scoring strategy, so training, baselines, studies and commands that
+    share a config score alike. `scoring` replaces the options the config's strategy gives; `prompt_format` the
+    config's format (a run's resolved one)."""
+    return Evaluator(
+        backbone,
+        data_dir=cfg.data_dir,
+        max_length=cfg.max_length,
+        compute_dtype=resolve_compute_dtype(cfg.compute_dtype, backbone.device),
+        progress=progress,
+        parallel=parallel,
+        scoring=scoring if scoring is not None else ScoringOptions(strategy=cfg.scoring_strategy),
+        prompt_format=prompt_format if prompt_format is not None else cfg.prompt_format,
+        memoize=memoize,
+    )
+
+
+RUN_EVAL_FIELDS = ("data_dir", "max_length", "compute_dtype", "scoring_strategy")  # what a run's config gives its Evaluator
+
+
+def evaluator_for_run(run: Any, backbone: Backbone, **kwargs: Any) -> Evaluator:
+    """The Evaluator of a loaded run (a `runs.Run`: its `config` dict and `prompt_format`): scored as it was trained,
+    in its resolved prompt format (a field its run.json predates takes TrainConfig's default)."""
+    saved = {k: run.config[k] for k in RUN_EVAL_FIELDS if k in run.config}
+    kwargs.setdefault("prompt_format", run.prompt_format)
+    return evaluator_for(TrainConfig(**saved), backbone, **kwargs)
 
 
 def _values_key(prompt: torch.Tensor | None) -> tuple | None:

@@ -32,7 +32,7 @@ from softprompt.config import INIT_METHODS, LR_PER_STD, PROMPT_METHODS, TASK_INI
 from softprompt.cuda_graphs import LENGTH_BUCKET, SPLIT_OVERHEAD_TOKENS, SPLIT_PARTS, StepGraphs
 from softprompt.distributed import DataParallel, setup_data_parallel
 from softprompt.errors import SoftPromptError, os_error_line
-from softprompt.evaluate import EVAL_SEED, EvalResult, Evaluator, choice_losses
+from softprompt.evaluate import EVAL_SEED, EvalResult, choice_losses, evaluator_for
 from softprompt.inputs import MODEL_REVISION, task_inputs
 from softprompt.io import remove_stale_temporaries, write_json, write_text
 from softprompt.locks import directory_lock
@@ -365,15 +365,8 @@ class TrainingLoop:
         backbone = data.backbone
         self.read_every = cfg.log_every or READ_EVERY.get(backbone.device.type, READ_EVERY_DEFAULT)
         self.compute_dtype = resolve_compute_dtype(cfg.compute_dtype, backbone.device)
-        self.evaluator = Evaluator(
-            backbone,
-            data_dir=cfg.data_dir,
-            max_length=cfg.max_length,
-            compute_dtype=self.compute_dtype,
-            progress=progress and self.main,
-            parallel=dp,
-            scoring=scoring,
-            prompt_format=data.prompt_format,
+        self.evaluator = evaluator_for(
+            cfg, backbone, progress=progress and self.main, parallel=dp, scoring=scoring, prompt_format=data.prompt_format
         )
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(list(trainables.params.values()), lr=trainables.lr, weight_decay=cfg.weight_decay)

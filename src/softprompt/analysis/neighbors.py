@@ -537,17 +537,17 @@ def neighbors_report(
 
     Writes `neighbors.json` and one `neighbors_<run>.png` per run (the study's top-3 figure) to
     `out_dir` when given; returns the same dict, with figure paths under "figures". Projections are
-    evaluated on `task` (default: each run's own task) with `evaluator` (one is built on `backbone`
-    with the default data folder when omitted).
+    evaluated on `task` (default: each run's own task) with `evaluator` (when omitted, one is built on
+    `backbone` with the first run's settings, `evaluate.evaluator_for_run`).
     """
     runs = as_runs(runs)
     labels = run_labels(runs)
     tok = backbone.tokenizer
     embeddings = input_embedding_matrix(backbone.model, n_tokens=len(tok))
     if project and evaluator is None:
-        from softprompt.evaluate import Evaluator
+        from softprompt.evaluate import evaluator_for_run
 
-        evaluator = Evaluator(backbone, prompt_format=runs[0].prompt_format)
+        evaluator = evaluator_for_run(runs[0], backbone)
     out_dir = Path(out_dir) if out_dir is not None else None
     per_run: dict[str, dict] = {}
     fig_paths: dict[str, str] = {}

@@ -74,24 +74,15 @@ def load_model(a: argparse.Namespace, model: str | None = None, runs: Sequence =
     """The backbone the model flags name (or `model`), and an Evaluator over it with the scoring flags.
 
     Given trained `runs`, examples are laid out in the runs' prompt format (they must agree), not --prompt-format."""
-    from softprompt.backbones import load_backbone, resolve_compute_dtype
-    from softprompt.evaluate import Evaluator
-    from softprompt.scoring import ScoringOptions
+    from softprompt.backbones import load_backbone
+    from softprompt.evaluate import evaluator_for
 
-    backbone = load_backbone(model or a.model, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code)
-    compute_dtype = resolve_compute_dtype(a.compute_dtype, backbone.device)
+    cfg = TrainConfig(**(config_values(a, MODEL_FIELDS) | {"model": model or a.model}))
+    backbone = load_backbone(cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=a.trust_remote_code)
     formats = sorted({r.prompt_format for r in runs})
     if len(formats) > 1:
         raise SoftPromptError(f"the runs were trained in different prompt formats ({', '.join(formats)}): analyse them apart")
-    evaluator = Evaluator(
-        backbone,
-        data_dir=a.data_dir,
-        max_length=a.max_length,
-        compute_dtype=compute_dtype,
-        progress=not a.quiet,
-        prompt_format=formats[0] if formats else a.prompt_format,
-        scoring=ScoringOptions(strategy=a.scoring_strategy),
-    )
+    evaluator = evaluator_for(cfg, backbone, progress=not a.quiet, prompt_format=formats[0] if formats else None)
     return backbone, evaluator
 
 

@@ -104,7 +104,16 @@ def file_digest(path: Path) -> str:
 
 def model_cache_key(train: TrainConfig) -> tuple:
     """What a loaded model and evaluator depend on: a cached one is reused only for an equal key."""
-    return (train.model, train.dtype, train.device, train.compute_dtype, train.max_length, train.data_dir)
+    return (
+        train.model,
+        train.dtype,
+        train.device,
+        train.compute_dtype,
+        train.max_length,
+        train.data_dir,
+        train.prompt_format,  # the evaluator's (`evaluate.evaluator_for`)
+        train.scoring_strategy,
+    )
 
 
 def model_result_key(train: TrainConfig) -> tuple:

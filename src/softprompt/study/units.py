@@ -151,16 +151,10 @@ class ModelCache:
     @property
     def evaluator(self) -> Evaluator:
         if self._evaluator is None:
-            from softprompt.evaluate import Evaluator
+            from softprompt.evaluate import evaluator_for
 
-            self._evaluator = Evaluator(
-                self.backbone,
-                data_dir=self.train.data_dir,
-                max_length=self.train.max_length,
-                compute_dtype=self.compute_dtype,
-                prompt_format=self.train.prompt_format,
-                memoize=True,  # the units' shared backbone is frozen: the analyses re-score some prompts
-            )
+            # memoize: the units' shared backbone is frozen, and the analyses re-score some prompts
+            self._evaluator = evaluator_for(self.train, self.backbone, memoize=True)
         return self._evaluator
 
     def facts(self) -> dict[str, Any]:
