@@ -20,7 +20,10 @@ def _pm(s: dict[str, Any] | None, digits: int = 3, scale: float = 1.0) -> str:
     if not s or s.get("mean") is None:
         return ""
     m = f"{scale * s['mean']:+.{digits}f}"
-    return m if s.get("se") is None else f"{m} ± {scale * s['se']:.{digits}f}"
+    if s.get("se") is None:
+        return m
+    se = scale * s["se"]
+    return f"{m} ± {se:.{digits}f}" if se >= 0.5 * 10**-digits else f"{m} ± <{10**-digits:g}"
 
 
 def importance_strip(task: str, rows: list[dict], out: Path) -> Path | None:
@@ -222,7 +225,8 @@ def _describe_finding(task: str, d: dict) -> str:
 def _hard_finding(task: str, h: dict) -> str:
     soft = h["soft_accuracy"]
     text = f", {_acc(h['text_accuracy'])} typed as text" if h.get("text_accuracy") is not None else ""
+    shown = (h["text"] or "").replace("\n", "\\n")
     return (
-        f'{task}: the PEZ discrete prompt "{h["text"]}" scores {_acc(h["accuracy"])}{text} (one seed) vs the soft '
+        f'{task}: the PEZ discrete prompt "{shown}" scores {_acc(h["accuracy"])}{text} (one seed) vs the soft '
         f"prompt's {_acc(soft['mean'])} (mean of {soft['n']} seeds) and the English prompt's {_acc(h['english_accuracy'])}."
     )
