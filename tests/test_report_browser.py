@@ -73,6 +73,7 @@ def test_report_renders_in_chromium(tiny_report):
         "Nearest tokens and surviving words",
         "Stochasticity across seeds",
         "Transfer between tasks",
+        "What the prompts say",
     ):
         assert title in headings
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
