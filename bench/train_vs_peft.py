@@ -39,6 +39,8 @@ defaults), each arm on its own copy of the model.
 - softprompt-lora / softprompt-finetune: `softprompt train --method lora|finetune`'s step (TrainingLoop: the scorer at
   the answer positions only, bf16 autocast where native, the `auto` strategy (the KV prefix tree on a CPU), the
   choices loss, AdamW with the project's schedule); LoRA r 8, alpha 16, every linear layer but the head, dropout 0.
+  softprompt-lora-lm / softprompt-finetune-lm: the same with the recipes' objective and schedule (the answer's NLL, no
+  warmup, weight decay 0.01: `softprompt train --loss lm --warmup 0 --weight-decay 0.01`).
 - peft-lora: PEFT's LoRA recipe (`get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", ...))` with the same LoRA
   config and the same seeded adapter init) in the loop of PEFT's examples, as the peft arm: fixed-length left padding,
   the model's own full LM loss, AdamW, linear schedule without warmup, float32. hf-finetune: the same loop over a plain
@@ -388,6 +390,9 @@ class PeftArm(Arm):
 # plain recipes a user would write. Each recipe: fp32 (the docs' loop), -bf16 (under bf16 autocast), and tuned for
 # speed as PeftArm's -grouped (dynamic padding, grouped batches) and -answer (the LM head only at the answer's positions).
 METHOD_ARMS = {"softprompt-lora": "lora", "softprompt-finetune": "finetune"}  # arm -> `softprompt train --method`
+# -lm: the same with the recipes' objective and schedule (`--loss lm --warmup 0 --weight-decay 0.01`, as softprompt-lm)
+METHOD_ARMS |= {f"{arm}-lm": method for arm, method in METHOD_ARMS.items()}
+PEFT_OBJECTIVE = {"loss": "lm", "warmup": 0.0, "weight_decay": 0.01}
 RECIPE_METHODS = {"peft-lora": "lora", "hf-finetune": "finetune"}  # recipe -> the method it is the plain recipe of
 RECIPE_VARIANTS = ("", "-bf16", "-bf16-grouped", "-bf16-answer", "-bf16-grouped-answer")
 RECIPE_ARMS = tuple(f"{base}{v}" for base in RECIPE_METHODS for v in RECIPE_VARIANTS)
@@ -418,6 +423,7 @@ class SoftpromptMethodArm(Arm):
         super().__init__(device)
         self.name, self.method, self.bb = name, METHOD_ARMS[name], common.make_backbone(args, device)
         fields = dict(task=task.name, model=self.bb.name, method=self.method, lr=method_lr(args, self.method))
+        fields |= PEFT_OBJECTIVE if name.endswith("-lm") else {}
         cfg = TrainConfig(**fields, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, max_length=512)
         fmt = resolve_prompt_format(args.prompt_format, self.bb.tokenizer)
         self.encoded = encode_examples(examples, self.bb.tokenizer, n_prompt=0, max_length=cfg.max_length, prompt_format=fmt)
@@ -563,6 +569,8 @@ def baseline_speedups(rows: list[dict]) -> dict:
     by_arm = {r["arm"]: r for r in rows}
     out = {}
     for own, method in METHOD_ARMS.items():
+        if own.endswith("-lm"):  # the objective's variant: its rate is in its row, the ratios are the default's
+            continue
         rivals = [a for a in by_arm if a in RECIPE_ARMS and RECIPE_METHODS[recipe_parts(a)[0]] == method]
         if own not in by_arm or not rivals:
             continue

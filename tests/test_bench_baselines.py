@@ -104,8 +104,12 @@ def _adapters(arm) -> dict[str, torch.Tensor]:
 
 def test_lora_arms_start_from_the_same_adapters(tvp, carry):
     """The same LoRA config on both sides: the same adapter tensors (names, shapes) and, seeded alike, the same init."""
-    (own, peft), _ = _arms(tvp, carry, ["softprompt-lora", "peft-lora"])
+    (own, peft, lm), _ = _arms(tvp, carry, ["softprompt-lora", "peft-lora", "softprompt-lora-lm"])
     a, b = _adapters(own), _adapters(peft)
+    # -lm: the recipe's objective and schedule on softprompt's loop, the same adapters
+    assert (lm.loop.cfg.loss, lm.loop.cfg.warmup, lm.loop.cfg.weight_decay) == ("lm", 0.0, 0.01)
+    assert (own.loop.cfg.loss, own.loop.cfg.warmup) == ("choices", 0.06)
+    assert all(torch.equal(t, a[n]) for n, t in _adapters(lm).items())
     assert a.keys() == b.keys() and len(a) > 0
     assert not any("lm_head" in n for n in a)  # every linear layer but the head
     assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in a} >= {"q_proj", "o_proj", "gate_proj", "down_proj"}
