@@ -31,7 +31,8 @@ def tiny_tokenizer():
     return tok
 
 
-def _tiny_model(arch: str, vocab: int):
+def _tiny_model(arch: str, vocab: int, **overrides):
+    """A tiny random model of `arch`; `overrides` replace config fields (e.g. initializer_range)."""
     from transformers import BloomConfig, BloomForCausalLM, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -46,10 +47,11 @@ def _tiny_model(arch: str, vocab: int):
             max_position_embeddings=256,
             tie_word_embeddings=True,
             pad_token_id=0,
+            **overrides,
         )
         model = LlamaForCausalLM(cfg)
     else:
-        cfg = BloomConfig(vocab_size=vocab, hidden_size=32, n_layer=2, n_head=4, pad_token_id=0)
+        cfg = BloomConfig(vocab_size=vocab, hidden_size=32, n_layer=2, n_head=4, pad_token_id=0, **overrides)
         model = BloomForCausalLM(cfg)
     from softprompt.backbones import freeze
 

@@ -6,7 +6,6 @@ only for LoRA), lower their loss, and that the results and the GPU suite's basel
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_bench_gpu_dryrun import RTE, SST2
+from tests.test_bench_gpu_dryrun import write_carry
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 LORA = ("softprompt-lora", "peft-lora", "peft-lora-bf16-grouped")
@@ -38,15 +37,7 @@ def tvp():
 @pytest.fixture(scope="module")
 def carry(tmp_path_factory, tiny_tokenizer) -> Path:
     """A bench/carry-shaped folder (tokenizer/, data/rte, data/sst2), as the GPU suite's dry run needs it."""
-    root = tmp_path_factory.mktemp("carry")
-    copy.deepcopy(tiny_tokenizer).save_pretrained(root / "tokenizer")
-    (root / "data" / "rte").mkdir(parents=True)
-    (root / "data" / "sst2").mkdir(parents=True)
-    for name, rows in (("train.jsonl", RTE * 3), ("val.jsonl", RTE * 2)):
-        (root / "data" / "rte" / name).write_text("".join(json.dumps(dict(r, idx=i)) + "\n" for i, r in enumerate(rows)))
-    for name, rows in (("train.tsv", SST2 * 3), ("dev.tsv", SST2 * 2)):
-        (root / "data" / "sst2" / name).write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
-    return root
+    return write_carry(tmp_path_factory.mktemp("carry"), tiny_tokenizer)
 
 
 def _argv(carry: Path, *extra: str) -> list[str]:

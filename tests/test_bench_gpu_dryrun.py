@@ -53,9 +53,14 @@ CHAT_TEMPLATE = (
 def carry(tmp_path_factory, tiny_tokenizer) -> Path:
     """A bench/carry-shaped folder: tokenizer/ (saved, loaded back by path as on the GPU; with a chat template, as
     SmolLM2's has, so that --prompt-format auto resolves to chat) and data/{rte,sst2}."""
-    root = tmp_path_factory.mktemp("carry")
-    tok = copy.deepcopy(tiny_tokenizer)
-    tok.chat_template = CHAT_TEMPLATE
+    return write_carry(tmp_path_factory.mktemp("carry"), tiny_tokenizer, chat_template=CHAT_TEMPLATE)
+
+
+def write_carry(root: Path, tokenizer, *, chat_template: str | None = None) -> Path:
+    """tokenizer/ (a copy, with `chat_template` when given) and data/rte, data/sst2 under `root`, as bench/carry holds them."""
+    tok = copy.deepcopy(tokenizer)
+    if chat_template is not None:
+        tok.chat_template = chat_template
     tok.save_pretrained(root / "tokenizer")
     (root / "data" / "rte").mkdir(parents=True)
     (root / "data" / "sst2").mkdir(parents=True)

@@ -42,24 +42,10 @@ def _fit_one_position(backbone, evaluator, task, steps: int = 40) -> tuple[torch
 def sharp_llama(tiny_tokenizer):
     """The tiny llama with weights of std 0.5: at conftest's std 0.02 the output hardly depends on the prompt
     (the choices' loss stays at log 2 within 1e-4 whatever one row becomes), so no position could matter."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from softprompt.backbones import Backbone
+    from tests.conftest import _tiny_model
 
-    from softprompt.backbones import Backbone, freeze
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        initializer_range=0.5,
-    )
-    model = freeze(LlamaForCausalLM(cfg).float())
+    model = _tiny_model("llama", len(tiny_tokenizer), initializer_range=0.5)
     return Backbone(model=model, tokenizer=tiny_tokenizer, name="sharp-llama", source="test", revision="test")
 
 
