@@ -41,7 +41,7 @@ from softprompt.scoring import (  # noqa: E402
     choice_scores,
 )
 from softprompt.tasks import get_task  # noqa: E402
-from softprompt.train import epoch_order  # noqa: E402
+from softprompt.training import epoch_order  # noqa: E402
 
 OFF = {"share_prompt": False, "share_prefix": False, "split_lengths": False, "eager_backward": False}
 CONFIGS = {

@@ -1,6 +1,6 @@
 """Accuracy-vs-step curves of training recipes over seeds, with paired statistics: does the prompt learn?
 
-Each recipe is a set of TrainConfig overrides trained with the library's own `softprompt.train.train` on the
+Each recipe is a set of TrainConfig overrides trained with the library's own `softprompt.training.train` on the
 same seeded training subsamples (one per seed), evaluated every `--eval-every` optimiser steps on the
 validation set (the number the report shows) and on a development split held out of the training data
 (`--dev`, the number recipes are CHOSEN on). Runs are ordinary run directories under `--runs`: an
@@ -54,6 +54,12 @@ RECIPES: dict[str, dict] = {
     # `dev_accuracy` and argmin dev loss without the margin are read off the same runs' histories
     "dev-loss": {"selection": "dev_loss"},
     "lora-plain": {"method": "lora", "prompt_format": "plain"},
+    # class-balanced loss (issue 27, MRPC: the majority class from step 0)
+    "balanced": {"class_balance": "on"},
+    "balanced-std0.082": {"class_balance": "on", "lr_per_std": 0.082},
+    "balanced-std0.164": {"class_balance": "on", "lr_per_std": 0.164},
+    "std0.082-plain-loss": {"lr_per_std": 0.082},
+    "lora-balanced": {"method": "lora", "class_balance": "on"},
     # the same, evaluated at epoch ends only (a third of the evaluation time: for the arms whose curve is not the point)
     "lora-epochs": {"method": "lora", "eval_every": 0},
     "old-default-epochs": {"prompt_format": "plain", "lr": 3e-2, "eval_every": 0},
@@ -80,7 +86,7 @@ def run_group(task: str, model: str) -> str:
 def run_one(cfg: TrainConfig, out: Path, backbone, collect_only: bool = False) -> dict:
     """Train (or reuse the finished run in `out`) and return its curve and final numbers. `collect_only` reads a
     finished run as it is, whatever the defaults were when it trained (its resolved learning rate is reported)."""
-    from softprompt.train import train
+    from softprompt.training import train
 
     t0 = time.perf_counter()
     if collect_only:
@@ -92,17 +98,28 @@ def run_one(cfg: TrainConfig, out: Path, backbone, collect_only: bool = False) -
         if state.kind != COMPLETE:
             train(cfg, out, backbone=backbone, progress=False, resume=state.kind != "absent", overwrite=False)
     record = RunRecord.read(out)
+    metric_name = (record.task or {}).get("metric", "accuracy")
     history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     metric = history[-1].get("dev", {}) if history else {}
     return {
         "selection_rules": selection_rules(record, history),
         "selection": record.selection,
         "curve": [
-            {"step": h["step"], "val": h["accuracy"], "dev": h.get("dev", {}).get("accuracy"), "train_loss": h["train_loss"]}
+            {
+                "step": h["step"],
+                "val": h["accuracy"],
+                "val_metric": h[metric_name],
+                "dev": h.get("dev", {}).get("accuracy"),
+                "train_loss": h["train_loss"],
+            }
             for h in history
         ],
         "val": record.final["accuracy"],
         "val_f1": record.final["f1_macro"],
+        # the task's own metric (macro-F1 for MRPC and CB), raw and content-free calibrated (issue 27)
+        "metric": metric_name,
+        "val_metric": record.final[metric_name],
+        "val_metric_calibrated": (record.final.get("calibrated") or {}).get(metric_name),
         "dev": metric.get("accuracy"),
         "best": record.best,
         "baselines": record.baselines or {},
@@ -156,12 +173,23 @@ def summarize_selection(results: dict, recipes: list[str], seeds: list[int]) -> 
     return lines
 
 
+def _val(row: dict) -> float:
+    """A run's validation value in its task's metric (runs collected before `val_metric` existed: accuracy)."""
+    return row.get("val_metric", row["val"])
+
+
 def summarize(results: dict, recipes: list[str], seeds: list[int], reference: str) -> list[str]:
-    lines = ["| seed | " + " | ".join(recipes) + " |", "|---" * (len(recipes) + 1) + "|"]
+    metric = results[recipes[0]][str(seeds[0])].get("metric", "accuracy")
+    lines = [f"validation {metric}:", "| seed | " + " | ".join(recipes) + " |", "|---" * (len(recipes) + 1) + "|"]
     for s in seeds:
-        lines.append(f"| {s} | " + " | ".join(f"{results[r][str(s)]['val']:.3f}" for r in recipes) + " |")
+        lines.append(f"| {s} | " + " | ".join(f"{_val(results[r][str(s)]):.3f}" for r in recipes) + " |")
     for name, fn in (("mean", statistics.mean), ("std", statistics.stdev), ("min", min)):
-        lines.append(f"| {name} | " + " | ".join(f"{fn([results[r][str(s)]['val'] for s in seeds]):.3f}" for r in recipes) + " |")
+        if len(seeds) < 2 and name == "std":
+            continue
+        lines.append(f"| {name} | " + " | ".join(f"{fn([_val(results[r][str(s)]) for s in seeds]):.3f}" for r in recipes) + " |")
+    calibrated = [[results[r][str(s)].get("val_metric_calibrated") for s in seeds] for r in recipes]
+    if all(None not in c for c in calibrated):
+        lines.append("| calibrated mean | " + " | ".join(f"{statistics.mean(c):.3f}" for c in calibrated) + " |")
     lines.append(
         "| dev mean | "
         + " | ".join(
@@ -171,12 +199,12 @@ def summarize(results: dict, recipes: list[str], seeds: list[int], reference: st
         + " |"
     )
     lines += ["", f"paired difference vs {reference} over {len(seeds)} seeds (95% t interval; wins/ties/losses):"]
-    ref_val = [results[reference][str(s)]["val"] for s in seeds]
+    ref_val = [_val(results[reference][str(s)]) for s in seeds]
     ref_dev = [results[reference][str(s)]["dev"] for s in seeds]
     for r in recipes:
         if r == reference:
             continue
-        m, h, wtl = paired([results[r][str(s)]["val"] for s in seeds], ref_val)
+        m, h, wtl = paired([_val(results[r][str(s)]) for s in seeds], ref_val)
         text = f"  {r}: validation {m:+.3f} [{m - h:+.3f}, {m + h:+.3f}] {wtl}"
         dev = [results[r][str(s)]["dev"] for s in seeds]
         if None not in dev and None not in ref_dev:
@@ -197,7 +225,7 @@ def plot(results: dict, recipes: list[str], seeds: list[int], references: dict, 
     for r in recipes:
         curves = [results[r][str(s)]["curve"] for s in seeds]
         steps = [p["step"] for p in curves[0]]
-        vals = np.array([[p["val"] for p in c] for c in curves if [p["step"] for p in c] == steps])
+        vals = np.array([[p.get("val_metric", p["val"]) for p in c] for c in curves if [p["step"] for p in c] == steps])
         mean, sd = vals.mean(axis=0), vals.std(axis=0, ddof=1) if len(vals) > 1 else np.zeros(len(steps))
         (line,) = ax.plot(steps, mean, marker="o", ms=3, label=f"{r} (n={len(vals)})")
         ax.fill_between(steps, mean - sd, mean + sd, alpha=0.15, color=line.get_color())
@@ -205,7 +233,7 @@ def plot(results: dict, recipes: list[str], seeds: list[int], references: dict, 
     for name, value in references.items():
         ax.axhline(value, color="grey", ls=styles.get(name, ":"), lw=1, label=name.replace("_", " "))
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(f"validation {results[recipes[0]][str(seeds[0])].get('metric', 'accuracy')}")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
@@ -275,9 +303,11 @@ def main() -> None:
             # trained baselines modify the model (LoRA injects adapters): they get their own copy
             bb = load_backbone(args.model) if cfg.method != "prompt" and not args.collect_only else backbone
             results[r][str(s)] = run_one(cfg, out, bb, args.collect_only)
-            print(f"{r} seed {s}: val {results[r][str(s)]['val']:.3f} dev {results[r][str(s)]['dev']}", flush=True)
+            print(f"{r} seed {s}: val {_val(results[r][str(s)]):.3f} dev {results[r][str(s)]['dev']}", flush=True)
     first = results[recipes[0]][str(seeds[0])]["baselines"]
-    references = {k: v["accuracy"] for k, v in first.items()}
+    metric = results[recipes[0]][str(seeds[0])].get("metric", "accuracy")
+    references = {k: v[metric] for k, v in first.items()}
+    references |= {f"{k} calibrated": v["calibrated"][metric] for k, v in first.items() if metric in (v.get("calibrated") or {})}
     lines = summarize(results, recipes, seeds, args.reference or recipes[0]) + summarize_selection(results, recipes, seeds)
     print("\n".join(lines))
     if references:

@@ -90,9 +90,10 @@ def main() -> int:
     report: dict = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "torch": torch.__version__}
     from softprompt.backbones import load_backbone, resolve_compute_dtype
     from softprompt.batching import encode_examples
+    from softprompt.config import TrainConfig
     from softprompt.scoring import choice_scores
     from softprompt.tasks import get_task
-    from softprompt.train import TrainConfig, train
+    from softprompt.training import train
 
     root = Path(tempfile.mkdtemp())
     tok = tokenizer()
@@ -130,9 +131,9 @@ def main() -> int:
 
     # 2b. Ctrl-C mid-run on CUDA, then --resume: the optimiser moments go back onto the GPU and the
     # result equals the uninterrupted run's
-    import softprompt.train as train_mod
+    import softprompt.training.step as step_mod
 
-    real, calls = train_mod.LOSSES["choices"], {"n": 0}
+    real, calls = step_mod.LOSSES["choices"], {"n": 0}
 
     def interrupt_on_7th(*a, **k):
         calls["n"] += 1
@@ -140,13 +141,13 @@ def main() -> int:
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    train_mod.LOSSES["choices"] = interrupt_on_7th
+    step_mod.LOSSES["choices"] = interrupt_on_7th
     try:
         train(cfg, root / "run3", progress=False)
     except KeyboardInterrupt:
         pass
     finally:
-        train_mod.LOSSES["choices"] = real
+        step_mod.LOSSES["choices"] = real
     r3 = train(cfg, root / "run3", resume=True, progress=False)
     from safetensors.torch import load_file
 

@@ -76,7 +76,7 @@ done
 DEVICE=$device TOK="$CARRY/tokenizer" "$PY" - <<'EOF' || { echo "preflight failed" >&2; exit 3; }
 import os, torch, transformers, peft
 from transformers import AutoTokenizer
-import softprompt.evaluate, softprompt.scoring, softprompt.train  # what the cells import
+import softprompt.evaluate, softprompt.scoring, softprompt.training  # what the cells import
 dev = os.environ["DEVICE"]
 assert dev == "cpu" or torch.cuda.is_available(), "torch sees no CUDA device"
 name = torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"

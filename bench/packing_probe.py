@@ -34,10 +34,12 @@ from softprompt.scoring import (  # noqa: E402
     autocast_context,
     batch_choice_scores,
     choice_loss,
-    kv_tree,
+    kv_cache,
+    kv_plan,
+    kv_prefix,
 )
 from softprompt.tasks import get_task  # noqa: E402
-from softprompt.train import epoch_order  # noqa: E402
+from softprompt.training import epoch_order  # noqa: E402
 
 
 def segment_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kw):
@@ -67,7 +69,7 @@ def packed_scores(model, prompt: torch.Tensor, batch, stats: scoring.ScoringStat
         units[e].append(r)
     flat, pos, segs = [], [], []
     for u in units:
-        length = kv_tree.longest_common_prefix([rows[r] for r in u])
+        length = kv_plan.longest_common_prefix([rows[r] for r in u])
         if any(lengths[r] > length for r in u):
             raise SystemExit("packing_probe handles single-token choices only (e.g. --task rte or sst2)")
         segs.append((len(flat), len(flat) + length))
@@ -78,16 +80,16 @@ def packed_scores(model, prompt: torch.Tensor, batch, stats: scoring.ScoringStat
         m = torch.zeros(e - s, n + e - s)
         m[:, n:] = torch.triu(torch.full((e - s, e - s), float("-inf")), 1)
         masks[e - s] = m
-    kv0 = kv_tree.prompt_kv(low, prompt, scoring.DEFAULT, stats)
+    kv0 = kv_prefix.prompt_kv(low, prompt, scoring.DEFAULT, stats)
     cfg = low.config
     saved = cfg._attn_implementation  # noqa: SLF001
     cfg._attn_implementation = "softprompt_packed_probe"  # noqa: SLF001
     try:
-        emb = low.get_input_embeddings()(torch.tensor([flat])).to(kv_tree.residual_dtype(low, scoring.DEFAULT))
+        emb = low.get_input_embeddings()(torch.tensor([flat])).to(kv_cache.residual_dtype(low, scoring.DEFAULT))
         out = scoring.base_model(low)(
             inputs_embeds=emb,
             position_ids=torch.tensor([pos]),
-            cache=kv_tree.new_cache(kv0),
+            cache=kv_cache.new_cache(kv0),
             use_cache=True,
             packed_segments=segs,
             packed_masks=masks,

@@ -7,7 +7,7 @@ Their steps run interleaved in one process (arm A step, arm B step, ...), so loa
 processes hits both alike; each epoch's time per arm is the sum of its step times, and examples/s,
 tokens/s and model FLOP/s are medians over epochs.
 
-- softprompt: the library's own training step, `softprompt.train.TrainingLoop`'s (collate with dynamic
+- softprompt: the library's own training step, `softprompt.training.TrainStep` (collate with dynamic
   padding -> scorer under autocast (compute_dtype "auto" = bf16 on this CPU) with the `auto` scoring
   strategy (the KV prefix tree on a CPU, one padded forward on a GPU: softprompt.scoring.options.AUTO_STRATEGY)
   -> cross-entropy over the choices -> AdamW with the project's linear schedule; losses and the divergence
@@ -36,7 +36,7 @@ tokens/s and model FLOP/s are medians over epochs.
 Baselines at prompt speed (issue 28): LoRA and full fine-tuning, softprompt's own training loop against the plain
 recipes, on the same examples, batches, steps and learning rate (`--lora-lr`, `--finetune-lr`: softprompt train's
 defaults), each arm on its own copy of the model.
-- softprompt-lora / softprompt-finetune: `softprompt train --method lora|finetune`'s step (TrainingLoop: the scorer at
+- softprompt-lora / softprompt-finetune: `softprompt train --method lora|finetune`'s step (TrainStep: the scorer at
   the answer positions only, bf16 autocast where native, the `auto` strategy (the KV prefix tree on a CPU), the
   choices loss, AdamW with the project's schedule); LoRA r 8, alpha 16, every linear layer but the head, dropout 0.
   softprompt-lora-lm / softprompt-finetune-lm: the same with the recipes' objective and schedule (the answer's NLL, no
@@ -106,7 +106,8 @@ from softprompt.evaluate import Evaluator  # noqa: E402
 from softprompt.prompt import init_prompt  # noqa: E402
 from softprompt.reparam import PromptEncoder  # noqa: E402
 from softprompt.tasks import get_task  # noqa: E402
-from softprompt.train import Trainables, TrainData, TrainingLoop, build_trainables, epoch_order, lr_lambda  # noqa: E402
+from softprompt.training import Trainables, TrainData, TrainStep, build_trainables, epoch_order, lr_lambda  # noqa: E402
+from softprompt.training.step import raise_if_diverged  # noqa: E402
 
 PEFT_ARMS = ("peft", "peft-bf16")  # the issue's reference: PEFT's documented recipe, float32 and bf16 autocast
 PEFT_TUNED = "peft-bf16-grouped"  # PEFT with dynamic padding and grouped batches (PeftArm's `grouped`): not the recipe
@@ -129,7 +130,7 @@ class Arm:
 
     def run(self, batches: list[list[int]], last: bool = False) -> float:
         """The steps of `batches` (lists of example indices) between two device syncs; their seconds (host clock).
-        `last`: the timed epoch ends with this block (the softprompt arm reads its losses there, as train.train does)."""
+        `last`: the timed epoch ends with this block (the softprompt arm reads its losses there, as training.train does)."""
         ready = [self.prepare(idx) for idx in batches]
         before = self.counters()
         common.sync(self.dev)
@@ -186,13 +187,13 @@ SOFTPROMPT_ARMS = {
     "softprompt-alibi-eager": {},  # BLOOM's own eager ALiBi attention on CUDA too (scoring.bloom replaces it there)
     "softprompt-bloom-gelu": {},  # BLOOM's own GELU on CUDA too (scoring.bloom replaces it there by one kernel)
     "softprompt-bucket64": {},  # graphs with the fixed 64-token length buckets of before (batching.bucketed_length)
-    "softprompt-nosplit": {},  # graphs, one forward per batch (no split into length groups: TrainingLoop._length_groups)
+    "softprompt-nosplit": {},  # graphs, one forward per batch (no split into length groups: TrainStep.length_groups)
 }
 ARMS = (*SOFTPROMPT_ARMS, *PEFT_ARMS, PEFT_TUNED, *PEFT_ANSWER)
 
 
 class SoftpromptArm(Arm):
-    """The library's own training step: `softprompt.train.TrainingLoop`'s micro-batch (collate, the
+    """The library's own training step: `softprompt.training.TrainStep`'s micro-batch (collate, the
     scorer's `auto` strategy for the device, loss, backward) and optimiser step, with its deferred loss
     reads and divergence checks (every step on a CPU, every 16 on a GPU, and at the epoch's end) and
     collate inside the timed steps: what `softprompt train` runs. Only the learning-rate schedule is
@@ -214,18 +215,17 @@ class SoftpromptArm(Arm):
         data = TrainData(task, backbone, examples, self.encoded, dev=[], prompt_format=fmt)
         encoder = PromptEncoder(self.prompt, "none", 0)
         trainables = Trainables(self.prompt, encoder.named_trainables(), lr=args.lr, encoder=encoder)
-        self.loop = TrainingLoop(
-            cfg, Path("bench-writes-nothing"), data, trainables, SINGLE, scoring=common.arm_scoring(name), progress=False
-        )
-        self.compute_dtype = self.loop.compute_dtype
+        self.step = TrainStep(cfg, data, trainables, SINGLE, scoring=common.arm_scoring(name))
+        self.compute_dtype = self.step.compute_dtype
         steps = math.ceil(len(examples) / args.batch_size) * args.epochs + args.warmup_steps
         schedule = lr_lambda("linear", int(cfg.warmup * steps), steps)
-        self.loop.scheduler = torch.optim.lr_scheduler.LambdaLR(self.loop.optimizer, schedule)
+        self.step.scheduler = torch.optim.lr_scheduler.LambdaLR(self.step.optimizer, schedule)
+        self.losses: list[float] = []  # every training loss read so far
         self.grouped, self.bs = cfg.group_by_length, args.batch_size
-        if name == "softprompt-bucket64" and self.loop.graphs is not None:
-            self.loop.bucket = 64  # below 1024 tokens: fixed steps of 64, what LENGTH_BUCKET was
+        if name == "softprompt-bucket64" and self.step.graphs is not None:
+            self.step.bucket = 64  # below 1024 tokens: fixed steps of 64, what LENGTH_BUCKET was
         if name == "softprompt-nosplit":
-            self.loop.split_overhead = 0
+            self.step.split_overhead = 0
 
     def order(self, n: int, seed: int, epoch: int) -> list[int]:
         order = epoch_order(n, seed, epoch)
@@ -234,16 +234,16 @@ class SoftpromptArm(Arm):
         return order
 
     def work(self, idx: list[int]) -> None:
-        self.loop._micro_batch(0, 0, idx)  # one micro-batch = one optimiser step (grad_accum 1)
+        own_step(self, idx)
 
     def finish(self) -> None:
-        self.loop.read_losses()
+        read_own_losses(self)
 
     def counters(self):
-        return dict(self.loop.stats)
+        return dict(self.step.stats)
 
     def count(self, batches: list[list[int]], before) -> None:
-        st = {k: v - before.get(k, 0) for k, v in self.loop.stats.items()}
+        st = {k: v - before.get(k, 0) for k, v in self.step.stats.items()}
         self.stats["flops"] += common.step_flops(self.bb.model, st.get("real", 0), st.get("head", 0))
         self.stats["tokens_real"] += st.get("real", 0)
         self.stats["tokens_padded"] += st.get("padded", 0)
@@ -252,7 +252,7 @@ class SoftpromptArm(Arm):
 
     def resident_bytes(self) -> int:
         """The frozen model it uses (shared by the softprompt arms) + its prompt and AdamW moments."""
-        opt = [v for s in self.loop.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        opt = [v for s in self.step.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
         return common.model_bytes(self.bb.model) + common.tensor_bytes([*self.prompt.parameters(), *self.prompt.buffers(), *opt])
 
     def learned(self) -> torch.Tensor:
@@ -260,7 +260,7 @@ class SoftpromptArm(Arm):
 
     def graph_counts(self) -> dict | None:
         """Captures, replays, eager steps and why capturing stopped, where the arm replays CUDA graphs."""
-        g = self.loop.graphs
+        g = self.step.graphs
         return None if g is None else {"captures": g.captures, "replays": g.replays, "eager": g.eager, "failed": g.failed}
 
 
@@ -414,7 +414,7 @@ def recipe_parts(name: str) -> tuple[str, bool, bool, bool]:
 
 class SoftpromptMethodArm(Arm):
     """softprompt's own training loop for a baseline method (`softprompt train --method lora|finetune`): the same
-    `TrainingLoop` micro-batch as SoftpromptArm's (collate, the scorer at the answer positions only under autocast,
+    `TrainStep` micro-batch as SoftpromptArm's (collate, the scorer at the answer positions only under autocast,
     bf16 on this CPU, with the `auto` strategy, the choices loss, backward, AdamW with the project's linear schedule
     and warmup), no prompt, on its OWN copy of the model (LoRA's adapters are injected into it, fine-tuning changes it).
     LoRA: r, alpha from TrainConfig's defaults (8, 16), every linear layer but the head, dropout 0, seeded init."""
@@ -429,27 +429,28 @@ class SoftpromptMethodArm(Arm):
         self.encoded = encode_examples(examples, self.bb.tokenizer, n_prompt=0, max_length=cfg.max_length, prompt_format=fmt)
         data = TrainData(task, self.bb, examples, self.encoded, dev=[], prompt_format=fmt)
         trainables = build_trainables(cfg, data, SINGLE)
-        self.loop = TrainingLoop(cfg, Path("bench-writes-nothing"), data, trainables, SINGLE, scoring=None, progress=False)
-        self.compute_dtype = self.loop.compute_dtype
+        self.step = TrainStep(cfg, data, trainables, SINGLE, scoring=None)
+        self.compute_dtype = self.step.compute_dtype
         steps = math.ceil(len(examples) / args.batch_size) * args.epochs + args.warmup_steps
-        self.loop.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.loop.optimizer, lr_lambda("linear", int(cfg.warmup * steps), steps)
+        self.step.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.step.optimizer, lr_lambda("linear", int(cfg.warmup * steps), steps)
         )
+        self.losses: list[float] = []  # every training loss read so far
 
     def order(self, n: int, seed: int, epoch: int) -> list[int]:
         return epoch_order(n, seed, epoch)
 
     def work(self, idx: list[int]) -> None:
-        self.loop._micro_batch(0, 0, idx)
+        own_step(self, idx)
 
     def finish(self) -> None:
-        self.loop.read_losses()
+        read_own_losses(self)
 
     def counters(self):
-        return dict(self.loop.stats)
+        return dict(self.step.stats)
 
     def count(self, batches: list[list[int]], before) -> None:
-        st = {k: v - before.get(k, 0) for k, v in self.loop.stats.items()}
+        st = {k: v - before.get(k, 0) for k, v in self.step.stats.items()}
         flops = common.step_flops(self.bb.model, st.get("real", 0), st.get("head", 0))
         self.stats["flops"] += flops * (WEIGHT_GRAD_FLOPS if self.method == "finetune" else 1.0)
         self.stats["tokens_real"] += st.get("real", 0)
@@ -457,14 +458,14 @@ class SoftpromptMethodArm(Arm):
         self.stats["tokens_naive"] += sum(len(r.ids) for idx in batches for i in idx for r in self.encoded[i].rows)
 
     def resident_bytes(self) -> int:
-        opt = [v for s in self.loop.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        opt = [v for s in self.step.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
         return common.model_bytes(self.bb.model) + common.tensor_bytes(opt)
 
     def learned(self) -> dict[str, torch.Tensor] | None:
         """LoRA's adapters (what --save-prompts saves); None for fine-tuning (every weight: too large to save per epoch)."""
         if self.method != "lora":
             return None
-        return {n: p.detach().cpu().clone() for n, p in self.loop.trainables.params.items()}
+        return {n: p.detach().cpu().clone() for n, p in self.step.trainables.params.items()}
 
 
 # full fine-tuning also computes every weight's gradient: 6 instead of 4 FLOPs per parameter and token (and per head row)
@@ -534,18 +535,36 @@ class RecipeArm(PeftArm):
         raise TypeError(f"{self.name} trains no prompt")
 
 
+def own_step(arm: SoftpromptArm | SoftpromptMethodArm, idx: list[int]) -> None:
+    """One micro-batch = one optimiser step (grad_accum 1) of softprompt's `TrainStep`, the losses read at the
+    loop's cadence (`TrainingLoop._optimizer_step`: every `read_every` steps, every step on a CPU)."""
+    arm.step.forward_backward(0, 0, idx)
+    arm.step.optimizer_step()
+    if arm.step.scheduler.last_epoch % arm.step.read_every == 0:
+        read_own_losses(arm)
+
+
+def read_own_losses(arm: SoftpromptArm | SoftpromptMethodArm) -> None:
+    """The loop's read (`TrainingLoop.read_losses`): the queued losses and the divergence check in one wait."""
+    reading = arm.step.read()
+    if reading is not None:
+        step, every, lr = arm.step.scheduler.last_epoch, arm.step.read_every, arm.step.trainables.lr
+        raise_if_diverged(reading, step=step, read_every=every, lr=lr, advice=lambda: "a benchmark arm keeps nothing")
+        arm.losses += reading.losses
+
+
 def trainable_params(arm: Arm) -> int:
     """How many numbers an arm trains (the LoRA arms must agree, and so must the fine-tuning arms)."""
-    if hasattr(arm, "loop"):
-        return sum(p.numel() for p in arm.loop.trainables.params.values())
+    if hasattr(arm, "step"):
+        return sum(p.numel() for p in arm.step.trainables.params.values())
     return sum(p.numel() for p in arm.model.parameters() if p.requires_grad)
 
 
 def train_losses(arm: Arm) -> list[float] | None:
     """Every training loss an arm computed so far (warm-up steps included), read outside the timed steps."""
-    if hasattr(arm, "loop"):
-        arm.loop.read_losses()
-        return list(arm.loop.losses)
+    if hasattr(arm, "step"):
+        read_own_losses(arm)
+        return list(arm.losses)
     if isinstance(arm, RecipeArm):
         return [float(x) for x in arm.step_losses]
     return None

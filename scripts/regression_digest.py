@@ -101,7 +101,7 @@ def run_digest(out: Path, root: str) -> dict:
 def main() -> None:
     torch.set_num_threads(1)
     from softprompt.evaluate import Evaluator
-    from softprompt.train import train
+    from softprompt.training import train
 
     tok = tokenizer()
     out: dict = {}

@@ -136,9 +136,9 @@ def tiny_config(data: Path, **overrides):
 @pytest.fixture
 def interrupt_at(monkeypatch):
     """`interrupt_at(n)`: Ctrl-C (a KeyboardInterrupt) at the n-th training batch from now on; `interrupt_at(None)` lifts it."""
-    import softprompt.train as train_mod
+    import softprompt.training.step as step_mod
 
-    real = train_mod.LOSSES["choices"]
+    real = step_mod.LOSSES["choices"]
 
     def arm(n: int | None) -> None:
         calls = {"n": 0}
@@ -149,6 +149,6 @@ def interrupt_at(monkeypatch):
                 raise KeyboardInterrupt
             return real(scores, labels)
 
-        monkeypatch.setitem(train_mod.LOSSES, "choices", real if n is None else interrupting)
+        monkeypatch.setitem(step_mod.LOSSES, "choices", real if n is None else interrupting)
 
     return arm

@@ -12,18 +12,11 @@ from scipy import stats
 
 from softprompt.analysis.common import correlation
 from softprompt.analysis.geometry import clamp_perplexity, drift, embed_2d, geometry_report, pairwise_distances, prompt_points
-from softprompt.analysis.neighbors import (
-    TokenReader,
-    analyze_neighbors,
-    evaluate_projection,
-    input_embedding_matrix,
-    nearest_tokens,
-    neighbors_report,
-    project_prompt,
-    readable_token,
-    token_ranks,
-)
+from softprompt.analysis.nearest import nearest_tokens, token_ranks
+from softprompt.analysis.neighbors import analyze_neighbors, neighbors_report
+from softprompt.analysis.projection import evaluate_projection, project_prompt
 from softprompt.analysis.scripts import summarize_scripts, token_script
+from softprompt.analysis.token_text import TokenReader, readable_token
 from softprompt.analysis.transfer import (
     prompt_similarity,
     share_beating_no_prompt,
@@ -34,7 +27,7 @@ from softprompt.analysis.transfer import (
 from softprompt.errors import SoftPromptError
 from softprompt.evaluate import Evaluator
 from softprompt.io import write_json
-from softprompt.prompt import PromptInit, SoftPrompt
+from softprompt.prompt import PromptInit, SoftPrompt, input_embedding_matrix
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -96,10 +96,12 @@ def test_failed_figure_write_keeps_the_previous_file(tmp_path, monkeypatch):
 
 def test_training_curves_figure_is_written_atomically(tmp_path, monkeypatch):
     """The report's training-curves PNG (written in place before) survives a failed rewrite intact."""
+    from softprompt.records.results import RunsAndBaselines
     from softprompt.report.html import training_curves
 
     history = [{"epoch": e, "accuracy": 0.5 + 0.1 * e} for e in range(3)]
-    results = {"runs": [{"task": "rte", "seed": 0, "history": history}], "baselines": {}}
+    run = {"name": "rte-s0", "task": "rte", "seed": 0, "final": {"accuracy": 0.7}, "history": history}
+    results = RunsAndBaselines.from_dict({"runs": [run], "baselines": {}})
     path = training_curves(results, tmp_path)
     assert path == tmp_path / "figures" / "training_curves.png"
     before = path.read_bytes()

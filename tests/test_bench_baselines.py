@@ -98,8 +98,8 @@ def test_lora_arms_start_from_the_same_adapters(tvp, carry):
     (own, peft, lm), _ = _arms(tvp, carry, ["softprompt-lora", "peft-lora", "softprompt-lora-lm"])
     a, b = _adapters(own), _adapters(peft)
     # -lm: the recipe's objective and schedule on softprompt's loop, the same adapters
-    assert (lm.loop.cfg.loss, lm.loop.cfg.warmup, lm.loop.cfg.weight_decay) == ("lm", 0.0, 0.01)
-    assert (own.loop.cfg.loss, own.loop.cfg.warmup) == ("choices", 0.06)
+    assert (lm.step.cfg.loss, lm.step.cfg.warmup, lm.step.cfg.weight_decay) == ("lm", 0.0, 0.01)
+    assert (own.step.cfg.loss, own.step.cfg.warmup) == ("choices", 0.06)
     assert all(torch.equal(t, a[n]) for n, t in _adapters(lm).items())
     assert a.keys() == b.keys() and len(a) > 0
     assert not any("lm_head" in n for n in a)  # every linear layer but the head

@@ -19,6 +19,7 @@ from softprompt.evaluate import (
     calibrated_predictions,
     content_free_examples,
 )
+from softprompt.records.results import RunsAndBaselines
 from softprompt.report.findings import accuracy_findings
 from softprompt.report.tables import accuracy_rows
 from softprompt.scoring import Scores
@@ -187,19 +188,26 @@ def test_cli_baselines_show_calibrated_columns(tiny_llama, toy_data, tmp_path, m
         assert isinstance(r["calibrated_accuracy"], float) and f"{r['calibrated_accuracy']:.4f}" in line
 
 
-def _results(calibrated_runs: bool) -> dict:
+def _results(calibrated_runs: bool) -> RunsAndBaselines:
     def run(seed: int, acc: float) -> dict:
         final = {"accuracy": acc, "f1_macro": acc, "n": 60}
         if calibrated_runs:
             final["calibrated"] = {"accuracy": acc - 0.05, "f1_macro": acc - 0.06}
-        return {"task": "sst2", "seed": seed, "final": final, "parameters": {"trainable": 11520}, "best": None}
+        return {
+            "name": f"sst2-s{seed}",
+            "task": "sst2",
+            "seed": seed,
+            "final": final,
+            "parameters": {"trainable": 11520},
+            "best": None,
+        }
 
     base = {
         "no_prompt": {"accuracy": 0.5, "f1_macro": 0.4, "calibrated_accuracy": 0.6, "calibrated_f1_macro": 0.58},
         "english_prompt": {"accuracy": 0.55, "f1_macro": 0.5, "calibrated_accuracy": 0.7, "calibrated_f1_macro": 0.69},
         "majority": {"accuracy": 0.5, "f1_macro": 0.33},
     }
-    return {"runs": [run(0, 0.80), run(1, 0.82), run(2, 0.84)], "baselines": {"sst2": base}}
+    return RunsAndBaselines.from_dict({"runs": [run(0, 0.80), run(1, 0.82), run(2, 0.84)], "baselines": {"sst2": base}})
 
 
 def test_report_table_has_a_calibrated_column_and_findings_use_the_best_calibrated_baseline():

@@ -24,14 +24,14 @@ import torch
 
 from softprompt.locks import directory_lock
 from softprompt.prompt import PromptInit, SoftPrompt
-from softprompt.train import train
+from softprompt.training import train
 from tests.conftest import tiny_config
 from tests.test_inputs import TASK
 
 DRIVER = r"""
 import json, os, sys, traceback
 import torch, transformers  # noqa: F401  (imported once, before forking)
-import softprompt.cli, softprompt.train, softprompt.study, softprompt.baseline_runs, softprompt.peft_interop  # noqa: F401
+import softprompt.cli, softprompt.training, softprompt.study, softprompt.baseline_runs, softprompt.peft_interop  # noqa: F401
 import softprompt.analysis.neighbors, softprompt.analysis.geometry, softprompt.analysis.transfer  # noqa: F401
 
 FAULTS = {
@@ -50,10 +50,10 @@ def _replace_fails(name, code, text):
     os.replace = replace
 
 def _oom():
-    import softprompt.train as t
+    import softprompt.training.step as t
     def step(self, *a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-    t.TrainingLoop._micro_batch = step
+    t.TrainStep.forward_backward = step
 
 for line in sys.stdin:
     case = json.loads(line)

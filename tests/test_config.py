@@ -62,7 +62,7 @@ def test_lora_alpha_from_the_cli_reaches_the_adapter(tiny_model_dir, toy_data, t
 def test_lora_alpha_scales_the_injected_adapter(tiny_llama, toy_data, tmp_path):
     import copy
 
-    from softprompt.train import train
+    from softprompt.training import train
 
     backbone = copy.deepcopy(tiny_llama)
     cfg = TrainConfig(task="rte", model="tiny", method="lora", lora_r=4, lora_alpha=32, epochs=1, batch_size=4,
@@ -166,7 +166,6 @@ def test_run_state_absent_complete_resumable_conflict(tmp_path):
 def test_report_views_fail_loudly_on_a_renamed_field():
     """A renamed key in an analysis result is an error naming it, not an empty table."""
     from softprompt.analysis.results import GeometryResult
-    from softprompt.report.analysis_sections import analysis_sections
 
     summary = {
         "task_drift": [{"task": "rte", "runs": 2, "mean_frobenius": 1.0, "std_frobenius": 0.1}],
@@ -178,7 +177,7 @@ def test_report_views_fail_loudly_on_a_renamed_field():
     renamed = {**geo, "summary": {**summary, "task_drifts": summary["task_drift"]}}
     del renamed["summary"]["task_drift"]
     with pytest.raises(SoftPromptError, match="no field 'task_drift'"):
-        analysis_sections({"geometry": renamed}, None)
+        GeometryResult.from_json(renamed, "results.json geometry")
 
 
 def test_eval_result_metrics_is_the_one_dict():
@@ -191,7 +190,7 @@ def test_eval_result_metrics_is_the_one_dict():
 @pytest.mark.parametrize("flag", [[], ["--trust-remote-code"]])
 def test_train_trust_remote_code_reaches_the_model_loader(toy_data, tmp_path, monkeypatch, flag):
     """`softprompt train --trust-remote-code` is passed to the loader (it used to be accepted and ignored); off by default."""
-    import softprompt.train as train_mod
+    import softprompt.training.data as train_data_mod
     from softprompt.cli import main
 
     seen = {}
@@ -200,7 +199,7 @@ def test_train_trust_remote_code_reaches_the_model_loader(toy_data, tmp_path, mo
         seen.update(kw)
         raise SoftPromptError("stop after the loader")
 
-    monkeypatch.setattr(train_mod, "load_backbone", loader)
+    monkeypatch.setattr(train_data_mod, "load_backbone", loader)
     argv = ["train", "--model", "some/hub-model", "--task", "rte", "--data-dir", str(toy_data), "--device", "cpu"]
     assert main([*argv, "--out", str(tmp_path / "run"), "--quiet", *flag]) != 0
     assert seen["trust_remote_code"] is bool(flag)

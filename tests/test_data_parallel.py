@@ -115,16 +115,18 @@ def test_shards_cover_every_example_once():
 
 
 def test_resume_with_another_process_count_is_refused(tmp_path, tiny_llama, toy_data, monkeypatch):
+    from softprompt.config import TrainConfig
     from softprompt.errors import SoftPromptError
-    from softprompt.train import TrainConfig, train
+    from softprompt.training import train
 
     cfg = TrainConfig(task="rte", model="tiny", tokens=3, epochs=2, batch_size=4, lr=0.1, compute_dtype="float32",
                       data_dir=str(toy_data), max_length=128, checkpoint_every=1)  # fmt: skip
     out = tmp_path / "run"
     calls = {"n": 0}
-    import softprompt.train as train_mod
+    import softprompt.training.recipe as recipe_mod
+    import softprompt.training.step as step_mod
 
-    real = train_mod.LOSSES["choices"]
+    real = step_mod.LOSSES["choices"]
 
     def interrupt_on_third(*a, **k):
         calls["n"] += 1
@@ -132,10 +134,10 @@ def test_resume_with_another_process_count_is_refused(tmp_path, tiny_llama, toy_
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setitem(train_mod.LOSSES, "choices", interrupt_on_third)
+    monkeypatch.setitem(step_mod.LOSSES, "choices", interrupt_on_third)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, out, backbone=tiny_llama, progress=False)
-    monkeypatch.setitem(train_mod.LOSSES, "choices", real)
+    monkeypatch.setitem(step_mod.LOSSES, "choices", real)
 
     class PretendTwo(DataParallel):  # rank 0 of 2, without a process group: the check comes first
         def barrier(self) -> None:
@@ -147,6 +149,6 @@ def test_resume_with_another_process_count_is_refused(tmp_path, tiny_llama, toy_
         def broadcast_(self, params) -> None:
             pass
 
-    monkeypatch.setattr(train_mod, "setup_data_parallel", lambda device: PretendTwo(rank=0, world=2))
+    monkeypatch.setattr(recipe_mod, "setup_data_parallel", lambda device: PretendTwo(rank=0, world=2))
     with pytest.raises(SoftPromptError, match="written by 1 data-parallel process.*this is 2"):
         train(cfg, out, resume=True, backbone=tiny_llama, progress=False)

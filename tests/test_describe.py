@@ -1,4 +1,4 @@
-"""Self-description (analysis/describe.py, `softprompt describe`): the embed and patch probes on the tiny random
+"""Self-description (analysis/describe*.py and patching.py, `softprompt describe`): the embed and patch probes on the tiny random
 models (llama and BLOOM), the patch hook's reach (placeholder positions, prefill only, removed afterwards), the
 description score on hand examples, the report and the command; the identity probe on the real offline model."""
 
@@ -9,21 +9,10 @@ import json
 import pytest
 import torch
 
-from softprompt.analysis.describe import (
-    PatchRecord,
-    _embeds,
-    decoder_layers,
-    describe_input,
-    describe_prompt,
-    describe_report,
-    describe_text,
-    description_score,
-    patch_layer,
-    resolve_layers,
-    source_states,
-    stem,
-    text_score,
-)
+from softprompt.analysis.describe import describe_report
+from softprompt.analysis.describe_probes import _embeds, describe_input, describe_prompt, describe_text
+from softprompt.analysis.describe_scoring import description_score, stem, text_score
+from softprompt.analysis.patching import PatchRecord, decoder_layers, patch_layer, resolve_layers, source_states
 from softprompt.errors import SoftPromptError
 from tests.conftest import tiny_config
 
@@ -162,7 +151,7 @@ def test_the_patch_changes_only_the_placeholders_and_only_in_the_prefill(tiny_ba
 
 
 def test_the_patch_hook_sees_one_prefill_then_decode_steps(tiny_backbone):
-    from softprompt.analysis.describe import _generate
+    from softprompt.analysis.describe_probes import _generate
 
     model = tiny_backbone.model
     inp = describe_input(tiny_backbone.tokenizer, 2)
@@ -214,7 +203,7 @@ def test_description_score_on_hand_examples():
 
 @pytest.fixture
 def tiny_run(tmp_path, tiny_llama, toy_data):
-    from softprompt.train import train
+    from softprompt.training import train
 
     train(tiny_config(toy_data), tmp_path / "run", backbone=tiny_llama, progress=False)
     return tmp_path / "run"

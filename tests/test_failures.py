@@ -18,10 +18,11 @@ from safetensors.torch import load_file
 
 import softprompt.checkpoint as checkpoint_mod
 import softprompt.io as io_mod
-import softprompt.train as train_mod
+import softprompt.training.data as train_data_mod
+import softprompt.training.step as step_mod
 from softprompt.cli import main
 from softprompt.errors import SoftPromptError
-from softprompt.train import train
+from softprompt.training import train
 from tests.conftest import tiny_config
 
 DISK_FULL = "No space left on device (the disk is full: free some space)"
@@ -150,7 +151,7 @@ def no_model(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the fault was reported")
 
-    for module in (backbones_mod, baseline_runs_mod, train_mod):
+    for module in (backbones_mod, baseline_runs_mod, train_data_mod):
         monkeypatch.setattr(module, "load_backbone", refuse)
 
 
@@ -218,13 +219,13 @@ def test_settings_that_would_fail_after_training_fail_before_it(tiny_llama, toy_
     """A --max-length with room for the training rows but not for the English prompt of the reference
     evaluation (or for the validation answers) used to fail after the last epoch; now before the first."""
     scored = {"n": 0}
-    real = train_mod.LOSSES["choices"]
+    real = step_mod.LOSSES["choices"]
 
     def counting(scores, labels):
         scored["n"] += 1
         return real(scores, labels)
 
-    monkeypatch.setitem(train_mod.LOSSES, "choices", counting)
+    monkeypatch.setitem(step_mod.LOSSES, "choices", counting)
     with pytest.raises(
         SoftPromptError, match=r"max_length 12 leaves no room for the input after the soft prompt \(0\), hard prompt \(12\)"
     ):

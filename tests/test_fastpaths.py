@@ -22,6 +22,7 @@ from softprompt.scoring import (
     batch_choice_scores,
     choice_loss,
     choice_scores,
+    kv_prefix,
     kv_tree,
     plan_groups,
 )
@@ -179,11 +180,13 @@ def test_low_precision_copy_cached_and_refreshed(tiny_llama):
     fresh = scoring.compute_model(model, torch.bfloat16)
     assert fresh is not low
     torch.testing.assert_close(next(fresh.parameters()).float(), next(model.parameters()), atol=0.05, rtol=0.01)
-    next(model.parameters()).requires_grad_(True)  # a model whose weights train is never copied
+    for p in model.parameters():  # a model whose matrices all train (full fine-tuning) is never copied
+        p.requires_grad_(p.dim() >= 2)
     try:
         assert scoring.compute_model(model, torch.bfloat16) is model
     finally:
-        next(model.parameters()).requires_grad_(False)
+        for p in model.parameters():
+            p.requires_grad_(False)
 
 
 @pytest.mark.parametrize(
@@ -275,7 +278,7 @@ def test_shared_chat_head_is_cached_once_with_the_same_numbers(tiny_backbone, wi
     options = ScoringOptions(**{"strategy": "kv_tree", **VARIANTS[variant]})
     enc = encode_examples(EXAMPLES, tok, n_prompt=5 if with_prompt else 0, prompt_format="chat")
     rows = [r.ids for e in enc for r in e.rows]
-    c = kv_tree.shared_length(rows, [t[0] for e in enc for r in e.rows for t in r.targets])
+    c = kv_prefix.shared_length(rows, [t[0] for e in enc for r in e.rows for t in r.targets])
     assert c >= 3 and all(r[:c] == rows[0][:c] for r in rows)  # the head "<|user|>" is shared
     batch = collate(enc, tok.pad_token_id)
     prompt = torch.randn(5, model.config.hidden_size, generator=torch.Generator().manual_seed(2)) * 0.1
@@ -297,10 +300,10 @@ def test_shared_chat_head_is_cached_once_with_the_same_numbers(tiny_backbone, wi
 
 
 def test_shared_head_saves_tokens_and_never_swallows_a_target():
-    assert kv_tree.shared_length([[1, 2, 3, 4], [1, 2, 5]], [3, 2]) == 2
-    assert kv_tree.shared_length([[1, 2, 3, 4], [1, 2, 3, 9]], [1, 3]) == 1  # a target at position 1: cache only 1 token
-    assert kv_tree.shared_length([[1, 2], [1, 2]], [1, 1]) == 1  # at least one token left in every row
-    assert kv_tree.shared_length([[7, 2], [1, 2]], [1, 1]) == 0
+    assert kv_prefix.shared_length([[1, 2, 3, 4], [1, 2, 5]], [3, 2]) == 2
+    assert kv_prefix.shared_length([[1, 2, 3, 4], [1, 2, 3, 9]], [1, 3]) == 1  # a target at position 1: cache only 1 token
+    assert kv_prefix.shared_length([[1, 2], [1, 2]], [1, 1]) == 1  # at least one token left in every row
+    assert kv_prefix.shared_length([[7, 2], [1, 2]], [1, 1]) == 0
 
 
 def test_low_precision_copy_only_on_the_listed_device_types(tiny_llama):

@@ -21,7 +21,7 @@ from softprompt.batching import collate, encode_examples, packed_copy
 from softprompt.config import TrainConfig
 from softprompt.distributed import SINGLE
 from softprompt.scoring import ScoringOptions, batch_choice_scores, choice_loss
-from softprompt.train import TrainingLoop, build_trainables, prepare_data
+from softprompt.training import TrainStep, build_trainables, prepare_data
 
 from .test_fastpaths import EXAMPLES
 
@@ -80,8 +80,8 @@ def test_padded_scoring_reads_nothing_back(tiny_backbone, no_packed_check):
 
 @pytest.mark.parametrize("graphed", [False, True])
 def test_training_steps_read_nothing_back_between_reads(tiny_backbone, toy_data, tmp_path, no_packed_check, graphed):
-    """The library's own step (`TrainingLoop._micro_batch` with its optimiser steps) on the meta device:
-    four micro-batches and optimiser steps, their losses queued, no read until `read_losses`; `graphed`: through
+    """The library's own step (`TrainStep.forward_backward` with its optimiser steps) on the meta device:
+    four micro-batches and optimiser steps, their losses queued, no read until `TrainStep.read`; `graphed`: through
     `StepGraphs` (pack, static copy, capture, replays) with the CPU stand-in for a graph."""
     from softprompt.cuda_graphs import EagerReplay, StepGraphs
 
@@ -95,33 +95,35 @@ def test_training_steps_read_nothing_back_between_reads(tiny_backbone, toy_data,
     backbone.model.to("meta")
     trainables.prompt.to("meta")
     trainables.params["prompt"] = trainables.prompt.weight
-    loop = TrainingLoop(cfg, tmp_path / "run", data, trainables, SINGLE, scoring=None, progress=False)
-    assert loop.read_every == 100
+    step = TrainStep(cfg, data, trainables, SINGLE, scoring=None)
+    assert step.read_every == 100
     if graphed:
-        loop.graphs, loop.bucket = StepGraphs(torch.device("meta"), capture=EagerReplay()), 64
+        step.graphs, step.bucket = StepGraphs(torch.device("meta"), capture=EagerReplay()), 64
     order = list(range(len(data.encoded)))
     for micro in range(4):
-        loop._micro_batch(0, micro, order)
-    assert loop.state["optimizer_step"] == 4 and len(loop.unread) == 4 and loop.losses == []
-    assert not graphed or (loop.graphs.replays == 4 and loop.graphs.captures >= 1)
-    assert loop.stats["forwards"] == 4 and loop.stats["head"] > 0
+        step.forward_backward(0, micro, order)
+        assert step.ends_accumulation(micro)
+        step.optimizer_step()
+    assert step.scheduler.last_epoch == 4 and len(step.unread) == 4 and not step.pending
+    assert not graphed or (step.graphs.replays == 4 and step.graphs.captures >= 1)
+    assert step.stats["forwards"] == 4 and step.stats["head"] > 0
     with pytest.raises((RuntimeError, NotImplementedError)):  # the read itself is the one place that needs values
-        loop.read_losses()
+        step.read()
 
 
 def test_read_cadence_follows_the_device_table(tiny_llama, toy_data, tmp_path):
-    from softprompt.train import READ_EVERY, READ_EVERY_DEFAULT
+    from softprompt.training.step import READ_EVERY, READ_EVERY_DEFAULT
 
     cfg = TrainConfig(task="rte", model="tiny", tokens=4, epochs=1, data_dir=str(toy_data), compute_dtype="float32")
     data = prepare_data(cfg, tiny_llama, SINGLE)
-    loop = TrainingLoop(cfg, tmp_path / "a", data, build_trainables(cfg, data, SINGLE), SINGLE, scoring=None, progress=False)
-    assert loop.read_every == READ_EVERY["cpu"] == 1 and READ_EVERY_DEFAULT > 1  # CPU: every step, as always
+    step = TrainStep(cfg, data, build_trainables(cfg, data, SINGLE), SINGLE, scoring=None)
+    assert step.read_every == READ_EVERY["cpu"] == 1 and READ_EVERY_DEFAULT > 1  # CPU: every step, as always
     cfg.log_every = 5
-    loop = TrainingLoop(cfg, tmp_path / "b", data, build_trainables(cfg, data, SINGLE), SINGLE, scoring=None, progress=False)
-    assert loop.read_every == 5 and loop.scoring == ScoringOptions()
+    step = TrainStep(cfg, data, build_trainables(cfg, data, SINGLE), SINGLE, scoring=None)
+    assert step.read_every == 5 and step.scoring == ScoringOptions()
     with pytest.raises(Exception, match="differ"):
         cfg.scoring_strategy = "kv_tree"
-        TrainingLoop(cfg, tmp_path / "c", data, build_trainables(cfg, data, SINGLE), SINGLE, scoring=PADDED, progress=False)
+        TrainStep(cfg, data, build_trainables(cfg, data, SINGLE), SINGLE, scoring=PADDED)
     assert json.loads(json.dumps(cfg.to_dict()))["scoring_strategy"] == "kv_tree"  # part of the run's config
 
 
@@ -259,18 +261,31 @@ def test_bucketed_batches_score_the_same(tiny_backbone):
     assert shape_key(shorter) != shape_key(bucketed)  # another example count: another graph
 
 
-def _graph_loop(cfg, data, tmp_path, name, *, graphs: bool):
+def _graph_step(cfg, data, *, graphs: bool) -> TrainStep:
     from softprompt.cuda_graphs import EagerReplay, StepGraphs
 
     torch.manual_seed(0)
-    trainables = build_trainables(cfg, data, SINGLE)
-    loop = TrainingLoop(cfg, tmp_path / name, data, trainables, SINGLE, scoring=None, progress=False)
-    if graphs:  # what a CUDA device gets (`TrainingLoop._step_graphs`), with the CPU's stand-in for a graph
-        loop.graphs, loop.bucket = (
+    step = TrainStep(cfg, data, build_trainables(cfg, data, SINGLE), SINGLE, scoring=None)
+    if graphs:  # what a CUDA device gets (`training.step.step_graphs`), with the CPU's stand-in for a graph
+        step.graphs, step.bucket = (
             StepGraphs(torch.device("cpu"), capture=EagerReplay()),
             2,
         )  # toy rows (22-24 tokens): two buckets
-    return loop
+    return step
+
+
+def _train_epochs(step: TrainStep, orders: list[list[int]]) -> list[float]:
+    """The loop's steps without the run around them (`TrainingLoop._epoch`): per epoch, forward and backward of each
+    micro-batch and the optimiser step at each accumulation's end, then one read; returns the losses read."""
+    losses: list[float] = []
+    for epoch, order in enumerate(orders):
+        step.pending = []
+        for micro in range(step.micro_per_epoch):
+            step.forward_backward(epoch, micro, order)
+            if step.ends_accumulation(micro):
+                step.optimizer_step()
+        losses += step.read().losses
+    return losses
 
 
 def test_graphed_training_steps_match_eager_ones(tiny_llama, toy_data, tmp_path):
@@ -282,21 +297,15 @@ def test_graphed_training_steps_match_eager_ones(tiny_llama, toy_data, tmp_path)
         compute_dtype="float32", scoring_strategy="padded", max_train=12,
     )  # fmt: skip
     data = prepare_data(cfg, tiny_llama, SINGLE)
-    eager, graphed = (_graph_loop(cfg, data, tmp_path, n, graphs=g) for n, g in (("e", False), ("g", True)))
+    eager, graphed = (_graph_step(cfg, data, graphs=g) for g in (False, True))
     eager.bucket = graphed.bucket  # the same padded shapes: the only difference is the replay
-    for loop in (eager, graphed):
-        for epoch in range(2):
-            # toy rows repeat every 4: pairs of one padded shape but different rows (a stale static input shows)
-            order = [0, 1, 2, 3, 4, 6, 5, 7, 8, 11, 9, 10]
-            order = order[::-1] if epoch else order
-            loop.pending = []
-            for micro in range(loop.micro_per_epoch):
-                loop._micro_batch(epoch, micro, order)
-            loop.read_losses()
+    # toy rows repeat every 4: pairs of one padded shape but different rows (a stale static input shows)
+    order = [0, 1, 2, 3, 4, 6, 5, 7, 8, 11, 9, 10]
+    eager_losses, graphed_losses = (_train_epochs(step, [order, order[::-1]]) for step in (eager, graphed))
     g = graphed.graphs
     assert g.replays == 2 * graphed.micro_per_epoch and g.eager == 0 and g.failed is None
     assert 1 < g.captures < g.replays and len(g.graphs) == g.captures  # shapes repeat, and some differ
-    assert graphed.losses == pytest.approx(eager.losses, abs=1e-6) and len(eager.losses) == 2 * eager.micro_per_epoch
+    assert graphed_losses == pytest.approx(eager_losses, abs=1e-6) and len(eager_losses) == 2 * eager.micro_per_epoch
     assert torch.allclose(graphed.trainables.prompt.weight, eager.trainables.prompt.weight, atol=1e-6)
     assert not torch.equal(graphed.trainables.prompt.weight, graphed.trainables.prompt.initial)  # it trained
     assert graphed.stats["forwards"] == eager.stats["forwards"] == g.replays
@@ -312,21 +321,16 @@ def test_split_batches_train_like_whole_ones(tiny_llama, toy_data, tmp_path):
         compute_dtype="float32", scoring_strategy="padded", max_train=12,
     )  # fmt: skip
     data = prepare_data(cfg, tiny_llama, SINGLE)
-    whole, split = (_graph_loop(cfg, data, tmp_path, n, graphs=True) for n in ("whole", "split"))
+    whole, split = (_graph_step(cfg, data, graphs=True) for _ in range(2))
     assert whole.split_overhead == 0  # on a CPU: no graphs at construction, no split
     split.split_overhead = 1  # toy rows of 22-24 tokens: splitting saves a few positions, worth it at this price
     order = list(range(12))
-    groups = split._length_groups(order[:4])
+    groups = split.length_groups(order[:4])
     assert len(groups) > 1 and sorted(i for g in groups for i in g) == order[:4]
-    for loop in (whole, split):
-        for epoch in range(2):
-            loop.pending = []
-            for micro in range(loop.micro_per_epoch):
-                loop._micro_batch(epoch, micro, order[::-1] if epoch else order)
-            loop.read_losses()
+    whole_losses, split_losses = (_train_epochs(step, [order, order[::-1]]) for step in (whole, split))
     assert split.stats["forwards"] > whole.stats["forwards"] and split.stats["padded"] < whole.stats["padded"]
     assert split.stats["real"] == whole.stats["real"]
-    assert split.losses == pytest.approx(whole.losses, abs=1e-6) and len(split.losses) == 2 * split.micro_per_epoch
+    assert split_losses == pytest.approx(whole_losses, abs=1e-6) and len(split_losses) == 2 * split.micro_per_epoch
     moved = float((whole.trainables.prompt.weight - whole.trainables.prompt.initial).norm())
     # Adam turns a rounding-sized gradient into a full step: compared to how far the prompt moved
     assert float((split.trainables.prompt.weight - whole.trainables.prompt.weight).norm()) < 1e-3 * moved
@@ -363,8 +367,8 @@ def test_a_failed_capture_falls_back_to_eager_steps(tiny_llama):
 def test_cuda_graphs_apply_to_prompts_on_cuda_only(tiny_llama, toy_data, tmp_path):
     cfg = TrainConfig(task="rte", model="tiny", tokens=4, epochs=1, data_dir=str(toy_data), cuda_graphs=True)
     data = prepare_data(cfg, tiny_llama, SINGLE)
-    loop = TrainingLoop(cfg, tmp_path / "a", data, build_trainables(cfg, data, SINGLE), SINGLE, scoring=None, progress=False)
-    assert loop.graphs is None and loop.bucket == 0  # a CPU: no graphs, batches as always
+    step = TrainStep(cfg, data, build_trainables(cfg, data, SINGLE), SINGLE, scoring=None)
+    assert step.graphs is None and step.bucket == 0  # a CPU: no graphs, batches as always
     with pytest.raises(Exception, match="cuda_graphs must be true or false"):
         TrainConfig(task="rte", cuda_graphs="yes")
 
@@ -372,7 +376,7 @@ def test_cuda_graphs_apply_to_prompts_on_cuda_only(tiny_llama, toy_data, tmp_pat
 CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs in the GPU session)")
 
 
-def _cuda_loop(tiny_backbone, toy_data, tmp_path, name: str, compute_dtype: str, graphs: bool):
+def _cuda_step(tiny_backbone, toy_data, compute_dtype: str, graphs: bool) -> TrainStep:
     from softprompt.cuda_graphs import StepGraphs
 
     cfg = TrainConfig(
@@ -384,9 +388,9 @@ def _cuda_loop(tiny_backbone, toy_data, tmp_path, name: str, compute_dtype: str,
     )
     data = prepare_data(cfg, backbone, SINGLE)
     torch.manual_seed(0)
-    loop = TrainingLoop(cfg, tmp_path / name, data, build_trainables(cfg, data, SINGLE), SINGLE, scoring=None, progress=False)
-    loop.graphs, loop.bucket = (StepGraphs(torch.device("cuda")) if graphs else None), 2  # toy rows: two buckets
-    return loop
+    step = TrainStep(cfg, data, build_trainables(cfg, data, SINGLE), SINGLE, scoring=None)
+    step.graphs, step.bucket = (StepGraphs(torch.device("cuda")) if graphs else None), 2  # toy rows: two buckets
+    return step
 
 
 PAIRS = [0, 1, 2, 3, 4, 6, 5, 7, 8, 11, 9, 10]  # toy rows repeat every 4: pairs of one shape but different rows
@@ -396,17 +400,11 @@ PAIRS = [0, 1, 2, 3, 4, 6, 5, 7, 8, 11, 9, 10]  # toy rows repeat every 4: pairs
 def test_cuda_graph_steps_match_eager_steps_on_a_gpu(tiny_backbone, toy_data, tmp_path):
     """The real capture (torch.cuda.CUDAGraph) in float32: two epochs of replayed steps learn the prompt that
     eager steps on the same bucketed batches learn (capture may pick other attention kernels: rounding only)."""
-    loops = [_cuda_loop(tiny_backbone, toy_data, tmp_path, n, "float32", g) for n, g in (("eager", False), ("graphed", True))]
-    for loop in loops:
-        for epoch in range(2):
-            loop.pending = []
-            for micro in range(loop.micro_per_epoch):
-                loop._micro_batch(epoch, micro, PAIRS[::-1] if epoch else PAIRS)
-            loop.read_losses()
-    eager, graphed = loops
+    eager, graphed = (_cuda_step(tiny_backbone, toy_data, "float32", g) for g in (False, True))
+    eager_losses, graphed_losses = (_train_epochs(step, [PAIRS, PAIRS[::-1]]) for step in (eager, graphed))
     g = graphed.graphs
     assert g.failed is None and g.eager == 0 and g.replays == 2 * graphed.micro_per_epoch and 1 < g.captures < g.replays
-    assert graphed.losses == pytest.approx(eager.losses, abs=1e-4)
+    assert graphed_losses == pytest.approx(eager_losses, abs=1e-4)
     moved = (eager.trainables.prompt.weight - eager.trainables.prompt.initial.to("cuda")).norm()
     assert float((graphed.trainables.prompt.weight - eager.trainables.prompt.weight).norm()) < 0.01 * float(moved)
 
@@ -415,15 +413,15 @@ def test_cuda_graph_steps_match_eager_steps_on_a_gpu(tiny_backbone, toy_data, tm
 def test_cuda_graph_replays_match_eager_steps_in_bfloat16(tiny_backbone, toy_data, tmp_path):
     """Under bf16 autocast a few steps of training amplify rounding, so each replay is compared with the eager
     step on the same batch and prompt: the same loss and gradient (to bf16 rounding), batch after batch."""
-    loop = _cuda_loop(tiny_backbone, toy_data, tmp_path, "bf16", "bfloat16", True)
-    pad = loop.data.backbone.tokenizer.pad_token_id
+    step = _cuda_step(tiny_backbone, toy_data, "bfloat16", True)
+    pad = step.data.backbone.tokenizer.pad_token_id
     for start in range(0, len(PAIRS), 2):
-        host = collate([loop.data.encoded[i] for i in PAIRS[start : start + 2]], pad, bucket=loop.bucket)
-        got = loop.graphs.run(lambda b: loop._loss_and_grads(b, 2), host, key=(2,))
-        want = loop._loss_and_grads(host.to("cuda"), 2)
+        host = collate([step.data.encoded[i] for i in PAIRS[start : start + 2]], pad, bucket=step.bucket)
+        got = step.graphs.run(lambda b: step.loss_and_grads(b, 2), host, key=(2,))
+        want = step.loss_and_grads(host.to("cuda"), 2)
         assert torch.allclose(got[0], want[0], rtol=2e-2, atol=2e-2)
         assert torch.nn.functional.cosine_similarity(got[1].flatten(), want[1].flatten(), dim=0) > 0.99
-    g = loop.graphs
+    g = step.graphs
     assert g.failed is None and g.replays == len(PAIRS) // 2 and 1 < g.captures < g.replays
 
 

@@ -10,19 +10,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import softprompt.train as train_mod
+import softprompt.training.step as step_mod
 from softprompt.baseline_runs import run_baselines
 from softprompt.baselines import baseline_config, check_methods
 from softprompt.batching import encode_examples
 from softprompt.config import TrainConfig
 from softprompt.errors import SoftPromptError
 from softprompt.prompt import init_prompt, input_embedding_matrix
+from softprompt.records.results import RunsAndBaselines
 from softprompt.reparam import hard_prompt_encoder, hard_prompt_facts, special_token_ids
 from softprompt.report.tables import accuracy_rows, method_label
 from softprompt.runs import load_run
 from softprompt.scoring import choice_scores
 from softprompt.tasks import get_task
-from softprompt.train import train
+from softprompt.training import train
 from tests.conftest import tiny_config
 
 
@@ -54,13 +55,13 @@ def test_projection_feeds_exact_token_rows_and_passes_the_gradient_to_p(tiny_lla
 def test_training_scores_only_token_rows_and_saves_them(tiny_llama, toy_data, tmp_path, monkeypatch):
     E, _ = _vocabulary(tiny_llama)
     seen = []
-    real = train_mod.batch_choice_scores
+    real = step_mod.batch_choice_scores
 
     def recording(model, prompt, batch, **kw):
         seen.append(prompt.detach().clone())
         return real(model, prompt, batch, **kw)
 
-    monkeypatch.setattr(train_mod, "batch_choice_scores", recording)
+    monkeypatch.setattr(step_mod, "batch_choice_scores", recording)
     cfg = tiny_config(toy_data, method="hard", init="random", epochs=2, lr=0.05)
     res = train(cfg, tmp_path / "run", backbone=tiny_llama, progress=False)
     assert len(seen) == 6  # 12 examples, batches of 4, two epochs
@@ -196,8 +197,10 @@ def test_hard_baseline_row_carries_its_text(tiny_llama, toy_data, tmp_path, monk
     assert repr(hard["hard_prompt"]) in out and "hard" in out.split("hard prompt (accuracy")[0]
     # the study report's accuracy table: the token rows' row and the typed text's row, both naming the text
     results = {"runs": [], "baselines": {"rte": {"hard": hard}}}
-    results["runs"] = [{"task": "rte", "final": {"accuracy": 0.5, "f1_macro": 0.5}, "parameters": {"trainable": 96}}]
-    table = [r for r in accuracy_rows(results) if r["method"].startswith("hard")]
+    results["runs"] = [
+        {"name": "rte-s0", "task": "rte", "final": {"accuracy": 0.5, "f1_macro": 0.5}, "parameters": {"trainable": 96}}
+    ]
+    table = [r for r in accuracy_rows(RunsAndBaselines.from_dict(results)) if r["method"].startswith("hard")]
     assert [r["method"] for r in table] == ["hard", "hard_text"]
     assert table[0]["accuracy"] == hard["accuracy"] and table[1]["accuracy"] == hard["text_accuracy"]
     assert all(hard["hard_prompt"].replace("\n", "\\n") in method_label(r) for r in table)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from softprompt.analysis.importance import importance_report, neutral_vector, position_importance
-from softprompt.analysis.neighbors import input_embedding_matrix
 from softprompt.batching import collate
 from softprompt.errors import SoftPromptError
 from softprompt.evaluate import Evaluator
+from softprompt.prompt import input_embedding_matrix
 from softprompt.scoring import LOSSES, batch_choice_scores, choice_scores
 from softprompt.tasks import get_task
 from tests.conftest import tiny_config
@@ -111,7 +111,7 @@ def test_replacements_and_arguments_are_checked(fitted):
 
 def test_importance_report_and_cli_on_a_trained_run(tiny_llama, tiny_model_dir, toy_data, tmp_path, capsys):
     from softprompt.cli import main
-    from softprompt.train import train
+    from softprompt.training import train
 
     run = tmp_path / "run"
     train(tiny_config(toy_data, model=str(tiny_model_dir), init="text"), run, backbone=tiny_llama, progress=False)

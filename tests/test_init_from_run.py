@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import softprompt.train as train_mod
+import softprompt.training.step as step_mod
 from softprompt.config import TrainConfig
 from softprompt.errors import SoftPromptError
 from softprompt.io import read_json, write_json
 from softprompt.runs import COMPLETE, CONFLICT, load_run, run_state
-from softprompt.train import train
+from softprompt.training import TrainingLoop, train
 
 
 def _cfg(data, **kw) -> TrainConfig:
@@ -39,13 +39,13 @@ def test_run_init_starts_exactly_at_the_source_prompt(tiny_llama, toy_data, tmp_
     file = source_run / ("prompt.safetensors" if which == "last" else "best.safetensors")
     source = load_file(str(file))["prompt"]
     seen = []
-    real = train_mod.batch_choice_scores
+    real = step_mod.batch_choice_scores
 
     def spy(model, prompt, batch, **kw):
         seen.append(prompt.detach().clone())  # the prompt matrix fed to the model, before any optimiser step at first
         return real(model, prompt, batch, **kw)
 
-    monkeypatch.setattr(train_mod, "batch_choice_scores", spy)
+    monkeypatch.setattr(step_mod, "batch_choice_scores", spy)
     init = f"run:{source_run}" + ("@best" if which == "best" else "")
     out = tmp_path / "target"
     train(_cfg(toy_data, init=init), out, backbone=tiny_llama, progress=False, baselines=False)
@@ -114,7 +114,7 @@ def test_source_of_another_width_is_refused_before_training(tiny_llama, toy_data
     record["artifacts"]["prompt.safetensors"] = {"sha256": _sha(source_run / "prompt.safetensors"), "shape": [3, 16]}
     write_json(source_run / "run.json", record)
     steps = []
-    monkeypatch.setattr(train_mod.TrainingLoop, "fit", lambda self: steps.append(1))
+    monkeypatch.setattr(TrainingLoop, "fit", lambda self: steps.append(1))
     with pytest.raises(
         SoftPromptError, match=r"^init run:.*: the source prompt has hidden size 16 but the model's hidden size is 32"
     ):

@@ -15,7 +15,7 @@ from softprompt.inputs import task_inputs
 from softprompt.runs import load_run
 from softprompt.study import run_study
 from softprompt.tasks import BUILTIN_TASKS
-from softprompt.train import train
+from softprompt.training import train
 from tests.conftest import tiny_config
 
 

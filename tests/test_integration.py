@@ -8,10 +8,11 @@ import sys
 import pytest
 import torch
 
+from softprompt.config import TrainConfig
 from softprompt.peft_interop import export_peft, import_peft
 from softprompt.runs import load_run
 from softprompt.scoring import full_logits
-from softprompt.train import TrainConfig, train
+from softprompt.training import train
 
 pytestmark = pytest.mark.integration
 

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from softprompt.learning import chance_loss, learning_verdict
+from softprompt.records.results import RunsAndBaselines, RunSummary
 from softprompt.report.findings import _plateau_findings, compare
 
 
@@ -23,7 +24,11 @@ def test_plateau_runs_are_called_what_they_are():
     assert v["learned"] is False and "plateau" in v["text"]
     assert learning_verdict(learned, [8, 8], "choices")["learned"] is True
     assert learning_verdict(learned, [8, 8], "lm")["learned"] is None  # the answer's NLL has no chance level here
-    runs = [{"seed": 0, "learning": v}, {"seed": 1, "learning": learning_verdict(learned, [8, 8], "choices")}]
+    verdicts = [v, learning_verdict(learned, [8, 8], "choices")]
+    runs = [
+        RunSummary.from_dict({"name": f"s{s}", "task": "sst2", "seed": s, "final": {"accuracy": 0.5}, "learning": verdict})
+        for s, verdict in enumerate(verdicts)
+    ]
     (text,) = _plateau_findings("sst2", runs)
     assert "1 of 2 runs never left" in text and "seed 0" in text
 
@@ -36,7 +41,8 @@ def test_comparisons_state_n_and_call_ties():
 
 
 def _run(task: str, final: float, best: dict | None) -> dict:
-    return {"task": task, "final": {"accuracy": final, "f1_macro": final - 0.1}, "best": best, "parameters": {"trainable": 7}}
+    final_metrics = {"accuracy": final, "f1_macro": final - 0.1}
+    return {"name": task, "task": task, "final": final_metrics, "best": best, "parameters": {"trainable": 7}}
 
 
 def test_the_accuracy_table_shows_the_dev_selected_prompt_next_to_the_last():
@@ -48,7 +54,7 @@ def test_the_accuracy_table_shows_the_dev_selected_prompt_next_to_the_last():
         "runs": [_run("sst2", 0.70, dev[0]), _run("sst2", 0.74, dev[1]), _run("cb", 0.6, cb[0]), _run("cb", 0.7, cb[1])],
         "baselines": {},
     }
-    rows = {(r["task"], r["method"]): r for r in accuracy_rows(results)}
+    rows = {(r["task"], r["method"]): r for r in accuracy_rows(RunsAndBaselines.from_dict(results))}
     assert rows["sst2", "soft_prompt"]["accuracy"] == pytest.approx(0.72)
     assert rows["sst2", "soft_prompt_dev"]["accuracy"] == pytest.approx(0.82)
     assert rows["sst2", "soft_prompt_dev"]["n_runs"] == 2 and rows["sst2", "soft_prompt_dev"]["f1_macro"] is None
@@ -56,7 +62,7 @@ def test_the_accuracy_table_shows_the_dev_selected_prompt_next_to_the_last():
     assert rows["cb", "soft_prompt_dev"]["f1_macro"] == pytest.approx(0.45) and rows["cb", "soft_prompt_dev"]["accuracy"] is None
     # one run without a dev split (its best is its last prompt): no dev-selected row for that task
     results["runs"][1]["best"] = {"split": None, "metric": "accuracy", "value": 0.74}
-    rows = {(r["task"], r["method"]) for r in accuracy_rows(results)}
+    rows = {(r["task"], r["method"]) for r in accuracy_rows(RunsAndBaselines.from_dict(results))}
     assert ("sst2", "soft_prompt_dev") not in rows and ("cb", "soft_prompt_dev") in rows
 
 

@@ -16,7 +16,7 @@ import pytest
 from softprompt.errors import SoftPromptError
 from softprompt.locks import LOCK_FILE, directory_lock
 from softprompt.runs import RunRecord, load_run, observed_status, run_state
-from softprompt.train import train
+from softprompt.training import train
 from tests.conftest import tiny_config
 from tests.test_reliability import _train_cmd
 
@@ -52,14 +52,14 @@ def test_a_killed_holder_releases_the_lock(tmp_path):
 def test_train_study_and_baselines_refuse_a_locked_directory_before_loading_a_model(tmp_path, toy_data, monkeypatch):
     import softprompt.backbones as backbones_mod
     import softprompt.baseline_runs as baseline_runs_mod
-    import softprompt.train as train_mod
+    import softprompt.training.data as train_data_mod
     from softprompt.study import run_study
     from tests.test_study import CONFIG
 
     def no_model(*a, **k):
         raise AssertionError("the model must not be loaded for a locked directory")
 
-    for module in (backbones_mod, baseline_runs_mod, train_mod):
+    for module in (backbones_mod, baseline_runs_mod, train_data_mod):
         monkeypatch.setattr(module, "load_backbone", no_model)
     with directory_lock(tmp_path / "run"), pytest.raises(SoftPromptError, match="is being written by another"):
         train(tiny_config(toy_data), tmp_path / "run", progress=False)

@@ -16,10 +16,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import softprompt.train as train_mod
+import softprompt.training.step as step_mod
+from softprompt.config import TrainConfig
 from softprompt.preemption import EXIT_SIGINT, EXIT_SIGTERM, sigterm_as_interrupt
 from softprompt.runs import load_run
-from softprompt.train import TrainConfig, train
+from softprompt.training import train
 from tests.test_reliability import _train_cmd
 
 
@@ -42,7 +43,7 @@ def test_sigterm_mid_epoch_checkpoints_that_instant_and_resumes_identically(tiny
                       compute_dtype="float32", max_length=128)  # fmt: skip
     train(cfg, tmp_path / "ref", backbone=tiny_llama, progress=False)
     calls = {"n": 0}
-    real = train_mod.LOSSES["choices"]
+    real = step_mod.LOSSES["choices"]
 
     def preempted(scores, labels):
         calls["n"] += 1
@@ -50,7 +51,7 @@ def test_sigterm_mid_epoch_checkpoints_that_instant_and_resumes_identically(tiny
             os.kill(os.getpid(), signal.SIGTERM)
         return real(scores, labels)
 
-    monkeypatch.setitem(train_mod.LOSSES, "choices", preempted)
+    monkeypatch.setitem(step_mod.LOSSES, "choices", preempted)
     out = tmp_path / "cut"
     with sigterm_as_interrupt() as seen, pytest.raises(KeyboardInterrupt):
         train(cfg, out, backbone=tiny_llama, progress=False)
@@ -59,7 +60,7 @@ def test_sigterm_mid_epoch_checkpoints_that_instant_and_resumes_identically(tiny
     with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
         state = json.loads(f.metadata()["state"])
     assert (state["epoch"], state["optimizer_step"]) == (0, 3)  # mid-epoch progress was not lost
-    monkeypatch.setitem(train_mod.LOSSES, "choices", real)
+    monkeypatch.setitem(step_mod.LOSSES, "choices", real)
     train(cfg, out, backbone=tiny_llama, progress=False, resume=True)
     assert torch.equal(
         load_file(str(out / "prompt.safetensors"))["prompt"], load_file(str(tmp_path / "ref" / "prompt.safetensors"))["prompt"]

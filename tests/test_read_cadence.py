@@ -1,5 +1,5 @@
 """The training loop reads losses back from the device every `log_every` optimiser steps (on a GPU: every 16,
-`train.READ_EVERY`) instead of every step: the same results, and the same guarantees. A non-finite loss or
+`training.step.READ_EVERY`) instead of every step: the same results, and the same guarantees. A non-finite loss or
 diverged parameters are still reported with their epoch and batch; no checkpoint or best prompt is ever
 written from parameters that were not checked; Ctrl-C still checkpoints a consistent instant and
 `--resume` continues it bit-identically. Run on a CPU with `log_every` forced above 1.
@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import softprompt.train as train_mod
+import softprompt.training.step as step_mod
 from softprompt.errors import SoftPromptError
 from softprompt.runs import BEST_PROMPT_FILE
-from softprompt.train import TrainingLoop, train
+from softprompt.training import TrainingLoop, train
 
 from .test_train import _cfg
 
@@ -28,7 +28,7 @@ def reads(monkeypatch) -> list[int]:
     real = TrainingLoop.read_losses
 
     def recording(self):
-        if self.unread:
+        if self.step.unread:
             steps.append(self.state["optimizer_step"])
         return real(self)
 
@@ -49,7 +49,7 @@ def _losses(run) -> list[dict]:
 def _at_loss(monkeypatch, at: int, what: str) -> None:
     """The `at`-th training loss (counting from 1) becomes NaN (`what` "nan") or raises KeyboardInterrupt ("interrupt")."""
     calls = {"n": 0}
-    real = train_mod.LOSSES["choices"]
+    real = step_mod.LOSSES["choices"]
 
     def patched(scores, labels):
         calls["n"] += 1
@@ -58,7 +58,7 @@ def _at_loss(monkeypatch, at: int, what: str) -> None:
         loss = real(scores, labels)
         return loss * float("nan") if calls["n"] == at else loss
 
-    monkeypatch.setitem(train_mod.LOSSES, "choices", patched)
+    monkeypatch.setitem(step_mod.LOSSES, "choices", patched)
 
 
 def test_reading_every_n_steps_changes_nothing_else(tiny_backbone, toy_data, tmp_path, reads):
@@ -92,7 +92,7 @@ def test_nan_loss_read_late_is_reported_and_nothing_diverged_is_written(tiny_lla
 
 def test_divergence_read_late_is_reported_and_nothing_diverged_is_written(tiny_llama, toy_data, tmp_path, monkeypatch):
     """Parameters past the divergence bound (lowered here, so the losses stay finite) are found at the next read."""
-    monkeypatch.setattr(train_mod, "DIVERGED", 0.12)
+    monkeypatch.setattr(step_mod, "DIVERGED", 0.12)
     cfg = _cfg(toy_data, batch_size=2, log_every=4, epochs=6)
     with pytest.raises(SoftPromptError, match=r"parameters diverged .* within the 4 optimiser steps up to step (\d+)") as err:
         train(cfg, tmp_path / "r", backbone=tiny_llama, progress=False)
@@ -110,7 +110,7 @@ def test_interrupt_with_unread_losses_checkpoints_them_and_resumes_identically(
 ):
     cfg = _cfg(toy_data, batch_size=2, log_every=4)
     train(cfg, tmp_path / "ref", backbone=tiny_llama, progress=False)
-    real = train_mod.LOSSES["choices"]
+    real = step_mod.LOSSES["choices"]
     _at_loss(monkeypatch, stop_at, "interrupt")
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False)
@@ -120,7 +120,7 @@ def test_interrupt_with_unread_losses_checkpoints_them_and_resumes_identically(
         state = json.loads(f.metadata()["state"])
     assert state["optimizer_step"] == stop_at - 1  # the steps done, their losses read at the interrupt
     assert len(state["epoch_losses"]) == (stop_at - 1) % 6
-    monkeypatch.setitem(train_mod.LOSSES, "choices", real)
+    monkeypatch.setitem(step_mod.LOSSES, "choices", real)
     train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False, resume=True)
     assert torch.equal(_prompt(tmp_path / "ref"), _prompt(tmp_path / "cut"))
     assert _losses(tmp_path / "ref") == _losses(tmp_path / "cut")
@@ -129,7 +129,7 @@ def test_interrupt_with_unread_losses_checkpoints_them_and_resumes_identically(
 def test_interrupt_with_an_unread_nan_writes_no_checkpoint(tiny_llama, toy_data, tmp_path, monkeypatch):
     """A NaN the interrupt's read finds: no checkpoint (the last good one, here none, stays); --resume redoes the steps."""
     cfg = _cfg(toy_data, batch_size=2, log_every=4)
-    real = train_mod.LOSSES["choices"]
+    real = step_mod.LOSSES["choices"]
     _at_loss(monkeypatch, 2, "nan")
     _at_loss(monkeypatch, 3, "interrupt")  # on top of the NaN
     with (
@@ -139,7 +139,7 @@ def test_interrupt_with_an_unread_nan_writes_no_checkpoint(tiny_llama, toy_data,
         train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False)
     assert not (tmp_path / "cut" / "checkpoint.safetensors").exists()
     assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "interrupted"
-    monkeypatch.setitem(train_mod.LOSSES, "choices", real)
+    monkeypatch.setitem(step_mod.LOSSES, "choices", real)
     train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False, resume=True)
     train(cfg, tmp_path / "ref", backbone=tiny_llama, progress=False)
     assert torch.equal(_prompt(tmp_path / "ref"), _prompt(tmp_path / "cut"))

@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 
 from softprompt.analysis.readouts import mean_se, readouts_summary
+from softprompt.records.readouts import ReadoutsSummary
 from softprompt.report.readouts import readout_findings, readouts_section
+
+
+def _typed(summary: dict) -> ReadoutsSummary:
+    return ReadoutsSummary.from_dict(summary, "readouts")
 
 
 def _position(i: int, init_id: int, top1: int, rel: float, toward: str) -> dict:
@@ -87,13 +92,13 @@ def test_the_carrying_position_is_named_with_its_evidence_and_drift(tmp_path):
     assert e["describe"]["difference"]["mean"] == pytest.approx(0.31) and e["describe"]["best"]["run"] == "sst2-s2"
     assert e["hard"]["soft_accuracy"]["mean"] == pytest.approx(0.72) and e["hard"]["english_accuracy"] == 0.58
 
-    facts = readout_findings(summary)
+    facts = readout_findings(_typed(summary))
     carrier = next(f for f in facts if "carries the most" in f)
     assert "position 2 (w12" in carrier and "3 seeds, n = 60" in carrier and "kept its init token" in carrier
     assert any("training changed what the model says" in f for f in facts)
     assert any('PEZ discrete prompt "good movie ?" scores 0.700' in f for f in facts)
 
-    html = readouts_section(summary, tmp_path)
+    html = readouts_section(_typed(summary), tmp_path)
     assert "<h3>sst2</h3>" in html and "classify the movie review 0" in html and "good movie ?" in html
     assert (tmp_path / "figures" / "readouts_sst2.png").stat().st_size > 5000
     assert "w12" in (tmp_path / "tables" / "readouts_sst2.csv").read_text()
@@ -104,7 +109,7 @@ def test_weak_evidence_is_said_to_be_weak():
     summary = readouts_summary(_neighbors(1, carrier=1), _importance(1, carrier=1))
     e = summary["tasks"]["sst2"]
     assert e["carriers"]["clear"] == [] and e["carriers"]["top"][0] == 1
-    (fact,) = [f for f in readout_findings(summary) if "ablation" in f]
+    (fact,) = [f for f in readout_findings(_typed(summary)) if "ablation" in f]
     assert "evidence for individually important positions is weak" in fact and "position 1" in fact
 
 

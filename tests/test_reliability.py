@@ -294,8 +294,9 @@ def test_killed_study_resumes_to_identical_result(tmp_path, tiny_model_dir, toy_
 
 def test_stale_temporaries_of_a_killed_writer_are_removed_on_resume(tmp_path, tiny_llama, toy_data):
     """SIGKILL during an atomic write leaves `.NAME.xxxx.tmp` beside the target; the next attempt deletes it."""
+    from softprompt.config import TrainConfig
     from softprompt.io import remove_stale_temporaries
-    from softprompt.train import TrainConfig, train
+    from softprompt.training import train
 
     out = tmp_path / "run"
     out.mkdir()
@@ -314,7 +315,8 @@ def test_a_prompt_that_does_not_match_its_run_json_is_refused_everywhere(tmp_pat
     """Another run's 6-token prompt copied into a 4-token run: eval, generate, neighbors, geometry, transfer and
     export refuse it in one line (SHA-256 recorded at save time; without it, the shape run.json records)."""
     from softprompt.cli import main
-    from softprompt.train import TrainConfig, train
+    from softprompt.config import TrainConfig
+    from softprompt.training import train
 
     def cfg(tokens):
         return TrainConfig(task="rte", model="tiny", tokens=tokens, epochs=1, batch_size=4, lr=0.1, data_dir=str(toy_data),
@@ -365,7 +367,7 @@ def test_a_checkpoint_is_verified_against_run_json_before_it_is_resumed(tmp_path
     from safetensors.torch import save_file
 
     from softprompt.inputs import file_sha256
-    from softprompt.train import train
+    from softprompt.training import train
     from tests.conftest import tiny_config
 
     cfg, out = tiny_config(toy_data, epochs=2), tmp_path / "run"
@@ -437,7 +439,7 @@ def test_a_checkpoint_is_verified_against_run_json_before_it_is_resumed(tmp_path
 def test_a_diverged_run_says_what_it_keeps_without_calling_it_good(tmp_path, tiny_llama, toy_data):
     """The divergence error names the checkpoint it keeps (from before the steps that diverged) and the likely cause,
     without calling a checkpoint "good" or guessing beyond what is known."""
-    from softprompt.train import train
+    from softprompt.training import train
     from tests.conftest import tiny_config
 
     cfg = tiny_config(toy_data, lr=1e30, optimizer="adam", warmup=0.0, schedule="constant", epochs=3)
@@ -457,7 +459,7 @@ def test_every_artifact_read_checks_shape_and_types(tmp_path, tiny_llama, toy_da
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from softprompt.train import train
+    from softprompt.training import train
     from tests.conftest import tiny_config
 
     run = tmp_path / "run"
@@ -535,7 +537,7 @@ def test_generation_arguments_are_checked_before_the_model_loads(tiny_llama, tmp
 def test_a_train_refused_for_bad_data_leaves_no_empty_out(tmp_path, tiny_llama, toy_data):
     """The run directory (and the parents created for it) is removed again when the command fails leaving nothing in
     it but the lock; a directory that existed before is never removed."""
-    from softprompt.train import train
+    from softprompt.training import train
     from tests.conftest import tiny_config
 
     with open(toy_data / "rte" / "train.jsonl", "a") as f:
@@ -557,7 +559,7 @@ def test_a_train_refused_for_bad_data_leaves_no_empty_out(tmp_path, tiny_llama, 
 
 
 def test_an_interrupted_run_is_named_with_the_right_article(tmp_path, tiny_llama, toy_data, interrupt_at):
-    from softprompt.train import train
+    from softprompt.training import train
     from tests.conftest import tiny_config
 
     interrupt_at(2)

@@ -17,14 +17,14 @@ from softprompt.config import EXECUTION_FIELDS, IDENTITY_FIELDS, TrainConfig
 from softprompt.errors import SoftPromptError
 from softprompt.inputs import task_inputs
 from softprompt.runs import CONFLICT, RESUMABLE, RunRecord, run_state
-from softprompt.train import train
+from softprompt.training import train
 from tests.conftest import tiny_config
 
 # Every TrainConfig field, classified. A new field fails this test until it is added to one of these sets (and marked
 # `option(..., execution=True)` when it says how a run is executed rather than what it computes).
 IDENTITY = {
     "task", "model", "method", "tokens", "init", "init_text", "prompt_format", "reparam", "reparam_hidden", "lr",
-    "optimizer", "loss", "weight_decay", "epochs", "batch_size", "group_by_length", "grad_accum", "schedule", "warmup",
+    "optimizer", "loss", "class_balance", "weight_decay", "epochs", "batch_size", "group_by_length", "grad_accum", "schedule", "warmup",
     "seed", "max_train", "max_eval", "dev_size", "selection", "eval_every", "max_grad_norm", "max_length", "dtype",
     "compute_dtype", "lora_r", "lora_alpha", "extra",
 }  # fmt: skip
@@ -251,12 +251,12 @@ def test_a_study_rerun_with_other_execution_settings_skips_the_finished_units(tm
 
 
 def test_an_analysis_cached_under_the_older_key_is_a_hit_and_upgraded(tmp_path):
-    import softprompt.study.units as units
+    from softprompt.study.result_cache import cache_hit, store
 
     path = tmp_path / "neighbors.cache.json"
-    units._store(path, "old", {"summary": [1]}, {"rte": {"data": {"train": "a"}}})
-    assert units._cached(path, ("new", "old"), {"rte": {"data": {"train": "a"}}}) == {"summary": [1]}
+    store(path, "old", {"summary": [1]}, {"rte": {"data": {"train": "a"}}})
+    assert cache_hit(path, ("new", "old"), {"rte": {"data": {"train": "a"}}}) == {"summary": [1]}
     assert json.loads(path.read_text())["key"] == "new"  # upgraded: the next run's key is the current one
-    assert units._cached(path, ("new", "other"), {"rte": {"data": {"train": "a"}}}) == {"summary": [1]}
-    assert units._cached(path, ("newer", "other")) is None
-    assert units._cached(path, ("new", "old"), {"rte": {"data": {"train": "b"}}}) is None  # changed data: not a hit
+    assert cache_hit(path, ("new", "other"), {"rte": {"data": {"train": "a"}}}) == {"summary": [1]}
+    assert cache_hit(path, ("newer", "other")) is None
+    assert cache_hit(path, ("new", "old"), {"rte": {"data": {"train": "b"}}}) is None  # changed data: not a hit

@@ -8,18 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import softprompt.train as train_mod
+import softprompt.training.selection as selection_mod
 from softprompt.config import TrainConfig
 from softprompt.errors import SoftPromptError
 from softprompt.runs import load_run
-from softprompt.train import (
-    MIN_SELECTION_DEV,
-    SELECTION_MARGIN_SE,
-    paired_gain,
-    select_prompt,
-    selection_rule,
-    train,
-)
+from softprompt.training import train
+from softprompt.training.selection import MIN_SELECTION_DEV, SELECTION_MARGIN_SE, paired_gain, select_prompt, selection_rule
 from tests.conftest import tiny_config
 
 N = 40  # a dev split large enough to choose on
@@ -126,8 +120,8 @@ def test_a_tiny_run_with_a_small_dev_split_says_it_kept_the_last_prompt(tiny_lla
 
 @pytest.mark.parametrize("margin", [0.0, 1e9])
 def test_a_tiny_run_records_the_dev_loss_choice(tiny_llama, toy_data, tmp_path, monkeypatch, margin):
-    monkeypatch.setattr(train_mod, "MIN_SELECTION_DEV", 4)  # the toy data's dev split is tiny
-    monkeypatch.setattr(train_mod, "SELECTION_MARGIN_SE", margin)  # 0: any gain keeps the candidate; huge: none does
+    monkeypatch.setattr(selection_mod, "MIN_SELECTION_DEV", 4)  # the toy data's dev split is tiny
+    monkeypatch.setattr(selection_mod, "SELECTION_MARGIN_SE", margin)  # 0: any gain keeps the candidate; huge: none does
     cfg = tiny_config(toy_data, epochs=3, dev_size=4, eval_every=1, selection="dev_loss", lr=0.3)
     res = train(cfg, tmp_path / "r", backbone=tiny_llama, progress=False)
     record, history = load_run(tmp_path / "r").record, res.history

@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles, nothing below the CLI imports it, no function longer than 80 lines.
+"""The package's shape: no import cycles, nothing below the CLI imports it, no function longer than 80 lines,
+no class longer than 200 and no module longer than 400.
 
 Read with the standard library (ast) from the source files, without importing them. Every import
 counts, at module level or inside a function; only imports under `if TYPE_CHECKING:` are left out
@@ -15,6 +16,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "softprompt"
 MAX_FUNCTION_LINES = 80
+MAX_CLASS_LINES = 200
+MAX_MODULE_LINES = 400
 
 
 def _module_name(path: Path) -> str:
@@ -93,8 +96,8 @@ def test_the_graph_sees_the_imports_it_must():
     """The walker itself: known edges (module level, function level, relative, package attribute) are found."""
     graph = import_graph()
     assert "softprompt.scoring.kv_tree" in graph["softprompt.scoring.scorer"]  # `from softprompt.scoring import kv_tree`
-    assert "softprompt.train" in graph["softprompt.baseline_runs"]
-    assert "softprompt.analysis.neighbors" in graph["softprompt.study.units"]  # imported inside a function
+    assert "softprompt.training" in graph["softprompt.baseline_runs"]
+    assert "softprompt.analysis.neighbors" in graph["softprompt.study.analysis_units"]  # imported inside a function
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
@@ -127,6 +130,37 @@ def _long_functions() -> list[str]:
 
 def test_no_function_longer_than_80_lines():
     assert _long_functions() == []
+
+
+def _long_modules() -> list[str]:
+    out = []
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        length = len(path.read_text(encoding="utf-8").splitlines())
+        if length > MAX_MODULE_LINES:
+            out.append(f"{path.relative_to(SRC)} ({length} lines)")
+    return out
+
+
+def test_no_module_longer_than_400_lines():
+    """A module past 400 lines holds more than one concern: split it along its concepts."""
+    assert _long_modules() == [], f"modules over {MAX_MODULE_LINES} lines: " + ", ".join(_long_modules())
+
+
+def _long_classes() -> list[str]:
+    out = []
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                length = (node.end_lineno or node.lineno) - start + 1
+                if length > MAX_CLASS_LINES:
+                    out.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({length} lines)")
+    return out
+
+
+def test_no_class_longer_than_200_lines():
+    """A class past 200 lines does several jobs: give the others their own class or module."""
+    assert _long_classes() == [], f"classes over {MAX_CLASS_LINES} lines: " + ", ".join(_long_classes())
 
 
 @pytest.mark.parametrize("module", ["softprompt.config", "softprompt.cli", "softprompt.errors"])

@@ -100,12 +100,12 @@ def test_config_change_reruns_only_what_it_affects(tmp_path, tiny_model_dir, toy
 
 
 def test_interrupted_study_resumes(tmp_path, tiny_model_dir, toy_data, monkeypatch):
-    import softprompt.train as train_mod
+    import softprompt.training.step as step_mod
 
     cfg = _write(tmp_path, tiny_model_dir, toy_data, methods='["majority"]')
     out = tmp_path / "study"
     calls = {"n": 0}
-    real = train_mod.LOSSES["choices"]
+    real = step_mod.LOSSES["choices"]
 
     def interrupting(scores, labels):
         calls["n"] += 1
@@ -113,10 +113,10 @@ def test_interrupted_study_resumes(tmp_path, tiny_model_dir, toy_data, monkeypat
             raise KeyboardInterrupt
         return real(scores, labels)
 
-    monkeypatch.setitem(train_mod.LOSSES, "choices", interrupting)
+    monkeypatch.setitem(step_mod.LOSSES, "choices", interrupting)
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg, out, progress=False)
-    monkeypatch.setitem(train_mod.LOSSES, "choices", real)
+    monkeypatch.setitem(step_mod.LOSSES, "choices", real)
     res = run_study(cfg, out, progress=False)
     assert res["setup"]["actions"]["rte-s0"] == "skipped"
     assert res["setup"]["actions"]["rte-s1"] == "resumed"
@@ -190,6 +190,7 @@ def test_run_dirs_cannot_escape_the_study(task, tmp_path):
 def test_a_custom_task_file_gets_its_baselines_in_the_report(tmp_path, tiny_model_dir, toy_data):
     """A task given as a .toml path: its baselines are found by the same name as its runs (the accuracy table once
     showed a custom task's soft prompt without its majority / no-prompt rows)."""
+    from softprompt.records.results import StudyResults
     from softprompt.report.tables import accuracy_rows
 
     task = tmp_path / "pairs.toml"
@@ -203,7 +204,7 @@ def test_a_custom_task_file_gets_its_baselines_in_the_report(tmp_path, tiny_mode
     text = cfg.read_text().replace('tasks = ["rte"]', f'tasks = ["{task}"]').replace("seeds = [0, 1, 2]", "seeds = [0]")
     cfg.write_text(text + "\n[train.per_task.pairs]\nepochs = 1\n")  # its own budget, named by its declared name
     results = run_study(cfg, tmp_path / "study", progress=False)
-    methods = {r["method"] for r in accuracy_rows(results) if r["task"] == "pairs"}
+    methods = {r["method"] for r in accuracy_rows(StudyResults.from_dict(results)) if r["task"] == "pairs"}
     assert {"majority", "no_prompt", "soft_prompt"} <= methods
     assert [h["epoch"] for h in results["runs"][0]["history"]] == [1]  # [train] says 2 epochs
     # the report names it as its file declares it; the path appears once, in the setup table, next to the name

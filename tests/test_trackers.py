@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-import softprompt.train as train_mod
+import softprompt.training.checkpoints as checkpoints_mod
 from softprompt.cli import main
 from softprompt.config import TrainConfig, report_targets
 from softprompt.errors import SoftPromptError
 from softprompt.study import load_study_config
 from softprompt.trackers import IDS_FILE, LOG_DIR, Trackers, open_trackers, step_losses
-from softprompt.train import lr_lambda, train
+from softprompt.training import lr_lambda, train
 from tests.conftest import tiny_config
 
 NEEDS_TENSORBOARD = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed")
@@ -85,7 +85,7 @@ def test_a_resumed_run_continues_its_log_without_the_steps_it_repeats(tiny_llama
     from the step-2 checkpoint, and TensorBoard shows each step once, with the uninterrupted run's values."""
     cfg = tiny_config(toy_data, **RUN)
     train(cfg, tmp_path / "ref", backbone=tiny_llama, progress=False)
-    real = train_mod.save_checkpoint
+    real = checkpoints_mod.save_checkpoint
 
     def killed_at_step_4(*args, **kwargs):
         state = kwargs.get("state", args[4] if len(args) > 4 else None)
@@ -93,11 +93,11 @@ def test_a_resumed_run_continues_its_log_without_the_steps_it_repeats(tiny_llama
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", killed_at_step_4)
+    monkeypatch.setattr(checkpoints_mod, "save_checkpoint", killed_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False)
     assert [s for s, _ in _scalars(tmp_path / "cut" / LOG_DIR)["train/loss"]] == STEPS  # logged before the kill
-    monkeypatch.setattr(train_mod, "save_checkpoint", real)
+    monkeypatch.setattr(checkpoints_mod, "save_checkpoint", real)
     train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False, resume=True)
     assert len(list((tmp_path / "cut" / LOG_DIR).glob("events.out.tfevents.*"))) == 2  # the same directory, appended
     ref, got = _scalars(tmp_path / "ref" / LOG_DIR), _scalars(tmp_path / "cut" / LOG_DIR)

@@ -8,11 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import softprompt.train as train_mod
+import softprompt.training.step as step_mod
+from softprompt.config import TrainConfig
 from softprompt.errors import SoftPromptError
 from softprompt.prompt import SoftPrompt, init_prompt
 from softprompt.runs import load_run
-from softprompt.train import TrainConfig, train
+from softprompt.training import train
 
 
 def _cfg(data, **kw):
@@ -136,14 +137,14 @@ def test_exploding_lr_stops_with_clear_error(tiny_llama, toy_data, tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_llama, toy_data, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = train_mod.LOSSES["choices"]
+    real = step_mod.LOSSES["choices"]
 
     def poisoned(scores, labels):
         calls["n"] += 1
         loss = real(scores, labels)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setitem(train_mod.LOSSES, "choices", poisoned)
+    monkeypatch.setitem(step_mod.LOSSES, "choices", poisoned)
     with pytest.raises(SoftPromptError, match="loss became nan"):
         train(_cfg(toy_data), tmp_path / "r", backbone=tiny_llama, progress=False)
     ckpt = load_file(str(tmp_path / "r" / "checkpoint.safetensors"))
@@ -228,13 +229,13 @@ def test_lm_loss_is_the_answer_nll_and_trains(tiny_llama, toy_data, tmp_path):
 def test_group_by_length_batches_similar_lengths_deterministically(tiny_llama, toy_data, tmp_path, monkeypatch):
     """--group-by-length: every example once per epoch, less padding than random batches, same result twice."""
     seen: list[list[int]] = []
-    real_collate = train_mod.collate
+    real_collate = step_mod.collate
 
     def recording(encoded, pad_id, **kw):
         seen.append([e.num_tokens for e in encoded])
         return real_collate(encoded, pad_id, **kw)
 
-    monkeypatch.setattr(train_mod, "collate", recording)
+    monkeypatch.setattr(step_mod, "collate", recording)
 
     def run(name, **kw):
         seen.clear()

@@ -10,16 +10,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import softprompt.train as train_mod
-from softprompt.batching import encode_examples
+import softprompt.training.selection as selection_mod
+import softprompt.training.step as step_mod
+from softprompt.batching import collate, encode_examples
 from softprompt.chat import resolve_prompt_format
 from softprompt.config import PROMPT_LR_PER_STD, TrainConfig
+from softprompt.distributed import setup_data_parallel
 from softprompt.errors import SoftPromptError
 from softprompt.prompt import SoftPrompt, embedding_scale
 from softprompt.runs import load_run
+from softprompt.scoring import batch_choice_scores
 from softprompt.tasks import get_task
 from softprompt.tasks.base import Example
-from softprompt.train import train
+from softprompt.training import build_trainables, prepare_data, train
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}{% if add_generation_prompt %}<|bot|>{% endif %}"
@@ -134,7 +137,7 @@ def test_dev_split_is_held_out_and_shared_by_seeds(toy_data):
 
 def test_best_prompt_is_chosen_on_dev_and_curves_every_n_steps(tiny_llama, toy_data, tmp_path, monkeypatch):
     # 12 training rows - 4 dev = 8, batch 4: 2 steps per epoch, 3 epochs; eval_every 1 adds the mid-epoch points
-    monkeypatch.setattr(train_mod, "MIN_SELECTION_DEV", 4)  # the toy data's dev split is below the real minimum
+    monkeypatch.setattr(selection_mod, "MIN_SELECTION_DEV", 4)  # the toy data's dev split is below the real minimum
     cfg = _cfg(toy_data, epochs=3, dev_size=4, eval_every=1, selection="dev_accuracy")  # (dev_loss: test_selection.py)
     res = train(cfg, tmp_path / "r", backbone=tiny_llama, progress=False)
     steps = [h["step"] for h in res.history]
@@ -158,14 +161,14 @@ def test_without_dev_split_the_last_prompt_is_the_result(tiny_llama, toy_data, t
 
 def test_train_loss_is_the_mean_since_the_previous_evaluation(tiny_llama, toy_data, tmp_path, monkeypatch):
     seen: list[float] = []
-    real = train_mod.LOSSES["choices"]
+    real = step_mod.LOSSES["choices"]
 
     def recording(scores, labels):
         loss = real(scores, labels)
         seen.append(float(loss))
         return loss
 
-    monkeypatch.setitem(train_mod.LOSSES, "choices", recording)
+    monkeypatch.setitem(step_mod.LOSSES, "choices", recording)
     res = train(_cfg(toy_data, epochs=1, batch_size=3, eval_every=2), tmp_path / "r", backbone=tiny_llama, progress=False)
     assert [h["step"] for h in res.history] == [0, 2, 4]
     assert res.history[1]["train_loss"] == pytest.approx(sum(seen[:2]) / 2)
@@ -198,8 +201,8 @@ def test_resume_with_dev_curves_and_reparam_is_bit_identical(tiny_llama, toy_dat
 
 def test_residual_reparam_starts_at_the_init_and_trains_the_mlp(tiny_llama, toy_data, tmp_path):
     cfg = _cfg(toy_data, epochs=2, reparam="residual", reparam_hidden=8)
-    data = train_mod.prepare_data(cfg, tiny_llama, train_mod.setup_data_parallel("cpu"))
-    trainables = train_mod.build_trainables(cfg, data, train_mod.setup_data_parallel("cpu"))
+    data = prepare_data(cfg, tiny_llama, setup_data_parallel("cpu"))
+    trainables = build_trainables(cfg, data, setup_data_parallel("cpu"))
     assert torch.equal(trainables.prompt_matrix(), trainables.prompt.initial)  # exactly the init at step 0
     assert {n for n in trainables.params if n.startswith("reparam.")} == {
         "reparam.0.weight",
@@ -215,12 +218,12 @@ def test_residual_reparam_starts_at_the_init_and_trains_the_mlp(tiny_llama, toy_
 
 def test_mlp_reparam_gets_gradients_everywhere_and_exports_the_matrix(tiny_llama, toy_data, tmp_path):
     cfg = _cfg(toy_data, epochs=1, reparam="mlp", reparam_hidden=8)
-    dp = train_mod.setup_data_parallel("cpu")
-    data = train_mod.prepare_data(cfg, tiny_llama, dp)
-    trainables = train_mod.build_trainables(cfg, data, dp)
-    batch = train_mod.collate(data.encoded[:4], tiny_llama.tokenizer.pad_token_id)
-    scores = train_mod.batch_choice_scores(tiny_llama.model, trainables.prompt_matrix(), batch)
-    train_mod.LOSSES["choices"](scores, batch.labels).backward()
+    dp = setup_data_parallel("cpu")
+    data = prepare_data(cfg, tiny_llama, dp)
+    trainables = build_trainables(cfg, data, dp)
+    batch = collate(data.encoded[:4], tiny_llama.tokenizer.pad_token_id)
+    scores = batch_choice_scores(tiny_llama.model, trainables.prompt_matrix(), batch)
+    step_mod.LOSSES["choices"](scores, batch.labels).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainables.params.values())
     train(cfg, tmp_path / "r", backbone=tiny_llama, progress=False)
     from softprompt.peft_interop import export_peft

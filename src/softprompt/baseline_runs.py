@@ -36,7 +36,7 @@ from softprompt.io import write_json
 from softprompt.locks import directory_lock
 from softprompt.runs import COMPLETE, CONFLICT, RESUMABLE, RunRecord, run_state, warn_unknown_inputs
 from softprompt.tasks import Task, get_task
-from softprompt.train import train
+from softprompt.training import train
 
 BASELINES_FILE = "baselines.json"
 

@@ -27,6 +27,7 @@ BASELINE_METHODS = (*DEFAULT_BASELINES, "hard")
 INIT_METHODS = ("text", "random", "vocab", "labels")
 PROMPT_FORMATS = ("auto", "plain", "chat")  # softprompt.chat implements them
 RUN_INIT, TASK_INIT = "run:", "task:"  # init from a trained prompt: run:PATH[@best|@last], task:NAME (a study's own run)
+CLASS_BALANCE = ("off", "on", "auto")  # training.class_weights implements them
 LOSSES = ("choices", "lm")  # softprompt.scoring.LOSSES implements them
 SCHEDULES = ("linear", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw")
@@ -34,7 +35,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 EXECUTORS = ("local", "ray")
-# softprompt.train.select_prompt implements them. dev_loss is the default: on SST-2, CB and topics (5 seeds each, dev 40)
+# softprompt.training.select_prompt implements them. dev_loss is the default: on SST-2, CB and topics (5 seeds each, dev 40)
 # its prompt scored -0.15 +- 0.15 points vs the last prompt (14 of 15 runs kept the last), dev_accuracy's -1.6 +- 1.8
 # (issue 27; bench/convergence.py --recipes dev-loss)
 SELECTIONS = ("dev_loss", "dev_accuracy", "last")
@@ -126,6 +127,12 @@ class TrainConfig:
         "choices",
         "choices: cross-entropy over the choices' log-likelihoods; lm: NLL of the correct answer (PEFT's recipe)",
         choices=LOSSES,
+    )
+    class_balance: str = option(
+        "off",
+        "weight each example's loss by 1 / (classes x its class's share of the training examples), so every class "
+        "counts equally (what a macro-averaged metric rewards); auto: on when the task's metric is macro-F1",
+        choices=CLASS_BALANCE,
     )
     weight_decay: float = option(0.0)
     epochs: int = option(3)

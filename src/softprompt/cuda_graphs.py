@@ -18,7 +18,7 @@ overwrite another graph's outputs: they are cloned out at once.
 What a captured `fn` must not do (CUDA refuses some of it; the rest would silently replay stale values):
 read a device value on the host, depend on a Python value that is not part of the key, or read tensors
 that are replaced rather than updated in place between steps (parameters updated by the optimiser in place
-are fine). `TrainingLoop._loss_and_grads` is such a function (tests/test_gpu_path.py runs it on the meta
+are fine). `training.step.TrainStep.loss_and_grads` is such a function (tests/test_gpu_path.py runs it on the meta
 device, where any read back raises). If a capture fails anyway, every later step runs eagerly, with a warning.
 """
 
@@ -36,7 +36,7 @@ from softprompt.batching import Batch, pack, shape_key, unpack
 LENGTH_BUCKET = 16  # rows are padded to a multiple of this many tokens or more (batching.bucketed_length)
 # A replayed step splits its batch into 2 or 4 equal groups of similar length (`SPLIT_PARTS`: equal sizes keep the
 # shapes few), one graph each, where the padding saved exceeds this many tokens per extra forward
-# (`TrainingLoop._length_groups`; the gradient is the same sum). Estimated from the H100 graph steps of SmolLM2 on
+# (`TrainStep.length_groups`; the gradient is the same sum). Estimated from the H100 graph steps of SmolLM2 on
 # RTE (bench/README.md "GPU results"): 16.7 ms at batch 8 and 48.8 ms at 32, i.e. ~6 ms of a step does not grow
 # with its tokens: about what 1,300 tokens cost.
 SPLIT_OVERHEAD_TOKENS = 1024

@@ -11,11 +11,10 @@ prompt checks the file against the shape and SHA-256 recorded in run.json when i
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import socket
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,12 @@ from softprompt.config import (
 )
 from softprompt.errors import SoftPromptError, warn
 from softprompt.inputs import MODEL_REVISION, file_sha256, input_changes
-from softprompt.io import read_json, write_json
 from softprompt.prompt import PROMPT_FILE, SoftPrompt, parse_run_init
+from softprompt.records.history import METRICS_FILE, read_metrics  # noqa: F401  (records, imported from here too)
+from softprompt.records.run import RUN_FILE, RUN_FORMAT, STATUSES, RunRecord  # noqa: F401
 
-RUN_FORMAT = 1
-RUN_FILE = "run.json"
 BEST_PROMPT_FILE = "best.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
-METRICS_FILE = "metrics.jsonl"
 WEIGHTS_FILES = {"lora": "adapter.safetensors", "finetune": "model.safetensors"}  # the trained weights of other methods
 BEST_ADAPTER_FILE = "best_adapter.safetensors"
 HARD_PROMPT_FILE = "hard_prompt.json"  # method hard: the discrete prompt (ids, tokens, text), as in run.json's hard_prompt
@@ -53,149 +50,6 @@ def package_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-@dataclass
-class RunRecord:
-    """run.json: what a run is (config, model, task, prompt facts), how far it got, and its numbers.
-
-    Written only by `write` and read only by `read`; fields that do not apply are None and left out
-    of the file. `config` is the TrainConfig as saved (a run made before a field existed lacks it).
-    """
-
-    format: int = RUN_FORMAT
-    status: str = "running"  # running | interrupted | failed | complete
-    imported_from: str | None = None  # a PEFT adapter directory (peft_interop.import_peft)
-    config: dict[str, Any] = field(default_factory=dict)
-    model: dict[str, Any] | None = None  # name, source, revision, class, hidden_size, vocab_size
-    tokenizer: dict[str, Any] | None = None
-    task: dict[str, Any] | None = None  # name, description, template, label_words, metric
-    parameters: dict[str, int] | None = None  # trainable, total
-    versions: dict[str, str] | None = None
-    prompt: dict[str, Any] | None = None  # n_tokens, dim, init, init_tokens; source (a run: init's run, file, sha256)
-    inputs: dict[str, Any] | None = None  # task: definition digest, data: {split: digest} (softprompt.inputs)
-    # prompt file name -> sha256, shape (at save time); while running, checkpoint.safetensors -> sha256 (and the
-    # previous_sha256 while the file is being replaced: a kill then leaves either) that --resume verifies
-    artifacts: dict[str, dict[str, Any]] | None = None
-    processes: int | None = None  # data-parallel processes that trained it
-    worker: dict[str, Any] | None = None  # host and pid, while running
-    # each training session's execution settings (`execution_history`): the first, then every resume; `config`
-    # holds the identity and the latest execution settings
-    executions: list[dict[str, Any]] | None = None
-    error: str | None = None  # why a failed run stopped
-    final: dict[str, Any] | None = None  # EvalResult.metrics() of the last epoch
-    best: dict[str, Any] | None = None  # epoch, metric, value
-    selection: dict[str, Any] | None = None  # how best was chosen: rule, dev_size, chosen, why (train.select_prompt)
-    baselines: dict[str, dict[str, Any]] | None = None  # no_prompt, english_prompt: EvalResult.metrics()
-    # method hard: last and best discrete prompts (token_ids, tokens, text, retokenizes_to_same_ids) and the
-    # last one's text scored as a typed hard prompt (text_final; `final` scores its exact token rows)
-    hard_prompt: dict[str, Any] | None = None
-    resolved: dict[str, Any] | None = None  # settings resolved at training time: lr (lr_per_std when by default), prompt_format
-    dev_examples: int | None = None  # size of the development split held out of the training data
-    train_examples: int | None = None
-    train_label_counts: list[int] | None = None  # training examples per class (the chance loss of learning.py)
-    train_truncated: int | None = None
-    wall_time_s: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
-
-    @classmethod
-    def from_json(cls, data: Any, where: str) -> RunRecord:
-        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
-            raise SoftPromptError(f"{where}: not a softprompt run file (no 'config')")
-        if data.get("format") != RUN_FORMAT:
-            raise SoftPromptError(
-                f"{where}: run format {data.get('format')!r}, this softprompt reads format {RUN_FORMAT}: "
-                "re-create the run with this version or use a matching softprompt"
-            )
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SoftPromptError(f"{where}: unknown key(s) {unknown}: written by another softprompt version?")
-        _check_record_types(data, where)
-        return cls(**data)
-
-    def write(self, run_dir: str | Path) -> None:
-        write_json(Path(run_dir) / RUN_FILE, self.to_json())
-
-    @classmethod
-    def read(cls, run_dir: str | Path) -> RunRecord:
-        path = Path(run_dir) / RUN_FILE
-        return cls.from_json(read_json(path), str(path))
-
-
-STATUSES = ("running", "interrupted", "failed", "complete")
-# JSON type of a RunRecord annotation's base type: (Python types, the name an error uses)
-_JSON_TYPES = {
-    "dict": (dict, "object"),
-    "list": (list, "array"),
-    "str": (str, "string"),
-    "int": (int, "integer"),
-    "float": ((int, float), "number"),
-    "bool": (bool, "boolean"),
-}
-
-
-def _check_record_types(data: dict[str, Any], where: str) -> None:
-    """Each run.json field of the JSON type its `RunRecord` annotation names (or null where it may be None), the
-    status one of STATUSES: a hand-edited or damaged file is one line naming the field, not a traceback later."""
-    for f in fields(RunRecord):
-        annotation = str(f.type)
-        expected = _JSON_TYPES.get(annotation.split("[")[0].split(" ")[0])
-        value = data.get(f.name)
-        if f.name not in data or expected is None or (value is None and "None" in annotation):
-            continue
-        kinds, name = expected
-        if not isinstance(value, kinds) or (isinstance(value, bool) and name != "boolean"):
-            raise SoftPromptError(f"{where}: field {f.name!r} is {value!r:.60}, expected a JSON {name}")
-    if data.get("status", "running") not in STATUSES:
-        raise SoftPromptError(f"{where}: field 'status' is {data['status']!r}, expected one of {', '.join(STATUSES)}")
-
-
-# metrics.jsonl: one evaluation a line; the fields the study's summary and the report read, by JSON type
-_METRIC_FIELDS = {"epoch": (int, float), "step": int, "accuracy": (int, float)}
-_OPTIONAL_METRIC_FIELDS = {"train_loss": (int, float), "f1_macro": (int, float), "acc_norm": (int, float), "dev": dict}
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """A run's metrics.jsonl (empty if absent), every line checked: a JSON object with the fields the study's
-    summary, the learning verdict and the report read, of their types. A damaged line is one error, FILE:LINE."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SoftPromptError(f"{path}: cannot read it ({e})") from None
-    history = []
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            history.append(_metrics_line(line, f"{path}:{number}"))
-    return history
-
-
-def _metrics_line(line: str, where: str) -> dict[str, Any]:
-    fix = "the run's metrics file is damaged: restore it, or retrain the run (in a study, delete its directory)"
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise SoftPromptError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); {fix}") from None
-    if not isinstance(record, dict):
-        raise SoftPromptError(f"{where}: expected a JSON object, got {type(record).__name__}; {fix}")
-    for name, kind in (*_METRIC_FIELDS.items(), *_OPTIONAL_METRIC_FIELDS.items()):
-        value = record.get(name)
-        if value is None and name in _OPTIONAL_METRIC_FIELDS:
-            continue
-        if name not in record:
-            raise SoftPromptError(f"{where}: missing field {name!r}; {fix}")
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise SoftPromptError(f"{where}: field {name!r} is {value!r:.60}, not {_type_name(kind)}; {fix}")
-    return record
-
-
-def _type_name(kind: Any) -> str:
-    return {int: "an integer", dict: "a JSON object"}.get(kind, "a number")
 
 
 @dataclass
@@ -222,8 +76,7 @@ class Run:
     @property
     def prompt_format(self) -> str:
         """How the run's examples were laid out (plain or chat); runs from before the option were plain."""
-        resolved = self.record.resolved or {}
-        return resolved.get("prompt_format") or self.config.get("prompt_format", "plain")
+        return self.record.resolved_settings().prompt_format or self.config.get("prompt_format", "plain")
 
     def prompt(self, which: str = "last") -> SoftPrompt:
         """The run's last (or best) prompt, checked against run.json: the shape it records, and the
@@ -232,15 +85,15 @@ class Run:
             raise SoftPromptError(f"run {self.path} trained method {self.method!r}: it has no prompt")
         name = prompt_file_name(which)
         path = self.path / name
-        recorded = (self.record.artifacts or {}).get(name)
-        if recorded and path.is_file() and file_sha256(path) != recorded.get("sha256"):
+        recorded = self.record.file_facts(name)
+        if recorded and path.is_file() and file_sha256(path) != recorded.sha256:
             raise SoftPromptError(
                 f"{path} does not match {self.path / RUN_FILE}: its SHA-256 differs from the one recorded when the run "
                 "saved it (the file was replaced or modified); restore the run's own file or retrain the run"
             )
         prompt = SoftPrompt.load(path)
-        facts = self.record.prompt or {}
-        expected = (recorded or {}).get("shape") or [facts.get("n_tokens"), facts.get("dim")]
+        facts = self.record.prompt_facts()
+        expected = (recorded and recorded.shape) or ([facts.n_tokens, facts.dim] if facts else [None, None])
         if None not in expected and [prompt.n_tokens, prompt.dim] != list(expected):
             raise SoftPromptError(
                 f"{path} holds a {prompt.n_tokens} x {prompt.dim} prompt, but {self.path / RUN_FILE} records "
@@ -284,9 +137,9 @@ def observed_status(record: RunRecord) -> str:
     """The run's status as it is now: `running` only while the process recorded in run.json lives.
     A run on this host whose process is gone (SIGKILL, out of memory, a crash) was interrupted; a run
     recorded by another host is taken at its word."""
-    worker = record.worker or {}
-    pid = worker.get("pid")
-    here = worker.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid()
+    worker = record.worker_facts()
+    pid = worker.pid if worker else None
+    here = worker is not None and worker.host == socket.gethostname() and isinstance(pid, int) and pid != os.getpid()
     if record.status == "running" and here and _process_gone(pid):
         return "interrupted"
     return record.status
@@ -329,7 +182,8 @@ def _init_source_changed(cfg: TrainConfig, record: RunRecord) -> bool:
     """A `run:` init whose source prompt file now holds another prompt than the one the run started from."""
     if not cfg.init.startswith(RUN_INIT):
         return False
-    recorded = ((record.prompt or {}).get("source") or {}).get("sha256")
+    facts = record.prompt_facts()
+    recorded = facts.source.sha256 if facts and facts.source else None
     path, which = parse_run_init(cfg.init)
     file = path / prompt_file_name(which)
     return recorded is not None and file.exists() and file_sha256(file) != recorded
@@ -346,7 +200,8 @@ def _default_lr_changed(cfg: TrainConfig, record: RunRecord) -> bool:
     factor = {"prompt": PROMPT_LR_PER_STD, "hard": HARD_LR_PER_STD}.get(cfg.method)  # (read now: tests patch them)
     if factor is None or cfg.lr is not None or record.config.get("lr") is not None or record.resolved is None:
         return False  # (a record with nothing resolved says nothing about its rate)
-    return record.resolved.get("lr_per_std", LEGACY_LR_PER_STD) != factor
+    resolved = record.resolved_settings()
+    return (resolved.lr_per_std if resolved.present("lr_per_std") else LEGACY_LR_PER_STD) != factor
 
 
 def identity_changes(
@@ -375,7 +230,7 @@ def identity_changes(
 def _compute_dtype_change(cfg: TrainConfig, record: RunRecord, here: str | None) -> str | None:
     """`compute_dtype` (how it differs) when `cfg` would compute in another dtype than the run did; None when the same or unknown."""
     saved_cfg = record.config.get("compute_dtype", "auto")
-    saved = (record.resolved or {}).get("compute_dtype") or (canonical_dtype(saved_cfg) if saved_cfg != "auto" else None)
+    saved = record.resolved_settings().compute_dtype or (canonical_dtype(saved_cfg) if saved_cfg != "auto" else None)
     if saved is None:  # a run from before run.json recorded the resolved dtype: its config is all there is
         return "compute_dtype" if saved_cfg != cfg.compute_dtype else None
     mine = canonical_dtype(cfg.compute_dtype) if cfg.compute_dtype != "auto" else here
@@ -442,7 +297,8 @@ def run_state(
         return RunState(ABSENT)
     record = RunRecord.read(out)
     status = observed_status(record)
-    saved = {**(record.inputs or {}), MODEL_REVISION: (record.model or {}).get("revision")}
+    model = record.model_facts()
+    saved = {**(record.inputs or {}), MODEL_REVISION: model.revision if model else None}
     inputs_changed = tuple(input_changes(saved, inputs)) if inputs is not None else ()
     unknown = inputs is not None and record.inputs is None
     changed = tuple(identity_changes(cfg, record, inputs, compute_dtype))

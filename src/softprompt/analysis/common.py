@@ -44,19 +44,20 @@ def run_labels(runs: Sequence[Run]) -> list[str]:
 def run_meta(run: Run, label: str) -> dict[str, Any]:
     """What a report says about a run: where it is, what it trained, how well it did."""
     record = run.record
-    init = (record.prompt or {}).get("init", {})
-    final = record.final or {}
-    no_prompt = (record.baselines or {}).get("no_prompt") or {}
+    prompt = record.prompt_facts()
+    init = prompt.init if prompt else None
+    final = record.final_metrics()
+    no_prompt = record.baseline_metrics().get("no_prompt")
     return {
         "id": label,
         "path": str(run.path),
         "task": task_name(run.task),
         "seed": run_seed(run),
         "model": run.config.get("model"),
-        "init_method": init.get("method"),
-        "init_text": init.get("text"),
-        "final_accuracy": final.get("accuracy"),
-        "no_prompt_accuracy": no_prompt.get("accuracy"),
+        "init_method": init.method if init else None,
+        "init_text": init.text if init else None,
+        "final_accuracy": final.accuracy if final else None,
+        "no_prompt_accuracy": no_prompt.accuracy if no_prompt else None,
     }
 
 

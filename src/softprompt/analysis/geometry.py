@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from softprompt.analysis.common import as_runs, correlation, json_safe, run_labels, run_meta
-from softprompt.analysis.results import GeometryResult
 from softprompt.errors import SoftPromptError
+from softprompt.records.geometry import GeometryResult
 from softprompt.tasks import task_name
 
 LEVELS = ("token", "prompt")
@@ -306,6 +306,8 @@ def geometry_report(
         out_dir = Path(out_dir)
         if figures:
             _figures(report["figures"], out_dir, projections, rows, all_pairs, labels, level)
+    report = GeometryResult.from_dict(report, "geometry report").to_dict()  # as its record writes it (schema version)
+    if out_dir is not None:
         from softprompt.io import write_json
 
         write_json(out_dir / "geometry.json", report)

@@ -21,8 +21,10 @@ from typing import Any
 import torch
 
 from softprompt.analysis.common import as_runs, json_safe, run_labels, run_meta
-from softprompt.analysis.neighbors import TokenReader, input_embedding_matrix
+from softprompt.analysis.token_text import TokenReader
 from softprompt.errors import SoftPromptError
+from softprompt.prompt import input_embedding_matrix
+from softprompt.records.readouts import ImportanceResult
 
 REPLACEMENTS = ("init", "mean")
 NOTE = (
@@ -231,6 +233,7 @@ def importance_report(
             "note": NOTE,
         }
     )
+    report = ImportanceResult.from_dict(report, "importance report").to_dict()  # checked by its record, versioned
     if out_dir is not None:
         from softprompt.io import write_json
 

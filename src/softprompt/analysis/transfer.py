@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from softprompt.analysis.common import as_runs, correlation, json_safe, run_labels, run_meta
-from softprompt.analysis.results import TransferResult
 from softprompt.errors import SoftPromptError
+from softprompt.records.transfer import TransferResult
 from softprompt.tasks import task_name
 
 SIMILARITIES = ("frobenius", "pooled_cosine", "token_cosine")
@@ -228,6 +228,8 @@ def transfer_report(
         out_dir = Path(out_dir)
         if figures:
             _figures(report, out_dir, matrix, sims, labels)
+    report = TransferResult.from_dict(report, "transfer report").to_dict()  # as its record writes it (schema version)
+    if out_dir is not None:
         from softprompt.io import write_json
 
         write_json(out_dir / "transfer.json", report)

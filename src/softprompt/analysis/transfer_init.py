@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from softprompt.analysis.common import correlation, json_safe, paired_difference
-from softprompt.analysis.results import TransferInitResult
 from softprompt.analysis.transfer import DIRECTION, similarities_or_pooled
 from softprompt.errors import SoftPromptError
+from softprompt.records.transfer import TransferInitResult
 from softprompt.runs import Run
 
 
@@ -38,10 +38,10 @@ class TransferredRun:
 
 
 def _accuracy(run: Run) -> float:
-    final = run.record.final or {}
-    if "accuracy" not in final:
+    final = run.record.final_metrics()
+    if final is None or final.accuracy is None:
         raise SoftPromptError(f"run {run.path} has no final accuracy")
-    return float(final["accuracy"])
+    return float(final.accuracy)
 
 
 def _similarities(own: dict[tuple[str, int], Run]) -> tuple[dict[str, np.ndarray], list[tuple[str, int]], str | None]:
@@ -128,11 +128,12 @@ def transfer_init_report(
     )
     TransferInitResult.from_json(report, "transfer-init report")
     if out_dir is not None:
+        _figures(report, Path(out_dir))
+    report = TransferInitResult.from_dict(report, "transfer-init report").to_dict()  # as its record writes it
+    if out_dir is not None:
         from softprompt.io import write_json
 
-        out_dir = Path(out_dir)
-        _figures(report, out_dir)
-        write_json(out_dir / "transfer_init.json", report)
+        write_json(Path(out_dir) / "transfer_init.json", report)
     return report
 
 

@@ -44,12 +44,13 @@ def _runs(a: argparse.Namespace):
 
 def cmd_neighbors(a: argparse.Namespace) -> int:
     from softprompt.analysis.neighbors import neighbors_report
+    from softprompt.records.neighbors import NeighborsResult
 
     if a.task and not a.project:
         raise SoftPromptError("--task only applies with --project (the task the projected prompt is evaluated on)")
     runs = _runs(a)
     backbone, evaluator = _load(a, runs)
-    rep = neighbors_report(
+    report = neighbors_report(
         backbone,
         runs,
         a.k,
@@ -61,92 +62,92 @@ def cmd_neighbors(a: argparse.Namespace) -> int:
         task=a.task,
         limit=a.max_eval,
     )
+    rep = NeighborsResult.from_dict(report, "neighbors report")
     rows = []
-    for label, r in rep["runs"].items():
-        s = r["summary"]
+    for label, r in rep.runs.items():
+        s = r.summary
         row = {
             "run": label,
-            f"survival@{a.k}": _fmt(s["survival_rate"]),
-            "cos_to_init": _fmt(s["mean_cos_to_initial"]),
-            "drift/gap": _fmt(s.get("mean_relative_to_gap")),
-            "top1 changed": _fmt(s.get("top1_changed_rate")),
-            "surviving words": " ".join(s["surviving_words"][:8]),
+            f"survival@{a.k}": _fmt(s.survival_rate if s else None),
+            "cos_to_init": _fmt(s.mean_cos_to_initial if s else None),
+            "drift/gap": _fmt(s.mean_relative_to_gap if s else None),
+            "top1 changed": _fmt(s.top1_changed_rate if s else None),
+            "surviving words": " ".join(s.surviving_words[:8] if s else []),
         }
-        if "projection" in r:
-            acc = r["projection"]["accuracy"]
+        if r.projection:
+            acc = r.projection.accuracy
             row.update({k: _fmt(acc.get(k)) for k in ("soft", "projected_soft", "projected_text", "no_prompt")})
         rows.append(row)
     print_table(rows)
-    for label, r in rep["runs"].items():
-        if "projection" in r:
-            print(f"{label} projected text: {r['projection']['projection']['text']!r}")
-    print(f"written to {a.out}: neighbors.json and {len(rep['figures'])} figure(s)")
+    for label, r in rep.runs.items():
+        if r.projection:
+            print(f"{label} projected text: {r.projection.projection.text!r}")
+    print(f"written to {a.out}: neighbors.json and {len(rep.figures)} figure(s)")
     return 0
 
 
 def cmd_geometry(a: argparse.Namespace) -> int:
     from softprompt.analysis.geometry import geometry_report
+    from softprompt.records.geometry import GeometryResult
 
-    rep = geometry_report(_runs(a), a.out, level=a.level, seed=a.seed, perplexity=a.perplexity, which=a.which)
+    report = geometry_report(_runs(a), a.out, level=a.level, seed=a.seed, perplexity=a.perplexity, which=a.which)
+    rep = GeometryResult.from_dict(report, "geometry report")
     print_table(
         [
             {
-                "run": r["id"],
-                "task": r["task"],
-                "||P-P0||": _fmt(r["drift"]["frobenius"]),
-                "relative": _fmt(r["drift"]["relative"]),
-                "cos(P,P0)": _fmt(r["drift"]["mean_token_cosine"]),
+                "run": r.id,
+                "task": r.task,
+                "||P-P0||": _fmt(r.drift.frobenius),
+                "relative": _fmt(r.drift.relative),
+                "cos(P,P0)": _fmt(r.drift.mean_token_cosine),
             }
-            for r in rep["runs"]
+            for r in rep.runs
         ]
     )
     rows = []
-    for task, w in rep["within_task"].items():
-        st = w.get("frobenius_stats")
+    for task, w in (rep.within_task or {}).items():
+        st = w.frobenius_stats
         if st:
             rows.append(
-                {
-                    "task": task,
-                    "runs": len(w["runs"]),
-                    "pair mean": _fmt(st["mean"]),
-                    "pair std": _fmt(st["std"]),
-                    "cv": _fmt(st["cv"]),
-                }
+                {"task": task, "runs": len(w.runs), "pair mean": _fmt(st.mean), "pair std": _fmt(st.std), "cv": _fmt(st.cv)}
             )
     if rows:
         print("\ndistances between runs of the same task (||B-A||_F): a small cv means equidistant")
         print_table(rows)
-    c = rep["drift_vs_difficulty"]["no_prompt_accuracy"]
-    print(f"\ndrift vs no-prompt accuracy: Spearman rho {_fmt(c['spearman_rho'])} (p {_fmt(c['spearman_p'])}, n {c['n']})")
-    print(f"written to {a.out}: geometry.json and {len(rep['figures'])} figure(s)")
+    if rep.drift_vs_difficulty:
+        c = rep.drift_vs_difficulty.no_prompt_accuracy
+        print(f"\ndrift vs no-prompt accuracy: Spearman rho {_fmt(c.spearman_rho)} (p {_fmt(c.spearman_p)}, n {c.n})")
+    print(f"written to {a.out}: geometry.json and {len(rep.figures)} figure(s)")
     return 0
 
 
 def cmd_transfer(a: argparse.Namespace) -> int:
     from softprompt.analysis.transfer import transfer_report
+    from softprompt.records.transfer import TransferResult
 
     runs = _runs(a)
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
     _, evaluator = _load(a, runs)
-    rep = transfer_report(evaluator, runs, tasks, a.out, limit=a.max_eval, which=a.which)
-    m = rep["matrix"]
-    rows = [{"prompt": "no prompt", **{t: _fmt(m["no_prompt"][t]) for t in m["tasks"]}}]
+    report = transfer_report(evaluator, runs, tasks, a.out, limit=a.max_eval, which=a.which)
+    rep = TransferResult.from_dict(report, "transfer report")
+    m = rep.matrix
+    rows = [{"prompt": "no prompt", **{t: _fmt(m.no_prompt[t]) for t in m.tasks}}]
     rows += [
-        {"prompt": lab, **{t: _fmt(v) for t, v in zip(m["tasks"], row, strict=True)}}
-        for lab, row in zip(m["runs"], m["accuracy"], strict=True)
+        {"prompt": lab, **{t: _fmt(v) for t, v in zip(m.tasks, row, strict=True)}}
+        for lab, row in zip(m.runs, m.accuracy, strict=True)
     ]
     print_table(rows)
-    share = rep["share_beating_no_prompt"]
-    if share["transfers"]:
-        print(f"\ncross-task transfers beating no prompt: {share['beat_no_prompt']}/{share['transfers']} ({share['share']:.0%})")
-    for name, c in rep["similarity_vs_gain"].items():
+    share = rep.share_beating_no_prompt
+    if share and share.transfers:
+        print(f"\ncross-task transfers beating no prompt: {share.beat_no_prompt}/{share.transfers} ({share.share:.0%})")
+    for name, c in (rep.similarity_vs_gain or {}).items():
         print(
-            f"{name} ({c['direction']}) vs gain: Pearson r {_fmt(c['pearson_r'])} (p {_fmt(c['pearson_p'])}), "
-            f"Spearman rho {_fmt(c['spearman_rho'])} (p {_fmt(c['spearman_p'])}), n {c['n']}"
+            f"{name} ({c.direction}) vs gain: Pearson r {_fmt(c.pearson_r)} (p {_fmt(c.pearson_p)}), "
+            f"Spearman rho {_fmt(c.spearman_rho)} (p {_fmt(c.spearman_p)}), n {c.n}"
         )
-    if rep["similarity_note"]:
-        print(rep["similarity_note"])
-    print(f"written to {a.out}: transfer.json and {len(rep['figures'])} figure(s)")
+    if rep.similarity_note:
+        print(rep.similarity_note)
+    print(f"written to {a.out}: transfer.json and {len(rep.figures)} figure(s)")
     return 0
 
 

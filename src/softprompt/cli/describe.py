@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from softprompt.cli.analysis import _analysis_parser, _fmt, _load, _model_args, _runs
 from softprompt.cli.common import print_table
 from softprompt.errors import SoftPromptError
+
+if TYPE_CHECKING:
+    from softprompt.records.readouts import Description
 
 _WIDTH = 72  # description characters shown in the table (describe.json has them whole)
 
@@ -43,31 +47,32 @@ def _short(text: str) -> str:
     return text if len(text) <= _WIDTH else text[: _WIDTH - 3] + "..."
 
 
-def _rows(name: str, prompt: str, descriptions: list[dict]) -> list[dict]:
+def _rows(name: str, prompt: str, descriptions: list[Description]) -> list[dict]:
     """One table row per greedy description (the samples are in describe.json)."""
     return [
         {
             "run": name,
             "prompt": prompt,
-            "probe": d["probe"] if d["layer"] is None else f"{d['probe']}@{d['layer']}",
-            "score": _fmt(d["score"]["score"]),
-            "description": _short(d["text"]),
+            "probe": d.probe if d.layer is None else f"{d.probe}@{d.layer}",
+            "score": _fmt(d.score_value),
+            "description": _short(d.text),
         }
         for d in descriptions
-        if d["decoding"] == "greedy"
+        if d.decoding == "greedy"
     ]
 
 
 def cmd_describe(a: argparse.Namespace) -> int:
     from softprompt.analysis.describe import describe_report
     from softprompt.locks import ensure_directory
+    from softprompt.records.readouts import DescribeResult
 
     _check(a)
     layers = _layers(a.layers)
     runs = _runs(a) if a.runs else []
     ensure_directory(Path(a.out), "--out")
     backbone, _ = _load(a, runs)
-    rep = describe_report(
+    report = describe_report(
         backbone,
         runs,
         a.out,
@@ -79,19 +84,20 @@ def cmd_describe(a: argparse.Namespace) -> int:
         seed=a.seed,
         source=a.source,
     )
+    rep = DescribeResult.from_dict(report, "describe report")
     rows = []
-    for r in rep["runs"]:
-        rows += _rows(r["run"], "trained", r["descriptions"]) + _rows(r["run"], "init", r["init"]["descriptions"])
-    if "identity" in rep:
-        rows += _rows("--text", "text", rep["identity"]["descriptions"])
+    for r in rep.runs:
+        rows += _rows(r.run, "trained", r.descriptions) + _rows(r.run, "init", r.init.descriptions)
+    if rep.identity:
+        rows += _rows("--text", "text", rep.identity.descriptions)
     print_table(rows)
-    for r in rep["runs"]:
-        s = r["summary"]
+    for r in rep.runs:
+        s = r.summary
         print(
-            f"{r['run']}: mean greedy score trained {_fmt(s['trained_score'])}, init {_fmt(s['init_score'])} ({r['wall_time_s']:.1f}s)"
+            f"{r.run}: mean greedy score trained {_fmt(s.trained_score)}, init {_fmt(s.init_score)} ({r.wall_time_s or 0:.1f}s)"
         )
-    if "identity" in rep:
-        print(f"--text: mean greedy score {_fmt(rep['identity']['summary']['score'])}")
+    if rep.identity:
+        print(f"--text: mean greedy score {_fmt(rep.identity.summary.score)}")
     print(f"written to {a.out}: describe.json")
     return 0
 

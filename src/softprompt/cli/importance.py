@@ -8,9 +8,12 @@ from softprompt.cli.analysis import _analysis_parser, _fmt, _load, _model_args, 
 from softprompt.cli.common import print_table
 from softprompt.errors import SoftPromptError
 
+MEAN = "mean"  # the replacement by the mean embedding (analysis.importance.REPLACEMENTS)
+
 
 def cmd_importance(a: argparse.Namespace) -> int:
     from softprompt.analysis.importance import REPLACEMENTS, importance_report
+    from softprompt.records.readouts import ImportanceResult
 
     if a.max_eval is not None and a.max_eval < 1:
         raise SoftPromptError(f"--max-eval {a.max_eval}: expected at least 1 example")
@@ -21,28 +24,29 @@ def cmd_importance(a: argparse.Namespace) -> int:
         raise SoftPromptError(f"--replacements {a.replacements!r}: {got} is not one of {', '.join(REPLACEMENTS)}")
     runs = _runs(a)
     _, evaluator = _load(a, runs)
-    rep = importance_report(
+    report = importance_report(
         evaluator, runs, a.out, which=a.which, limit=a.max_eval, seed=a.seed, task=a.task, replacements=replacements
     )
-    for r in rep["runs"]:
-        base = r["base"]
-        print(f"\n{r['run']} on {r['task']} (n {r['n']}): accuracy {_fmt(base['accuracy'])}, loss {_fmt(base['loss'])}")
+    for r in ImportanceResult.from_dict(report, "importance report").runs:
+        base = r.base
+        accuracy, loss = (base.accuracy, base.loss) if base else (None, None)
+        print(f"\n{r.run} on {r.task} (n {r.n}): accuracy {_fmt(accuracy)}, loss {_fmt(loss)}")
         rows = []
-        for p in r["positions"]:
-            mean = p["by_replacement"].get("mean")
+        for p in r.positions:
+            mean = p.by_replacement.get(MEAN)
             rows.append(
                 {
-                    "position": p["index"],
-                    "init token": p["initial_token"] if p["initial_token"] is not None else "-",
-                    "accuracy drop": _fmt(p["accuracy_drop"]),
-                    "loss increase": _fmt(p["loss_increase"]),
-                    "loss increase (mean)": _fmt(mean["loss_increase"]) if mean else "-",
+                    "position": p.index,
+                    "init token": p.initial_token if p.initial_token is not None else "-",
+                    "accuracy drop": _fmt(p.accuracy_drop),
+                    "loss increase": _fmt(p.loss_increase),
+                    "loss increase (mean)": _fmt(mean.loss_increase) if mean else "-",
                 }
             )
         print_table(rows)
-        print(f"most important first: {' '.join(map(str, r['ranking']))} ({r['wall_time_s']:.1f} s)")
-        if "warning" in r:
-            print(f"warning: {r['warning']}")
+        print(f"most important first: {' '.join(map(str, r.ranking))} ({r.wall_time_s or 0:.1f} s)")
+        if r.warning:
+            print(f"warning: {r.warning}")
     print(f"\nwritten to {a.out}: importance.json")
     return 0
 

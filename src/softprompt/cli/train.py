@@ -1,4 +1,4 @@
-"""`softprompt train`: one flag per TrainConfig field, then `softprompt.train.train`."""
+"""`softprompt train`: one flag per TrainConfig field, then `softprompt.training.train`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from softprompt.config import TrainConfig
 
 def cmd_train(a: argparse.Namespace) -> int:
     from softprompt.distributed import setup_data_parallel
-    from softprompt.train import train
+    from softprompt.training import train
 
     cfg = TrainConfig(**config_values(a))
     out = Path(a.out or f"runs/{cfg.task.replace('/', '_').removesuffix('.toml')}-{cfg.method}-s{cfg.seed}")

@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from softprompt.analysis.results import GeometryResult, NeighborsResult, TransferInitResult, TransferResult
+from softprompt.records.geometry import GeometryResult
+from softprompt.records.neighbors import NeighborsResult
+from softprompt.records.results import StudyResults
+from softprompt.records.transfer import TransferInitResult, TransferResult
 from softprompt.report.findings import similarity_verdict
 from softprompt.report.primitives import esc, figure, section, table
 from softprompt.report.tables import write_csv
@@ -92,7 +95,6 @@ def _neighbors(nb: NeighborsResult, out: Path) -> tuple[str, str, str]:
 
 
 def _geometry(geo: GeometryResult, out: Path) -> str:
-    figs = geo.figures
     summary = geo.summary
     drift_rows = [{"run": r.id, "task": r.task, "seed": r.seed, **asdict(r.drift)} for r in geo.runs]
     write_csv(out / "tables" / "drift.csv", drift_rows)
@@ -101,16 +103,16 @@ def _geometry(geo: GeometryResult, out: Path) -> str:
     diff = summary.drift_vs_difficulty
     body = [
         f"<p>{esc(geo.note)}</p>",
-        figure(figs.get("tsne"), "t-SNE of every soft-prompt token of every run with the initial prompts (X)"),
-        figure(figs.get("pca"), "PCA of the same points"),
+        figure(geo.figure("tsne"), "t-SNE of every soft-prompt token of every run with the initial prompts (X)"),
+        figure(geo.figure("pca"), "PCA of the same points"),
         "<h3>Distance from the initial prompt</h3>",
         table(drift_rows),
-        figure(figs.get("drift"), "Frobenius distance of each run's prompt from its initial prompt"),
+        figure(geo.figure("drift"), "Frobenius distance of each run's prompt from its initial prompt"),
         "<h3>Between runs of the same task</h3>",
         "<p>Frobenius distances between the prompts of different seeds of one task: mean, spread and coefficient of "
         "variation (std / mean; small means the runs are about equidistant).</p>",
         table(eq, [c for c in ("task", "pairs", "mean", "std", "min", "max", "cv") if not eq or c in eq[0]]),
-        figure(figs.get("distances"), "Pairwise Frobenius distances between all prompts"),
+        figure(geo.figure("distances"), "Pairwise Frobenius distances between all prompts"),
         "<h3>Drift and task difficulty</h3>",
         table(
             [
@@ -148,8 +150,8 @@ def _transfer(tr: TransferResult, out: Path) -> str:
         table(rows),
         f"<p>Share of cross-task transfers that beat no prompt: <b>{'n/a' if share is None else f'{100 * share:.1f}%'}</b> "
         f"of {summary.n_transfers}" + (f" ({summary.n_ties} tie it exactly)" if summary.n_ties else "") + ".</p>",
-        figure(figs.get("accuracy"), "Transfer accuracy: prompt (row) on task (column); framed: own task"),
-        figure(figs.get("gain"), "Accuracy gain over no prompt"),
+        figure(tr.figure("accuracy"), "Transfer accuracy: prompt (row) on task (column); framed: own task"),
+        figure(tr.figure("gain"), "Accuracy gain over no prompt"),
         "<h3>Prompt similarity and transfer</h3>",
         "<p>Similarity of prompts A and B: Frobenius norm of B − A (the original study; a distance), cosine of the "
         "average-pooled prompts and mean per-token cosine (SPoT, Vu et al. 2022). Correlation with the transfer gain over "
@@ -196,7 +198,7 @@ def _transfer_init(tri: TransferInitResult, out: Path) -> str:
         "evaluated on B without training, minus no prompt (the transfer matrix above). Similarity is between A's and B's "
         "own prompts of the same seed, averaged over seeds.</p>",
         table(rows),
-        figure(tri.figures.get("gain"), "Gain of B (column) started from A's prompt (row) over B's own initialisation"),
+        figure(tri.figure("gain"), "Gain of B (column) started from A's prompt (row) over B's own initialisation"),
         "<h3>Did prompt similarity predict the gain?</h3>",
         "<ul>" + "".join(f"<li>{esc(similarity_verdict(c))}</li>" for c in tri.correlations) + "</ul>",
         '<p class="note">Over task pairs each ordered pair is one point (its gain averaged over seeds); the similarity is '
@@ -211,23 +213,20 @@ def _transfer_init(tri: TransferInitResult, out: Path) -> str:
     return "".join(body)
 
 
-def analysis_sections(results: dict, out: Path) -> list[str]:
-    """The analyses' sections, from results.json's typed views (a missing field is an error naming it)."""
+def analysis_sections(results: StudyResults, out: Path) -> list[str]:
+    """The analyses' sections, from results.json's records."""
     parts = []
-    if results.get("neighbors"):
-        n_html, s_html, p_html = _neighbors(NeighborsResult.from_json(results["neighbors"], "results.json neighbors"), out)
+    if results.neighbors:
+        n_html, s_html, p_html = _neighbors(results.neighbors, out)
         parts += [
             section("Nearest tokens and surviving words", n_html, "neighbors"),
             section("Scripts and languages", s_html, "scripts"),
             section("Projected prompts", p_html, "projection"),
         ]
-    if results.get("geometry"):
-        geo = GeometryResult.from_json(results["geometry"], "results.json geometry")
-        parts.append(section("Stochasticity across seeds", _geometry(geo, out), "stochasticity"))
-    if results.get("transfer"):
-        tr = TransferResult.from_json(results["transfer"], "results.json transfer")
-        parts.append(section("Transfer between tasks", _transfer(tr, out), "transfer"))
-    if results.get("transfer_init"):
-        tri = TransferInitResult.from_json(results["transfer_init"], "results.json transfer_init")
-        parts.append(section("Transfer initialisation (SPoT)", _transfer_init(tri, out), "transfer-init"))
+    if results.geometry:
+        parts.append(section("Stochasticity across seeds", _geometry(results.geometry, out), "stochasticity"))
+    if results.transfer:
+        parts.append(section("Transfer between tasks", _transfer(results.transfer, out), "transfer"))
+    if results.transfer_init:
+        parts.append(section("Transfer initialisation (SPoT)", _transfer_init(results.transfer_init, out), "transfer-init"))
     return parts

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import statistics
 
-from softprompt.analysis.results import (
-    GeometryResult,
-    GeometrySummary,
-    NeighborsResult,
-    NeighborsSummary,
-    TransferInitCorrelation,
-    TransferInitResult,
-    TransferResult,
-    TransferSummary,
-)
 from softprompt.learning import LEARNED_BELOW
+from softprompt.records.geometry import GeometrySummary
+from softprompt.records.neighbors import NeighborsSummary
+from softprompt.records.results import RunsAndBaselines, RunSummary, StudyResults
+from softprompt.records.transfer import TransferInitCorrelation, TransferInitResult, TransferSummary
 from softprompt.report.ablations import ablation_findings
-from softprompt.report.tables import METHOD_LABELS, accuracy_rows, calibrated_values
+from softprompt.report.tables import METHOD_LABELS, AccuracyRow, accuracy_table, calibrated_values
 from softprompt.tasks import task_name
 
 SIGNIFICANCE = 0.05  # the p-value below which a correlation counts as evidence
@@ -40,19 +34,24 @@ def compare(values: list[float], reference: float) -> str:
     return text + f"; SE {100 * se:.1f}: {verdict})"
 
 
-def accuracy_findings(results: dict) -> list[str]:
+def accuracy_findings(results: RunsAndBaselines | StudyResults) -> list[str]:
     out = []
-    rows = accuracy_rows(results)
-    tasks = sorted({r["task"] for r in rows})
+    rows = accuracy_table(results)
+    tasks = sorted({r.task for r in rows})
     for task in tasks:
-        tr = {r["method"]: r for r in rows if r["task"] == task}
-        soft = tr.get("soft_prompt")
-        if not soft:
+        tr = {r.method: r for r in rows if r.task == task}
+        soft = next((r for r in rows if r.task == task and r.method == "soft_prompt"), None)
+        if soft is None or soft.accuracy is None:
             continue
-        runs = [r for r in results["runs"] if task_name(r["task"]) == task]
-        values = [r["final"]["accuracy"] for r in runs]
-        s = f"{task}: soft prompt {_pct(soft['accuracy'])} ± {_pct(soft['accuracy_std'] or 0)} over {soft['n_runs']} seed{'s' if soft['n_runs'] != 1 else ''}"
-        comps = [f"vs {METHOD_LABELS[m]} {compare(values, tr[m]['accuracy'])}" for m in REFERENCES if m in tr]
+        runs = [r for r in results.runs if task_name(r.task) == task]
+        values = [r.final.accuracy for r in runs if r.final.accuracy is not None]
+        if not values:
+            continue
+        seeds = f"{soft.n_runs} seed{'s' if soft.n_runs != 1 else ''}"
+        s = f"{task}: soft prompt {_pct(soft.accuracy)} ± {_pct(soft.accuracy_std or 0)} over {seeds}"
+        comps = [
+            f"vs {METHOD_LABELS[m]} {compare(values, acc)}" for m in REFERENCES if m in tr and (acc := tr[m].accuracy) is not None
+        ]
         if comps:
             s += "; " + "; ".join(comps)
         out.append(s + ".")
@@ -61,13 +60,11 @@ def accuracy_findings(results: dict) -> list[str]:
     return out
 
 
-def _calibrated_finding(task: str, rows: dict[str, dict], runs: list[dict], values: list[float]) -> list[str]:
+def _calibrated_finding(task: str, rows: dict[str, AccuracyRow], runs: list[RunSummary], values: list[float]) -> list[str]:
     """The soft prompt against the best baseline after content-free calibration (rank classification otherwise
     inherits the model's prior over the label words, which can sink an English prompt below no prompt)."""
     calibrated = {
-        m: r["calibrated_accuracy"]
-        for m, r in rows.items()
-        if not m.startswith("soft_prompt") and r.get("calibrated_accuracy") is not None
+        m: r.calibrated_accuracy for m, r in rows.items() if not m.startswith("soft_prompt") and r.calibrated_accuracy is not None
     }
     if not calibrated:
         return []
@@ -83,31 +80,31 @@ def _calibrated_finding(task: str, rows: dict[str, dict], runs: list[dict], valu
 REFERENCES = ("no_prompt", "english_prompt", "majority", "lora", "finetune")
 
 
-def _plateau_findings(task: str, runs: list[dict]) -> list[str]:
-    verdicts = [r.get("learning") or {} for r in runs]
-    judged = [v for v in verdicts if v.get("learned") is not None]
+def _plateau_findings(task: str, runs: list[RunSummary]) -> list[str]:
+    learned = [r.learning.learned if r.learning else None for r in runs]
+    judged = [v for v in learned if v is not None]
     if not judged:
         return []
-    stuck = [r for r, v in zip(runs, verdicts, strict=True) if v.get("learned") is False]
+    stuck = [r for r, v in zip(runs, learned, strict=True) if v is False]
     if not stuck:
         return [f"{task}: all {len(judged)} runs left the chance-loss plateau (training loss below {LEARNED_BELOW:.0%} of it)."]
-    names = ", ".join(f"seed {r['seed']}" for r in stuck)
+    names = ", ".join(f"seed {r.seed}" for r in stuck)
     return [
         f"{task}: {len(stuck)} of {len(judged)} runs never left the chance-loss plateau ({names}): those prompts did "
         "not learn the task, so their neighbours, drift and transfer describe an untrained prompt."
     ]
 
 
-def analysis_findings(results: dict) -> list[str]:
+def analysis_findings(results: StudyResults) -> list[str]:
     out: list[str] = []
-    if results.get("geometry"):
-        out += _geometry_findings(GeometryResult.from_json(results["geometry"], "results.json geometry").summary)
-    if results.get("transfer"):
-        out += _transfer_findings(TransferResult.from_json(results["transfer"], "results.json transfer").summary)
-    if results.get("neighbors"):
-        out += _neighbors_findings(NeighborsResult.from_json(results["neighbors"], "results.json neighbors").summary)
-    if results.get("transfer_init"):
-        out += transfer_init_findings(TransferInitResult.from_json(results["transfer_init"], "results.json transfer_init"))
+    if results.geometry:
+        out += _geometry_findings(results.geometry.summary)
+    if results.transfer:
+        out += _transfer_findings(results.transfer.summary)
+    if results.neighbors:
+        out += _neighbors_findings(results.neighbors.summary)
+    if results.transfer_init:
+        out += transfer_init_findings(results.transfer_init)
     return out
 
 
@@ -213,6 +210,6 @@ def _neighbors_findings(nb: NeighborsSummary) -> list[str]:
     return out
 
 
-def findings(results: dict) -> list[str]:
-    ablations = ablation_findings(results["ablations"]) if results.get("ablations") else []
+def findings(results: StudyResults) -> list[str]:
+    ablations = ablation_findings(results.ablations) if results.ablations else []
     return accuracy_findings(results) + ablations + analysis_findings(results)

@@ -11,12 +11,13 @@ from pathlib import Path
 from softprompt.config import PROMPT_LR_PER_STD, TrainConfig
 from softprompt.io import write_figure, write_text
 from softprompt.learning import LEARNED_BELOW
+from softprompt.records.results import ExecutorFacts, RunsAndBaselines, StudyResults, StudySettings
 from softprompt.report.ablations import ablations_section
 from softprompt.report.analysis_sections import analysis_sections
 from softprompt.report.findings import findings
 from softprompt.report.primitives import esc, figure, section, table
 from softprompt.report.readouts import readout_findings, readouts_section
-from softprompt.report.tables import accuracy_rows, method_label, write_csv
+from softprompt.report.tables import AccuracyRow, accuracy_table, method_label, write_csv
 from softprompt.tasks import task_name
 
 CSS = """
@@ -36,7 +37,7 @@ def _task_setup_label(task: str) -> str:
     return task if name == task else f"{name} ({task})"
 
 
-def training_curves(results: dict, out: Path) -> Path | None:
+def training_curves(results: RunsAndBaselines | StudyResults, out: Path) -> Path | None:
     """Per task: validation accuracy (top) and training loss (bottom) against optimiser steps, one line per
     seed; the chance loss (label entropy) as a dotted line; runs that never left it drawn dashed."""
     import matplotlib
@@ -44,26 +45,26 @@ def training_curves(results: dict, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r for r in results["runs"] if r.get("history")]
+    runs = [r for r in results.runs if r.history]
     if not runs:
         return None
-    tasks = sorted({r["task"] for r in runs})
+    tasks = sorted({r.task for r in runs})
     fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 5.6), squeeze=False, sharex="col")
     for col, task in enumerate(tasks):
         acc_ax, loss_ax = axes[0][col], axes[1][col]
-        for r in (r for r in runs if r["task"] == task):
-            h = r["history"]
-            x = [p.get("step", p["epoch"]) for p in h]
-            plateau = (r.get("learning") or {}).get("learned") is False
+        for r in (r for r in runs if r.task == task):
+            h = r.history
+            x = [p.x for p in h]
+            plateau = r.learning is not None and r.learning.learned is False
             style = {"ls": "--" if plateau else "-", "marker": "o", "ms": 3}
-            label = f"seed {r['seed']}" + (" (plateau)" if plateau else "")
-            (line,) = acc_ax.plot(x, [p["accuracy"] for p in h], label=label, **style)
-            pts = [(xi, p["train_loss"]) for xi, p in zip(x, h, strict=True) if p.get("train_loss") is not None]
+            label = f"seed {r.seed}" + (" (plateau)" if plateau else "")
+            (line,) = acc_ax.plot(x, [p.accuracy for p in h], label=label, **style)
+            pts = [(xi, p.train_loss) for xi, p in zip(x, h, strict=True) if p.train_loss is not None]
             loss_ax.plot([a for a, _ in pts], [b for _, b in pts], color=line.get_color(), **style)
-        nop = results.get("baselines", {}).get(task, {}).get("no_prompt")
+        nop = results.baseline(task, "no_prompt")
         if nop:
-            acc_ax.axhline(nop["accuracy"], color="grey", ls="--", lw=1, label="no prompt")
-        chance = next((r["learning"]["chance_loss"] for r in runs if r["task"] == task and r.get("learning")), None)
+            acc_ax.axhline(nop.accuracy, color="grey", ls="--", lw=1, label="no prompt")
+        chance = next((r.learning.chance_loss for r in runs if r.task == task and r.learning), None)
         if chance:
             loss_ax.axhline(chance, color="grey", ls=":", lw=1, label="chance (label entropy)")
             loss_ax.legend(fontsize=7)
@@ -79,31 +80,30 @@ def training_curves(results: dict, out: Path) -> Path | None:
         plt.close(fig)
 
 
-def _setup_section(results: dict) -> str:
-    s, st = results["setup"], results["study"]
-    m = s["model"]
+def _setup_section(results: StudyResults) -> str:
+    s, st = results.setup, results.study
+    m, hw = s.model, s.hardware
     rows = [
-        {"item": "model", "value": f"{m['name']} ({m['source']}, revision {m['revision']})"},
+        {"item": "model", "value": f"{m.name} ({m.source}, revision {m.revision})"},
         {
             "item": "model size",
-            "value": f"{m['parameters']:,} parameters, hidden size {m['hidden_size']}, vocabulary {m['vocab_size']:,}",
+            "value": f"{m.parameters:,} parameters, hidden size {m.hidden_size}, vocabulary {m.vocab_size:,}",
         },
-        {"item": "tasks × seeds", "value": f"{', '.join(map(_task_setup_label, st['tasks']))} × seeds {st['seeds']}"},
-        {"item": "training budget", "value": budget_text(training_budget(st["train"]))},
+        {"item": "tasks × seeds", "value": f"{', '.join(map(_task_setup_label, st.tasks))} × seeds {st.seeds}"},
+        {"item": "training budget", "value": budget_text(training_budget(st.train))},
         *(
             {"item": f"training budget of {task_name(t)}", "value": budget_text(overrides)}
-            for t, overrides in (st.get("per_task") or {}).items()
+            for t, overrides in st.per_task.items()
         ),
         *_sweep_rows(st),
-        {"item": "validation subsample", "value": st.get("max_eval") or "full validation sets"},
+        {"item": "validation subsample", "value": st.max_eval or "full validation sets"},
         {
             "item": "compute",
-            "value": f"{s['device']}, {s['compute_dtype']} autocast, {s['hardware']['cpus']} CPUs, "
-            f"{s['hardware']['torch_threads']} torch threads ({s['hardware']['processor']})",
+            "value": f"{s.device}, {s.compute_dtype} autocast, {hw.cpus} CPUs, {hw.torch_threads} torch threads ({hw.processor})",
         },
-        {"item": "executor", "value": _executor_text(s.get("executor") or {"name": "local"})},
-        {"item": "versions", "value": ", ".join(f"{k} {v}" for k, v in s["versions"].items())},
-        {"item": "wall time of this invocation", "value": f"{s['wall_time_s']:.0f} s (work already done earlier is skipped)"},
+        {"item": "executor", "value": _executor_text(s.executor)},
+        {"item": "versions", "value": ", ".join(f"{k} {v}" for k, v in s.versions.items())},
+        {"item": "wall time of this invocation", "value": f"{s.wall_time_s:.0f} s (work already done earlier is skipped)"},
     ]
     return table(rows, ["item", "value"])
 
@@ -112,7 +112,7 @@ BUDGET = ("tokens", "epochs", "batch_size", "lr", "max_train", "max_length")  # 
 NOT_BUDGET = ("task", "seed", "model", "method", "data_dir", "max_eval")  # shown elsewhere on the page
 
 
-def training_budget(train: dict) -> dict:
+def training_budget(train: dict) -> dict:  # (the [train] table: a TrainConfig's fields by name)
     """The study's [train] settings worth a line: the budget, and every other field that is not its default."""
     defaults = TrainConfig().to_dict()
     return {
@@ -140,57 +140,51 @@ def budget_text(settings: dict) -> str:
     return " · ".join(f"{k.replace('_', ' ')} {value(k, v)}" for k, v in settings.items()) or "defaults"
 
 
-def _sweep_rows(st: dict) -> list[dict]:
+def _sweep_rows(st: StudySettings) -> list[dict]:
     """The sweep and the analysis cell (the Accuracy table and the interpretation sections read its runs)."""
     rows = []
-    if st.get("sweep"):
-        rows.append({"item": "sweep (every combination)", "value": json.dumps(st["sweep"])})
-        rows.append({"item": "analysis cell", "value": json.dumps(st["analysis"]["cell"])})
-    if (st.get("transfer") or {}).get("init"):
+    if st.sweep:
+        rows.append({"item": "sweep (every combination)", "value": json.dumps(st.sweep)})
+        rows.append({"item": "analysis cell", "value": json.dumps(st.analysis.cell)})
+    if st.transfer.init:
         rows.append({"item": "transfer initialisation", "value": "every ordered task pair, in the analysis cell"})
     return rows
 
 
-def _executor_text(ex: dict) -> str:
-    if ex.get("name") != "ray":
+def _executor_text(ex: ExecutorFacts) -> str:
+    if ex.name != "ray":
         return "local (one process)"
-    res = ex.get("resources", {})
+    res = ex.resources or {}
+    cpus, gpus = (res.get(k, 0) for k in ("CPU", "GPU"))  # Ray's resource names
     return (
-        f"Ray, {ex.get('nodes')} node(s) with {res.get('CPU', 0):g} CPUs and {res.get('GPU', 0):g} GPUs; "
-        f"{ex.get('cpus_per_run'):g} CPU(s) and {ex.get('gpus_per_run'):g} GPU(s) per run"
+        f"Ray, {ex.nodes} node(s) with {cpus:g} CPUs and {gpus:g} GPUs; "
+        f"{ex.cpus_per_run or 0:g} CPU(s) and {ex.gpus_per_run or 0:g} GPU(s) per run"
     )
 
 
-def _accuracy_section(results: dict, out: Path) -> str:
-    rows = accuracy_rows(results)
-    write_csv(out / "tables" / "accuracy.csv", rows)
-    shown = [
-        dict(
-            r,
-            method=method_label(r),
-            accuracy=(
-                ""
-                if r["accuracy"] is None
-                else f"{r['accuracy']:.3f} ± {r['accuracy_std']:.3f}"
-                if r["accuracy_std"] is not None
-                else f"{r['accuracy']:.3f}"
-            ),
-        )
-        for r in rows
-    ]
+def _accuracy_cell(r: AccuracyRow) -> str:
+    if r.accuracy is None:
+        return ""
+    return f"{r.accuracy:.3f} ± {r.accuracy_std:.3f}" if r.accuracy_std is not None else f"{r.accuracy:.3f}"
+
+
+def _accuracy_section(results: StudyResults, out: Path) -> str:
+    rows = accuracy_table(results)
+    write_csv(out / "tables" / "accuracy.csv", [r.as_dict() for r in rows])
+    shown = [dict(r.as_dict(), method=method_label(r), accuracy=_accuracy_cell(r)) for r in rows]
     per_run = [
         {
-            "run": r["name"],
-            "task": task_name(r["task"]),
-            "seed": r["seed"],
-            "accuracy": r["final"].get("accuracy"),
-            "f1_macro": r["final"].get("f1_macro"),
-            "learned": (r.get("learning") or {}).get("text", "n/a"),
-            "best epoch": (r.get("best") or {}).get("epoch"),
-            "dev-selected validation": (r.get("best") or {}).get("validation"),
-            "wall time (s)": r.get("wall_time_s"),
+            "run": r.name,
+            "task": task_name(r.task),
+            "seed": r.seed,
+            "accuracy": r.final.accuracy,
+            "f1_macro": r.final.f1_macro,
+            "learned": r.learning.text if r.learning else "n/a",
+            "best epoch": r.best.epoch if r.best else None,
+            "dev-selected validation": r.best.validation if r.best else None,
+            "wall time (s)": r.wall_time_s,
         }
-        for r in results["runs"]
+        for r in results.runs
     ]
     write_csv(out / "tables" / "runs.csv", per_run)
     curves = training_curves(results, out)
@@ -233,31 +227,24 @@ def _accuracy_section(results: dict, out: Path) -> str:
     )
 
 
-def _cell_note(results: dict) -> str:
-    cell = (results.get("sweep") or {}).get("analysis_cell")
+def _cell_note(results: StudyResults) -> str:
+    cell = results.sweep.analysis_cell if results.sweep else None
     if not cell:
         return ""
     text = ", ".join(f"{k}={v}" for k, v in cell.items())
     return f"<p class='note'>A sweep: the soft prompt rows here are the analysis cell's ({esc(text)}); every cell is in Ablations.</p>"
 
 
-def _has_readouts(results: dict) -> bool:
-    return bool((results.get("readouts") or {}).get("tasks"))
-
-
-def render(results: dict, out: Path) -> str:
+def render(results: StudyResults, out: Path) -> str:
+    readouts = results.readouts if results.readouts and results.readouts.tasks else None
     parts = [
         section("Setup", _setup_section(results), "setup"),
         section("Accuracy", _accuracy_section(results, out), "accuracy"),
-        *([section("Ablations", ablations_section(results, out), "ablations")] if results.get("ablations") else []),
+        *([section("Ablations", ablations_section(results.ablations, out), "ablations")] if results.ablations else []),
         *analysis_sections(results, out),
-        *(
-            [section("What the prompts say", readouts_section(results["readouts"], out), "readouts")]
-            if _has_readouts(results)
-            else []
-        ),
+        *([section("What the prompts say", readouts_section(readouts, out), "readouts")] if readouts else []),
     ]
-    facts = findings(results) + readout_findings(results.get("readouts"))
+    facts = findings(results) + readout_findings(results.readouts)
     parts.insert(
         0,
         section(
@@ -268,21 +255,21 @@ def render(results: dict, out: Path) -> str:
             "findings",
         ),
     )
-    title = f"softprompt study: {results['study']['name']}"
+    title = f"softprompt study: {results.study.name}"
     toc = "".join(
         f'<a href="#{a}">{t}</a> · '
         for t, a in [
             ("Findings", "findings"),
             ("Setup", "setup"),
             ("Accuracy", "accuracy"),
-            *([("Ablations", "ablations")] if results.get("ablations") else []),
+            *([("Ablations", "ablations")] if results.ablations else []),
             ("Nearest tokens", "neighbors"),
             ("Scripts", "scripts"),
             ("Projected prompts", "projection"),
-            *([("What the prompts say", "readouts")] if _has_readouts(results) else []),
+            *([("What the prompts say", "readouts")] if readouts else []),
             ("Stochasticity", "stochasticity"),
             ("Transfer", "transfer"),
-            *([("Transfer init", "transfer-init")] if results.get("transfer_init") else []),
+            *([("Transfer init", "transfer-init")] if results.transfer_init else []),
         ]
     )
     return (
@@ -293,7 +280,8 @@ def render(results: dict, out: Path) -> str:
     )
 
 
-def write_report(results: dict, out: str | Path) -> Path:
+def write_report(results: StudyResults, out: str | Path) -> Path:
+    """report.html (and tables/, figures/) in `out`, from the study's results."""
     out = Path(out)
     page = render(results, out)
     write_text(out / "report.html", page)

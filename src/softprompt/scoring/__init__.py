@@ -4,12 +4,14 @@
   `summed_choice_scores`) and the reference path;
 - `options`: `ScoringOptions` (which strategy, its switches) and `ScoringStats` (what was computed);
 - `model`: the model as the scorer sees it (body, head, prompt embeddings, autocast);
-- `kv_tree`: the KV-prefix-tree strategy; `lowp`: the low-precision weight copy; `attention`:
+- `kv_tree`: the KV-prefix-tree strategy, with `kv_cache` (the cached body forward), `kv_prefix` (the shared
+  prefix) and `kv_plan` (the batch's tree); `lowp`: the low-precision weight copy; `attention`:
   the attention kernels per device (eager for CPU backward passes); `bloom`: BLOOM's attention and GELU
   replaced by fused kernels on CUDA.
 """
 
-from softprompt.scoring.kv_tree import plan_groups, prompt_kv
+from softprompt.scoring.kv_plan import plan_groups
+from softprompt.scoring.kv_prefix import prompt_kv
 from softprompt.scoring.lowp import compute_model
 from softprompt.scoring.model import autocast_context, autocast_dtype, base_model, full_logits, prompt_embeds
 from softprompt.scoring.options import DEFAULT, PLAIN, STRATEGIES, ScoringOptions, ScoringStats
@@ -20,6 +22,7 @@ from softprompt.scoring.scorer import (
     batch_choice_scores,
     choice_loss,
     choice_scores,
+    class_weights,
     head_logprobs,
     padded_counts,
     summed_choice_scores,
@@ -40,6 +43,7 @@ __all__ = [
     "batch_choice_scores",
     "choice_loss",
     "choice_scores",
+    "class_weights",
     "compute_model",
     "full_logits",
     "head_logprobs",

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from softprompt.batching import Batch, EncodedExample, collate, length_batches
 from softprompt.errors import SoftPromptError
-from softprompt.scoring import kv_tree
+from softprompt.scoring import kv_prefix, kv_tree
 from softprompt.scoring.attention import scoring_attention
 from softprompt.scoring.lowp import compute_model
 from softprompt.scoring.model import autocast_context, autocast_dtype, hidden_states, lm_logits
@@ -93,7 +93,7 @@ def batch_choice_scores(
     """Summed log-likelihood of every choice, shape [examples, max_choices] (-inf where absent).
 
     `options` picks the strategy (default: `ScoringOptions()`, the fastest for the device); `stats` counts
-    what was computed; `kv0` is the cached prefix every row starts with (`kv_tree.shared_prefix`: the
+    what was computed; `kv0` is the cached prefix every row starts with (`kv_prefix.shared_prefix`: the
     prompt and shared tokens; computed here when absent and the tree runs). `batch` may be on the host or already on the model's device (`Batch.to`).
     """
     options = options or DEFAULT
@@ -120,15 +120,35 @@ def summed_choice_scores(batch: Batch, logprobs: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(~batch.choice_mask.to(device), float("-inf"))
 
 
-def choice_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _weighted_mean(losses: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
+    """The mean of per-example losses, each scaled by its class's weight (an unbiased estimate of the
+    class-balanced risk when the weights are 1 / (classes x class share): no per-batch renormalisation)."""
+    if class_weights is None:
+        return losses.mean()
+    return (losses * class_weights.to(losses.device, losses.dtype)[labels]).mean()
+
+
+def choice_loss(scores: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy over the choices' log-likelihoods (rank classification as the training objective)."""
-    return F.cross_entropy(scores, labels.to(scores.device))
+    labels = labels.to(scores.device)
+    return _weighted_mean(F.cross_entropy(scores, labels, reduction="none"), labels, class_weights)
 
 
-def answer_nll(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def answer_nll(scores: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Negative log-likelihood of the correct answer's tokens: the language-modelling loss of PEFT's
     recipe (without its EOS target); unlike `choice_loss` it never pushes the wrong choices down."""
-    return -scores.gather(1, labels.to(scores.device)[:, None]).mean()
+    labels = labels.to(scores.device)
+    return _weighted_mean(-scores.gather(1, labels[:, None]).squeeze(1), labels, class_weights)
+
+
+def class_weights(label_counts: list[int], metric: str, mode: str) -> torch.Tensor | None:
+    """Per-class loss weights for `class_balance` `mode` (off / on / auto: on for a macro-F1 metric):
+    n / (k x n_c) over the k classes present in training (a class with no example weighs 1), or None."""
+    if mode == "off" or (mode == "auto" and metric != "f1_macro"):
+        return None
+    present = [c for c in label_counts if c > 0]
+    total, k = sum(present), len(present)
+    return torch.tensor([total / (k * c) if c > 0 else 1.0 for c in label_counts], dtype=torch.float32)
 
 
 LOSSES = {"choices": choice_loss, "lm": answer_nll}  # keys: softprompt.config.LOSSES
@@ -175,7 +195,7 @@ def choice_scores(
     stats = stats if stats is not None else ScoringStats()
     device = next(model.parameters()).device
     out: list[list[float] | None] = [None] * len(encoded)
-    kv0 = kv_tree.shared_prefix(model, prompt, encoded, compute_dtype, options, stats)
+    kv0 = kv_prefix.shared_prefix(model, prompt, encoded, compute_dtype, options, stats)
     batches, scores = length_batches(encoded, max_tokens, max_examples), []
     for idx in batches:
         batch = collate([encoded[i] for i in idx], pad_id)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.analysis.importance import REPLACEMENTS as IMPORTANCE_REPLACEMENTS
-from softprompt.analysis.neighbors import METRICS as ANALYSIS_METRICS
+from softprompt.analysis.nearest import METRICS as ANALYSIS_METRICS
 from softprompt.baselines import baseline_config
 from softprompt.config import (
     BASELINE_METHODS,

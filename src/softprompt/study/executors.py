@@ -1,6 +1,6 @@
 """The local executor, and what every executor shares: the study's progress bar and the shape of its result.
 
-Both executors (this one and `ray_executor`) run the same unit functions (`study.units`), so they
+Both executors (this one and `ray_executor`) run the same unit functions (`study.units`, `study.analysis_units`), so they
 write the same results.
 """
 
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from softprompt.study.analysis_units import analyses_unit
+from softprompt.study.model_cache import ModelCache
 from softprompt.study.plan import Unit
-from softprompt.study.units import ModelCache, Study, analyses_unit, run_unit
+from softprompt.study.units import Study, run_unit
 
 
 class StudyProgress:

@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from softprompt.errors import SoftPromptError
 from softprompt.logging_setup import quiet_libraries
+from softprompt.study.analysis_units import analyses_unit
 from softprompt.study.executors import ExecutorResult, StudyProgress
+from softprompt.study.model_cache import process_model_cache
 from softprompt.study.plan import source_unit
-from softprompt.study.units import Study, analyses_unit, process_model_cache, run_unit
+from softprompt.study.units import Study, run_unit
 
 if TYPE_CHECKING:
     from softprompt.study.plan import Unit

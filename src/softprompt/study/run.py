@@ -11,21 +11,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from softprompt.analysis.readouts import readouts_summary
 from softprompt.config import EXECUTORS
 from softprompt.errors import SoftPromptError, warn
 from softprompt.inputs import MODEL_REVISION, input_changes, task_inputs
 from softprompt.io import read_json, remove_stale_temporaries, write_json
-from softprompt.learning import learning_verdict
 from softprompt.locks import directory_lock
+from softprompt.records.files import StudyConfigFile, StudyInputs
 from softprompt.report import write_report
-from softprompt.report.ablations import ablation_results
-from softprompt.runs import load_run, read_metrics
 from softprompt.study.config import StudyConfig, load_study_config
-from softprompt.study.executors import ExecutorResult, StudyProgress, run_locally
-from softprompt.study.plan import Unit
+from softprompt.study.executors import StudyProgress, run_locally
+from softprompt.study.results import RESULTS_FILE, study_results
 from softprompt.study.units import Study
-from softprompt.tasks import task_name
 from softprompt.trackers import require_trackers
 
 if TYPE_CHECKING:
@@ -99,13 +95,13 @@ def _say_changed_inputs(out: Path, inputs: dict[str, dict[str, Any]]) -> None:
             warn(
                 f"task {task}: {', '.join(changed)} changed since this study last ran: its runs, baselines and analyses are redone"
             )
-    write_json(path, inputs)
+    write_json(path, StudyInputs.from_dict(inputs, str(path)).to_dict())
 
 
 def _run_study(cfg: StudyConfig, out: Path, inputs, progress: bool, executor: str, ray_options) -> dict:
     for d in {p.parent for p in out.rglob(".*.tmp")}:  # left by a killed earlier attempt; nothing writes now
         remove_stale_temporaries(d)
-    write_json(out / "study_config.json", cfg.to_json())
+    write_json(out / "study_config.json", StudyConfigFile.from_dict(cfg.to_json(), "study_config.json").to_dict())
     _say_changed_inputs(out, inputs)
     started = time.perf_counter()
     study = Study(cfg, out, progress, inputs=inputs)
@@ -120,77 +116,8 @@ def _run_study(cfg: StudyConfig, out: Path, inputs, progress: bool, executor: st
             outcome = run_locally(study, units, bar)
     finally:
         bar.close()
-    results = _results(study, units, outcome, wall_time_s=round(time.perf_counter() - started, 1))
-    write_json(out / "results.json", results)
+    results = study_results(study, units, outcome, wall_time_s=round(time.perf_counter() - started, 1))
+    data = results.to_dict()
+    write_json(out / RESULTS_FILE, data)
     write_report(results, out)
-    return results
-
-
-def _results(study: Study, units: list[Unit], outcome: ExecutorResult, *, wall_time_s: float) -> dict[str, Any]:
-    """results.json: the config, the setup, the analysis cell's prompt runs, every baseline row and every analysis;
-    with a sweep, every cell's runs and the ablation table; with [transfer] init, the transfer-initialised runs."""
-    done, final, executor_info = outcome
-    actions: dict[str, str] = {}
-    baselines: dict[str, dict] = {}
-    for unit in units:
-        if unit.method is None:
-            name = study.run_label(unit)
-            actions[name] = done[unit]["action"]
-            study.timings[name] = done[unit]["seconds"]
-        else:
-            baselines.setdefault(unit.task, {})[unit.method] = done[unit]["row"]  # keyed as runs name their task
-    results = {
-        "study": study.cfg.to_json(),
-        "setup": {
-            **final["setup"],
-            "executor": executor_info,
-            "wall_time_s": wall_time_s,
-            "actions": actions,
-            "inputs": study.inputs,
-        },
-        "runs": [_run_summary(study, u) for u in study.analysis_units()],
-        "baselines": baselines,
-        **final["analyses"],
-    }
-    results["readouts"] = readouts_summary(
-        results.get("neighbors"), results.get("importance"), results.get("describe"), baselines, _soft_accuracy(results["runs"])
-    )
-    if study.cfg.sweep:
-        cell_runs = [_run_summary(study, u) for u in units if u.method is None and u.source is None]
-        results["sweep"] = {"axes": study.cfg.sweep, "analysis_cell": dict(study.cfg.analysis_cell()), "runs": cell_runs}
-        by_task = {t: baselines.get(t, {}) for t in study.cfg.tasks}
-        results["ablations"] = ablation_results(study.cfg.sweep, study.cfg.analysis_cell(), cell_runs, by_task)
-    if study.cfg.transfer.init:
-        results["transfer_init_runs"] = [_run_summary(study, u) for u in units if u.source is not None]
-    return results
-
-
-def _soft_accuracy(runs: list[dict]) -> dict[str, list[float]]:
-    """The analysis cell's final validation accuracies per task (by name), for the readouts' hard-prompt comparison."""
-    out: dict[str, list[float]] = {}
-    for r in runs:
-        if r["final"].get("accuracy") is not None:
-            out.setdefault(task_name(r["task"]), []).append(r["final"]["accuracy"])
-    return out
-
-
-def _run_summary(study: Study, unit: Unit) -> dict:
-    run = load_run(study.run_dir(unit))
-    record = run.record
-    history = read_metrics(run.path)  # every line checked: a damaged one is FILE:LINE, not a traceback
-    return {
-        "name": study.run_label(unit),
-        "path": str(run.path),
-        "task": run.task,
-        "seed": run.config["seed"],
-        **({"cell": dict(unit.cell)} if unit.cell else {}),
-        **({"source": unit.source} if unit.source else {}),
-        "final": record.final or {},
-        "best": record.best,
-        "baselines": record.baselines or {},
-        "parameters": record.parameters or {},
-        "wall_time_s": record.wall_time_s,
-        "init_text": ((record.prompt or {}).get("init") or {}).get("text"),
-        "history": history,
-        "learning": learning_verdict(history, record.train_label_counts, run.config.get("loss", "choices")),
-    }
+    return data

@@ -1,0 +1,79 @@
+"""The KV-cached forward the prefix tree is built from: the model body run after given keys/values.
+
+What differs between model families lives here: which keyword the body takes a cache by, whether it takes
+position_ids or reads positions from the mask (ALiBi), and whether a sliding window would crop the cache
+(`supported`: if not, the batch goes down the plain path).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Sequence
+
+import torch
+
+from softprompt.batching import Batch
+from softprompt.scoring.model import base_model
+from softprompt.scoring.options import ScoringOptions, ScoringStats
+
+
+@functools.cache
+def cache_support(body_class: type) -> tuple[str | None, bool]:
+    """(name of the cache keyword of the body's forward or None, whether it takes position_ids)."""
+    try:
+        params = inspect.signature(body_class.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    kw = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+    return kw, "position_ids" in params
+
+
+def mask_positions(model) -> bool:
+    """Models whose positions come from the attention mask (ALiBi), not from position_ids."""
+    return getattr(model.config, "model_type", "") in ("bloom",)
+
+
+def new_cache(kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None):
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(kv or ()):
+        cache.update(k, v, i)
+    return cache
+
+
+def _cache_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def body_forward(model, embeds, mask, kv, stats: ScoringStats, *, position_ids=None, keep_cache=False):
+    """One forward of the transformer body over `embeds` after the cached keys/values `kv`."""
+    body = base_model(model)
+    kw, _ = cache_support(type(body))
+    args = {"inputs_embeds": embeds, "attention_mask": mask}
+    if position_ids is not None:
+        args["position_ids"] = position_ids
+    cache = None
+    if kv is not None or keep_cache:
+        cache = new_cache(kv)
+        args[kw] = cache
+    out = body(**args, use_cache=cache is not None)
+    stats["forwards"] += 1
+    stats["padded"] += embeds.shape[0] * embeds.shape[1]
+    return out.last_hidden_state, (_cache_kv(cache) if keep_cache else None)
+
+
+def residual_dtype(model, options: ScoringOptions) -> torch.dtype:
+    """The dtype the residual stream runs in: the embeddings' (float32 if `options.fp32_residual`)."""
+    dtype = model.get_input_embeddings().weight.dtype
+    return torch.float32 if options.fp32_residual and dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+def supported(model, batch: Batch, total_len: int) -> bool:
+    kw, _ = cache_support(type(base_model(model)))
+    if kw is None or batch.row_example is None:
+        return False
+    window = getattr(model.config, "sliding_window", None)
+    # a sliding-window cache would crop what the full forward keeps
+    return window is None or total_len < window

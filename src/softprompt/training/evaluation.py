@@ -1,0 +1,74 @@
+"""What the loop scores between steps: the validation subsample (the same for every seed and method) and the
+dev split, with the current parameters, as one history record. The evaluator also scores the reference
+prompts after the last epoch (`recipe.finalize`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from softprompt.config import TrainConfig
+from softprompt.distributed import DataParallel
+from softprompt.evaluate import EVAL_SEED, EvalResult, evaluator_for
+from softprompt.scoring import ScoringOptions
+from softprompt.training.data import TrainData
+from softprompt.training.trainables import Trainables
+
+Evaluation = tuple[dict[str, Any], EvalResult, EvalResult | None]  # (history record, validation, dev split)
+
+
+class Evaluations:
+    """The run's `Evaluator` (data-parallel shards, cached tokenization) and the evaluations the loop records."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data: TrainData,
+        trainables: Trainables,
+        dp: DataParallel,
+        *,
+        scoring: ScoringOptions,
+        progress: bool,
+    ):
+        self.cfg, self.data, self.trainables = cfg, data, trainables
+        self.evaluator = evaluator_for(
+            cfg, data.backbone, progress=progress, parallel=dp, scoring=scoring, prompt_format=data.prompt_format
+        )
+
+    def preflight(self, *, references: bool) -> None:
+        """Load and tokenize now what is only scored later (the validation split at each epoch's end, the
+        reference evaluations after the last one): a missing split, or a --max-length too small for an
+        answer or for the hard prompt, fails before training instead of after it. Cached, so nothing is
+        done twice."""
+        task, cfg, ev = self.data.task, self.cfg, self.evaluator
+        matrix = self.trainables.prompt_matrix()
+        ev.prepare(task, 0 if matrix is None else int(matrix.shape[0]), limit=cfg.max_eval, seed=EVAL_SEED)
+        if references:
+            ev.prepare(task, 0, limit=cfg.max_eval, seed=EVAL_SEED)
+            ev.prepare(task, 0, hard_prompt=cfg.init_text or task.description, limit=cfg.max_eval, seed=EVAL_SEED)
+
+    def evaluate(self) -> EvalResult:
+        """The validation subsample with the current parameters (the same subsample for every seed and method)."""
+        return self.evaluator.evaluate(self.data.task, self._prompt(), limit=self.cfg.max_eval, seed=EVAL_SEED, calibrate=True)
+
+    def _prompt(self) -> torch.Tensor | None:
+        prompt = self.trainables.prompt_matrix()
+        return prompt.detach() if prompt is not None else None
+
+    def point(self, epoch: float, *, step: int, recent: list[float], started: float) -> Evaluation:
+        """Evaluate the current prompt on validation (and the dev split if any): one history record, whose
+        train_loss is the mean of `recent` (the losses since the last evaluation)."""
+        res = self.evaluate()
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": sum(recent) / len(recent) if recent else None,
+            **res.metrics(),
+        }
+        dev = self.evaluator.evaluate_examples(self.data.task, self.data.dev, self._prompt()) if self.data.dev else None
+        if dev is not None:
+            record["dev"] = {**dev.metrics(), "loss": dev.loss}  # the loss: what selection = dev_loss compares
+        record["elapsed_s"] = round(time.perf_counter() - started, 2)
+        return record, res, dev

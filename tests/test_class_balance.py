@@ -1,0 +1,77 @@
+"""Class-balanced training loss (`class_balance`): the weights, the weighted losses, and the option's rules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from softprompt.config import TrainConfig
+from softprompt.errors import SoftPromptError
+from softprompt.scoring import answer_nll, choice_loss, class_weights
+
+
+def test_weights_make_every_class_count_equally():
+    w = class_weights([30, 10], "f1_macro", "auto")
+    assert w.tolist() == pytest.approx([40 / 60, 40 / 20])
+    assert (w * torch.tensor([30.0, 10.0])).tolist() == pytest.approx([20.0, 20.0])  # equal total weight per class
+    assert class_weights([30, 10], "accuracy", "auto") is None  # auto: macro-F1 tasks only
+    assert class_weights([30, 10], "accuracy", "on") is not None
+    assert class_weights([30, 10], "f1_macro", "off") is None
+    assert class_weights([5, 0, 5], "f1_macro", "on").tolist() == pytest.approx([1.0, 1.0, 1.0])  # absent class: 1
+
+
+def test_weighted_losses_equal_a_hand_computation():
+    scores = torch.tensor([[-0.1, -2.0], [-1.5, -0.3], [-0.7, -0.9]])
+    labels = torch.tensor([0, 1, 1])
+    w = torch.tensor([0.5, 2.0])
+    ce = [-math.log(math.exp(r[y]) / sum(math.exp(v) for v in r)) for r, y in zip(scores.tolist(), labels.tolist())]
+    expect = (0.5 * ce[0] + 2.0 * ce[1] + 2.0 * ce[2]) / 3
+    assert choice_loss(scores, labels, w).item() == pytest.approx(expect, rel=1e-6)
+    assert choice_loss(scores, labels).item() == pytest.approx(sum(ce) / 3, rel=1e-6)
+    nll = (0.5 * 0.1 + 2.0 * 0.3 + 2.0 * 0.9) / 3
+    assert answer_nll(scores, labels, w).item() == pytest.approx(nll, rel=1e-6)
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(SoftPromptError, match="class_balance"):
+        TrainConfig(task="sst2", class_balance="yes")
+
+
+def test_old_runs_without_the_field_keep_their_identity():
+    cfg = TrainConfig(task="sst2")
+    saved = {k: v for k, v in cfg.identity_dict().items() if k != "class_balance"}
+    assert "class_balance" not in cfg.differences(saved)
+    assert "class_balance" in TrainConfig(task="sst2", class_balance="on").differences(saved)
+
+
+def _imbalanced(tmp_path):
+    """A tiny RTE-shaped folder with 3 entailment examples for every not_entailment one."""
+    import json
+
+    pos = {"premise": "The cat sat on the mat.", "hypothesis": "The cat sat.", "label": "entailment"}
+    neg = {"premise": "The dog ran away quickly.", "hypothesis": "The dog sat.", "label": "not_entailment"}
+    d = tmp_path / "data" / "rte"
+    d.mkdir(parents=True)
+    for name, recs in (("train.jsonl", [pos, pos, pos, neg] * 3), ("val.jsonl", [pos, neg])):
+        (d / name).write_text("".join(json.dumps(dict(r, idx=i)) + "\n" for i, r in enumerate(recs)))
+    return tmp_path / "data"
+
+
+def test_training_with_class_balance_weights_the_minority_class(tiny_llama, tmp_path):
+    """The run records the weights it trained with, and they change what is learned (same seed, same data)."""
+    from softprompt.runs import load_run
+    from softprompt.training import train
+
+    data = _imbalanced(tmp_path)
+    base = dict(task="rte", model="tiny", tokens=4, epochs=1, batch_size=4, lr=0.1, data_dir=str(data))
+    prompts = {}
+    for mode in ("off", "on"):
+        out = tmp_path / mode
+        train(TrainConfig(**base, class_balance=mode, compute_dtype="float32"), out, backbone=tiny_llama, progress=False)
+        run = load_run(out)
+        prompts[mode] = run.prompt().weight.detach()
+        weights = run.record.resolved["class_weights"]
+        assert weights == (None if mode == "off" else pytest.approx([12 / 18, 12 / 6]))
+    assert not torch.allclose(prompts["off"], prompts["on"])
