@@ -20,10 +20,10 @@ from pathlib import Path
 from common import machine  # noqa: F401  (puts src/ on the path)
 from sklearn.metrics import roc_auc_score
 
-from softprompt.backbones import load_backbone
 from softprompt.evaluate import EVAL_SEED, evaluator_for_run
 from softprompt.io import write_json
-from softprompt.runs import load_run
+from softprompt.model.backbones import load_backbone
+from softprompt.runs.directory import load_run
 from softprompt.tasks import get_task
 
 

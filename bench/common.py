@@ -230,7 +230,7 @@ def default_tokenizer_dir() -> Path:
     """The carried SmolLM2 tokenizer (bench/carry/tokenizer), else the dequantized smollm2-135m cache folder."""
     if (CARRY / "tokenizer" / "tokenizer.json").exists():
         return CARRY / "tokenizer"
-    from softprompt.backbones import cache_dir
+    from softprompt.model.backbones import cache_dir
 
     found = sorted((cache_dir() / "models").glob("smollm2-135m-*/tokenizer.json"))
     if not found:
@@ -264,7 +264,7 @@ def shape_backbone(shape: str, tokenizer_dir: Path, device: torch.device, tiny: 
     Seeded, so two calls build the same weights (the PEFT arm's separate copy)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from softprompt.backbones import Backbone, freeze
+    from softprompt.model.backbones import Backbone, freeze
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     if tok.pad_token_id is None:
@@ -310,7 +310,7 @@ def make_backbone(args, device: torch.device):
     """The benchmark's frozen model: a random-weight --shape (tiny under --cpu-dry-run) or --model loaded."""
     if args.shape:
         return shape_backbone(args.shape, args.tokenizer, device, tiny=args.cpu_dry_run)
-    from softprompt.backbones import load_backbone
+    from softprompt.model.backbones import load_backbone
 
     return load_backbone(args.model, device=str(device))
 

@@ -28,7 +28,8 @@ from scipy import stats
 
 from softprompt.config import DEFAULT_MODEL, TrainConfig
 from softprompt.io import write_figure, write_json
-from softprompt.runs import COMPLETE, RunRecord, run_state
+from softprompt.records.run import RunRecord
+from softprompt.runs.state import COMPLETE, run_state
 
 # Named recipes: TrainConfig overrides. "default" is the library's defaults; the others are what was tried.
 RECIPES: dict[str, dict] = {
@@ -266,8 +267,8 @@ def main() -> None:
 
     import torch
 
-    from softprompt.backbones import load_backbone
-    from softprompt.prompt import embedding_scale
+    from softprompt.model.backbones import load_backbone
+    from softprompt.model.prompt import embedding_scale
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from softprompt import scoring  # noqa: E402
-from softprompt.backbones import resolve_compute_dtype  # noqa: E402
 from softprompt.evaluate import Evaluator  # noqa: E402
-from softprompt.prompt import SoftPrompt, init_prompt  # noqa: E402
+from softprompt.model.backbones import resolve_compute_dtype  # noqa: E402
+from softprompt.model.prompt import SoftPrompt, init_prompt  # noqa: E402
 from softprompt.scoring import autocast_context, full_logits  # noqa: E402
 from softprompt.tasks import get_task  # noqa: E402
 

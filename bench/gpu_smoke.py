@@ -88,9 +88,9 @@ def main() -> int:
     assert args.cpu_dry_run or torch.cuda.is_available(), "no CUDA device"
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     report: dict = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "torch": torch.__version__}
-    from softprompt.backbones import load_backbone, resolve_compute_dtype
-    from softprompt.batching import encode_examples
     from softprompt.config import TrainConfig
+    from softprompt.data.batching import encode_examples
+    from softprompt.model.backbones import load_backbone, resolve_compute_dtype
     from softprompt.scoring import choice_scores
     from softprompt.tasks import get_task
     from softprompt.training import train
@@ -158,7 +158,7 @@ def main() -> int:
     # 3. throughput on a SmolLM2-135M-shaped random model, bf16 autocast
     big = model_dir(root, tok, "smollm2")
     bb = load_backbone(str(big), device=dev)
-    from softprompt.batching import collate
+    from softprompt.data.batching import collate
     from softprompt.scoring import autocast_context, batch_choice_scores, choice_loss
 
     long_exs = [type(exs[0])(" ".join([exs[0].context] * 12), exs[0].choices, 0) for _ in range(n_big)]

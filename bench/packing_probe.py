@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from softprompt import scoring  # noqa: E402
-from softprompt.backbones import load_backbone  # noqa: E402
-from softprompt.batching import collate, encode_examples  # noqa: E402
-from softprompt.prompt import init_prompt  # noqa: E402
+from softprompt.data.batching import collate, encode_examples  # noqa: E402
+from softprompt.model.backbones import load_backbone  # noqa: E402
+from softprompt.model.prompt import init_prompt  # noqa: E402
 from softprompt.scoring import (  # noqa: E402
     autocast_context,
     batch_choice_scores,

@@ -18,7 +18,7 @@ tokens/s and model FLOP/s are medians over epochs.
   (batching.length_grouped_order; `softprompt train --group-by-length`, an opt-in). softprompt-lm:
   PEFT's objective and schedule on softprompt's step (`softprompt train --loss lm --warmup 0
   --weight-decay 0.01`: the correct answer's NLL, no warmup, AdamW's default weight decay).
-  softprompt-graphs: each step replayed from a CUDA graph per padded-length bucket (softprompt.cuda_graphs; the
+  softprompt-graphs: each step replayed from a CUDA graph per padded-length bucket (softprompt.training.cuda_graphs; the
   default, `--cuda-graphs`, since it was measured; on a CPU the same as softprompt); softprompt-graphs-lowp: the same
   on the bf16 weight copy; softprompt-eager: `--no-cuda-graphs`, the step as it was before. The result records each graph arm's captures and replays, and how far every softprompt arm's
   learned prompt is from softprompt's (same init, batches and steps: float rounding only, if the replays are right).
@@ -54,7 +54,7 @@ accuracy of a baseline: its own trained model (no prompt) through the same Evalu
 `--prompt-format` lays out every arm's text (default plain, as every recorded run: the PEFT arms tokenize the
 task's template as plain text, and the bloomz-560m shape borrows SmolLM2's tokenizer, whose chat template a real
 bloomz tokenizer does not have). `auto` is `softprompt train`'s default (chat when the tokenizer has a chat
-template: SmolLM2-135M-Instruct's has); both tools then see the same chat-formatted text (softprompt.chat's layout).
+template: SmolLM2-135M-Instruct's has); both tools then see the same chat-formatted text (softprompt.data.chat's layout).
 
 Model FLOPs per step = 4 x non-embedding parameters per token computed + 4 x d x vocab per LM-head
 row (bench/common.py: step_flops); softprompt counts the tokens its scorer computed (the prompt once
@@ -97,14 +97,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets sys.path and offline env)
 
 from softprompt import scoring  # noqa: E402
-from softprompt.backbones import resolve_compute_dtype  # noqa: E402
-from softprompt.batching import encode_examples, length_grouped_order  # noqa: E402
-from softprompt.chat import ChatLayout, chat_choice, chat_context, resolve_prompt_format  # noqa: E402
 from softprompt.config import DEFAULT_LR, TrainConfig  # noqa: E402
+from softprompt.data.batching import encode_examples, length_grouped_order  # noqa: E402
+from softprompt.data.chat import ChatLayout, chat_choice, chat_context, resolve_prompt_format  # noqa: E402
 from softprompt.distributed import SINGLE  # noqa: E402
 from softprompt.evaluate import Evaluator  # noqa: E402
-from softprompt.prompt import init_prompt  # noqa: E402
-from softprompt.reparam import PromptEncoder  # noqa: E402
+from softprompt.model.backbones import resolve_compute_dtype  # noqa: E402
+from softprompt.model.prompt import init_prompt  # noqa: E402
+from softprompt.model.reparam import PromptEncoder  # noqa: E402
 from softprompt.tasks import get_task  # noqa: E402
 from softprompt.training import Trainables, TrainData, TrainStep, build_trainables, epoch_order, lr_lambda  # noqa: E402
 from softprompt.training.step import raise_if_diverged  # noqa: E402
@@ -622,7 +622,7 @@ def build_arm(name, backbone, task, examples, args, max_length, device):
 
 def peft_text_ids(tok, ex, fmt: str) -> tuple[list[int], list[int]]:
     """The PEFT arms' input and answer token ids: the task's text as plain text (the recipe), or in the chat layout
-    softprompt uses with `--prompt-format chat` (softprompt.chat: the template's head, the context without its answer
+    softprompt uses with `--prompt-format chat` (softprompt.data.chat: the template's head, the context without its answer
     cue, the template's tail; the answer without its leading space)."""
     if fmt != "chat":
         return tok(ex.context)["input_ids"], tok(ex.choices[ex.label])["input_ids"]

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from softprompt import scoring  # noqa: E402
-from softprompt.backbones import load_backbone, resolve_compute_dtype  # noqa: E402
 from softprompt.evaluate import Evaluator  # noqa: E402
-from softprompt.prompt import init_prompt  # noqa: E402
+from softprompt.model.backbones import load_backbone, resolve_compute_dtype  # noqa: E402
+from softprompt.model.prompt import init_prompt  # noqa: E402
 from softprompt.tasks import get_task  # noqa: E402
 
 

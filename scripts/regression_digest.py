@@ -51,7 +51,7 @@ def tokenizer():
 
 
 def backbone(arch: str, tok):
-    from softprompt.backbones import Backbone
+    from softprompt.model.backbones import Backbone
 
     return Backbone(model=_tiny_model(arch, len(tok)), tokenizer=tok, name=f"tiny-{arch}", source="test", revision="test")
 

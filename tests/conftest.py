@@ -53,14 +53,14 @@ def _tiny_model(arch: str, vocab: int, **overrides):
     else:
         cfg = BloomConfig(vocab_size=vocab, hidden_size=32, n_layer=2, n_head=4, pad_token_id=0, **overrides)
         model = BloomForCausalLM(cfg)
-    from softprompt.backbones import freeze
+    from softprompt.model.backbones import freeze
 
     return freeze(model.float())
 
 
 @pytest.fixture(params=["llama", "bloom"])
 def tiny_backbone(request, tiny_tokenizer):
-    from softprompt.backbones import Backbone
+    from softprompt.model.backbones import Backbone
 
     model = _tiny_model(request.param, len(tiny_tokenizer))
     return Backbone(model=model, tokenizer=tiny_tokenizer, name=f"tiny-{request.param}", source="test", revision="test")
@@ -68,7 +68,7 @@ def tiny_backbone(request, tiny_tokenizer):
 
 @pytest.fixture
 def tiny_llama(tiny_tokenizer):
-    from softprompt.backbones import Backbone
+    from softprompt.model.backbones import Backbone
 
     return Backbone(
         model=_tiny_model("llama", len(tiny_tokenizer)),
@@ -82,7 +82,7 @@ def tiny_llama(tiny_tokenizer):
 @pytest.fixture(scope="session")
 def smollm():
     """The real offline model, loaded once per test session (dequantized copy cached on disk)."""
-    from softprompt.backbones import load_backbone
+    from softprompt.model.backbones import load_backbone
 
     return load_backbone("smollm2-135m")
 

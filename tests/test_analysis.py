@@ -27,7 +27,7 @@ from softprompt.analysis.transfer import (
 from softprompt.errors import SoftPromptError
 from softprompt.evaluate import Evaluator
 from softprompt.io import write_json
-from softprompt.prompt import PromptInit, SoftPrompt, input_embedding_matrix
+from softprompt.model.prompt import PromptInit, SoftPrompt, input_embedding_matrix
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -560,7 +560,7 @@ def test_cli_geometry_neighbors_transfer(tiny_llama, two_task_data, fake_runs, t
 
 @pytest.mark.integration
 def test_smollm_text_init_survives_and_projects_to_itself(smollm, data_dir):
-    from softprompt.prompt import init_prompt
+    from softprompt.model.prompt import init_prompt
 
     tok = smollm.tokenizer
     sp = init_prompt(smollm.model, tok, 8, "text", text="Does the hypothesis entail, or not entail the premise?")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from softprompt import io as sp_io
-from softprompt.prompt import PromptInit, SoftPrompt
+from softprompt.model.prompt import PromptInit, SoftPrompt
 
 
 @pytest.fixture

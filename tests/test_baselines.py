@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import softprompt.baseline_runs as baseline_runs_mod
-from softprompt.baseline_runs import run_baselines
-from softprompt.baselines import METHODS
+import softprompt.training.baseline_runs as baseline_runs_mod
 from softprompt.config import TrainConfig
 from softprompt.errors import SoftPromptError
-from softprompt.runs import load_run
+from softprompt.runs.baselines import METHODS
+from softprompt.runs.directory import load_run
+from softprompt.training.baseline_runs import run_baselines
 
 # tiny llama (conftest): hidden 32, intermediate 64, 2 layers, 4 heads of 8, 2 kv heads.
 # LoRA r=8 on every linear layer but the head: r * (in + out) per layer.
@@ -128,11 +128,11 @@ def test_bad_arguments(tiny_llama, toy_data, tmp_path):
 
 
 def test_cli_prints_one_table_with_five_rows(tiny_llama, toy_data, tmp_path, monkeypatch, capsys):
-    import softprompt.backbones as backbones_mod
+    import softprompt.model.backbones as backbones_mod
     from softprompt.cli import build_parser, main
 
     assert build_parser().parse_args(["baselines", "--task", "rte"]).methods == list(METHODS)  # the CLI's default: all
-    import softprompt.baseline_runs as baseline_runs_mod
+    import softprompt.training.baseline_runs as baseline_runs_mod
 
     monkeypatch.setattr(backbones_mod, "load_backbone", lambda *a, **k: tiny_llama)
     monkeypatch.setattr(baseline_runs_mod, "load_backbone", lambda *a, **k: tiny_llama)  # loaded once --out is locked

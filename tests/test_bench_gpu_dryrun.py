@@ -283,7 +283,7 @@ def test_peft_answer_only_loss_is_the_recipes_loss(bench, carry, grouped):
 def test_prompt_format_auto_gives_both_tools_the_chat_layout(bench, carry, tmp_path):
     """--prompt-format auto resolves like `softprompt train` (chat for a tokenizer with a chat template), and PEFT's
     arm then sees exactly softprompt's text: the same prefix ids and answer ids."""
-    from softprompt.batching import encode_examples
+    from softprompt.data.batching import encode_examples
 
     arm, examples = _peft_arms(bench, carry, answer_only=False, grouped=False, prompt_format="auto")
     tok = arm.bb.tokenizer

@@ -11,7 +11,6 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from softprompt.baselines import baseline_row
 from softprompt.evaluate import (
     CONTENT_FREE,
     Evaluator,
@@ -22,6 +21,7 @@ from softprompt.evaluate import (
 from softprompt.records.results import RunsAndBaselines
 from softprompt.report.findings import accuracy_findings
 from softprompt.report.tables import accuracy_rows
+from softprompt.runs.baselines import baseline_row
 from softprompt.scoring import Scores
 from softprompt.tasks import get_task
 from softprompt.tasks.custom import load_task_file
@@ -151,8 +151,8 @@ def test_per_example_choices_are_skipped_with_a_note(tiny_llama, tmp_path):
 
 
 def _cli(monkeypatch, tiny_llama, argv: list[str], capsys) -> str:
-    import softprompt.backbones as backbones_mod
-    import softprompt.baseline_runs as baseline_runs_mod
+    import softprompt.model.backbones as backbones_mod
+    import softprompt.training.baseline_runs as baseline_runs_mod
     from softprompt.cli import main
 
     monkeypatch.setattr(backbones_mod, "load_backbone", lambda *a, **k: tiny_llama)

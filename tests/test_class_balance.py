@@ -61,7 +61,7 @@ def _imbalanced(tmp_path):
 
 def test_training_with_class_balance_weights_the_minority_class(tiny_llama, tmp_path):
     """The run records the weights it trained with, and they change what is learned (same seed, same data)."""
-    from softprompt.runs import load_run
+    from softprompt.runs.directory import load_run
     from softprompt.training import train
 
     data = _imbalanced(tmp_path)

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from softprompt.locks import directory_lock
-from softprompt.prompt import PromptInit, SoftPrompt
+from softprompt.model.prompt import PromptInit, SoftPrompt
 from softprompt.training import train
 from tests.conftest import tiny_config
 from tests.test_inputs import TASK
@@ -31,7 +31,7 @@ from tests.test_inputs import TASK
 DRIVER = r"""
 import json, os, sys, traceback
 import torch, transformers  # noqa: F401  (imported once, before forking)
-import softprompt.cli, softprompt.training, softprompt.study, softprompt.baseline_runs, softprompt.peft_interop  # noqa: F401
+import softprompt.cli, softprompt.training, softprompt.study, softprompt.training.baseline_runs, softprompt.peft_interop  # noqa: F401
 import softprompt.analysis.neighbors, softprompt.analysis.geometry, softprompt.analysis.transfer  # noqa: F401
 
 FAULTS = {

@@ -46,7 +46,7 @@ def test_lora_alpha_from_the_cli_reaches_the_adapter(tiny_model_dir, toy_data, t
     from safetensors.torch import load_file
 
     from softprompt.cli import main
-    from softprompt.runs import load_run
+    from softprompt.runs.directory import load_run
 
     common = ["train", "--model", str(tiny_model_dir), "--task", "rte", "--data-dir", str(toy_data), "--method", "lora"]
     common += ["--epochs", "1", "--batch-size", "4", "--lora-r", "4", "--compute-dtype", "float32", "--quiet"]
@@ -93,7 +93,7 @@ lora = {{ lora_alpha = {alpha}, lr = 0.002 }}
 def test_study_train_is_a_train_config_and_baselines_replace_it(tmp_path):
     """[train] parses into TrainConfig (lora_alpha settable there), runs fill task/seed, a baseline replaces
     the method, its overrides and the learning rate (the prompt's would wreck fine-tuning)."""
-    from softprompt.baselines import baseline_config
+    from softprompt.runs.baselines import baseline_config
     from softprompt.study import load_study_config
 
     (tmp_path / "study.toml").write_text(STUDY.format(alpha=64))
@@ -138,7 +138,7 @@ def test_shipped_study_configs_keep_their_meaning():
 
 
 def test_run_record_round_trip_and_strictness(tmp_path):
-    from softprompt.runs import RunRecord
+    from softprompt.records.run import RunRecord
 
     rec = RunRecord(status="complete", config={"task": "rte"}, final={"accuracy": 0.5}, processes=1)
     rec.write(tmp_path)
@@ -151,7 +151,8 @@ def test_run_record_round_trip_and_strictness(tmp_path):
 
 
 def test_run_state_absent_complete_resumable_conflict(tmp_path):
-    from softprompt.runs import ABSENT, COMPLETE, CONFLICT, RESUMABLE, RunRecord, run_state
+    from softprompt.records.run import RunRecord
+    from softprompt.runs.state import ABSENT, COMPLETE, CONFLICT, RESUMABLE, run_state
 
     cfg = TrainConfig(epochs=2)
     assert run_state(tmp_path, cfg).kind == ABSENT

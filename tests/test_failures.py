@@ -16,8 +16,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-import softprompt.checkpoint as checkpoint_mod
 import softprompt.io as io_mod
+import softprompt.runs.checkpoint as checkpoint_mod
 import softprompt.training.data as train_data_mod
 import softprompt.training.step as step_mod
 from softprompt.cli import main
@@ -96,7 +96,7 @@ def test_a_real_write_failure_of_safetensors_names_the_file(tmp_path):
     """A file-size limit makes the OS refuse the write (EFBIG) inside safetensors: an OSError naming the target."""
     code = f"""
 import resource, signal, torch
-from softprompt.prompt import PromptInit, SoftPrompt
+from softprompt.model.prompt import PromptInit, SoftPrompt
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 try:
@@ -145,8 +145,8 @@ def test_disk_full_in_a_studys_analyses_or_report_is_one_line(tmp_path, tiny_mod
 @pytest.fixture
 def no_model(monkeypatch):
     """Any attempt to load a model fails the test: these faults must be caught before."""
-    import softprompt.backbones as backbones_mod
-    import softprompt.baseline_runs as baseline_runs_mod
+    import softprompt.model.backbones as backbones_mod
+    import softprompt.training.baseline_runs as baseline_runs_mod
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the fault was reported")
@@ -174,7 +174,7 @@ def test_out_that_is_a_file_or_not_creatable_is_refused_before_the_model(tmp_pat
 
 def test_an_unreadable_data_file_is_one_line_naming_it(tmp_path, toy_data, no_model, monkeypatch):
     """As root no mode bit refuses anything, so the OS's refusal is simulated where the run reads its files."""
-    import softprompt.inputs as inputs_mod
+    import softprompt.data.inputs as inputs_mod
 
     data_file = toy_data / "rte" / "train.jsonl"
     real_open = open
@@ -277,7 +277,7 @@ def test_study_settings_used_only_at_the_end_are_checked_at_the_start(tmp_path, 
 
 
 def test_a_device_this_machine_lacks_is_refused_before_the_weights_load(tmp_path):
-    from softprompt.backbones import load_backbone
+    from softprompt.model.backbones import load_backbone
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from softprompt import scoring
-from softprompt.batching import collate, encode_examples
+from softprompt.data.batching import collate, encode_examples
 from softprompt.scoring import (
     PLAIN,
     ScoringOptions,
@@ -209,7 +209,7 @@ def test_plan_groups_is_optimal_partition(lengths, overhead):
 
 @pytest.mark.parametrize("n,bs", [(1, 8), (7, 8), (8, 8), (64, 8), (67, 8), (300, 4), (50, 1)])
 def test_length_grouped_order_is_a_deterministic_permutation_with_less_padding(n, bs):
-    from softprompt.batching import length_grouped_order
+    from softprompt.data.batching import length_grouped_order
 
     g = torch.Generator().manual_seed(n)
     lengths = torch.randint(5, 300, (n,), generator=g).tolist()

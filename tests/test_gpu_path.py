@@ -16,10 +16,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from softprompt.backbones import Backbone
-from softprompt.batching import collate, encode_examples, packed_copy
 from softprompt.config import TrainConfig
+from softprompt.data.batching import collate, encode_examples, packed_copy
 from softprompt.distributed import SINGLE
+from softprompt.model.backbones import Backbone
 from softprompt.scoring import ScoringOptions, batch_choice_scores, choice_loss
 from softprompt.training import TrainStep, build_trainables, prepare_data
 
@@ -83,7 +83,7 @@ def test_training_steps_read_nothing_back_between_reads(tiny_backbone, toy_data,
     """The library's own step (`TrainStep.forward_backward` with its optimiser steps) on the meta device:
     four micro-batches and optimiser steps, their losses queued, no read until `TrainStep.read`; `graphed`: through
     `StepGraphs` (pack, static copy, capture, replays) with the CPU stand-in for a graph."""
-    from softprompt.cuda_graphs import EagerReplay, StepGraphs
+    from softprompt.training.cuda_graphs import EagerReplay, StepGraphs
 
     cfg = TrainConfig(
         task="rte", model="tiny", tokens=4, epochs=1, batch_size=2, lr=0.1, data_dir=str(toy_data),
@@ -227,7 +227,7 @@ def test_one_kernel_gelu_is_bloom_gelu():
 def test_bucketed_lengths_are_geometric():
     """Steps of `bucket` tokens while that is at most an eighth of the length, then an eighth: never shorter, at
     most 12.5% (or one bucket) longer, and at most 8 shapes per doubling of the length."""
-    from softprompt.batching import bucketed_length
+    from softprompt.data.batching import bucketed_length
 
     got = [bucketed_length(n, 16) for n in range(1, 1025)]
     assert all(b >= n and b % 16 == 0 and b <= max(n * 1.125, n + 15) for n, b in zip(range(1, 1025), got, strict=True))
@@ -238,12 +238,12 @@ def test_bucketed_lengths_are_geometric():
     assert sorted(got) == got  # a longer batch never gets a shorter bucket
 
 
-# ----------------------------------------------------------------------------- CUDA graphs (softprompt.cuda_graphs)
+# ----------------------------------------------------------------------------- CUDA graphs (softprompt.training.cuda_graphs)
 
 
 def test_bucketed_batches_score_the_same(tiny_backbone):
     """Padding rows to a length bucket and targets to a multiple of 8 (what makes graph shapes repeat) changes no score."""
-    from softprompt.batching import TARGET_MULTIPLE, shape_key
+    from softprompt.data.batching import TARGET_MULTIPLE, shape_key
 
     tok, model = tiny_backbone.tokenizer, tiny_backbone.model
     encoded = encode_examples(EXAMPLES, tok, n_prompt=3)
@@ -262,7 +262,7 @@ def test_bucketed_batches_score_the_same(tiny_backbone):
 
 
 def _graph_step(cfg, data, *, graphs: bool) -> TrainStep:
-    from softprompt.cuda_graphs import EagerReplay, StepGraphs
+    from softprompt.training.cuda_graphs import EagerReplay, StepGraphs
 
     torch.manual_seed(0)
     step = TrainStep(cfg, data, build_trainables(cfg, data, SINGLE), SINGLE, scoring=None)
@@ -337,7 +337,7 @@ def test_split_batches_train_like_whole_ones(tiny_llama, toy_data, tmp_path):
 
 
 def test_shapes_beyond_the_graph_limit_run_eagerly(tiny_llama):
-    from softprompt.cuda_graphs import EagerReplay, StepGraphs
+    from softprompt.training.cuda_graphs import EagerReplay, StepGraphs
 
     tok = tiny_llama.tokenizer
     encoded = encode_examples(EXAMPLES, tok, n_prompt=0)
@@ -349,7 +349,7 @@ def test_shapes_beyond_the_graph_limit_run_eagerly(tiny_llama):
 
 
 def test_a_failed_capture_falls_back_to_eager_steps(tiny_llama):
-    from softprompt.cuda_graphs import StepGraphs
+    from softprompt.training.cuda_graphs import StepGraphs
 
     class Refuses:
         def capture(self, step, warmup):
@@ -377,7 +377,7 @@ CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 
 
 def _cuda_step(tiny_backbone, toy_data, compute_dtype: str, graphs: bool) -> TrainStep:
-    from softprompt.cuda_graphs import StepGraphs
+    from softprompt.training.cuda_graphs import StepGraphs
 
     cfg = TrainConfig(
         task="rte", model="tiny", tokens=4, epochs=2, batch_size=2, grad_accum=2, lr=0.1, data_dir=str(toy_data),

@@ -11,19 +11,19 @@ import torch
 from safetensors.torch import load_file
 
 import softprompt.training.step as step_mod
-from softprompt.baseline_runs import run_baselines
-from softprompt.baselines import baseline_config, check_methods
-from softprompt.batching import encode_examples
 from softprompt.config import TrainConfig
+from softprompt.data.batching import encode_examples
 from softprompt.errors import SoftPromptError
-from softprompt.prompt import init_prompt, input_embedding_matrix
+from softprompt.model.prompt import init_prompt, input_embedding_matrix
+from softprompt.model.reparam import hard_prompt_encoder, hard_prompt_facts, special_token_ids
 from softprompt.records.results import RunsAndBaselines
-from softprompt.reparam import hard_prompt_encoder, hard_prompt_facts, special_token_ids
 from softprompt.report.tables import accuracy_rows, method_label
-from softprompt.runs import load_run
+from softprompt.runs.baselines import baseline_config, check_methods
+from softprompt.runs.directory import load_run
 from softprompt.scoring import choice_scores
 from softprompt.tasks import get_task
 from softprompt.training import train
+from softprompt.training.baseline_runs import run_baselines
 from tests.conftest import tiny_config
 
 
@@ -178,7 +178,7 @@ def run_tokenizer(model_dir):
 
 
 def test_hard_baseline_row_carries_its_text(tiny_llama, toy_data, tmp_path, monkeypatch, capsys):
-    import softprompt.baseline_runs as baseline_runs_mod
+    import softprompt.training.baseline_runs as baseline_runs_mod
     from softprompt.cli import main
 
     monkeypatch.setattr(baseline_runs_mod, "load_backbone", lambda *a, **k: tiny_llama)
@@ -207,7 +207,7 @@ def test_hard_baseline_row_carries_its_text(tiny_llama, toy_data, tmp_path, monk
 
 
 def test_hard_is_a_named_baseline_not_a_default_one(toy_data):
-    from softprompt.baselines import METHODS
+    from softprompt.runs.baselines import METHODS
 
     assert "hard" not in METHODS and check_methods(["hard"]) == ["hard"]
     study_cfg = tiny_config(toy_data, init="task:cb", reparam="mlp", lr=0.3)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from softprompt.analysis.importance import importance_report, neutral_vector, position_importance
-from softprompt.batching import collate
+from softprompt.data.batching import collate
 from softprompt.errors import SoftPromptError
 from softprompt.evaluate import Evaluator
-from softprompt.prompt import input_embedding_matrix
+from softprompt.model.prompt import input_embedding_matrix
 from softprompt.scoring import LOSSES, batch_choice_scores, choice_scores
 from softprompt.tasks import get_task
 from tests.conftest import tiny_config
@@ -42,7 +42,7 @@ def _fit_one_position(backbone, evaluator, task, steps: int = 40) -> tuple[torch
 def sharp_llama(tiny_tokenizer):
     """The tiny llama with weights of std 0.5: at conftest's std 0.02 the output hardly depends on the prompt
     (the choices' loss stays at log 2 within 1e-4 whatever one row becomes), so no position could matter."""
-    from softprompt.backbones import Backbone
+    from softprompt.model.backbones import Backbone
     from tests.conftest import _tiny_model
 
     model = _tiny_model("llama", len(tiny_tokenizer), initializer_range=0.5)

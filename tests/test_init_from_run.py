@@ -14,7 +14,8 @@ import softprompt.training.step as step_mod
 from softprompt.config import TrainConfig
 from softprompt.errors import SoftPromptError
 from softprompt.io import read_json, write_json
-from softprompt.runs import COMPLETE, CONFLICT, load_run, run_state
+from softprompt.runs.directory import load_run
+from softprompt.runs.state import COMPLETE, CONFLICT, run_state
 from softprompt.training import TrainingLoop, train
 
 
@@ -106,7 +107,7 @@ def test_changed_source_prompt_makes_the_run_a_conflict(tiny_llama, toy_data, tm
 
 
 def test_source_of_another_width_is_refused_before_training(tiny_llama, toy_data, tmp_path, source_run, monkeypatch):
-    from softprompt.prompt import PromptInit, SoftPrompt
+    from softprompt.model.prompt import PromptInit, SoftPrompt
 
     SoftPrompt(torch.zeros(3, 16), PromptInit("random")).save(source_run / "prompt.safetensors")  # another model's width
     record = read_json(source_run / "run.json")  # made consistent with it: a run of a model 16 wide

@@ -10,9 +10,9 @@ import json
 
 import pytest
 
+from softprompt.data.inputs import task_inputs
 from softprompt.errors import SoftPromptError
-from softprompt.inputs import task_inputs
-from softprompt.runs import load_run
+from softprompt.runs.directory import load_run
 from softprompt.study import run_study
 from softprompt.tasks import BUILTIN_TASKS
 from softprompt.training import train
@@ -196,7 +196,7 @@ def test_study_retrains_an_unfinished_run_whose_model_revision_changed(
     tmp_path, tiny_model_dir, toy_data, monkeypatch, interrupt_at
 ):
     """A Hub model's commit is known once it loads: a run the study would resume on other weights is retrained."""
-    import softprompt.backbones as backbones_mod
+    import softprompt.model.backbones as backbones_mod
 
     cfg = tmp_path / "study.toml"
     cfg.write_text(STUDY.format(model=tiny_model_dir, task="rte", data=toy_data).replace("seeds = [0]", "seeds = [0, 1]"))

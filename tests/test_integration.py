@@ -10,7 +10,7 @@ import torch
 
 from softprompt.config import TrainConfig
 from softprompt.peft_interop import export_peft, import_peft
-from softprompt.runs import load_run
+from softprompt.runs.directory import load_run
 from softprompt.scoring import full_logits
 from softprompt.training import train
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from softprompt.learning import chance_loss, learning_verdict
+from softprompt.analysis.learning import chance_loss, learning_verdict
 from softprompt.records.results import RunsAndBaselines, RunSummary
 from softprompt.report.findings import _plateau_findings, compare
 

@@ -35,7 +35,7 @@ def test_lora_training_uses_the_copy_when_asked(tiny_llama, toy_data, tmp_path, 
     from safetensors.torch import load_file
 
     from softprompt.config import TrainConfig
-    from softprompt.runs import load_run
+    from softprompt.runs.directory import load_run
     from softprompt.training import train
 
     copied = []
@@ -83,7 +83,7 @@ def test_lora_gradients_through_the_copy_equal_casting_on_every_use(tiny_llama):
 
     from peft import LoraConfig, inject_adapter_in_model
 
-    from softprompt.batching import collate, encode_examples
+    from softprompt.data.batching import collate, encode_examples
     from softprompt.tasks.base import Example
 
     model = copy.deepcopy(tiny_llama.model)

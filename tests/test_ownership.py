@@ -15,7 +15,9 @@ import pytest
 
 from softprompt.errors import SoftPromptError
 from softprompt.locks import LOCK_FILE, directory_lock
-from softprompt.runs import RunRecord, load_run, observed_status, run_state
+from softprompt.records.run import RunRecord
+from softprompt.runs.directory import load_run, observed_status
+from softprompt.runs.state import run_state
 from softprompt.training import train
 from tests.conftest import tiny_config
 from tests.test_reliability import _train_cmd
@@ -50,8 +52,8 @@ def test_a_killed_holder_releases_the_lock(tmp_path):
 
 
 def test_train_study_and_baselines_refuse_a_locked_directory_before_loading_a_model(tmp_path, toy_data, monkeypatch):
-    import softprompt.backbones as backbones_mod
-    import softprompt.baseline_runs as baseline_runs_mod
+    import softprompt.model.backbones as backbones_mod
+    import softprompt.training.baseline_runs as baseline_runs_mod
     import softprompt.training.data as train_data_mod
     from softprompt.study import run_study
     from tests.test_study import CONFIG

@@ -16,9 +16,10 @@ from safetensors.torch import save_file
 
 from softprompt.errors import SoftPromptError
 from softprompt.io import write_json
+from softprompt.model.prompt import PromptInit, SoftPrompt
 from softprompt.peft_interop import export_peft, import_peft
-from softprompt.prompt import PromptInit, SoftPrompt
-from softprompt.runs import RUN_FORMAT, load_run
+from softprompt.records.run import RUN_FORMAT
+from softprompt.runs.directory import load_run
 
 CONFIG = {"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 3, "token_dim": 4}
 CFG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -202,7 +203,7 @@ def test_offline_export_round_trips_through_auto_peft_model(tmp_path, monkeypatc
     is the exported one. The GGUF file and the Hub id it came from are kept as notes."""
     from peft import AutoPeftModelForCausalLM
 
-    from softprompt.backbones import dequantized_dir
+    from softprompt.model.backbones import dequantized_dir
 
     monkeypatch.setenv("SOFTPROMPT_CACHE", str(tmp_path / "cache"))
     folder = dequantized_dir("smollm2-135m", "0123456789abcdef")

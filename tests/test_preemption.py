@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 import softprompt.training.step as step_mod
 from softprompt.config import TrainConfig
 from softprompt.preemption import EXIT_SIGINT, EXIT_SIGTERM, sigterm_as_interrupt
-from softprompt.runs import load_run
+from softprompt.runs.directory import load_run
 from softprompt.training import train
 from tests.test_reliability import _train_cmd
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import softprompt.training.step as step_mod
 from softprompt.errors import SoftPromptError
-from softprompt.runs import BEST_PROMPT_FILE
+from softprompt.runs.directory import BEST_PROMPT_FILE
 from softprompt.training import TrainingLoop, train
 
 from .test_train import _cfg

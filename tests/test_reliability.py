@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from softprompt.batching import collate, encode_examples
+from softprompt.data.batching import collate, encode_examples
 from softprompt.errors import SoftPromptError
-from softprompt.prompt import SoftPrompt
-from softprompt.runs import load_run
+from softprompt.model.prompt import SoftPrompt
+from softprompt.runs.directory import load_run
 from softprompt.scoring import batch_choice_scores
 from softprompt.tasks import get_task
 from softprompt.tasks.base import Example
@@ -128,7 +128,7 @@ def test_killed_runs_resume_to_identical_result(tmp_path, tiny_model_dir, toy_da
 
 
 def test_tampered_artifacts_are_refused(tmp_path):
-    p = SoftPrompt(torch.randn(3, 8), init=__import__("softprompt.prompt", fromlist=["PromptInit"]).PromptInit("random"))
+    p = SoftPrompt(torch.randn(3, 8), init=__import__("softprompt.model.prompt", fromlist=["PromptInit"]).PromptInit("random"))
     p.save(tmp_path / "p.safetensors")
     raw = bytearray((tmp_path / "p.safetensors").read_bytes())
     (tmp_path / "trunc.safetensors").write_bytes(bytes(raw[: len(raw) - 7]))
@@ -221,7 +221,7 @@ def test_label_mapping_is_a_bijection(name):
 
 
 def test_trust_remote_code_off_by_default(tmp_path, monkeypatch):
-    import softprompt.backbones as bb
+    import softprompt.model.backbones as bb
 
     seen = {}
 
@@ -366,7 +366,7 @@ def test_a_checkpoint_is_verified_against_run_json_before_it_is_resumed(tmp_path
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from softprompt.inputs import file_sha256
+    from softprompt.data.inputs import file_sha256
     from softprompt.training import train
     from tests.conftest import tiny_config
 
@@ -572,7 +572,7 @@ def test_an_interrupted_run_is_named_with_the_right_article(tmp_path, tiny_llama
 
 def test_a_cache_that_is_a_file_is_reported_before_dequantizing(tmp_path, monkeypatch):
     """SOFTPROMPT_CACHE naming a file was reported only after the ~3 s dequantize: now before anything loads."""
-    import softprompt.backbones as backbones
+    import softprompt.model.backbones as backbones
 
     cache = tmp_path / "cache-file"
     cache.write_text("not a directory")

@@ -12,11 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from softprompt.baselines import EVALUATION_FIELDS
 from softprompt.config import EXECUTION_FIELDS, IDENTITY_FIELDS, TrainConfig
+from softprompt.data.inputs import task_inputs
 from softprompt.errors import SoftPromptError
-from softprompt.inputs import task_inputs
-from softprompt.runs import CONFLICT, RESUMABLE, RunRecord, run_state
+from softprompt.records.run import RunRecord
+from softprompt.runs.baselines import EVALUATION_FIELDS
+from softprompt.runs.state import CONFLICT, RESUMABLE, run_state
 from softprompt.training import train
 from tests.conftest import tiny_config
 
@@ -151,7 +152,7 @@ def test_a_moved_data_folder_needs_digests_to_vouch_for_it(tmp_path, tiny_model_
 def test_a_run_is_not_continued_in_another_precision(tmp_path, tiny_model_dir, toy_data, interrupt_at):
     """`auto` resolves by device; a run whose run.json says it computed in another dtype than `auto` gives here is refused
     (naming the dtype to pin), and continues once that dtype is pinned."""
-    from softprompt.backbones import resolve_compute_dtype
+    from softprompt.model.backbones import resolve_compute_dtype
 
     here = str(resolve_compute_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
     other = "float32" if here == "bfloat16" else "bfloat16"
@@ -240,7 +241,7 @@ def test_a_study_rerun_with_other_execution_settings_skips_the_finished_units(tm
     # a cache keyed by an older softprompt (another key formula, e.g. before this split): a trained baseline's complete
     # run of the same identity is reused, not deleted and retrained
     monkeypatch.setattr(units, "run_baselines", real_run_baselines)
-    monkeypatch.setattr("softprompt.baseline_runs.train", redone)
+    monkeypatch.setattr("softprompt.training.baseline_runs.train", redone)
     lora = out / "baselines" / "rte" / "lora"
     for name in ("result.json", "key.json"):
         saved = json.loads((lora / name).read_text())

@@ -17,7 +17,7 @@ from softprompt.records.history import read_history
 from softprompt.records.registry import ANALYSES, CACHES, SCHEMAS, known, load_record
 from softprompt.records.results import StudyResults
 from softprompt.records.run import RunRecord
-from softprompt.runs import load_run
+from softprompt.runs.directory import load_run
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy" / "study"
 LEGACY_RUN = LEGACY.parent / "run"  # the study's runs/tokens=2/rte-from-toy-s0 (a folder named runs/ is git-ignored)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from softprompt.batching import collate, encode_examples, length_batches
+from softprompt.data.batching import collate, encode_examples, length_batches
 from softprompt.scoring import batch_choice_scores, choice_scores, full_logits
 from softprompt.tasks.base import Example
 

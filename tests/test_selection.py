@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import softprompt.training.selection as selection_mod
 from softprompt.config import TrainConfig
 from softprompt.errors import SoftPromptError
-from softprompt.runs import load_run
+from softprompt.runs.directory import load_run
 from softprompt.training import train
 from softprompt.training.selection import MIN_SELECTION_DEV, SELECTION_MARGIN_SE, paired_gain, select_prompt, selection_rule
 from tests.conftest import tiny_config

@@ -1,5 +1,6 @@
-"""The package's shape: no import cycles, nothing below the CLI imports it, no function longer than 80 lines,
-no class longer than 200 and no module longer than 400.
+"""The package's shape: no import cycles, every import points down the layers (`LAYERS`, as drawn in
+docs/architecture.md), nothing below the CLI imports it, no function longer than 80 lines, no class longer
+than 200 and no module longer than 400.
 
 Read with the standard library (ast) from the source files, without importing them. Every import
 counts, at module level or inside a function; only imports under `if TYPE_CHECKING:` are left out
@@ -96,7 +97,7 @@ def test_the_graph_sees_the_imports_it_must():
     """The walker itself: known edges (module level, function level, relative, package attribute) are found."""
     graph = import_graph()
     assert "softprompt.scoring.kv_tree" in graph["softprompt.scoring.scorer"]  # `from softprompt.scoring import kv_tree`
-    assert "softprompt.training" in graph["softprompt.baseline_runs"]
+    assert "softprompt.training" in graph["softprompt.study.units"]  # `from softprompt.training import train`
     assert "softprompt.analysis.neighbors" in graph["softprompt.study.analysis_units"]  # imported inside a function
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
@@ -105,6 +106,45 @@ def test_the_graph_sees_the_imports_it_must():
 def test_no_import_cycles():
     cycle = _cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+# The layers, bottom to top: each top-level module or package of softprompt and the layer it belongs to. A module
+# imports only from its own layer or the ones below it (docs/architecture.md draws the same picture).
+LAYERS = [
+    ("foundations", ["errors", "io", "config", "logging_setup", "distributed", "locks", "preemption"]),
+    ("records", ["records"]),
+    ("data and model", ["tasks", "data", "model"]),
+    ("scoring", ["scoring"]),
+    ("evaluation", ["evaluate", "generate"]),
+    ("runs", ["runs", "peft_interop"]),
+    ("training", ["training"]),
+    ("analysis and report", ["analysis", "report"]),
+    ("study", ["study"]),
+    ("command line", ["cli"]),
+]
+
+
+def _layer(module: str) -> int | None:
+    """The index in LAYERS of `module`'s top-level part (None for the package itself)."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return None
+    return next((i for i, (_, tops) in enumerate(LAYERS) if parts[1] in tops), -1)
+
+
+def test_every_module_has_a_layer():
+    unplaced = sorted({name.split(".")[1] for name in import_graph() if _layer(name) == -1})
+    assert unplaced == [], f"add these to LAYERS in tests/test_structure.py (and docs/architecture.md): {unplaced}"
+
+
+def test_imports_point_down_the_layers():
+    upward = [
+        f"{name} ({LAYERS[_layer(name)][0]}) imports {dep} ({LAYERS[_layer(dep)][0]})"
+        for name, deps in sorted(import_graph().items())
+        for dep in sorted(deps)
+        if _layer(name) is not None and _layer(dep) is not None and _layer(dep) > _layer(name) >= 0
+    ]
+    assert upward == [], "imports up the layers:\n" + "\n".join(upward)
 
 
 def test_only_the_cli_imports_the_cli():

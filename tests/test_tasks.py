@@ -325,7 +325,7 @@ def test_tasks_stats_cli_accepts_toml(capsys):
 
 def test_custom_task_trains_one_epoch(tiny_llama, tmp_path):
     from softprompt.config import TrainConfig
-    from softprompt.runs import load_run
+    from softprompt.runs.directory import load_run
     from softprompt.training import train
 
     cfg = TrainConfig(task=str(EXAMPLE), model="tiny", tokens=4, epochs=1, batch_size=4, lr=0.1, compute_dtype="float32")

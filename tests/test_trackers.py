@@ -17,8 +17,8 @@ from softprompt.cli import main
 from softprompt.config import TrainConfig, report_targets
 from softprompt.errors import SoftPromptError
 from softprompt.study import load_study_config
-from softprompt.trackers import IDS_FILE, LOG_DIR, Trackers, open_trackers, step_losses
 from softprompt.training import lr_lambda, train
+from softprompt.training.trackers import IDS_FILE, LOG_DIR, Trackers, open_trackers, step_losses
 from tests.conftest import tiny_config
 
 NEEDS_TENSORBOARD = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed")

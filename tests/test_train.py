@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 import softprompt.training.step as step_mod
 from softprompt.config import TrainConfig
 from softprompt.errors import SoftPromptError
-from softprompt.prompt import SoftPrompt, init_prompt
-from softprompt.runs import load_run
+from softprompt.model.prompt import SoftPrompt, init_prompt
+from softprompt.runs.directory import load_run
 from softprompt.training import train
 
 

@@ -12,13 +12,13 @@ from safetensors.torch import load_file
 
 import softprompt.training.selection as selection_mod
 import softprompt.training.step as step_mod
-from softprompt.batching import collate, encode_examples
-from softprompt.chat import resolve_prompt_format
 from softprompt.config import PROMPT_LR_PER_STD, TrainConfig
+from softprompt.data.batching import collate, encode_examples
+from softprompt.data.chat import resolve_prompt_format
 from softprompt.distributed import setup_data_parallel
 from softprompt.errors import SoftPromptError
-from softprompt.prompt import SoftPrompt, embedding_scale
-from softprompt.runs import load_run
+from softprompt.model.prompt import SoftPrompt, embedding_scale
+from softprompt.runs.directory import load_run
 from softprompt.scoring import batch_choice_scores
 from softprompt.tasks import get_task
 from softprompt.tasks.base import Example
@@ -236,7 +236,7 @@ def test_mlp_reparam_gets_gradients_everywhere_and_exports_the_matrix(tiny_llama
 def test_reparam_is_for_prompts_only_and_baselines_drop_it(toy_data):
     with pytest.raises(SoftPromptError, match="method 'prompt' only"):
         _cfg(toy_data, method="lora", reparam="mlp")
-    from softprompt.baselines import baseline_config
+    from softprompt.runs.baselines import baseline_config
 
     assert baseline_config(_cfg(toy_data, reparam="mlp"), "lora").reparam == "none"
 
@@ -254,9 +254,9 @@ def test_default_prompt_lr_follows_the_embedding_scale(tiny_llama, toy_data, tmp
 def test_a_changed_default_lr_makes_a_default_lr_run_a_conflict(tiny_llama, toy_data, tmp_path, monkeypatch):
     """Runs at the default lr record the factor they used: after the default changes, a study retrains them and
     --resume refuses them, instead of reusing a prompt trained at another rate. An explicit --lr is unaffected."""
-    import softprompt.runs as runs_mod
+    import softprompt.runs.state as runs_mod
     from softprompt.io import read_json, write_json
-    from softprompt.runs import COMPLETE, CONFLICT, run_state
+    from softprompt.runs.state import COMPLETE, CONFLICT, run_state
 
     cfg, fixed = _cfg(toy_data, epochs=1, lr=None), _cfg(toy_data, epochs=1, lr=0.05)
     train(cfg, tmp_path / "default", backbone=tiny_llama, progress=False, baselines=False)

@@ -20,12 +20,12 @@ from typing import Any
 from softprompt.errors import SoftPromptError
 
 METHODS = ("prompt", "hard", "finetune", "lora")  # what a run trains
-PROMPT_METHODS = ("prompt", "hard")  # a prompt matrix before the input: soft, or projected on tokens (PEZ, softprompt.reparam)
+PROMPT_METHODS = ("prompt", "hard")  # a prompt matrix before the input: soft, or projected on tokens (PEZ, model.reparam)
 TRAINED_BASELINES = ("finetune", "lora", "hard")
 DEFAULT_BASELINES = ("majority", "no_prompt", "english_prompt", "finetune", "lora")  # what runs unless methods are named
 BASELINE_METHODS = (*DEFAULT_BASELINES, "hard")
 INIT_METHODS = ("text", "random", "vocab", "labels")
-PROMPT_FORMATS = ("auto", "plain", "chat")  # softprompt.chat implements them
+PROMPT_FORMATS = ("auto", "plain", "chat")  # softprompt.data.chat implements them
 RUN_INIT, TASK_INIT = "run:", "task:"  # init from a trained prompt: run:PATH[@best|@last], task:NAME (a study's own run)
 CLASS_BALANCE = ("off", "on", "auto")  # training.class_weights implements them
 LOSSES = ("choices", "lm")  # softprompt.scoring.LOSSES implements them
@@ -39,7 +39,7 @@ EXECUTORS = ("local", "ray")
 # its prompt scored -0.15 +- 0.15 points vs the last prompt (14 of 15 runs kept the last), dev_accuracy's -1.6 +- 1.8
 # (issue 27; bench/convergence.py --recipes dev-loss)
 SELECTIONS = ("dev_loss", "dev_accuracy", "last")
-REPARAMS = ("none", "mlp", "residual")  # softprompt.reparam implements them
+REPARAMS = ("none", "mlp", "residual")  # softprompt.model.reparam implements them
 DEFAULT_LR = {"finetune": 2e-5, "lora": 1e-3}  # a prompt's default is relative to the embedding scale:
 # lr = this x the std of the input-embedding outputs: SmolLM2 5.0e-3, gemma3-270m 0.042; chosen on dev over both
 # shapes, 5 seeds each (bench/docs/convergence.md; 0.082 before, 0.025 before that)
@@ -52,7 +52,7 @@ LR_PER_STD = {"prompt": PROMPT_LR_PER_STD, "hard": HARD_LR_PER_STD}
 # Values of fields that runs saved before the field existed actually used (when they differ from today's default).
 LEGACY_VALUES: dict[str, Any] = {"selection": "dev_accuracy", "prompt_format": "plain"}
 SCORING_STRATEGIES = ("auto", "plain", "padded", "kv_tree")  # softprompt.scoring.options implements them
-REPORT_TO = ("none", "tensorboard", "mlflow", "wandb")  # softprompt.trackers implements them
+REPORT_TO = ("none", "tensorboard", "mlflow", "wandb")  # softprompt.training.trackers implements them
 DEFAULT_MODEL = "smollm2-135m"
 
 

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from sklearn.metrics import f1_score
 
-from softprompt.backbones import Backbone, resolve_compute_dtype
-from softprompt.batching import EncodedExample, encode_examples
-from softprompt.chat import resolve_prompt_format
 from softprompt.config import TrainConfig
+from softprompt.data.batching import EncodedExample, encode_examples
+from softprompt.data.chat import resolve_prompt_format
 from softprompt.distributed import SINGLE, DataParallel
+from softprompt.model.backbones import Backbone, resolve_compute_dtype
 from softprompt.scoring import Scores, ScoringOptions, choice_scores
 from softprompt.tasks import Task, get_task
 from softprompt.tasks.base import Example
@@ -346,7 +346,7 @@ RUN_EVAL_FIELDS = ("data_dir", "max_length", "compute_dtype", "scoring_strategy"
 
 
 def evaluator_for_run(run: Any, backbone: Backbone, **kwargs: Any) -> Evaluator:
-    """The Evaluator of a loaded run (a `runs.Run`: its `config` dict and `prompt_format`): scored as it was trained,
+    """The Evaluator of a loaded run (a `runs.directory.Run`: its `config` dict and `prompt_format`): scored as it was trained,
     in its resolved prompt format (a field its run.json predates takes TrainConfig's default)."""
     saved = {k: run.config[k] for k in RUN_EVAL_FIELDS if k in run.config}
     kwargs.setdefault("prompt_format", run.prompt_format)

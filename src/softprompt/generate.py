@@ -9,8 +9,8 @@ import math
 
 import torch
 
-from softprompt.backbones import Backbone
 from softprompt.errors import SoftPromptError
+from softprompt.model.backbones import Backbone
 from softprompt.scoring.model import prompt_embeds
 
 MAX_SEED = 2**64 - 1  # what torch.manual_seed accepts

@@ -28,8 +28,9 @@ from safetensors.torch import load_file, save_file
 
 from softprompt.errors import SoftPromptError, warn
 from softprompt.io import atomic_path, read_json, write_text
-from softprompt.prompt import PROMPT_FILE, PromptInit, SoftPrompt
-from softprompt.runs import BEST_PROMPT_FILE, RUN_FILE, Run, RunRecord, artifact_facts, load_run, package_versions
+from softprompt.model.prompt import PROMPT_FILE, PromptInit, SoftPrompt
+from softprompt.records.run import RUN_FILE, RunRecord
+from softprompt.runs.directory import BEST_PROMPT_FILE, Run, artifact_facts, load_run, package_versions
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -45,7 +46,7 @@ README_MARK = "exported by softprompt from"  # in its README's title
 
 def _base_model(run: Run) -> tuple[str, str | None, dict[str, str], list[str]]:
     """(base_model_name_or_path, its Hub revision or None, metadata, notes) for a run's model."""
-    from softprompt.backbones import OFFLINE_MODELS, dequantized_dir
+    from softprompt.model.backbones import OFFLINE_MODELS, dequantized_dir
 
     model = run.record.model or {}
     name = str(model.get("name") or run.config.get("model"))
@@ -267,7 +268,7 @@ def _prompt_tensor(tensors: dict[str, Any], file: Path, config: Path, n: int, d:
 def _check_width(file: Path, dim: int, base: str) -> None:
     """An adapter as wide as its base model's embeddings (read from the model's config, no weights loaded); one whose
     model cannot be read here (a Hub id offline, a folder on another machine) is imported with a warning."""
-    from softprompt.backbones import model_hidden_size
+    from softprompt.model.backbones import model_hidden_size
 
     try:
         width = model_hidden_size(base)

@@ -9,7 +9,8 @@
 - `describe`: the model says what a prompt asks for, and the report; its parts: `describe_probes` (embed and
   patch probes, identity probe), `patching` (Patchscopes hooks), `describe_scoring` (scores);
 - `transfer`: every prompt on every task, prompt similarity, similarity vs transfer gain;
-- `figures`: the PNGs.
+- `figures`: the PNGs;
+- `learning`: whether a run learned (its final training loss against the chance loss).
 
 Each `*_report` function returns a JSON-serialisable dict (figure paths under "figures") and,
 given an output folder, writes it as JSON next to its figures; `results` holds the typed views of
@@ -30,7 +31,7 @@ from softprompt.analysis.projection import evaluate_projection, project_prompt
 from softprompt.analysis.scripts import token_script
 from softprompt.analysis.token_text import readable_token
 from softprompt.analysis.transfer import prompt_similarity, transfer_matrix, transfer_report
-from softprompt.prompt import input_embedding_matrix
+from softprompt.model.prompt import input_embedding_matrix
 
 __all__ = [
     "analyze_neighbors",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.errors import SoftPromptError
-from softprompt.runs import Run, load_run
+from softprompt.runs.directory import Run, load_run
 from softprompt.tasks import task_name
 
 

@@ -51,7 +51,7 @@ class DescribeInput:
 def describe_input(tokenizer, n: int) -> DescribeInput:
     """[chat head] before, n placeholders, after [chat tail or PLAIN_CUE]: pieces tokenized apart, so the
     placeholders sit exactly at `start` whatever the tokenizer merges."""
-    from softprompt.chat import ChatLayout
+    from softprompt.data.chat import ChatLayout
 
     def encode(s: str) -> list[int]:
         return list(tokenizer(s, add_special_tokens=False)["input_ids"]) if s else []

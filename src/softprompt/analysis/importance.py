@@ -23,7 +23,7 @@ import torch
 from softprompt.analysis.common import as_runs, json_safe, run_labels, run_meta
 from softprompt.analysis.token_text import TokenReader
 from softprompt.errors import SoftPromptError
-from softprompt.prompt import input_embedding_matrix
+from softprompt.model.prompt import input_embedding_matrix
 from softprompt.records.readouts import ImportanceResult
 
 REPLACEMENTS = ("init", "mean")
@@ -160,7 +160,7 @@ def _init_tokens(sp, tokenizer) -> list[str] | None:
 
 def _run_warnings(run, evaluator) -> list[str]:
     """What makes a run's importance questionable with this evaluator: another model, another prompt format."""
-    from softprompt.chat import resolve_prompt_format
+    from softprompt.data.chat import resolve_prompt_format
 
     out = []
     backbone = evaluator.backbone

@@ -33,7 +33,7 @@ from softprompt.analysis.results import NeighborsResult
 from softprompt.analysis.scripts import summarize_scripts
 from softprompt.analysis.token_text import TokenReader, vocabulary_scripts
 from softprompt.errors import SoftPromptError
-from softprompt.prompt import input_embedding_matrix
+from softprompt.model.prompt import input_embedding_matrix
 
 
 def analyze_neighbors(

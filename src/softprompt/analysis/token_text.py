@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from softprompt.analysis.scripts import script_counts, token_script
-from softprompt.reparam import special_token_ids
+from softprompt.model.reparam import special_token_ids
 
 VISIBLE_SPACE = "\u2423"  # ␣
 

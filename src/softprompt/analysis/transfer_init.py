@@ -22,7 +22,7 @@ from softprompt.analysis.common import correlation, json_safe, paired_difference
 from softprompt.analysis.transfer import DIRECTION, similarities_or_pooled
 from softprompt.errors import SoftPromptError
 from softprompt.records.transfer import TransferInitResult
-from softprompt.runs import Run
+from softprompt.runs.directory import Run
 
 
 @dataclass(frozen=True)

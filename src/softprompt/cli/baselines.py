@@ -24,8 +24,8 @@ SHARED_FIELDS = (
 
 
 def cmd_baselines(a: argparse.Namespace) -> int:
-    from softprompt.baseline_runs import run_baselines
-    from softprompt.baselines import table_rows
+    from softprompt.runs.baselines import table_rows
+    from softprompt.training.baseline_runs import run_baselines
 
     started = time.perf_counter()
     cfg = TrainConfig(task=a.task, **config_values(a, MODEL_FIELDS + SHARED_FIELDS))

@@ -74,8 +74,8 @@ def load_model(a: argparse.Namespace, model: str | None = None, runs: Sequence =
     """The backbone the model flags name (or `model`), and an Evaluator over it with the scoring flags.
 
     Given trained `runs`, examples are laid out in the runs' prompt format (they must agree), not --prompt-format."""
-    from softprompt.backbones import load_backbone
     from softprompt.evaluate import evaluator_for
+    from softprompt.model.backbones import load_backbone
 
     cfg = TrainConfig(**(config_values(a, MODEL_FIELDS) | {"model": model or a.model}))
     backbone = load_backbone(cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=a.trust_remote_code)

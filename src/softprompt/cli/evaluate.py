@@ -9,7 +9,7 @@ from softprompt.errors import SoftPromptError
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from softprompt.runs import load_run
+    from softprompt.runs.directory import load_run
     from softprompt.tasks import get_task
 
     run = load_run(a.run) if a.run else None
@@ -64,9 +64,9 @@ def calibration_line(label: str, words, calibrated: dict) -> str:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from softprompt.backbones import load_backbone
     from softprompt.generate import check_generation_args, generate
-    from softprompt.runs import load_run
+    from softprompt.model.backbones import load_backbone
+    from softprompt.runs.directory import load_run
 
     check_generation_args(a.max_new_tokens, a.temperature, a.seed, cli=True)  # before the model loads
     sp = load_run(a.run).prompt() if a.run else None  # checked against run.json before the model loads

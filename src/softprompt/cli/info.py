@@ -8,7 +8,7 @@ from softprompt.cli.common import print_table
 
 
 def cmd_models(a: argparse.Namespace) -> int:
-    from softprompt.backbones import list_models
+    from softprompt.model.backbones import list_models
 
     print_table(list_models())
     return 0

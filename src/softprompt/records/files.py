@@ -15,7 +15,7 @@ from softprompt.records.results import StudySettings
 
 @dataclass(frozen=True)
 class TaskInputs(Record):
-    """A task's input digests (`softprompt.inputs`): its definition, each data split, the model revision where known."""
+    """A task's input digests (`softprompt.data.inputs`): its definition, each data split, the model revision where known."""
 
     task: str | None = None
     data: dict[str, str | None] = field(default_factory=dict)

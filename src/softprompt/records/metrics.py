@@ -2,7 +2,7 @@
 
 `EvalMetrics` is `EvalResult.metrics()` (run.json's `final` and `baselines`, a metrics.jsonl line's
 numbers); `BaselineRow` is one row of baselines.json (`baselines.baseline_row`); `Best` is how a run's best
-prompt was chosen; `LearningVerdict` is `learning.learning_verdict`.
+prompt was chosen; `LearningVerdict` is `analysis.learning.learning_verdict`.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class Parameters(Record):
 
 @dataclass(frozen=True)
 class LearningVerdict(Record):
-    """Whether a run left the chance-loss plateau (`learning.learning_verdict`)."""
+    """Whether a run left the chance-loss plateau (`analysis.learning.learning_verdict`)."""
 
     learned: bool | None
     text: str

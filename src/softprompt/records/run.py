@@ -185,7 +185,7 @@ class RunRecord:
     parameters: dict[str, int] | None = None  # Parameters: trainable, total
     versions: dict[str, str] | None = None
     prompt: dict[str, Any] | None = None  # PromptFacts: n_tokens, dim, init, init_tokens; source (a `run:` init's run)
-    inputs: dict[str, Any] | None = None  # task: definition digest, data: {split: digest} (softprompt.inputs)
+    inputs: dict[str, Any] | None = None  # task: definition digest, data: {split: digest} (softprompt.data.inputs)
     # prompt file name -> sha256, shape (at save time); while running, checkpoint.safetensors -> sha256 (and the
     # previous_sha256 while the file is being replaced: a kill then leaves either) that --resume verifies (FileFacts)
     artifacts: dict[str, dict[str, Any]] | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from softprompt.learning import LEARNED_BELOW
+from softprompt.analysis.learning import LEARNED_BELOW
 from softprompt.records.geometry import GeometrySummary
 from softprompt.records.neighbors import NeighborsSummary
 from softprompt.records.results import RunsAndBaselines, RunSummary, StudyResults

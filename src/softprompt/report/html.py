@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from softprompt.analysis.learning import LEARNED_BELOW
 from softprompt.config import PROMPT_LR_PER_STD, TrainConfig
 from softprompt.io import write_figure, write_text
-from softprompt.learning import LEARNED_BELOW
 from softprompt.records.results import ExecutorFacts, RunsAndBaselines, StudyResults, StudySettings
 from softprompt.report.ablations import ablations_section
 from softprompt.report.analysis_sections import analysis_sections

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from softprompt.batching import Batch
+from softprompt.data.batching import Batch
 from softprompt.scoring.model import base_model
 from softprompt.scoring.options import ScoringOptions, ScoringStats
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from softprompt.batching import Batch
+from softprompt.data.batching import Batch
 
 
 def plan_groups(lengths: Sequence[int], overhead: int) -> list[list[int]]:

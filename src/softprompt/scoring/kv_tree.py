@@ -19,7 +19,7 @@ import warnings
 
 import torch
 
-from softprompt.batching import Batch
+from softprompt.data.batching import Batch
 from softprompt.scoring.kv_cache import body_forward, cache_support, mask_positions, residual_dtype, supported
 from softprompt.scoring.kv_plan import TreePlan, plan_groups, plan_tree
 from softprompt.scoring.kv_prefix import Prefix, prefix_kv, shared_length

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from softprompt.batching import Batch, EncodedExample, collate, length_batches
+from softprompt.data.batching import Batch, EncodedExample, collate, length_batches
 from softprompt.errors import SoftPromptError
 from softprompt.scoring import kv_prefix, kv_tree
 from softprompt.scoring.attention import scoring_attention

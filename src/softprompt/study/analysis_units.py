@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from softprompt.prompt import PROMPT_FILE
-from softprompt.runs import RUN_FILE, load_run
+from softprompt.model.prompt import PROMPT_FILE
+from softprompt.records.run import RUN_FILE
+from softprompt.runs.directory import load_run
 from softprompt.study.model_cache import ModelCache
 from softprompt.study.plan import Unit, analysis_dir, file_digest, work_key
 from softprompt.study.result_cache import cache_hit, store

@@ -20,7 +20,6 @@ from typing import Any
 
 from softprompt.analysis.importance import REPLACEMENTS as IMPORTANCE_REPLACEMENTS
 from softprompt.analysis.nearest import METRICS as ANALYSIS_METRICS
-from softprompt.baselines import baseline_config
 from softprompt.config import (
     BASELINE_METHODS,
     DEFAULT_BASELINES,
@@ -32,6 +31,7 @@ from softprompt.config import (
     check_types,
 )
 from softprompt.errors import SoftPromptError
+from softprompt.runs.baselines import baseline_config
 from softprompt.study.sweep import Cell, analysis_cell, cells, parse_sweep
 from softprompt.tasks import get_task, task_name
 

@@ -11,14 +11,14 @@ import platform
 from typing import TYPE_CHECKING, Any
 
 from softprompt.config import TrainConfig
-from softprompt.runs import package_versions
+from softprompt.runs.directory import package_versions
 from softprompt.study.plan import model_cache_key, model_result_key
 
 if TYPE_CHECKING:
     import torch
 
-    from softprompt.backbones import Backbone
     from softprompt.evaluate import Evaluator
+    from softprompt.model.backbones import Backbone
 
 
 class ModelCache:
@@ -37,14 +37,14 @@ class ModelCache:
     @property
     def backbone(self) -> Backbone:
         if self._backbone is None:
-            from softprompt.backbones import load_backbone
+            from softprompt.model.backbones import load_backbone
 
             self._backbone = load_backbone(self.train.model, dtype=self.train.dtype, device=self.train.device)
         return self._backbone
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        from softprompt.backbones import resolve_compute_dtype
+        from softprompt.model.backbones import resolve_compute_dtype
 
         return resolve_compute_dtype(self.train.compute_dtype, self.backbone.device)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from softprompt.data.inputs import input_changes
 from softprompt.errors import SoftPromptError, warn
-from softprompt.inputs import input_changes
 from softprompt.io import read_json, write_json
 
 

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from softprompt.analysis.learning import learning_verdict
 from softprompt.analysis.readouts import readouts_summary
 from softprompt.errors import SoftPromptError
-from softprompt.learning import learning_verdict
+from softprompt.records.history import METRICS_FILE, read_metrics
 from softprompt.records.metrics import BaselineRow, LearningVerdict, MetricsLine
 from softprompt.records.readouts import ReadoutsSummary
 from softprompt.records.registry import ANALYSES
 from softprompt.records.results import RunSummary, Setup, StudyResults, StudySettings, SweepResults
 from softprompt.report.ablations import ablation_results
-from softprompt.runs import METRICS_FILE, load_run, read_metrics
+from softprompt.runs.directory import load_run
 from softprompt.study.executors import ExecutorResult
 from softprompt.study.plan import Unit
 from softprompt.tasks import task_name

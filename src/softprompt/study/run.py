@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from softprompt.config import EXECUTORS
+from softprompt.data.inputs import MODEL_REVISION, input_changes, task_inputs
 from softprompt.errors import SoftPromptError, warn
-from softprompt.inputs import MODEL_REVISION, input_changes, task_inputs
 from softprompt.io import read_json, remove_stale_temporaries, write_json
 from softprompt.locks import directory_lock
 from softprompt.records.files import StudyConfigFile, StudyInputs
@@ -22,7 +22,7 @@ from softprompt.study.config import StudyConfig, load_study_config
 from softprompt.study.executors import StudyProgress, run_locally
 from softprompt.study.results import RESULTS_FILE, study_results
 from softprompt.study.units import Study
-from softprompt.trackers import require_trackers
+from softprompt.training.trackers import require_trackers
 
 if TYPE_CHECKING:
     from softprompt.study.ray_executor import RayOptions
@@ -72,9 +72,9 @@ def run_study(
 
 
 def study_inputs(cfg: StudyConfig) -> dict[str, dict[str, Any]]:
-    """Every task's input digests (`softprompt.inputs`) and the model revision where known without
+    """Every task's input digests (`softprompt.data.inputs`) and the model revision where known without
     loading it: part of every run's, baseline's and analysis's identity."""
-    from softprompt.backbones import known_revision
+    from softprompt.model.backbones import known_revision
 
     revision = known_revision(cfg.model)
     return {task: {**task_inputs(task, cfg.data_dir), MODEL_REVISION: revision} for task in cfg.tasks}

@@ -14,18 +14,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from softprompt.baseline_runs import run_baselines
-from softprompt.baselines import TRAINED, baseline_config, result_inputs
 from softprompt.config import RUN_INIT, TASK_INIT, TrainConfig
-from softprompt.inputs import MODEL_REVISION
+from softprompt.data.inputs import MODEL_REVISION
 from softprompt.io import write_json
-from softprompt.runs import COMPLETE, CONFLICT, RESUMABLE, data_digests_known, run_state, warn_unknown_inputs
+from softprompt.runs.baselines import TRAINED, baseline_config, result_inputs
+from softprompt.runs.state import COMPLETE, CONFLICT, RESUMABLE, data_digests_known, run_state, warn_unknown_inputs
 from softprompt.study.config import StudyConfig
 from softprompt.study.model_cache import ModelCache
 from softprompt.study.plan import Unit, baseline_dir, run_dir, source_unit, units, work_key
 from softprompt.study.result_cache import cache_hit, inputs_changed, read_entry, store
 from softprompt.study.sweep import cell_name
 from softprompt.training import compute_dtype_name, train
+from softprompt.training.baseline_runs import run_baselines
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Study:
     out: Path
     progress: bool = True
     timings: dict[str, float] = field(default_factory=dict)
-    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> its digests (softprompt.inputs)
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> its digests (softprompt.data.inputs)
 
     def run_dir(self, unit: Unit) -> Path:
         cell_dir = cell_name(self.cfg.sweep, unit.cell) if self.cfg.sweep else ""

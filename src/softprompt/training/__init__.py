@@ -12,7 +12,10 @@
 - `evaluation`: the validation and dev evaluations between steps (`Evaluations`, the run's `Evaluator`);
 - `selection`: which prompt is the run's best (pure functions);
 - `data`, `trainables`: what is trained on (`TrainData`, the epochs' order) and what is trained
-  (`Trainables`, the optimiser and its schedule).
+  (`Trainables`, the optimiser and its schedule);
+- `cuda_graphs`: a training step replayed from a CUDA graph per batch shape (`StepGraphs`, on CUDA);
+- `trackers`: `--report-to`'s experiment trackers (TensorBoard, MLflow, W&B);
+- `baseline_runs`: every baseline of a task, trained or evaluated (`run_baselines`).
 """
 
 from softprompt.training.data import TrainData, epoch_order, prepare_data

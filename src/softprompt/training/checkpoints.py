@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
-from softprompt.checkpoint import load_checkpoint, save_checkpoint, save_trainables, verify_checkpoint
 from softprompt.errors import SoftPromptError
 from softprompt.io import write_text
-from softprompt.runs import BEST_ADAPTER_FILE, BEST_PROMPT_FILE, CHECKPOINT_FILE, METRICS_FILE, artifact_facts
+from softprompt.records.history import METRICS_FILE
+from softprompt.runs.checkpoint import load_checkpoint, save_checkpoint, save_trainables, verify_checkpoint
+from softprompt.runs.directory import BEST_ADAPTER_FILE, BEST_PROMPT_FILE, CHECKPOINT_FILE, artifact_facts
 from softprompt.training.trainables import Trainables
 
 

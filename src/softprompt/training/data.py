@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
-from softprompt.backbones import Backbone, load_backbone
-from softprompt.batching import EncodedExample, encode_examples, length_grouped_order
-from softprompt.chat import resolve_prompt_format
 from softprompt.config import PROMPT_METHODS, TrainConfig
+from softprompt.data.batching import EncodedExample, encode_examples, length_grouped_order
+from softprompt.data.chat import resolve_prompt_format
 from softprompt.distributed import DataParallel
+from softprompt.model.backbones import Backbone, load_backbone
 from softprompt.tasks import Task, get_task
 from softprompt.tasks.base import Example
 

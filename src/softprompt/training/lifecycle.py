@@ -13,29 +13,20 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from softprompt.backbones import Backbone, resolve_compute_dtype
-from softprompt.checkpoint import verify_checkpoint
 from softprompt.config import LR_PER_STD, TrainConfig
+from softprompt.data.inputs import MODEL_REVISION
 from softprompt.distributed import DataParallel
 from softprompt.errors import SoftPromptError, os_error_line
-from softprompt.inputs import MODEL_REVISION
 from softprompt.io import remove_stale_temporaries
 from softprompt.locks import directory_lock
-from softprompt.runs import (
-    ABSENT,
-    BEST_PROMPT_FILE,
-    CHECKPOINT_FILE,
-    CONFLICT,
-    RunRecord,
-    RunState,
-    execution_history,
-    package_versions,
-    run_state,
-    warn_unknown_inputs,
-)
+from softprompt.model.backbones import Backbone, resolve_compute_dtype
+from softprompt.records.run import RunRecord
+from softprompt.runs.checkpoint import verify_checkpoint
+from softprompt.runs.directory import BEST_PROMPT_FILE, CHECKPOINT_FILE, execution_history, package_versions
+from softprompt.runs.state import ABSENT, CONFLICT, RunState, run_state, warn_unknown_inputs
 from softprompt.scoring import class_weights
-from softprompt.trackers import FAILED, KILLED, Trackers, open_trackers
 from softprompt.training.data import TrainData
+from softprompt.training.trackers import FAILED, KILLED, Trackers, open_trackers
 from softprompt.training.trainables import Trainables
 
 if TYPE_CHECKING:
@@ -206,7 +197,7 @@ class RunLifecycle:
 
     def start(self, state: dict[str, Any], inputs: dict[str, Any] | None = None, *, resumed: bool = False) -> None:
         """run.json says running (and who runs it: a cluster's worker, a launcher's main process), with
-        the digests of the inputs (`softprompt.inputs`) that --resume and a study compare, and how each
+        the digests of the inputs (`softprompt.data.inputs`) that --resume and a study compare, and how each
         session ran (`executions`: a resume may change the execution settings)."""
         self.record = run_record(self.cfg, self.data, self.trainables, processes=self.dp.world)
         self.record.inputs = inputs

@@ -15,23 +15,23 @@ from typing import Any
 
 import torch
 
-from softprompt.backbones import Backbone, resolve_device
-from softprompt.baselines import reference_results
-from softprompt.checkpoint import save_trainables
 from softprompt.config import PROMPT_METHODS, TrainConfig
+from softprompt.data.inputs import task_inputs
 from softprompt.distributed import setup_data_parallel
 from softprompt.errors import SoftPromptError
 from softprompt.evaluate import EVAL_SEED, EvalResult
-from softprompt.inputs import task_inputs
 from softprompt.io import write_json
-from softprompt.prompt import PROMPT_FILE, SoftPrompt
-from softprompt.reparam import HardPromptEncoder, hard_prompt_facts
-from softprompt.runs import BEST_PROMPT_FILE, CHECKPOINT_FILE, HARD_PROMPT_FILE, WEIGHTS_FILES, artifact_facts
+from softprompt.model.backbones import Backbone, resolve_device
+from softprompt.model.prompt import PROMPT_FILE, SoftPrompt
+from softprompt.model.reparam import HardPromptEncoder, hard_prompt_facts
+from softprompt.runs.baselines import reference_results
+from softprompt.runs.checkpoint import save_trainables
+from softprompt.runs.directory import BEST_PROMPT_FILE, CHECKPOINT_FILE, HARD_PROMPT_FILE, WEIGHTS_FILES, artifact_facts
 from softprompt.scoring import ScoringOptions
-from softprompt.trackers import FINISHED, require_trackers
 from softprompt.training.data import prepare_data
 from softprompt.training.lifecycle import claim_run_dir, owned_run_dir, refuse_changed_model
 from softprompt.training.loop import TrainingLoop
+from softprompt.training.trackers import FINISHED, require_trackers
 from softprompt.training.trainables import build_trainables, trained_init_source
 
 

@@ -1,5 +1,5 @@
 """One optimiser step's work, and nothing about the run around it: a micro-batch's forward, loss and gradients
-(eager, or replayed from a CUDA graph per batch shape: `softprompt.cuda_graphs`), the optimiser step, and the
+(eager, or replayed from a CUDA graph per batch shape: `softprompt.training.cuda_graphs`), the optimiser step, and the
 one read of the queued losses that checks the parameters too.
 
 Nothing here reads a value back from the device except `TrainStep.read`: each micro-batch's loss stays on the
@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from softprompt.backbones import resolve_compute_dtype
-from softprompt.batching import bucketed_length, collate
 from softprompt.config import PROMPT_METHODS, TrainConfig
-from softprompt.cuda_graphs import LENGTH_BUCKET, SPLIT_OVERHEAD_TOKENS, SPLIT_PARTS, StepGraphs
+from softprompt.data.batching import bucketed_length, collate
 from softprompt.distributed import DataParallel
 from softprompt.errors import SoftPromptError
+from softprompt.model.backbones import resolve_compute_dtype
 from softprompt.scoring import (
     LOSSES,
     ScoringOptions,
@@ -29,6 +28,7 @@ from softprompt.scoring import (
     class_weights,
     padded_counts,
 )
+from softprompt.training.cuda_graphs import LENGTH_BUCKET, SPLIT_OVERHEAD_TOKENS, SPLIT_PARTS, StepGraphs
 from softprompt.training.data import TrainData
 from softprompt.training.trainables import Trainables, optimizer_and_schedule
 

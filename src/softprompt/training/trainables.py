@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from softprompt.backbones import Backbone
 from softprompt.config import INIT_METHODS, LR_PER_STD, PROMPT_METHODS, TASK_INIT, TrainConfig
 from softprompt.distributed import DataParallel
 from softprompt.errors import SoftPromptError
-from softprompt.prompt import SoftPrompt, check_source_length, embedding_scale, init_prompt, prompt_from_source
-from softprompt.reparam import HardPromptEncoder, PromptEncoder, hard_prompt_encoder
-from softprompt.runs import InitSource, init_source
+from softprompt.model.backbones import Backbone
+from softprompt.model.prompt import SoftPrompt, check_source_length, embedding_scale, init_prompt, prompt_from_source
+from softprompt.model.reparam import HardPromptEncoder, PromptEncoder, hard_prompt_encoder
+from softprompt.runs.directory import InitSource, init_source
 from softprompt.training.data import TrainData
 
 

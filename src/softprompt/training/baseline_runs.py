@@ -17,8 +17,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from softprompt.backbones import Backbone, load_backbone
-from softprompt.baselines import (
+from softprompt.config import TrainConfig
+from softprompt.data.inputs import task_inputs
+from softprompt.errors import SoftPromptError
+from softprompt.evaluate import EVAL_SEED, Evaluator, evaluator_for
+from softprompt.io import write_json
+from softprompt.locks import directory_lock
+from softprompt.model.backbones import Backbone, load_backbone
+from softprompt.records.run import RunRecord
+from softprompt.runs.baselines import (
     METHODS,
     NEEDS_MODEL,
     TRAINED,
@@ -28,15 +35,9 @@ from softprompt.baselines import (
     majority_result,
     untrained_result,
 )
-from softprompt.config import TrainConfig
-from softprompt.errors import SoftPromptError
-from softprompt.evaluate import EVAL_SEED, Evaluator, evaluator_for
-from softprompt.inputs import task_inputs
-from softprompt.io import write_json
-from softprompt.locks import directory_lock
-from softprompt.runs import COMPLETE, CONFLICT, RESUMABLE, RunRecord, run_state, warn_unknown_inputs
+from softprompt.runs.state import COMPLETE, CONFLICT, RESUMABLE, run_state, warn_unknown_inputs
 from softprompt.tasks import Task, get_task
-from softprompt.training import train
+from softprompt.training.recipe import train
 
 BASELINES_FILE = "baselines.json"
 

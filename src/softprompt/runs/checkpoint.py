@@ -16,10 +16,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from softprompt.data.inputs import file_sha256
 from softprompt.errors import SoftPromptError, warn
-from softprompt.inputs import file_sha256
 from softprompt.io import atomic_path
-from softprompt.runs import CHECKPOINT_FILE, RUN_FILE, RunRecord
+from softprompt.records.run import RUN_FILE, RunRecord
+from softprompt.runs.directory import CHECKPOINT_FILE
 
 
 def save_trainables(path: Path, trainable: dict[str, torch.nn.Parameter]) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch.overrides import TorchFunctionMode
 
-from softprompt.batching import Batch, pack, shape_key, unpack
+from softprompt.data.batching import Batch, pack, shape_key, unpack
 
 LENGTH_BUCKET = 16  # rows are padded to a multiple of this many tokens or more (batching.bucketed_length)
 # A replayed step splits its batch into 2 or 4 equal groups of similar length (`SPLIT_PARTS`: equal sizes keep the

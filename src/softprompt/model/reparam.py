@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from softprompt.errors import SoftPromptError
-from softprompt.prompt import SoftPrompt, input_embedding_matrix
+from softprompt.model.prompt import SoftPrompt, input_embedding_matrix
 
 
 class PromptEncoder(nn.Module):

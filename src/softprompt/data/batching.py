@@ -2,7 +2,7 @@
 
 Layout of one row, left to right: [soft prompt (n vectors)] [BOS if the tokenizer adds one]
 [hard prompt tokens] [context tokens] [choice tokens except the last]. In the chat format
-(`softprompt.chat`) the chat template's head replaces the BOS and its tail (up to the assistant's
+(`softprompt.data.chat`) the chat template's head replaces the BOS and its tail (up to the assistant's
 answer) follows the context. Rows are padded on the RIGHT, so no pad ever sits between the prompt
 and the text and position ids stay 0..L-1.
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from softprompt.chat import ChatLayout, chat_choice, chat_context
+from softprompt.data.chat import ChatLayout, chat_choice, chat_context
 from softprompt.errors import SoftPromptError
 from softprompt.tasks.base import Example
 
@@ -189,7 +189,7 @@ def collate(encoded: Sequence[EncodedExample], pad_id: int, *, bucket: int = 0) 
 
     `bucket` > 0: the rows are padded to a length bucket (`bucketed_length`) and the targets to a multiple of
     `TARGET_MULTIPLE`, so that batches of similar length have the same shapes (what a CUDA graph
-    replays, `softprompt.cuda_graphs`). The extra positions are pads to the right of every real token
+    replays, `softprompt.training.cuda_graphs`). The extra positions are pads to the right of every real token
     (causal attention never shows them to a real position), the extra targets predict the pad at
     position 0 into slot `num_examples * max_choices`, which no choice reads
     (`scoring.summed_choice_scores`): scores are unchanged."""

@@ -6,8 +6,8 @@
   or after an English description as a hard prompt (what `text` init starts from). A prompt run
   reports both next to its own numbers (`train` calls `reference_results`).
 - `finetune` / `lora`: ordinary training runs of the study's (or command's) training config with
-  another method (`baseline_config`); `softprompt.baseline_runs.run_baselines` trains them.
-- `hard`: the discrete counterpart of the soft prompt (PEZ, `softprompt.reparam.HardPromptEncoder`), a
+  another method (`baseline_config`); `softprompt.training.baseline_runs.run_baselines` trains them.
+- `hard`: the discrete counterpart of the soft prompt (PEZ, `softprompt.model.reparam.HardPromptEncoder`), a
   training run too, of the same length and init; its row also holds its text and that text's score when
   typed as a hard prompt. Run only when named (`DEFAULT_BASELINES` leaves it out).
 """

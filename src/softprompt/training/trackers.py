@@ -32,7 +32,7 @@ from softprompt.io import read_json, write_json
 
 if TYPE_CHECKING:
     from softprompt.evaluate import EvalResult
-    from softprompt.runs import RunRecord
+    from softprompt.records.run import RunRecord
 
 LOG_DIR = "logs"  # OUT/logs: TensorBoard's event files, W&B's offline run, trackers.json
 MLFLOW_DIR = "mlruns"  # OUT/mlruns: MLflow's file store unless $MLFLOW_TRACKING_URI names another
