@@ -99,12 +99,14 @@ def run_one(cfg: TrainConfig, out: Path, backbone, collect_only: bool = False) -
         if state.kind != COMPLETE:
             train(cfg, out, backbone=backbone, progress=False, resume=state.kind != "absent", overwrite=False)
     record = RunRecord.read(out)
-    metric_name = (record.task or {}).get("metric", "accuracy")
+    metric_name = _task_metric(record)
+    final, resolved = record.final, record.resolved
+    assert final is not None  # a complete run
     history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     metric = history[-1].get("dev", {}) if history else {}
     return {
         "selection_rules": selection_rules(record, history),
-        "selection": record.selection,
+        "selection": record.selection.to_dict() if record.selection else None,
         "curve": [
             {
                 "step": h["step"],
@@ -115,17 +117,17 @@ def run_one(cfg: TrainConfig, out: Path, backbone, collect_only: bool = False) -
             }
             for h in history
         ],
-        "val": record.final["accuracy"],
-        "val_f1": record.final["f1_macro"],
+        "val": final.accuracy,
+        "val_f1": final.f1_macro,
         # the task's own metric (macro-F1 for MRPC and CB), raw and content-free calibrated (issue 27)
         "metric": metric_name,
-        "val_metric": record.final[metric_name],
-        "val_metric_calibrated": (record.final.get("calibrated") or {}).get(metric_name),
+        "val_metric": getattr(final, metric_name),
+        "val_metric_calibrated": getattr(final.calibrated, metric_name) if final.calibrated else None,
         "dev": metric.get("accuracy"),
-        "best": record.best,
-        "baselines": record.baselines or {},
-        "lr": (record.resolved or {}).get("lr"),
-        "prompt_format": (record.resolved or {}).get("prompt_format"),
+        "best": record.best.to_dict() if record.best else None,
+        "baselines": {k: v.to_dict() for k, v in (record.baselines or {}).items()},
+        "lr": resolved.lr if resolved else None,
+        "prompt_format": resolved.prompt_format if resolved else None,
         "wall_s": record.wall_time_s,
         "reused": state is None or state.kind == COMPLETE,
         "seconds_here": round(time.perf_counter() - t0, 1),
@@ -135,13 +137,19 @@ def run_one(cfg: TrainConfig, out: Path, backbone, collect_only: bool = False) -
 SELECTION_RULES = ("dev_accuracy", "dev_loss_no_margin", "run")
 
 
+def _task_metric(record: RunRecord) -> str:
+    """The task's own metric (accuracy for runs that did not record their task)."""
+    return (record.task.metric if record.task else None) or "accuracy"
+
+
 def selection_rules(record: RunRecord, history: list[dict]) -> dict:
     """The validation value (the task's metric) of the prompt each selection rule picks from this run's evaluations,
     with the last prompt's: `dev_accuracy` (the first highest dev metric), `dev_loss_no_margin` (the lowest dev
     loss), `run` (what the run's own `selection` rule kept: best.safetensors)."""
-    metric = (record.task or {}).get("metric", "accuracy")
+    metric = _task_metric(record)
+    last = getattr(record.final, metric)
     points = [h for h in history if h.get("dev")]
-    out = {"metric": metric, "last": record.final[metric], "dev_n": points[0]["dev"]["n"] if points else None}
+    out = {"metric": metric, "last": last, "dev_n": points[0]["dev"]["n"] if points else None}
     if points:
         by_metric = max(range(len(points)), key=lambda i: (points[i]["dev"][metric], -i))
         out["dev_accuracy"] = points[by_metric][metric]
@@ -150,9 +158,9 @@ def selection_rules(record: RunRecord, history: list[dict]) -> dict:
             by_loss = min(range(len(points)), key=lambda i: (points[i]["dev"]["loss"], i))
             out["dev_loss_no_margin"] = points[by_loss][metric]
             out["dev_loss_no_margin_step"] = points[by_loss]["step"]
-    best = record.best or {}
-    out["run"] = best["validation"] if best.get("split") == "dev" else record.final[metric]
-    out["run_step"] = best.get("step")
+    best = record.best
+    out["run"] = best.validation if best is not None and best.split == "dev" else last
+    out["run_step"] = best.step if best is not None else None
     return out
 
 

@@ -71,7 +71,7 @@ def test_all_five_baselines(tiny_llama, toy_data, tmp_path, copies):
 
     # finetune: a normal run dir whose saved weights differ from the original model
     ft_run = load_run(tmp_path / "b" / "finetune")
-    assert ft_run.complete and ft_run.method == "finetune" and ft_run.record.parameters["trainable"] == total
+    assert ft_run.complete and ft_run.method == "finetune" and ft_run.record.parameters.trainable == total
     weights = load_file(str(tmp_path / "b" / "finetune" / "model.safetensors"))
     changed = [n for n, w in weights.items() if not torch.equal(w, before[n])]
     assert len(changed) == len(weights)

@@ -72,6 +72,6 @@ def test_training_with_class_balance_weights_the_minority_class(tiny_llama, tmp_
         train(TrainConfig(**base, class_balance=mode, compute_dtype="float32"), out, backbone=tiny_llama, progress=False)
         run = load_run(out)
         prompts[mode] = run.prompt().weight.detach()
-        weights = run.record.resolved["class_weights"]
+        weights = run.record.resolved.class_weights
         assert weights == (None if mode == "off" else pytest.approx([12 / 18, 12 / 6]))
     assert not torch.allclose(prompts["off"], prompts["on"])

@@ -138,9 +138,10 @@ def test_shipped_study_configs_keep_their_meaning():
 
 
 def test_run_record_round_trip_and_strictness(tmp_path):
+    from softprompt.records.metrics import EvalMetrics
     from softprompt.records.run import RunRecord
 
-    rec = RunRecord(status="complete", config={"task": "rte"}, final={"accuracy": 0.5}, processes=1)
+    rec = RunRecord(status="complete", config={"task": "rte"}, final=EvalMetrics(accuracy=0.5), processes=1)
     rec.write(tmp_path)
     saved = json.loads((tmp_path / "run.json").read_text())
     assert list(saved) == ["format", "status", "config", "processes", "final"]  # fields that do not apply are left out

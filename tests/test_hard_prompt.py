@@ -69,7 +69,7 @@ def test_training_scores_only_token_rows_and_saves_them(tiny_llama, toy_data, tm
         rows = (matrix[:, None, :] == E[None]).all(-1)  # which vocabulary rows each prompt row equals
         assert rows.any(-1).all(), "a scored prompt row is not a token embedding"
     saved = load_file(str(tmp_path / "run" / "prompt.safetensors"))
-    ids = res.hard_prompt["last"]["token_ids"]
+    ids = res.hard_prompt.last.token_ids
     assert torch.equal(saved["prompt"], E[ids])  # the saved prompt is the projected one, not P
     assert torch.equal(saved["initial_prompt"], seen[0])  # drift is measured from the tokens training started on
     checkpointed = load_run(tmp_path / "run").prompt()
@@ -134,12 +134,12 @@ def test_pez_finds_the_one_token_that_decides_the_task(tiny_llama, tmp_path):
     cfg = TrainConfig(task=str(task_file), model="tiny", method="hard", tokens=1, init="text", init_text=start, epochs=20,
                       batch_size=8, lr=0.1, dev_size=32, compute_dtype="float32", max_length=64)  # fmt: skip
     res = train(cfg, tmp_path / "run", backbone=tiny_llama, progress=False, baselines=False)
-    best = res.hard_prompt["best"]["token_ids"]
+    best = res.hard_prompt.best.token_ids
     assert res.best["validation"] == 1.0 and best[0] in winners
     if len(winners) == 1:
         assert best == [t_star]
     # where it ends (the learning rate decays to 0): the last prompt is that token too
-    assert res.final.accuracy == 1.0 and res.hard_prompt["last"]["token_ids"][0] in winners
+    assert res.final.accuracy == 1.0 and res.hard_prompt.last.token_ids[0] in winners
     assert res.history[0]["accuracy"] < 1.0  # one step from the start token was not enough: it searched
 
 
@@ -153,7 +153,7 @@ def test_cli_train_hard_writes_the_prompt_and_resumes_identically(tmp_path, tiny
     printed = capsys.readouterr().out
     ref = json.loads((tmp_path / "ref" / "hard_prompt.json").read_text())
     run = load_run(tmp_path / "ref")
-    assert run.record.hard_prompt == ref and run.record.resolved["lr"] == 0.05
+    assert run.record.hard_prompt.to_dict() == ref and run.record.resolved.lr == 0.05
     last = ref["last"]
     assert len(last["token_ids"]) == 3 and len(last["tokens"]) == 3 and isinstance(last["retokenizes_to_same_ids"], bool)
     assert last == hard_prompt_facts(last["token_ids"], run_tokenizer(tiny_model_dir))
@@ -191,9 +191,9 @@ def test_hard_baseline_row_carries_its_text(tiny_llama, toy_data, tmp_path, monk
     hard = rows[1]
     run = load_run(tmp_path / "b" / "hard")
     assert run.method == "hard" and run.config["tokens"] == 3 and run.config["lr"] == 0.05
-    assert hard["method"] == "hard" and hard["hard_prompt"] == run.record.hard_prompt["last"]["text"]
-    assert hard["accuracy"] == run.record.final["accuracy"] and hard["trainable_parameters"] == 3 * 32
-    assert hard["text_accuracy"] == run.record.hard_prompt["text_final"]["accuracy"]
+    assert hard["method"] == "hard" and hard["hard_prompt"] == run.record.hard_prompt.last.text
+    assert hard["accuracy"] == run.record.final.accuracy and hard["trainable_parameters"] == 3 * 32
+    assert hard["text_accuracy"] == run.record.hard_prompt.text_final.accuracy
     assert repr(hard["hard_prompt"]) in out and "hard" in out.split("hard prompt (accuracy")[0]
     # the study report's accuracy table: the token rows' row and the typed text's row, both naming the text
     results = {"runs": [], "baselines": {"rte": {"hard": hard}}}
@@ -261,7 +261,7 @@ def test_a_study_lists_hard_and_its_report_shows_the_text(tmp_path, tiny_model_d
     hard = results["baselines"]["rte"]["hard"]
     run = load_run(Path(hard["run"]))
     assert run.method == "hard" and run.config["lr"] == 0.05 and run.config["tokens"] == 3
-    assert hard["hard_prompt"] == run.record.hard_prompt["last"]["text"]
+    assert hard["hard_prompt"] == run.record.hard_prompt.last.text
     page = (tmp_path / "study" / "report.html").read_text()
     label = method_label({"method": "hard", "prompt_text": hard["hard_prompt"]})
     assert html.escape(label, quote=False) in page or html.escape(label) in page

@@ -55,7 +55,7 @@ def test_run_init_starts_exactly_at_the_source_prompt(tiny_llama, toy_data, tmp_
     saved = load_file(str(out / "prompt.safetensors"))
     assert torch.equal(saved["initial_prompt"], source)
     record = load_run(out).record
-    assert record.prompt["source"] == {
+    assert record.prompt.source.to_dict() == {
         "run": str(source_run),
         "file": file.name,
         "sha256": _sha(file),
@@ -63,7 +63,7 @@ def test_run_init_starts_exactly_at_the_source_prompt(tiny_llama, toy_data, tmp_
         "seed": 3,
         "model": "tiny",
     }
-    assert record.prompt["init"]["method"] == "run" and record.config["init"] == init
+    assert record.prompt.init.method == "run" and record.config["init"] == init
 
 
 def test_source_of_another_length_is_refused_before_training(tiny_llama, toy_data, tmp_path, source_run):
@@ -82,7 +82,7 @@ def test_cli_init_run_and_its_errors(tmp_path, tiny_model_dir, toy_data, capsys)
     common += ["--batch-size", "4", "--tokens", "3", "--compute-dtype", "float32", "--quiet"]
     assert main([*common, "--out", str(tmp_path / "a")]) == 0
     assert main([*common, "--init", f"run:{tmp_path / 'a'}", "--out", str(tmp_path / "b")]) == 0
-    assert load_run(tmp_path / "b").record.prompt["source"]["run"] == str(tmp_path / "a")
+    assert load_run(tmp_path / "b").record.prompt.source.run == str(tmp_path / "a")
     capsys.readouterr()
     for init, message in [
         (f"run:{tmp_path / 'missing'}", f"init run:{tmp_path / 'missing'}: run directory {tmp_path / 'missing'} does not exist"),

@@ -209,4 +209,4 @@ def test_study_retrains_an_unfinished_run_whose_model_revision_changed(
     monkeypatch.setattr(backbones_mod, "load_backbone", lambda *a, **k: dataclasses.replace(real_load(*a, **k), revision="new"))
     res = run_study(cfg, out, progress=False)
     assert res["setup"]["actions"] == {"rte-s0": "skipped", "rte-s1": "retrained"}
-    assert load_run(out / "runs" / "rte-s1").record.model["revision"] == "new"
+    assert load_run(out / "runs" / "rte-s1").record.model.revision == "new"

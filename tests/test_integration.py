@@ -46,9 +46,9 @@ def test_loss_falls_on_real_model(smol_run):
 def test_artifacts_round_trip(smol_run, smollm):
     out, res = smol_run
     run = load_run(out)
-    assert run.record.model["hidden_size"] == 576 and run.record.prompt["dim"] == 576
-    assert run.record.prompt["init"]["text"] == "Does the hypothesis entail, or not entail the premise?"
-    assert len(run.record.prompt["init_tokens"]) == 8
+    assert run.record.model.hidden_size == 576 and run.record.prompt.dim == 576
+    assert run.record.prompt.init.text == "Does the hypothesis entail, or not entail the premise?"
+    assert len(run.record.prompt.init_tokens) == 8
     assert run.record.versions["torch"].startswith("2.")
     prompt = run.prompt()
     prompt.check_model(smollm.hidden_size)

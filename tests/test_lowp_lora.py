@@ -62,7 +62,7 @@ def test_lora_training_uses_the_copy_when_asked(tiny_llama, toy_data, tmp_path, 
         out = tmp_path / f"lowp-{use}"
         train(cfg, out, backbone=tiny_llama, progress=False, scoring=scoring.ScoringOptions(lowp_weights=use))
         results[use] = load_file(out / "adapter.safetensors")
-        assert load_run(out).record.final["accuracy"] is not None
+        assert load_run(out).record.final.accuracy is not None
         assert any(copied) == use  # the copy served the training steps (adapters trainable) only when asked
         copied.clear()
     assert results[True].keys() == results[False].keys()

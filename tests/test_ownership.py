@@ -15,7 +15,7 @@ import pytest
 
 from softprompt.errors import SoftPromptError
 from softprompt.locks import LOCK_FILE, directory_lock
-from softprompt.records.run import RunRecord
+from softprompt.records.run import RunRecord, Worker
 from softprompt.runs.directory import load_run, observed_status
 from softprompt.runs.state import run_state
 from softprompt.training import train
@@ -98,11 +98,11 @@ def test_two_concurrent_trains_into_one_out(tmp_path, tiny_model_dir, toy_data):
     )
     run = load_run(out)
     assert run.complete and run.prompt().n_tokens == 3  # its prompt matches what its run.json recorded
-    assert len(run.record.final) and json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 3
+    assert run.record.final is not None and json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 3
 
 
 def _running_record(tmp_path, pid: int, host: str = HOST):
-    record = RunRecord(status="running", config=tiny_config(tmp_path).to_dict(), worker={"host": host, "pid": pid})
+    record = RunRecord(status="running", config=tiny_config(tmp_path).to_dict(), worker=Worker(host=host, pid=pid))
     record.write(tmp_path / "run")
     return record
 

@@ -324,7 +324,7 @@ def test_import_of_an_adapter_of_another_width_is_refused_before_writing(tmp_pat
             import_peft(wide, tmp_path / "run", model="smollm2-135m")
         assert not (tmp_path / "cache" / "models").exists() and not (tmp_path / "run").exists()  # nothing dequantized
     fits = _adapter(tmp_path / "fits", _with(token_dim=32), {"prompt_embeddings": torch.randn(3, 32)})
-    assert load_run(import_peft(fits, tmp_path / "ok", model=str(tiny_model_dir))).record.model["hidden_size"] == 32
+    assert load_run(import_peft(fits, tmp_path / "ok", model=str(tiny_model_dir))).record.model.hidden_size == 32
     capsys.readouterr()  # a base model that cannot be read here: imported, with a warning that the width is unchecked
     import_peft(fits, tmp_path / "unchecked", model=str(tmp_path / "elsewhere" / "model"))
     assert "its width (32) is not checked against the base model" in capsys.readouterr().err

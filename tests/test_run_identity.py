@@ -101,8 +101,8 @@ def test_resume_with_a_changed_execution_setting_continues_the_run(
     assert record.status == "complete"
     assert record.config[field] == value  # run.json holds the settings it was last executed with
     first, resumed = record.executions
-    assert first["execution"][field] == getattr(cfg, field) and not first["resumed"]
-    assert resumed["execution"][field] == value and resumed["resumed"]
+    assert first.execution[field] == getattr(cfg, field) and not first.resumed
+    assert resumed.execution[field] == value and resumed.resumed
 
 
 def test_an_old_run_json_resumes_with_changed_execution_settings(tmp_path, tiny_model_dir, toy_data, interrupt_at):
@@ -118,8 +118,8 @@ def test_an_old_run_json_resumes_with_changed_execution_settings(tmp_path, tiny_
     train(cfg, tmp_path / "ref", progress=False)
     assert torch.equal(_prompt(out), _prompt(tmp_path / "ref"))
     first, resumed = RunRecord.read(out).executions
-    assert first == {"execution": cfg.execution_dict(), "resumed": False}  # taken from the old run.json's config
-    assert resumed["execution"] == changed.execution_dict()
+    assert first.to_dict() == {"execution": cfg.execution_dict(), "resumed": False}  # taken from the old run.json's config
+    assert resumed.execution == changed.execution_dict()
 
 
 @pytest.mark.parametrize("field, value", [("lr", 0.5), ("seed", 1), ("tokens", 4)])

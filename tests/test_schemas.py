@@ -14,6 +14,7 @@ from softprompt.errors import SoftPromptError
 from softprompt.records.base import SCHEMA_KEY, Artifact, Record, optional
 from softprompt.records.geometry import GeometryResult
 from softprompt.records.history import read_history
+from softprompt.records.metrics import Best, EvalMetrics
 from softprompt.records.registry import ANALYSES, CACHES, SCHEMAS, known, load_record
 from softprompt.records.results import StudyResults
 from softprompt.records.run import RunRecord
@@ -108,13 +109,41 @@ def test_a_legacy_run_loads_with_its_typed_parts_and_prompt():
     run_dir = LEGACY_RUN
     run = load_run(run_dir)
     record = run.record
-    assert record.final_metrics().accuracy == record.final["accuracy"]
-    assert record.prompt_facts().source.task.endswith("toy.toml") and record.model_facts().hidden_size == 32
-    assert record.selection_facts().rule and record.resolved_settings().prompt_format == run.prompt_format
+    assert isinstance(record.final, EvalMetrics) and record.final.accuracy == 0.75
+    assert record.final.calibrated.content_free[0] == "N/A"
+    assert record.prompt.source.task.endswith("toy.toml") and record.model.hidden_size == 32
+    assert record.selection.rule and record.resolved.prompt_format == run.prompt_format
+    assert isinstance(record.best, Best) and record.best.step == 3 and record.baselines["no_prompt"].accuracy == 0.5
+    assert record.file_facts("prompt.safetensors").shape == [2, 32] and record.executions[0].host == "vm"
     assert [h.step for h in read_history(run_dir)] == [3]
     assert run.prompt().n_tokens == 2  # the prompt file matches the SHA-256 and shape run.json recorded
-    hard = RunRecord.read(LEGACY / "baselines" / "rte" / "hard" / "hard").hard_prompt_facts()
+    hard = RunRecord.read(LEGACY / "baselines" / "rte" / "hard" / "hard").hard_prompt
     assert hard.last.text == "Does the" and hard.text_final.accuracy == 0.5
+
+
+@pytest.mark.parametrize("run_dir", [LEGACY_RUN, LEGACY / "baselines" / "rte" / "hard" / "hard"], ids=["run", "hard"])
+def test_a_legacy_run_json_writes_back_byte_for_byte(run_dir, tmp_path):
+    """Typed in memory, the same JSON on disk: a legacy run.json read and written again is the same text."""
+    text = (run_dir / "run.json").read_text()
+    assert json.dumps(RunRecord.read(run_dir).to_json(), separators=(",", ":")) == text.strip()
+    RunRecord.read(run_dir).write(tmp_path)
+    assert (tmp_path / "run.json").read_text() == json.dumps(json.loads(text), indent=2) + "\n"
+
+
+def test_a_run_json_without_newer_fields_loads_and_writes_back_key_for_key(tmp_path):
+    """Fields a run.json predates (selection, executions, inputs, calibration, a nested default) stay absent when it
+    is written again, and read as None; a renamed nested key is an error naming it."""
+    data = json.loads((LEGACY_RUN / "run.json").read_text())
+    for key in ("selection", "executions", "inputs", "hard_prompt"):
+        data.pop(key, None)
+    del data["final"]["calibrated"], data["resolved"]["compute_dtype"], data["best"]["split"]
+    record = RunRecord.from_json(data, "run.json")
+    assert record.selection is None and record.executions is None and record.final.calibrated is None
+    assert record.resolved.compute_dtype is None and not record.resolved.present("compute_dtype")
+    assert record.to_json() == data and list(record.to_json()["best"]) == list(data["best"])
+    data["final"]["acc"] = data["final"].pop("accuracy")
+    with pytest.raises(SoftPromptError, match=r"^run\.json: final: no field 'accuracy'"):
+        RunRecord.from_json(data, "run.json")
 
 
 def test_the_report_renders_from_a_legacy_results_json(tmp_path):
@@ -187,6 +216,8 @@ def test_every_json_a_study_writes_loads_through_its_record(tmp_path, tiny_model
             continue
         seen.add(path.name)
         assert record.unknown_keys() == [], path
+        if isinstance(record, RunRecord):  # typed in memory, written back as the writers wrote it, byte for byte
+            assert json.dumps(record.to_json(), indent=2) + "\n" == path.read_text(), path
         if isinstance(record, Artifact):
             assert json.loads(path.read_text())[SCHEMA_KEY] == record.SCHEMA_VERSION, path
     expected = {"results.json", "run.json", "study_config.json", "inputs.json", "baselines.json", "hard_prompt.json", "key.json"}

@@ -107,15 +107,15 @@ def _prompts(run) -> tuple[torch.Tensor, torch.Tensor]:
 def test_a_tiny_run_with_a_small_dev_split_says_it_kept_the_last_prompt(tiny_llama, toy_data, tmp_path):
     res = train(tiny_config(toy_data, epochs=2, dev_size=4, eval_every=1), tmp_path / "r", backbone=tiny_llama, progress=False)
     record = load_run(tmp_path / "r").record
-    assert record.selection["rule"] == "dev_loss" and record.selection["applied"] == "last"
-    assert record.selection["dev_size"] == 4 and "too small to choose on" in record.selection["why"]
+    assert record.selection.rule == "dev_loss" and record.selection.applied == "last"
+    assert record.selection.dev_size == 4 and "too small to choose on" in record.selection.why
     assert res.best["split"] is None and res.best["step"] == res.history[-1]["step"]
     best, last = _prompts(tmp_path / "r")
     assert torch.equal(best, last)
     assert all(h["dev"]["loss"] is not None for h in res.history)  # the dev loss is recorded at every point
     # the last prompt and the reference baselines carry their content-free calibrated metrics (run.json, results.json)
-    assert set(record.final["calibrated"]) == {"accuracy", "f1_macro", "prior", "content_free"}
-    assert all(record.baselines[m]["calibrated"]["accuracy"] is not None for m in ("no_prompt", "english_prompt"))
+    assert set(record.final.calibrated.to_dict()) == {"accuracy", "f1_macro", "prior", "content_free"}
+    assert all(record.baselines[m].calibrated.accuracy is not None for m in ("no_prompt", "english_prompt"))
 
 
 @pytest.mark.parametrize("margin", [0.0, 1e9])
@@ -127,14 +127,14 @@ def test_a_tiny_run_records_the_dev_loss_choice(tiny_llama, toy_data, tmp_path, 
     record, history = load_run(tmp_path / "r").record, res.history
     lowest = min(range(len(history)), key=lambda i: (history[i]["dev"]["loss"], i))
     sel = record.selection
-    assert sel["rule"] == "dev_loss" and sel["dev_size"] == 4 and record.best == res.best
+    assert sel.rule == "dev_loss" and sel.dev_size == 4 and record.best.to_dict() == res.best
     best, last = _prompts(tmp_path / "r")
     if history[lowest]["step"] == history[-1]["step"]:
         pytest.skip("this tiny run's dev loss was lowest at its end: no candidate to test")
-    assert sel["candidate_step"] == history[lowest]["step"] and sel["loss_gain"] > 0  # a lower mean loss: a positive gain
+    assert sel.candidate_step == history[lowest]["step"] and sel.loss_gain > 0  # a lower mean loss: a positive gain
     if margin == 0.0:
-        assert sel["chosen"] == "candidate" and res.best["step"] == history[lowest]["step"]
+        assert sel.chosen == "candidate" and res.best["step"] == history[lowest]["step"]
         assert res.best["dev_loss"] == history[lowest]["dev"]["loss"] and not torch.equal(best, last)
     else:
-        assert sel["chosen"] == "last" and res.best["step"] == history[-1]["step"] and torch.equal(best, last)
+        assert sel.chosen == "last" and res.best["step"] == history[-1]["step"] and torch.equal(best, last)
         assert res.best["dev_loss"] == history[-1]["dev"]["loss"]

@@ -331,7 +331,7 @@ def test_custom_task_trains_one_epoch(tiny_llama, tmp_path):
     cfg = TrainConfig(task=str(EXAMPLE), model="tiny", tokens=4, epochs=1, batch_size=4, lr=0.1, compute_dtype="float32")
     res = train(cfg, tmp_path / "run", backbone=tiny_llama, progress=False)
     run = load_run(tmp_path / "run")
-    assert run.record.task["name"] == "gadget-reviews" and run.record.train_examples == 16
+    assert run.record.task.name == "gadget-reviews" and run.record.train_examples == 16
     assert res.final.n == 8 and len(res.history) == 1 and set(res.baselines) == {"no_prompt", "english_prompt"}
 
 

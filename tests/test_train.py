@@ -38,13 +38,13 @@ def test_loss_falls_and_artifacts_written(tiny_llama, toy_data, tmp_path):
     losses = [h["train_loss"] for h in res.history]
     assert losses[-1] < losses[0]
     run = load_run(tmp_path / "run")
-    assert run.complete and run.record.prompt["n_tokens"] == 4
+    assert run.complete and run.record.prompt.n_tokens == 4
     tensors = load_file(str(tmp_path / "run" / "prompt.safetensors"))
     assert set(tensors) == {"prompt", "initial_prompt"}
     assert not torch.equal(tensors["prompt"], tensors["initial_prompt"])
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4, 5, 6]
-    assert run.record.parameters["trainable"] == 4 * 32
+    assert run.record.parameters.trainable == 4 * 32
     assert set(res.baselines) == {"no_prompt", "english_prompt"}
 
 

@@ -81,7 +81,7 @@ def test_run_records_and_reuses_its_prompt_format(tiny_llama, chat_tokenizer, to
     backbone.tokenizer = chat_tokenizer
     res = train(_cfg(toy_data, epochs=1), tmp_path / "r", backbone=backbone, progress=False)
     run = load_run(tmp_path / "r")
-    assert run.record.resolved["prompt_format"] == "chat" and run.prompt_format == "chat"
+    assert run.record.resolved.prompt_format == "chat" and run.prompt_format == "chat"
     from softprompt.evaluate import Evaluator
 
     again = Evaluator(backbone, data_dir=str(toy_data), prompt_format=run.prompt_format).evaluate(
@@ -213,7 +213,7 @@ def test_residual_reparam_starts_at_the_init_and_trains_the_mlp(tiny_llama, toy_
     train(cfg, tmp_path / "r", backbone=tiny_llama, progress=False)
     saved = SoftPrompt.load(tmp_path / "r" / "prompt.safetensors")
     assert saved.weight.shape == (4, 32) and not torch.equal(saved.weight, saved.initial)
-    assert load_run(tmp_path / "r").record.parameters["trainable"] == 4 * 32 + (32 * 8 + 8) + (8 * 32 + 32)
+    assert load_run(tmp_path / "r").record.parameters.trainable == 4 * 32 + (32 * 8 + 8) + (8 * 32 + 32)
 
 
 def test_mlp_reparam_gets_gradients_everywhere_and_exports_the_matrix(tiny_llama, toy_data, tmp_path):
@@ -247,7 +247,7 @@ def test_reparam_is_for_prompts_only_and_baselines_drop_it(toy_data):
 def test_default_prompt_lr_follows_the_embedding_scale(tiny_llama, toy_data, tmp_path):
     train(_cfg(toy_data, epochs=1, lr=None), tmp_path / "r", backbone=tiny_llama, progress=False)
     expected = PROMPT_LR_PER_STD * embedding_scale(tiny_llama.model)
-    assert load_run(tmp_path / "r").record.resolved["lr"] == pytest.approx(expected)
+    assert load_run(tmp_path / "r").record.resolved.lr == pytest.approx(expected)
     assert TrainConfig(method="lora").lr == 1e-3 and TrainConfig().lr is None
 
 
@@ -261,7 +261,7 @@ def test_a_changed_default_lr_makes_a_default_lr_run_a_conflict(tiny_llama, toy_
     cfg, fixed = _cfg(toy_data, epochs=1, lr=None), _cfg(toy_data, epochs=1, lr=0.05)
     train(cfg, tmp_path / "default", backbone=tiny_llama, progress=False, baselines=False)
     train(fixed, tmp_path / "fixed", backbone=tiny_llama, progress=False, baselines=False)
-    assert load_run(tmp_path / "default").record.resolved["lr_per_std"] == PROMPT_LR_PER_STD
+    assert load_run(tmp_path / "default").record.resolved.lr_per_std == PROMPT_LR_PER_STD
     assert run_state(tmp_path / "default", cfg).kind == COMPLETE
     monkeypatch.setattr(runs_mod, "PROMPT_LR_PER_STD", PROMPT_LR_PER_STD * 2)
     state = run_state(tmp_path / "default", cfg)

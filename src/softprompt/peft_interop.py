@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from softprompt.errors import SoftPromptError, warn
 from softprompt.io import atomic_path, read_json, write_text
 from softprompt.model.prompt import PROMPT_FILE, PromptInit, SoftPrompt
-from softprompt.records.run import RUN_FILE, RunRecord
+from softprompt.records.run import RUN_FILE, ModelFacts, PromptFacts, RunRecord
 from softprompt.runs.directory import BEST_PROMPT_FILE, Run, artifact_facts, load_run, package_versions
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -48,10 +48,10 @@ def _base_model(run: Run) -> tuple[str, str | None, dict[str, str], list[str]]:
     """(base_model_name_or_path, its Hub revision or None, metadata, notes) for a run's model."""
     from softprompt.model.backbones import OFFLINE_MODELS, dequantized_dir
 
-    model = run.record.model or {}
-    name = str(model.get("name") or run.config.get("model"))
-    source = str(model.get("source") or name)
-    revision = str(model.get("revision") or "")
+    model = run.record.model or ModelFacts()
+    name = str(model.name or run.config.get("model"))
+    source = str(model.source or name)
+    revision = str(model.revision or "")
     entry = OFFLINE_MODELS.get(name)
     if entry is None:  # a Hub id (revision: the Hub commit it was loaded at) or a local folder
         if not re.fullmatch(r"[0-9a-f]{40}", revision):
@@ -316,8 +316,10 @@ def import_peft(
             "tokens": prompt.n_tokens,
             "init": prompt.init.method,
         },
-        model={"name": base, "hidden_size": prompt.dim},
-        prompt={"n_tokens": prompt.n_tokens, "dim": prompt.dim, "init": {"method": prompt.init.method}},
+        model=ModelFacts.from_dict({"name": base, "hidden_size": prompt.dim}, "model"),
+        prompt=PromptFacts.from_dict(
+            {"n_tokens": prompt.n_tokens, "dim": prompt.dim, "init": {"method": prompt.init.method}}, "prompt"
+        ),
         artifacts={name: artifact_facts(out / name, prompt) for name in (PROMPT_FILE, BEST_PROMPT_FILE)},
         versions=package_versions(),
     ).write(out)

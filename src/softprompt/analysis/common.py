@@ -44,10 +44,9 @@ def run_labels(runs: Sequence[Run]) -> list[str]:
 def run_meta(run: Run, label: str) -> dict[str, Any]:
     """What a report says about a run: where it is, what it trained, how well it did."""
     record = run.record
-    prompt = record.prompt_facts()
-    init = prompt.init if prompt else None
-    final = record.final_metrics()
-    no_prompt = record.baseline_metrics().get("no_prompt")
+    init = record.prompt.init if record.prompt else None
+    final = record.final
+    no_prompt = (record.baselines or {}).get("no_prompt")
     return {
         "id": label,
         "path": str(run.path),

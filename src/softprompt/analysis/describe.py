@@ -70,8 +70,8 @@ def _best(descriptions: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def _run_task(run) -> Any:
     """The task a run trained on: its run.json record (what it saw), else the task by name or file."""
-    recorded = run.record.task or {}
-    if recorded.get("description"):
+    recorded = run.record.task
+    if recorded is not None and recorded.description:
         return recorded
     from softprompt.tasks import get_task
 
@@ -91,7 +91,7 @@ def _describe_run(backbone, run, label: str, which: str, options: dict[str, Any]
     trained = _scored(describe_prompt(backbone, sp.weight, **options), score)
     init = _scored(describe_prompt(backbone, sp.initial, **options), score)
     entry: dict[str, Any] = {"run": label, **run_meta(run, label)}
-    trained_on = (run.record.model or {}).get("name") or run.config.get("model")
+    trained_on = (run.record.model and run.record.model.name) or run.config.get("model")
     if trained_on and trained_on != backbone.name:
         entry["warning"] = f"prompt trained on {trained_on!r}, described by {backbone.name!r}: descriptions may be meaningless"
     entry.update(

@@ -78,11 +78,11 @@ def text_score(text: str, reference: str, label_words: Sequence[str] = ()) -> di
 
 def description_score(text: str, task) -> dict[str, Any]:
     """`text_score` against a task's English description and label words. `task`: a Task, a task name or
-    .toml path, or a run.json's task record (a mapping with description and label_words)."""
+    .toml path, or a run.json's task record (`TaskFacts`, or a mapping with description and label_words)."""
     if isinstance(task, str):
         from softprompt.tasks import get_task
 
         task = get_task(task)
     if isinstance(task, Mapping):
         return text_score(text, task.get("description") or "", list(task.get("label_words") or []))
-    return text_score(text, task.description, list(task.label_words))
+    return text_score(text, task.description or "", list(task.label_words or []))

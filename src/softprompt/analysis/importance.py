@@ -164,7 +164,7 @@ def _run_warnings(run, evaluator) -> list[str]:
 
     out = []
     backbone = evaluator.backbone
-    trained_on = (run.record.model or {}).get("name") or run.config.get("model")
+    trained_on = (run.record.model and run.record.model.name) or run.config.get("model")
     if trained_on and trained_on != backbone.name:
         out.append(f"prompt trained on {trained_on!r}, scored with {backbone.name!r}")
     try:

@@ -151,7 +151,7 @@ def neighbors_report(
         sp.check_model(embeddings.shape[1], where=f"the prompt of {run.path}")
         analysis = analyze_neighbors(sp.weight, sp.initial, sp.init.token_ids, embeddings, tok, k, metric)
         analysis = {**run_meta(run, label), **analysis}
-        trained_on = (run.record.model or {}).get("name") or run.config.get("model")
+        trained_on = (run.record.model and run.record.model.name) or run.config.get("model")
         if trained_on and trained_on != backbone.name:
             analysis["warning"] = f"prompt trained on {trained_on!r}, read with {backbone.name!r}: neighbours may be meaningless"
         if project:

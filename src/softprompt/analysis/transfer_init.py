@@ -38,7 +38,7 @@ class TransferredRun:
 
 
 def _accuracy(run: Run) -> float:
-    final = run.record.final_metrics()
+    final = run.record.final
     if final is None or final.accuracy is None:
         raise SoftPromptError(f"run {run.path} has no final accuracy")
     return float(final.accuracy)

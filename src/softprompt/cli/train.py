@@ -20,10 +20,11 @@ def cmd_train(a: argparse.Namespace) -> int:
         return 0
     label = {"prompt": "soft (prompt, last)", "hard": "hard (PEZ token rows, last)"}.get(cfg.method, cfg.method)
     rows = [{"prompt": label, **result_row(res.final)}]
-    hard = res.hard_prompt or {}
-    if "text_final" in hard:
-        typed = hard["text_final"]
-        rows.append({"prompt": "hard, its text typed", **{k: typed[k] for k in ("accuracy", "f1_macro", "acc_norm")}})
+    hard, typed = res.hard_prompt, res.hard_prompt and res.hard_prompt.text_final
+    if typed:
+        rows.append(
+            {"prompt": "hard, its text typed", "accuracy": typed.accuracy, "f1_macro": typed.f1_macro, "acc_norm": typed.acc_norm}
+        )
     rows += [{"prompt": name.replace("_", " "), **result_row(r)} for name, r in res.baselines.items()]
     print(
         f"\n{res.final.task} {res.final.split} (n={res.final.n}); best epoch {res.best['epoch']} "
@@ -31,11 +32,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     )
     print_table(rows)
     if hard:
-        last = hard["last"]
-        same = "" if last["retokenizes_to_same_ids"] else " (typed, it tokenizes to other ids)"
-        print(f"hard prompt: {last['text']!r}{same}; tokens {last['tokens']}")
-        if "text_error" in hard:
-            print(f"its text was not scored: {hard['text_error']}")
+        last = hard.last
+        same = "" if last.retokenizes_to_same_ids else " (typed, it tokenizes to other ids)"
+        print(f"hard prompt: {last.text!r}{same}; tokens {last.tokens}")
+        if hard.text_error is not None:
+            print(f"its text was not scored: {hard.text_error}")
     print(f"run saved to {out}")
     return 0
 

@@ -104,6 +104,22 @@ def _union(args: tuple[Any, ...], value: Any, where: str) -> Any:
     )
 
 
+def from_json_value(hint: Any, value: Any, where: str) -> Any:
+    """`value` (plain JSON) as type `hint` says (records built, containers converted, scalars checked); for a
+    container that is not a record itself (run.json's `RunRecord`)."""
+    return _convert(hint, value, where)
+
+
+def to_json_value(value: Any) -> Any:
+    """`value` (records, or lists and objects of them) as plain JSON values."""
+    return _plain(value)
+
+
+def unknown_keys_in(value: Any, where: str) -> list[str]:
+    """Every key in `value` (a record, or a list or object of them) that its records do not declare."""
+    return _unknown(value, where)
+
+
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)

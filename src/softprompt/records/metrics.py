@@ -63,11 +63,11 @@ class MetricsLine(Record):
 class Best(Record):
     """How a run's best prompt was chosen: the evaluation it came from, on which split, by which metric."""
 
-    metric: str | None = None
-    value: float | None = None
-    split: str | None = None  # "dev" when chosen on the dev split, None when the last prompt is the best
     epoch: float | None = None
     step: int | None = None
+    metric: str | None = None
+    split: str | None = None  # "dev" when chosen on the dev split, None when the last prompt is the best
+    value: float | None = None
     validation: float | None = None  # the validation metric beside the dev one
     dev_loss: float | None = None
 

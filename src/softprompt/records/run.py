@@ -1,20 +1,24 @@
 """run.json (`RunRecord`): what a run is, how far it got, and its numbers (metrics.jsonl: `records.history`).
 
-`RunRecord` keeps the JSON objects it holds (model, task, prompt, final, ...) as dicts, because the trainer
-builds and updates them in place; each has a typed view (`model_facts()`, `final_metrics()`, ...) that readers
-use instead of keys, and `from_json` checks every one of them when the file is read, so a damaged field is one
-line naming it. `format` is run.json's schema version (`SCHEMA_VERSION`).
+`RunRecord` holds run.json's objects as typed records (`record.final.accuracy`, `record.model.hidden_size`, ...);
+`from_json` builds and checks every one of them when the file is read, so a damaged or renamed field is one line
+naming it, and `to_json` writes back what was read (keys a record does not declare included). `config` stays the
+TrainConfig as saved (readers use `TrainConfig`), `inputs` and `versions` plain tables of digests and versions.
+`format` is run.json's schema version (`SCHEMA_VERSION`).
 """
 
 from __future__ import annotations
 
+import functools
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 from softprompt.errors import SoftPromptError
 from softprompt.io import read_json, write_json
-from softprompt.records.base import Record, optional, renamed
+from softprompt.records.base import Record, from_json_value, optional, renamed, to_json_value, unknown_keys_in
 from softprompt.records.metrics import Best, EvalMetrics, Parameters
 
 RUN_FORMAT = 1
@@ -106,11 +110,17 @@ class Execution(Record):
 
 @dataclass(frozen=True)
 class Selection(Record):
-    """How the best prompt was chosen (train.settle_selection)."""
+    """How the best prompt was chosen (selection.settle_selection). The candidate's step and the paired loss
+    gain are there only when a dev_loss or dev_accuracy rule compared a candidate (built with `from_dict`, a
+    field the choice did not set stays out of the file)."""
 
     rule: str | None = None
     dev_size: int | None = None
     applied: str | None = None
+    candidate_step: int | None = None
+    loss_gain: float | None = None  # dev_loss: the mean paired per-example loss gain over the last prompt
+    loss_gain_se: float | None = None  # its standard error (null: fewer than 2 dev examples)
+    margin_se: float | None = None
     chosen: str | None = None
     step: int | None = None
     why: str | None = None
@@ -137,32 +147,16 @@ class DiscretePrompt(Record):
     retokenizes_to_same_ids: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HardPromptFacts(Record):
     """Method hard: the last and best discrete prompts; the last one's text scored as a typed hard prompt
     (hard_prompt.json holds the same object)."""
 
-    last: DiscretePrompt
     projection: str | None = None
+    last: DiscretePrompt
     best: DiscretePrompt | None = None
     text_final: EvalMetrics | None = optional()
     text_error: str | None = optional()  # why the text could not be scored (longer than max_length allows)
-
-
-# run.json's objects and their typed views
-_PARTS: dict[str, Any] = {
-    "model": ModelFacts,
-    "tokenizer": TokenizerFacts,
-    "task": TaskFacts,
-    "parameters": Parameters,
-    "prompt": PromptFacts,
-    "worker": Worker,
-    "final": EvalMetrics,
-    "best": Best,
-    "selection": Selection,
-    "resolved": Resolved,
-    "hard_prompt": HardPromptFacts,
-}
 
 
 @dataclass
@@ -179,99 +173,48 @@ class RunRecord:
     status: str = "running"  # running | interrupted | failed | complete
     imported_from: str | None = None  # a PEFT adapter directory (peft_interop.import_peft)
     config: dict[str, Any] = field(default_factory=dict)
-    model: dict[str, Any] | None = None  # ModelFacts: name, source, revision, class, hidden_size, vocab_size
-    tokenizer: dict[str, Any] | None = None  # TokenizerFacts
-    task: dict[str, Any] | None = None  # TaskFacts: name, description, template, label_words, metric
-    parameters: dict[str, int] | None = None  # Parameters: trainable, total
+    model: ModelFacts | None = None  # name, source, revision, class, hidden_size, vocab_size
+    tokenizer: TokenizerFacts | None = None
+    task: TaskFacts | None = None  # name, description, template, label_words, metric
+    parameters: Parameters | None = None  # trainable, total
     versions: dict[str, str] | None = None
-    prompt: dict[str, Any] | None = None  # PromptFacts: n_tokens, dim, init, init_tokens; source (a `run:` init's run)
+    prompt: PromptFacts | None = None  # n_tokens, dim, init, init_tokens; source (a `run:` init's run)
     inputs: dict[str, Any] | None = None  # task: definition digest, data: {split: digest} (softprompt.data.inputs)
     # prompt file name -> sha256, shape (at save time); while running, checkpoint.safetensors -> sha256 (and the
     # previous_sha256 while the file is being replaced: a kill then leaves either) that --resume verifies (FileFacts)
-    artifacts: dict[str, dict[str, Any]] | None = None
+    artifacts: dict[str, FileFacts] | None = None
     processes: int | None = None  # data-parallel processes that trained it
-    worker: dict[str, Any] | None = None  # Worker: host and pid, while running
+    worker: Worker | None = None  # host and pid, while running
     # each training session's execution settings (`execution_history`, Execution): the first, then every resume;
     # `config` holds the identity and the latest execution settings
-    executions: list[dict[str, Any]] | None = None
+    executions: list[Execution] | None = None
     error: str | None = None  # why a failed run stopped
-    final: dict[str, Any] | None = None  # EvalMetrics of the last epoch
-    best: dict[str, Any] | None = None  # Best: epoch, metric, value
-    selection: dict[str, Any] | None = None  # Selection: how best was chosen (rule, dev_size, chosen, why)
-    baselines: dict[str, dict[str, Any]] | None = None  # no_prompt, english_prompt: EvalMetrics
+    final: EvalMetrics | None = None  # the last epoch's evaluation
+    best: Best | None = None  # epoch, metric, value
+    selection: Selection | None = None  # how best was chosen (rule, dev_size, chosen, why)
+    baselines: dict[str, EvalMetrics] | None = None  # by name: no_prompt, english_prompt
     # method hard (HardPromptFacts): last and best discrete prompts (token_ids, tokens, text, retokenizes_to_same_ids)
     # and the last one's text scored as a typed hard prompt (text_final; `final` scores its exact token rows)
-    hard_prompt: dict[str, Any] | None = None
-    resolved: dict[str, Any] | None = None  # Resolved: lr (lr_per_std when by default), prompt_format, compute_dtype
+    hard_prompt: HardPromptFacts | None = None
+    resolved: Resolved | None = None  # lr (lr_per_std when by default), prompt_format, compute_dtype
     dev_examples: int | None = None  # size of the development split held out of the training data
     train_examples: int | None = None
     train_label_counts: list[int] | None = None  # training examples per class (the chance loss of learning.py)
     train_truncated: int | None = None
     wall_time_s: float | None = None
 
-    # ----------------------------------------------------------------------------- typed views
-
-    def _part(self, name: str) -> Any:
-        value = getattr(self, name)
-        return _PARTS[name].from_dict(value, f"{RUN_FILE} {name}") if value else None
-
-    def model_facts(self) -> ModelFacts | None:
-        return self._part("model")
-
-    def tokenizer_facts(self) -> TokenizerFacts | None:
-        return self._part("tokenizer")
-
-    def task_facts(self) -> TaskFacts | None:
-        return self._part("task")
-
-    def parameter_counts(self) -> Parameters | None:
-        return self._part("parameters")
-
-    def prompt_facts(self) -> PromptFacts | None:
-        return self._part("prompt")
-
-    def worker_facts(self) -> Worker | None:
-        return self._part("worker")
-
-    def final_metrics(self) -> EvalMetrics | None:
-        return self._part("final")
-
-    def best_choice(self) -> Best | None:
-        return self._part("best")
-
-    def selection_facts(self) -> Selection | None:
-        return self._part("selection")
-
-    def resolved_settings(self) -> Resolved:
-        """The settings resolved at training time (empty for a run from before they were recorded)."""
-        return self._part("resolved") or Resolved()
-
-    def hard_prompt_facts(self) -> HardPromptFacts | None:
-        return self._part("hard_prompt")
-
-    def baseline_metrics(self) -> dict[str, EvalMetrics]:
-        """The run's own reference evaluations (no_prompt, english_prompt) by name."""
-        return {k: EvalMetrics.from_dict(v, f"{RUN_FILE} baselines.{k}") for k, v in (self.baselines or {}).items() if v}
-
     def file_facts(self, name: str) -> FileFacts | None:
         """What run.json recorded of the file `name` when it was saved (None when it recorded nothing)."""
-        value = (self.artifacts or {}).get(name)
-        return FileFacts.from_dict(value, f"{RUN_FILE} artifacts.{name}") if value else None
-
-    def execution_facts(self) -> list[Execution]:
-        return [Execution.from_dict(e, f"{RUN_FILE} executions[{i}]") for i, e in enumerate(self.executions or [])]
+        return (self.artifacts or {}).get(name)
 
     def unknown_keys(self) -> list[str]:
-        """The keys of run.json's objects that their typed views do not declare (the top level has none: refused)."""
-        parts = [self._part(name) for name in _PARTS]
-        parts += [self.file_facts(name) for name in self.artifacts or {}] + self.execution_facts()
-        parts += list(self.baseline_metrics().values())
-        return [k for p in parts if p is not None for k in p.unknown_keys(RUN_FILE)]
+        """The keys of run.json's objects that their records do not declare (the top level has none: refused)."""
+        return [k for name in _typed_fields() for k in unknown_keys_in(getattr(self, name), f"{RUN_FILE} {name}")]
 
     # ----------------------------------------------------------------------------- files
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {f.name: to_json_value(v) for f in fields(self) if (v := getattr(self, f.name)) is not None}
 
     to_dict = to_json
 
@@ -289,12 +232,13 @@ class RunRecord:
         if unknown:
             raise SoftPromptError(f"{where}: unknown key(s) {unknown}: written by another softprompt version?")
         _check_record_types(data, where)
-        record = cls(**data)
-        try:
-            record.unknown_keys()  # builds every typed view: a damaged object is one line naming its field
+        values, hints = dict(data), _field_hints()
+        try:  # a damaged object is one line naming its field
+            for name in (n for n in _typed_fields() if n in data):
+                values[name] = from_json_value(hints[name], data[name], name)
         except SoftPromptError as e:
-            raise SoftPromptError(f"{where}: {str(e).removeprefix(RUN_FILE + ' ')}") from None
-        return record
+            raise SoftPromptError(f"{where}: {e}") from None
+        return cls(**values)
 
     @classmethod
     def from_dict(cls, data: Any, where: str | None = None) -> RunRecord:
@@ -309,28 +253,59 @@ class RunRecord:
         return cls.from_json(read_json(path), str(path))
 
 
-# JSON type of a RunRecord annotation's base type: (Python types, the name an error uses)
-_JSON_TYPES = {
-    "dict": (dict, "object"),
-    "list": (list, "array"),
-    "str": (str, "string"),
-    "int": (int, "integer"),
-    "float": ((int, float), "number"),
-    "bool": (bool, "boolean"),
+# the JSON type of a RunRecord field's (non-None) type: (Python types, the name an error uses)
+_JSON_TYPES: dict[Any, tuple[Any, str]] = {
+    dict: (dict, "object"),
+    list: (list, "array"),
+    str: (str, "string"),
+    int: (int, "integer"),
+    float: ((int, float), "number"),
+    bool: (bool, "boolean"),
 }
+
+
+@functools.cache
+def _field_hints() -> dict[str, Any]:
+    hints = typing.get_type_hints(RunRecord)
+    return {f.name: hints[f.name] for f in fields(RunRecord)}
+
+
+def _kinds(hint: Any) -> tuple[Any, ...]:
+    """The types a field's hint allows, unions flattened (None included)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _holds_records(hint: Any) -> bool:
+    if isinstance(hint, type) and issubclass(hint, Record):
+        return True
+    return any(_holds_records(a) for a in typing.get_args(hint))
+
+
+@functools.cache
+def _typed_fields() -> tuple[str, ...]:
+    """The fields whose values are records (or lists and objects of them), in file order."""
+    return tuple(name for name, hint in _field_hints().items() if _holds_records(hint))
+
+
+def _json_type(hint: Any) -> tuple[Any, str] | None:
+    base = next((k for k in _kinds(hint) if k is not type(None)), None)
+    base = typing.get_origin(base) or base
+    if isinstance(base, type) and issubclass(base, Record):
+        base = dict
+    return _JSON_TYPES.get(base)
 
 
 def _check_record_types(data: dict[str, Any], where: str) -> None:
     """Each run.json field of the JSON type its `RunRecord` annotation names (or null where it may be None), the
     status one of STATUSES: a hand-edited or damaged file is one line naming the field, not a traceback later."""
-    for f in fields(RunRecord):
-        annotation = str(f.type)
-        expected = _JSON_TYPES.get(annotation.split("[")[0].split(" ")[0])
-        value = data.get(f.name)
-        if f.name not in data or expected is None or (value is None and "None" in annotation):
+    for name, hint in _field_hints().items():
+        expected, value = _json_type(hint), data.get(name)
+        if name not in data or expected is None or (value is None and type(None) in _kinds(hint)):
             continue
-        kinds, name = expected
-        if not isinstance(value, kinds) or (isinstance(value, bool) and name != "boolean"):
-            raise SoftPromptError(f"{where}: field {f.name!r} is {value!r:.60}, expected a JSON {name}")
+        kinds, kind = expected
+        if not isinstance(value, kinds) or (isinstance(value, bool) and kind != "boolean"):
+            raise SoftPromptError(f"{where}: field {name!r} is {value!r:.60}, expected a JSON {kind}")
     if data.get("status", "running") not in STATUSES:
         raise SoftPromptError(f"{where}: field 'status' is {data['status']!r}, expected one of {', '.join(STATUSES)}")

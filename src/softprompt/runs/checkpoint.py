@@ -63,8 +63,8 @@ def verify_checkpoint(out: Path, *, warn_unverified: bool = True) -> str | None:
         return None
     digest = file_sha256(path)
     record = RunRecord.read(out) if (out / RUN_FILE).exists() else None
-    recorded = ((record.artifacts if record is not None else None) or {}).get(CHECKPOINT_FILE) or {}
-    accepted = {recorded.get("sha256"), recorded.get("previous_sha256")} - {None}
+    recorded = record.file_facts(CHECKPOINT_FILE) if record is not None else None
+    accepted = {recorded.sha256, recorded.previous_sha256} - {None} if recorded is not None else set()
     if not accepted:
         if warn_unverified:
             warn(

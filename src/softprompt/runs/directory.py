@@ -20,7 +20,7 @@ from softprompt.config import EXECUTION_FIELDS, PROMPT_METHODS, TrainConfig
 from softprompt.data.inputs import file_sha256
 from softprompt.errors import SoftPromptError
 from softprompt.model.prompt import PROMPT_FILE, SoftPrompt, parse_run_init
-from softprompt.records.run import RUN_FILE, RunRecord
+from softprompt.records.run import RUN_FILE, Execution, FileFacts, RunRecord
 
 BEST_PROMPT_FILE = "best.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -65,7 +65,7 @@ class Run:
     @property
     def prompt_format(self) -> str:
         """How the run's examples were laid out (plain or chat); runs from before the option were plain."""
-        return self.record.resolved_settings().prompt_format or self.config.get("prompt_format", "plain")
+        return (self.record.resolved and self.record.resolved.prompt_format) or self.config.get("prompt_format", "plain")
 
     def prompt(self, which: str = "last") -> SoftPrompt:
         """The run's last (or best) prompt, checked against run.json: the shape it records, and the
@@ -81,7 +81,7 @@ class Run:
                 "saved it (the file was replaced or modified); restore the run's own file or retrain the run"
             )
         prompt = SoftPrompt.load(path)
-        facts = self.record.prompt_facts()
+        facts = self.record.prompt
         expected = (recorded and recorded.shape) or ([facts.n_tokens, facts.dim] if facts else [None, None])
         if None not in expected and [prompt.n_tokens, prompt.dim] != list(expected):
             raise SoftPromptError(
@@ -91,9 +91,9 @@ class Run:
         return prompt
 
 
-def artifact_facts(path: Path, prompt: SoftPrompt) -> dict[str, Any]:
+def artifact_facts(path: Path, prompt: SoftPrompt) -> FileFacts:
     """What run.json records of a prompt file just saved: its SHA-256 and shape."""
-    return {"sha256": file_sha256(path), "shape": [prompt.n_tokens, prompt.dim]}
+    return FileFacts(sha256=file_sha256(path), shape=[prompt.n_tokens, prompt.dim])
 
 
 def load_run(path: str | Path, require_complete: bool = True) -> Run:
@@ -126,7 +126,7 @@ def observed_status(record: RunRecord) -> str:
     """The run's status as it is now: `running` only while the process recorded in run.json lives.
     A run on this host whose process is gone (SIGKILL, out of memory, a crash) was interrupted; a run
     recorded by another host is taken at its word."""
-    worker = record.worker_facts()
+    worker = record.worker
     pid = worker.pid if worker else None
     here = worker is not None and worker.host == socket.gethostname() and isinstance(pid, int) and pid != os.getpid()
     if record.status == "running" and here and _process_gone(pid):
@@ -167,17 +167,17 @@ def init_source(init: str) -> InitSource:
     return InitSource(prompt, facts)
 
 
-def execution_history(out: str | Path, cfg: TrainConfig, *, resumed: bool) -> list[dict[str, Any]]:
+def execution_history(out: str | Path, cfg: TrainConfig, *, resumed: bool) -> list[Execution]:
     """run.json's `executions`: how each training session of the run was executed, this one last. A resumed
     run keeps its earlier sessions; a run.json from before this record gets its config's execution
     settings as its first session."""
     import datetime
 
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    entry = {"execution": cfg.execution_dict(), "resumed": resumed, "host": socket.gethostname(), "started": now}
-    earlier: list[dict[str, Any]] = []
+    entry = Execution(execution=cfg.execution_dict(), resumed=resumed, host=socket.gethostname(), started=now)
+    earlier: list[Execution] = []
     if resumed and (Path(out) / RUN_FILE).exists():
         record = RunRecord.read(out)
-        first = {"execution": {k: v for k, v in record.config.items() if k in EXECUTION_FIELDS}, "resumed": False}
+        first = Execution(execution={k: v for k, v in record.config.items() if k in EXECUTION_FIELDS}, resumed=False)
         earlier = list(record.executions or [first])
     return [*earlier, entry]

@@ -23,7 +23,7 @@ def _init_source_changed(cfg: TrainConfig, record: RunRecord) -> bool:
     """A `run:` init whose source prompt file now holds another prompt than the one the run started from."""
     if not cfg.init.startswith(RUN_INIT):
         return False
-    facts = record.prompt_facts()
+    facts = record.prompt
     recorded = facts.source.sha256 if facts and facts.source else None
     path, which = parse_run_init(cfg.init)
     file = path / prompt_file_name(which)
@@ -41,7 +41,7 @@ def _default_lr_changed(cfg: TrainConfig, record: RunRecord) -> bool:
     factor = {"prompt": PROMPT_LR_PER_STD, "hard": HARD_LR_PER_STD}.get(cfg.method)  # (read now: tests patch them)
     if factor is None or cfg.lr is not None or record.config.get("lr") is not None or record.resolved is None:
         return False  # (a record with nothing resolved says nothing about its rate)
-    resolved = record.resolved_settings()
+    resolved = record.resolved
     return (resolved.lr_per_std if resolved.present("lr_per_std") else LEGACY_LR_PER_STD) != factor
 
 
@@ -71,7 +71,7 @@ def identity_changes(
 def _compute_dtype_change(cfg: TrainConfig, record: RunRecord, here: str | None) -> str | None:
     """`compute_dtype` (how it differs) when `cfg` would compute in another dtype than the run did; None when the same or unknown."""
     saved_cfg = record.config.get("compute_dtype", "auto")
-    saved = record.resolved_settings().compute_dtype or (canonical_dtype(saved_cfg) if saved_cfg != "auto" else None)
+    saved = (record.resolved and record.resolved.compute_dtype) or (canonical_dtype(saved_cfg) if saved_cfg != "auto" else None)
     if saved is None:  # a run from before run.json recorded the resolved dtype: its config is all there is
         return "compute_dtype" if saved_cfg != cfg.compute_dtype else None
     mine = canonical_dtype(cfg.compute_dtype) if cfg.compute_dtype != "auto" else here
@@ -122,8 +122,7 @@ def run_state(
         return RunState(ABSENT)
     record = RunRecord.read(out)
     status = observed_status(record)
-    model = record.model_facts()
-    saved = {**(record.inputs or {}), MODEL_REVISION: model.revision if model else None}
+    saved = {**(record.inputs or {}), MODEL_REVISION: record.model.revision if record.model else None}
     inputs_changed = tuple(input_changes(saved, inputs)) if inputs is not None else ()
     unknown = inputs is not None and record.inputs is None
     changed = tuple(identity_changes(cfg, record, inputs, compute_dtype))

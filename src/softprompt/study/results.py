@@ -84,10 +84,10 @@ def run_summary(study: Study, unit: Unit) -> RunSummary:
     record = run.record
     history = read_metrics(run.path)  # every line checked: a damaged one is FILE:LINE, not a traceback
     where = run.path / METRICS_FILE
-    final = record.final_metrics()
+    final = record.final
     if final is None:
         raise SoftPromptError(f"run {run.path} is complete but records no final metrics: retrain it")
-    prompt = record.prompt_facts()
+    prompt = record.prompt
     verdict: dict[str, Any] = learning_verdict(history, record.train_label_counts, run.config.get("loss", "choices"))
     return RunSummary(
         name=study.run_label(unit),
@@ -97,9 +97,9 @@ def run_summary(study: Study, unit: Unit) -> RunSummary:
         cell=dict(unit.cell) if unit.cell else None,
         source=unit.source or None,
         final=final,
-        best=record.best_choice(),
-        baselines=record.baseline_metrics(),
-        parameters=record.parameter_counts(),
+        best=record.best,
+        baselines=record.baselines or {},
+        parameters=record.parameters,
         wall_time_s=record.wall_time_s,
         init_text=prompt.init.text if prompt and prompt.init else None,
         history=[MetricsLine.from_dict(h, f"{where}:{i}") for i, h in enumerate(history, 1)],

@@ -24,7 +24,7 @@ from softprompt.evaluate import EVAL_SEED, Evaluator, evaluator_for
 from softprompt.io import write_json
 from softprompt.locks import directory_lock
 from softprompt.model.backbones import Backbone, load_backbone
-from softprompt.records.run import RunRecord
+from softprompt.records.run import HardPromptFacts, RunRecord
 from softprompt.runs.baselines import (
     METHODS,
     NEEDS_MODEL,
@@ -159,12 +159,12 @@ def _trained(
             warn_unknown_inputs(run_dir)
         if state.kind == COMPLETE:  # done before: reuse it
             record = RunRecord.read(run_dir)
-            params = record.parameters or {}
+            params = record.parameters
             return baseline_row(
                 method,
-                record.final or {},
-                params.get("trainable", 0),
-                params.get("total"),
+                record.final.to_dict() if record.final else {},
+                params.trainable if params else 0,
+                params.total if params else None,
                 run=str(run_dir),
                 reused=True,
                 wall_time_s=record.wall_time_s,
@@ -189,16 +189,16 @@ def _trained(
     )
 
 
-def hard_prompt_columns(hard: dict[str, Any] | None) -> dict[str, Any]:
+def hard_prompt_columns(hard: HardPromptFacts | None) -> dict[str, Any]:
     """A hard baseline's extra columns: its text (the last prompt, what the row's accuracy scores as token rows),
     whether the text tokenizes back to those tokens, and the text's own score typed as a hard prompt."""
     if not hard:
         return {}
-    text = hard.get("text_final") or {}
+    text = hard.text_final
     return {
-        "hard_prompt": hard["last"]["text"],
-        "hard_prompt_tokens": hard["last"]["tokens"],
-        "retokenizes_to_same_ids": hard["last"]["retokenizes_to_same_ids"],
-        "text_accuracy": text.get("accuracy"),
-        "text_f1_macro": text.get("f1_macro"),
+        "hard_prompt": hard.last.text,
+        "hard_prompt_tokens": hard.last.tokens,
+        "retokenizes_to_same_ids": hard.last.retokenizes_to_same_ids,
+        "text_accuracy": text.accuracy if text else None,
+        "text_f1_macro": text.f1_macro if text else None,
     }

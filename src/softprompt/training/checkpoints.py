@@ -67,7 +67,7 @@ def save_best(out: Path, trainables: Trainables, method: str, state: dict[str, A
     prompt = trainables.prompt_to_save()
     if prompt is not None:
         prompt.save(out / BEST_PROMPT_FILE)
-        facts = artifact_facts(out / BEST_PROMPT_FILE, prompt)  # for run.json
+        facts = artifact_facts(out / BEST_PROMPT_FILE, prompt).to_dict()  # for run.json (the state stays plain JSON)
         state["artifacts"] = {**state.get("artifacts", {}), BEST_PROMPT_FILE: facts}
     elif method == "lora":
         save_trainables(out / BEST_ADAPTER_FILE, trainables.params)

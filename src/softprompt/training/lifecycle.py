@@ -20,7 +20,19 @@ from softprompt.errors import SoftPromptError, os_error_line
 from softprompt.io import remove_stale_temporaries
 from softprompt.locks import directory_lock
 from softprompt.model.backbones import Backbone, resolve_compute_dtype
-from softprompt.records.run import RunRecord
+from softprompt.records.metrics import Parameters
+from softprompt.records.run import (
+    FileFacts,
+    InitFacts,
+    ModelFacts,
+    PromptFacts,
+    Resolved,
+    RunRecord,
+    SourceFacts,
+    TaskFacts,
+    TokenizerFacts,
+    Worker,
+)
 from softprompt.runs.checkpoint import verify_checkpoint
 from softprompt.runs.directory import BEST_PROMPT_FILE, CHECKPOINT_FILE, execution_history, package_versions
 from softprompt.runs.state import ABSENT, CONFLICT, RunState, run_state, warn_unknown_inputs
@@ -107,44 +119,44 @@ def run_record(cfg: TrainConfig, data: TrainData, trainables: Trainables, *, pro
     record = RunRecord(
         status="running",
         config=cfg.to_dict(),
-        model={
-            "name": backbone.name,
-            "source": backbone.source,
-            "revision": backbone.revision,
-            "class": type(backbone.model).__name__,
-            "hidden_size": backbone.hidden_size,
-            "vocab_size": backbone.vocab_size,
-        },
-        tokenizer={"class": type(tok).__name__, "name_or_path": str(tok.name_or_path), "vocab_size": len(tok)},
-        task={
-            "name": task.name,
-            "description": task.description,
-            "template": task.template,
-            "label_words": list(task.label_words),
-            "metric": task.metric,
-        },
-        parameters=trainables.counts(backbone),
+        model=ModelFacts(
+            name=backbone.name,
+            source=backbone.source,
+            revision=backbone.revision,
+            class_name=type(backbone.model).__name__,
+            hidden_size=backbone.hidden_size,
+            vocab_size=backbone.vocab_size,
+        ),
+        tokenizer=TokenizerFacts(class_name=type(tok).__name__, name_or_path=str(tok.name_or_path), vocab_size=len(tok)),
+        task=TaskFacts(
+            name=task.name,
+            description=task.description,
+            template=task.template,
+            label_words=list(task.label_words),
+            metric=task.metric,
+        ),
+        parameters=Parameters.from_dict(trainables.counts(backbone), "parameters"),
         versions=package_versions(),
         processes=processes,
-        resolved={
-            "lr": trainables.lr,
-            "lr_per_std": LR_PER_STD.get(cfg.method) if cfg.lr is None else None,
-            "prompt_format": data.prompt_format,
-            "compute_dtype": compute_dtype_name(cfg, backbone),
-            "class_weights": None if weights is None else [round(w, 6) for w in weights.tolist()],  # --class-balance
-        },
+        resolved=Resolved(
+            lr=trainables.lr,
+            lr_per_std=LR_PER_STD.get(cfg.method) if cfg.lr is None else None,
+            prompt_format=data.prompt_format,
+            compute_dtype=compute_dtype_name(cfg, backbone),
+            class_weights=None if weights is None else [round(w, 6) for w in weights.tolist()],  # --class-balance
+        ),
         train_label_counts=counts,
         dev_examples=len(data.dev),
     )
     if prompt is not None:
-        record.prompt = {
-            "n_tokens": prompt.n_tokens,
-            "dim": prompt.dim,
-            "init": asdict(prompt.init),
-            "init_tokens": [tok.decode([i]) for i in prompt.init.token_ids],
-        }
-        if trainables.source is not None:
-            record.prompt["source"] = trainables.source
+        source = trainables.source
+        record.prompt = PromptFacts(
+            n_tokens=prompt.n_tokens,
+            dim=prompt.dim,
+            init=InitFacts.from_dict(asdict(prompt.init), "prompt.init"),
+            init_tokens=[tok.decode([i]) for i in prompt.init.token_ids],
+            source=None if source is None else SourceFacts.from_dict(source, "prompt.source"),
+        )
     return record
 
 
@@ -202,7 +214,7 @@ class RunLifecycle:
         self.record = run_record(self.cfg, self.data, self.trainables, processes=self.dp.world)
         self.record.inputs = inputs
         if self.checkpoint_sha256 is not None:  # the resumed checkpoint stays verifiable
-            self.record.artifacts = {CHECKPOINT_FILE: {"sha256": self.checkpoint_sha256}}
+            self.record.artifacts = {CHECKPOINT_FILE: FileFacts(sha256=self.checkpoint_sha256)}
         # --report-to's trackers, before run.json says running (one that cannot start fails the run first); a run
         # resumed from a checkpoint continues their runs after its step
         step = state["optimizer_step"]
@@ -264,11 +276,12 @@ class RunLifecycle:
     def record_checkpoint(self, digest: str, *, replaced: bool = False) -> None:
         """run.json's digest of the checkpoint, which --resume verifies: the new one beside the old while the file
         is replaced (a kill in between leaves either file), then the new one alone."""
-        old = ((self.record.artifacts or {}).get(CHECKPOINT_FILE) or {}).get("sha256")
-        facts = {"sha256": digest} if replaced or old in (None, digest) else {"sha256": digest, "previous_sha256": old}
+        recorded = self.record.file_facts(CHECKPOINT_FILE)
+        old = recorded.sha256 if recorded else None
+        facts = FileFacts(sha256=digest, previous_sha256=None if replaced or old in (None, digest) else old)
         self.record.artifacts = {**(self.record.artifacts or {}), CHECKPOINT_FILE: facts}
         self.checkpoint_sha256 = digest
         self.write_running()
 
     def write_running(self) -> None:
-        replace(self.record, worker={"host": socket.gethostname(), "pid": os.getpid()}).write(self.out)
+        replace(self.record, worker=Worker(host=socket.gethostname(), pid=os.getpid())).write(self.out)

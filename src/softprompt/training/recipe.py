@@ -24,6 +24,8 @@ from softprompt.io import write_json
 from softprompt.model.backbones import Backbone, resolve_device
 from softprompt.model.prompt import PROMPT_FILE, SoftPrompt
 from softprompt.model.reparam import HardPromptEncoder, hard_prompt_facts
+from softprompt.records.metrics import Best, EvalMetrics
+from softprompt.records.run import FileFacts, HardPromptFacts, Selection
 from softprompt.runs.baselines import reference_results
 from softprompt.runs.checkpoint import save_trainables
 from softprompt.runs.directory import BEST_PROMPT_FILE, CHECKPOINT_FILE, HARD_PROMPT_FILE, WEIGHTS_FILES, artifact_facts
@@ -43,7 +45,7 @@ class TrainResult:
     baselines: dict[str, EvalResult]
     history: list[dict[str, Any]]
     parameters: dict[str, int]
-    hard_prompt: dict[str, Any] | None = None  # method hard: run.json's hard_prompt (the discrete prompt, its text's score)
+    hard_prompt: HardPromptFacts | None = None  # method hard: run.json's hard_prompt (the discrete prompt, its text's score)
 
 
 def train(
@@ -96,7 +98,8 @@ def train(
 def finalize(loop: TrainingLoop, *, references: bool) -> TrainResult:
     """Final artifacts, the no-prompt/English-prompt reference evaluations, run.json complete, no checkpoint."""
     cfg, out, task, trainables = loop.cfg, loop.out, loop.data.task, loop.trainables
-    artifacts = dict(loop.state.get("artifacts") or {})  # what loading the prompts checks them against
+    # what loading the prompts checks them against (the state holds them as plain JSON)
+    artifacts = {k: FileFacts.from_dict(v, f"artifacts.{k}") for k, v in (loop.state.get("artifacts") or {}).items()}
     prompt = trainables.prompt_to_save()
     if prompt is not None and loop.main:
         prompt.save(out / PROMPT_FILE)
@@ -115,10 +118,10 @@ def finalize(loop: TrainingLoop, *, references: bool) -> TrainResult:
     record = replace(
         loop.run.record,
         status="complete",
-        final=final.metrics(),
-        best=loop.state["best"],
-        selection=loop.state.get("selection"),
-        baselines={k: v.metrics() for k, v in base.items()},
+        final=EvalMetrics.from_dict(final.metrics(), "final"),
+        best=None if loop.state["best"] is None else Best.from_dict(loop.state["best"], "best"),
+        selection=None if loop.state.get("selection") is None else Selection.from_dict(loop.state["selection"], "selection"),
+        baselines={k: EvalMetrics.from_dict(v.metrics(), f"baselines.{k}") for k, v in base.items()},
         artifacts=artifacts or None,
         hard_prompt=hard,
         train_examples=len(encoded),
@@ -131,11 +134,12 @@ def finalize(loop: TrainingLoop, *, references: bool) -> TrainResult:
         (out / CHECKPOINT_FILE).unlink(missing_ok=True)
     loop.run.trackers.close(FINISHED)
     loop.dp.barrier()  # the run directory is complete before any process returns
-    parameters = loop.run.record.parameters or {}
+    counts = loop.run.record.parameters
+    parameters = counts.to_dict() if counts is not None else {}
     return TrainResult(out, final, loop.state["best"], base, loop.state["history"], parameters, hard)
 
 
-def hard_prompt_outcome(loop: TrainingLoop) -> dict[str, Any]:
+def hard_prompt_outcome(loop: TrainingLoop) -> HardPromptFacts:
     """A hard run's discrete prompt, last and best (ids, tokens, text, whether the text tokenizes back to the ids),
     and the last one's text scored as a typed hard prompt on the validation subsample (`text_final`; `final` is
     its exact token rows, at the soft prompt's place). Written to hard_prompt.json (main process)."""
@@ -150,6 +154,7 @@ def hard_prompt_outcome(loop: TrainingLoop) -> dict[str, Any]:
         out["text_final"] = res.metrics()
     except SoftPromptError as e:
         out["text_error"] = str(e)
+    facts = HardPromptFacts.from_dict(out, "hard_prompt")
     if loop.main:
-        write_json(loop.out / HARD_PROMPT_FILE, out)
-    return out
+        write_json(loop.out / HARD_PROMPT_FILE, facts.to_dict())
+    return facts

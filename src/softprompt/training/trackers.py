@@ -61,8 +61,10 @@ def hyperparameters(record: RunRecord) -> dict[str, str | int | float | bool]:
     """The run's config (every TrainConfig field) and what was resolved from it (the learning rate, the prompt
     format), the model and the parameter counts, as flat name -> scalar pairs; nested tables' keys are joined
     with "." ("resolved.lr", "model.name" beside the config's "model")."""
-    model = record.model or {}
-    facts = {"resolved": record.resolved or {}, "parameters": record.parameters or {}}
+    model = record.model.to_dict() if record.model else {}
+    facts = {
+        name: part.to_dict() if part else {} for name, part in (("resolved", record.resolved), ("parameters", record.parameters))
+    }
     facts["model"] = {k: model[k] for k in ("name", "revision") if k in model}
     flat: dict[str, str | int | float | bool] = {}
     _flatten(record.config or {}, "", flat)
