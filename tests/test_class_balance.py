@@ -39,11 +39,26 @@ def test_unknown_mode_is_refused():
         TrainConfig(task="sst2", class_balance="yes")
 
 
-def test_old_runs_without_the_field_keep_their_identity():
+def _record(config: dict, metric: str | None):
+    from softprompt.records.run import RunRecord, TaskFacts
+
+    return RunRecord(config=config, task=TaskFacts(name="t", metric=metric) if metric else None)
+
+
+def test_the_default_is_auto_and_runs_compare_by_what_the_loss_did():
+    """auto weights macro-F1 tasks only, so an old run (before the option: off) is the same run on an accuracy task
+    and another run on a macro-F1 task; explicit on/off compare by effect too."""
+    from softprompt.runs.state import identity_changes
+
     cfg = TrainConfig(task="sst2")
-    saved = {k: v for k, v in cfg.identity_dict().items() if k != "class_balance"}
-    assert "class_balance" not in cfg.differences(saved)
-    assert "class_balance" in TrainConfig(task="sst2", class_balance="on").differences(saved)
+    assert cfg.class_balance == "auto"
+    old = {k: v for k, v in cfg.identity_dict().items() if k != "class_balance"}  # saved before the option existed
+    assert "class_balance" not in identity_changes(cfg, _record(old, "accuracy"))
+    assert "class_balance" in identity_changes(cfg, _record(old, "f1_macro"))
+    assert "class_balance" in identity_changes(TrainConfig(task="sst2", class_balance="on"), _record(old, "accuracy"))
+    on = dict(old, class_balance="on")
+    assert "class_balance" not in identity_changes(cfg, _record(on, "f1_macro"))
+    assert "class_balance" in identity_changes(cfg, _record(old, None))  # the metric unknown: the values decide
 
 
 def _imbalanced(tmp_path):

@@ -50,10 +50,15 @@ PROMPT_LR_PER_STD = 0.041
 HARD_LR_PER_STD = 1.0
 LR_PER_STD = {"prompt": PROMPT_LR_PER_STD, "hard": HARD_LR_PER_STD}
 # Values of fields that runs saved before the field existed actually used (when they differ from today's default).
-LEGACY_VALUES: dict[str, Any] = {"selection": "dev_accuracy", "prompt_format": "plain"}
+LEGACY_VALUES: dict[str, Any] = {"selection": "dev_accuracy", "prompt_format": "plain", "class_balance": "off"}
 SCORING_STRATEGIES = ("auto", "plain", "padded", "kv_tree")  # softprompt.scoring.options implements them
 REPORT_TO = ("none", "tensorboard", "mlflow", "wandb")  # softprompt.training.trackers implements them
 DEFAULT_MODEL = "smollm2-135m"
+
+
+def class_balance_on(mode: str, metric: str) -> bool:
+    """Whether `class_balance` `mode` weights the loss for a task scored by `metric` (auto: macro-F1 tasks)."""
+    return mode == "on" or (mode == "auto" and metric == "f1_macro")
 
 
 def canonical_dtype(name: str) -> str:
@@ -129,7 +134,7 @@ class TrainConfig:
         choices=LOSSES,
     )
     class_balance: str = option(
-        "off",
+        "auto",
         "weight each example's loss by 1 / (classes x its class's share of the training examples), so every class "
         "counts equally (what a macro-averaged metric rewards); auto: on when the task's metric is macro-F1",
         choices=CLASS_BALANCE,

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softprompt.config import HARD_LR_PER_STD, PROMPT_LR_PER_STD, RUN_INIT, TrainConfig, canonical_dtype
+from softprompt.config import (
+    HARD_LR_PER_STD,
+    LEGACY_VALUES,
+    PROMPT_LR_PER_STD,
+    RUN_INIT,
+    TrainConfig,
+    canonical_dtype,
+    class_balance_on,
+)
 from softprompt.data.inputs import MODEL_REVISION, file_sha256, input_changes
 from softprompt.errors import warn
 from softprompt.model.prompt import parse_run_init
@@ -45,6 +53,17 @@ def _default_lr_changed(cfg: TrainConfig, record: RunRecord) -> bool:
     return (resolved.lr_per_std if resolved.present("lr_per_std") else LEGACY_LR_PER_STD) != factor
 
 
+def _class_balance_changed(cfg: TrainConfig, record: RunRecord) -> bool:
+    """Whether `class_balance` weights the loss in one run and not the other: `auto` is `on` for a macro-F1 task
+    and `off` otherwise, so `auto` vs `off` on an accuracy task is the same run (a run from before the option
+    counts as `off`). Unknown task metric: the values themselves are compared."""
+    metric = record.task.metric if record.task else None
+    if metric is None:
+        return True
+    saved = record.config.get("class_balance", LEGACY_VALUES["class_balance"])
+    return class_balance_on(saved, metric) != class_balance_on(cfg.class_balance, metric)
+
+
 def identity_changes(
     cfg: TrainConfig, record: RunRecord, inputs: dict[str, Any] | None = None, compute_dtype: str | None = None
 ) -> list[str]:
@@ -60,6 +79,8 @@ def identity_changes(
       digests then prove the data is the same); an unpinned Hub split or a run older than the digests cannot.
     """
     changed = [k for k in cfg.differences(record.config) if k != "compute_dtype"]
+    if "class_balance" in changed and not _class_balance_changed(cfg, record):
+        changed.remove("class_balance")
     dtype = _compute_dtype_change(cfg, record, compute_dtype)
     if dtype:
         changed.append(dtype)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from softprompt.config import class_balance_on
 from softprompt.data.batching import Batch, EncodedExample, collate, length_batches
 from softprompt.errors import SoftPromptError
 from softprompt.scoring import kv_prefix, kv_tree
@@ -144,7 +145,7 @@ def answer_nll(scores: torch.Tensor, labels: torch.Tensor, class_weights: torch.
 def class_weights(label_counts: list[int], metric: str, mode: str) -> torch.Tensor | None:
     """Per-class loss weights for `class_balance` `mode` (off / on / auto: on for a macro-F1 metric):
     n / (k x n_c) over the k classes present in training (a class with no example weighs 1), or None."""
-    if mode == "off" or (mode == "auto" and metric != "f1_macro"):
+    if not class_balance_on(mode, metric):
         return None
     present = [c for c in label_counts if c > 0]
     total, k = sum(present), len(present)
