@@ -177,7 +177,7 @@ def summarize_selection(results: dict, recipes: list[str], seeds: list[int]) -> 
                 continue
             m, h, wtl = paired([x[rule] for x in rules], [x["last"] for x in rules])
             se = statistics.stdev([x[rule] - x["last"] for x in rules]) / len(rules) ** 0.5 if len(rules) > 1 else float("nan")
-            name = f"{rule} ({dict(RECIPES[r]).get('selection', 'dev_accuracy')})" if rule == "run" else rule
+            name = f"{rule} ({dict(RECIPES[r]).get('selection', TrainConfig().selection)})" if rule == "run" else rule
             lines.append(f"    {name}: {m:+.3f} (SE {se:.3f}; 95% [{m - h:+.3f}, {m + h:+.3f}]) wins/ties/losses {wtl}")
     return lines
 
