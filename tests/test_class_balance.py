@@ -13,10 +13,11 @@ from softprompt.scoring import answer_nll, choice_loss, class_weights
 
 
 def test_weights_make_every_class_count_equally():
-    w = class_weights([30, 10], "f1_macro", "auto")
+    w = class_weights([30, 10], "f1_macro", "auto")  # auto: on for a two-class macro-F1 task
     assert w.tolist() == pytest.approx([40 / 60, 40 / 20])
     assert (w * torch.tensor([30.0, 10.0])).tolist() == pytest.approx([20.0, 20.0])  # equal total weight per class
     assert class_weights([30, 10], "accuracy", "auto") is None  # auto: macro-F1 tasks only
+    assert class_weights([30, 10, 5], "f1_macro", "auto") is None  # and two classes only (CB: it cost accuracy)
     assert class_weights([30, 10], "accuracy", "on") is not None
     assert class_weights([30, 10], "f1_macro", "off") is None
     assert class_weights([5, 0, 5], "f1_macro", "on").tolist() == pytest.approx([1.0, 1.0, 1.0])  # absent class: 1
@@ -39,14 +40,15 @@ def test_unknown_mode_is_refused():
         TrainConfig(task="sst2", class_balance="yes")
 
 
-def _record(config: dict, metric: str | None):
+def _record(config: dict, metric: str | None, classes: int = 2):
     from softprompt.records.run import RunRecord, TaskFacts
 
-    return RunRecord(config=config, task=TaskFacts(name="t", metric=metric) if metric else None)
+    words = [f"w{k}" for k in range(classes)]
+    return RunRecord(config=config, task=TaskFacts(name="t", metric=metric, label_words=words) if metric else None)
 
 
 def test_the_default_is_auto_and_runs_compare_by_what_the_loss_did():
-    """auto weights macro-F1 tasks only, so an old run (before the option: off) is the same run on an accuracy task
+    """auto weights two-class macro-F1 tasks only, so an old run (before the option: off) is the same run on an accuracy task
     and another run on a macro-F1 task; explicit on/off compare by effect too."""
     from softprompt.runs.state import identity_changes
 
@@ -55,6 +57,7 @@ def test_the_default_is_auto_and_runs_compare_by_what_the_loss_did():
     old = {k: v for k, v in cfg.identity_dict().items() if k != "class_balance"}  # saved before the option existed
     assert "class_balance" not in identity_changes(cfg, _record(old, "accuracy"))
     assert "class_balance" in identity_changes(cfg, _record(old, "f1_macro"))
+    assert "class_balance" not in identity_changes(cfg, _record(old, "f1_macro", classes=3))  # auto is off there
     assert "class_balance" in identity_changes(TrainConfig(task="sst2", class_balance="on"), _record(old, "accuracy"))
     on = dict(old, class_balance="on")
     assert "class_balance" not in identity_changes(cfg, _record(on, "f1_macro"))

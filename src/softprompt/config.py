@@ -56,9 +56,12 @@ REPORT_TO = ("none", "tensorboard", "mlflow", "wandb")  # softprompt.training.tr
 DEFAULT_MODEL = "smollm2-135m"
 
 
-def class_balance_on(mode: str, metric: str) -> bool:
-    """Whether `class_balance` `mode` weights the loss for a task scored by `metric` (auto: macro-F1 tasks)."""
-    return mode == "on" or (mode == "auto" and metric == "f1_macro")
+def class_balance_on(mode: str, metric: str, num_classes: int) -> bool:
+    """Whether `class_balance` `mode` weights the loss of a `num_classes`-class task scored by `metric`. auto: on for a
+    two-class macro-F1 task, where the dev split showed it moving the prompt off the majority class (MRPC); off
+    elsewhere, as on CB (three classes, one with 6% of the examples) the dev split showed it costing accuracy
+    (bench/docs/convergence.md, issue #27)."""
+    return mode == "on" or (mode == "auto" and metric == "f1_macro" and num_classes == 2)
 
 
 def canonical_dtype(name: str) -> str:
@@ -136,7 +139,7 @@ class TrainConfig:
     class_balance: str = option(
         "auto",
         "weight each example's loss by 1 / (classes x its class's share of the training examples), so every class "
-        "counts equally (what a macro-averaged metric rewards); auto: on when the task's metric is macro-F1",
+        "counts equally (what a macro-averaged metric rewards); auto: on for a two-class task scored by macro-F1",
         choices=CLASS_BALANCE,
     )
     weight_decay: float = option(0.0)

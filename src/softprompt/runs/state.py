@@ -54,14 +54,15 @@ def _default_lr_changed(cfg: TrainConfig, record: RunRecord) -> bool:
 
 
 def _class_balance_changed(cfg: TrainConfig, record: RunRecord) -> bool:
-    """Whether `class_balance` weights the loss in one run and not the other: `auto` is `on` for a macro-F1 task
-    and `off` otherwise, so `auto` vs `off` on an accuracy task is the same run (a run from before the option
-    counts as `off`). Unknown task metric: the values themselves are compared."""
+    """Whether `class_balance` weights the loss in one run and not the other: `auto` is `on` for a two-class
+    macro-F1 task and `off` otherwise, so `auto` vs `off` on any other task is the same run (a run from before the
+    option counts as `off`). Unknown task metric or classes: the values themselves are compared."""
     metric = record.task.metric if record.task else None
-    if metric is None:
+    classes = len(record.task.label_words or []) if record.task else 0
+    if metric is None or not classes:
         return True
     saved = record.config.get("class_balance", LEGACY_VALUES["class_balance"])
-    return class_balance_on(saved, metric) != class_balance_on(cfg.class_balance, metric)
+    return class_balance_on(saved, metric, classes) != class_balance_on(cfg.class_balance, metric, classes)
 
 
 def identity_changes(
