@@ -32,8 +32,6 @@ def test_trained_weights_are_shared_and_their_updates_keep_the_copy(tiny_llama):
 
 def test_lora_training_uses_the_copy_when_asked(tiny_llama, toy_data, tmp_path, monkeypatch):
     """LoRA training scores through the bf16 copy of the frozen weights (the adapters shared) only when asked."""
-    from safetensors.torch import load_file
-
     from softprompt.config import TrainConfig
     from softprompt.runs.directory import load_run
     from softprompt.training import train
@@ -46,7 +44,6 @@ def test_lora_training_uses_the_copy_when_asked(tiny_llama, toy_data, tmp_path, 
         return real_get(model, dtype)
 
     monkeypatch.setattr(COPIES, "get", counting_get)
-    results = {}
     for use in (True, False):
         cfg = TrainConfig(
             task="rte",
@@ -61,11 +58,9 @@ def test_lora_training_uses_the_copy_when_asked(tiny_llama, toy_data, tmp_path, 
         )
         out = tmp_path / f"lowp-{use}"
         train(cfg, out, backbone=tiny_llama, progress=False, scoring=scoring.ScoringOptions(lowp_weights=use))
-        results[use] = load_file(out / "adapter.safetensors")
         assert load_run(out).record.final.accuracy is not None
         assert any(copied) == use  # the copy served the training steps (adapters trainable) only when asked
         copied.clear()
-    assert results[True].keys() == results[False].keys()
 
 
 def _lora_grads(model, batch, options):
@@ -103,5 +98,4 @@ def test_lora_gradients_through_the_copy_equal_casting_on_every_use(tiny_llama):
     s_cast, g_cast, _ = _lora_grads(model, batch, scoring.ScoringOptions(lowp_weights=False))
     torch.testing.assert_close(s_copy, s_cast, atol=2e-2, rtol=2e-2)
     cos = torch.nn.functional.cosine_similarity(g_copy, g_cast, dim=0).item()
-    print("scores max diff", (s_copy - s_cast).abs().max().item(), "grad cosine", cos, len(names))
     assert cos > 0.999
