@@ -61,6 +61,7 @@ RECIPES: dict[str, dict] = {
     "balanced-std0.164": {"class_balance": "on", "lr_per_std": 0.164},
     "std0.082-plain-loss": {"lr_per_std": 0.082},
     "lora-balanced": {"method": "lora", "class_balance": "on"},
+    "unbalanced": {"class_balance": "off"},  # the plain mean, for a paired test of `auto` on a two-class macro-F1 task
     # the same, evaluated at epoch ends only (a third of the evaluation time: for the arms whose curve is not the point)
     "lora-epochs": {"method": "lora", "eval_every": 0},
     "old-default-epochs": {"prompt_format": "plain", "lr": 3e-2, "eval_every": 0},
