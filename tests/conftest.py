@@ -143,11 +143,11 @@ def interrupt_at(monkeypatch):
     def arm(n: int | None) -> None:
         calls = {"n": 0}
 
-        def interrupting(scores, labels):
+        def interrupting(scores, labels, weights=None):
             calls["n"] += 1
             if calls["n"] == n:
                 raise KeyboardInterrupt
-            return real(scores, labels)
+            return real(scores, labels, weights)
 
         monkeypatch.setitem(step_mod.LOSSES, "choices", real if n is None else interrupting)
 

@@ -221,9 +221,9 @@ def test_settings_that_would_fail_after_training_fail_before_it(tiny_llama, toy_
     scored = {"n": 0}
     real = step_mod.LOSSES["choices"]
 
-    def counting(scores, labels):
+    def counting(scores, labels, weights=None):
         scored["n"] += 1
-        return real(scores, labels)
+        return real(scores, labels, weights)
 
     monkeypatch.setitem(step_mod.LOSSES, "choices", counting)
     with pytest.raises(

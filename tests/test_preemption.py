@@ -45,11 +45,11 @@ def test_sigterm_mid_epoch_checkpoints_that_instant_and_resumes_identically(tiny
     calls = {"n": 0}
     real = step_mod.LOSSES["choices"]
 
-    def preempted(scores, labels):
+    def preempted(scores, labels, weights=None):
         calls["n"] += 1
         if calls["n"] == 4:  # the 4th batch of 6 in epoch 1: 3 optimiser steps done
             os.kill(os.getpid(), signal.SIGTERM)
-        return real(scores, labels)
+        return real(scores, labels, weights)
 
     monkeypatch.setitem(step_mod.LOSSES, "choices", preempted)
     out = tmp_path / "cut"

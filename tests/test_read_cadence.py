@@ -51,11 +51,11 @@ def _at_loss(monkeypatch, at: int, what: str) -> None:
     calls = {"n": 0}
     real = step_mod.LOSSES["choices"]
 
-    def patched(scores, labels):
+    def patched(scores, labels, weights=None):
         calls["n"] += 1
         if calls["n"] == at and what == "interrupt":
             raise KeyboardInterrupt
-        loss = real(scores, labels)
+        loss = real(scores, labels, weights)
         return loss * float("nan") if calls["n"] == at else loss
 
     monkeypatch.setitem(step_mod.LOSSES, "choices", patched)

@@ -107,11 +107,11 @@ def test_interrupted_study_resumes(tmp_path, tiny_model_dir, toy_data, monkeypat
     calls = {"n": 0}
     real = step_mod.LOSSES["choices"]
 
-    def interrupting(scores, labels):
+    def interrupting(scores, labels, weights=None):
         calls["n"] += 1
         if calls["n"] == 8:  # 6 batches per run: the second batch of seed 1
             raise KeyboardInterrupt
-        return real(scores, labels)
+        return real(scores, labels, weights)
 
     monkeypatch.setitem(step_mod.LOSSES, "choices", interrupting)
     with pytest.raises(KeyboardInterrupt):

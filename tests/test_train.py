@@ -139,9 +139,9 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_llama, toy_data, tmp_path
     calls = {"n": 0}
     real = step_mod.LOSSES["choices"]
 
-    def poisoned(scores, labels):
+    def poisoned(scores, labels, weights=None):
         calls["n"] += 1
-        loss = real(scores, labels)
+        loss = real(scores, labels, weights)
         return loss * float("nan") if calls["n"] == 5 else loss
 
     monkeypatch.setitem(step_mod.LOSSES, "choices", poisoned)

@@ -163,8 +163,8 @@ def test_train_loss_is_the_mean_since_the_previous_evaluation(tiny_llama, toy_da
     seen: list[float] = []
     real = step_mod.LOSSES["choices"]
 
-    def recording(scores, labels):
-        loss = real(scores, labels)
+    def recording(scores, labels, weights=None):
+        loss = real(scores, labels, weights)
         seen.append(float(loss))
         return loss
 

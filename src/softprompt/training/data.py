@@ -12,6 +12,7 @@ from softprompt.data.batching import EncodedExample, encode_examples, length_gro
 from softprompt.data.chat import resolve_prompt_format
 from softprompt.distributed import DataParallel
 from softprompt.model.backbones import Backbone, load_backbone
+from softprompt.scoring import class_weights
 from softprompt.tasks import Task, get_task
 from softprompt.tasks.base import Example
 
@@ -31,6 +32,11 @@ class TrainData:
     def label_counts(self) -> list[int]:
         """How many training examples each class has (run.json's `train_label_counts`, --class-balance's weights)."""
         return [sum(1 for e in self.examples if e.label == k) for k in range(self.task.num_classes)]
+
+    def class_weights(self, mode: str) -> torch.Tensor | None:
+        """--class-balance's per-class loss weights from `label_counts` (None: the plain mean): the one place the
+        training step and run.json's `resolved.class_weights` get them from."""
+        return class_weights(self.label_counts(), self.task.metric, mode)
 
 
 def prepare_data(cfg: TrainConfig, backbone: Backbone | None, dp: DataParallel, *, trust_remote_code: bool = False) -> TrainData:

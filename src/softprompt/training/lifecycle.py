@@ -36,7 +36,6 @@ from softprompt.records.run import (
 from softprompt.runs.checkpoint import verify_checkpoint
 from softprompt.runs.directory import BEST_PROMPT_FILE, CHECKPOINT_FILE, execution_history, package_versions
 from softprompt.runs.state import ABSENT, CONFLICT, RunState, run_state, warn_unknown_inputs
-from softprompt.scoring import class_weights
 from softprompt.training.data import TrainData
 from softprompt.training.trackers import FAILED, KILLED, Trackers, open_trackers
 from softprompt.training.trainables import Trainables
@@ -115,7 +114,7 @@ def run_record(cfg: TrainConfig, data: TrainData, trainables: Trainables, *, pro
     backbone, task, prompt = data.backbone, data.task, trainables.prompt
     tok = backbone.tokenizer
     counts = data.label_counts()
-    weights = class_weights(counts, task.metric, cfg.class_balance)
+    weights = data.class_weights(cfg.class_balance)
     record = RunRecord(
         status="running",
         config=cfg.to_dict(),

@@ -25,7 +25,6 @@ from softprompt.scoring import (
     ScoringStats,
     autocast_context,
     batch_choice_scores,
-    class_weights,
     padded_counts,
 )
 from softprompt.training.cuda_graphs import LENGTH_BUCKET, SPLIT_OVERHEAD_TOKENS, SPLIT_PARTS, StepGraphs
@@ -75,7 +74,7 @@ class TrainStep:
         self.micro_per_epoch = math.ceil(n / self.global_batch)
         total_steps = math.ceil(n / (self.global_batch * cfg.grad_accum)) * cfg.epochs
         self.optimizer, self.scheduler = optimizer_and_schedule(cfg, trainables, total_steps)
-        weights = class_weights(data.label_counts(), data.task.metric, cfg.class_balance)  # --class-balance; None: plain mean
+        weights = data.class_weights(cfg.class_balance)  # --class-balance; None: the plain mean
         self.class_weights = weights.to(device) if weights is not None else None
         # (epoch, micro-batch, [loss x rows, rows] on the device) of the micro-batches whose optimiser step has
         # not happened yet (pending), and of those whose step has but that were not read yet (unread)
@@ -144,8 +143,7 @@ class TrainStep:
             scores = batch_choice_scores(
                 self.data.backbone.model, self.trainables.prompt_matrix(), batch, options=self.scoring, stats=stats
             )
-        weights = () if self.class_weights is None else (self.class_weights,)  # (a loss without them: as before)
-        loss = LOSSES[cfg.loss](scores, batch.labels, *weights)
+        loss = LOSSES[cfg.loss](scores, batch.labels, self.class_weights)
         detached = loss.detach().double()  # [loss x rows, rows]: summed over processes, the global batch's mean
         loss_rows = torch.stack([detached * rows, torch.full_like(detached, rows)])
         params = list(self.trainables.params.values())
