@@ -108,6 +108,7 @@ from softprompt.model.reparam import PromptEncoder  # noqa: E402
 from softprompt.tasks import get_task  # noqa: E402
 from softprompt.training import Trainables, TrainData, TrainStep, build_trainables, epoch_order, lr_lambda  # noqa: E402
 from softprompt.training.step import raise_if_diverged  # noqa: E402
+from softprompt.training.trainables import fused_where_available  # noqa: E402
 
 PEFT_ARMS = ("peft", "peft-bf16")  # the issue's reference: PEFT's documented recipe, float32 and bf16 autocast
 PEFT_TUNED = "peft-bf16-grouped"  # PEFT with dynamic padding and grouped batches (PeftArm's `grouped`): not the recipe
@@ -480,7 +481,7 @@ class RecipeArm(PeftArm):
     PEFT's causal-LM examples, as PeftArm: text + answer + EOS left-padded to a fixed max_length, labels -100 on the
     input, `model(**batch).loss` (the full LM loss: full-vocabulary logits at every position), AdamW(model.parameters(),
     lr) with torch's default weight decay, a linear schedule without warmup, `model.train()`; -bf16 under bf16 autocast,
-    -grouped and -answer as PeftArm's."""
+    -grouped and -answer as PeftArm's, those two also with fused AdamW (as softprompt's loop and HF Trainer's default)."""
 
     def __init__(self, name: str, task, examples, args, max_length: int | None, device: torch.device):
         from transformers import get_linear_schedule_with_warmup
@@ -495,7 +496,11 @@ class RecipeArm(PeftArm):
         self.model.train()
         self.max_length = max_length or peft_max_length(tok, examples, self.fmt)
         self.data = [self._encode(tok, ex) for ex in examples]
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=method_lr(args, self.method))
+        # the arms tuned for speed (-grouped, -answer) also get the fused AdamW softprompt's loop uses (as HF Trainer's
+        # default `adamw_torch_fused` does); the plain recipes keep the docs' AdamW(model.parameters(), lr)
+        params = list(self.model.parameters())
+        fused = fused_where_available(params) if (self.grouped or self.answer_only) else {}
+        self.opt = torch.optim.AdamW(params, lr=method_lr(args, self.method), **fused)
         steps = math.ceil(len(examples) / args.batch_size) * args.epochs + args.warmup_steps
         self.sched = get_linear_schedule_with_warmup(self.opt, num_warmup_steps=0, num_training_steps=steps)
         self.step_losses: list[torch.Tensor] = []  # on the device; read after the timed epochs

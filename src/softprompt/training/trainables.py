@@ -139,6 +139,19 @@ def optimizer_and_schedule(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """Adam or AdamW over the trainables at their learning rate, and its schedule over the run's `total_steps`."""
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(list(trainables.params.values()), lr=trainables.lr, weight_decay=cfg.weight_decay)
+    params = list(trainables.params.values())
+    optimizer = opt_cls(params, lr=trainables.lr, weight_decay=cfg.weight_decay, **fused_where_available(params))
     schedule = lr_lambda(cfg.schedule, int(cfg.warmup * total_steps), total_steps)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+FUSED_DEVICES = ("cpu", "cuda")  # device types with torch's one-kernel (fused) Adam/AdamW
+
+
+def fused_where_available(params: list[torch.Tensor]) -> dict[str, bool]:
+    """`fused=True` for Adam(W) where every parameter is a floating-point tensor on a device with the fused kernel:
+    the same update (to float rounding) in one pass over the weights instead of a dozen: on full fine-tuning's
+    135M CPU parameters 0.15 s per step against 0.82 s (bench/docs/cpu.md, "Fused AdamW"); {} elsewhere."""
+    if params and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params):
+        return {"fused": True}
+    return {}
