@@ -35,6 +35,19 @@ def load_average() -> str:
         return "n/a"
 
 
+def write_result(path, args, load_before: str, results: dict) -> None:
+    """A small A/B benchmark's JSON: its arguments, the machine, the load before and after, then `results`."""
+    from softprompt.io import write_json
+
+    header = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "machine": machine(),
+        "load_before": load_before,
+        "load_after": load_average(),
+    }
+    write_json(path, {**header, **results})
+
+
 def machine(device: torch.device | str = "cpu") -> dict:
     """The CPU (and GPU, on CUDA) and library versions a result came from."""
     model = "unknown"

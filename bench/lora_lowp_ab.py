@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 
 import torch
-from common import load_average, machine
+from common import load_average, write_result
 from peft import LoraConfig, inject_adapter_in_model
 
 from softprompt import scoring
 from softprompt.data.batching import collate, encode_examples
-from softprompt.io import write_json
 from softprompt.model.backbones import load_backbone
 from softprompt.tasks import get_task
 
@@ -84,17 +83,7 @@ def main() -> None:
         print(name, {k: round(v, 3) for k, v in row.items()})
     print(f"cast per use / copy (median CPU s per step): {ratio:.3f}")
     if args.json:
-        write_json(
-            args.json,
-            {
-                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "machine": machine(),
-                "load_before": load_before,
-                "load_after": load_average(),
-                "arms": arms,
-                "ratio_cpu_median": ratio,
-            },
-        )
+        write_result(args.json, args, load_before, {"arms": arms, "ratio_cpu_median": ratio})
 
 
 if __name__ == "__main__":

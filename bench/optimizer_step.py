@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import load_average, machine
+from common import load_average, write_result
 
-from softprompt.io import write_json
 from softprompt.model.backbones import load_backbone
 
 IMPLEMENTATIONS = {"foreach (torch's default)": {"foreach": True}, "fused": {"fused": True}}
@@ -59,18 +58,7 @@ def main() -> None:
         print(f"{name}: {row['wall_s_median']:.3f} s wall, {row['cpu_s_median']:.3f} s CPU per step ({n / 1e6:.1f}M parameters)")
     print(f"foreach / fused (median wall s per step): {ratio:.2f}x")
     if args.json:
-        write_json(
-            args.json,
-            {
-                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "machine": machine(),
-                "load_before": load_before,
-                "load_after": load_average(),
-                "parameters": n,
-                "implementations": rows,
-                "ratio_wall_median": ratio,
-            },
-        )
+        write_result(args.json, args, load_before, {"parameters": n, "implementations": rows, "ratio_wall_median": ratio})
 
 
 if __name__ == "__main__":
