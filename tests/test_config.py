@@ -135,6 +135,10 @@ def test_shipped_study_configs_keep_their_meaning():
     assert (sst2.epochs, sst2.max_train, topics.epochs, topics.max_train) == (2, 240, 1, 160)  # [train.per_task.topics]
     assert train.lr is None and train.prompt_format == "auto"  # the defaults: lr relative to the embedding scale, chat
     assert demo.train.model == demo.model == "smollm2-135m"
+    # bench/demo_baselines_cost.toml prices LoRA and fine-tuning at the demo's budgets: it must keep the demo's tasks and runs
+    cost = load_study_config(Path(__file__).resolve().parents[1] / "bench" / "demo_baselines_cost.toml")
+    assert cost.tasks == demo.tasks and cost.seeds == [0] and {"lora", "finetune"} <= set(cost.baselines.methods)
+    assert [cost.run_config(t, 0) for t in cost.tasks] == [demo.run_config(t, 0) for t in demo.tasks]
 
 
 def test_run_record_round_trip_and_strictness(tmp_path):

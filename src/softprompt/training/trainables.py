@@ -151,8 +151,8 @@ FUSED_DEVICES = ("cpu", "cuda")  # device types with torch's one-kernel (fused) 
 def fused_where_available(params: list[torch.Tensor]) -> dict[str, bool]:
     """`fused=True` for Adam(W) where every parameter is a floating-point tensor on a device with the fused kernel:
     the same update (to float rounding) in one pass over the weights instead of a dozen: over full fine-tuning's
-    135M parameters 0.08 s per step against 0.46 s on 2 CPU cores (bench/optimizer_step.py, bench/docs/cpu.md); {}
-    elsewhere."""
+    135M parameters 0.08 s per step against 0.46 s on an idle 2-core AMD EPYC (bench/optimizer_step.py,
+    bench/docs/cpu.md); {} elsewhere."""
     if params and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params):
         return {"fused": True}
     return {}
