@@ -102,6 +102,7 @@ from softprompt.data.batching import encode_examples, length_grouped_order  # no
 from softprompt.data.chat import ChatLayout, chat_choice, chat_context, resolve_prompt_format  # noqa: E402
 from softprompt.distributed import SINGLE  # noqa: E402
 from softprompt.evaluate import Evaluator  # noqa: E402
+from softprompt.host_memory import keep_freed_host_memory  # noqa: E402
 from softprompt.model.backbones import resolve_compute_dtype  # noqa: E402
 from softprompt.model.prompt import init_prompt  # noqa: E402
 from softprompt.model.reparam import PromptEncoder  # noqa: E402
@@ -642,6 +643,7 @@ def peft_max_length(tok, examples, fmt: str = "plain") -> int:
 
 # the options a memory subprocess needs to rebuild the same arm
 WORKER_OPTIONS = ("model", "task", "train", "tokens", "batch_size", "epochs", "lr", "seed", "mem_steps", "warmup_steps")
+WORKER_OPTIONS += ("host_malloc",)
 WORKER_OPTIONS += ("prompt_format",)
 WORKER_OPTIONS += ("lora_lr", "finetune_lr")
 WORKER_OPTIONS += ("device", "shape", "tokenizer", "data_dir")
@@ -722,6 +724,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="after all else, profile this many steps of softprompt and peft (torch.profiler)",
     )
     common.add_device_args(ap, "the same steps")
+    ap.add_argument(
+        "--host-malloc",
+        choices=("retain", "default"),
+        default="retain",
+        help="retain: glibc keeps freed memory, as every softprompt command sets it (softprompt.host_memory; the whole "
+        "process, so every arm, competitors included); default: glibc as it comes",
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--save-prompts", type=Path, help="save every arm's prompt after each epoch (torch.save) here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -790,6 +799,7 @@ def profile_arm(arm: Arm, examples, args) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    retained = args.host_malloc == "retain" and keep_freed_host_memory()
     if args.worker:
         worker(args)
         return
@@ -800,6 +810,7 @@ def main(argv: list[str] | None = None) -> None:
     info = {
         "machine": common.machine(device),
         "load_before": common.load_average(),
+        "host_malloc_retained": retained,
         "args": vars(args) | {"json": None, "save_prompts": None, "tokenizer": str(args.tokenizer) if args.tokenizer else None},
     }
     print(json.dumps(info["machine"]))

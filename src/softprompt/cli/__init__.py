@@ -22,6 +22,7 @@ from softprompt.cli.peft import add_peft
 from softprompt.cli.study import add_study
 from softprompt.cli.train import add_train
 from softprompt.errors import SoftPromptError, os_error_line
+from softprompt.host_memory import keep_freed_host_memory
 from softprompt.logging_setup import quiet_libraries
 from softprompt.preemption import sigterm_as_interrupt
 
@@ -64,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with sigterm_as_interrupt() as signals:
         try:
             quiet_libraries()
+            keep_freed_host_memory()
             return args.func(args)
         except SoftPromptError as e:
             return _error(str(e))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from softprompt.errors import SoftPromptError
+from softprompt.host_memory import keep_freed_host_memory
 from softprompt.logging_setup import quiet_libraries
 from softprompt.study.analysis_units import analyses_unit
 from softprompt.study.executors import ExecutorResult, StudyProgress
@@ -74,6 +75,7 @@ def _remote_unit(study: Study, unit: Unit | None, threads: int, *after: Any) -> 
     import torch
 
     quiet_libraries()
+    keep_freed_host_memory()
     torch.set_num_threads(threads)
     models = process_model_cache(study.cfg.train)
     return analyses_unit(study, models) if unit is None else run_unit(study, models, unit)

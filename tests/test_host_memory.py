@@ -1,0 +1,89 @@
+"""softprompt.host_memory: glibc keeps what a step frees, so a block allocated again is not faulted in again; and
+the allocator a user chose is left alone. The behaviour is measured in fresh processes (minor page faults of
+touching a 64 MiB block a second time), so that this test process's own allocator stays as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from softprompt.host_memory import ENV, user_chose_allocator
+
+glibc_linux = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's (Linux)"
+)
+
+# Allocate, touch and free a 64 MiB block with libc's malloc, then do it again: the page faults of the second touch
+# say whether the first block's pages were kept. (64 MiB is above glibc's largest mmap threshold, 32 MiB.)
+PROBE = textwrap.dedent(
+    """
+    import ctypes, json, resource, sys
+    from softprompt.host_memory import keep_freed_host_memory
+    applied = keep_freed_host_memory() if sys.argv[1] == "retain" else False
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    size = 64 << 20
+
+    def touch():
+        block = libc.malloc(size)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        ctypes.memset(block, 1, size)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        libc.free(ctypes.c_void_p(block))
+        return faults
+
+    first, second = touch(), touch()
+    print(json.dumps({"applied": applied, "first": first, "second": second}))
+    """
+)
+
+
+def _probe(mode: str, **env: str) -> dict:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", ENV)}
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], env=clean | env, capture_output=True, text=True, check=True, timeout=60
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@glibc_linux
+def test_retained_memory_is_not_faulted_in_again():
+    pages = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
+    kept = _probe("retain")
+    assert kept["applied"] is True
+    assert kept["first"] > pages // 2  # the first touch faults the block in
+    assert kept["second"] < pages // 20  # the second reuses the same pages
+    default = _probe("default")
+    assert default["second"] > pages // 2  # glibc as it comes: munmap'ed on free, faulted in again
+
+
+@glibc_linux
+def test_opting_out_leaves_glibc_alone():
+    out = _probe("retain", **{ENV: "default"})
+    assert out["applied"] is False
+    assert out["second"] > (64 << 20) // os.sysconf("SC_PAGE_SIZE") // 2
+
+
+@pytest.mark.parametrize(
+    ("environ", "reason"),
+    [
+        ({}, None),
+        ({ENV: "retain"}, None),
+        ({ENV: "default"}, f"{ENV}=default"),
+        ({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}, "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+        ({"LD_PRELOAD": "libfoo.so"}, None),
+        ({"MALLOC_ARENA_MAX": "2"}, None),  # not a mallopt tunable's env name (no trailing underscore)
+        ({"MALLOC_MMAP_THRESHOLD_": "1000000", "MALLOC_TRIM_THRESHOLD_": "1"}, "MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_"),
+        ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}, "GLIBC_TUNABLES"),
+        ({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}, None),
+    ],
+)
+def test_a_users_allocator_choice_is_respected(environ, reason):
+    assert user_chose_allocator(environ) == reason
