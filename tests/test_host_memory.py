@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from softprompt.host_memory import ENV, user_chose_allocator
+from softprompt.host_memory import ENV, glibc_linux, user_chose_allocator
 
-glibc_linux = pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's (Linux)"
-)
+on_glibc = pytest.mark.skipif(not glibc_linux(), reason="mallopt is glibc's (Linux)")
 
 # Allocate, touch and free a 64 MiB block with libc's malloc, then do it again: the page faults of the second touch
 # say whether the first block's pages were kept. (64 MiB is above glibc's largest mmap threshold, 32 MiB.)
@@ -53,7 +50,7 @@ def _probe(mode: str, **env: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@glibc_linux
+@on_glibc
 def test_retained_memory_is_not_faulted_in_again():
     pages = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
     kept = _probe("retain")
@@ -64,7 +61,7 @@ def test_retained_memory_is_not_faulted_in_again():
     assert default["second"] > pages // 2  # glibc as it comes: munmap'ed on free, faulted in again
 
 
-@glibc_linux
+@on_glibc
 def test_opting_out_leaves_glibc_alone():
     out = _probe("retain", **{ENV: "default"})
     assert out["applied"] is False
@@ -79,7 +76,7 @@ def test_opting_out_leaves_glibc_alone():
         ({ENV: "default"}, f"{ENV}=default"),
         ({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}, "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
         ({"LD_PRELOAD": "libfoo.so"}, None),
-        ({"MALLOC_ARENA_MAX": "2"}, None),  # not a mallopt tunable's env name (no trailing underscore)
+        ({"MALLOC_ARENA_MAX": "2"}, None),  # glibc's arena count (no trailing underscore): not mmap or trimming
         ({"MALLOC_MMAP_THRESHOLD_": "1000000", "MALLOC_TRIM_THRESHOLD_": "1"}, "MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_"),
         ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}, "GLIBC_TUNABLES"),
         ({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}, None),
