@@ -11,7 +11,8 @@ import torch
 
 from softprompt.errors import SoftPromptError
 from softprompt.model.backbones import Backbone
-from softprompt.scoring.model import prompt_embeds
+from softprompt.model.deep_prompt import KVPrompt
+from softprompt.scoring.model import deep_prompt_cache, prompt_embeds
 
 MAX_SEED = 2**64 - 1  # what torch.manual_seed accepts
 
@@ -36,25 +37,30 @@ def check_generation_args(max_new_tokens: object, temperature: object, seed: obj
 def generate(
     backbone: Backbone,
     text: str,
-    prompt: torch.Tensor | None = None,
+    prompt: torch.Tensor | KVPrompt | None = None,
     *,
     max_new_tokens: int = 40,
     temperature: float = 0.0,
     seed: int = 0,
 ) -> str:
-    """The continuation of `text` after [prompt; text] (new text only); greedy when temperature is 0."""
+    """The continuation of `text` after [prompt; text] (new text only); greedy when temperature is 0. A deep prompt
+    (`KVPrompt`) is the cache the text is read after, as PEFT's prefix tuning generates."""
     check_generation_args(max_new_tokens, temperature, seed)
     tok, model = backbone.tokenizer, backbone.model
     ids = tok(text, return_tensors="pt")["input_ids"].to(backbone.device)
+    torch.manual_seed(seed)
+    kwargs: dict = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens, "pad_token_id": tok.pad_token_id}
+    if temperature > 0:
+        kwargs["temperature"] = temperature
+    if isinstance(prompt, KVPrompt):  # a deep prompt: its keys/values are the cache generation starts from
+        if ids.shape[1] == 0:
+            raise SoftPromptError("nothing to continue: the text is empty (it tokenizes to no tokens)")
+        mask = torch.ones((1, prompt.length + ids.shape[1]), dtype=torch.long, device=backbone.device)
+        out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=deep_prompt_cache(model, prompt, 1), **kwargs)
+        return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     embeds = prompt_embeds(model, ids, prompt)
     if embeds.shape[1] == 0:
         raise SoftPromptError("nothing to continue: the text is empty (it tokenizes to no tokens) and there is no prompt")
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=backbone.device)
-    torch.manual_seed(seed)
-    kwargs = {"do_sample": temperature > 0}
-    if temperature > 0:
-        kwargs["temperature"] = temperature
-    out = model.generate(
-        inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs
-    )
+    out = model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
     return tok.decode(out[0], skip_special_tokens=True)

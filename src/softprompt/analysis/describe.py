@@ -53,6 +53,7 @@ from softprompt.analysis.describe_scoring import description_score, text_score
 from softprompt.analysis.patching import decoder_layers, resolve_layers
 from softprompt.errors import SoftPromptError
 from softprompt.records.readouts import DescribeResult
+from softprompt.runs.directory import input_prompt_run
 
 
 def _scored(descriptions: list[dict[str, Any]], score) -> list[dict[str, Any]]:
@@ -81,7 +82,7 @@ def _run_task(run) -> Any:
 def _describe_run(backbone, run, label: str, which: str, options: dict[str, Any]) -> dict[str, Any]:
     """One run's trained and initial prompts described and scored against its task."""
     start = time.perf_counter()
-    sp = run.prompt(which)
+    sp = input_prompt_run(run, "self-description (the prompt's rows patched into a describing sentence)").prompt(which)
     sp.check_model(backbone.hidden_size, where=f"the prompt of {run.path}")
     task = _run_task(run)
 

@@ -34,6 +34,7 @@ from softprompt.analysis.scripts import summarize_scripts
 from softprompt.analysis.token_text import TokenReader, vocabulary_scripts
 from softprompt.errors import SoftPromptError
 from softprompt.model.prompt import input_embedding_matrix
+from softprompt.runs.directory import input_prompt_run
 
 
 def analyze_neighbors(
@@ -147,7 +148,7 @@ def neighbors_report(
     per_run: dict[str, dict] = {}
     fig_paths: dict[str, str] = {}
     for run, label in zip(runs, labels, strict=True):
-        sp = run.prompt(which)
+        sp = input_prompt_run(run, "nearest tokens").prompt(which)
         sp.check_model(embeddings.shape[1], where=f"the prompt of {run.path}")
         analysis = analyze_neighbors(sp.weight, sp.initial, sp.init.token_ids, embeddings, tok, k, metric)
         analysis = {**run_meta(run, label), **analysis}

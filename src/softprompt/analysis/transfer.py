@@ -19,6 +19,7 @@ import torch
 from softprompt.analysis.common import as_runs, correlation, json_safe, run_labels, run_meta
 from softprompt.errors import SoftPromptError
 from softprompt.records.transfer import TransferResult
+from softprompt.runs.directory import scoring_prompt
 from softprompt.tasks import task_name
 
 SIMILARITIES = ("frobenius", "pooled_cosine", "token_cosine")
@@ -107,12 +108,7 @@ def transfer_matrix(
     # a run names its task as it was given (a custom task by its .toml path), a column by the task's name: compare
     # names, or a custom task's own prompts would count as cross-task transfers
     sources = [task_name(r.task) for r in runs]
-    hidden = evaluator.backbone.hidden_size
-    prompts = []
-    for run in runs:
-        sp = run.prompt(which)
-        sp.check_model(hidden, where=f"the prompt of {run.path}")
-        prompts.append(sp.weight.detach().float())
+    prompts = [scoring_prompt(r, r.prompt(which), evaluator.backbone, f"the prompt of {r.path}") for r in runs]
     no_prompt = {t.name: evaluator.evaluate(t, None, limit=limit) for t in task_objs}
     acc, f1 = [], []
     for p in prompts:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from softprompt.config import TrainConfig
+from softprompt.config import PROMPT_METHODS, TrainConfig
 from softprompt.data.inputs import task_inputs
 from softprompt.errors import SoftPromptError
 from softprompt.evaluate import EVAL_SEED, Evaluator, evaluator_for
@@ -104,7 +104,7 @@ def run_baselines(
             started = time.perf_counter()
             if method in TRAINED:
                 copies = backbone_factory or ((lambda: copy.deepcopy(backbone)) if backbone is not None else None)
-                if method == "hard" and backbone is not None:  # frozen and unchanged by a prompt: no copy needed
+                if method in PROMPT_METHODS and backbone is not None:  # frozen and unchanged by a prompt: no copy needed
                     copies = lambda: backbone  # noqa: E731
                 row = _trained(method, configs[method], out_dir / method, copies, overwrite, progress, inputs)
             else:

@@ -101,6 +101,8 @@ class TrainingLoop:
         self.losses = list(self.state.get("epoch_losses", []))
         self.step.pending = []
         for micro in range(self.state["micro_step"], self.step.micro_per_epoch):
+            if micro % self.cfg.grad_accum == 0 and self._time_is_up(epoch, micro):
+                break
             self.step.forward_backward(epoch, micro, order)  # the loss stays queued on the device
             self.run.bar.advance()
             if not self.step.ends_accumulation(micro):
@@ -111,7 +113,26 @@ class TrainingLoop:
             if checkpoint_now:
                 self.state["elapsed"] = time.perf_counter() - self.started
                 self.checkpoint()
+            if self._time_is_up(epoch, micro + 1):
+                break
         self._end_epoch(epoch)
+
+    def _time_is_up(self, epoch: int, micro: int) -> bool:
+        """Whether the --max-time budget is spent at this optimiser-step boundary (`micro` micro-batches into `epoch`);
+        if so the run stops here (`state["stopped"]`: the last evaluation follows, then the run is complete)."""
+        budget, elapsed = self.cfg.max_time, time.perf_counter() - self.started
+        if budget is None or elapsed < budget or self.state.get("stopped"):
+            return bool(self.state.get("stopped"))
+        position = round(epoch + micro / self.step.micro_per_epoch, 3)
+        self.state["stopped"] = {
+            "reason": "max_time",
+            "optimizer_step": self.state["optimizer_step"],
+            "planned_steps": self.step.total_steps,
+            "epoch": position,
+            "elapsed_s": round(elapsed, 2),
+            "max_time_s": budget,
+        }
+        return True
 
     def _optimizer_step(self, micro: int) -> tuple[bool, bool]:
         """The optimiser step and its counters, committed together (a checkpoint never holds half an accumulated
@@ -128,15 +149,17 @@ class TrainingLoop:
         return evaluate_now, checkpoint_now
 
     def _end_epoch(self, epoch: int) -> None:
-        """Evaluate, keep the best parameters, record the epoch (one state update), checkpoint."""
-        record, res, dev = evaluation = self._evaluation_point(epoch + 1)
+        """Evaluate, keep the best parameters, record the epoch (one state update), checkpoint. A run stopped by
+        --max-time ends here: this evaluation is its last, and its epochs are done."""
+        stopped = self.state.get("stopped")
+        record, res, dev = evaluation = self._evaluation_point(stopped["epoch"] if stopped else epoch + 1)
         with self._committing():
-            best = self._select(evaluation, last=epoch + 1 == self.cfg.epochs)
+            best = self._select(evaluation, last=bool(stopped) or epoch + 1 == self.cfg.epochs)
             self.state.update(
                 history=[*self.state["history"], record],
                 best=best,
                 last_eval={"task": res.task, "split": res.split, **res.metrics()},
-                epoch=epoch + 1,
+                epoch=self.cfg.epochs if stopped else epoch + 1,
                 micro_step=0,
                 epoch_losses=[],
                 loss_mark=0,
