@@ -18,6 +18,7 @@ from softprompt.report.findings import findings
 from softprompt.report.primitives import esc, figure, section, table
 from softprompt.report.readouts import readout_findings, readouts_section
 from softprompt.report.tables import AccuracyRow, accuracy_table, method_label, write_csv
+from softprompt.report.time_to_accuracy import approach_findings, time_figure, time_table
 from softprompt.tasks import task_name
 
 CSS = """
@@ -218,12 +219,30 @@ def _accuracy_section(results: StudyResults, out: Path) -> str:
         + _cell_note(results)
         + "<h3>Per run</h3>"
         + table(per_run)
+        + _time_section(results, out)
         + figure(
             curves,
             "Validation accuracy (top) and training loss (bottom) against optimiser steps, per task and seed. A run "
             f"whose final training loss is not below {LEARNED_BELOW:.0%} of the chance loss (the label entropy, dotted) "
             "never left the plateau: it is drawn dashed and its prompt did not learn the task.",
         )
+    )
+
+
+def _time_section(results: StudyResults, out: Path) -> str:
+    """Accuracy per second of training (`report.time_to_accuracy`), where a trained baseline gives LoRA's curve."""
+    rows = time_table(results)
+    if not rows:
+        return ""
+    write_csv(out / "tables" / "time_to_accuracy.csv", rows)
+    return (
+        "<h3 id='per-second'>Per second of training</h3>"
+        + table(rows)
+        + "<p>The wall time (s) each method's runs took to first score at least 90 / 95 / 100% of LoRA's final "
+        "validation accuracy (median over the runs that got there; how many did, of how many), from each run's "
+        "evaluation points: its wall time when evaluated, its earlier evaluations included, model loading not. "
+        "Times are this machine's, with whatever else ran beside the study.</p>"
+        + figure(time_figure(results, out), "Validation accuracy against each run's wall time, per task and method.")
     )
 
 
@@ -244,7 +263,7 @@ def render(results: StudyResults, out: Path) -> str:
         *analysis_sections(results, out),
         *([section("What the prompts say", readouts_section(readouts, out), "readouts")] if readouts else []),
     ]
-    facts = findings(results) + readout_findings(results.readouts)
+    facts = findings(results) + approach_findings(results) + readout_findings(results.readouts)
     parts.insert(
         0,
         section(

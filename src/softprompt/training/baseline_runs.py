@@ -24,6 +24,7 @@ from softprompt.evaluate import EVAL_SEED, Evaluator, evaluator_for
 from softprompt.io import write_json
 from softprompt.locks import directory_lock
 from softprompt.model.backbones import Backbone, load_backbone
+from softprompt.records.history import read_metrics
 from softprompt.records.run import HardPromptFacts, RunRecord
 from softprompt.runs.baselines import (
     METHODS,
@@ -168,6 +169,7 @@ def _trained(
                 run=str(run_dir),
                 reused=True,
                 wall_time_s=record.wall_time_s,
+                history=read_metrics(run_dir),
                 **hard_prompt_columns(record.hard_prompt),
             )
         resume = state.kind == RESUMABLE
@@ -185,6 +187,7 @@ def _trained(
         run=str(run_dir),
         best_epoch=res.best["epoch"] if res.best else None,
         wall_time_s=RunRecord.read(run_dir).wall_time_s,
+        history=read_metrics(run_dir),
         **hard_prompt_columns(res.hard_prompt),
     )
 
