@@ -9,7 +9,7 @@ are computed, and the correlation is reported with its p-value and number of pai
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +88,10 @@ def transfer_matrix(
     limit: int | None = None,
     *,
     which: str = "last",
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Accuracy of every run's prompt (rows) on every task's validation set (columns).
+    """Accuracy of every run's prompt (rows) on every task's validation set (columns); `progress` hears which
+    prompt is scored (its label and count).
 
     Also evaluates the no-prompt reference per target task (gain = accuracy - no prompt) and each
     run's own-task accuracy (from the matrix when its task is a column, evaluated otherwise). One
@@ -111,7 +113,9 @@ def transfer_matrix(
     prompts = [scoring_prompt(r, r.prompt(which), evaluator.backbone, f"the prompt of {r.path}") for r in runs]
     no_prompt = {t.name: evaluator.evaluate(t, None, limit=limit) for t in task_objs}
     acc, f1 = [], []
-    for p in prompts:
+    for i, p in enumerate(prompts):
+        if progress is not None:
+            progress(f"{labels[i]} ({i + 1}/{len(prompts)}) on {len(task_objs)} task(s)")
         results = [evaluator.evaluate(t, p, limit=limit) for t in task_objs]
         acc.append([r.accuracy for r in results])
         f1.append([r.f1_macro for r in results])
@@ -193,8 +197,10 @@ def transfer_report(
     limit: int | None = None,
     which: str = "last",
     figures: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Transfer matrix, prompt similarities, similarity-vs-gain correlations and the share of wins.
+    """Transfer matrix, prompt similarities, similarity-vs-gain correlations and the share of wins (`progress`:
+    `transfer_matrix`'s).
 
     `tasks` defaults to the runs' own tasks. Prompts of different lengths get only the pooled cosine
     (noted in "similarity_note"). Writes `transfer.json` and heatmaps/scatters to `out_dir` when given.
@@ -202,7 +208,7 @@ def transfer_report(
     runs = as_runs(runs)
     labels = run_labels(runs)
     tasks = list(tasks) if tasks else sorted({r.task for r in runs})
-    matrix = transfer_matrix(evaluator, runs, tasks, limit, which=which)
+    matrix = transfer_matrix(evaluator, runs, tasks, limit, which=which, progress=progress)
     sims, note = similarities_or_pooled([r.prompt(which).weight for r in runs])
     share = share_beating_no_prompt(matrix)
     corr = similarity_vs_gain(matrix, sims)

@@ -6,15 +6,18 @@ Every number on the page comes from `results`; the findings are sentences comput
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from softprompt.analysis.learning import LEARNED_BELOW
 from softprompt.config import PROMPT_LR_PER_STD, TrainConfig
 from softprompt.io import write_figure, write_text
-from softprompt.records.results import ExecutorFacts, RunsAndBaselines, StudyResults, StudySettings
+from softprompt.records.results import ExecutorFacts, RunsAndBaselines, StudyResults, StudySettings, StudyTiming
 from softprompt.report.ablations import ablations_section
 from softprompt.report.analysis_sections import analysis_sections
+from softprompt.report.claims import claims_section, study_claims
 from softprompt.report.findings import findings
+from softprompt.report.phases import PHASES_MARK, WALL_MARK, phases_html, wall_text
 from softprompt.report.primitives import esc, figure, section, table
 from softprompt.report.readouts import readout_findings, readouts_section
 from softprompt.report.tables import AccuracyRow, accuracy_table, method_label, write_csv
@@ -29,6 +32,8 @@ th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.9em;color:#555}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.6em 1em}.muted{color:#777}
 code{background:#f5f5f5;padding:0 .2em}ul.findings li{margin:.3em 0}
+td.verdict{font-weight:bold;white-space:nowrap}td.supported{color:#276749}td.not-supported{color:#c53030}
+td.inconclusive{color:#975a16}td.not-testable{color:#718096}table.claims td div.muted{font-size:.85em}
 """
 
 
@@ -104,9 +109,9 @@ def _setup_section(results: StudyResults) -> str:
         },
         {"item": "executor", "value": _executor_text(s.executor)},
         {"item": "versions", "value": ", ".join(f"{k} {v}" for k, v in s.versions.items())},
-        {"item": "wall time of this invocation", "value": f"{s.wall_time_s:.0f} s (work already done earlier is skipped)"},
+        {"item": "wall time of this invocation", "value": WALL_MARK},
     ]
-    return table(rows, ["item", "value"])
+    return table(rows, ["item", "value"]) + PHASES_MARK
 
 
 BUDGET = ("tokens", "epochs", "batch_size", "lr", "max_train", "max_length")  # always shown; other fields when not default
@@ -255,8 +260,11 @@ def _cell_note(results: StudyResults) -> str:
 
 
 def render(results: StudyResults, out: Path) -> str:
+    """The page, with the setup section's timing marks left in (`write_report` fills them)."""
     readouts = results.readouts if results.readouts and results.readouts.tasks else None
+    claims = results.claims if results.claims is not None else study_claims(results)  # (older results.json: none)
     parts = [
+        section("The seed study's claims", claims_section(claims), "claims"),
         section("Setup", _setup_section(results), "setup"),
         section("Accuracy", _accuracy_section(results, out), "accuracy"),
         *([section("Ablations", ablations_section(results.ablations, out), "ablations")] if results.ablations else []),
@@ -265,7 +273,7 @@ def render(results: StudyResults, out: Path) -> str:
     ]
     facts = findings(results) + approach_findings(results) + readout_findings(results.readouts)
     parts.insert(
-        0,
+        1,
         section(
             "Findings",
             "<ul class='findings'>"
@@ -278,6 +286,7 @@ def render(results: StudyResults, out: Path) -> str:
     toc = "".join(
         f'<a href="#{a}">{t}</a> · '
         for t, a in [
+            ("Claims", "claims"),
             ("Findings", "findings"),
             ("Setup", "setup"),
             ("Accuracy", "accuracy"),
@@ -299,9 +308,14 @@ def render(results: StudyResults, out: Path) -> str:
     )
 
 
-def write_report(results: StudyResults, out: str | Path) -> Path:
-    """report.html (and tables/, figures/) in `out`, from the study's results."""
+def write_report(results: StudyResults, out: str | Path, *, clock: Callable[[], StudyTiming] | None = None) -> Path:
+    """report.html (and tables/, figures/) in `out`, from the study's results. `clock`, when given, is called once
+    the page is rendered and returns the invocation's timing with the report's own time (`study.timing.StepClock`),
+    which the setup section shows; without it, the timing in `results` (if any)."""
     out = Path(out)
     page = render(results, out)
+    timing = clock() if clock is not None else results.setup.timing
+    page = page.replace(WALL_MARK, esc(wall_text(timing, results.setup.wall_time_s)), 1)
+    page = page.replace(PHASES_MARK, phases_html(timing), 1)
     write_text(out / "report.html", page)
     return out / "report.html"
