@@ -41,13 +41,13 @@ def boundaries(monkeypatch) -> list[float]:
     """The run's elapsed time (its own clock) at every step boundary where the loop checks the budget."""
     from softprompt.training.loop import TrainingLoop
 
-    real, seen = TrainingLoop._time_is_up, []
+    real, seen = TrainingLoop._budget_spent, []
 
     def watched(self, epoch, micro):
         seen.append(time.perf_counter() - self.started)
         return real(self, epoch, micro)
 
-    monkeypatch.setattr(TrainingLoop, "_time_is_up", watched)
+    monkeypatch.setattr(TrainingLoop, "_budget_spent", watched)
     return seen
 
 
@@ -112,3 +112,21 @@ def test_without_a_budget_nothing_stops_early(tmp_path, toy_data, tiny_llama):
 
     train(tiny_config(toy_data, dev_size=0), tmp_path / "run", backbone=tiny_llama, progress=False)
     assert RunRecord.read(tmp_path / "run").stopped is None
+
+
+def test_max_steps_stops_there_and_the_schedule_spans_it(tmp_path, toy_data, tiny_llama):
+    """--max-steps: the run does exactly that many optimiser steps, its learning rate decays to zero over them (the
+    schedule spans the budget, not the epochs), and a budget at or past the planned end changes nothing."""
+    from softprompt.training import train
+
+    res = train(_cfg(toy_data, max_steps=7, eval_every=3), tmp_path / "run", backbone=tiny_llama, progress=False)
+    stopped = RunRecord.read(tmp_path / "run").stopped
+    assert stopped.reason == "max_steps" and stopped.optimizer_step == 7 and stopped.planned_steps == 7
+    assert [h["step"] for h in res.history] == [0, 3, 6, 7]  # curve points, then the final evaluation at the stop
+    from softprompt.training.trainables import lr_lambda
+
+    assert lr_lambda("linear", int(0.06 * 7), 7)(7) == 0.0
+    train(tiny_config(toy_data, dev_size=0, max_steps=99), tmp_path / "long", backbone=tiny_llama, progress=False)
+    assert RunRecord.read(tmp_path / "long").stopped is None
+    with pytest.raises(SoftPromptError, match="max_steps must be at least 1"):
+        tiny_config(toy_data, max_steps=0)

@@ -175,6 +175,11 @@ class TrainConfig:
         choices=SELECTIONS,
     )
     eval_every: int = option(0, "also evaluate every N optimiser steps (learning curves); 0: at epoch ends only")
+    max_steps: int | None = option(
+        None,
+        "stop after this many optimiser steps (the learning-rate schedule then spans them, not --epochs' full count; "
+        "epochs still bound the run); run.json records it in `stopped`",
+    )
     max_time: float | None = option(
         None,
         "a training-time budget in seconds: training stops after the optimiser step at which the run's wall time "
@@ -255,7 +260,13 @@ class TrainConfig:
             raise SoftPromptError(f"lr must be a positive number, got {self.lr}")
         if not 0 <= self.warmup < 1:
             raise SoftPromptError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
-        for name in ("max_train", "max_eval", "lora_r", "lora_alpha"):  # a subsample or rank of 0 fails late otherwise
+        for name in (
+            "max_train",
+            "max_eval",
+            "lora_r",
+            "lora_alpha",
+            "max_steps",
+        ):  # a subsample or rank of 0 fails late otherwise
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SoftPromptError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("checkpoint_every", "weight_decay"):

@@ -87,10 +87,10 @@ class PromptFacts(Record):
 
 @dataclass(frozen=True)
 class Stopped(Record):
-    """Why a run ended before its planned steps (`--max-time`): the reason, the steps it did of those planned, where
-    in its epochs it was, and its wall time then."""
+    """Why a run ended before its epochs (`--max-steps`, `--max-time`): the reason, the steps it did of those its
+    schedule spans, where in its epochs it was, and its wall time then."""
 
-    reason: str | None = None  # "max_time"
+    reason: str | None = None  # "max_steps" | "max_time"
     optimizer_step: int | None = None
     planned_steps: int | None = None
     epoch: float | None = None

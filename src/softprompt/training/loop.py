@@ -101,36 +101,42 @@ class TrainingLoop:
         self.losses = list(self.state.get("epoch_losses", []))
         self.step.pending = []
         for micro in range(self.state["micro_step"], self.step.micro_per_epoch):
-            if micro % self.cfg.grad_accum == 0 and self._time_is_up(epoch, micro):
+            if micro % self.cfg.grad_accum == 0 and self._budget_spent(epoch, micro):
                 break
             self.step.forward_backward(epoch, micro, order)  # the loss stays queued on the device
             self.run.bar.advance()
             if not self.step.ends_accumulation(micro):
                 continue
             evaluate_now, checkpoint_now = self._optimizer_step(micro)
+            if self._budget_spent(epoch, micro + 1):
+                break  # the epoch-end evaluation below is the run's last
             if evaluate_now:  # a curve point between epoch ends
                 self._record_point(round(epoch + (micro + 1) / self.step.micro_per_epoch, 3))
             if checkpoint_now:
                 self.state["elapsed"] = time.perf_counter() - self.started
                 self.checkpoint()
-            if self._time_is_up(epoch, micro + 1):
-                break
         self._end_epoch(epoch)
 
-    def _time_is_up(self, epoch: int, micro: int) -> bool:
-        """Whether the --max-time budget is spent at this optimiser-step boundary (`micro` micro-batches into `epoch`);
-        if so the run stops here (`state["stopped"]`: the last evaluation follows, then the run is complete)."""
-        budget, elapsed = self.cfg.max_time, time.perf_counter() - self.started
-        if budget is None or elapsed < budget or self.state.get("stopped"):
-            return bool(self.state.get("stopped"))
+    def _budget_spent(self, epoch: int, micro: int) -> bool:
+        """Whether --max-steps or --max-time is spent at this optimiser-step boundary (`micro` micro-batches into
+        `epoch`); if so the run stops here (`state["stopped"]`: the last evaluation follows, then the run is complete).
+        A run that ends with its last epoch is not `stopped`."""
+        if self.state.get("stopped"):
+            return True
+        cfg, elapsed, step = self.cfg, time.perf_counter() - self.started, self.state["optimizer_step"]
+        if micro == self.step.micro_per_epoch and epoch + 1 == cfg.epochs:
+            return False  # the planned end
+        by_steps = cfg.max_steps is not None and step >= cfg.max_steps
+        if not by_steps and (cfg.max_time is None or elapsed < cfg.max_time):
+            return False
         position = round(epoch + micro / self.step.micro_per_epoch, 3)
         self.state["stopped"] = {
-            "reason": "max_time",
+            "reason": "max_steps" if by_steps else "max_time",
             "optimizer_step": self.state["optimizer_step"],
             "planned_steps": self.step.total_steps,
             "epoch": position,
             "elapsed_s": round(elapsed, 2),
-            "max_time_s": budget,
+            "max_time_s": cfg.max_time,
         }
         return True
 

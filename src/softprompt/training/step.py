@@ -72,9 +72,8 @@ class TrainStep:
         self.global_batch = cfg.batch_size * dp.world
         n = len(data.encoded)
         self.micro_per_epoch = math.ceil(n / self.global_batch)
-        self.total_steps = (
-            math.ceil(n / (self.global_batch * cfg.grad_accum)) * cfg.epochs
-        )  # planned (--max-time may stop sooner)
+        planned = math.ceil(n / (self.global_batch * cfg.grad_accum)) * cfg.epochs
+        self.total_steps = min(planned, cfg.max_steps or planned)  # what the schedule spans (--max-time may stop sooner)
         self.optimizer, self.scheduler = optimizer_and_schedule(cfg, trainables, self.total_steps)
         weights = data.class_weights(cfg.class_balance)  # --class-balance; None: the plain mean
         self.class_weights = weights.to(device) if weights is not None else None
