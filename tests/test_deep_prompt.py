@@ -5,6 +5,8 @@ init equal to the words typed before the input, and a deep run trained, resumed,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -139,3 +141,76 @@ def test_a_deep_run_trains_resumes_and_evaluates(tmp_path, toy_data, tiny_llama,
     interrupt_at(None)
     train(cfg, tmp_path / "cut", backbone=tiny_llama, progress=False, resume=True)
     assert torch.equal(SoftPrompt.load(tmp_path / "cut" / "prompt.safetensors").weight, saved.weight)
+
+
+def test_a_deep_run_round_trips_through_peft_with_equal_scores(tmp_path, toy_data, tiny_model_dir):
+    """export --peft writes a PREFIX_TUNING adapter that PEFT loads onto the same base model and scores exactly as
+    softprompt scores the run; import-peft takes it back as a deep run that evaluates to the same numbers."""
+    import json
+
+    from peft import AutoPeftModelForCausalLM
+
+    from softprompt.evaluate import EVAL_SEED, evaluator_for_run
+    from softprompt.model.backbones import load_backbone
+    from softprompt.peft_interop import export_peft, import_peft
+    from softprompt.runs.directory import load_run, scoring_prompt
+    from softprompt.training import train
+
+    cfg = tiny_config(toy_data, method="deep", model=str(tiny_model_dir), epochs=1, dev_size=0, lr=None)
+    train(cfg, tmp_path / "run", progress=False, baselines=False)
+    adapter = export_peft(tmp_path / "run", tmp_path / "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == "PREFIX_TUNING" and config["num_virtual_tokens"] == 3
+    assert config["base_model_name_or_path"] == str(tiny_model_dir) and not config["prefix_projection"]
+
+    run = load_run(tmp_path / "run")
+    backbone = load_backbone(str(tiny_model_dir))
+    ours = scoring_prompt(run, run.prompt(), backbone, "the run")
+    peft_model = AutoPeftModelForCausalLM.from_pretrained(str(adapter))
+    ids = torch.tensor([backbone.tokenizer("a charming movie therefore the dog ran")["input_ids"]])
+    with torch.no_grad():
+        theirs = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        mine = full_logits(backbone.model, ours, ids)
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+
+    back = load_run(import_peft(adapter, tmp_path / "back", task="rte"))
+    assert back.method == "deep" and torch.equal(back.prompt().weight, run.prompt().weight)
+    scores = []
+    for r in (run, back):
+        ev = evaluator_for_run(run, backbone)  # the original run's layout for both (the importer's job is the prefix)
+        scores.append(ev.evaluate("rte", scoring_prompt(r, r.prompt(), backbone, "p"), limit=cfg.max_eval, seed=EVAL_SEED))
+    assert scores[0].accuracy == scores[1].accuracy and scores[0].loss == pytest.approx(scores[1].loss, abs=1e-9)
+
+
+def test_prefix_adapters_of_another_layout_are_refused(tmp_path, tiny_model_dir):
+    """An adapter laid out for another model (same width, other layers x heads), or one holding an MLP, is refused in
+    one line naming the file; a soft-prompt readout of a deep run says it does not apply."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from softprompt.peft_interop import import_peft
+
+    def adapter(name: str, **cfg) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        base = {"peft_type": "PREFIX_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 2, "token_dim": 16,
+                "num_attention_heads": 2, "num_layers": 2, "prefix_projection": False}  # fmt: skip
+        config = {**base, **cfg}
+        (d / "adapter_config.json").write_text(json.dumps(config))
+        width = config["num_layers"] * 2 * config["token_dim"]
+        save_file({"prompt_embeddings": torch.randn(2, width)}, str(d / "adapter_model.safetensors"))
+        return d
+
+    ok = import_peft(adapter("ok"), tmp_path / "ok-run", model=str(tiny_model_dir))  # the tiny llama: 2 x 2 x 8
+    assert json.loads((ok / "run.json").read_text())["prompt"]["prefix_shape"] == [2, 2, 8]
+    with pytest.raises(SoftPromptError, match=r"laid out for 4 layers x 2 key/value heads x 4.*another model"):
+        import_peft(adapter("other", num_layers=4, token_dim=8), tmp_path / "x", model=str(tiny_model_dir))
+    with pytest.raises(SoftPromptError, match=r"prefix_projection' is true"):
+        import_peft(adapter("mlp", prefix_projection=True), tmp_path / "y", model=str(tiny_model_dir))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    from softprompt.analysis.neighbors import neighbors_report
+    from softprompt.model.backbones import load_backbone
+
+    with pytest.raises(SoftPromptError, match=r"trained method 'deep': nearest tokens .* not applicable"):
+        neighbors_report(load_backbone(str(tiny_model_dir)), [tmp_path / "ok-run"])
