@@ -90,7 +90,9 @@ def main() -> None:
         for limit in limits:
             for arm in arms:
                 key = f"{arm} n={'all' if limit is None else limit}"
-                out = run_arm(backbone, task, prompt, initial, mean, stacked=arm == "stacked", limit=limit, args=args, dtype=dtype)
+                out = run_arm(
+                    backbone, task, prompt, initial, mean, stacked=arm == "stacked", limit=limit, args=args, dtype=dtype
+                )
                 runs.setdefault(key, []).append(out)
                 print(f"{key}: {out['wall_s']:.1f} s, {out['stats']}", flush=True)
 

@@ -183,3 +183,17 @@ def test_every_command_takes_threads_and_ray_units_get_it(monkeypatch):
     assert _worker_env() == {}
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     assert _worker_env() == {"runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}}
+
+
+def test_bad_thread_settings_are_one_line_errors(monkeypatch, capsys):
+    from softprompt.cli import main
+
+    monkeypatch.setenv(ENV_COUNT, "lots")
+    assert main(["tasks"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"softprompt: error: {ENV_COUNT}='lots': expected a positive number of threads or one of auto, cores, torch"
+    monkeypatch.setenv(ENV_COUNT, "auto")
+    monkeypatch.setenv(ENV_WAIT, "spin")
+    assert main(["tasks"]) == 2 and f"{ENV_WAIT}='spin'" in capsys.readouterr().err
+    monkeypatch.delenv(ENV_WAIT)
+    assert main(["tasks", "--threads", "0"]) == 2 and "--threads 0: expected at least 1 thread" in capsys.readouterr().err

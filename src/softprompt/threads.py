@@ -128,6 +128,7 @@ def plan_threads(
     """The thread count and wait policy for this process: `requested` (--threads) first, then the user's own
     OpenMP variables (left alone), then `SOFTPROMPT_THREADS` / `SOFTPROMPT_OMP_WAIT` (defaults `auto`, `default`)."""
     loaded = "torch" in sys.modules if torch_loaded is None else torch_loaded
+    policy = parse_count(environ.get(ENV_COUNT, DEFAULT_COUNT), ENV_COUNT)  # checked whether it applies or not
     wait_policy = environ.get(ENV_WAIT, DEFAULT_WAIT)
     if wait_policy not in WAIT_POLICIES:
         raise SoftPromptError(f"{ENV_WAIT}={wait_policy!r}: expected one of {', '.join(WAIT_POLICIES)}")
@@ -142,7 +143,6 @@ def plan_threads(
         return ThreadPlan(None, wait, f"the user's {', '.join(user)}")
     if loaded:
         return ThreadPlan(None, None, "torch was loaded before the command: its thread count is the caller's")
-    policy = parse_count(environ.get(ENV_COUNT, DEFAULT_COUNT), ENV_COUNT)
     if policy == "torch":
         return ThreadPlan(None, wait, f"{ENV_COUNT}=torch: torch's default")
     if isinstance(policy, int):
