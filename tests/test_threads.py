@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,12 @@ from softprompt.threads import (
 OPENMP_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", ENV_COUNT, ENV_WAIT)
 
 
-def test_usable_cores_are_the_affinity_set_capped_by_a_cgroup_quota(tmp_path):
+def test_usable_cores_are_the_affinity_set_capped_by_a_cgroup_quota(tmp_path, monkeypatch):
+    import softprompt.threads as threads
+
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {3, 7, 9}, raising=False)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 64)
+    assert usable_cores(cpu_max=tmp_path / "none") == 3  # this process's set, not the machine's 64
     cpu_max = tmp_path / "cpu.max"
     assert usable_cores({0, 1, 2, 3}, cpu_max) == 4  # no cgroup file: the affinity set, not os.cpu_count()
     assert usable_cores({5}, cpu_max) == 1
@@ -79,8 +85,19 @@ def test_free_threads_leave_out_the_busy_cores():
     assert free_threads(16, 16, 3.2) == 13
 
 
-def _plan(environ, requested=None, busy=0.0, cores=2, loaded=False):
-    return plan_threads(requested, environ, torch_loaded=loaded, cores=lambda: cores, busy=lambda cpus: busy)
+def _plan(environ, requested=None, busy=0.0, cores=2, loaded=False, cpu_max=Path("/nonexistent/cpu.max")):
+    """The plan on a machine whose affinity set is `cores` CPUs, `busy` of them kept busy by other processes."""
+    return plan_threads(
+        requested, environ, torch_loaded=loaded, affinity=lambda: set(range(cores)), cpu_max=cpu_max, busy=lambda cpus: busy
+    )
+
+
+def test_plan_under_a_cgroup_quota_on_a_busy_host(tmp_path):
+    quota = tmp_path / "cpu.max"
+    quota.write_text("200000 100000\n")
+    assert _plan({}, cores=64, busy=30.0, cpu_max=quota).threads == 2  # 2 CPUs' worth; the host has 34 free
+    assert _plan({}, cores=64, busy=63.0, cpu_max=quota).threads == 1
+    assert _plan({ENV_COUNT: "cores"}, cores=64, cpu_max=quota).threads == 2
 
 
 def test_plan_respects_the_user_and_reads_the_policies():
@@ -89,6 +106,7 @@ def test_plan_respects_the_user_and_reads_the_policies():
     assert _plan({ENV_COUNT: "cores"}, busy=1.0).threads == 2
     assert _plan({ENV_COUNT: "torch"}).threads is None
     assert _plan({ENV_COUNT: "3"}).threads == 3
+    assert _plan({ENV_COUNT: "cores"}, cores=16).threads == 16 and _plan({}, cores=16, busy=3.2).threads == 13
     # the user's own settings are kept; only an explicit --threads replaces them
     assert _plan({"OMP_NUM_THREADS": "4"}, busy=1.0).threads is None
     assert _plan({"MKL_NUM_THREADS": "4"}).threads is None

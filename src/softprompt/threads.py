@@ -41,12 +41,15 @@ BUSY_SAMPLE_S = 0.2  # how long `auto` watches /proc/stat at start
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
+def affinity_set() -> set[int]:
+    """The CPUs this process may run on (`os.sched_getaffinity`; every CPU where the OS has no such call)."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
 def usable_cores(affinity: set[int] | None = None, cpu_max: Path = CGROUP_CPU_MAX) -> int:
     """The cores this process may run on: its affinity set (`os.sched_getaffinity`), capped by a cgroup v2 CPU
     quota (`cpu.max`: "quota period", e.g. a container given 2 CPUs on a 64-core host), at least 1."""
-    if affinity is None:
-        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    cores = max(1, len(affinity))
+    cores = max(1, len(affinity_set() if affinity is None else affinity))
     try:
         quota, period = cpu_max.read_text().split()[:2]
         if quota != "max" and int(period) > 0:
@@ -122,7 +125,8 @@ def plan_threads(
     environ: Mapping[str, str] = os.environ,
     *,
     torch_loaded: bool | None = None,
-    cores: Callable[[], int] = usable_cores,
+    affinity: Callable[[], set[int]] = affinity_set,
+    cpu_max: Path = CGROUP_CPU_MAX,
     busy: Callable[[set[int]], float] = busy_cores,
 ) -> ThreadPlan:
     """The thread count and wait policy for this process: `requested` (--threads) first, then the user's own
@@ -147,10 +151,10 @@ def plan_threads(
         return ThreadPlan(None, wait, f"{ENV_COUNT}=torch: torch's default")
     if isinstance(policy, int):
         return ThreadPlan(policy, wait, f"{ENV_COUNT}={policy}")
-    n = cores()
+    cpus = affinity()
+    n = usable_cores(cpus, cpu_max)
     if policy == "cores":
         return ThreadPlan(n, wait, f"{n} usable core(s)")
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(n))
     taken = busy(cpus)
     threads = free_threads(n, len(cpus), taken)
     return ThreadPlan(threads, wait, f"{n} usable core(s), {taken:.1f} kept busy by other processes at start")
