@@ -4,15 +4,16 @@ One `softprompt train` run (SST-2, 64 examples, batch 8, one epoch, on smollm2-1
 process, timed alone and beside one busy single-thread process (a pure-Python spin loop, or `--busy numpy`: a
 single-threaded matrix product loop), for each candidate policy:
 
-| policy | what the run's process is given |
+| policy | what the run's process is given (`softprompt.threads`) |
 |---|---|
-| `torch-default` | torch's own count (one thread per core it sees) and libgomp's own wait: the behaviour before issue 36 |
-| `cores` | the cores this process may use (affinity set, cgroup quota) |
+| `torch-default` | torch's own count (one thread per core it sees) and libgomp's own wait (spin 300,000 times, then sleep): the behaviour before issue 36 |
+| `cores` | the cores this process may use (affinity set, cgroup quota), libgomp's own wait |
 | `passive` | `cores`, OpenMP threads that sleep at once when idle (OMP_WAIT_POLICY=PASSIVE) |
-| `spin-short` | `cores`, libgomp spinning 10,000 times (GOMP_SPINCOUNT; its default is 300,000) before it sleeps |
-| `auto` | the cores less those other processes keep busy when it starts (softprompt's default now) |
-| `auto-passive` | `auto` and the passive wait policy |
-| `one` | one thread |
+| `spin-short` | `cores`, libgomp spinning 10,000 times before it sleeps (GOMP_SPINCOUNT) |
+| `auto` | the cores less those other processes keep busy when it starts, libgomp's own wait |
+| `auto-passive` | `auto` and the passive wait |
+| `auto-short` | `auto` and the short spin: softprompt's default now |
+| `one` | one thread, libgomp's own wait |
 
 Scenarios: `alone`; `busy` (the spinner starts 1 s before the run); `busy-late` (it starts `--late-s` seconds
 after the run, when `auto` has already chosen its count). The target: beside one busy process a run takes at most
@@ -21,7 +22,7 @@ adds interpreter start and model load). The `vs torch-default alone` column says
 else runs. Runs are interleaved (every policy and scenario once per repetition, in a rotating order) and medians
 reported; `--cpus 0,1` pins the runs and the spinner to those cores (a 2-core machine inside a larger one).
 
-    .venv/bin/python bench/threads_share.py --json bench/results/threads_share.json     # ~25 min on 2 cores
+    .venv/bin/python bench/threads_share.py --json bench/results/threads_share.json     # ~30 min on 2 cores
     .venv/bin/python bench/threads_share.py --policies torch-default,auto --reps 1     # a quick look
 """
 
@@ -44,13 +45,14 @@ import common  # noqa: E402
 from softprompt.threads import ENV_COUNT, ENV_WAIT, USER_COUNT_VARS, USER_WAIT_VARS  # noqa: E402
 
 POLICIES = {
-    "torch-default": {ENV_COUNT: "torch"},
-    "cores": {ENV_COUNT: "cores"},
+    "torch-default": {ENV_COUNT: "torch", ENV_WAIT: "default"},
+    "cores": {ENV_COUNT: "cores", ENV_WAIT: "default"},
     "passive": {ENV_COUNT: "cores", ENV_WAIT: "passive"},
-    "spin-short": {ENV_COUNT: "cores", "GOMP_SPINCOUNT": "10000"},
-    "auto": {ENV_COUNT: "auto"},
+    "spin-short": {ENV_COUNT: "cores", ENV_WAIT: "short"},
+    "auto": {ENV_COUNT: "auto", ENV_WAIT: "default"},
     "auto-passive": {ENV_COUNT: "auto", ENV_WAIT: "passive"},
-    "one": {ENV_COUNT: "1"},
+    "auto-short": {ENV_COUNT: "auto", ENV_WAIT: "short"},
+    "one": {ENV_COUNT: "1", ENV_WAIT: "default"},
 }
 SCENARIOS = ("alone", "busy", "busy-late")
 SPIN = {

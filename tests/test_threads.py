@@ -101,7 +101,7 @@ def test_plan_under_a_cgroup_quota_on_a_busy_host(tmp_path):
 
 
 def test_plan_respects_the_user_and_reads_the_policies():
-    assert _plan({}).threads == 2 and _plan({}).wait is None  # auto, nothing busy
+    assert _plan({}).threads == 2 and _plan({}).wait == "short"  # the defaults: auto, nothing busy; a short spin
     assert _plan({}, busy=1.0).threads == 1 and "1.0 kept busy" in _plan({}, busy=1.0).why
     assert _plan({ENV_COUNT: "cores"}, busy=1.0).threads == 2
     assert _plan({ENV_COUNT: "torch"}).threads is None
@@ -113,8 +113,8 @@ def test_plan_respects_the_user_and_reads_the_policies():
     assert _plan({"OMP_NUM_THREADS": "4"}, requested=1).threads == 1
     assert _plan({}, loaded=True).threads is None  # torch loaded first: the caller chose its count
     assert _plan({}, requested=2, loaded=True).threads == 2
-    # the wait policy: passive only when asked, never over the user's OpenMP wait settings, never after torch loads
-    assert _plan({ENV_WAIT: "passive"}).wait == "PASSIVE"
+    # the wait policy: as asked, never over the user's OpenMP wait settings, never after torch loads
+    assert _plan({ENV_WAIT: "passive"}).wait == "passive" and _plan({ENV_WAIT: "default"}).wait == "default"
     assert _plan({ENV_WAIT: "passive", "OMP_WAIT_POLICY": "ACTIVE"}).wait is None
     assert _plan({ENV_WAIT: "passive", "GOMP_SPINCOUNT": "1000"}).wait is None
     assert _plan({ENV_WAIT: "passive"}, loaded=True).wait is None
@@ -127,10 +127,14 @@ def test_plan_respects_the_user_and_reads_the_policies():
 
 def test_apply_sets_the_environment_before_torch_loads():
     env: dict[str, str] = {"MKL_NUM_THREADS": "8"}
-    apply_threads(ThreadPlan(3, "PASSIVE", "test"), env, torch_loaded=False)
+    apply_threads(ThreadPlan(3, "passive", "test"), env, torch_loaded=False)
     assert env == {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", "OMP_WAIT_POLICY": "PASSIVE"}
     env = {}
-    apply_threads(ThreadPlan(None, None, "test"), env, torch_loaded=False)
+    apply_threads(ThreadPlan(None, "short", "test"), env, torch_loaded=False)
+    assert env == {"GOMP_SPINCOUNT": "10000"}
+    env = {}
+    for wait in (None, "default"):
+        apply_threads(ThreadPlan(None, wait, "test"), env, torch_loaded=False)
     assert env == {}
 
 
@@ -175,15 +179,15 @@ def test_threads_flag_reaches_torch_in_a_fresh_process():
     assert _probe("cli-first", "--threads", "2", OMP_NUM_THREADS="3")[0]["threads"] == 2
 
 
-def test_passive_wait_policy_reaches_libgomp_when_torch_loads():
-    """libgomp prints the settings it read when it loads (OMP_DISPLAY_ENV=VERBOSE): passive means no spinning at all
-    (GOMP_SPINCOUNT 0; libgomp's own default spins 300000 times before it sleeps, ACTIVE 3e10), so the policy was
-    in the environment before torch loaded."""
-    got, err = _probe("cli-first", OMP_DISPLAY_ENV="VERBOSE", **{ENV_WAIT: "passive"})
-    assert got["code"] == 0 and not got["loaded_during"]
-    assert "GOMP_SPINCOUNT = '0'" in err
-    _, err = _probe("cli-first", OMP_DISPLAY_ENV="VERBOSE")
-    assert "GOMP_SPINCOUNT = '300000'" in err  # the default leaves libgomp's own policy
+def test_wait_policy_reaches_libgomp_when_torch_loads():
+    """libgomp prints the settings it read when it loads (OMP_DISPLAY_ENV=VERBOSE), so each policy was in the
+    environment before torch loaded: the default spins 10,000 times before a waiting thread sleeps, passive not at
+    all, `default` libgomp's own 300,000; a user's setting is kept."""
+    expected = {"short": "GOMP_SPINCOUNT = '10000'", "passive": "GOMP_SPINCOUNT = '0'", "default": "GOMP_SPINCOUNT = '300000'"}
+    got, err = _probe("cli-first", OMP_DISPLAY_ENV="VERBOSE")
+    assert got["code"] == 0 and not got["loaded_during"] and expected["short"] in err
+    for policy in ("passive", "default"):
+        assert expected[policy] in _probe("cli-first", OMP_DISPLAY_ENV="VERBOSE", **{ENV_WAIT: policy})[1], policy
     _, err = _probe("cli-first", OMP_DISPLAY_ENV="VERBOSE", OMP_WAIT_POLICY="ACTIVE", **{ENV_WAIT: "passive"})
     assert "OMP_WAIT_POLICY = 'ACTIVE'" in err  # the user's setting is kept
 

@@ -1,20 +1,30 @@
 """How many threads torch computes with, and how its OpenMP threads wait: chosen once, before torch loads.
 
 torch's default is one OpenMP thread per core it sees, and an OpenMP parallel region waits for its slowest
-thread: when another process takes one of two cores, every region waits for the thread that lost its core, and a
-thread done early spins (libgomp's default busy-wait) on the core the others need. Measured on an idle 2-core AMD
-EPYC (issue 36): a small SST-2 run took 19.5 s alone, 61 s (3.1x) beside one busy single-thread process, and 26 s
-alone on one thread. So the count here starts from the cores this process may use (its affinity set, capped by a
-cgroup CPU quota; not `os.cpu_count`, which counts the machine's) and leaves out the ones other processes keep busy
-when the command starts (`auto`, the default), and the OpenMP wait policy can be made passive (threads sleep at once
-instead of spinning). Which policies hold a run beside one busy process within 2x its time alone is measured by
-`bench/threads_share.py` (bench/docs/cpu.md, "Sharing the cores").
+thread: when another process takes one of two cores, every region waits for the thread that lost its core, while
+a thread done early spins (libgomp, torch's OpenMP on Linux, spins 300,000 times before it sleeps) on the core the
+others need. Reported in issue 36 on an idle 2-core AMD EPYC: a small SST-2 run took 19.5 s alone, 61 s (3.1x)
+beside one busy single-thread process, and 26 s alone on one thread; the demo's training steps went from ~1.0 s to
+6-10 s the moment a one-thread job started beside it. Two levers, both set here:
 
-Set by the command line (`--threads N` on every command; `SOFTPROMPT_THREADS` = auto | cores | torch | N;
-`SOFTPROMPT_OMP_WAIT` = default | passive) through the environment, before torch is imported (libgomp reads its
-settings once, when it loads), so child processes (a local Ray cluster's workers) inherit them. A user's own
-`OMP_NUM_THREADS` / `MKL_NUM_THREADS` (or `torch.set_num_threads` before calling `main`: torch already loaded) and
-`OMP_WAIT_POLICY` / `GOMP_SPINCOUNT` / `KMP_BLOCKTIME` are never overridden, except by an explicit `--threads`.
+- the count (`SOFTPROMPT_THREADS`): `auto` (the default) takes the cores this process may use (its affinity set,
+  capped by a cgroup CPU quota; not `os.cpu_count`, which counts the machine's) less those other processes keep
+  busy when the command starts (/proc/stat over 0.2 s); `cores` all usable cores; `torch` torch's own default (the
+  behaviour before issue 36); or a number;
+- the wait (`SOFTPROMPT_OMP_WAIT`): `short` (the default) lets a waiting thread spin 10,000 times (GOMP_SPINCOUNT)
+  before it sleeps, `passive` sleeps at once (OMP_WAIT_POLICY=PASSIVE), `default` keeps libgomp's 300,000.
+
+Why these defaults (a guess until `bench/threads_share.py` runs on an idle machine; bench/docs/cpu.md, "Sharing the
+cores"): with a process already busy, one thread fewer leaves each thread a core (the figures above predict about
+26 / 19.5 = 1.3x its time alone), and on an idle machine `auto` changes nothing; a process that starts after the
+count is chosen is met only by the wait policy, and a short spin stops a waiting thread from holding a core for long
+while still catching the next parallel region when nothing else runs (passive pays a wake-up for every region).
+
+Set by the command line (`--threads N` on every command) through the environment, before torch is imported
+(libgomp reads its settings once, when it loads), so child processes (a local Ray cluster's workers) inherit them. A
+user's own `OMP_NUM_THREADS` / `MKL_NUM_THREADS` (or `torch.set_num_threads` before calling `main`: torch already
+loaded) and `OMP_WAIT_POLICY` / `GOMP_SPINCOUNT` / `KMP_BLOCKTIME` are never overridden, except the count by an
+explicit `--threads`.
 """
 
 from __future__ import annotations
@@ -32,9 +42,10 @@ from softprompt.errors import SoftPromptError
 ENV_COUNT = "SOFTPROMPT_THREADS"
 ENV_WAIT = "SOFTPROMPT_OMP_WAIT"
 COUNT_POLICIES = ("auto", "cores", "torch")  # or a positive integer
-WAIT_POLICIES = ("default", "passive")
+WAIT_ENV = {"short": {"GOMP_SPINCOUNT": "10000"}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "default": {}}
+WAIT_POLICIES = tuple(WAIT_ENV)
 DEFAULT_COUNT = "auto"  # pending the idle run of bench/threads_share.py (see the module's docstring)
-DEFAULT_WAIT = "default"
+DEFAULT_WAIT = "short"
 USER_COUNT_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 USER_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 BUSY_SAMPLE_S = 0.2  # how long `auto` watches /proc/stat at start
@@ -99,7 +110,8 @@ def free_threads(cores: int, cpus: int, busy: float) -> int:
 
 @dataclass(frozen=True)
 class ThreadPlan:
-    """What a command sets: `threads` (None: torch's own count) and `wait` (None: libgomp's own policy), and why."""
+    """What a command sets: `threads` (None: torch's own count) and `wait` (a `WAIT_ENV` policy; None: leave the
+    wait settings as they are), and why."""
 
     threads: int | None
     wait: str | None
@@ -130,14 +142,14 @@ def plan_threads(
     busy: Callable[[set[int]], float] = busy_cores,
 ) -> ThreadPlan:
     """The thread count and wait policy for this process: `requested` (--threads) first, then the user's own
-    OpenMP variables (left alone), then `SOFTPROMPT_THREADS` / `SOFTPROMPT_OMP_WAIT` (defaults `auto`, `default`)."""
+    OpenMP variables (left alone), then `SOFTPROMPT_THREADS` / `SOFTPROMPT_OMP_WAIT` (defaults `auto`, `short`)."""
     loaded = "torch" in sys.modules if torch_loaded is None else torch_loaded
     policy = parse_count(environ.get(ENV_COUNT, DEFAULT_COUNT), ENV_COUNT)  # checked whether it applies or not
     wait_policy = environ.get(ENV_WAIT, DEFAULT_WAIT)
     if wait_policy not in WAIT_POLICIES:
         raise SoftPromptError(f"{ENV_WAIT}={wait_policy!r}: expected one of {', '.join(WAIT_POLICIES)}")
     user_wait = [v for v in USER_WAIT_VARS if v in environ]
-    wait = "PASSIVE" if wait_policy == "passive" and not user_wait and not loaded else None
+    wait = wait_policy if not user_wait and not loaded else None
     if requested is not None:
         if requested < 1:
             raise SoftPromptError(f"--threads {requested}: expected at least 1 thread")
@@ -166,7 +178,7 @@ def apply_threads(plan: ThreadPlan, environ: os._Environ | dict = os.environ, *,
     is explicit (torch caps OMP_NUM_THREADS at the cores it sees). The wait policy cannot change after torch loads."""
     loaded = "torch" in sys.modules if torch_loaded is None else torch_loaded
     if plan.wait is not None:
-        environ["OMP_WAIT_POLICY"] = plan.wait
+        environ.update(WAIT_ENV[plan.wait])
     if plan.threads is None:
         return
     if not loaded:
