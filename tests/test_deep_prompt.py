@@ -214,3 +214,33 @@ def test_prefix_adapters_of_another_layout_are_refused(tmp_path, tiny_model_dir)
 
     with pytest.raises(SoftPromptError, match=r"trained method 'deep': nearest tokens .* not applicable"):
         neighbors_report(load_backbone(str(tiny_model_dir)), [tmp_path / "ok-run"])
+
+
+def test_importance_of_a_deep_prompt_by_position_and_by_layer(tmp_path, toy_data, tiny_llama):
+    """`importance` on a deep run puts each virtual token (every layer at one position) and each layer (every position
+    of one layer) back to its initial keys/values: a part that never moved is exactly 0, a moved one is scored."""
+    from softprompt.analysis.importance import importance_report
+    from softprompt.evaluate import evaluator_for
+    from softprompt.model.prompt import SoftPrompt
+    from softprompt.records.run import RunRecord
+    from softprompt.training import train
+
+    cfg = tiny_config(toy_data, method="deep", epochs=1, dev_size=0, lr=None)
+    train(cfg, tmp_path / "run", backbone=tiny_llama, progress=False)
+    # keep training's change in position 1 and layer 0 only: the other parts equal their init
+    sp = SoftPrompt.load(tmp_path / "run" / "prompt.safetensors")
+    n, shape = sp.n_tokens, prefix_shape(tiny_llama.model)
+    keep = torch.zeros(n, shape.layers * 2, sp.dim // (shape.layers * 2), dtype=torch.bool)
+    keep[1, 0:2] = True
+    mixed = torch.where(keep.view(n, -1), sp.weight, sp.initial)
+    SoftPrompt(mixed, sp.init, sp.initial).save(tmp_path / "run" / "prompt.safetensors")
+    record = RunRecord.read(tmp_path / "run")
+    record.artifacts.pop("prompt.safetensors")  # the file changed on purpose: run.json no longer vouches for it
+    record.write(tmp_path / "run")
+    report = importance_report(evaluator_for(cfg, tiny_llama), [tmp_path / "run"], replacements=("init",))
+    (entry,) = report["runs"]
+    moved = {p["index"]: p for p in entry["positions"]}
+    assert [i for i, p in moved.items() if not p["by_replacement"]["init"]["unchanged"]] == [1]
+    layers = {p["index"]: p for p in entry["layers"]}
+    assert sorted(layers) == [0, 1] and layers[1]["loss_increase"] == 0.0 and not layers[0]["by_replacement"]["init"]["unchanged"]
+    assert entry["evaluations"] == 3  # the prompt, position 1, layer 0

@@ -184,7 +184,7 @@ def test_stacked_ablations_equal_one_evaluation_each(tiny_backbone, toy_data, ma
 
 def test_importance_standard_errors_are_paired_over_the_examples(fitted):
     """A position's loss-increase SE is the SE of the per-example loss differences (by hand from the two scorings)."""
-    from softprompt.analysis.importance import paired_se
+    from softprompt.analysis.ablation_effects import paired_se
     from softprompt.evaluate import choice_losses
 
     evaluator, task, prompt, initial = fitted

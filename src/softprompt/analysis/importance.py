@@ -18,8 +18,6 @@ A row that equals its replacement is not scored again: its drop is exactly 0.
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -27,14 +25,16 @@ from typing import Any
 
 import torch
 
+from softprompt.analysis.ablation_effects import SE_KEYS, accuracy_se, effect, per_example, scores_of
 from softprompt.analysis.common import as_runs, json_safe, run_labels, run_meta
+from softprompt.analysis.deep_importance import deep_importance
 from softprompt.analysis.token_text import TokenReader
 from softprompt.errors import SoftPromptError
 from softprompt.model.prompt import input_embedding_matrix
 from softprompt.records.readouts import ImportanceResult
+from softprompt.runs.directory import scoring_prompt
 
 REPLACEMENTS = ("init", "mean")
-SE_KEYS = ("loss_increase_se", "accuracy_drop_se")  # paired over the examples: the readout's own noise
 NOTE = (
     "Each position is ablated alone (replaced by its initial vector, or by the mean vocabulary embedding) and the "
     "prompt scored again on the same examples: interactions between positions are not captured, and with few "
@@ -66,45 +66,6 @@ def _check_args(prompt: torch.Tensor, initial: torch.Tensor | None, replacements
         raise SoftPromptError(
             f"mean vector of shape {tuple(mean_vector.shape)}: expected ({prompt.shape[1]},), the prompt's width"
         )
-
-
-def _scores(res, metric: str) -> dict[str, float | None]:
-    return {"accuracy": res.accuracy, "loss": res.loss, "metric": res.metric(metric)}
-
-
-def accuracy_se(accuracy: float, n: int) -> float | None:
-    """The binomial standard error of an accuracy over n examples, sqrt(p (1 - p) / n); None for n < 2."""
-    return math.sqrt(accuracy * (1 - accuracy) / n) if n >= 2 else None
-
-
-def paired_se(after: Sequence[float], before: Sequence[float]) -> float | None:
-    """The standard error of the mean of the per-example differences after - before (the same examples scored
-    twice); None for fewer than two examples."""
-    diffs = [a - b for a, b in zip(after, before, strict=True)]
-    return statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) >= 2 else None
-
-
-def _per_example(res) -> tuple[list[float], list[float]]:
-    """Each example's choice loss and correctness (1/0): what a paired standard error is computed from."""
-    from softprompt.evaluate import choice_losses
-
-    scores = res.scores
-    return choice_losses(scores), [float(p == y) for p, y in zip(scores.predictions, scores.labels, strict=True)]
-
-
-def _effect(base: dict[str, Any], ablated: dict[str, Any], unchanged: bool, paired=None) -> dict[str, Any]:
-    """One ablation against the unablated prompt: positive numbers mean the position helped. `paired`: the two
-    results' per-example (losses, correctness), ablated then base, for the drops' standard errors."""
-    (la, ca), (lb, cb) = paired or (([], []), ([], []))
-    return {
-        **ablated,
-        "accuracy_drop": base["accuracy"] - ablated["accuracy"],
-        "loss_increase": ablated["loss"] - base["loss"],
-        "metric_drop": base["metric"] - ablated["metric"],
-        "unchanged": unchanged,
-        "loss_increase_se": 0.0 if unchanged else paired_se(la, lb),
-        "accuracy_drop_se": 0.0 if unchanged else paired_se(cb, ca),
-    }
 
 
 def _replacement_rows(evaluator, prompt, initial, replacements: Sequence[str], mean_vector) -> dict[str, torch.Tensor]:
@@ -159,7 +120,7 @@ def position_importance(
     base_res = evaluator.evaluate(task, prompt, **where)
     if base_res.loss is None:
         raise SoftPromptError(f"task {task.name}: no {split} examples to score the prompt on")
-    base = _scores(base_res, task.metric)
+    base = scores_of(base_res, task.metric)
     primary = "init" if "init" in replacements else replacements[0]
     todo = [(i, name) for i in range(prompt.shape[0]) for name in replacements if not torch.equal(prompt[i], rows[name][i])]
     ablated = []
@@ -168,13 +129,13 @@ def position_importance(
         p[i] = rows[name][i]
         ablated.append(p)
     done = dict(zip(todo, _ablated_results(evaluator, task, ablated, stacked, **where), strict=True))
-    base_examples, positions = _per_example(base_res), []
+    base_examples, positions = per_example(base_res), []
     for i in range(prompt.shape[0]):
         by: dict[str, dict[str, Any]] = {}
         for name in replacements:
             res = done.get((i, name))
-            paired = None if res is None else (_per_example(res), base_examples)
-            by[name] = _effect(base, base if res is None else _scores(res, task.metric), res is None, paired)
+            paired = None if res is None else (per_example(res), base_examples)
+            by[name] = effect(base, base if res is None else scores_of(res, task.metric), res is None, paired)
         top = {k: by[primary][k] for k in ("accuracy_drop", "loss_increase", "metric_drop", *SE_KEYS)}
         positions.append({"index": i, **top, "by_replacement": by})
     ranking = [p["index"] for p in sorted(positions, key=lambda p: (-p["loss_increase"], p["index"]))]
@@ -231,7 +192,8 @@ def importance_report(
     stacked: bool = True,
 ) -> dict[str, Any]:
     """Position importance of every run's prompt (`which`: last or best) on `task` (default: each run's own);
-    `progress` hears which run it scores (its label and count).
+    `progress` hears which run it scores (its label and count). A deep prompt's run gets its virtual tokens' and its
+    layers' importance (`deep_importance`: the `init` replacement only, as a vocabulary mean is no key or value).
 
     Uses the given evaluator as it is (a study's loaded one works: its memo only repeats the unablated score),
     computes the neutral vector once, and writes `importance.json` to `out_dir` when given. `stacked`: see
@@ -249,20 +211,24 @@ def importance_report(
         sp = run.prompt(which)
         if progress is not None:
             progress(f"{label} ({i}/{len(runs)}), {sp.weight.shape[0]} positions x {len(replacements)} replacement(s)")
-        sp.check_model(hidden, where=f"the prompt of {run.path}")
         target = get_task(task or run.task)
         start = time.perf_counter()
-        res = position_importance(
-            evaluator,
-            target,
-            sp.weight,
-            sp.initial,
-            limit=limit,
-            seed=seed,
-            replacements=replacements,
-            mean_vector=mean,
-            stacked=stacked,
-        )
+        if run.method == "deep":  # keys/values: each virtual token and each layer put back to its init
+            prompt = scoring_prompt(run, sp, backbone, f"the prompt of {run.path}")
+            res = deep_importance(evaluator, target, sp.weight, sp.initial, prompt.shape, limit=limit, seed=seed)
+        else:
+            sp.check_model(hidden, where=f"the prompt of {run.path}")
+            res = position_importance(
+                evaluator,
+                target,
+                sp.weight,
+                sp.initial,
+                limit=limit,
+                seed=seed,
+                replacements=replacements,
+                mean_vector=mean,
+                stacked=stacked,
+            )
         meta = run_meta(run, label)
         tokens = _init_tokens(sp, backbone.tokenizer)
         for p in res["positions"]:

@@ -63,6 +63,9 @@ class ImportanceRun(RunMeta):
     trained_task: str | None = None
     wall_time_s: float | None = None
     warning: str | None = optional()
+    # a deep prompt's run (method deep): each layer's keys and values put back to their initial values (index: layer)
+    layers: list[ImportancePosition] | None = optional()
+    layer_ranking: list[int] | None = optional()
 
 
 @dataclass(frozen=True)
