@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from softprompt.runs.directory import load_run, observed_status
 from softprompt.runs.state import run_state
 from softprompt.training import train
 from tests.conftest import tiny_config
-from tests.test_reliability import _train_cmd
+from tests.test_reliability import _train_cmd, held_process
 
 HOST = socket.gethostname()
 
@@ -81,15 +80,12 @@ def test_two_concurrent_trains_into_one_out(tmp_path, tiny_model_dir, toy_data):
     out = tmp_path / "run"
     cmd = _train_cmd(tiny_model_dir, toy_data, out)
     cmd[cmd.index("--epochs") + 1] = "3"
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    hold = tmp_path / "hold"
+    first = held_process(cmd, "train-batch:2", hold, stderr=subprocess.PIPE)  # mid-run, lock held (never already over)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and first.poll() is None and not (out / "run.json").exists():
-            time.sleep(0.02)
-        first.send_signal(signal.SIGSTOP)  # hold it mid-run, lock held, while the second one starts
         second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     finally:
-        first.send_signal(signal.SIGCONT)
+        hold.unlink()  # the first goes on
     assert first.wait(timeout=300) == 0, first.stderr.read()
     assert second.returncode == 2
     assert second.stderr.strip() == (

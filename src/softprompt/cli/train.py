@@ -14,7 +14,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from softprompt.training import train
 
     cfg = TrainConfig(**config_values(a))
-    out = Path(a.out or f"runs/{cfg.task.replace('/', '_').removesuffix('.toml')}-{cfg.method}-s{cfg.seed}")
+    out = run_out(a, cfg)
     res = train(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet, trust_remote_code=a.trust_remote_code)
     if not setup_data_parallel(cfg.device).is_main:  # under `accelerate launch`, one summary
         return 0
@@ -39,6 +39,12 @@ def cmd_train(a: argparse.Namespace) -> int:
             print(f"its text was not scored: {hard.text_error}")
     print(f"run saved to {out}")
     return 0
+
+
+def run_out(a: argparse.Namespace, cfg: TrainConfig | None = None) -> Path:
+    """--out, else runs/TASK-METHOD-sSEED."""
+    cfg = cfg or TrainConfig(**config_values(a))
+    return Path(a.out or f"runs/{cfg.task.replace('/', '_').removesuffix('.toml')}-{cfg.method}-s{cfg.seed}")
 
 
 def add_train(sub) -> None:

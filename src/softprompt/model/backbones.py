@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from softprompt.config import DEFAULT_MODEL, canonical_dtype
 from softprompt.errors import SoftPromptError
+from softprompt.preemption import safe_point
 
 DEFAULT_HUB_MODEL = "bigscience/bloomz-560m"
 DEFAULT_OFFLINE_MODEL = DEFAULT_MODEL
@@ -340,6 +341,7 @@ def load_backbone(
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model = freeze(model.to(device=target, dtype=torch_dtype))
+    safe_point("model-load")  # a stop signal that came while the weights loaded
     return Backbone(model=model, tokenizer=tok, name=name, source=source, revision=str(rev))
 
 

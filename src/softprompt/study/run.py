@@ -16,6 +16,7 @@ from softprompt.data.inputs import MODEL_REVISION, input_changes, task_inputs
 from softprompt.errors import SoftPromptError, warn
 from softprompt.io import read_json, remove_stale_temporaries, write_json
 from softprompt.locks import directory_lock
+from softprompt.preemption import safe_point
 from softprompt.records.files import StudyConfigFile, StudyInputs
 from softprompt.report import write_report
 from softprompt.study.config import StudyConfig, load_study_config
@@ -116,8 +117,10 @@ def _run_study(cfg: StudyConfig, out: Path, inputs, progress: bool, executor: st
             outcome = run_locally(study, units, bar)
     finally:
         bar.close()
+    safe_point("report")
     results = study_results(study, units, outcome, wall_time_s=round(time.perf_counter() - started, 1))
     data = results.to_dict()
     write_json(out / RESULTS_FILE, data)
+    safe_point("report")  # results.json is whole; a rerun writes the report from the caches
     write_report(results, out)
     return data
