@@ -11,11 +11,16 @@ from softprompt.config import TrainConfig
 
 def cmd_train(a: argparse.Namespace) -> int:
     from softprompt.distributed import setup_data_parallel
-    from softprompt.training import train
+    from softprompt.training import RunComplete, train
 
     cfg = TrainConfig(**config_values(a))
     out = run_out(a, cfg)
-    res = train(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet, trust_remote_code=a.trust_remote_code)
+    try:
+        res = train(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet, trust_remote_code=a.trust_remote_code)
+    except RunComplete as done:  # --resume of a finished run: say so, change nothing
+        if setup_data_parallel(cfg.device).is_main:
+            print(done)
+        return 0
     if not setup_data_parallel(cfg.device).is_main:  # under `accelerate launch`, one summary
         return 0
     label = {"prompt": "soft (prompt, last)", "hard": "hard (PEZ token rows, last)"}.get(cfg.method, cfg.method)
