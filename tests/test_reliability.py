@@ -71,11 +71,13 @@ def _train_cmd(model_dir, data, out, *extra):
     ]
 
 
-def held_process(cmd, point: str, hold_file, *, stderr=subprocess.DEVNULL, timeout: float = 300.0) -> subprocess.Popen:
+def held_process(
+    cmd, point: str, hold_file, *, stderr=subprocess.DEVNULL, timeout: float = 300.0, env: dict | None = None
+) -> subprocess.Popen:
     """`cmd` started with the test hook SOFTPROMPT_TEST_HOLD=`point` (`softprompt.preemption.hold_point`), returned
     once it waits there: a signal sent now lands at that instant, on any machine, idle or loaded (no race with a run
     that may already be over). `hold_file` must not exist yet; the process creates it when it starts waiting."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", SOFTPROMPT_TEST_HOLD=point, SOFTPROMPT_TEST_HOLD_FILE=str(hold_file))
+    env = dict(env or os.environ, OMP_NUM_THREADS="1", SOFTPROMPT_TEST_HOLD=point, SOFTPROMPT_TEST_HOLD_FILE=str(hold_file))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None and not hold_file.exists():

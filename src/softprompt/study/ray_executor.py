@@ -128,9 +128,10 @@ def run_on_ray(study: Study, units: list[Unit], bar: StudyProgress, options: Ray
 
 
 def _init_keeping_sigterm(ray, address: str | None) -> None:
-    """`ray.init`, which replaces this process's SIGTERM handler with `sys.exit` (raised into whatever code runs, exit
-    code 15): the handler from before is put back, so SIGTERM stops the study at a safe point (exit 143) and the
-    units checkpoint (`softprompt.preemption`)."""
+    """`ray.init`, which replaces this process's SIGTERM handlers (Python's with `sys.exit` raised into whatever runs,
+    and, with a cluster it starts, its core's, which aborts the driver: exit 134, units left without a checkpoint): the
+    handler from before is put back, so SIGTERM stops the study at a safe point (exit 143) and the units checkpoint
+    (`softprompt.preemption`)."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main else None
     ray.init(address=address, logging_level=logging.WARNING)
