@@ -120,6 +120,13 @@ def test_sigterm_to_softprompt_train_exits_143_with_the_resume_message(tmp_path,
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = tmp_path / "run"
     cmd = [c for c in _train_cmd(tiny_model_dir, toy_data, out) if c not in ("--checkpoint-every", "1")]
+    # before anything is written (the model loading): the message used to claim a checkpoint there
+    code, err = _signalled(held_process(cmd, "model-load:1", tmp_path / "hold0", stderr=subprocess.PIPE), signal.SIGTERM)
+    assert code == 143 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"softprompt: interrupted (SIGTERM); nothing was written to {out}: rerun the same command to start"
+    )
+    assert not out.exists()  # the folder this command created is removed again
     proc = held_process(cmd, "train-batch:9", tmp_path / "hold", stderr=subprocess.PIPE)  # the 3rd batch of epoch 2
     code, err = _signalled(proc, signal.SIGTERM)
     assert code == 143
