@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from softprompt.runs.directory import load_run, observed_status
 from softprompt.runs.state import run_state
 from softprompt.training import train
 from tests.conftest import tiny_config
-from tests.test_reliability import _train_cmd
+from tests.test_reliability import _train_cmd, held_process
 
 HOST = socket.gethostname()
 
@@ -75,21 +74,61 @@ def test_train_study_and_baselines_refuse_a_locked_directory_before_loading_a_mo
         baseline_runs_mod.run_baselines(tiny_config(toy_data), tmp_path / "b", methods=["no_prompt"])
 
 
+def test_every_command_writing_a_folder_refuses_a_locked_one_before_loading_a_model(
+    tmp_path, tiny_llama, toy_data, monkeypatch, capsys
+):
+    """The analyses (`neighbors`, `geometry`, `transfer`, `importance`, `describe`), `export --peft` and `import-peft`
+    hold their output folder's lock like train, study and baselines: two of them writing one folder at once used to both
+    report success with one result lost; the second is now refused in one line naming the first, before any model."""
+    import softprompt.model.backbones as backbones_mod
+    from softprompt.cli import main
+    from softprompt.peft_interop import export_peft
+
+    run = tmp_path / "run"
+    train(tiny_config(toy_data), run, backbone=tiny_llama, progress=False)
+    export_peft(run, tmp_path / "adapter")
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be loaded for a locked folder")
+
+    monkeypatch.setattr(backbones_mod, "load_backbone", no_model)
+    commands = {
+        "neighbors": ["neighbors", str(run), "--out"],
+        "geometry": ["geometry", str(run), "--out"],
+        "transfer": ["transfer", str(run), "--out"],
+        "importance": ["importance", str(run), "--out"],
+        "describe": ["describe", str(run), "--out"],
+        "export": ["export", str(run), "--peft"],
+        "import-peft": ["import-peft", str(tmp_path / "adapter"), "--out"],
+    }
+    for name, argv in commands.items():
+        folder = tmp_path / name
+        what = "run directory" if name == "import-peft" else argv[-1]
+        with directory_lock(folder, what):
+            assert main([*argv, str(folder)]) == 2, name
+        err = capsys.readouterr().err
+        assert err == (
+            f"softprompt: error: {what} {folder} is being written by another softprompt process (pid {os.getpid()} on "
+            f"{HOST}): wait for it to finish or stop it, or use another directory\n"
+        ), name
+        assert [p.name for p in folder.iterdir()] == [LOCK_FILE]  # nothing written into it
+    assert main(["geometry", str(run), "--out", str(tmp_path / "geometry")]) == 0  # unlocked: it writes (no model needed)
+    assert main(["export", str(run), "--peft", str(tmp_path / "export"), "--overwrite"]) == 0  # (a fresh folder)
+    assert main(["export", str(run), "--peft", str(tmp_path / "export"), "--overwrite"]) == 0  # its own lock is no foreign file
+
+
 def test_two_concurrent_trains_into_one_out(tmp_path, tiny_model_dir, toy_data):
     """The second `softprompt train` with the same --out fails at once naming the first; the first finishes intact."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = tmp_path / "run"
     cmd = _train_cmd(tiny_model_dir, toy_data, out)
     cmd[cmd.index("--epochs") + 1] = "3"
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    hold = tmp_path / "hold"
+    first = held_process(cmd, "train-batch:2", hold, stderr=subprocess.PIPE)  # mid-run, lock held (never already over)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and first.poll() is None and not (out / "run.json").exists():
-            time.sleep(0.02)
-        first.send_signal(signal.SIGSTOP)  # hold it mid-run, lock held, while the second one starts
         second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     finally:
-        first.send_signal(signal.SIGCONT)
+        hold.unlink()  # the first goes on
     assert first.wait(timeout=300) == 0, first.stderr.read()
     assert second.returncode == 2
     assert second.stderr.strip() == (

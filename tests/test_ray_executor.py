@@ -227,3 +227,26 @@ def test_ray_runs_a_transfer_initialised_unit_after_its_source(ray_cluster, inpu
         source = out / "runs" / f"{a}-s0" / "prompt.safetensors"
         assert record["prompt"]["source"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
     assert len(res["transfer_init"]["pairs"]) == 2
+
+
+def test_sigterm_to_a_ray_study_stops_it_with_143_and_its_running_unit_checkpoints(inputs, tmp_path):
+    """`ray.init` replaces the driver's SIGTERM handlers (a SIGTERM aborted it: exit 134, its units left `running`), and
+    a driver blocked in `ray.wait` would see no flag: the driver keeps softprompt's handler, looks for the flag while it
+    waits, cancels the units (the held one checkpoints) and exits 143. Its own local cluster, in a `softprompt` process."""
+    import subprocess
+    import sys
+
+    from tests.test_reliability import _signalled, held_process
+
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "softprompt.cli", "study", str(inputs / "study.toml"), "--quiet", "--executor", "ray",
+           "--out", str(out)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a cluster of its own, not the module's
+    # a worker waits before its 10th training step (the other unit may go on), then the driver gets SIGTERM
+    proc = held_process(cmd, "train-batch:10", tmp_path / "hold", stderr=subprocess.PIPE, env=env, timeout=600)
+    code, err = _signalled(proc, signal.SIGTERM)
+    assert code == 143, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith(f"softprompt: interrupted (SIGTERM); progress was kept in {out} ("), err
+    assert "Traceback" not in err
+    held = [json.loads(p.read_text()) for p in out.glob("runs/*/run.json")]
+    assert any(r["status"] == "interrupted" for r in held), [r["status"] for r in held]  # cancelled, and recorded so

@@ -3,7 +3,6 @@ property tests on templating, truncation and label mapping."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -72,50 +71,72 @@ def _train_cmd(model_dir, data, out, *extra):
     ]
 
 
+def held_process(
+    cmd, point: str, hold_file, *, stderr=subprocess.DEVNULL, timeout: float = 300.0, env: dict | None = None
+) -> subprocess.Popen:
+    """`cmd` started with the test hook SOFTPROMPT_TEST_HOLD=`point` (`softprompt.preemption.hold_point`), returned
+    once it waits there: a signal sent now lands at that instant, on any machine, idle or loaded (no race with a run
+    that may already be over). `hold_file` must not exist yet; the process creates it when it starts waiting."""
+    env = dict(env or os.environ, OMP_NUM_THREADS="1", SOFTPROMPT_TEST_HOLD=point, SOFTPROMPT_TEST_HOLD_FILE=str(hold_file))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not hold_file.exists():
+        time.sleep(0.01)
+    if not hold_file.exists():
+        proc.kill()
+        err = proc.communicate()[1] or ""
+        raise AssertionError(f"{cmd[3:5]} never reached {point} (exit {proc.returncode}): {err[-2000:]}")
+    return proc
+
+
+def _signalled(proc: subprocess.Popen, sig: int) -> tuple[int, str]:
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=300)[1] or ""
+    return proc.returncode, err
+
+
 def test_killed_runs_resume_to_identical_result(tmp_path, tiny_model_dir, toy_data):
+    """SIGKILL, SIGINT and SIGTERM land mid-run at chosen instants (a training step, the middle of a checkpoint's
+    write), each resume continues from where the last stopped, and the end result is bit-identical. The instants are
+    set by the test hook, so the signals never race a run that is already over (fast idle machines)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ref = tmp_path / "ref"
     subprocess.run(_train_cmd(tiny_model_dir, toy_data, ref), check=True, env=env, capture_output=True, timeout=300)
     cut = tmp_path / "cut"
     rng = random.Random(0)
-    kills = 0
-    seen: list[tuple[str, bool]] = []  # (status after the kill, checkpoint present)
-    terminated: list[tuple[int, str]] = []  # (exit code, status) after a SIGTERM
-    for attempt in range(14):
-        extra = ["--resume"] if (cut / "run.json").exists() else []
-        proc = subprocess.Popen(
-            _train_cmd(tiny_model_dir, toy_data, cut, *extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    kills = [  # (signal, where): 480 steps in all, a checkpoint after each; every attempt stops at most 30 steps in
+        (signal.SIGKILL, "train-batch"),
+        (signal.SIGINT, "train-batch"),
+        (signal.SIGTERM, "train-batch"),
+        (signal.SIGKILL, "checkpoint-write"),  # the new file in place, run.json still listing both digests
+        (signal.SIGTERM, "checkpoint-write"),  # the write completes, then the run stops
+        (signal.SIGINT, "evaluate-batch"),  # an epoch end's evaluation
+    ]
+    step = 0  # the checkpoint's optimiser step before each attempt
+    for attempt, (sig, point) in enumerate(kills):
+        extra = ["--resume"] if attempt else []
+        n = rng.randint(2, 30)
+        proc = held_process(
+            _train_cmd(tiny_model_dir, toy_data, cut, *extra), f"{point}:{n}", tmp_path / f"hold{attempt}", stderr=subprocess.PIPE
         )
-        sig = None
-        if attempt < 6:
-            # Wait until this process has written a random number (1-8) of new checkpoints, then kill
-            # it at a random instant within a step: always mid-training (480 steps in all), wherever
-            # in a step (forward, optimiser, checkpoint write) the signal lands.
-            # Progress is read from the checkpoint's own step counter, not from file events, so a fast machine
-            # (several checkpoints between two polls) cannot run past the kill.
-            ckpt = cut / "checkpoint.safetensors"
-            start = _checkpoint_step(ckpt)
-            target = rng.randint(1, 8)
-            deadline = time.time() + 120
-            while time.time() < deadline and proc.poll() is None:
-                step = _checkpoint_step(ckpt)
-                if step is not None and step - (start or 0) >= target and (start is None or step > start):
-                    break
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0.0, 0.05))
-            sig = (signal.SIGKILL, signal.SIGINT, signal.SIGTERM)[attempt % 3]  # SIGTERM: what preemption sends
-            proc.send_signal(sig)
-            kills += 1
-        proc.wait(timeout=300)
-        if sig is not None and (cut / "run.json").exists():
-            seen.append((json.loads((cut / "run.json").read_text())["status"], (cut / "checkpoint.safetensors").exists()))
-            if sig == signal.SIGTERM:
-                terminated.append((proc.returncode, seen[-1][0]))
-        if (cut / "run.json").exists() and json.loads((cut / "run.json").read_text())["status"] == "complete":
-            break
-    assert kills >= 1
-    assert any(status in ("running", "interrupted") and ckpt for status, ckpt in seen), seen  # killed mid-training
-    assert (143, "interrupted") in terminated, terminated  # SIGTERM: checkpointed like Ctrl-C, exit 143
+        code, err = _signalled(proc, sig)
+        status = json.loads((cut / "run.json").read_text())["status"]
+        after = _checkpoint_step(cut / "checkpoint.safetensors")
+        assert after is not None and after > step, (attempt, after, step)  # killed mid-run, progress kept
+        if point == "train-batch":  # held before its n-th step: n - 1 steps done, each checkpointed
+            assert after == step + n - 1, (attempt, after, step, n)
+        if sig == signal.SIGKILL:
+            assert code == -signal.SIGKILL and status == "running"
+        else:
+            assert (code, status) == ({signal.SIGINT: 130, signal.SIGTERM: 143}[sig], "interrupted"), (code, err[-2000:])
+            assert (
+                err.strip()
+                .splitlines()[-1]
+                .endswith(f"progress was checkpointed at step {after} in {cut}: rerun with --resume to continue")
+            ), err[-2000:]
+            assert "Traceback" not in err
+        step = after
+    subprocess.run(_train_cmd(tiny_model_dir, toy_data, cut, "--resume"), check=True, env=env, capture_output=True, timeout=300)
     assert load_run(cut).complete
     a = load_file(str(ref / "prompt.safetensors"))
     b = load_file(str(cut / "prompt.safetensors"))
@@ -237,16 +258,9 @@ def test_trust_remote_code_off_by_default(tmp_path, monkeypatch):
     assert seen["calls"] == [False, True]
 
 
-def _checkpoint_times(out) -> dict:
-    times = {}
-    for p in out.glob("runs/*/checkpoint.safetensors"):
-        with contextlib.suppress(FileNotFoundError):  # a finished run just removed it
-            times[p] = p.stat().st_mtime_ns
-    return times
-
-
 def test_killed_study_resumes_to_identical_result(tmp_path, tiny_model_dir, toy_data):
-    """SIGKILL/SIGINT/SIGTERM a whole `softprompt study` at random instants; re-running it finishes with the same prompts."""
+    """SIGKILL/SIGINT/SIGTERM a whole `softprompt study` at chosen instants (a training step, a checkpoint's write,
+    an evaluation, between units); re-running it finishes with the same prompts and numbers as an uninterrupted study."""
     from tests.test_study import CONFIG
 
     cfg = tmp_path / "study.toml"
@@ -259,29 +273,21 @@ def test_killed_study_resumes_to_identical_result(tmp_path, tiny_model_dir, toy_
     cmd = [sys.executable, "-m", "softprompt.cli", "study", str(cfg), "--quiet", "--out"]
     subprocess.run([*cmd, str(tmp_path / "ref")], check=True, env=env, capture_output=True, timeout=600)
     out = tmp_path / "cut"
-    rng = random.Random(1)
-    killed_mid_run = 0
-    terminated = []  # exit codes after a SIGTERM
-    for attempt in range(10):
-        proc = subprocess.Popen([*cmd, str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        sig = None
-        if attempt < 4:  # once this process has written a checkpoint of its own, at a random instant
-            before = _checkpoint_times(out)
-            deadline = time.time() + 120
-            while time.time() < deadline and proc.poll() is None and _checkpoint_times(out) in (before, {}):
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 1.0))
-            if proc.poll() is None:
-                sig = (signal.SIGKILL, signal.SIGINT, signal.SIGTERM, signal.SIGTERM)[attempt]
-                proc.send_signal(sig)
-                killed_mid_run += 1
-        proc.wait(timeout=600)
-        if sig == signal.SIGTERM:
-            terminated.append(proc.returncode)
-        if (out / "report.html").exists() and proc.returncode == 0:
-            break
-    assert killed_mid_run >= 3
-    assert 143 in terminated, terminated  # a study stops on SIGTERM as on Ctrl-C, exit 143
+    kills = [
+        (signal.SIGKILL, "train-batch:40"),
+        (signal.SIGINT, "checkpoint-write:9"),
+        (signal.SIGTERM, "evaluate-batch:5"),
+        (signal.SIGTERM, "unit:2"),
+    ]
+    for attempt, (sig, point) in enumerate(kills):
+        proc = held_process([*cmd, str(out)], point, tmp_path / f"hold{attempt}", stderr=subprocess.PIPE)
+        code, err = _signalled(proc, sig)
+        assert code == {signal.SIGKILL: -signal.SIGKILL, signal.SIGINT: 130, signal.SIGTERM: 143}[sig], err[-2000:]
+        assert not (out / "report.html").exists()  # stopped mid-study
+        if sig != signal.SIGKILL:
+            assert "progress was kept in" in err.strip().splitlines()[-1] and "Traceback" not in err, err[-2000:]
+    r = subprocess.run([*cmd, str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
     for seed in (0, 1):
         a = load_file(str(tmp_path / "ref" / "runs" / f"rte-s{seed}" / "prompt.safetensors"))["prompt"]
         b = load_file(str(out / "runs" / f"rte-s{seed}" / "prompt.safetensors"))["prompt"]

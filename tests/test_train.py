@@ -265,3 +265,46 @@ def test_runs_saved_before_an_option_existed_still_match(toy_data):
     assert cfg.differences(old) == []
     assert _cfg(toy_data, loss="lm").differences(old) == ["loss"]
     assert cfg.differences(dict(old, lr=0.5)) == ["lr"]
+
+
+def _train_argv(model_dir, data, out) -> list[str]:
+    return ["train", "--task", "rte", "--model", str(model_dir), "--data-dir", str(data), "--tokens", "3", "--epochs", "1",
+            "--batch-size", "4", "--lr", "0.1", "--compute-dtype", "float32", "--max-length", "128", "--quiet",
+            "--out", str(out)]  # fmt: skip
+
+
+def test_resume_of_a_complete_run_says_so_and_changes_nothing(tmp_path, tiny_model_dir, toy_data, capsys):
+    """It used to retrain the run from scratch and rewrite its files."""
+    from softprompt.cli import main
+    from softprompt.locks import LOCK_FILE
+
+    out = tmp_path / "run"
+    assert main(_train_argv(tiny_model_dir, toy_data, out)) == 0
+
+    def files() -> dict:
+        return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file() and p.name != LOCK_FILE}
+
+    before = files()
+    capsys.readouterr()
+    assert main([*_train_argv(tiny_model_dir, toy_data, out), "--resume"]) == 0
+    assert files() == before  # byte-identical, not even rewritten
+    assert capsys.readouterr().out.strip() == (
+        f"{out}: the run is already complete, so there is nothing to resume; nothing was changed (its results are in "
+        f"{out / 'run.json'}; --overwrite without --resume trains it again)"
+    )
+
+
+def test_resume_of_a_folder_without_a_run_is_refused_naming_it(tmp_path, tiny_model_dir, toy_data, capsys):
+    """A mistyped --out with --resume used to start a fresh run there without a word."""
+    from softprompt.cli import main
+
+    for out in (tmp_path / "typo", tmp_path / "empty"):
+        if out.name == "empty":
+            out.mkdir()
+        assert main([*_train_argv(tiny_model_dir, toy_data, out), "--resume"]) == 2
+        assert capsys.readouterr().err == (
+            f"softprompt: error: --resume {out}: there is no run to resume there (no run.json): check the path, or "
+            "leave out --resume to start a new run\n"
+        )
+        assert not (out / "run.json").exists()
+    assert not (tmp_path / "typo").exists()  # a folder the refused command created is removed again

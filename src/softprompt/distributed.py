@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from softprompt.preemption import agree_before_stopping, raise_if_stopped, stop_requested
+
 
 @dataclass
 class DataParallel:
@@ -88,6 +90,14 @@ class DataParallel:
         dist.all_gather_object(out, obj)
         return out
 
+    def raise_if_stopped(self) -> None:
+        """A safe point every process reaches together: KeyboardInterrupt in all of them if any got a stop signal
+        (one small collective), so none is left waiting in a collective for one that stopped alone."""
+        if not self.active:
+            raise_if_stopped()
+        elif self.sum([1.0 if stop_requested() else 0.0])[0] > 0:
+            raise KeyboardInterrupt
+
     def barrier(self) -> None:
         if self.active:
             import torch.distributed as dist
@@ -117,4 +127,5 @@ def setup_data_parallel(device: str = "auto") -> DataParallel:
 
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     state = PartialState(cpu=cpu)
+    agree_before_stopping()  # a stop signal is honoured where every process checks together
     return DataParallel(rank=state.process_index, world=state.num_processes, device=state.device)

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from softprompt.config import INPUT_PROMPT_METHODS
 from softprompt.errors import SoftPromptError, warn
 from softprompt.io import atomic_path, read_json, write_text
+from softprompt.locks import LOCK_FILE
 from softprompt.model.deep_prompt import PrefixShape
 from softprompt.model.prompt import PROMPT_FILE, PromptInit, SoftPrompt
 from softprompt.peft_prefix import PREFIX_TUNING, check_model_shape, prefix_shape_from_config, prefix_tuning_config
@@ -129,7 +130,7 @@ def _foreign_files(out: Path) -> list[str]:
         if readme.is_file() and README_MARK in readme.read_text(encoding="utf-8"):
             ours.add(ADAPTER_README)
     own = _own_export(out)
-    return sorted(p.name for p in out.iterdir() if not (own and p.name in ours) and not _temporary(p))
+    return sorted(p.name for p in out.iterdir() if not (own and p.name in ours) and not _bookkeeping(p))
 
 
 def _temporary(path: Path) -> bool:
@@ -138,12 +139,17 @@ def _temporary(path: Path) -> bool:
     return path.is_file() and path.name.startswith(prefixes) and path.name.endswith(".tmp")
 
 
+def _bookkeeping(path: Path) -> bool:
+    """An interrupted export's temporary, or the folder's lock (`export` holds it while it writes)."""
+    return path.name == LOCK_FILE or _temporary(path)
+
+
 def check_export_dir(out: Path, *, overwrite: bool) -> None:
     """Export writes only into a new or empty directory, or (with `overwrite`) over an earlier export of softprompt:
     never over a user's files (a README, another adapter's config, an `adapter_model.bin` PEFT would load first)."""
     if out.exists() and not out.is_dir():
         raise SoftPromptError(f"--peft {out} exists and is not a directory")
-    if not out.is_dir() or all(_temporary(p) for p in out.iterdir()):
+    if not out.is_dir() or all(_bookkeeping(p) for p in out.iterdir()):
         return
     foreign = _foreign_files(out)
     if foreign:

@@ -16,6 +16,7 @@ import torch
 
 from softprompt.analysis.patching import patch_layer, resolve_layers, source_states
 from softprompt.errors import SoftPromptError
+from softprompt.preemption import safe_point
 
 PROBES = ("embed", "patch")
 # The describing instruction: the prompt (or n placeholders) goes between the two parts.
@@ -111,6 +112,7 @@ def _generate(
     The caller's random state is left as it was (the seed is applied inside a forked RNG)."""
     from transformers import GenerationConfig
 
+    safe_point("analysis")  # a stop signal stops a self-description between two generations
     tok = backbone.tokenizer
     eos = _eos_ids(backbone)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)

@@ -18,13 +18,14 @@ from softprompt.cli.describe import add_describe
 from softprompt.cli.evaluate import add_eval, add_generate
 from softprompt.cli.importance import add_importance
 from softprompt.cli.info import add_info
+from softprompt.cli.interrupts import interrupted_note
 from softprompt.cli.peft import add_peft
 from softprompt.cli.study import add_study
 from softprompt.cli.train import add_train
 from softprompt.errors import SoftPromptError, os_error_line
 from softprompt.host_memory import keep_freed_host_memory
 from softprompt.logging_setup import quiet_libraries
-from softprompt.preemption import sigterm_as_interrupt
+from softprompt.preemption import Signals, hold_point, stop_at_safe_points
 from softprompt.threads import ENV_COUNT, configure_threads
 
 REGISTRARS: list[Callable] = [
@@ -60,24 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What to do after an interrupted command: the commands that checkpoint say how to continue.
-CONTINUE = {
-    "train": "progress was checkpointed: rerun with --resume to continue",
-    "study": "progress was checkpointed: rerun the same command to continue",
-    "baselines": "progress was checkpointed: rerun the same command to continue",
-}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command. A fault of the inputs or the environment is one `softprompt: error:` line and
-    exit 2; Ctrl-C exits 130 and SIGTERM (preemption) 143, both after the same checkpoint."""
+    """Run one command. A fault of the inputs or the environment is one `softprompt: error:` line and exit 2;
+    Ctrl-C exits 130 and SIGTERM (preemption) 143, at the command's next safe point (`softprompt.preemption`), after
+    the same checkpoint; a signal that came after the last one still ends the command so, its work done."""
     args = build_parser().parse_args(argv)
-    with sigterm_as_interrupt() as signals:
+    with stop_at_safe_points() as signals:
         try:
             configure_threads(args.threads)  # before torch loads: its OpenMP reads the settings once
             quiet_libraries()
             keep_freed_host_memory()
-            return args.func(args)
+            code = args.func(args)
         except SoftPromptError as e:
             return _error(str(e))
         except OSError as e:  # disk full, no permission, a read-only filesystem, ...: the path and what to do
@@ -89,10 +83,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             return _error(_out_of_memory(args, e))
         except KeyboardInterrupt:
-            what = "interrupted (SIGTERM)" if signals.terminated else "interrupted"
-            how = CONTINUE.get(args.command)
-            print(f"\nsoftprompt: {what}" + (f"; {how}" if how else ""), file=sys.stderr)
+            return _interrupted(args, signals)
+        hold_point("command-end")
+        if signals.received:  # after the last safe point: the work is done, and the signal is not ignored
+            name = "SIGTERM" if signals.terminated else "Ctrl-C"
+            print(f"softprompt: interrupted ({name}) as the command finished; its output is complete", file=sys.stderr)
             return signals.exit_code
+        return code
+
+
+def _interrupted(args: argparse.Namespace, signals: Signals) -> int:
+    """The last line after Ctrl-C or SIGTERM: what the command kept (never a checkpoint that does not exist) and
+    how to continue (`interrupted_note`)."""
+    what = "interrupted (SIGTERM)" if signals.terminated else "interrupted"
+    try:
+        how = interrupted_note(args)
+    except Exception:  # noqa: BLE001 - the exit code matters more than the note
+        how = None
+    print(f"\nsoftprompt: {what}" + (f"; {how}" if how else ""), file=sys.stderr)
+    return signals.exit_code
 
 
 def _error(message: str) -> int:

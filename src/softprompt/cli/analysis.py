@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from softprompt.cli.common import add_model_args, load_model, print_table
+from softprompt.cli.common import add_model_args, load_model, locking, print_table
 from softprompt.errors import SoftPromptError
 
 
@@ -186,7 +186,7 @@ def add_analysis(sub) -> None:
     p.add_argument("--task", default=None, help="task for --project (default: each run's own task)")
     p.add_argument("--max-eval", type=int, default=None, help="evaluate on a seeded subsample of N validation examples")
     _model_args(p)
-    p.set_defaults(func=cmd_neighbors)
+    p.set_defaults(func=locking("out", "--out")(cmd_neighbors))
 
     p = _analysis_parser(
         sub,
@@ -198,7 +198,7 @@ def add_analysis(sub) -> None:
     p.add_argument("--level", default="token", choices=["token", "prompt"], help="t-SNE/PCA points: soft tokens or whole prompts")
     p.add_argument("--seed", type=int, default=0, help="t-SNE random state")
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (clamped for few points)")
-    p.set_defaults(func=cmd_geometry)
+    p.set_defaults(func=locking("out", "--out")(cmd_geometry))
 
     p = _analysis_parser(
         sub,
@@ -210,4 +210,4 @@ def add_analysis(sub) -> None:
     p.add_argument("--tasks", default=None, help="comma-separated target tasks (default: the runs' tasks)")
     p.add_argument("--max-eval", type=int, default=None, help="evaluate on a seeded subsample of N validation examples")
     _model_args(p)
-    p.set_defaults(func=cmd_transfer)
+    p.set_defaults(func=locking("out", "--out")(cmd_transfer))

@@ -29,7 +29,7 @@ def cmd_baselines(a: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     cfg = TrainConfig(task=a.task, **config_values(a, MODEL_FIELDS + SHARED_FIELDS))
-    out = Path(a.out or f"runs/baselines-{Path(a.task).stem if a.task.endswith('.toml') else a.task}-s{a.seed}")
+    out = baselines_out(a)
     given = (("finetune", a.finetune_lr), ("lora", a.lora_lr), ("hard", a.hard_lr), ("deep", a.deep_lr))
     lr = {m: {"lr": v} for m, v in given if v is not None}
     rows = run_baselines(  # loads the model once --out is locked and the data read (a fault there fails first)
@@ -53,6 +53,11 @@ def cmd_baselines(a: argparse.Namespace) -> int:
             print(f"hard prompt (accuracy above: its token rows): {r['hard_prompt']!r}; typed as text{same}: {typed}")
     print(f"results in {out / 'baselines.json'} ({time.perf_counter() - started:.0f} s)")
     return 0
+
+
+def baselines_out(a: argparse.Namespace) -> Path:
+    """--out, else runs/baselines-TASK-sSEED."""
+    return Path(a.out or f"runs/baselines-{Path(a.task).stem if a.task.endswith('.toml') else a.task}-s{a.seed}")
 
 
 def add_baselines(sub) -> None:

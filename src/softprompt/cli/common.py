@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, Field, fields
 from typing import Any
 
@@ -21,6 +22,27 @@ MODEL_FIELDS = (  # what loading and scoring need
     "prompt_format",
     "scoring_strategy",
 )
+
+
+def locking(dest: str, what: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """A command that writes the folder given by `dest` (`--out`, `--peft`) holds its lock while it runs
+    (`softprompt.locks.directory_lock`, as run, study and baselines folders are held): a second command writing the
+    same folder is refused at once, in one line naming the holder, before anything is loaded; and a command that
+    fails leaving the folder it created empty removes it."""
+
+    def wrap(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        @functools.wraps(cmd)
+        def locked(a: argparse.Namespace) -> int:
+            from pathlib import Path
+
+            from softprompt.locks import directory_lock
+
+            with directory_lock(Path(getattr(a, dest)), what):
+                return cmd(a)
+
+        return locked
+
+    return wrap
 
 
 def config_fields(names: Iterable[str] | None = None) -> list[Field]:

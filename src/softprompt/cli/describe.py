@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from softprompt.cli.analysis import _analysis_parser, _fmt, _load, _model_args, _runs
-from softprompt.cli.common import print_table
+from softprompt.cli.common import locking, print_table
 from softprompt.errors import SoftPromptError
 
 if TYPE_CHECKING:
@@ -129,4 +129,4 @@ def add_describe(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled descriptions")
     _model_args(p)
-    p.set_defaults(func=cmd_describe)
+    p.set_defaults(func=locking("out", "--out")(cmd_describe))

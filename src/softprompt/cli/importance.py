@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from softprompt.cli.analysis import _analysis_parser, _fmt, _load, _model_args, _runs
-from softprompt.cli.common import print_table
+from softprompt.cli.common import locking, print_table
 from softprompt.errors import SoftPromptError
 
 MEAN = "mean"  # the replacement by the mean embedding (analysis.importance.REPLACEMENTS)
@@ -99,4 +99,4 @@ def add_importance(sub) -> None:
         "embedding); each costs one evaluation per position (default init,mean)",
     )
     _model_args(p)
-    p.set_defaults(func=cmd_importance)
+    p.set_defaults(func=locking("out", "--out")(cmd_importance))

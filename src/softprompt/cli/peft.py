@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from softprompt.cli.common import locking
+
 
 def cmd_export(a: argparse.Namespace) -> int:
     from softprompt.peft_interop import export_peft
@@ -28,11 +30,11 @@ def add_peft(sub) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace an adapter exported there before (other files are never touched)"
     )
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=locking("peft", "--peft")(cmd_export))
     p = sub.add_parser("import-peft", help="turn a PEFT prompt-tuning adapter into a softprompt run")
     p.add_argument("adapter", help="PEFT adapter directory")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--task", default=None, help="task the prompt was trained on (recorded in the run)")
     p.add_argument("--model", default=None, help="base model (default: the adapter's base_model_name_or_path)")
     p.add_argument("--allow-pickle", action="store_true", help="accept adapter_model.bin (pickle) from a trusted source")
-    p.set_defaults(func=cmd_import)
+    p.set_defaults(func=locking("out", "run directory")(cmd_import))

@@ -11,11 +11,16 @@ from softprompt.config import TrainConfig
 
 def cmd_train(a: argparse.Namespace) -> int:
     from softprompt.distributed import setup_data_parallel
-    from softprompt.training import train
+    from softprompt.training import RunComplete, train
 
     cfg = TrainConfig(**config_values(a))
-    out = Path(a.out or f"runs/{cfg.task.replace('/', '_').removesuffix('.toml')}-{cfg.method}-s{cfg.seed}")
-    res = train(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet, trust_remote_code=a.trust_remote_code)
+    out = run_out(a, cfg)
+    try:
+        res = train(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet, trust_remote_code=a.trust_remote_code)
+    except RunComplete as done:  # --resume of a finished run: say so, change nothing
+        if setup_data_parallel(cfg.device).is_main:
+            print(done)
+        return 0
     if not setup_data_parallel(cfg.device).is_main:  # under `accelerate launch`, one summary
         return 0
     label = {"prompt": "soft (prompt, last)", "hard": "hard (PEZ token rows, last)"}.get(cfg.method, cfg.method)
@@ -39,6 +44,12 @@ def cmd_train(a: argparse.Namespace) -> int:
             print(f"its text was not scored: {hard.text_error}")
     print(f"run saved to {out}")
     return 0
+
+
+def run_out(a: argparse.Namespace, cfg: TrainConfig | None = None) -> Path:
+    """--out, else runs/TASK-METHOD-sSEED."""
+    cfg = cfg or TrainConfig(**config_values(a))
+    return Path(a.out or f"runs/{cfg.task.replace('/', '_').removesuffix('.toml')}-{cfg.method}-s{cfg.seed}")
 
 
 def add_train(sub) -> None:

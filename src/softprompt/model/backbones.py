@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from softprompt.config import DEFAULT_MODEL, canonical_dtype
 from softprompt.errors import SoftPromptError
 from softprompt.model.deep_prompt import PrefixShape, config_prefix_shape
+from softprompt.preemption import safe_point
 
 DEFAULT_HUB_MODEL = "bigscience/bloomz-560m"
 DEFAULT_OFFLINE_MODEL = DEFAULT_MODEL
@@ -368,6 +369,7 @@ def load_backbone(
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model = freeze(model.to(device=target, dtype=torch_dtype))
+    safe_point("model-load")  # a stop signal that came while the weights loaded
     return Backbone(model=model, tokenizer=tok, name=name, source=source, revision=str(rev))
 
 

@@ -25,6 +25,7 @@ from softprompt.config import class_balance_on
 from softprompt.data.batching import Batch, EncodedExample, collate, length_batches
 from softprompt.errors import SoftPromptError
 from softprompt.model.deep_prompt import KVPrompt
+from softprompt.preemption import safe_point
 from softprompt.scoring import kv_prefix, kv_tree
 from softprompt.scoring.attention import scoring_attention
 from softprompt.scoring.lowp import compute_model
@@ -255,6 +256,7 @@ def _scores(model, encoded, prompt, pad_id, max_tokens, max_examples, compute_dt
     kv0 = kv_prefix.shared_prefix(model, prompt, encoded, compute_dtype, options, stats)
     batches, scores = length_batches(encoded, max_tokens, max_examples), []
     for idx in batches:
+        safe_point("evaluate-batch")  # Ctrl-C / SIGTERM stop a long evaluation within a batch
         batch = collate([encoded[i] for i in idx], pad_id)
         with autocast_context(device, compute_dtype):
             scores.append(batch_choice_scores(model, prompt, batch, kv0=kv0, options=options, stats=stats))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.model.prompt import PROMPT_FILE
+from softprompt.preemption import safe_point
 from softprompt.records.run import RUN_FILE
 from softprompt.runs.directory import load_run
 from softprompt.study.model_cache import ModelCache
@@ -79,14 +80,21 @@ def analyses_unit(study: Study, models: ModelCache, progress: Progress | None = 
     ctx = _Analyses(models, progress)
     runs = [load_run(d) for _, _, d in study.prompt_runs()]
     digests = [file_digest(r.path / PROMPT_FILE) for r in runs]
-    analyses = {"neighbors": _neighbors(study, runs, digests, ctx), "geometry": _geometry(study, runs, digests, ctx)}
+    safe_point("analysis")  # between two analyses, a stop signal stops here (each one is cached once done)
+    analyses = {"neighbors": _neighbors(study, runs, digests, ctx)}
+    safe_point("analysis")
+    analyses["geometry"] = _geometry(study, runs, digests, ctx)
     if study.cfg.analysis.importance:
+        safe_point("analysis")
         analyses["importance"] = _importance(study, runs, digests, ctx)
     if study.cfg.analysis.describe:
+        safe_point("analysis")
         analyses["describe"] = _describe(study, runs, digests, ctx)
     if study.cfg.analysis.transfer:
+        safe_point("analysis")
         analyses["transfer"] = _transfer(study, runs, digests, ctx)
     if study.cfg.transfer.init:
+        safe_point("analysis")
         analyses["transfer_init"] = _transfer_init(study, (analyses.get("transfer") or {}).get("task_level"), ctx)
     with timed(models) as t:  # the setup facts read the model: loaded here when every unit before was cached
         setup = models.facts()

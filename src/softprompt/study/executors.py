@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from softprompt.preemption import safe_point
 from softprompt.study.analysis_units import analyses_unit
 from softprompt.study.model_cache import ModelCache
 from softprompt.study.plan import Unit
@@ -46,9 +47,11 @@ def run_locally(study: Study, units: list[Unit], bar: StudyProgress) -> Executor
     models = ModelCache(study.cfg.train)
     done: dict[Unit, dict[str, Any]] = {}
     for unit in units:
+        safe_point("unit")  # a stop signal between two units stops here (within one: at the unit's own safe points)
         bar.current(str(unit))
         done[unit] = run_unit(study, models, unit)
         bar.done()
+    safe_point("unit")
     bar.current("analyses")
     final = analyses_unit(study, models, bar.current)
     bar.done()

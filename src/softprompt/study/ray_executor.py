@@ -21,12 +21,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from softprompt.errors import SoftPromptError
 from softprompt.host_memory import keep_freed_host_memory
 from softprompt.logging_setup import quiet_libraries
+from softprompt.preemption import raise_if_stopped
 from softprompt.study.analysis_units import analyses_unit
 from softprompt.study.executors import ExecutorResult, StudyProgress
 from softprompt.study.model_cache import process_model_cache
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from softprompt.study.plan import Unit
 
 CANCEL_GRACE_S = 60.0  # how long a cancelled run gets to checkpoint before the driver gives up on it
+POLL_S = 0.5  # how often the driver, waiting for units, looks for a stop signal
 
 
 @dataclass
@@ -90,7 +94,7 @@ def run_on_ray(study: Study, units: list[Unit], bar: StudyProgress, options: Ray
     options = options or RayOptions()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=options.address, logging_level=logging.WARNING)
+        _init_keeping_sigterm(ray, options.address)
     try:
         task = ray.remote(_remote_unit).options(
             num_cpus=options.cpus_per_run,
@@ -109,12 +113,14 @@ def run_on_ray(study: Study, units: list[Unit], bar: StudyProgress, options: Ray
         bar.current(f"{len(pending)} units queued")
         try:
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                unit = pending.pop(ready[0])
-                done[unit] = _get(ray, ready[0], str(unit), options)
+                ready = _wait_one(ray, list(pending))
+                unit = pending.pop(ready)
+                done[unit] = _get(ray, ready, str(unit), options)
                 bar.current(f"{unit} finished, {len(pending)} to go" if pending else "analyses")
                 bar.done()
-            final = _get(ray, task.remote(remote_study, None, options.threads), "analyses", options)
+            analyses = task.remote(remote_study, None, options.threads)
+            pending = {analyses: None}
+            final = _get(ray, _wait_one(ray, [analyses]), "analyses", options)
             bar.done()
         except BaseException:  # a failed unit or Ctrl-C: stop the others, which checkpoint on the way out
             _cancel(ray, list(pending))
@@ -130,6 +136,27 @@ def _worker_env() -> dict[str, Any]:
     this process did not start (a local one inherits them): set before the worker imports torch."""
     env = {k: os.environ[k] for k in USER_WAIT_VARS if k in os.environ}
     return {"runtime_env": {"env_vars": env}} if env else {}
+
+
+def _init_keeping_sigterm(ray, address: str | None) -> None:
+    """`ray.init`, which replaces this process's SIGTERM handlers (Python's with `sys.exit` raised into whatever runs,
+    and, with a cluster it starts, its core's, which aborts the driver: exit 134, units left without a checkpoint): the
+    handler from before is put back, so SIGTERM stops the study at a safe point (exit 143) and the units checkpoint
+    (`softprompt.preemption`)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    ray.init(address=address, logging_level=logging.WARNING)
+    if main and previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_one(ray, refs: list) -> Any:
+    """The first of `refs` to finish; a stop signal (Ctrl-C, SIGTERM) raises KeyboardInterrupt within POLL_S."""
+    while True:
+        raise_if_stopped()
+        ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_S)
+        if ready:
+            return ready[0]
 
 
 def _get(ray, ref, name: str, options: RayOptions) -> Any:

@@ -17,6 +17,7 @@ from softprompt.data.inputs import MODEL_REVISION, input_changes, task_inputs
 from softprompt.errors import SoftPromptError, warn
 from softprompt.io import read_json, remove_stale_temporaries, write_json
 from softprompt.locks import directory_lock
+from softprompt.preemption import safe_point
 from softprompt.records.files import StudyConfigFile, StudyInputs
 from softprompt.records.results import StudyResults, StudyTiming
 from softprompt.report import write_report
@@ -120,12 +121,14 @@ def _run_study(cfg: StudyConfig, out: Path, inputs, progress: bool, executor: st
             outcome = run_locally(study, units, bar)
     finally:
         bar.close()
+    safe_point("report")
     assembling = time.perf_counter()
     results = study_results(study, units, outcome, wall_time_s=round(assembling - started, 1))
     results = _with_timing(
         results, with_step(_timing(results), RESULTS, time.perf_counter() - assembling, time.perf_counter() - started)
     )
     write_json(out / RESULTS_FILE, results.to_dict())  # written before the report: a report that fails leaves the numbers
+    safe_point("report")  # results.json is whole; a rerun writes the report from the caches
     clock = StepClock(_timing(results), REPORT, started)
     write_report(results, out, clock=clock)  # the report's phase table includes the report (`clock` closes it)
     results = _with_timing(results, clock.timing)

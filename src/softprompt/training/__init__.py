@@ -19,7 +19,7 @@
 """
 
 from softprompt.training.data import TrainData, epoch_order, prepare_data
-from softprompt.training.lifecycle import compute_dtype_name, run_record
+from softprompt.training.lifecycle import RunComplete, compute_dtype_name, run_record
 from softprompt.training.loop import TrainingLoop
 from softprompt.training.recipe import TrainResult, finalize, train
 from softprompt.training.selection import select_prompt
@@ -27,6 +27,7 @@ from softprompt.training.step import TrainStep
 from softprompt.training.trainables import Trainables, build_trainables, lr_lambda
 
 __all__ = [
+    "RunComplete",
     "TrainData",
     "TrainResult",
     "TrainStep",

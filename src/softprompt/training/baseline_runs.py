@@ -24,6 +24,7 @@ from softprompt.evaluate import EVAL_SEED, Evaluator, evaluator_for
 from softprompt.io import write_json
 from softprompt.locks import directory_lock
 from softprompt.model.backbones import Backbone, load_backbone
+from softprompt.preemption import safe_point
 from softprompt.records.history import read_metrics
 from softprompt.records.run import HardPromptFacts, RunRecord
 from softprompt.runs.baselines import (
@@ -102,6 +103,7 @@ def run_baselines(
             write_json(out_dir / BASELINES_FILE, {**meta, "status": status, "methods": methods, "rows": rows})
 
         for method in methods:
+            safe_point("baseline")  # between two methods (each saved in baselines.json once done)
             started = time.perf_counter()
             if method in TRAINED:
                 copies = backbone_factory or ((lambda: copy.deepcopy(backbone)) if backbone is not None else None)

@@ -14,6 +14,7 @@ import torch
 
 from softprompt.errors import SoftPromptError
 from softprompt.io import write_text
+from softprompt.preemption import hold_point
 from softprompt.records.history import METRICS_FILE
 from softprompt.runs.checkpoint import load_checkpoint, save_checkpoint, save_trainables, verify_checkpoint
 from softprompt.runs.directory import BEST_ADAPTER_FILE, BEST_PROMPT_FILE, CHECKPOINT_FILE, artifact_facts
@@ -58,6 +59,7 @@ def write_checkpoint(
     """The checkpoint (run.json records its digest through `record_digest`: beside the old one while the file
     is replaced, then alone) and metrics.jsonl, the history so far."""
     digest = save_checkpoint(out, trainables.params, optimizer, scheduler, state, before_replace=record_digest)
+    hold_point("checkpoint-write")  # (tests: a kill here finds the new file and both digests in run.json)
     record_digest(digest, replaced=True)
     write_text(out / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in state["history"]))
 

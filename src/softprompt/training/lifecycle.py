@@ -23,6 +23,7 @@ from softprompt.model.backbones import Backbone, resolve_compute_dtype
 from softprompt.model.deep_prompt import DeepPromptEncoder
 from softprompt.records.metrics import Parameters
 from softprompt.records.run import (
+    RUN_FILE,
     FileFacts,
     InitFacts,
     ModelFacts,
@@ -36,7 +37,7 @@ from softprompt.records.run import (
 )
 from softprompt.runs.checkpoint import verify_checkpoint
 from softprompt.runs.directory import BEST_PROMPT_FILE, CHECKPOINT_FILE, execution_history, package_versions
-from softprompt.runs.state import ABSENT, CONFLICT, RunState, run_state, warn_unknown_inputs
+from softprompt.runs.state import ABSENT, COMPLETE, CONFLICT, RunState, run_state, warn_unknown_inputs
 from softprompt.training.data import TrainData
 from softprompt.training.trackers import FAILED, KILLED, Trackers, open_trackers
 from softprompt.training.trainables import Trainables
@@ -80,9 +81,20 @@ def refuse_changed_run(out: Path, state: RunState) -> None:
     )
 
 
+class RunComplete(Exception):
+    """`resume` of a run that is already complete: nothing to do, nothing is touched (not an error)."""
+
+    def __init__(self, out: Path):
+        super().__init__(
+            f"{out}: the run is already complete, so there is nothing to resume; nothing was changed (its results are "
+            f"in {out / RUN_FILE}; --overwrite without --resume trains it again)"
+        )
+
+
 def claim_run_dir(out: Path, cfg: TrainConfig, dp: DataParallel, inputs: dict, *, resume: bool, overwrite: bool) -> None:
     """Refuse a directory holding another run (unless `overwrite`), or another config or changed inputs
-    (on `resume`), then drop the half-written files of a killed earlier attempt."""
+    (on `resume`), or no run at all (on `resume`: a mistyped path); a complete run is `RunComplete` (on `resume`);
+    then drop the half-written files of a killed earlier attempt."""
     if resume or not overwrite:
         state = run_state(out, cfg, inputs)
         if not resume and state.kind != ABSENT:
@@ -90,8 +102,15 @@ def claim_run_dir(out: Path, cfg: TrainConfig, dp: DataParallel, inputs: dict, *
                 f"{out} already holds {'an' if str(state.status)[:1] in 'aeiou' else 'a'} {state.status} run: "
                 "pass --resume to continue it or choose another --out"
             )
+        if resume and state.kind == ABSENT:
+            raise SoftPromptError(
+                f"--resume {out}: there is no run to resume there (no {RUN_FILE}): check the path, or leave out "
+                "--resume to start a new run"
+            )
         if resume:
             refuse_changed_run(out, state)
+            if state.kind == COMPLETE:
+                raise RunComplete(out)
             if state.inputs_unknown and dp.is_main:
                 warn_unknown_inputs(out)
             verify_checkpoint(out, warn_unverified=dp.is_main)  # before the model loads

@@ -7,6 +7,10 @@ evaluate, choose the best prompt (`selection.choose`), record the epoch, checkpo
 optimiser, schedule and `state` describe the same instant, so Ctrl-C may checkpoint them; False inside an
 optimiser step or an epoch's bookkeeping, where a checkpoint would pair parameters of one step with the
 counters of another.
+
+A stop signal (Ctrl-C, SIGTERM: `softprompt.preemption`) is honoured before each micro-batch, in each scoring batch
+of an evaluation and at each epoch's start; under data parallelism only where every process checks together (each
+read of the losses, each epoch's start), so all stop at the same step.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from softprompt.config import TrainConfig
 from softprompt.distributed import DataParallel
 from softprompt.errors import SoftPromptError
+from softprompt.preemption import safe_point
 from softprompt.scoring import ScoringOptions
 from softprompt.training.checkpoints import diverged_advice, fresh_state, restore_checkpoint, save_best, write_checkpoint
 from softprompt.training.data import TrainData, batch_order
@@ -84,11 +89,11 @@ class TrainingLoop:
                 if self.cfg.eval_every and not self.state["history"]:
                     self._record_point(0)  # where the curve starts: the initial prompt
                 while self.state["epoch"] < self.cfg.epochs:
+                    self.dp.raise_if_stopped()  # every process, together
                     self._epoch(self.state["epoch"])
             except KeyboardInterrupt:
-                # Checkpoint only a consistent instant; otherwise the last checkpoint on disk (an earlier
-                # consistent instant) is what --resume continues from, to the same result. So does a
-                # checkpoint that cannot be written (disk full).
+                # Checkpoint only a consistent instant; otherwise the last checkpoint on disk (an earlier consistent
+                # instant; also when this one cannot be written: disk full) is what --resume continues from, the same.
                 if self.consistent:
                     with contextlib.suppress(OSError):
                         self._checkpoint_on_interrupt()  # reads the queued losses first
@@ -101,6 +106,7 @@ class TrainingLoop:
         self.losses = list(self.state.get("epoch_losses", []))
         self.step.pending = []
         for micro in range(self.state["micro_step"], self.step.micro_per_epoch):
+            safe_point("train-batch")  # one process stops here when asked; several where they agree (below)
             if micro % self.cfg.grad_accum == 0 and self._budget_spent(epoch, micro):
                 break
             self.step.forward_backward(epoch, micro, order)  # the loss stays queued on the device
@@ -108,6 +114,8 @@ class TrainingLoop:
             if not self.step.ends_accumulation(micro):
                 continue
             evaluate_now, checkpoint_now = self._optimizer_step(micro)
+            if self.dp.active and not self.step.unread:  # all just read the losses: stop together if one was asked
+                self.dp.raise_if_stopped()
             if self._budget_spent(epoch, micro + 1):
                 break  # the epoch-end evaluation below is the run's last
             if evaluate_now:  # a curve point between epoch ends
@@ -127,7 +135,10 @@ class TrainingLoop:
         if micro == self.step.micro_per_epoch and epoch + 1 == cfg.epochs:
             return False  # the planned end
         by_steps = cfg.max_steps is not None and step >= cfg.max_steps
-        if not by_steps and (cfg.max_time is None or elapsed < cfg.max_time):
+        over_time = cfg.max_time is not None and elapsed >= cfg.max_time
+        if cfg.max_time is not None and self.dp.active:  # the processes' clocks differ: stop when any is over, together
+            over_time = self.dp.sum([float(over_time)])[0] > 0
+        if not (by_steps or over_time):
             return False
         position = round(epoch + micro / self.step.micro_per_epoch, 3)
         self.state["stopped"] = {
@@ -246,9 +257,8 @@ class TrainingLoop:
             write_checkpoint(self.out, self.trainables, step.optimizer, step.scheduler, self.state, self.run.record_checkpoint)
 
     def _checkpoint_on_interrupt(self) -> None:
-        """Ctrl-C at a consistent instant: read what the device holds, then checkpoint, unless the read finds
-        a divergence (the last good checkpoint stays; --resume repeats the steps and reports it) or would be
-        a collective the other processes are not in (then too the last checkpoint is what --resume takes)."""
+        """A stop at a consistent instant: read what the device holds, then checkpoint, unless the read finds a divergence
+        (the last good checkpoint stays; --resume repeats the steps and reports it) or is a collective others are not in."""
         if self.step.unread and self.dp.active:
             return
         try:
