@@ -22,14 +22,13 @@ file, for problems in the data, which are found when a split is loaded).
 from __future__ import annotations
 
 import re
-import string
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from softprompt.errors import SoftPromptError
-from softprompt.tasks.base import METRICS, DataSource, Task
+from softprompt.tasks.base import METRICS, DataSource, Task, template_field_problem, template_fields
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 TOP_KEYS = ("name", "description", "template", "label_words", "label_values", "label_field", "metric", "data", "fields")
@@ -123,19 +122,14 @@ def _string(doc: _Toml, value: Any, key: str, table: str | None = None, *, empty
 
 
 def _template(doc: _Toml, template: str, label_field: str) -> None:
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as e:
-        raise doc.error("template", f"not a valid format string ({e}); write literal braces as {{{{ and }}}}") from None
-    names = [f for _, f, _, _ in parsed if f is not None]
+    problem = template_field_problem(template)
+    if problem:
+        raise doc.error("template", problem)
+    names = template_fields(template)
     if not names:
         raise doc.error("template", "uses no field of the data: write the record's fields as {field}")
-    for f in names:
-        base = re.split(r"[.\[]", f, maxsplit=1)[0]
-        if not base or base.isdigit():
-            raise doc.error("template", f"positional field {{{f}}}: name the data field, e.g. {{sentence}}")
-        if base == label_field:
-            raise doc.error("template", f"uses the label field {{{f}}}: the answer would be part of the input")
+    if label_field in names:
+        raise doc.error("template", f"uses the label field {{{label_field}}}: the answer would be part of the input")
 
 
 def _label_words(doc: _Toml, words: Any) -> tuple[str, ...]:
