@@ -352,6 +352,22 @@ def test_a_rendered_input_is_bounded_in_characters(tmp_path):
     assert len(task.load("validation")) == 4
 
 
+def test_a_symlink_loop_is_one_line_naming_the_file(tmp_path):
+    """A data file (or the task file) that is a symbolic link loop was `RuntimeError: Symlink loop` from
+    Path.resolve(): now one line naming the file, for a task file's data, the task file and a built-in's data."""
+    (tmp_path / "loop.jsonl").symlink_to("loop.jsonl")
+    path = write_task(tmp_path, TOML.replace('train = "train.jsonl"', 'train = "loop.jsonl"'))
+    with pytest.raises(SoftPromptError, match=r"task\.toml:9: data\.train: data file .*loop\.jsonl is a symbolic link loop"):
+        get_task(str(path))
+    (tmp_path / "task-loop.toml").symlink_to("task-loop.toml")
+    with pytest.raises(SoftPromptError, match=r"task file .*task-loop\.toml is a symbolic link loop"):
+        get_task(str(tmp_path / "task-loop.toml"))
+    (tmp_path / "data" / "rte").mkdir(parents=True)
+    (tmp_path / "data" / "rte" / "train.jsonl").symlink_to("train.jsonl")
+    with pytest.raises(SoftPromptError, match=r"task rte: data file .*train\.jsonl is a symbolic link loop"):
+        get_task("rte").load("train", tmp_path / "data")
+
+
 def test_tasks_stats_cli_accepts_toml(capsys):
     from softprompt.cli import main
 

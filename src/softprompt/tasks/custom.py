@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.errors import SoftPromptError
+from softprompt.io import SYMLINK_LOOP, resolve_path, symlink_loop
 from softprompt.tasks.base import METRICS, DataSource, Task, template_field_problem, template_fields
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
@@ -92,7 +93,7 @@ class _Toml:
 
 def _read_toml(path: Path) -> tuple[dict[str, Any], _Toml]:
     if not path.exists():
-        raise SoftPromptError(f"task file {path} not found")
+        raise SoftPromptError(f"task file {path} {SYMLINK_LOOP if symlink_loop(path) else 'not found'}")
     if not path.is_file():
         raise SoftPromptError(f"task file {path} is not a file")
     raw = path.read_bytes()
@@ -172,11 +173,15 @@ def _data_files(doc: _Toml, data: Any) -> dict[str, str]:
         if split not in data:
             raise doc.error(split, "missing: name the data file of this split (relative to the task file)", "data")
         rel = _string(doc, data[split], split, "data")
-        path = (doc.path.parent / Path(rel).expanduser()).resolve()
+        try:
+            path = resolve_path(doc.path.parent / Path(rel).expanduser())
+        except SoftPromptError as e:
+            raise doc.error(split, f"data file {e}", "data") from None
         if path.suffix.lower() not in DATA_SUFFIXES:
             raise doc.error(split, f"{rel!r}: unsupported file type {path.suffix!r}: expected .jsonl, .csv or .tsv", "data")
         if not path.is_file():
-            raise doc.error(split, f"data file {path} not found", "data")
+            what = SYMLINK_LOOP if symlink_loop(path) else "not found"
+            raise doc.error(split, f"data file {path} {what}", "data")
         files[split] = str(path)
     return files
 
@@ -200,8 +205,8 @@ def load_task_file(path: Path) -> Task:
     """
     path = Path(path).expanduser()
     try:
-        key = (str(path.resolve()), path.read_bytes()) if path.is_file() else None
-    except OSError:
+        key = (str(resolve_path(path)), path.read_bytes()) if path.is_file() else None
+    except (OSError, SoftPromptError):
         key = None
     if key is not None and key in _CACHE:
         return _CACHE[key]

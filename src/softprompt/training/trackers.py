@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from softprompt.config import report_targets
 from softprompt.errors import SoftPromptError, warn
-from softprompt.io import read_json, write_json
+from softprompt.io import read_json, resolve_path, write_json
 
 if TYPE_CHECKING:
     from softprompt.evaluate import EvalResult
@@ -230,14 +230,14 @@ class MLflowTracker:
     def __init__(self, out: Path, params: dict[str, Any], run_id: str | None, resumed_step: int | None) -> None:
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (out / MLFLOW_DIR).resolve().as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or resolve_path(out / MLFLOW_DIR).as_uri()
         if uri.startswith("file:"):  # MLflow 3 keeps the file store behind this switch; a run directory's own store is asked for
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
         if run_id is not None and self._reopen(run_id):
             return
         experiment = self._experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "softprompt")
-        tags = {"softprompt.run_dir": str(out.resolve())}
+        tags = {"softprompt.run_dir": str(resolve_path(out))}
         self.run_id = self.client.create_run(experiment, run_name=out.name, tags=tags).info.run_id
         self._log_params(params)
 
