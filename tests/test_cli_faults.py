@@ -125,7 +125,8 @@ max_length = 128
 def world(tmp_path, tiny_llama, tiny_model_dir, toy_data, interrupt_at):
     """Runs, adapters, data folders and configs holding every fault, built in-process (fast)."""
     w = {"tmp": tmp_path, "model": tiny_model_dir, "data": toy_data}
-    train(tiny_config(toy_data), tmp_path / "done", backbone=tiny_llama, progress=False)
+    # a run naming the model it was trained on (eval, importance and describe take it from run.json)
+    train(tiny_config(toy_data, model=str(tiny_model_dir)), tmp_path / "done", backbone=tiny_llama, progress=False)
     w["done"] = tmp_path / "done"
     for name, edit in {
         "format99": lambda r: dict(r, format=99),
@@ -169,7 +170,12 @@ def world(tmp_path, tiny_llama, tiny_model_dir, toy_data, interrupt_at):
             from safetensors.torch import save_file
 
             save_file({"prompt_embeddings": torch.zeros(2, 8)}, str(a / "adapter_model.safetensors"))
-    import_peft(tmp_path / "adapters" / "width8", tmp_path / "width8", task="rte")
+    import_peft(
+        tmp_path / "adapters" / "width8",
+        tmp_path / "width8",
+        task="rte",
+        settings={"max_length": 128, "compute_dtype": "float32"},
+    )
     (tmp_path / "a-file").write_text("not a directory")
     # issue 30: a checkpoint altered in place since run.json recorded its digest; a user's folder as --peft
     interrupt_at(5)

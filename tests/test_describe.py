@@ -202,10 +202,10 @@ def test_description_score_on_hand_examples():
 
 
 @pytest.fixture
-def tiny_run(tmp_path, tiny_llama, toy_data):
+def tiny_run(tmp_path, tiny_llama, tiny_model_dir, toy_data):
     from softprompt.training import train
 
-    train(tiny_config(toy_data), tmp_path / "run", backbone=tiny_llama, progress=False)
+    train(tiny_config(toy_data, model=str(tiny_model_dir)), tmp_path / "run", backbone=tiny_llama, progress=False)
     return tmp_path / "run"
 
 

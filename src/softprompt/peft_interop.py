@@ -9,6 +9,12 @@ load: for an offline (GGUF) model that is the dequantized Hugging Face-format fo
 cache, the weights the prompt was trained against; the GGUF file and the Hub model it quantizes are
 recorded in the adapter's README.md and in the weights file's metadata.
 
+An exported adapter carries, besides the weights, every setting that changes the prompt's scores (the run's model,
+prompt format, row length, weight and compute dtypes: `runs.settings`) and its task, in the weights' metadata
+(`softprompt_settings`, `softprompt_task`: PEFT ignores metadata) and in its README; `import_peft` takes them back,
+so the imported run is scored as the original was. An adapter without them (from elsewhere) is imported with the
+settings given, or assumed (`runs.settings.ASSUMED`) with a warning naming each.
+
 Every malformed adapter is refused with one line naming the file and the field, before anything is written;
 so is an adapter whose width is not the base model's (its config's hidden size). Export writes only into an empty
 (or new) directory or one holding an earlier export (`--overwrite` replaces that), never over files it did not write.
@@ -29,8 +35,9 @@ from safetensors.torch import load_file, save_file
 from softprompt.errors import SoftPromptError, warn
 from softprompt.io import atomic_path, read_json, write_text
 from softprompt.model.prompt import PROMPT_FILE, PromptInit, SoftPrompt
-from softprompt.records.run import RUN_FILE, ModelFacts, PromptFacts, RunRecord
+from softprompt.records.run import RUN_FILE, ModelFacts, PromptFacts, Resolved, RunRecord
 from softprompt.runs.directory import BEST_PROMPT_FILE, Run, artifact_facts, load_run, package_versions
+from softprompt.runs.settings import LAYOUTS, merged_settings, parse_settings, run_settings, settings_json, settings_lines
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -38,6 +45,8 @@ PICKLED_WEIGHTS = "adapter_model.bin"
 ADAPTER_README = "README.md"
 PROMPT_TENSOR = "prompt_embeddings"
 EXPORT_MARK = "softprompt_base_model"  # in the weights' metadata of every adapter softprompt exported
+SETTINGS_KEY = "softprompt_settings"  # in the weights' metadata: the settings that change a score, as JSON
+TASK_KEY = "softprompt_task"  # and the run's task
 README_MARK = "exported by softprompt from"  # in its README's title
 
 
@@ -87,6 +96,7 @@ def _base_model(run: Run) -> tuple[str, str | None, dict[str, str], list[str]]:
 
 
 def _readme(base: str, hub_id: str | None, n_tokens: int, dim: int, run: Run, notes: list[str]) -> str:
+    """The adapter's README: what it is, its base model, how to load it, and the settings its scores depend on."""
     front = f"---\nlibrary_name: peft\nbase_model: {hub_id}\n---\n\n" if hub_id else "---\nlibrary_name: peft\n---\n\n"
     lines = [
         f"# Soft prompt (PEFT prompt tuning), exported by softprompt from `{run.path}`",
@@ -99,6 +109,13 @@ def _readme(base: str, hub_id: str | None, n_tokens: int, dim: int, run: Run, no
         "from peft import AutoPeftModelForCausalLM",
         "model = AutoPeftModelForCausalLM.from_pretrained(ADAPTER_DIR)",
         "```",
+        "",
+        "## The settings its scores depend on",
+        "",
+        "softprompt trained and scored the prompt with these (`softprompt import-peft` restores them from the weights'",
+        f"metadata, `{SETTINGS_KEY}`); lay inputs out the same way to reproduce its scores:",
+        "",
+        *settings_lines(run_settings(run)),
         "",
     ]
     return front + "\n".join(lines)
@@ -180,12 +197,28 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, which: str = "last", *
     write_text(out / ADAPTER_CONFIG, json.dumps(config, indent=2, sort_keys=True, default=str))
     with atomic_path(out / ADAPTER_WEIGHTS) as tmp:
         weight = prompt.weight.detach().cpu().contiguous()
-        save_file({PROMPT_TENSOR: weight}, str(tmp), metadata={"format": "pt", **meta})
+        save_file({PROMPT_TENSOR: weight}, str(tmp), metadata={"format": "pt", **meta, **settings_metadata(run)})
     write_text(out / ADAPTER_README, _readme(base, meta.get("softprompt_hub_id"), prompt.n_tokens, prompt.dim, run, notes))
     return out
 
 
+def settings_metadata(run: Run) -> dict[str, str]:
+    """The run's settings that change a score, and its task, as safetensors metadata (any adapter type's weights)."""
+    return {SETTINGS_KEY: settings_json(run_settings(run)), TASK_KEY: str(run.config.get("task") or "unknown")}
+
+
 # ----------------------------------------------------------------------------- import
+
+
+def carried_settings(file: Path) -> tuple[dict[str, Any], str | None]:
+    """(the settings, the task) an exported adapter's weights carry in their metadata; ({}, None) for weights
+    without them (another exporter's, or a pickle). Damaged settings are a one-line error naming the file."""
+    if file.suffix != ".safetensors":
+        return {}, None
+    with safe_open(str(file), framework="pt") as f:
+        meta = f.metadata() or {}
+    settings = parse_settings(meta[SETTINGS_KEY], f"{file}: metadata {SETTINGS_KEY!r}") if SETTINGS_KEY in meta else {}
+    return settings, meta.get(TASK_KEY)
 
 
 def _first_line(e: BaseException) -> str:
@@ -283,9 +316,17 @@ def _check_width(file: Path, dim: int, base: str) -> None:
 
 
 def import_peft(
-    adapter_dir: str | Path, out_dir: str | Path, *, task: str | None = None, model: str | None = None, allow_pickle: bool = False
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    task: str | None = None,
+    model: str | None = None,
+    allow_pickle: bool = False,
+    settings: dict[str, Any] | None = None,
 ) -> Path:
-    """Turn a PEFT prompt-tuning adapter into a softprompt run directory."""
+    """Turn a PEFT prompt-tuning adapter into a softprompt run directory, with the settings that change its scores:
+    `model` and `settings` (prompt_format, max_length, dtype, compute_dtype) where given, else those the adapter
+    carries (an export of softprompt's), else its base model and `runs.settings.ASSUMED`, with a warning."""
     src = Path(adapter_dir)
     if not src.is_dir():
         raise SoftPromptError(f"PEFT adapter directory {src} {'is not a directory' if src.exists() else 'does not exist'}")
@@ -301,26 +342,41 @@ def import_peft(
         raise SoftPromptError(f"{out} already holds a run; choose another --out")
     if out.exists() and not out.is_dir():
         raise SoftPromptError(f"--out {out} exists and is not a directory")
-    base = model or cfg.get("base_model_name_or_path")
-    if base:
-        _check_width(file, prompt.dim, base)
+    carried, carried_task = carried_settings(file)
+    given = {k: v for k, v in {**(settings or {}), "model": model}.items() if v is not None}
+    base = cfg.get("base_model_name_or_path")
+    chosen, assumed, overridden = merged_settings(carried, given, model=base, where=f"import-peft {src}")
+    if chosen["model"]:
+        _check_width(file, prompt.dim, chosen["model"])
+    for note in overridden:
+        warn(note)
+    if assumed:
+        warn(
+            f"{src} carries no softprompt settings (an adapter from elsewhere): assumed "
+            + ", ".join(f"{k} {chosen[k]}" for k in assumed)
+            + "; pass --prompt-format, --max-length, --dtype or --compute-dtype to import-peft to set them"
+        )
     prompt.save(out / PROMPT_FILE)
     prompt.save(out / BEST_PROMPT_FILE)
-    RunRecord(
+    _imported_record(src, out, prompt, chosen, task or carried_task or "unknown").write(out)
+    return out
+
+
+def _imported_record(src: Path, out: Path, prompt: SoftPrompt, settings: dict[str, Any], task: str) -> RunRecord:
+    """run.json of an imported adapter: complete, its prompt files recorded, and the settings its scores depend on
+    (a resolved prompt format and compute dtype also as `resolved`, as a trained run records them)."""
+    layout, compute = settings["prompt_format"], settings["compute_dtype"]
+    return RunRecord(
         status="complete",
         imported_from=str(src),
-        config={
-            "task": task or "unknown",
-            "model": base,
-            "method": "prompt",
-            "tokens": prompt.n_tokens,
-            "init": prompt.init.method,
-        },
-        model=ModelFacts.from_dict({"name": base, "hidden_size": prompt.dim}, "model"),
+        config={"task": task, "method": "prompt", "tokens": prompt.n_tokens, "init": prompt.init.method, **settings},
+        model=ModelFacts.from_dict({"name": settings["model"], "hidden_size": prompt.dim}, "model"),
         prompt=PromptFacts.from_dict(
             {"n_tokens": prompt.n_tokens, "dim": prompt.dim, "init": {"method": prompt.init.method}}, "prompt"
         ),
         artifacts={name: artifact_facts(out / name, prompt) for name in (PROMPT_FILE, BEST_PROMPT_FILE)},
         versions=package_versions(),
-    ).write(out)
-    return out
+        resolved=Resolved(
+            prompt_format=layout if layout in LAYOUTS else None, compute_dtype=None if compute == "auto" else compute
+        ),
+    )
