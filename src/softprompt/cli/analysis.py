@@ -45,7 +45,7 @@ def cmd_neighbors(a: argparse.Namespace) -> int:
 
     if a.task and not a.project:
         raise SoftPromptError("--task only applies with --project (the task the projected prompt is evaluated on)")
-    runs = _runs(a)
+    runs = _runs(a, check=lambda runs: _check_k(a.k, runs))
     backbone, evaluator = _load(a, runs)
     report = neighbors_report(
         backbone,
@@ -81,6 +81,15 @@ def cmd_neighbors(a: argparse.Namespace) -> int:
             print(f"{label} projected text: {r.projection.projection.text!r}")
     print(f"written to {a.out}: neighbors.json and {len(rep.figures)} figure(s)")
     return 0
+
+
+def _check_k(k: int, runs) -> None:
+    """--k from 1 to the vocabulary size the runs' run.json records (checked again once the model loads), before
+    --out is made: --k 100000 used to fail in matplotlib ("Image size too large") leaving an empty folder."""
+    from softprompt.analysis.neighbors import check_k
+
+    sizes = [r.record.model.vocab_size for r in runs if r.record.model and r.record.model.vocab_size]
+    check_k(k, min(sizes) if sizes else None, "--k")
 
 
 def cmd_geometry(a: argparse.Namespace) -> int:
