@@ -26,7 +26,7 @@ from pathlib import Path
 from common import ROOT, load_average, machine  # noqa: F401  (puts src/ on the path)
 from scipy import stats
 
-from softprompt.config import DEFAULT_MODEL, TrainConfig
+from softprompt.config import DEFAULT_MODEL, PROMPT_METHODS, TrainConfig
 from softprompt.io import write_figure, write_json
 from softprompt.records.run import RunRecord
 from softprompt.runs.state import COMPLETE, run_state
@@ -51,6 +51,12 @@ RECIPES: dict[str, dict] = {
     "std0.164": {"lr_per_std": 0.164},
     "std0.328": {"lr_per_std": 0.328},
     "lora": {"method": "lora"},
+    # deep prompts (issue 38: keys/values at every layer); lr in units of each layer's key/value std
+    "deep": {"method": "deep"},
+    "deep-lr0.01": {"method": "deep", "lr": 0.01},
+    "deep-lr0.03": {"method": "deep", "lr": 0.03},
+    "deep-lr0.1": {"method": "deep", "lr": 0.1},
+    "deep-lr0.3": {"method": "deep", "lr": 0.3},
     # dev selection (issue 27): the runs record the dev loss at every point and dev_loss's own choice; `last`,
     # `dev_accuracy` and argmin dev loss without the margin are read off the same runs' histories
     "dev-loss": {"selection": "dev_loss"},
@@ -311,7 +317,7 @@ def main() -> None:
             cfg = TrainConfig(**{**base, **overrides, "seed": s})
             out = args.runs / run_group(args.task, args.model) / f"{r}-s{s}"
             # trained baselines modify the model (LoRA injects adapters): they get their own copy
-            bb = load_backbone(args.model) if cfg.method != "prompt" and not args.collect_only else backbone
+            bb = load_backbone(args.model) if cfg.method not in PROMPT_METHODS and not args.collect_only else backbone
             results[r][str(s)] = run_one(cfg, out, bb, args.collect_only)
             print(f"{r} seed {s}: val {_val(results[r][str(s)]):.3f} dev {results[r][str(s)]['dev']}", flush=True)
     first = results[recipes[0]][str(seeds[0])]["baselines"]

@@ -124,6 +124,11 @@ def test_ray_study_equals_local_study(ray_cluster, inputs, local_study):
     ex = setup["executor"]
     assert ex["name"] == "ray" and ex["nodes"] == 1 and ex["resources"]["CPU"] == 2 and ex["cpus_per_run"] == 1
     assert setup["model"]["parameters"] > 0  # from the analyses task: the driver never loads the model
+    # each worker's units timed there and sent back: model loads on the workers, units side by side
+    timing = setup["timing"]
+    assert timing["concurrent"] and {"model load", "prompt runs", "analysis geometry", "report"} <= {
+        u["phase"] for u in timing["units"]
+    }
     assert res["baselines"].keys() == {"rte"} and list(res["baselines"]["rte"]) == json.loads(METHODS)
     assert "Ray, 1 node(s) with 2 CPUs" in (out / "report.html").read_text()
 

@@ -1,4 +1,5 @@
-"""The report in a real headless browser (Debian's Chromium): it renders, every image loads, no console errors."""
+"""The report in a real headless browser (Debian's Chromium): it renders, every image loads, no console errors, the
+claims table opens it and the setup section holds the phase table."""
 
 from __future__ import annotations
 
@@ -60,6 +61,10 @@ def test_report_renders_in_chromium(tiny_report):
         page.wait_for_load_state("load")
         images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth, e.alt])")
         headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
+        subheadings = page.eval_on_selector_all("h3", "els => els.map(e => e.textContent)")
+        verdicts = page.eval_on_selector_all("table.claims td.verdict", "els => els.map(e => e.textContent)")
+        claims_visible = page.is_visible("table.claims")
+        phase_rows = page.eval_on_selector_all("#setup div.phases > table tbody tr", "els => els.length")
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
         browser.close()
@@ -67,6 +72,10 @@ def test_report_renders_in_chromium(tiny_report):
     assert len(images) >= 5
     broken = [alt for complete, width, alt in images if not complete or width == 0]
     assert not broken, broken
+    # the seed study's claims open the page, one verdict each; the setup section says where the time went
+    assert headings[0] == "The seed study's claims" and claims_visible
+    assert len(verdicts) == 11 and set(verdicts) <= {"supported", "not supported", "inconclusive", "not testable"}
+    assert "Where the time went" in subheadings and phase_rows >= 5
     for title in (
         "Findings",
         "Accuracy",

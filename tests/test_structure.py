@@ -116,7 +116,7 @@ LAYERS = [
     ("data and model", ["tasks", "data", "model"]),
     ("scoring", ["scoring"]),
     ("evaluation", ["evaluate", "generate"]),
-    ("runs", ["runs", "peft_interop"]),
+    ("runs", ["runs", "peft_interop", "peft_prefix"]),
     ("training", ["training"]),
     ("analysis and report", ["analysis", "report"]),
     ("study", ["study"]),

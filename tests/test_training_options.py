@@ -203,7 +203,7 @@ def test_residual_reparam_starts_at_the_init_and_trains_the_mlp(tiny_llama, toy_
     cfg = _cfg(toy_data, epochs=2, reparam="residual", reparam_hidden=8)
     data = prepare_data(cfg, tiny_llama, setup_data_parallel("cpu"))
     trainables = build_trainables(cfg, data, setup_data_parallel("cpu"))
-    assert torch.equal(trainables.prompt_matrix(), trainables.prompt.initial)  # exactly the init at step 0
+    assert torch.equal(trainables.scoring_prompt(), trainables.prompt.initial)  # exactly the init at step 0
     assert {n for n in trainables.params if n.startswith("reparam.")} == {
         "reparam.0.weight",
         "reparam.0.bias",
@@ -222,7 +222,7 @@ def test_mlp_reparam_gets_gradients_everywhere_and_exports_the_matrix(tiny_llama
     data = prepare_data(cfg, tiny_llama, dp)
     trainables = build_trainables(cfg, data, dp)
     batch = collate(data.encoded[:4], tiny_llama.tokenizer.pad_token_id)
-    scores = batch_choice_scores(tiny_llama.model, trainables.prompt_matrix(), batch)
+    scores = batch_choice_scores(tiny_llama.model, trainables.scoring_prompt(), batch)
     step_mod.LOSSES["choices"](scores, batch.labels).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainables.params.values())
     train(cfg, tmp_path / "r", backbone=tiny_llama, progress=False)

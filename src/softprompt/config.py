@@ -19,11 +19,14 @@ from typing import Any
 
 from softprompt.errors import SoftPromptError
 
-METHODS = ("prompt", "hard", "finetune", "lora")  # what a run trains
-PROMPT_METHODS = ("prompt", "hard")  # a prompt matrix before the input: soft, or projected on tokens (PEZ, model.reparam)
-TRAINED_BASELINES = ("finetune", "lora", "hard")
+METHODS = ("prompt", "hard", "deep", "finetune", "lora")  # what a run trains
+# a trained prompt matrix, saved as prompt files: soft or projected on tokens (PEZ, model.reparam) before the input, or
+# deep (keys/values at every layer, model.deep_prompt)
+PROMPT_METHODS = ("prompt", "hard", "deep")
+INPUT_PROMPT_METHODS = ("prompt", "hard")  # the matrix is input embeddings: what the token readouts read
+TRAINED_BASELINES = ("finetune", "lora", "hard", "deep")
 DEFAULT_BASELINES = ("majority", "no_prompt", "english_prompt", "finetune", "lora")  # what runs unless methods are named
-BASELINE_METHODS = (*DEFAULT_BASELINES, "hard")
+BASELINE_METHODS = (*DEFAULT_BASELINES, "hard", "deep")
 INIT_METHODS = ("text", "random", "vocab", "labels")
 PROMPT_FORMATS = ("auto", "plain", "chat")  # softprompt.data.chat implements them
 RUN_INIT, TASK_INIT = "run:", "task:"  # init from a trained prompt: run:PATH[@best|@last], task:NAME (a study's own run)
@@ -48,7 +51,10 @@ PROMPT_LR_PER_STD = 0.041
 # SST-2, 20 tokens from the text, 60 steps, dev split of 40 carved from training, 1 seed: at 0.041 no token changed;
 # 0.3 / 0.8 / 1.5 / 5.0 changed 4 / 12 / 18 / 20 of 20, last-prompt dev loss 0.683 / 0.683 / 0.661 / 0.679 (0.776 at start)
 HARD_LR_PER_STD = 1.0
-LR_PER_STD = {"prompt": PROMPT_LR_PER_STD, "hard": HARD_LR_PER_STD}
+# A deep prompt's default lr, in units of each layer's initial key/value std (it trains the prefix divided by them:
+# model.deep_prompt.DeepPromptEncoder): issue 38's dev screen
+DEEP_LR_PER_STD = 0.03
+LR_PER_STD = {"prompt": PROMPT_LR_PER_STD, "hard": HARD_LR_PER_STD, "deep": DEEP_LR_PER_STD}
 # Values of fields that runs saved before the field existed actually used (when they differ from today's default).
 LEGACY_VALUES: dict[str, Any] = {"selection": "dev_accuracy", "prompt_format": "plain", "class_balance": "off"}
 SCORING_STRATEGIES = ("auto", "plain", "padded", "kv_tree")  # softprompt.scoring.options implements them
@@ -105,10 +111,11 @@ class TrainConfig:
     model: str = option(DEFAULT_MODEL, f"offline alias, local folder or Hub id (default: {DEFAULT_MODEL})")
     method: str = option(
         "prompt",
-        "what to train: a soft prompt, a hard prompt (discrete tokens, PEZ projected gradients), or the fine-tuning/LoRA baseline",
+        "what to train: a soft prompt, a hard prompt (discrete tokens, PEZ projected gradients), a deep prompt (keys and "
+        "values at every layer: prefix tuning / P-Tuning v2), or the fine-tuning/LoRA baseline",
         choices=METHODS,
     )
-    tokens: int = option(20, "prompt length n (soft or hard)")
+    tokens: int = option(20, "prompt length n (soft, hard or deep: virtual tokens)")
     init: str = option(
         "text",
         "how the prompt starts: text (the init text's tokens), random, vocab (frequent tokens), labels (label words), "
@@ -132,7 +139,7 @@ class TrainConfig:
     lr: float | None = option(
         None,
         f"learning rate (default: prompt {PROMPT_LR_PER_STD}, hard {HARD_LR_PER_STD} x the std of the model's embedding outputs, "
-        "finetune 2e-5, lora 1e-3)",
+        f"deep {DEEP_LR_PER_STD} in units of each layer's initial key/value std, finetune 2e-5, lora 1e-3)",
     )
     optimizer: str = option("adamw", choices=OPTIMIZERS)
     loss: str = option(
@@ -172,6 +179,18 @@ class TrainConfig:
         choices=SELECTIONS,
     )
     eval_every: int = option(0, "also evaluate every N optimiser steps (learning curves); 0: at epoch ends only")
+    max_steps: int | None = option(
+        None,
+        "stop after this many optimiser steps (the learning-rate schedule then spans them, not --epochs' full count; "
+        "epochs still bound the run); run.json records it in `stopped`",
+    )
+    max_time: float | None = option(
+        None,
+        "a training-time budget in seconds: training stops after the optimiser step at which the run's wall time "
+        "(its evaluations included; model loading not) reaches it, then the final evaluation runs; run.json records the "
+        "steps done and why it stopped (`stopped`); --resume continues with what is left. The learning-rate schedule "
+        "still spans --epochs: give enough epochs, and a stopped run has not finished its decay",
+    )
     max_grad_norm: float = option(0.0, "clip the gradient norm to this (0: no clipping)")
     max_length: int = option(512, "max tokens per row, prompt included (inputs are cut, answers never)")
     dtype: str = option("float32", "weight dtype", choices=DTYPES)
@@ -231,6 +250,8 @@ class TrainConfig:
         for name in ("dev_size", "eval_every", "reparam_hidden"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise SoftPromptError(f"{name} must be a whole number >= 0, got {getattr(self, name)!r}")
+        if self.max_time is not None and not (self.max_time > 0 and math.isfinite(self.max_time)):
+            raise SoftPromptError(f"max_time must be a positive number of seconds, got {self.max_time}")
         if not (self.max_grad_norm >= 0 and math.isfinite(self.max_grad_norm)):
             raise SoftPromptError(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
         if self.reparam != "none" and self.method != "prompt":
@@ -243,7 +264,13 @@ class TrainConfig:
             raise SoftPromptError(f"lr must be a positive number, got {self.lr}")
         if not 0 <= self.warmup < 1:
             raise SoftPromptError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
-        for name in ("max_train", "max_eval", "lora_r", "lora_alpha"):  # a subsample or rank of 0 fails late otherwise
+        for name in (
+            "max_train",
+            "max_eval",
+            "lora_r",
+            "lora_alpha",
+            "max_steps",
+        ):  # a subsample or rank of 0 fails late otherwise
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SoftPromptError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("checkpoint_every", "weight_decay"):

@@ -22,6 +22,7 @@ from softprompt.data.batching import EncodedExample, encode_examples
 from softprompt.data.chat import resolve_prompt_format
 from softprompt.distributed import SINGLE, DataParallel
 from softprompt.model.backbones import Backbone, resolve_compute_dtype
+from softprompt.model.deep_prompt import KVPrompt, prompt_length
 from softprompt.scoring import Scores, ScoringOptions, choice_scores
 from softprompt.tasks import Task, get_task
 from softprompt.tasks.base import Example
@@ -226,7 +227,7 @@ class Evaluator:
     def evaluate(
         self,
         task: Task | str,
-        prompt: torch.Tensor | None = None,
+        prompt: torch.Tensor | KVPrompt | None = None,
         *,
         hard_prompt: str | None = None,
         split: str = "validation",
@@ -250,7 +251,7 @@ class Evaluator:
         self,
         task: Task,
         examples: list[Example],
-        prompt: torch.Tensor | None = None,
+        prompt: torch.Tensor | KVPrompt | None = None,
         *,
         split: str = "dev",
         hard_prompt: str | None = None,
@@ -264,7 +265,7 @@ class Evaluator:
         self,
         task: Task,
         examples: list[Example],
-        prompt: torch.Tensor | None,
+        prompt: torch.Tensor | KVPrompt | None,
         hard_prompt: str | None,
         split: str,
         key: tuple,
@@ -275,7 +276,9 @@ class Evaluator:
             result.calibrated = self.calibration(task, result, prompt, hard_prompt)
         return result
 
-    def calibration(self, task: Task, result: EvalResult, prompt: torch.Tensor | None, hard_prompt: str | None) -> dict[str, Any]:
+    def calibration(
+        self, task: Task, result: EvalResult, prompt: torch.Tensor | KVPrompt | None, hard_prompt: str | None
+    ) -> dict[str, Any]:
         """`result`'s content-free calibrated metrics: the content-free inputs go through the same tokenization
         and scorer, with the same prompt; {"skipped": why} where calibration is ill-defined."""
         examples, why = content_free_examples(task)
@@ -288,9 +291,15 @@ class Evaluator:
         return calibrated_metrics(task, result.scores, content_free, held)
 
     def _scores(
-        self, task: Task, examples: list[Example], prompt: torch.Tensor | None, hard_prompt: str | None, split: str, key: tuple
+        self,
+        task: Task,
+        examples: list[Example],
+        prompt: torch.Tensor | KVPrompt | None,
+        hard_prompt: str | None,
+        split: str,
+        key: tuple,
     ) -> Scores:
-        n_prompt = 0 if prompt is None else int(prompt.shape[0])
+        n_prompt = prompt_length(prompt)
         enc = self.encoded(task, examples, n_prompt, hard_prompt, key)
         mine = self.parallel.shard(list(range(len(enc))))
         bar = None
@@ -353,13 +362,14 @@ def evaluator_for_run(run: Any, backbone: Backbone, **kwargs: Any) -> Evaluator:
     return evaluator_for(TrainConfig(**saved), backbone, **kwargs)
 
 
-def _values_key(prompt: torch.Tensor | None) -> tuple | None:
-    """A prompt's identity by value (shape, dtype and a digest of its numbers), for the evaluator's memo."""
+def _values_key(prompt: torch.Tensor | KVPrompt | None) -> tuple | None:
+    """A prompt's identity by value (kind, shape, dtype and a digest of its numbers), for the evaluator's memo."""
     if prompt is None:
         return None
-    data = prompt.detach().cpu().contiguous()
+    kind = "deep" if isinstance(prompt, KVPrompt) else "input"
+    data = (prompt.matrix if isinstance(prompt, KVPrompt) else prompt).detach().cpu().contiguous()
     raw = data.view(torch.uint8) if data.dtype == torch.bfloat16 else data
-    return (tuple(data.shape), str(data.dtype), hashlib.sha256(raw.numpy().tobytes()).hexdigest())
+    return (kind, tuple(data.shape), str(data.dtype), hashlib.sha256(raw.numpy().tobytes()).hexdigest())
 
 
 def _merge_shards(shards: list[tuple[list[int], Scores]], n: int) -> Scores:

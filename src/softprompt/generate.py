@@ -11,7 +11,8 @@ import torch
 
 from softprompt.errors import SoftPromptError, warn
 from softprompt.model.backbones import Backbone
-from softprompt.scoring.model import prompt_embeds
+from softprompt.model.deep_prompt import KVPrompt
+from softprompt.scoring.model import deep_prompt_cache, prompt_embeds
 
 MAX_SEED = 2**64 - 1  # what torch.manual_seed accepts
 
@@ -66,7 +67,7 @@ def capped_new_tokens(backbone: Backbone, used: int, max_new_tokens: int) -> int
 def generate(
     backbone: Backbone,
     text: str,
-    prompt: torch.Tensor | None = None,
+    prompt: torch.Tensor | KVPrompt | None = None,
     *,
     max_new_tokens: int = 40,
     temperature: float = 0.0,
@@ -74,20 +75,27 @@ def generate(
     prompt_format: str = "plain",
 ) -> str:
     """The continuation of `text` after [prompt; text] (new text only); greedy when temperature is 0. `prompt_format`
-    (plain or chat) lays the text out as a run's examples are (`input_ids`); new tokens stop at the model's context."""
+    (plain or chat) lays the text out as a run's examples are (`input_ids`); new tokens stop at the model's context.
+    A deep prompt (`KVPrompt`) is the cache the text is read after, as PEFT's prefix tuning generates."""
     check_generation_args(max_new_tokens, temperature, seed)
     tok, model = backbone.tokenizer, backbone.model
     ids = torch.tensor([input_ids(tok, text, prompt_format)], dtype=torch.long, device=backbone.device)
+    torch.manual_seed(seed)
+    kwargs: dict = {"do_sample": temperature > 0, "pad_token_id": tok.pad_token_id}
+    if temperature > 0:
+        kwargs["temperature"] = temperature
+    if isinstance(prompt, KVPrompt):  # a deep prompt: its keys/values are the cache generation starts from
+        if ids.shape[1] == 0:
+            raise SoftPromptError("nothing to continue: the text is empty (it tokenizes to no tokens)")
+        used = prompt.length + ids.shape[1]
+        mask = torch.ones((1, used), dtype=torch.long, device=backbone.device)
+        kwargs["max_new_tokens"] = capped_new_tokens(backbone, used, max_new_tokens)
+        out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=deep_prompt_cache(model, prompt, 1), **kwargs)
+        return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     embeds = prompt_embeds(model, ids, prompt)
     if embeds.shape[1] == 0:
         raise SoftPromptError("nothing to continue: the text is empty (it tokenizes to no tokens) and there is no prompt")
-    max_new_tokens = capped_new_tokens(backbone, int(embeds.shape[1]), max_new_tokens)
+    kwargs["max_new_tokens"] = capped_new_tokens(backbone, int(embeds.shape[1]), max_new_tokens)
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=backbone.device)
-    torch.manual_seed(seed)
-    kwargs = {"do_sample": temperature > 0}
-    if temperature > 0:
-        kwargs["temperature"] = temperature
-    out = model.generate(
-        inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs
-    )
+    out = model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
     return tok.decode(out[0], skip_special_tokens=True)

@@ -32,12 +32,24 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from softprompt.config import INPUT_PROMPT_METHODS
 from softprompt.errors import SoftPromptError, warn
 from softprompt.io import atomic_path, read_json, write_text
+from softprompt.model.deep_prompt import PrefixShape
 from softprompt.model.prompt import PROMPT_FILE, PromptInit, SoftPrompt
-from softprompt.records.run import RUN_FILE, ModelFacts, PromptFacts, Resolved, RunRecord
-from softprompt.runs.directory import BEST_PROMPT_FILE, Run, artifact_facts, load_run, package_versions
-from softprompt.runs.settings import LAYOUTS, merged_settings, parse_settings, run_settings, settings_json, settings_lines
+from softprompt.peft_prefix import PREFIX_TUNING, check_model_shape, prefix_shape_from_config, prefix_tuning_config
+from softprompt.records.run import RUN_FILE, ModelFacts
+from softprompt.runs.directory import BEST_PROMPT_FILE, Run, load_run
+from softprompt.runs.imported import imported_record
+from softprompt.runs.settings import (
+    SETTINGS_KEY,
+    carried_settings,
+    merged_settings,
+    run_settings,
+    say_imported,
+    settings_lines,
+    settings_metadata,
+)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -45,8 +57,6 @@ PICKLED_WEIGHTS = "adapter_model.bin"
 ADAPTER_README = "README.md"
 PROMPT_TENSOR = "prompt_embeddings"
 EXPORT_MARK = "softprompt_base_model"  # in the weights' metadata of every adapter softprompt exported
-SETTINGS_KEY = "softprompt_settings"  # in the weights' metadata: the settings that change a score, as JSON
-TASK_KEY = "softprompt_task"  # and the run's task
 README_MARK = "exported by softprompt from"  # in its README's title
 
 
@@ -98,8 +108,9 @@ def _base_model(run: Run) -> tuple[str, str | None, dict[str, str], list[str]]:
 def _readme(base: str, hub_id: str | None, n_tokens: int, dim: int, run: Run, notes: list[str]) -> str:
     """The adapter's README: what it is, its base model, how to load it, and the settings its scores depend on."""
     front = f"---\nlibrary_name: peft\nbase_model: {hub_id}\n---\n\n" if hub_id else "---\nlibrary_name: peft\n---\n\n"
+    kind = "Deep prompt (PEFT prefix tuning)" if run.method == "deep" else "Soft prompt (PEFT prompt tuning)"
     lines = [
-        f"# Soft prompt (PEFT prompt tuning), exported by softprompt from `{run.path}`",
+        f"# {kind}, exported by softprompt from `{run.path}`",
         "",
         f"- task: `{run.config.get('task', 'unknown')}`; {n_tokens} virtual tokens of width {dim}",
         f"- base model (`base_model_name_or_path`): `{base}`",
@@ -169,20 +180,18 @@ def check_export_dir(out: Path, *, overwrite: bool) -> None:
         raise SoftPromptError(f"--peft {out} already holds an exported adapter: pass --overwrite to replace it")
 
 
-def export_peft(run_dir: str | Path, out_dir: str | Path, which: str = "last", *, overwrite: bool = False) -> Path:
-    """Write the run's prompt as a PEFT PROMPT_TUNING adapter for CAUSAL_LM (config, weights, README) into a new or
-    empty directory, or over an earlier export with `overwrite` (`check_export_dir`)."""
+def _adapter_config(run: Run, prompt: SoftPrompt, base: str, base_revision: str | None) -> dict[str, Any]:
+    """The adapter's config: PROMPT_TUNING for an input-level prompt, PREFIX_TUNING for a deep one (`peft_prefix`)."""
     from peft import PromptTuningConfig
 
-    run = load_run(run_dir)
-    prompt = run.prompt(which)
-    out = Path(out_dir)
-    check_export_dir(out, overwrite=overwrite)
-    if out.is_dir():
-        for p in out.iterdir():
-            if _temporary(p):
-                p.unlink(missing_ok=True)
-    base, base_revision, meta, notes = _base_model(run)
+    if run.method == "deep":
+        facts = run.record.prompt
+        recorded = facts.prefix_shape if facts is not None else None
+        if not recorded or len(recorded) != 3:
+            raise SoftPromptError(f"{run.path / RUN_FILE}: a deep run must record prompt.prefix_shape: retrain it to export it")
+        return prefix_tuning_config(PrefixShape(*recorded), prompt.n_tokens, base, base_revision)
+    if run.method not in INPUT_PROMPT_METHODS:
+        raise SoftPromptError(f"run {run.path} trained method {run.method!r}: it has no prompt to export")
     cfg = PromptTuningConfig(
         task_type="CAUSAL_LM",
         num_virtual_tokens=prompt.n_tokens,
@@ -193,7 +202,23 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, which: str = "last", *
         base_model_name_or_path=base,
         revision=base_revision,
     )
-    config = {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.to_dict().items()}
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.to_dict().items()}
+
+
+def export_peft(run_dir: str | Path, out_dir: str | Path, which: str = "last", *, overwrite: bool = False) -> Path:
+    """Write the run's prompt as a PEFT adapter for CAUSAL_LM (config, weights, README) into a new or empty directory,
+    or over an earlier export with `overwrite` (`check_export_dir`): PROMPT_TUNING for a soft (or hard) prompt,
+    PREFIX_TUNING for a deep one, whose matrix is PEFT's prompt_embeddings as it is."""
+    run = load_run(run_dir)
+    prompt = run.prompt(which)
+    out = Path(out_dir)
+    check_export_dir(out, overwrite=overwrite)
+    if out.is_dir():
+        for p in out.iterdir():
+            if _temporary(p):
+                p.unlink(missing_ok=True)
+    base, base_revision, meta, notes = _base_model(run)
+    config = _adapter_config(run, prompt, base, base_revision)
     write_text(out / ADAPTER_CONFIG, json.dumps(config, indent=2, sort_keys=True, default=str))
     with atomic_path(out / ADAPTER_WEIGHTS) as tmp:
         weight = prompt.weight.detach().cpu().contiguous()
@@ -202,23 +227,7 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, which: str = "last", *
     return out
 
 
-def settings_metadata(run: Run) -> dict[str, str]:
-    """The run's settings that change a score, and its task, as safetensors metadata (any adapter type's weights)."""
-    return {SETTINGS_KEY: settings_json(run_settings(run)), TASK_KEY: str(run.config.get("task") or "unknown")}
-
-
 # ----------------------------------------------------------------------------- import
-
-
-def carried_settings(file: Path) -> tuple[dict[str, Any], str | None]:
-    """(the settings, the task) an exported adapter's weights carry in their metadata; ({}, None) for weights
-    without them (another exporter's, or a pickle). Damaged settings are a one-line error naming the file."""
-    if file.suffix != ".safetensors":
-        return {}, None
-    with safe_open(str(file), framework="pt") as f:
-        meta = f.metadata() or {}
-    settings = parse_settings(meta[SETTINGS_KEY], f"{file}: metadata {SETTINGS_KEY!r}") if SETTINGS_KEY in meta else {}
-    return settings, meta.get(TASK_KEY)
 
 
 def _first_line(e: BaseException) -> str:
@@ -233,8 +242,10 @@ def _read_config(path: Path) -> dict[str, Any]:
     cfg = read_json(path)
     if not isinstance(cfg, dict):
         raise SoftPromptError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
-    if cfg.get("peft_type") != "PROMPT_TUNING":
-        raise SoftPromptError(f"{path}: field 'peft_type' is {cfg.get('peft_type')!r}, expected 'PROMPT_TUNING'")
+    if cfg.get("peft_type") not in ("PROMPT_TUNING", PREFIX_TUNING):
+        raise SoftPromptError(
+            f"{path}: field 'peft_type' is {cfg.get('peft_type')!r}, expected 'PROMPT_TUNING' or '{PREFIX_TUNING}'"
+        )
     for name in ("num_virtual_tokens", "token_dim"):
         value = cfg.get(name)
         if value is None:
@@ -276,7 +287,7 @@ def _read_weights(src: Path, allow_pickle: bool) -> tuple[dict[str, Any], Path]:
     raise SoftPromptError(f"{src}: no {ADAPTER_WEIGHTS} (or {PICKLED_WEIGHTS}) found")
 
 
-def _prompt_tensor(tensors: dict[str, Any], file: Path, config: Path, n: int, d: int) -> torch.Tensor:
+def _prompt_tensor(tensors: dict[str, Any], file: Path, config: Path, n: int, d: int, deep: bool = False) -> torch.Tensor:
     weight = tensors.get(PROMPT_TENSOR)
     if weight is None:
         raise SoftPromptError(f"{file}: no tensor named {PROMPT_TENSOR!r} (found {sorted(map(str, tensors))})")
@@ -288,10 +299,12 @@ def _prompt_tensor(tensors: dict[str, Any], file: Path, config: Path, n: int, d:
         raise SoftPromptError(
             f"{file}: {PROMPT_TENSOR!r} has shape {shape}, expected (num_virtual_tokens, token_dim) = ({n}, {d})"
         )
-    for axis, (field_name, expected) in enumerate((("num_virtual_tokens", n), ("token_dim", d))):
+    width = "num_layers x 2 x token_dim" if deep else "token_dim"
+    for axis, (field_name, expected) in enumerate((("num_virtual_tokens", n), (width, d))):
         if shape[axis] != expected:
             raise SoftPromptError(
-                f"{file}: {PROMPT_TENSOR!r} has shape {shape}, but {config.name} field {field_name!r} is {expected}"
+                f"{file}: {PROMPT_TENSOR!r} has shape {shape}, but {config.name} {'gives' if deep else 'field'} "
+                f"{field_name!r} {'=' if deep else 'is'} {expected}"
             )
     if not torch.isfinite(weight).all():
         raise SoftPromptError(f"{file}: {PROMPT_TENSOR!r} holds NaN or inf values")
@@ -315,6 +328,19 @@ def _check_width(file: Path, dim: int, base: str) -> None:
         )
 
 
+def _check_prefix_shape(file: Path, shape: PrefixShape, base: str) -> None:
+    """A prefix laid out for its base model's cache (read from the model's config, no weights loaded); one whose model
+    cannot be read here is imported with a warning (eval checks it against the run's recorded layout)."""
+    from softprompt.model.backbones import model_prefix_shape
+
+    try:
+        model_shape = model_prefix_shape(base)
+    except SoftPromptError as e:
+        warn(f"{file}: its layout is not checked against the base model: {e}; eval checks it when the model loads")
+        return
+    check_model_shape(shape, model_shape, file, base)
+
+
 def import_peft(
     adapter_dir: str | Path,
     out_dir: str | Path,
@@ -324,15 +350,19 @@ def import_peft(
     allow_pickle: bool = False,
     settings: dict[str, Any] | None = None,
 ) -> Path:
-    """Turn a PEFT prompt-tuning adapter into a softprompt run directory, with the settings that change its scores:
-    `model` and `settings` (prompt_format, max_length, dtype, compute_dtype) where given, else those the adapter
-    carries (an export of softprompt's), else its base model and `runs.settings.ASSUMED`, with a warning."""
+    """Turn a PEFT prompt-tuning adapter (a soft prompt run) or prefix-tuning adapter (a deep prompt run, method
+    `deep`) into a softprompt run directory, with the settings that change its scores: `model` and `settings`
+    (prompt_format, max_length, dtype, compute_dtype) where given, else those the adapter carries (an export of
+    softprompt's), else its base model and `runs.settings.ASSUMED`, with a warning."""
     src = Path(adapter_dir)
     if not src.is_dir():
         raise SoftPromptError(f"PEFT adapter directory {src} {'is not a directory' if src.exists() else 'does not exist'}")
     cfg = _read_config(src / ADAPTER_CONFIG)
+    deep = cfg["peft_type"] == PREFIX_TUNING
+    shape = prefix_shape_from_config(cfg, src / ADAPTER_CONFIG) if deep else None
     tensors, file = _read_weights(src, allow_pickle)
-    weight = _prompt_tensor(tensors, file, src / ADAPTER_CONFIG, cfg["num_virtual_tokens"], cfg["token_dim"])
+    width = shape.width if shape is not None else cfg["token_dim"]
+    weight = _prompt_tensor(tensors, file, src / ADAPTER_CONFIG, cfg["num_virtual_tokens"], width, deep)
     prompt = SoftPrompt(
         weight,
         PromptInit(method=str(cfg.get("prompt_tuning_init") or "unknown").lower(), text=cfg.get("prompt_tuning_init_text")),
@@ -346,37 +376,12 @@ def import_peft(
     given = {k: v for k, v in {**(settings or {}), "model": model}.items() if v is not None}
     base = cfg.get("base_model_name_or_path")
     chosen, assumed, overridden = merged_settings(carried, given, model=base, where=f"import-peft {src}")
-    if chosen["model"]:
+    if chosen["model"] and shape is not None:
+        _check_prefix_shape(file, shape, chosen["model"])
+    elif chosen["model"]:
         _check_width(file, prompt.dim, chosen["model"])
-    for note in overridden:
-        warn(note)
-    if assumed:
-        warn(
-            f"{src} carries no softprompt settings (an adapter from elsewhere): assumed "
-            + ", ".join(f"{k} {chosen[k]}" for k in assumed)
-            + "; pass --prompt-format, --max-length, --dtype or --compute-dtype to import-peft to set them"
-        )
+    say_imported(src, chosen, assumed, overridden)
     prompt.save(out / PROMPT_FILE)
     prompt.save(out / BEST_PROMPT_FILE)
-    _imported_record(src, out, prompt, chosen, task or carried_task or "unknown").write(out)
+    imported_record(src, out, prompt, chosen, task or carried_task or "unknown", shape).write(out)
     return out
-
-
-def _imported_record(src: Path, out: Path, prompt: SoftPrompt, settings: dict[str, Any], task: str) -> RunRecord:
-    """run.json of an imported adapter: complete, its prompt files recorded, and the settings its scores depend on
-    (a resolved prompt format and compute dtype also as `resolved`, as a trained run records them)."""
-    layout, compute = settings["prompt_format"], settings["compute_dtype"]
-    return RunRecord(
-        status="complete",
-        imported_from=str(src),
-        config={"task": task, "method": "prompt", "tokens": prompt.n_tokens, "init": prompt.init.method, **settings},
-        model=ModelFacts.from_dict({"name": settings["model"], "hidden_size": prompt.dim}, "model"),
-        prompt=PromptFacts.from_dict(
-            {"n_tokens": prompt.n_tokens, "dim": prompt.dim, "init": {"method": prompt.init.method}}, "prompt"
-        ),
-        artifacts={name: artifact_facts(out / name, prompt) for name in (PROMPT_FILE, BEST_PROMPT_FILE)},
-        versions=package_versions(),
-        resolved=Resolved(
-            prompt_format=layout if layout in LAYOUTS else None, compute_dtype=None if compute == "auto" else compute
-        ),
-    )

@@ -32,7 +32,7 @@ generation, the probes), `patching` (decoder blocks, source states, the patch ho
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from softprompt.analysis.describe_scoring import description_score, text_score
 from softprompt.analysis.patching import decoder_layers, resolve_layers
 from softprompt.errors import SoftPromptError
 from softprompt.records.readouts import DescribeResult
+from softprompt.runs.directory import input_prompt_run
 
 
 def _scored(descriptions: list[dict[str, Any]], score) -> list[dict[str, Any]]:
@@ -81,7 +82,7 @@ def _run_task(run) -> Any:
 def _describe_run(backbone, run, label: str, which: str, options: dict[str, Any]) -> dict[str, Any]:
     """One run's trained and initial prompts described and scored against its task."""
     start = time.perf_counter()
-    sp = run.prompt(which)
+    sp = input_prompt_run(run, "self-description (the prompt's rows patched into a describing sentence)").prompt(which)
     sp.check_model(backbone.hidden_size, where=f"the prompt of {run.path}")
     task = _run_task(run)
 
@@ -127,9 +128,11 @@ def describe_report(
     layers: Iterable[int] | None = None,
     seed: int = 0,
     source: str = DEFAULT_SOURCE,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Self-descriptions of every run's trained and initial prompt (and of `text`, the identity probe), scored
-    against each run's task; written to `out_dir/describe.json` when given. `runs` may be empty with `text`."""
+    against each run's task; written to `out_dir/describe.json` when given. `runs` may be empty with `text`.
+    `progress` hears which run is described (its label and count)."""
     runs = list(runs)
     if not runs and text is None:
         raise SoftPromptError("nothing to describe: give run directories or a text")
@@ -153,7 +156,11 @@ def describe_report(
         "placeholder": PLACEHOLDER,
     }
     report: dict[str, Any] = {"model": backbone.name, "settings": settings}
-    report["runs"] = [_describe_run(backbone, r, lab, which, options) for r, lab in zip(runs, run_labels(runs), strict=True)]
+    report["runs"] = []
+    for i, (run, label) in enumerate(zip(runs, run_labels(runs), strict=True), 1):
+        if progress is not None:
+            progress(f"{label} ({i}/{len(runs)}), trained and initial prompt")
+        report["runs"].append(_describe_run(backbone, run, label, which, options))
     if text is not None:
         report["identity"] = _describe_identity(backbone, text, options)
     report = DescribeResult.from_dict(json_safe(report), "describe report").to_dict()  # checked by its record, versioned

@@ -14,7 +14,7 @@ A row that equals its replacement is not scored again: its drop is exactly 0.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,8 +186,10 @@ def importance_report(
     seed: int = 0,
     task: str | None = None,
     replacements: Sequence[str] = REPLACEMENTS,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Position importance of every run's prompt (`which`: last or best) on `task` (default: each run's own).
+    """Position importance of every run's prompt (`which`: last or best) on `task` (default: each run's own);
+    `progress` hears which run it scores (its label and count).
 
     Uses the given evaluator as it is (a study's loaded one works: its memo only repeats the unablated score),
     computes the neutral vector once, and writes `importance.json` to `out_dir` when given.
@@ -200,8 +202,10 @@ def importance_report(
     hidden = int(backbone.model.get_input_embeddings().weight.shape[1])
     mean = neutral_vector(backbone.model, backbone.tokenizer) if "mean" in replacements else None
     per_run = []
-    for run, label in zip(runs, labels, strict=True):
+    for i, (run, label) in enumerate(zip(runs, labels, strict=True), 1):
         sp = run.prompt(which)
+        if progress is not None:
+            progress(f"{label} ({i}/{len(runs)}), {sp.weight.shape[0]} positions x {len(replacements)} replacement(s)")
         sp.check_model(hidden, where=f"the prompt of {run.path}")
         target = get_task(task or run.task)
         start = time.perf_counter()

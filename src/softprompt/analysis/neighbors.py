@@ -19,7 +19,7 @@ search), `token_text` (readable tokens), `displacement` (drift from the init), `
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from softprompt.analysis.scripts import summarize_scripts
 from softprompt.analysis.token_text import TokenReader, vocabulary_scripts
 from softprompt.errors import SoftPromptError
 from softprompt.model.prompt import input_embedding_matrix
+from softprompt.runs.directory import input_prompt_run
 
 
 def analyze_neighbors(
@@ -134,8 +135,10 @@ def neighbors_report(
     task: str | None = None,
     limit: int | None = None,
     figures: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Nearest tokens, survival and scripts for every run (plus projections with `project=True`).
+    """Nearest tokens, survival and scripts for every run (plus projections with `project=True`); `progress` hears
+    which run it reads (its label and count).
 
     Writes `neighbors.json` and one `neighbors_<run>.png` per run (the study's top-3 figure) to
     `out_dir` when given; returns the same dict, with figure paths under "figures". Projections are
@@ -154,8 +157,10 @@ def neighbors_report(
     out_dir = Path(out_dir) if out_dir is not None else None
     per_run: dict[str, dict] = {}
     fig_paths: dict[str, str] = {}
-    for run, label in zip(runs, labels, strict=True):
-        sp = run.prompt(which)
+    for i, (run, label) in enumerate(zip(runs, labels, strict=True), 1):
+        if progress is not None:
+            progress(f"{label} ({i}/{len(runs)}){', projecting it' if project else ''}")
+        sp = input_prompt_run(run, "nearest tokens").prompt(which)
         sp.check_model(embeddings.shape[1], where=f"the prompt of {run.path}")
         analysis = analyze_neighbors(sp.weight, sp.initial, sp.init.token_ids, embeddings, tok, k, metric)
         analysis = {**run_meta(run, label), **analysis}

@@ -9,7 +9,7 @@ are computed, and the correlation is reported with its p-value and number of pai
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 from softprompt.analysis.common import as_runs, correlation, json_safe, run_labels, run_meta
 from softprompt.errors import SoftPromptError
 from softprompt.records.transfer import TransferResult
+from softprompt.runs.directory import scoring_prompt
 from softprompt.tasks import task_name
 
 SIMILARITIES = ("frobenius", "pooled_cosine", "token_cosine")
@@ -87,8 +88,10 @@ def transfer_matrix(
     limit: int | None = None,
     *,
     which: str = "last",
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Accuracy of every run's prompt (rows) on every task's validation set (columns).
+    """Accuracy of every run's prompt (rows) on every task's validation set (columns); `progress` hears which
+    prompt is scored (its label and count).
 
     Also evaluates the no-prompt reference per target task (gain = accuracy - no prompt) and each
     run's own-task accuracy (from the matrix when its task is a column, evaluated otherwise). One
@@ -107,15 +110,12 @@ def transfer_matrix(
     # a run names its task as it was given (a custom task by its .toml path), a column by the task's name: compare
     # names, or a custom task's own prompts would count as cross-task transfers
     sources = [task_name(r.task) for r in runs]
-    hidden = evaluator.backbone.hidden_size
-    prompts = []
-    for run in runs:
-        sp = run.prompt(which)
-        sp.check_model(hidden, where=f"the prompt of {run.path}")
-        prompts.append(sp.weight.detach().float())
+    prompts = [scoring_prompt(r, r.prompt(which), evaluator.backbone, f"the prompt of {r.path}") for r in runs]
     no_prompt = {t.name: evaluator.evaluate(t, None, limit=limit) for t in task_objs}
     acc, f1 = [], []
-    for p in prompts:
+    for i, p in enumerate(prompts):
+        if progress is not None:
+            progress(f"{labels[i]} ({i + 1}/{len(prompts)}) on {len(task_objs)} task(s)")
         results = [evaluator.evaluate(t, p, limit=limit) for t in task_objs]
         acc.append([r.accuracy for r in results])
         f1.append([r.f1_macro for r in results])
@@ -197,8 +197,10 @@ def transfer_report(
     limit: int | None = None,
     which: str = "last",
     figures: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Transfer matrix, prompt similarities, similarity-vs-gain correlations and the share of wins.
+    """Transfer matrix, prompt similarities, similarity-vs-gain correlations and the share of wins (`progress`:
+    `transfer_matrix`'s).
 
     `tasks` defaults to the runs' own tasks. Prompts of different lengths get only the pooled cosine
     (noted in "similarity_note"). Writes `transfer.json` and heatmaps/scatters to `out_dir` when given.
@@ -206,7 +208,7 @@ def transfer_report(
     runs = as_runs(runs)
     labels = run_labels(runs)
     tasks = list(tasks) if tasks else sorted({r.task for r in runs})
-    matrix = transfer_matrix(evaluator, runs, tasks, limit, which=which)
+    matrix = transfer_matrix(evaluator, runs, tasks, limit, which=which, progress=progress)
     sims, note = similarities_or_pooled([r.prompt(which).weight for r in runs])
     share = share_beating_no_prompt(matrix)
     corr = similarity_vs_gain(matrix, sims)

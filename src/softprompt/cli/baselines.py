@@ -30,7 +30,7 @@ def cmd_baselines(a: argparse.Namespace) -> int:
     started = time.perf_counter()
     cfg = TrainConfig(task=a.task, **config_values(a, MODEL_FIELDS + SHARED_FIELDS))
     out = Path(a.out or f"runs/baselines-{Path(a.task).stem if a.task.endswith('.toml') else a.task}-s{a.seed}")
-    given = (("finetune", a.finetune_lr), ("lora", a.lora_lr), ("hard", a.hard_lr))
+    given = (("finetune", a.finetune_lr), ("lora", a.lora_lr), ("hard", a.hard_lr), ("deep", a.deep_lr))
     lr = {m: {"lr": v} for m, v in given if v is not None}
     rows = run_baselines(  # loads the model once --out is locked and the data read (a fault there fails first)
         cfg,
@@ -71,22 +71,23 @@ def add_baselines(sub) -> None:
         choices=BASELINE_METHODS,
         metavar="METHOD",
         help=f"baselines to run, some of {' '.join(BASELINE_METHODS)} (default: {' '.join(DEFAULT_BASELINES)}; "
-        "hard: a discrete prompt trained by PEZ projected gradients)",
+        "hard: a discrete prompt trained by PEZ projected gradients; deep: keys/values at every layer, prefix tuning)",
     )
     add_config_flags(
         p,
         SHARED_FIELDS,
         helps={
             "max_train": "a seeded subsample of N training examples (all methods)",
-            "epochs": "epochs of the finetune, LoRA and hard-prompt runs",
-            "tokens": "length of the hard prompt (default 20)",
-            "init_text": "the hard prompt's initial text (default: the task's description)",
+            "epochs": "epochs of the finetune, LoRA, hard- and deep-prompt runs",
+            "tokens": "length of the hard and deep prompts (default 20)",
+            "init_text": "the hard and deep prompts' initial text (default: the task's description)",
         },
     )
     p.add_argument("--finetune-lr", type=float, default=None, help="default 2e-5")
     p.add_argument("--lora-lr", type=float, default=None, help="default 1e-3")
     p.add_argument("--hard-lr", type=float, default=None, help="default: relative to the embedding scale, as train's")
+    p.add_argument("--deep-lr", type=float, default=None, help="default: relative to each layer's key/value scale, as train's")
     p.add_argument("--out", default=None, help="output directory (default: runs/baselines-TASK-sSEED)")
-    p.add_argument("--overwrite", action="store_true", help="retrain finetune/LoRA/hard runs already in --out")
+    p.add_argument("--overwrite", action="store_true", help="retrain finetune/LoRA/hard/deep runs already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_baselines)

@@ -13,7 +13,7 @@ GENERATE_FIELDS = ("model", "dtype", "device", "prompt_format")
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from softprompt.runs.directory import load_run
+    from softprompt.runs.directory import load_run, scoring_prompt
     from softprompt.tasks import get_task
 
     run = load_run(a.run) if a.run else None
@@ -34,9 +34,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
         return out
 
     rows = []
-    if soft is not None:
-        soft.check_model(backbone.hidden_size, where=f"the prompt of {a.run}")
-        rows.append(row(f"soft {a.run}", soft.weight.detach()))
+    if soft is not None and run is not None:
+        kind = "deep" if run.method == "deep" else "soft"
+        rows.append(row(f"{kind} {a.run}", scoring_prompt(run, soft, backbone, f"the prompt of {a.run}")))
     if a.no_prompt or run is None and a.hard_prompt is None and not a.english:
         rows.append(row("no prompt"))
     if a.english:
@@ -71,7 +71,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from softprompt.data.chat import resolve_prompt_format
     from softprompt.generate import check_generation_args, generate
     from softprompt.model.backbones import load_backbone
-    from softprompt.runs.directory import load_run
+    from softprompt.runs.directory import load_run, scoring_prompt
 
     check_generation_args(a.max_new_tokens, a.temperature, a.seed, cli=True)  # before the model loads
     run = load_run(a.run) if a.run else None
@@ -79,9 +79,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
     resolve_settings(a, [run] if run is not None else [])  # the run's own model, dtype and prompt format by default
     backbone = load_backbone(a.model, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code)
     prompt = None
-    if sp is not None:
-        sp.check_model(backbone.hidden_size, where=f"the prompt of {a.run}")
-        prompt = sp.weight.detach()
+    if sp is not None and run is not None:
+        prompt = scoring_prompt(run, sp, backbone, f"the prompt of {a.run}")
     layout = resolve_prompt_format(a.prompt_format, backbone.tokenizer)
     text = generate(
         backbone, a.text, prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed, prompt_format=layout

@@ -19,6 +19,8 @@ RAY_FLAGS = {
 
 def cmd_study(a: argparse.Namespace) -> int:
     from softprompt import study
+    from softprompt.records.results import StudyTiming
+    from softprompt.study.timing import phase_lines
 
     given = {name: getattr(a, name) for name in RAY_FLAGS if getattr(a, name) is not None}
     ray_options = None
@@ -32,6 +34,9 @@ def cmd_study(a: argparse.Namespace) -> int:
     results = study.run_study(a.config, a.out, progress=not a.quiet, executor=a.executor, ray_options=ray_options)
     out = Path(a.out)
     print(f"\nstudy {results['study']['name']}: {len(results['runs'])} prompt runs; report: {out / 'report.html'}")
+    timing = (results.get("setup") or {}).get("timing")
+    if timing is not None:
+        print("\n".join(phase_lines(StudyTiming.from_dict(timing, "results.json setup.timing"))))
     return 0
 
 

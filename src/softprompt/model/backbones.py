@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from softprompt.config import DEFAULT_MODEL, canonical_dtype
 from softprompt.errors import SoftPromptError
+from softprompt.model.deep_prompt import PrefixShape, config_prefix_shape
 
 DEFAULT_HUB_MODEL = "bigscience/bloomz-560m"
 DEFAULT_OFFLINE_MODEL = DEFAULT_MODEL
@@ -78,8 +79,7 @@ class Backbone:
 
     @property
     def context_length(self) -> int | None:
-        """The most positions the model takes (its config's max_position_embeddings, n_positions, ...), or None
-        where its config names none (BLOOM's ALiBi): generation is capped by it."""
+        """The most positions the model takes (max_position_embeddings, ...); None where none is named (ALiBi)."""
         config = self.model.config
         for name in CONTEXT_FIELDS:
             value = getattr(config, name, None)
@@ -243,29 +243,56 @@ def _gguf_metadata_int(path: Path, suffix: str) -> int | None:
     return None
 
 
-def model_hidden_size(name: str, *, trust_remote_code: bool = False) -> int:
-    """The embedding width of model `name` from its config alone, in well under a second (no weights, no dequantizing):
-    an offline alias's cached config.json or its GGUF header, a local folder's config.json, a Hub id's config."""
+def _config_or_gguf(name: str, trust_remote_code: bool):
+    """Model `name`'s config (an offline alias's cached config.json, a folder's, a Hub id's), or the path of its GGUF
+    file when an offline alias has not been dequantized yet (its header then answers)."""
     from transformers import AutoConfig
 
     entry = OFFLINE_MODELS.get(name)
+    if entry is not None:
+        gguf = _offline_gguf(entry)
+        cached = dequantized_dir(entry.alias, _file_digest(gguf))
+        return AutoConfig.from_pretrained(cached) if (cached / "config.json").is_file() else gguf
+    return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+
+
+def _gguf_int(gguf: Path, suffix: str) -> int:
+    value = _gguf_metadata_int(gguf, suffix)
+    if value is None:
+        raise ValueError(f"{gguf} has no {suffix.lstrip('.')} in its header")
+    return value
+
+
+def _config_error(name: str, e: BaseException) -> SoftPromptError:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return SoftPromptError(f"cannot read the config of model {name!r} ({reason})")
+
+
+def model_hidden_size(name: str, *, trust_remote_code: bool = False) -> int:
+    """The embedding width of model `name` from its config alone, in well under a second (no weights, no dequantizing):
+    an offline alias's cached config.json or its GGUF header, a local folder's config.json, a Hub id's config."""
     try:
-        if entry is not None:
-            gguf = _offline_gguf(entry)
-            cached = dequantized_dir(entry.alias, _file_digest(gguf))
-            if not (cached / "config.json").is_file():
-                width = _gguf_metadata_int(gguf, ".embedding_length")
-                if width is None:
-                    raise ValueError(f"{gguf} has no embedding_length in its header")
-                return width
-            config = AutoConfig.from_pretrained(cached)
-        else:
-            config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        config = _config_or_gguf(name, trust_remote_code)
+        if isinstance(config, Path):
+            return _gguf_int(config, ".embedding_length")
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         return int(text.hidden_size)
     except (OSError, ValueError, AttributeError, struct.error) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SoftPromptError(f"cannot read the config of model {name!r} ({reason})") from None
+        raise _config_error(name, e) from None
+
+
+def model_prefix_shape(name: str, *, trust_remote_code: bool = False) -> PrefixShape:
+    """Model `name`'s key/value cache layout (what a deep prompt's rows hold) from its config or GGUF header alone."""
+    try:
+        config = _config_or_gguf(name, trust_remote_code)
+        if not isinstance(config, Path):
+            return config_prefix_shape(config, name)
+        heads = _gguf_int(config, ".attention.head_count")
+        kv_heads = _gguf_metadata_int(config, ".attention.head_count_kv") or heads
+        head_dim = _gguf_metadata_int(config, ".attention.key_length") or _gguf_int(config, ".embedding_length") // heads
+        return PrefixShape(_gguf_int(config, ".block_count"), kv_heads, head_dim)
+    except (OSError, ValueError, AttributeError, struct.error) as e:
+        raise _config_error(name, e) from None
 
 
 def dequantized_dir(alias: str, revision: str) -> Path:

@@ -182,6 +182,37 @@ def _fill(ids: list[int], n: int) -> list[int]:
     return (ids * reps)[:n]
 
 
+def prompt_token_ids(
+    model,
+    tokenizer,
+    n_tokens: int,
+    method: str,
+    *,
+    text: str | None = None,
+    label_words: list[str] | None = None,
+    seed: int = 0,
+    vocab_top: int = 5000,
+) -> tuple[list[int], str | None]:
+    """The `n_tokens` token ids a words-based init starts from, and the text it records: the init text's tokens
+    (text), the label words' (labels), or tokens sampled from the most frequent (vocab; Lester et al.: BPE ids are
+    roughly frequency-ordered); repeated or cut to `n_tokens`, as PEFT's TEXT init does."""
+    if method == "text":
+        if not text:
+            raise SoftPromptError("init 'text' needs an init text (the task description or --init-text)")
+        return _fill(tokenizer(text, add_special_tokens=False)["input_ids"], n_tokens), text
+    if method == "labels":
+        if not label_words:
+            raise SoftPromptError("init 'labels' needs a task with label words")
+        ids = []
+        for w in label_words:
+            ids += tokenizer(" " + w, add_special_tokens=False)["input_ids"]
+        return _fill(ids, n_tokens), " ".join(label_words)
+    if method == "vocab":
+        top = min(vocab_top, model.get_input_embeddings().weight.shape[0])
+        return torch.randint(0, top, (n_tokens,), generator=torch.Generator().manual_seed(seed)).tolist(), None
+    raise SoftPromptError(f"init {method!r} starts from no tokens")
+
+
 def init_prompt(
     model,
     tokenizer,
@@ -198,27 +229,13 @@ def init_prompt(
         raise SoftPromptError(f"--tokens must be at least 1, got {n_tokens}")
     if method not in INIT_METHODS:
         raise SoftPromptError(f"unknown init {method!r}: expected one of {', '.join(INIT_METHODS)}")
-    gen = torch.Generator().manual_seed(seed)
-    vocab = model.get_input_embeddings().weight.shape[0]
-    if method == "text":
-        if not text:
-            raise SoftPromptError("init 'text' needs an init text (the task description or --init-text)")
-        ids = _fill(tokenizer(text, add_special_tokens=False)["input_ids"], n_tokens)
-        return SoftPrompt(_embed(model, ids), PromptInit("text", text, ids, seed))
-    if method == "labels":
-        if not label_words:
-            raise SoftPromptError("init 'labels' needs a task with label words")
-        ids = []
-        for w in label_words:
-            ids += tokenizer(" " + w, add_special_tokens=False)["input_ids"]
-        ids = _fill(ids, n_tokens)
-        return SoftPrompt(_embed(model, ids), PromptInit("labels", " ".join(label_words), ids, seed))
-    if method == "vocab":
-        # Lester et al.: sample from the most frequent tokens; BPE ids are roughly frequency-ordered.
-        top = min(vocab_top, vocab)
-        ids = torch.randint(0, top, (n_tokens,), generator=gen).tolist()
-        return SoftPrompt(_embed(model, ids), PromptInit("vocab", None, ids, seed))
+    if method != "random":
+        ids, init_text = prompt_token_ids(
+            model, tokenizer, n_tokens, method, text=text, label_words=label_words, seed=seed, vocab_top=vocab_top
+        )
+        return SoftPrompt(_embed(model, ids), PromptInit(method, init_text, ids, seed))
     # random: uniform in [-s, s] with s matched to the embedding matrix's std, so it starts on its scale
+    gen = torch.Generator().manual_seed(seed)
     scale = embedding_scale(model)
     dim = model.get_input_embeddings().weight.shape[1]
     weight = (torch.rand(n_tokens, dim, generator=gen) * 2 - 1) * scale * 3**0.5

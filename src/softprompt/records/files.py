@@ -59,6 +59,7 @@ class CacheEntry(Record):
     status: str
     value: Any
     inputs: dict[str, TaskInputs] | None = None
+    seconds: float | None = optional()  # how long computing the value took (absent from entries written before)
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,7 @@ class BaselineRow(Record):
     retokenizes_to_same_ids: bool | None = None
     text_accuracy: float | None = None  # the hard prompt's text typed as a hard prompt
     text_f1_macro: float | None = None
+    history: list[MetricsLine] | None = optional()  # a trained baseline's curve (its metrics.jsonl): accuracy per second
 
 
 def metrics_or_none(data: dict[str, Any] | None, where: str) -> EvalMetrics | None:

@@ -2,7 +2,8 @@
 analysis, the readouts; with a sweep its cells and ablations, with [transfer] init its transfer-initialised runs.
 
 Written by `study.run` (the typed object's `to_dict()`), read by the report through attributes only. A
-results.json written before schema versions were recorded loads as version 0 (the same layout).
+results.json written before schema versions were recorded loads as version 0 (the same layout); one written before
+`claims` and `setup.timing` existed loads without them (they are additions, not a new layout: the version stays 1).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from softprompt.records.ablations import AblationResults
 from softprompt.records.base import Artifact, Record, optional
+from softprompt.records.claims import Claim
 from softprompt.records.geometry import GeometryResult
 from softprompt.records.metrics import BaselineRow, Best, EvalMetrics, LearningVerdict, MetricsLine, Parameters
 from softprompt.records.neighbors import NeighborsResult
@@ -88,6 +90,58 @@ class ExecutorFacts(Record):
 
 
 @dataclass(frozen=True)
+class UnitTiming(Record):
+    """One unit of work's wall time in the invocation that wrote results.json (`study.timing`)."""
+
+    phase: str  # the phase-table row it counts in: "model load", "prompt runs", "baseline lora", "analysis neighbors", ...
+    unit: str  # which one: a run's label, "TASK METHOD", an analysis, a process
+    seconds: float  # its wall time in this invocation; a cached unit's is the time spent finding its result
+    cached: bool = False  # done by an earlier invocation: its result was read back, not computed
+    computed_s: float | None = None  # a cached unit: the seconds of the invocation that computed it, where recorded
+
+
+@dataclass(frozen=True)
+class PhaseRow:
+    """One row of the phase table: a phase's units, how many were cached, their seconds and share of the wall time."""
+
+    phase: str
+    units: int
+    cached: int
+    seconds: float
+    share: float | None
+
+
+MODEL_LOAD_PHASE = "model load"
+OTHER_PHASE = "other (start-up, input digests, bookkeeping)"
+
+
+@dataclass(frozen=True)
+class StudyTiming(Record):
+    """Where an invocation's wall time went: every unit it ran or skipped, in order (results.json `setup.timing`).
+
+    With `concurrent` units ran side by side (Ray workers), so their seconds add up to more than the wall time."""
+
+    wall_time_s: float  # the whole invocation, start-up to the report written
+    units: list[UnitTiming]
+    concurrent: bool = False
+
+    def phases(self) -> list[PhaseRow]:
+        """The units grouped by phase, the model load first and then in order of first appearance; then the wall time no
+        unit accounts for."""
+        grouped: dict[str, list[UnitTiming]] = {}
+        for u in sorted(self.units, key=lambda u: u.phase != MODEL_LOAD_PHASE):  # (a stable sort)
+            grouped.setdefault(u.phase, []).append(u)
+        wall = self.wall_time_s
+        rows = [
+            PhaseRow(phase, len(us), sum(u.cached for u in us), sum(u.seconds for u in us), None) for phase, us in grouped.items()
+        ]
+        rest = wall - sum(r.seconds for r in rows)
+        if not self.concurrent and rest > 0:
+            rows.append(PhaseRow(OTHER_PHASE, 0, 0, rest, None))
+        return [PhaseRow(r.phase, r.units, r.cached, r.seconds, r.seconds / wall if wall > 0 else None) for r in rows]
+
+
+@dataclass(frozen=True)
 class Setup(Record):
     model: SetupModel
     compute_dtype: str
@@ -98,6 +152,7 @@ class Setup(Record):
     executor: ExecutorFacts = field(default_factory=lambda: ExecutorFacts("local"))
     actions: dict[str, str] = field(default_factory=dict)  # run -> trained | resumed | retrained | skipped
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> its input digests
+    timing: StudyTiming | None = optional()  # (absent from results.json written before phases were timed)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,6 +206,7 @@ class RunsAndBaselines(_Baselines, Record):
 @dataclass(frozen=True, kw_only=True)
 class StudyResults(_Baselines, Artifact):
     study: StudySettings
+    claims: list[Claim] | None = optional()  # the seed study's claims, answered (absent from older results.json)
     setup: Setup
     runs: list[RunSummary]
     baselines: dict[str, dict[str, BaselineRow]] = field(default_factory=dict)

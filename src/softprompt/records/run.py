@@ -81,6 +81,21 @@ class PromptFacts(Record):
     init: InitFacts | None = None
     init_tokens: list[str] | None = None
     source: SourceFacts | None = optional()
+    # method deep: the model's cache layout the prompt's rows hold, [layers, key/value heads, head dim] (PEFT's export)
+    prefix_shape: list[int] | None = optional()
+
+
+@dataclass(frozen=True)
+class Stopped(Record):
+    """Why a run ended before its epochs (`--max-steps`, `--max-time`): the reason, the steps it did of those its
+    schedule spans, where in its epochs it was, and its wall time then."""
+
+    reason: str | None = None  # "max_steps" | "max_time"
+    optimizer_step: int | None = None
+    planned_steps: int | None = None
+    epoch: float | None = None
+    elapsed_s: float | None = None
+    max_time_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +217,7 @@ class RunRecord:
     train_label_counts: list[int] | None = None  # training examples per class (the chance loss of learning.py)
     train_truncated: int | None = None
     wall_time_s: float | None = None
+    stopped: Stopped | None = optional()  # ended before its planned steps (--max-time): why, and where
 
     def file_facts(self, name: str) -> FileFacts | None:
         """What run.json recorded of the file `name` when it was saved (None when it recorded nothing)."""

@@ -6,18 +6,22 @@ Every number on the page comes from `results`; the findings are sentences comput
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from softprompt.analysis.learning import LEARNED_BELOW
 from softprompt.config import PROMPT_LR_PER_STD, TrainConfig
 from softprompt.io import write_figure, write_text
-from softprompt.records.results import ExecutorFacts, RunsAndBaselines, StudyResults, StudySettings
+from softprompt.records.results import ExecutorFacts, RunsAndBaselines, StudyResults, StudySettings, StudyTiming
 from softprompt.report.ablations import ablations_section
 from softprompt.report.analysis_sections import analysis_sections
+from softprompt.report.claims import claims_section, study_claims
 from softprompt.report.findings import findings
+from softprompt.report.phases import PHASES_MARK, WALL_MARK, phases_html, wall_text
 from softprompt.report.primitives import esc, figure, section, table
 from softprompt.report.readouts import readout_findings, readouts_section
 from softprompt.report.tables import AccuracyRow, accuracy_table, method_label, write_csv
+from softprompt.report.time_to_accuracy import approach_findings, time_figure, time_table
 from softprompt.tasks import task_name
 
 CSS = """
@@ -28,6 +32,8 @@ th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.9em;color:#555}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.6em 1em}.muted{color:#777}
 code{background:#f5f5f5;padding:0 .2em}ul.findings li{margin:.3em 0}
+td.verdict{font-weight:bold;white-space:nowrap}td.supported{color:#276749}td.not-supported{color:#c53030}
+td.inconclusive{color:#975a16}td.not-testable{color:#718096}table.claims td div.muted{font-size:.85em}
 """
 
 
@@ -103,9 +109,9 @@ def _setup_section(results: StudyResults) -> str:
         },
         {"item": "executor", "value": _executor_text(s.executor)},
         {"item": "versions", "value": ", ".join(f"{k} {v}" for k, v in s.versions.items())},
-        {"item": "wall time of this invocation", "value": f"{s.wall_time_s:.0f} s (work already done earlier is skipped)"},
+        {"item": "wall time of this invocation", "value": WALL_MARK},
     ]
-    return table(rows, ["item", "value"])
+    return table(rows, ["item", "value"]) + PHASES_MARK
 
 
 BUDGET = ("tokens", "epochs", "batch_size", "lr", "max_train", "max_length")  # always shown; other fields when not default
@@ -218,12 +224,30 @@ def _accuracy_section(results: StudyResults, out: Path) -> str:
         + _cell_note(results)
         + "<h3>Per run</h3>"
         + table(per_run)
+        + _time_section(results, out)
         + figure(
             curves,
             "Validation accuracy (top) and training loss (bottom) against optimiser steps, per task and seed. A run "
             f"whose final training loss is not below {LEARNED_BELOW:.0%} of the chance loss (the label entropy, dotted) "
             "never left the plateau: it is drawn dashed and its prompt did not learn the task.",
         )
+    )
+
+
+def _time_section(results: StudyResults, out: Path) -> str:
+    """Accuracy per second of training (`report.time_to_accuracy`), where a trained baseline gives LoRA's curve."""
+    rows = time_table(results)
+    if not rows:
+        return ""
+    write_csv(out / "tables" / "time_to_accuracy.csv", rows)
+    return (
+        "<h3 id='per-second'>Per second of training</h3>"
+        + table(rows)
+        + "<p>The wall time (s) each method's runs took to first score at least 90 / 95 / 100% of LoRA's final "
+        "validation accuracy (median over the runs that got there; how many did, of how many), from each run's "
+        "evaluation points: its wall time when evaluated, its earlier evaluations included, model loading not. "
+        "Times are this machine's, with whatever else ran beside the study.</p>"
+        + figure(time_figure(results, out), "Validation accuracy against each run's wall time, per task and method.")
     )
 
 
@@ -236,17 +260,20 @@ def _cell_note(results: StudyResults) -> str:
 
 
 def render(results: StudyResults, out: Path) -> str:
+    """The page, with the setup section's timing marks left in (`write_report` fills them)."""
     readouts = results.readouts if results.readouts and results.readouts.tasks else None
+    claims = results.claims if results.claims is not None else study_claims(results)  # (older results.json: none)
     parts = [
+        section("The seed study's claims", claims_section(claims), "claims"),
         section("Setup", _setup_section(results), "setup"),
         section("Accuracy", _accuracy_section(results, out), "accuracy"),
         *([section("Ablations", ablations_section(results.ablations, out), "ablations")] if results.ablations else []),
         *analysis_sections(results, out),
         *([section("What the prompts say", readouts_section(readouts, out), "readouts")] if readouts else []),
     ]
-    facts = findings(results) + readout_findings(results.readouts)
+    facts = findings(results) + approach_findings(results) + readout_findings(results.readouts)
     parts.insert(
-        0,
+        1,
         section(
             "Findings",
             "<ul class='findings'>"
@@ -259,6 +286,7 @@ def render(results: StudyResults, out: Path) -> str:
     toc = "".join(
         f'<a href="#{a}">{t}</a> · '
         for t, a in [
+            ("Claims", "claims"),
             ("Findings", "findings"),
             ("Setup", "setup"),
             ("Accuracy", "accuracy"),
@@ -280,9 +308,14 @@ def render(results: StudyResults, out: Path) -> str:
     )
 
 
-def write_report(results: StudyResults, out: str | Path) -> Path:
-    """report.html (and tables/, figures/) in `out`, from the study's results."""
+def write_report(results: StudyResults, out: str | Path, *, clock: Callable[[], StudyTiming] | None = None) -> Path:
+    """report.html (and tables/, figures/) in `out`, from the study's results. `clock`, when given, is called once
+    the page is rendered and returns the invocation's timing with the report's own time (`study.timing.StepClock`),
+    which the setup section shows; without it, the timing in `results` (if any)."""
     out = Path(out)
     page = render(results, out)
+    timing = clock() if clock is not None else results.setup.timing
+    page = page.replace(WALL_MARK, esc(wall_text(timing, results.setup.wall_time_s)), 1)
+    page = page.replace(PHASES_MARK, phases_html(timing), 1)
     write_text(out / "report.html", page)
     return out / "report.html"

@@ -22,6 +22,7 @@ METHOD_LABELS = {
     "soft_prompt_dev": "soft prompt, dev-selected (mean ± std)",
     "finetune": "full fine-tuning",
     "lora": "LoRA",
+    "deep": "deep prompt (keys/values at every layer)",
     "hard": "hard prompt (PEZ), its token rows",
     "hard_text": "hard prompt (PEZ), its text typed",
 }
@@ -48,7 +49,7 @@ class AccuracyRow:
 
 
 BEFORE_SOFT = ("majority", "no_prompt", "english_prompt")  # the baselines above the soft prompt's rows, in order
-AFTER_SOFT = ("finetune", "lora")  # and below them (then the hard prompt's)
+AFTER_SOFT = ("deep", "finetune", "lora")  # and below them (then the hard prompt's)
 Results = RunsAndBaselines | StudyResults  # what the accuracy table reads: the runs and the baselines
 
 

@@ -10,6 +10,8 @@
 - `hard`: the discrete counterpart of the soft prompt (PEZ, `softprompt.model.reparam.HardPromptEncoder`), a
   training run too, of the same length and init; its row also holds its text and that text's score when
   typed as a hard prompt. Run only when named (`DEFAULT_BASELINES` leaves it out).
+- `deep`: keys and values trained at every layer (prefix tuning / P-Tuning v2, `softprompt.model.deep_prompt`), a
+  training run of the same length and init (from the words of a `run:`/`task:` init's text); run only when named.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def baseline_config(cfg: TrainConfig, method: str, overrides: Mapping[str, Any] 
     if "method" in overrides:
         raise SoftPromptError(f"{method} overrides: 'method' is the baseline's own")
     fixed: dict[str, Any] = {"lr": None, "reparam": "none"}
-    if method == "hard" and cfg.init not in INIT_METHODS:
+    if method in ("hard", "deep") and cfg.init not in INIT_METHODS:
         fixed["init"] = "text"
     return replace(cfg, method=method, **{**fixed, **overrides})
 

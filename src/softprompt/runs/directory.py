@@ -14,13 +14,19 @@ import platform
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from softprompt.config import EXECUTION_FIELDS, PROMPT_METHODS, TrainConfig
+import torch
+
+from softprompt.config import EXECUTION_FIELDS, INPUT_PROMPT_METHODS, PROMPT_METHODS, TrainConfig
 from softprompt.data.inputs import file_sha256
 from softprompt.errors import SoftPromptError
+from softprompt.model.deep_prompt import KVPrompt, deep_prompt_for
 from softprompt.model.prompt import PROMPT_FILE, SoftPrompt, parse_run_init
 from softprompt.records.run import RUN_FILE, Execution, FileFacts, RunRecord
+
+if TYPE_CHECKING:
+    from softprompt.model.backbones import Backbone
 
 BEST_PROMPT_FILE = "best.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -89,6 +95,28 @@ class Run:
                 f"{expected[0]} x {expected[1]}: the file belongs to another run; restore the run's own file or retrain the run"
             )
         return prompt
+
+
+def scoring_prompt(run: Run, prompt: SoftPrompt, backbone: Backbone, where: str) -> torch.Tensor | KVPrompt:
+    """A run's saved prompt as the scorer takes it on `backbone`: the matrix before the input (soft, hard), or a deep
+    prompt's keys/values at every layer; refused in one line (naming `where`) when it does not fit the model."""
+    if run.method == "deep":
+        facts = run.record.prompt
+        return deep_prompt_for(backbone.model, prompt.weight.detach(), facts.prefix_shape if facts else None, where)
+    prompt.check_model(backbone.hidden_size, where=where)
+    return prompt.weight.detach()
+
+
+def input_prompt_run(run: Run, what: str) -> Run:
+    """`run`, if its prompt is input embeddings (soft or hard); a deep prompt's keys/values are no token vectors, so
+    `what` (a readout of token vectors: nearest tokens, their text, drift, geometry) does not apply: one line says so."""
+    if run.method not in INPUT_PROMPT_METHODS:
+        raise SoftPromptError(
+            f"run {run.path} trained method {run.method!r}: {what} reads a prompt's rows as input embeddings, and "
+            f"{'a deep prompt holds keys and values at every layer' if run.method == 'deep' else 'it has no prompt'}: "
+            "not applicable (transfer, eval and importance apply)"
+        )
+    return run
 
 
 def artifact_facts(path: Path, prompt: SoftPrompt) -> FileFacts:

@@ -11,16 +11,19 @@ say where the data is and how the same numbers are computed (execution settings,
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from softprompt.config import DTYPES, SCORE_SETTINGS, TrainConfig, canonical_dtype
-from softprompt.errors import SoftPromptError
+from softprompt.errors import SoftPromptError, warn
 from softprompt.runs.directory import Run
 
 LAYOUTS = ("plain", "chat")  # a resolved prompt format (`auto` is resolved by the tokenizer when a run trains)
 # What an adapter without softprompt's settings (a foreign one) is assumed to have been trained with: PEFT's own
 # prompt tuning prepends the prompt to the text as given (plain), TrainConfig's row length, float32 weights, and
 # the compute dtype `auto` picks on the device that scores it.
+SETTINGS_KEY = "softprompt_settings"  # in an exported adapter's weights' metadata: the settings, as JSON
+TASK_KEY = "softprompt_task"  # and the run's task
 ASSUMED = {"prompt_format": "plain", "max_length": TrainConfig.max_length, "dtype": "float32", "compute_dtype": "auto"}
 
 
@@ -114,3 +117,33 @@ def settings_lines(settings: dict[str, Any]) -> list[str]:
         f"- rows of at most {settings.get('max_length')} tokens, prompt included (longer inputs cut from their start)",
         f"- weights in {settings.get('dtype')}, computed in {settings.get('compute_dtype')}",
     ]
+
+
+def settings_metadata(run: Run) -> dict[str, str]:
+    """The run's settings that change a score, and its task, as safetensors metadata (any adapter type's weights)."""
+    return {SETTINGS_KEY: settings_json(run_settings(run)), TASK_KEY: str(run.config.get("task") or "unknown")}
+
+
+def carried_settings(file: Path) -> tuple[dict[str, Any], str | None]:
+    """(the settings, the task) an exported adapter's weights carry in their metadata; ({}, None) for weights
+    without them (another exporter's, or a pickle). Damaged settings are a one-line error naming the file."""
+    from safetensors import safe_open
+
+    if file.suffix != ".safetensors":
+        return {}, None
+    with safe_open(str(file), framework="pt") as f:
+        meta = f.metadata() or {}
+    settings = parse_settings(meta[SETTINGS_KEY], f"{file}: metadata {SETTINGS_KEY!r}") if SETTINGS_KEY in meta else {}
+    return settings, meta.get(TASK_KEY)
+
+
+def say_imported(src: Path, settings: dict[str, Any], assumed: list[str], overridden: list[str]) -> None:
+    """The warnings of an import (`merged_settings`): each flag that overrode the adapter, and what was assumed."""
+    for note in overridden:
+        warn(note)
+    if assumed:
+        warn(
+            f"{src} carries no softprompt settings (an adapter from elsewhere): assumed "
+            + ", ".join(f"{k} {settings[k]}" for k in assumed)
+            + "; pass --prompt-format, --max-length, --dtype or --compute-dtype to import-peft to set them"
+        )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.config import (
+    DEEP_LR_PER_STD,
     HARD_LR_PER_STD,
     LEGACY_VALUES,
     PROMPT_LR_PER_STD,
@@ -46,7 +47,9 @@ LEGACY_LR_PER_STD = 0.025
 def _default_lr_changed(cfg: TrainConfig, record: RunRecord) -> bool:
     """A prompt (or hard prompt) run trained at the default learning rate (lr left out) is another run once the default
     changes: run.json records the factor it used (`resolved.lr_per_std`), so a study retrains it instead of reusing it."""
-    factor = {"prompt": PROMPT_LR_PER_STD, "hard": HARD_LR_PER_STD}.get(cfg.method)  # (read now: tests patch them)
+    factor = {"prompt": PROMPT_LR_PER_STD, "hard": HARD_LR_PER_STD, "deep": DEEP_LR_PER_STD}.get(
+        cfg.method
+    )  # (read now: tests patch them)
     if factor is None or cfg.lr is not None or record.config.get("lr") is not None or record.resolved is None:
         return False  # (a record with nothing resolved says nothing about its rate)
     resolved = record.resolved

@@ -7,40 +7,16 @@ position_ids or reads positions from the mask (ALiBi), and whether a sliding win
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Sequence
-
 import torch
 
 from softprompt.data.batching import Batch
-from softprompt.scoring.model import base_model
+from softprompt.scoring.model import base_model, cache_support, new_cache
 from softprompt.scoring.options import ScoringOptions, ScoringStats
-
-
-@functools.cache
-def cache_support(body_class: type) -> tuple[str | None, bool]:
-    """(name of the cache keyword of the body's forward or None, whether it takes position_ids)."""
-    try:
-        params = inspect.signature(body_class.forward).parameters
-    except (TypeError, ValueError):
-        params = {}
-    kw = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
-    return kw, "position_ids" in params
 
 
 def mask_positions(model) -> bool:
     """Models whose positions come from the attention mask (ALiBi), not from position_ids."""
     return getattr(model.config, "model_type", "") in ("bloom",)
-
-
-def new_cache(kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None):
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    for i, (k, v) in enumerate(kv or ()):
-        cache.update(k, v, i)
-    return cache
 
 
 def _cache_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+from softprompt.model.deep_prompt import KVPrompt
 from softprompt.scoring.kv_cache import body_forward, cache_support, residual_dtype
 from softprompt.scoring.lowp import compute_model
-from softprompt.scoring.model import autocast_context, autocast_dtype, base_model
+from softprompt.scoring.model import autocast_context, autocast_dtype, base_model, kv_dtype
 from softprompt.scoring.options import ScoringOptions, ScoringStats
 
 
@@ -27,7 +28,11 @@ class Prefix:
     length: int  # prompt rows + len(tokens): the positions the cache covers
 
 
-def prefix_kv(model, prompt: torch.Tensor | None, tokens: Sequence[int], options: ScoringOptions, stats: ScoringStats) -> Prefix:
+def prefix_kv(
+    model, prompt: torch.Tensor | KVPrompt | None, tokens: Sequence[int], options: ScoringOptions, stats: ScoringStats
+) -> Prefix:
+    if isinstance(prompt, KVPrompt):
+        return _deep_prefix_kv(model, prompt, tokens, options, stats)
     device, dtype = next(model.parameters()).device, residual_dtype(model, options)
     parts = [] if prompt is None else [prompt.to(device=device, dtype=dtype).unsqueeze(0)]
     if tokens:
@@ -38,6 +43,20 @@ def prefix_kv(model, prompt: torch.Tensor | None, tokens: Sequence[int], options
     _, kv = body_forward(model, emb, mask, None, stats, keep_cache=True)
     stats["real"] += emb.shape[1]
     return Prefix(kv, tuple(tokens), int(emb.shape[1]))
+
+
+def _deep_prefix_kv(model, prompt: KVPrompt, tokens: Sequence[int], options: ScoringOptions, stats: ScoringStats) -> Prefix:
+    """A deep prompt's keys/values are the cache itself; the shared tokens, if any, are computed after them."""
+    device, n = next(model.parameters()).device, prompt.length
+    kv = prompt.layer_kv(kv_dtype(model), device)
+    if not tokens:
+        return Prefix(kv, (), n)
+    ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)
+    emb = model.get_input_embeddings()(ids).to(residual_dtype(model, options))
+    mask = torch.ones((1, n + len(tokens)), dtype=torch.long, device=device)
+    _, kv = body_forward(model, emb, mask, kv, stats, keep_cache=True)
+    stats["real"] += len(tokens)
+    return Prefix(kv, tuple(tokens), n + len(tokens))
 
 
 def prompt_kv(

@@ -20,6 +20,7 @@ import warnings
 import torch
 
 from softprompt.data.batching import Batch
+from softprompt.model.deep_prompt import KVPrompt, prompt_length
 from softprompt.scoring.kv_cache import body_forward, cache_support, mask_positions, residual_dtype, supported
 from softprompt.scoring.kv_plan import TreePlan, plan_groups, plan_tree
 from softprompt.scoring.kv_prefix import Prefix, prefix_kv, shared_length
@@ -35,7 +36,7 @@ class _Forwards:
         self.options, self.stats = options, stats
         self.device = next(model.parameters()).device
         # positions before the tree's rows: the cached prefix, or the prompt computed inline with each row
-        self.n = kv0.length if kv0 is not None else 0 if prompt is None else int(prompt.shape[0])
+        self.n = kv0.length if kv0 is not None else prompt_length(prompt)
         self.takes_positions = cache_support(type(base_model(model)))[1]
         self.picked: list[torch.Tensor] = []
         self.where: list[int] = []  # target index of each picked row
@@ -134,7 +135,7 @@ def target_hidden(
     shared prefix from `shared_prefix` (an evaluation's, computed once); absent, the batch's own is
     computed here when worth it.
     """
-    n = 0 if prompt is None else int(prompt.shape[0])
+    n = prompt_length(prompt)
     lengths = batch.attention_mask.sum(dim=1).tolist()
     if not supported(model, batch, n + max(lengths)):
         return None
@@ -142,7 +143,11 @@ def target_hidden(
     tree = plan_tree(batch, lengths, options.share_prefix and (takes_positions or mask_positions(model)))
     if tree is None:
         return None
-    if kv0 is None and options.share_prompt:
+    if kv0 is None and isinstance(prompt, KVPrompt):  # a deep prompt is a cache: always the tree's first stage
+        kv0 = prefix_kv(
+            model, prompt, tree.rows[0][: shared_length(tree.rows, tree.t_pos)] if options.share_prompt else (), options, stats
+        )
+    elif kv0 is None and options.share_prompt:
         # the prefix's own forward streams every weight once more: worth it unless it is short and the
         # rows few (evaluation passes kv0, computed once for all its batches)
         c = shared_length(tree.rows, tree.t_pos)

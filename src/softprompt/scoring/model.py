@@ -6,8 +6,13 @@ Every strategy builds on these; `hidden_states` over [prompt; input] is also the
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
+from collections.abc import Sequence
 
 import torch
+
+from softprompt.model.deep_prompt import KVPrompt
 
 
 def base_model(model):
@@ -28,6 +33,39 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
+@functools.cache
+def cache_support(body_class: type) -> tuple[str | None, bool]:
+    """(name of the cache keyword of the body's forward or None, whether it takes position_ids)."""
+    try:
+        params = inspect.signature(body_class.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    kw = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+    return kw, "position_ids" in params
+
+
+def new_cache(kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None):
+    """A transformers cache holding the per-layer keys/values `kv` (batch first)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(kv or ()):
+        cache.update(k, v, i)
+    return cache
+
+
+def kv_dtype(model) -> torch.dtype:
+    """The dtype `model`'s attention caches keys/values in here: autocast's where it is on, else the weights'."""
+    device = next(model.parameters()).device
+    return autocast_dtype(device) or model.get_input_embeddings().weight.dtype
+
+
+def deep_prompt_cache(model, prompt: KVPrompt, rows: int):
+    """A deep prompt's keys/values as a cache before `rows` rows (expanded, not copied; differentiable)."""
+    kv = prompt.layer_kv(kv_dtype(model), next(model.parameters()).device)
+    return new_cache([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in kv])
+
+
 def prompt_embeds(model, input_ids: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
     """Input embeddings with the soft prompt (if any) placed before every row."""
     embeds = model.get_input_embeddings()(input_ids)
@@ -38,16 +76,33 @@ def prompt_embeds(model, input_ids: torch.Tensor, prompt: torch.Tensor | None) -
 
 
 def hidden_states(
-    model, prompt: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    model, prompt: torch.Tensor | KVPrompt | None, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> torch.Tensor:
     """Final (normalised) hidden states over [prompt; input] for right-padded rows (`attention_mask` None:
-    no padding mask, which leaves every real position's state as it is: see `ScoringOptions.padding_mask`)."""
+    no padding mask, which leaves every real position's state as it is: see `ScoringOptions.padding_mask`).
+    A deep prompt has no positions of its own in the output (`prompt_positions`): its keys/values are the cache
+    every row attends to, as PEFT's prefix tuning passes them."""
+    if isinstance(prompt, KVPrompt):
+        if attention_mask is not None:
+            ones = torch.ones((input_ids.shape[0], prompt.length), dtype=attention_mask.dtype, device=attention_mask.device)
+            attention_mask = torch.cat([ones, attention_mask], dim=1)
+        embeds = model.get_input_embeddings()(input_ids)
+        cache = deep_prompt_cache(model, prompt, input_ids.shape[0])
+        return base_model(model)(
+            inputs_embeds=embeds, attention_mask=attention_mask, past_key_values=cache, use_cache=True
+        ).last_hidden_state
     embeds = prompt_embeds(model, input_ids, prompt)
     if prompt is not None and attention_mask is not None:
         ones = torch.ones((input_ids.shape[0], prompt.shape[0]), dtype=attention_mask.dtype, device=attention_mask.device)
         attention_mask = torch.cat([ones, attention_mask], dim=1)
     out = base_model(model)(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
     return out.last_hidden_state
+
+
+def prompt_positions(prompt: torch.Tensor | KVPrompt | None) -> int:
+    """The positions of `hidden_states`' output before the input's: an input-level prompt's rows (none for a deep
+    prompt, which is a cache, or for no prompt)."""
+    return 0 if prompt is None or isinstance(prompt, KVPrompt) else int(prompt.shape[0])
 
 
 def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
@@ -59,9 +114,10 @@ def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def full_logits(
-    model, prompt: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    model, prompt: torch.Tensor | KVPrompt | None, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Logits at every position of [prompt; input] (for tests, PEFT comparison and generation)."""
+    """Logits at every position of [prompt; input] (for tests, PEFT comparison and generation; a deep prompt's
+    cache has no positions: the input's alone)."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     return lm_logits(model, hidden_states(model, prompt, input_ids, attention_mask))

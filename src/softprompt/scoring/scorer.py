@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from softprompt.config import class_balance_on
 from softprompt.data.batching import Batch, EncodedExample, collate, length_batches
 from softprompt.errors import SoftPromptError
+from softprompt.model.deep_prompt import KVPrompt
 from softprompt.scoring import kv_prefix, kv_tree
 from softprompt.scoring.attention import scoring_attention
 from softprompt.scoring.lowp import compute_model
-from softprompt.scoring.model import autocast_context, autocast_dtype, hidden_states, lm_logits
+from softprompt.scoring.model import autocast_context, autocast_dtype, hidden_states, lm_logits, prompt_positions
 from softprompt.scoring.options import DEFAULT, ScoringOptions, ScoringStats
 
 
@@ -39,10 +40,9 @@ def padded_target_hidden(model, prompt, batch: Batch, stats: ScoringStats, *, pa
     the batch's host copy). Without the mask a pad is computed as a token, but it sits to the right of
     every real token of its row, so causal attention never lets a real position see it, and positions
     stay 0..L-1 as with the mask (ALiBi's too); a target is always a real position."""
-    n = 0 if prompt is None else prompt.shape[0]
     hidden = hidden_states(model, prompt, batch.input_ids, batch.attention_mask if padding_mask else None)
-    stats.update(padded_counts(batch.on_host(), n))
-    return hidden[batch.target_row, batch.target_pos + n]  # [T, d]
+    stats.update(padded_counts(batch.on_host(), prompt_positions(prompt)))
+    return hidden[batch.target_row, batch.target_pos + prompt_positions(prompt)]  # [T, d]
 
 
 def padded_counts(host: Batch, n_prompt: int) -> ScoringStats:
@@ -84,7 +84,7 @@ def _target_hidden(model, prompt, batch: Batch, kv0, options: ScoringOptions, st
 
 def batch_choice_scores(
     model,
-    prompt: torch.Tensor | None,
+    prompt: torch.Tensor | KVPrompt | None,
     batch: Batch,
     *,
     options: ScoringOptions | None = None,
@@ -93,6 +93,7 @@ def batch_choice_scores(
 ) -> torch.Tensor:
     """Summed log-likelihood of every choice, shape [examples, max_choices] (-inf where absent).
 
+    `prompt`: an input-level prompt matrix (n, d), a deep prompt (`KVPrompt`: keys/values at every layer) or None.
     `options` picks the strategy (default: `ScoringOptions()`, the fastest for the device); `stats` counts
     what was computed; `kv0` is the cached prefix every row starts with (`kv_prefix.shared_prefix`: the
     prompt and shared tokens; computed here when absent and the tree runs). `batch` may be on the host or already on the model's device (`Batch.to`).
@@ -184,7 +185,7 @@ class Scores:
 def choice_scores(
     model,
     encoded: Sequence[EncodedExample],
-    prompt: torch.Tensor | None = None,
+    prompt: torch.Tensor | KVPrompt | None = None,
     *,
     pad_id: int = 0,
     max_tokens: int = 8192,

@@ -2,11 +2,16 @@
 
 Run once all prompt runs are done (the transfer matrix and transferred-init comparison read several runs);
 each analysis is keyed by the prompts' digests, its own settings and the model, so a re-run recomputes only
-what a config or data change touches.
+what a config or data change touches. Each analysis is timed (cached or computed, `study.timing`) and says what
+it is doing, on which run, through `progress`.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from softprompt.model.prompt import PROMPT_FILE
@@ -14,8 +19,11 @@ from softprompt.records.run import RUN_FILE
 from softprompt.runs.directory import load_run
 from softprompt.study.model_cache import ModelCache
 from softprompt.study.plan import Unit, analysis_dir, file_digest, work_key
-from softprompt.study.result_cache import cache_hit, store
+from softprompt.study.result_cache import cache_hit, read_entry, store
+from softprompt.study.timing import timed
 from softprompt.study.units import Study
+
+Progress = Callable[[str], None]
 
 
 def analysis_keys(study: Study, models: ModelCache, *parts: Any) -> tuple[str, str]:
@@ -24,24 +32,68 @@ def analysis_keys(study: Study, models: ModelCache, *parts: Any) -> tuple[str, s
     return work_key(*parts, models.result_key, study.data_location(study.cfg.tasks)), work_key(*parts, models.key)
 
 
-def analyses_unit(study: Study, models: ModelCache) -> dict[str, Any]:
+@dataclass
+class _Analyses:
+    """The analyses unit's state: the model cache, where progress goes, and each analysis's timing."""
+
+    models: ModelCache
+    progress: Progress | None = None
+    timings: list[dict[str, Any]] = field(default_factory=list)
+
+    def say(self, kind: str) -> Progress:
+        """`progress` for one analysis: its name in front of what it reports (a run, a count)."""
+        show = self.progress
+        return (lambda text: show(f"analysis {kind}: {text}")) if show else (lambda _text: None)
+
+    def cached(self, kind: str, path: Path, key, inputs, compute: Callable[[Progress], Any]) -> Any:
+        """The cached value at `path` under `key`, or `compute(progress)`'s, stored with its seconds; timed either way
+        (a model load inside it apart)."""
+        self.say(kind)("checking its cache")
+        start, loaded = time.perf_counter(), self.models.load_s
+        value = cache_hit(path, key, inputs)
+        cached = value is not None
+        computed_s = read_entry(path).get("seconds") if cached else None
+        if not cached:
+            value = compute(self.say(kind))
+            store(path, key, value, inputs, seconds=round(self._elapsed(start, loaded), 3))
+        self.timings.append(
+            {
+                "unit": kind,
+                "seconds": self._elapsed(start, loaded),
+                "model_load_s": self.models.load_s - loaded,
+                "cached": cached,
+                "computed_s": computed_s,
+            }
+        )
+        return value
+
+    def _elapsed(self, start: float, loaded: float) -> float:
+        """Seconds since `start`, without the model load since the cache's load counter was `loaded`."""
+        return time.perf_counter() - start - (self.models.load_s - loaded)
+
+
+def analyses_unit(study: Study, models: ModelCache, progress: Progress | None = None) -> dict[str, Any]:
     """Nearest tokens (+ projections), geometry (stochasticity) and transfer over every prompt run, each
-    cached by the prompts' digests; and the cache's setup facts (the model is loaded here anyway)."""
+    cached by the prompts' digests; and the cache's setup facts (the model is loaded here anyway). `progress`
+    (the local executor's bar) hears which analysis runs, on which run."""
+    ctx = _Analyses(models, progress)
     runs = [load_run(d) for _, _, d in study.prompt_runs()]
     digests = [file_digest(r.path / PROMPT_FILE) for r in runs]
-    analyses = {"neighbors": _neighbors(study, runs, digests, models), "geometry": _geometry(study, runs, digests)}
+    analyses = {"neighbors": _neighbors(study, runs, digests, ctx), "geometry": _geometry(study, runs, digests, ctx)}
     if study.cfg.analysis.importance:
-        analyses["importance"] = _importance(study, runs, digests, models)
+        analyses["importance"] = _importance(study, runs, digests, ctx)
     if study.cfg.analysis.describe:
-        analyses["describe"] = _describe(study, runs, digests, models)
+        analyses["describe"] = _describe(study, runs, digests, ctx)
     if study.cfg.analysis.transfer:
-        analyses["transfer"] = _transfer(study, runs, digests, models)
+        analyses["transfer"] = _transfer(study, runs, digests, ctx)
     if study.cfg.transfer.init:
-        analyses["transfer_init"] = _transfer_init(study, (analyses.get("transfer") or {}).get("task_level"))
-    return {"analyses": analyses, "setup": models.facts()}
+        analyses["transfer_init"] = _transfer_init(study, (analyses.get("transfer") or {}).get("task_level"), ctx)
+    with timed(models) as t:  # the setup facts read the model: loaded here when every unit before was cached
+        setup = models.facts()
+    return {"analyses": analyses, "setup": setup, "timings": ctx.timings, "model_load_s": t.model_load_s}
 
 
-def _transfer_init(study: Study, zero_shot: dict[str, Any] | None) -> dict[str, Any]:
+def _transfer_init(study: Study, zero_shot: dict[str, Any] | None, ctx: _Analyses) -> dict[str, Any]:
     """Each transfer-initialised run against its target's own run, cached by every involved run's files."""
     from softprompt.analysis.transfer_init import TransferredRun, transfer_init_report
 
@@ -55,88 +107,88 @@ def _transfer_init(study: Study, zero_shot: dict[str, Any] | None) -> dict[str, 
     own_init = dict(study.cfg.analysis_cell()).get("init", study.cfg.train.init)
     adir = analysis_dir(study.out)
     key = work_key("transfer_init", files, own_init, zero_shot)
-    hit = cache_hit(adir / "transfer_init.cache.json", key)
-    if hit is None:
-        hit = store(
-            adir / "transfer_init.cache.json",
-            key,
-            transfer_init_report(pairs, own_init, adir / "transfer_init", zero_shot=zero_shot),
-        )
-    return hit
+
+    def compute(say: Progress) -> dict[str, Any]:
+        say(f"{len(pairs)} transferred runs against their own")
+        return transfer_init_report(pairs, own_init, adir / "transfer_init", zero_shot=zero_shot)
+
+    return ctx.cached("transfer_init", adir / "transfer_init.cache.json", key, None, compute)
 
 
-def _neighbors(study: Study, runs, digests: list[str], models: ModelCache) -> dict[str, Any]:
+def _neighbors(study: Study, runs, digests: list[str], ctx: _Analyses) -> dict[str, Any]:
     from softprompt.analysis.neighbors import neighbors_report
 
-    cfg, a, adir = study.cfg, study.cfg.analysis, analysis_dir(study.out)
+    cfg, a, adir, models = study.cfg, study.cfg.analysis, analysis_dir(study.out), ctx.models
     key = analysis_keys(study, models, "neighbors", digests, a.k, a.metric, a.project, cfg.max_eval)
-    inputs = study.task_inputs(cfg.tasks)
-    hit = cache_hit(adir / "neighbors.cache.json", key, inputs)
-    if hit is None:
-        hit = neighbors_report(
+
+    def compute(say: Progress) -> dict[str, Any]:
+        return neighbors_report(
             models.backbone,
             runs,
             a.k,
             adir / "neighbors",
             metric=a.metric,
             project=a.project,
-            evaluator=models.evaluator,
+            evaluator=models.evaluator if a.project else None,
             limit=cfg.max_eval,
+            progress=say,
         )
-        store(adir / "neighbors.cache.json", key, hit, inputs)
-    return hit
+
+    name = "neighbors + projection" if a.project else "neighbors"
+    return ctx.cached(name, adir / "neighbors.cache.json", key, study.task_inputs(cfg.tasks), compute)
 
 
-def _importance(study: Study, runs, digests: list[str], models: ModelCache) -> dict[str, Any]:
+def _importance(study: Study, runs, digests: list[str], ctx: _Analyses) -> dict[str, Any]:
     """Which positions matter: each put back to its init vector (and/or the mean embedding) on the validation subsample."""
     from softprompt.analysis.importance import importance_report
 
-    cfg, adir = study.cfg, analysis_dir(study.out)
+    cfg, adir, models = study.cfg, analysis_dir(study.out), ctx.models
     key = analysis_keys(study, models, "importance", digests, cfg.max_eval)
-    inputs = study.task_inputs(cfg.tasks)
-    hit = cache_hit(adir / "importance.cache.json", key, inputs)
-    if hit is None:
+
+    def compute(say: Progress) -> dict[str, Any]:
         replacements = tuple(cfg.analysis.importance_replacements)
-        hit = importance_report(models.evaluator, runs, adir / "importance", limit=cfg.max_eval, replacements=replacements)
-        store(adir / "importance.cache.json", key, hit, inputs)
-    return hit
+        return importance_report(
+            models.evaluator, runs, adir / "importance", limit=cfg.max_eval, replacements=replacements, progress=say
+        )
+
+    return ctx.cached("importance", adir / "importance.cache.json", key, study.task_inputs(cfg.tasks), compute)
 
 
-def _describe(study: Study, runs, digests: list[str], models: ModelCache) -> dict[str, Any]:
+def _describe(study: Study, runs, digests: list[str], ctx: _Analyses) -> dict[str, Any]:
     """What the model says each prompt (and its init) asks for: depends on the prompts and the model only."""
     from softprompt.analysis.describe import describe_report
 
-    a, adir = study.cfg.analysis, analysis_dir(study.out)
+    a, adir, models = study.cfg.analysis, analysis_dir(study.out), ctx.models
     key = analysis_keys(study, models, "describe", digests, a.describe_samples)
-    hit = cache_hit(adir / "describe.cache.json", key)
-    if hit is None:
-        hit = describe_report(models.backbone, runs, adir / "describe", samples=a.describe_samples)
-        store(adir / "describe.cache.json", key, hit)
-    return hit
+
+    def compute(say: Progress) -> dict[str, Any]:
+        return describe_report(models.backbone, runs, adir / "describe", samples=a.describe_samples, progress=say)
+
+    return ctx.cached("describe", adir / "describe.cache.json", key, None, compute)
 
 
-def _geometry(study: Study, runs, digests: list[str]) -> dict[str, Any]:
+def _geometry(study: Study, runs, digests: list[str], ctx: _Analyses) -> dict[str, Any]:
     from softprompt.analysis.geometry import geometry_report
 
     a, adir = study.cfg.analysis, analysis_dir(study.out)
     key = work_key("geometry", digests, a.tsne_perplexity)
     inputs = study.task_inputs(study.cfg.tasks)  # drift vs difficulty reads the runs' no-prompt accuracy
-    hit = cache_hit(adir / "geometry.cache.json", key, inputs)
-    if hit is None:
+
+    def compute(say: Progress) -> dict[str, Any]:
+        say(f"drift, distances and t-SNE of {len(runs)} prompts")
         kwargs = {"perplexity": a.tsne_perplexity} if a.tsne_perplexity else {}
-        hit = geometry_report(runs, adir / "geometry", **kwargs)
-        store(adir / "geometry.cache.json", key, hit, inputs)
-    return hit
+        return geometry_report(runs, adir / "geometry", **kwargs)
+
+    return ctx.cached("geometry", adir / "geometry.cache.json", key, inputs, compute)
 
 
-def _transfer(study: Study, runs, digests: list[str], models: ModelCache) -> dict[str, Any]:
+def _transfer(study: Study, runs, digests: list[str], ctx: _Analyses) -> dict[str, Any]:
     from softprompt.analysis.transfer import transfer_report
 
-    cfg, adir = study.cfg, analysis_dir(study.out)
+    cfg, adir, models = study.cfg, analysis_dir(study.out), ctx.models
     key = analysis_keys(study, models, "transfer", digests, cfg.tasks, cfg.max_eval)
-    inputs = study.task_inputs(cfg.tasks)
-    hit = cache_hit(adir / "transfer.cache.json", key, inputs)
-    if hit is None:
-        hit = transfer_report(models.evaluator, runs, cfg.tasks, adir / "transfer", limit=cfg.max_eval)
-        store(adir / "transfer.cache.json", key, hit, inputs)
-    return hit
+
+    def compute(say: Progress) -> dict[str, Any]:
+        return transfer_report(models.evaluator, runs, cfg.tasks, adir / "transfer", limit=cfg.max_eval, progress=say)
+
+    return ctx.cached("transfer", adir / "transfer.cache.json", key, study.task_inputs(cfg.tasks), compute)

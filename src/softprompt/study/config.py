@@ -71,6 +71,7 @@ class BaselineConfig:
     finetune: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides, e.g. lr
     lora: dict[str, Any] = field(default_factory=dict)
     hard: dict[str, Any] = field(default_factory=dict)  # the hard (PEZ) prompt's overrides
+    deep: dict[str, Any] = field(default_factory=dict)  # the deep prompt's overrides (e.g. lr, tokens)
 
     def overrides(self) -> dict[str, dict[str, Any]]:
         """TrainConfig overrides per trained method."""

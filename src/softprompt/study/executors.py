@@ -50,6 +50,6 @@ def run_locally(study: Study, units: list[Unit], bar: StudyProgress) -> Executor
         done[unit] = run_unit(study, models, unit)
         bar.done()
     bar.current("analyses")
-    final = analyses_unit(study, models)
+    final = analyses_unit(study, models, bar.current)
     bar.done()
     return done, final, {"name": "local"}

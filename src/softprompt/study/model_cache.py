@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from typing import TYPE_CHECKING, Any
 
 from softprompt.config import TrainConfig
@@ -33,13 +34,16 @@ class ModelCache:
         self.result_key = model_result_key(train)
         self._backbone: Backbone | None = None
         self._evaluator: Evaluator | None = None
+        self.load_s = 0.0  # seconds spent loading the model and building its evaluator (a unit's timing leaves them out)
 
     @property
     def backbone(self) -> Backbone:
         if self._backbone is None:
             from softprompt.model.backbones import load_backbone
 
+            start = time.perf_counter()
             self._backbone = load_backbone(self.train.model, dtype=self.train.dtype, device=self.train.device)
+            self.load_s += time.perf_counter() - start
         return self._backbone
 
     @property
@@ -53,8 +57,11 @@ class ModelCache:
         if self._evaluator is None:
             from softprompt.evaluate import evaluator_for
 
+            backbone = self.backbone
+            start = time.perf_counter()
             # memoize: the units' shared backbone is frozen, and the analyses re-score some prompts
-            self._evaluator = evaluator_for(self.train, self.backbone, memoize=True)
+            self._evaluator = evaluator_for(self.train, backbone, memoize=True)
+            self.load_s += time.perf_counter() - start
         return self._evaluator
 
     def facts(self) -> dict[str, Any]:

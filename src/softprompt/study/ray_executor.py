@@ -95,7 +95,7 @@ def run_on_ray(study: Study, units: list[Unit], bar: StudyProgress, options: Ray
             max_retries=options.max_retries,
             retry_exceptions=False,
         )
-        remote_study = dataclasses.replace(study, progress=False, timings={})  # no per-run bars from workers
+        remote_study = dataclasses.replace(study, progress=False)  # no per-run bars from workers
         refs: dict[Unit, Any] = {}
         for unit in units:  # a unit's source comes before it in `units`
             source = source_unit(study.cfg, unit)

@@ -32,7 +32,7 @@ def cache_hit(path: Path, key: str | tuple[str, ...], inputs: dict[str, dict[str
         done = saved.get("key") in keys and saved.get("status") == "complete" and "value" in saved
         if done and not inputs_changed(saved.get("inputs"), inputs or {}):
             if saved["key"] != keys[0]:
-                store(path, keys[0], saved["value"], saved.get("inputs"))
+                store(path, keys[0], saved["value"], saved.get("inputs"), seconds=saved.get("seconds"))
             return saved["value"]
     return None
 
@@ -54,9 +54,16 @@ def read_entry(path: Path) -> dict[str, Any]:
     return saved
 
 
-def store(path: Path, key: str | tuple[str, ...], value: Any, inputs: dict[str, dict[str, Any]] | None = None) -> Any:
-    """Cache `value` under `key` (the first, current one of `analysis_units.analysis_keys`)."""
-    write_json(
-        path, {"key": key if isinstance(key, str) else key[0], "status": "complete", "value": value, "inputs": inputs or {}}
-    )
+def store(
+    path: Path,
+    key: str | tuple[str, ...],
+    value: Any,
+    inputs: dict[str, dict[str, Any]] | None = None,
+    *,
+    seconds: float | None = None,
+) -> Any:
+    """Cache `value` under `key` (the first, current one of `analysis_units.analysis_keys`), with the `seconds` computing
+    it took when given (a later invocation that reads it back reports that time as what the result cost)."""
+    entry = {"key": key if isinstance(key, str) else key[0], "status": "complete", "value": value, "inputs": inputs or {}}
+    write_json(path, entry if seconds is None else {**entry, "seconds": seconds})
     return value

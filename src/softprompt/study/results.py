@@ -4,6 +4,7 @@ init the transfer-initialised runs. The report reads this object; results.json i
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from softprompt.analysis.learning import learning_verdict
@@ -13,11 +14,13 @@ from softprompt.records.history import METRICS_FILE, read_metrics
 from softprompt.records.metrics import BaselineRow, LearningVerdict, MetricsLine
 from softprompt.records.readouts import ReadoutsSummary
 from softprompt.records.registry import ANALYSES
-from softprompt.records.results import RunSummary, Setup, StudyResults, StudySettings, SweepResults
+from softprompt.records.results import RunSummary, Setup, StudyResults, StudySettings, StudyTiming, SweepResults, UnitTiming
 from softprompt.report.ablations import ablation_results
+from softprompt.report.claims import study_claims
 from softprompt.runs.directory import load_run
 from softprompt.study.executors import ExecutorResult
 from softprompt.study.plan import Unit
+from softprompt.study.timing import MODEL_LOAD, PROMPT_RUNS, unit_timing
 from softprompt.tasks import task_name
 
 if TYPE_CHECKING:
@@ -33,9 +36,7 @@ def study_results(study: Study, units: list[Unit], outcome: ExecutorResult, *, w
     rows: dict[str, dict[str, dict]] = {}
     for unit in units:
         if unit.method is None:
-            name = study.run_label(unit)
-            actions[name] = done[unit]["action"]
-            study.timings[name] = done[unit]["seconds"]
+            actions[study.run_label(unit)] = done[unit]["action"]
         else:
             rows.setdefault(unit.task, {})[unit.method] = done[unit]["row"]  # keyed as runs name their task
     baselines = {
@@ -43,6 +44,10 @@ def study_results(study: Study, units: list[Unit], outcome: ExecutorResult, *, w
         for task, by_method in rows.items()
     }
     setup = {**final["setup"], "executor": executor_info, "wall_time_s": wall_time_s, "actions": actions, "inputs": study.inputs}
+    timing = StudyTiming(
+        wall_time_s=wall_time_s, units=unit_timings(study, units, outcome), concurrent=executor_info["name"] != "local"
+    )
+    setup["timing"] = timing.to_dict()
     analyses = final["analyses"]
     runs = [run_summary(study, u) for u in study.analysis_units()]
     readouts = readouts_summary(
@@ -56,7 +61,7 @@ def study_results(study: Study, units: list[Unit], outcome: ExecutorResult, *, w
         by_task = {t: baselines.get(t, {}) for t in cfg.tasks}
         ablations = ablation_results(cfg.sweep, cfg.analysis_cell(), cell_runs, by_task)
     transfer_init_runs = [run_summary(study, u) for u in units if u.source is not None] if cfg.transfer.init else None
-    return StudyResults(
+    results = StudyResults(
         study=StudySettings.from_dict(cfg.to_json(), f"{RESULTS_FILE} study"),
         setup=Setup.from_dict(setup, f"{RESULTS_FILE} setup"),
         runs=runs,
@@ -67,6 +72,23 @@ def study_results(study: Study, units: list[Unit], outcome: ExecutorResult, *, w
         ablations=ablations,
         transfer_init_runs=transfer_init_runs,
     )
+    return replace(results, claims=study_claims(results))
+
+
+def unit_timings(study: Study, units: list[Unit], outcome: ExecutorResult) -> list[UnitTiming]:
+    """Every unit's timing in plan order, then each analysis's; a model load counted where it happened."""
+    done, final, _ = outcome
+    rows: list[UnitTiming] = []
+    for unit in units:
+        if unit.method is None:
+            rows += unit_timing(PROMPT_RUNS, study.run_label(unit), done[unit])
+        else:
+            rows += unit_timing(f"baseline {unit.method}", f"{task_name(unit.task)} {unit.method}", done[unit])
+    for a in final.get("timings", []):
+        rows += unit_timing(f"analysis {a['unit']}", a["unit"], a)
+    if final.get("model_load_s"):
+        rows.insert(0, UnitTiming(phase=MODEL_LOAD, unit="for the setup facts", seconds=round(final["model_load_s"], 3)))
+    return rows
 
 
 def _soft_accuracy(runs: list[RunSummary]) -> dict[str, list[float]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +18,12 @@ from softprompt.errors import SoftPromptError, warn
 from softprompt.io import read_json, remove_stale_temporaries, write_json
 from softprompt.locks import directory_lock
 from softprompt.records.files import StudyConfigFile, StudyInputs
+from softprompt.records.results import StudyResults, StudyTiming
 from softprompt.report import write_report
 from softprompt.study.config import StudyConfig, load_study_config
 from softprompt.study.executors import StudyProgress, run_locally
 from softprompt.study.results import RESULTS_FILE, study_results
+from softprompt.study.timing import REPORT, RESULTS, StepClock, with_step
 from softprompt.study.units import Study
 from softprompt.training.trackers import require_trackers
 
@@ -55,6 +58,7 @@ def run_study(
     `softprompt.study.ray_executor`; `ray_options` sets the cluster address and per-run resources).
     Both run the same unit functions, so they write the same results.
     """
+    started = time.perf_counter()  # the invocation's wall time (results.json `setup.timing`) starts here
     if executor not in EXECUTORS:
         raise SoftPromptError(f"unknown executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     if executor == "local" and ray_options is not None:
@@ -68,7 +72,7 @@ def run_study(
     require_trackers(cfg.train.report_to)  # a missing tracker package fails before the model loads, not at the first run
     inputs = study_inputs(cfg)  # reads every task's data: a missing or unreadable file fails before any work
     with directory_lock(out, "study directory"):  # one process writes a study directory at a time
-        return _run_study(cfg, out, inputs, progress, executor, ray_options)
+        return _run_study(cfg, out, inputs, progress, executor, ray_options, started)
 
 
 def study_inputs(cfg: StudyConfig) -> dict[str, dict[str, Any]]:
@@ -98,12 +102,12 @@ def _say_changed_inputs(out: Path, inputs: dict[str, dict[str, Any]]) -> None:
     write_json(path, StudyInputs.from_dict(inputs, str(path)).to_dict())
 
 
-def _run_study(cfg: StudyConfig, out: Path, inputs, progress: bool, executor: str, ray_options) -> dict:
+def _run_study(cfg: StudyConfig, out: Path, inputs, progress: bool, executor: str, ray_options, started: float) -> dict:
+    """The study's units, results.json and the report; `started`: when this invocation began (its wall time's start)."""
     for d in {p.parent for p in out.rglob(".*.tmp")}:  # left by a killed earlier attempt; nothing writes now
         remove_stale_temporaries(d)
     write_json(out / "study_config.json", StudyConfigFile.from_dict(cfg.to_json(), "study_config.json").to_dict())
     _say_changed_inputs(out, inputs)
-    started = time.perf_counter()
     study = Study(cfg, out, progress, inputs=inputs)
     units = study.units()
     bar = StudyProgress(len(units) + 1, cfg.name, progress)
@@ -116,8 +120,24 @@ def _run_study(cfg: StudyConfig, out: Path, inputs, progress: bool, executor: st
             outcome = run_locally(study, units, bar)
     finally:
         bar.close()
-    results = study_results(study, units, outcome, wall_time_s=round(time.perf_counter() - started, 1))
+    assembling = time.perf_counter()
+    results = study_results(study, units, outcome, wall_time_s=round(assembling - started, 1))
+    results = _with_timing(
+        results, with_step(_timing(results), RESULTS, time.perf_counter() - assembling, time.perf_counter() - started)
+    )
+    write_json(out / RESULTS_FILE, results.to_dict())  # written before the report: a report that fails leaves the numbers
+    clock = StepClock(_timing(results), REPORT, started)
+    write_report(results, out, clock=clock)  # the report's phase table includes the report (`clock` closes it)
+    results = _with_timing(results, clock.timing)
     data = results.to_dict()
     write_json(out / RESULTS_FILE, data)
-    write_report(results, out)
     return data
+
+
+def _timing(results: StudyResults) -> StudyTiming:
+    assert results.setup.timing is not None  # `study_results` always sets it
+    return results.setup.timing
+
+
+def _with_timing(results: StudyResults, timing: StudyTiming) -> StudyResults:
+    return replace(results, setup=replace(results.setup, timing=timing))

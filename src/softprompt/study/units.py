@@ -9,7 +9,6 @@ shared model `model_cache`'s and the cache entries `result_cache`'s.
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from softprompt.config import RUN_INIT, TASK_INIT, TrainConfig
 from softprompt.data.inputs import MODEL_REVISION
 from softprompt.io import write_json
+from softprompt.records.run import RunRecord
 from softprompt.runs.baselines import TRAINED, baseline_config, result_inputs
 from softprompt.runs.state import COMPLETE, CONFLICT, RESUMABLE, data_digests_known, run_state, warn_unknown_inputs
 from softprompt.study.config import StudyConfig
@@ -24,6 +24,7 @@ from softprompt.study.model_cache import ModelCache
 from softprompt.study.plan import Unit, baseline_dir, run_dir, source_unit, units, work_key
 from softprompt.study.result_cache import cache_hit, inputs_changed, read_entry, store
 from softprompt.study.sweep import cell_name
+from softprompt.study.timing import Timed, timed
 from softprompt.training import compute_dtype_name, train
 from softprompt.training.baseline_runs import run_baselines
 
@@ -35,7 +36,6 @@ class Study:
     cfg: StudyConfig
     out: Path
     progress: bool = True
-    timings: dict[str, float] = field(default_factory=dict)
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> its digests (softprompt.data.inputs)
 
     def run_dir(self, unit: Unit) -> Path:
@@ -107,18 +107,21 @@ class Study:
 
 
 def run_unit(study: Study, models: ModelCache, unit: Unit) -> dict[str, Any]:
-    """Do one unit: {"action": ...} for a prompt run, {"row": ...} for a baseline; plus its seconds."""
-    t0 = time.perf_counter()
-    if unit.method is None:
-        out: dict[str, Any] = {"action": study.ensure_run(study.run_config(unit), study.run_dir(unit), models)}
-    else:
-        out = {"row": baseline_unit(study, unit.task, unit.method, models)}
-    out["seconds"] = time.perf_counter() - t0
-    return out
+    """Do one unit: {"action": ...} for a prompt run, {"row": ...} for a baseline; plus its timing (`study.timing`:
+    seconds without a model load inside it, that load, whether its result was already there and what it cost then)."""
+    with timed(models) as t:
+        if unit.method is None:
+            out: dict[str, Any] = {"action": study.ensure_run(study.run_config(unit), study.run_dir(unit), models)}
+            if out["action"] == "skipped":
+                t.cached, t.computed_s = True, RunRecord.read(study.run_dir(unit)).wall_time_s
+        else:
+            out = {"row": baseline_unit(study, unit.task, unit.method, models, t)}
+    return {**out, **t.fields()}
 
 
-def baseline_unit(study: Study, task: str, method: str, models: ModelCache) -> dict[str, Any]:
-    """One baseline of `task`, cached per method, so a config change redoes only the methods it touches."""
+def baseline_unit(study: Study, task: str, method: str, models: ModelCache, timing: Timed | None = None) -> dict[str, Any]:
+    """One baseline of `task`, cached per method, so a config change redoes only the methods it touches (a cache hit
+    marks `timing` cached, with the seconds its row recorded)."""
     base = study.cfg.baseline_base(task)
     overrides = study.cfg.baselines.overrides()
     resolved = baseline_config(base, method, overrides[method]) if method in TRAINED else base
@@ -128,6 +131,8 @@ def baseline_unit(study: Study, task: str, method: str, models: ModelCache) -> d
     inputs = study.task_inputs([task])
     hit = cache_hit(cache, key, inputs)
     if hit is not None:
+        if timing is not None:
+            timing.cached, timing.computed_s = True, hit.get("wall_time_s")
         return hit
     previous = base_dir / "key.json"
     before = read_entry(previous) if previous.exists() else {}

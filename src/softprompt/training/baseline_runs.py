@@ -17,13 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from softprompt.config import TrainConfig
+from softprompt.config import PROMPT_METHODS, TrainConfig
 from softprompt.data.inputs import task_inputs
 from softprompt.errors import SoftPromptError
 from softprompt.evaluate import EVAL_SEED, Evaluator, evaluator_for
 from softprompt.io import write_json
 from softprompt.locks import directory_lock
 from softprompt.model.backbones import Backbone, load_backbone
+from softprompt.records.history import read_metrics
 from softprompt.records.run import HardPromptFacts, RunRecord
 from softprompt.runs.baselines import (
     METHODS,
@@ -104,7 +105,7 @@ def run_baselines(
             started = time.perf_counter()
             if method in TRAINED:
                 copies = backbone_factory or ((lambda: copy.deepcopy(backbone)) if backbone is not None else None)
-                if method == "hard" and backbone is not None:  # frozen and unchanged by a prompt: no copy needed
+                if method in PROMPT_METHODS and backbone is not None:  # frozen and unchanged by a prompt: no copy needed
                     copies = lambda: backbone  # noqa: E731
                 row = _trained(method, configs[method], out_dir / method, copies, overwrite, progress, inputs)
             else:
@@ -168,6 +169,7 @@ def _trained(
                 run=str(run_dir),
                 reused=True,
                 wall_time_s=record.wall_time_s,
+                history=read_metrics(run_dir),
                 **hard_prompt_columns(record.hard_prompt),
             )
         resume = state.kind == RESUMABLE
@@ -185,6 +187,7 @@ def _trained(
         run=str(run_dir),
         best_epoch=res.best["epoch"] if res.best else None,
         wall_time_s=RunRecord.read(run_dir).wall_time_s,
+        history=read_metrics(run_dir),
         **hard_prompt_columns(res.hard_prompt),
     )
 

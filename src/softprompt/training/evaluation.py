@@ -12,6 +12,7 @@ import torch
 from softprompt.config import TrainConfig
 from softprompt.distributed import DataParallel
 from softprompt.evaluate import EVAL_SEED, EvalResult, evaluator_for
+from softprompt.model.deep_prompt import KVPrompt, detached, prompt_length
 from softprompt.scoring import ScoringOptions
 from softprompt.training.data import TrainData
 from softprompt.training.trainables import Trainables
@@ -43,8 +44,7 @@ class Evaluations:
         answer or for the hard prompt, fails before training instead of after it. Cached, so nothing is
         done twice."""
         task, cfg, ev = self.data.task, self.cfg, self.evaluator
-        matrix = self.trainables.prompt_matrix()
-        ev.prepare(task, 0 if matrix is None else int(matrix.shape[0]), limit=cfg.max_eval, seed=EVAL_SEED)
+        ev.prepare(task, prompt_length(self.trainables.scoring_prompt()), limit=cfg.max_eval, seed=EVAL_SEED)
         if references:
             ev.prepare(task, 0, limit=cfg.max_eval, seed=EVAL_SEED)
             ev.prepare(task, 0, hard_prompt=cfg.init_text or task.description, limit=cfg.max_eval, seed=EVAL_SEED)
@@ -53,9 +53,8 @@ class Evaluations:
         """The validation subsample with the current parameters (the same subsample for every seed and method)."""
         return self.evaluator.evaluate(self.data.task, self._prompt(), limit=self.cfg.max_eval, seed=EVAL_SEED, calibrate=True)
 
-    def _prompt(self) -> torch.Tensor | None:
-        prompt = self.trainables.prompt_matrix()
-        return prompt.detach() if prompt is not None else None
+    def _prompt(self) -> torch.Tensor | KVPrompt | None:
+        return detached(self.trainables.scoring_prompt())
 
     def point(self, epoch: float, *, step: int, recent: list[float], started: float) -> Evaluation:
         """Evaluate the current prompt on validation (and the dev split if any): one history record, whose

@@ -20,6 +20,7 @@ from softprompt.errors import SoftPromptError, os_error_line
 from softprompt.io import remove_stale_temporaries
 from softprompt.locks import directory_lock
 from softprompt.model.backbones import Backbone, resolve_compute_dtype
+from softprompt.model.deep_prompt import DeepPromptEncoder
 from softprompt.records.metrics import Parameters
 from softprompt.records.run import (
     FileFacts,
@@ -148,13 +149,15 @@ def run_record(cfg: TrainConfig, data: TrainData, trainables: Trainables, *, pro
         dev_examples=len(data.dev),
     )
     if prompt is not None:
-        source = trainables.source
+        source, encoder = trainables.source, trainables.encoder
+        is_deep = isinstance(encoder, DeepPromptEncoder)
         record.prompt = PromptFacts(
             n_tokens=prompt.n_tokens,
             dim=prompt.dim,
             init=InitFacts.from_dict(asdict(prompt.init), "prompt.init"),
             init_tokens=[tok.decode([i]) for i in prompt.init.token_ids],
             source=None if source is None else SourceFacts.from_dict(source, "prompt.source"),
+            prefix_shape=[encoder.shape.layers, encoder.shape.kv_heads, encoder.shape.head_dim] if is_deep else None,
         )
     return record
 

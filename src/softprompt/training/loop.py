@@ -101,17 +101,44 @@ class TrainingLoop:
         self.losses = list(self.state.get("epoch_losses", []))
         self.step.pending = []
         for micro in range(self.state["micro_step"], self.step.micro_per_epoch):
+            if micro % self.cfg.grad_accum == 0 and self._budget_spent(epoch, micro):
+                break
             self.step.forward_backward(epoch, micro, order)  # the loss stays queued on the device
             self.run.bar.advance()
             if not self.step.ends_accumulation(micro):
                 continue
             evaluate_now, checkpoint_now = self._optimizer_step(micro)
+            if self._budget_spent(epoch, micro + 1):
+                break  # the epoch-end evaluation below is the run's last
             if evaluate_now:  # a curve point between epoch ends
                 self._record_point(round(epoch + (micro + 1) / self.step.micro_per_epoch, 3))
             if checkpoint_now:
                 self.state["elapsed"] = time.perf_counter() - self.started
                 self.checkpoint()
         self._end_epoch(epoch)
+
+    def _budget_spent(self, epoch: int, micro: int) -> bool:
+        """Whether --max-steps or --max-time is spent at this optimiser-step boundary (`micro` micro-batches into
+        `epoch`); if so the run stops here (`state["stopped"]`: the last evaluation follows, then the run is complete).
+        A run that ends with its last epoch is not `stopped`."""
+        if self.state.get("stopped"):
+            return True
+        cfg, elapsed, step = self.cfg, time.perf_counter() - self.started, self.state["optimizer_step"]
+        if micro == self.step.micro_per_epoch and epoch + 1 == cfg.epochs:
+            return False  # the planned end
+        by_steps = cfg.max_steps is not None and step >= cfg.max_steps
+        if not by_steps and (cfg.max_time is None or elapsed < cfg.max_time):
+            return False
+        position = round(epoch + micro / self.step.micro_per_epoch, 3)
+        self.state["stopped"] = {
+            "reason": "max_steps" if by_steps else "max_time",
+            "optimizer_step": self.state["optimizer_step"],
+            "planned_steps": self.step.total_steps,
+            "epoch": position,
+            "elapsed_s": round(elapsed, 2),
+            "max_time_s": cfg.max_time,
+        }
+        return True
 
     def _optimizer_step(self, micro: int) -> tuple[bool, bool]:
         """The optimiser step and its counters, committed together (a checkpoint never holds half an accumulated
@@ -128,15 +155,17 @@ class TrainingLoop:
         return evaluate_now, checkpoint_now
 
     def _end_epoch(self, epoch: int) -> None:
-        """Evaluate, keep the best parameters, record the epoch (one state update), checkpoint."""
-        record, res, dev = evaluation = self._evaluation_point(epoch + 1)
+        """Evaluate, keep the best parameters, record the epoch (one state update), checkpoint. A run stopped by
+        --max-time ends here: this evaluation is its last, and its epochs are done."""
+        stopped = self.state.get("stopped")
+        record, res, dev = evaluation = self._evaluation_point(stopped["epoch"] if stopped else epoch + 1)
         with self._committing():
-            best = self._select(evaluation, last=epoch + 1 == self.cfg.epochs)
+            best = self._select(evaluation, last=bool(stopped) or epoch + 1 == self.cfg.epochs)
             self.state.update(
                 history=[*self.state["history"], record],
                 best=best,
                 last_eval={"task": res.task, "split": res.split, **res.metrics()},
-                epoch=epoch + 1,
+                epoch=self.cfg.epochs if stopped else epoch + 1,
                 micro_step=0,
                 epoch_losses=[],
                 loss_mark=0,

@@ -25,7 +25,7 @@ from softprompt.model.backbones import Backbone, resolve_device
 from softprompt.model.prompt import PROMPT_FILE, SoftPrompt
 from softprompt.model.reparam import HardPromptEncoder, hard_prompt_facts
 from softprompt.records.metrics import Best, EvalMetrics
-from softprompt.records.run import FileFacts, HardPromptFacts, Selection
+from softprompt.records.run import FileFacts, HardPromptFacts, Selection, Stopped
 from softprompt.runs.baselines import reference_results
 from softprompt.runs.checkpoint import save_trainables
 from softprompt.runs.directory import BEST_PROMPT_FILE, CHECKPOINT_FILE, HARD_PROMPT_FILE, WEIGHTS_FILES, artifact_facts
@@ -127,6 +127,7 @@ def finalize(loop: TrainingLoop, *, references: bool) -> TrainResult:
         train_examples=len(encoded),
         train_truncated=sum(1 for e in encoded if e.truncated),
         wall_time_s=round(time.perf_counter() - loop.started, 2),
+        stopped=Stopped.from_dict(loop.state["stopped"], "stopped") if loop.state.get("stopped") else None,
     )
     if loop.main:
         record.write(out)

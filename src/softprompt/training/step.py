@@ -72,8 +72,9 @@ class TrainStep:
         self.global_batch = cfg.batch_size * dp.world
         n = len(data.encoded)
         self.micro_per_epoch = math.ceil(n / self.global_batch)
-        total_steps = math.ceil(n / (self.global_batch * cfg.grad_accum)) * cfg.epochs
-        self.optimizer, self.scheduler = optimizer_and_schedule(cfg, trainables, total_steps)
+        planned = math.ceil(n / (self.global_batch * cfg.grad_accum)) * cfg.epochs
+        self.total_steps = min(planned, cfg.max_steps or planned)  # what the schedule spans (--max-time may stop sooner)
+        self.optimizer, self.scheduler = optimizer_and_schedule(cfg, trainables, self.total_steps)
         weights = data.class_weights(cfg.class_balance)  # --class-balance; None: the plain mean
         self.class_weights = weights.to(device) if weights is not None else None
         # (epoch, micro-batch, [loss x rows, rows] on the device) of the micro-batches whose optimiser step has
@@ -141,7 +142,7 @@ class TrainStep:
         cfg = self.cfg
         with autocast_context(batch.input_ids.device, self.compute_dtype):
             scores = batch_choice_scores(
-                self.data.backbone.model, self.trainables.prompt_matrix(), batch, options=self.scoring, stats=stats
+                self.data.backbone.model, self.trainables.scoring_prompt(), batch, options=self.scoring, stats=stats
             )
         loss = LOSSES[cfg.loss](scores, batch.labels, self.class_weights)
         detached = loss.detach().double()  # [loss x rows, rows]: summed over processes, the global batch's mean

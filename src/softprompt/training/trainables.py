@@ -14,6 +14,7 @@ from softprompt.config import INIT_METHODS, LR_PER_STD, PROMPT_METHODS, TASK_INI
 from softprompt.distributed import DataParallel
 from softprompt.errors import SoftPromptError, warn
 from softprompt.model.backbones import Backbone
+from softprompt.model.deep_prompt import DeepPromptEncoder, KVPrompt, init_deep_prompt, prefix_shape
 from softprompt.model.prompt import SoftPrompt, check_source_length, embedding_scale, init_prompt, prompt_from_source
 from softprompt.model.reparam import HardPromptEncoder, PromptEncoder, hard_prompt_encoder
 from softprompt.runs.directory import InitSource, init_source
@@ -44,11 +45,12 @@ class Trainables:
     prompt: SoftPrompt | None
     params: dict[str, torch.nn.Parameter]
     lr: float
-    encoder: PromptEncoder | HardPromptEncoder | None = None
+    encoder: PromptEncoder | HardPromptEncoder | DeepPromptEncoder | None = None
     source: dict[str, Any] | None = None  # a run: init's source run, file and content hash (run.json records it)
 
-    def prompt_matrix(self) -> torch.Tensor | None:
-        """The (n, d) matrix placed before the input embeddings (computed through the reparameterisation)."""
+    def scoring_prompt(self) -> torch.Tensor | KVPrompt | None:
+        """What the scorer places before every row: the (n, d) matrix before the input embeddings (computed through
+        the reparameterisation), or a deep prompt's keys/values at every layer."""
         return self.encoder() if self.encoder is not None else None
 
     def prompt_to_save(self) -> SoftPrompt | None:
@@ -58,7 +60,8 @@ class Trainables:
         if self.encoder.kind == "none":
             return self.prompt
         with torch.no_grad():
-            return SoftPrompt(self.encoder().detach(), self.prompt.init, self.prompt.initial)
+            matrix = self.encoder.matrix() if isinstance(self.encoder, DeepPromptEncoder) else self.encoder()
+            return SoftPrompt(matrix.detach(), self.prompt.init, self.prompt.initial)
 
     def counts(self, backbone: Backbone) -> dict[str, int]:
         total = sum(p.numel() for p in backbone.model.parameters())
@@ -74,6 +77,8 @@ def build_trainables(cfg: TrainConfig, data: TrainData, dp: DataParallel, source
         params = _method_parameters(cfg, backbone)
         dp.broadcast_(params.values())
         return Trainables(None, params, float(cfg.lr))
+    if cfg.method == "deep":
+        return _deep_trainables(cfg, data, dp, source)
     if source is not None:
         prompt = prompt_from_source(source.prompt, cfg.tokens, cfg.init, cfg.seed)
     else:
@@ -99,6 +104,30 @@ def build_trainables(cfg: TrainConfig, data: TrainData, dp: DataParallel, source
     params = encoder.named_trainables()
     dp.broadcast_(params.values())
     lr = cfg.lr if cfg.lr is not None else LR_PER_STD[cfg.method] * embedding_scale(backbone.model)
+    return Trainables(prompt, params, float(lr), encoder, source.facts if source is not None else None)
+
+
+def _deep_trainables(cfg: TrainConfig, data: TrainData, dp: DataParallel, source: InitSource | None) -> Trainables:
+    """A deep prompt (`model.deep_prompt`): from another deep run's prompt, or the model's keys/values for the init's
+    tokens; trained in units of each layer's key/value scale, so its learning rate is a share of that scale per step."""
+    backbone = data.backbone
+    if source is not None:
+        prompt = prompt_from_source(source.prompt, cfg.tokens, cfg.init, cfg.seed)
+    else:
+        prompt = init_deep_prompt(
+            backbone.model,
+            backbone.tokenizer,
+            cfg.tokens,
+            cfg.init,
+            text=cfg.init_text or data.task.description,
+            label_words=list(data.task.label_words),
+            seed=cfg.seed,
+        )
+    prompt.to(backbone.device)
+    encoder = DeepPromptEncoder(prompt, prefix_shape(backbone.model)).to(backbone.device)
+    params = encoder.named_trainables()
+    dp.broadcast_(params.values())
+    lr = cfg.lr if cfg.lr is not None else LR_PER_STD["deep"]
     return Trainables(prompt, params, float(lr), encoder, source.facts if source is not None else None)
 
 
