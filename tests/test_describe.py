@@ -216,11 +216,10 @@ def test_describe_report_shape_and_file(tmp_path, tiny_llama, tiny_run):
     (run,) = rep["runs"]
     assert run["task"] == "rte" and run["path"] == str(tiny_run) and run["seed"] == 0
     for descriptions in (run["descriptions"], run["init"]["descriptions"], rep["identity"]["descriptions"]):
-        assert [(d["probe"], d["decoding"]) for d in descriptions] == [
-            ("embed", "greedy"),
-            ("embed", "sample"),
-            ("patch", "greedy"),
-        ]
+        expected = [("embed", "greedy"), ("embed", "sample"), ("patch", "greedy")]
+        if descriptions is run["init"]["descriptions"]:  # the init: greedy probes only (what the report compares)
+            expected = [("embed", "greedy"), ("patch", "greedy")]
+        assert [(d["probe"], d["decoding"]) for d in descriptions] == expected
         assert all(0.0 <= d["score"]["score"] <= 1.0 for d in descriptions)
     greedy = [d["score"]["score"] for d in run["descriptions"] if d["decoding"] == "greedy"]
     assert run["summary"]["trained_score"] == pytest.approx(sum(greedy) / 2)
@@ -231,6 +230,35 @@ def test_describe_report_shape_and_file(tmp_path, tiny_llama, tiny_run):
     assert alone["settings"]["probes"] == ["embed"] and rep["settings"]["probes"] == ["embed", "patch"]
     with pytest.raises(SoftPromptError, match="nothing to describe"):
         describe_report(tiny_llama, [])
+
+
+def test_an_init_shared_by_seeds_is_described_once_and_greedily(tmp_path, tiny_llama, toy_data, monkeypatch):
+    """Two seeds started from the same text share their init: its greedy probes run once (no samples: the report
+    reads the init's greedy texts and score only), the trained prompts get greedy and samples each. Counted in
+    generate calls and sequences: 2 runs x (greedy + 2 samples + 1 patch layer) + 1 init x (greedy + 1 patch layer)
+    = 8 calls, 10 sequences (before: 2 x 2 prompts x 3 calls = 12 calls, 16 sequences)."""
+    import softprompt.analysis.describe_probes as probes
+    from softprompt.training import train
+
+    runs = []
+    for seed in (0, 1):
+        train(tiny_config(toy_data, init="text", seed=seed), tmp_path / f"s{seed}", backbone=tiny_llama, progress=False)
+        runs.append(tmp_path / f"s{seed}")
+    real, calls = probes._generate, []
+
+    def counting(backbone, embeds, **kw):
+        calls.append(max(kw.get("samples", 0), 1))
+        return real(backbone, embeds, **kw)
+
+    monkeypatch.setattr(probes, "_generate", counting)
+    rep = describe_report(tiny_llama, runs, samples=2, max_new_tokens=2, layers=[0])
+    assert len(calls) == 8 and sum(calls) == 10
+    a, b = rep["runs"]
+    assert a["init"]["descriptions"] == b["init"]["descriptions"] and a["summary"]["init_score"] == b["summary"]["init_score"]
+    assert [d["decoding"] for d in a["descriptions"]] == ["greedy", "sample", "sample", "greedy"]
+    # the same texts as describing the init by itself
+    alone = describe_report(tiny_llama, runs[:1], samples=0, max_new_tokens=2, layers=[0])
+    assert [d["text"] for d in alone["runs"][0]["init"]["descriptions"]] == [d["text"] for d in a["init"]["descriptions"]]
 
 
 def test_the_describe_command(tmp_path, tiny_run, tiny_model_dir, capsys):

@@ -213,6 +213,12 @@ def test_hard_is_a_named_baseline_not_a_default_one(toy_data):
     study_cfg = tiny_config(toy_data, init="task:cb", reparam="mlp", lr=0.3)
     hard = baseline_config(study_cfg, "hard")
     assert (hard.method, hard.init, hard.reparam, hard.lr, hard.tokens) == ("hard", "text", "none", None, 3)
+    # its row is the last prompt: no selection, no curve (an override sets either back); the same training subsample
+    study_cfg = tiny_config(toy_data, dev_size=40, eval_every=10, selection="dev_loss")
+    hard = baseline_config(study_cfg, "hard")
+    assert (hard.selection, hard.eval_every, hard.dev_size) == ("last", 0, 40)
+    assert baseline_config(study_cfg, "hard", {"eval_every": 5}).eval_every == 5
+    assert baseline_config(study_cfg, "lora").selection == "dev_loss"  # other baselines as before
     assert baseline_config(tiny_config(toy_data, init="vocab"), "hard").init == "vocab"
     with pytest.raises(SoftPromptError, match="reparam 'mlp' applies to method 'prompt' only"):
         TrainConfig(method="hard", reparam="mlp")
@@ -243,6 +249,35 @@ def test_hard_baseline_trains_on_the_shared_backbone(tiny_llama, toy_data, tmp_p
         assert torch.equal(p, before[n]) and not p.requires_grad, n
     again = run_baselines(cfg, tmp_path / "b", methods=["hard"], backbone=tiny_llama)
     assert again[0]["reused"] and again[0]["hard_prompt"] == rows[0]["hard_prompt"]
+
+
+def test_a_hard_baseline_scores_only_what_its_row_reports(tiny_llama, toy_data, tmp_path):
+    """The work of a hard baseline on a config with a dev split and curve points: its validation subsample at the epoch
+    end (the row's accuracy and calibrated accuracy) and its text typed (the text row), never the dev split or a
+    curve point. Counted in scorings (examples scored): the config's soft prompt run would also score 3 curve points
+    and 3 dev evaluations."""
+    from softprompt.evaluate import Evaluator
+
+    cfg = tiny_config(toy_data, tokens=2, dev_size=4, eval_every=1, selection="dev_loss")
+    scored: list[tuple[str, int]] = []
+    real = Evaluator._scores
+
+    def counting(self, task, examples, prompt, hard_prompt, split, key):
+        scored.append((split, len(examples)))
+        return real(self, task, examples, prompt, hard_prompt, split, key)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Evaluator, "_scores", counting)
+        rows = run_baselines(cfg, tmp_path / "b", methods=["hard"], backbone=tiny_llama)
+    from softprompt.records.history import read_metrics
+
+    run = load_run(Path(rows[0]["run"]))
+    history = read_metrics(run.path)
+    assert len(history) == 1 and "dev" not in history[0]  # one epoch end, no curve point, no dev split
+    # the epoch end (validation + its content-free calibration), then the typed text: 4 + 3 + 4 examples
+    assert scored == [("validation", 4), ("content-free", 3), ("validation", 4)]
+    assert rows[0]["accuracy"] == run.record.final.accuracy and run.record.selection.applied == "last"
+    assert run.record.train_examples == 8  # the dev split is still held out of training
 
 
 def test_a_study_lists_hard_and_its_report_shows_the_text(tmp_path, tiny_model_dir, toy_data):

@@ -123,7 +123,7 @@ def test_importance_report_and_cli_on_a_trained_run(tiny_llama, tiny_model_dir, 
     assert rep["settings"]["limit"] == 3 and rep["settings"]["seed"] == 1
     (r,) = rep["runs"]
     assert r["run"] == "rte-s0" and r["task"] == "rte" and r["path"] == str(run) and r["n"] == 3 and r["seed"] == 0
-    assert set(r["base"]) == {"accuracy", "loss", "metric"} and r["base"]["loss"] > 0
+    assert set(r["base"]) == {"accuracy", "loss", "metric", "accuracy_se"} and r["base"]["loss"] > 0
     assert len(r["positions"]) == 3 and sorted(r["ranking"]) == [0, 1, 2] and r["wall_time_s"] > 0
     for p in r["positions"]:
         assert set(p["by_replacement"]) == {"init", "mean"} and isinstance(p["initial_token"], str)
@@ -145,3 +145,102 @@ def test_importance_report_and_cli_on_a_trained_run(tiny_llama, tiny_model_dir, 
     assert main(["importance", str(run), "--out", str(tmp_path / "y"), "--replacements", "init", "--max-eval", "2", *common]) == 0
     only = json.loads((tmp_path / "y" / "importance.json").read_text())
     assert only["settings"]["replacements"] == ["init"] and set(only["runs"][0]["positions"][0]["by_replacement"]) == {"init"}
+
+
+@pytest.mark.parametrize("max_tokens", [8192, 48], ids=["one-pass", "chunked"])
+def test_stacked_ablations_equal_one_evaluation_each(tiny_backbone, toy_data, max_tokens):
+    """Scoring the ablated prompts together (every example behind each, in the same forwards) gives the numbers of
+    one `evaluate` per ablation (the implementation before stacking), on both architectures, in fewer forwards;
+    48 tokens a forward forces one example a batch and the prompts into chunks."""
+    torch.manual_seed(3)
+    task = get_task("rte")
+    d = tiny_backbone.model.config.hidden_size
+    initial = torch.randn(4, d) * 0.5
+    prompt = initial + torch.randn(4, d) * 0.5
+    prompt[1] = initial[1]  # an unchanged row: skipped by both, exactly 0
+    results, stats = {}, {}
+    for stacked in (False, True):
+        ev = Evaluator(tiny_backbone, data_dir=toy_data, max_tokens=max_tokens)
+        results[stacked] = position_importance(ev, task, prompt, initial, stacked=stacked)
+        stats[stacked] = ev.stats
+    one, many = results[False], results[True]
+    assert many["evaluations"] == one["evaluations"] == 1 + 3 + 4 and many["ranking"] == one["ranking"]
+    for a, b in zip(one["positions"], many["positions"], strict=True):
+        for name in ("init", "mean"):
+            ea, eb = a["by_replacement"][name], b["by_replacement"][name]
+            assert ea["unchanged"] == eb["unchanged"] and ea["accuracy_drop"] == eb["accuracy_drop"]
+            for key in ("loss", "loss_increase", "loss_increase_se", "accuracy_drop_se", "metric_drop"):
+                assert eb[key] == pytest.approx(ea[key], abs=1e-6), (name, key)
+    assert one["positions"][1]["loss_increase"] == many["positions"][1]["loss_increase"] == 0.0
+    assert any(p["loss_increase"] != 0 for p in many["positions"])  # the comparison is not between zeros
+    # the same tokens computed, in fewer forwards (one prefix forward for all prompts, batches K times wider); at
+    # 48 tokens a forward no two prompts fit one: as many forwards as before, never more
+    assert stats[True]["real"] == stats[False]["real"]
+    if max_tokens == 48:
+        assert stats[True]["forwards"] == stats[False]["forwards"]
+    else:
+        assert stats[True]["forwards"] <= stats[False]["forwards"] // 3
+
+
+def test_importance_standard_errors_are_paired_over_the_examples(fitted):
+    """A position's loss-increase SE is the SE of the per-example loss differences (by hand from the two scorings)."""
+    from softprompt.analysis.importance import paired_se
+    from softprompt.evaluate import choice_losses
+
+    evaluator, task, prompt, initial = fitted
+    res = position_importance(evaluator, task, prompt, initial, replacements=("init",))
+    ablated = prompt.clone()
+    ablated[MOVED] = initial[MOVED]
+    before = choice_losses(evaluator.evaluate(task, prompt).scores)
+    after = choice_losses(evaluator.evaluate(task, ablated).scores)
+    diffs = torch.tensor(after, dtype=torch.float64) - torch.tensor(before, dtype=torch.float64)
+    expected = float(diffs.std(unbiased=True) / len(diffs) ** 0.5)
+    moved = res["positions"][MOVED]
+    assert moved["loss_increase_se"] == pytest.approx(expected, rel=1e-5) and expected > 0
+    assert paired_se(after, before) == pytest.approx(expected, rel=1e-9)
+    assert res["positions"][0]["loss_increase_se"] == 0.0  # unchanged: not scored, no noise
+    n, acc = res["n"], res["base"]["accuracy"]
+    assert res["base"]["accuracy_se"] == pytest.approx((acc * (1 - acc) / n) ** 0.5)
+
+
+def _big_toy_data(tmp_path, n_val: int):
+    """An RTE-shaped folder whose validation split has `n_val` examples (the CLI's default subsample is 200)."""
+    words = ["cat", "dog", "movie", "mat", "review"]
+    d = tmp_path / "bigdata" / "rte"
+    d.mkdir(parents=True)
+    rows = [
+        {
+            "premise": f"The {words[i % 5]} sat.",
+            "hypothesis": f"The {words[(i // 5) % 5]} sat.",
+            "label": ["entailment", "not_entailment"][i % 2],
+        }
+        for i in range(n_val)
+    ]
+    for name, recs in (("train.jsonl", rows[:8]), ("val.jsonl", rows)):
+        (d / name).write_text("".join(json.dumps(dict(r, idx=i)) + "\n" for i, r in enumerate(recs)))
+    return d.parent
+
+
+def test_importance_cli_defaults_to_a_seeded_subsample_and_prints_n_and_se(tiny_llama, tiny_model_dir, tmp_path, capsys):
+    from softprompt.cli import main
+    from softprompt.cli.importance import DEFAULT_MAX_EVAL
+    from softprompt.training import train
+
+    data = _big_toy_data(tmp_path, 230)
+    run = tmp_path / "run"
+    train(tiny_config(data, model=str(tiny_model_dir), init="text", tokens=2), run, backbone=tiny_llama, progress=False)
+    common = ["--data-dir", str(data), "--compute-dtype", "float32", "--max-length", "128", "--quiet", "--replacements", "init"]
+    assert main(["importance", str(run), "--out", str(tmp_path / "d"), *common]) == 0
+    printed = capsys.readouterr().out
+    rep = json.loads((tmp_path / "d" / "importance.json").read_text())
+    assert DEFAULT_MAX_EVAL == 200 and rep["settings"]["limit"] == 200 and rep["runs"][0]["n"] == 200
+    assert "(n 200)" in printed and f"+- {rep['runs'][0]['base']['accuracy_se']:.4f}" in printed
+    assert "a seeded subsample of at most 200 examples" in printed
+    se = rep["runs"][0]["positions"][0]["loss_increase_se"]
+    assert se is not None and f"+- {se:.4f}" in printed
+    # `all` scores the whole split; a different seed draws another subsample of the same size
+    assert main(["importance", str(run), "--out", str(tmp_path / "a"), "--max-eval", "all", *common]) == 0
+    assert json.loads((tmp_path / "a" / "importance.json").read_text())["runs"][0]["n"] == 230
+    assert "(n 230)" in capsys.readouterr().out
+    assert main(["importance", str(run), "--out", str(tmp_path / "x"), "--max-eval", "some", *common]) == 2
+    assert "--max-eval 'some': expected a number of examples or 'all'" in capsys.readouterr().err

@@ -111,7 +111,7 @@ def test_no_import_cycles():
 # The layers, bottom to top: each top-level module or package of softprompt and the layer it belongs to. A module
 # imports only from its own layer or the ones below it (docs/architecture.md draws the same picture).
 LAYERS = [
-    ("foundations", ["errors", "io", "config", "logging_setup", "host_memory", "distributed", "locks", "preemption"]),
+    ("foundations", ["errors", "io", "config", "logging_setup", "host_memory", "threads", "distributed", "locks", "preemption"]),
     ("records", ["records"]),
     ("data and model", ["tasks", "data", "model"]),
     ("scoring", ["scoring"]),

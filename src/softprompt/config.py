@@ -174,8 +174,8 @@ class TrainConfig:
         "dev_loss",
         "which prompt best.safetensors holds, chosen on the dev split: dev_loss (the lowest mean choice cross-entropy, "
         "kept only if it beats the last prompt by one paired standard error), dev_accuracy (the highest dev metric, "
-        "accuracy or macro-F1: the rule before issue 27), last (no selection); a dev split under 30 examples always "
-        "keeps the last",
+        "accuracy or macro-F1: the rule before issue 27), last (no selection: the dev split is held out but not "
+        "scored); a dev split under 30 examples always keeps the last",
         choices=SELECTIONS,
     )
     eval_every: int = option(0, "also evaluate every N optimiser steps (learning curves); 0: at epoch ends only")

@@ -23,7 +23,7 @@ from softprompt.data.chat import resolve_prompt_format
 from softprompt.distributed import SINGLE, DataParallel
 from softprompt.model.backbones import Backbone, resolve_compute_dtype
 from softprompt.model.deep_prompt import KVPrompt, prompt_length
-from softprompt.scoring import Scores, ScoringOptions, choice_scores
+from softprompt.scoring import Scores, ScoringOptions, ScoringStats, choice_scores, stacked_choice_scores
 from softprompt.tasks import Task, get_task
 from softprompt.tasks.base import Example
 
@@ -187,6 +187,7 @@ class Evaluator:
         self.memoize = memoize
         self._results: dict[tuple, EvalResult] = {}
         self._content_free: dict[tuple, list[Example]] = {}  # per task: the content-free inputs (calibration)
+        self.stats = ScoringStats()  # what this evaluator's scorer computed (forwards, tokens), for tests and benchmarks
 
     def examples(self, task: Task, split: str = "validation", limit: int | None = None, seed: int = 0) -> list[Example]:
         key = (task.name, id(task), split, limit, seed)
@@ -247,6 +248,17 @@ class Evaluator:
             self._results[memo] = self._score(task, examples, prompt, hard_prompt, split, key, calibrate)
         return self._results[memo]
 
+    def evaluate_stacked(
+        self, task: Task | str, prompts: torch.Tensor, *, split: str = "validation", limit: int | None = None, seed: int = 0
+    ) -> list[EvalResult]:
+        """`evaluate` of each of K soft prompts of one length (K, n, d), scored together (`stacked_choice_scores`:
+        every example behind each prompt in the same forwards): the same numbers as K `evaluate` calls, to float
+        rounding, in fewer forwards. Not memoized."""
+        task = get_task(task) if isinstance(task, str) else task
+        examples = self.examples(task, split, limit, seed)
+        scores = self._stacked_scores(task, examples, prompts, None, split, (task.name, id(task), split, limit, seed))
+        return [result_from_scores(task, split, s) for s in scores]
+
     def evaluate_examples(
         self,
         task: Task,
@@ -299,28 +311,47 @@ class Evaluator:
         split: str,
         key: tuple,
     ) -> Scores:
-        n_prompt = prompt_length(prompt)
-        enc = self.encoded(task, examples, n_prompt, hard_prompt, key)
+        return self._stacked_scores(task, examples, prompt, hard_prompt, split, key)[0]
+
+    def _stacked_scores(
+        self,
+        task: Task,
+        examples: list[Example],
+        prompt: torch.Tensor | KVPrompt | None,
+        hard_prompt: str | None,
+        split: str,
+        key: tuple,
+    ) -> list[Scores]:
+        """The scores of `prompt` (one, a deep prompt, or each of a stack (K, n, d)) on `examples`, gathered over
+        data-parallel shards."""
+        stacked = isinstance(prompt, torch.Tensor) and prompt.dim() == 3
+        enc = self.encoded(task, examples, prompt_length(prompt), hard_prompt, key)
         mine = self.parallel.shard(list(range(len(enc))))
         bar = None
         if self.progress and self.parallel.is_main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(mine), desc=f"eval {task.name} {split}", unit="ex", leave=False)
-        scores = choice_scores(
-            self.backbone.model,
-            [enc[i] for i in mine] if self.parallel.active else enc,
-            prompt,
-            pad_id=self.backbone.tokenizer.pad_token_id,
-            max_tokens=self.max_tokens,
-            compute_dtype=self.compute_dtype,
-            progress=bar.update if bar is not None else None,
-            options=self.scoring,
-        )
+            k = prompt.shape[0] if stacked else 1  # type: ignore[union-attr]
+            bar = tqdm(
+                total=len(mine) * k, desc=f"eval {task.name} {split}" + (f" x{k}" if stacked else ""), unit="ex", leave=False
+            )
+        kwargs = {
+            "pad_id": self.backbone.tokenizer.pad_token_id,
+            "max_tokens": self.max_tokens,
+            "compute_dtype": self.compute_dtype,
+            "progress": bar.update if bar is not None else None,
+            "options": self.scoring,
+            "stats": self.stats,
+        }
+        shard = [enc[i] for i in mine] if self.parallel.active else enc
+        if stacked:
+            scores = stacked_choice_scores(self.backbone.model, shard, prompt, **kwargs)
+        else:
+            scores = [choice_scores(self.backbone.model, shard, prompt, **kwargs)]
         if bar is not None:
             bar.close()
         if self.parallel.active:
-            scores = _merge_shards(self.parallel.gather((mine, scores)), len(enc))
+            scores = [_merge_shards(self.parallel.gather((mine, s)), len(enc)) for s in scores]
         return scores
 
 

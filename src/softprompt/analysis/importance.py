@@ -2,9 +2,14 @@
 
 Position i is replaced by its initial vector (`init`: what training added at that position, undone) or by
 the mean input embedding over the vocabulary (`mean`: a neutral token, what the position's content is worth
-at all), and the ablated prompt is scored through the one scoring path (`Evaluator.evaluate`) on a seeded
-validation subsample. The drop in accuracy, in the task's metric and the rise of the loss ("choices"
-cross-entropy, graded where accuracy moves in steps of 1/n) say how much the model relies on that row.
+at all), and the ablated prompt is scored through the one scoring path on a seeded validation subsample. The
+drop in accuracy, in the task's metric and the rise of the loss ("choices" cross-entropy, graded where accuracy
+moves in steps of 1/n) say how much the model relies on that row; each drop comes with its paired standard error
+over the examples (the same examples score both prompts).
+
+The ablated prompts are scored together (`Evaluator.evaluate_stacked`: every example behind each ablated
+prompt in the same forwards), which gives the numbers one `Evaluator.evaluate` per ablation gives, to float
+rounding, in fewer forwards (`stacked=False` scores them one at a time, as before).
 
 What it does not say: a position whose effect only shows together with another one (interactions) looks
 unimportant alone, and on a small subsample a drop of one or two examples is noise (`n` is reported).
@@ -13,6 +18,8 @@ A row that equals its replacement is not scored again: its drop is exactly 0.
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -27,6 +34,7 @@ from softprompt.model.prompt import input_embedding_matrix
 from softprompt.records.readouts import ImportanceResult
 
 REPLACEMENTS = ("init", "mean")
+SE_KEYS = ("loss_increase_se", "accuracy_drop_se")  # paired over the examples: the readout's own noise
 NOTE = (
     "Each position is ablated alone (replaced by its initial vector, or by the mean vocabulary embedding) and the "
     "prompt scored again on the same examples: interactions between positions are not captured, and with few "
@@ -64,15 +72,60 @@ def _scores(res, metric: str) -> dict[str, float | None]:
     return {"accuracy": res.accuracy, "loss": res.loss, "metric": res.metric(metric)}
 
 
-def _effect(base: dict[str, Any], ablated: dict[str, Any], unchanged: bool) -> dict[str, Any]:
-    """One ablation against the unablated prompt: positive numbers mean the position helped."""
+def accuracy_se(accuracy: float, n: int) -> float | None:
+    """The binomial standard error of an accuracy over n examples, sqrt(p (1 - p) / n); None for n < 2."""
+    return math.sqrt(accuracy * (1 - accuracy) / n) if n >= 2 else None
+
+
+def paired_se(after: Sequence[float], before: Sequence[float]) -> float | None:
+    """The standard error of the mean of the per-example differences after - before (the same examples scored
+    twice); None for fewer than two examples."""
+    diffs = [a - b for a, b in zip(after, before, strict=True)]
+    return statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) >= 2 else None
+
+
+def _per_example(res) -> tuple[list[float], list[float]]:
+    """Each example's choice loss and correctness (1/0): what a paired standard error is computed from."""
+    from softprompt.evaluate import choice_losses
+
+    scores = res.scores
+    return choice_losses(scores), [float(p == y) for p, y in zip(scores.predictions, scores.labels, strict=True)]
+
+
+def _effect(base: dict[str, Any], ablated: dict[str, Any], unchanged: bool, paired=None) -> dict[str, Any]:
+    """One ablation against the unablated prompt: positive numbers mean the position helped. `paired`: the two
+    results' per-example (losses, correctness), ablated then base, for the drops' standard errors."""
+    (la, ca), (lb, cb) = paired or (([], []), ([], []))
     return {
         **ablated,
         "accuracy_drop": base["accuracy"] - ablated["accuracy"],
         "loss_increase": ablated["loss"] - base["loss"],
         "metric_drop": base["metric"] - ablated["metric"],
         "unchanged": unchanged,
+        "loss_increase_se": 0.0 if unchanged else paired_se(la, lb),
+        "accuracy_drop_se": 0.0 if unchanged else paired_se(cb, ca),
     }
+
+
+def _replacement_rows(evaluator, prompt, initial, replacements: Sequence[str], mean_vector) -> dict[str, torch.Tensor]:
+    """Each replacement's rows, shaped like the prompt (float32, CPU)."""
+    rows: dict[str, torch.Tensor] = {}
+    if "init" in replacements:
+        rows["init"] = initial.detach().float().cpu()
+    if "mean" in replacements:
+        if mean_vector is None:
+            mean_vector = neutral_vector(evaluator.backbone.model, evaluator.backbone.tokenizer)
+        rows["mean"] = mean_vector.detach().float().cpu().expand_as(prompt)
+    return rows
+
+
+def _ablated_results(evaluator, task, prompts: list[torch.Tensor], stacked: bool, **where) -> list:
+    """Each ablated prompt's evaluation: all in one stacked scoring, or one `evaluate` each (the reference)."""
+    if not prompts:
+        return []
+    if stacked:
+        return evaluator.evaluate_stacked(task, torch.stack(prompts), **where)
+    return [evaluator.evaluate(task, p, **where) for p in prompts]
 
 
 def position_importance(
@@ -86,56 +139,44 @@ def position_importance(
     split: str = "validation",
     replacements: Sequence[str] = REPLACEMENTS,
     mean_vector: torch.Tensor | None = None,
+    stacked: bool = True,
 ) -> dict[str, Any]:
-    """Per position: the accuracy drop, loss increase and task-metric drop when that one row is replaced.
+    """Per position: the accuracy drop, loss increase and task-metric drop when that one row is replaced, with the
+    paired standard errors of the first two over the examples.
 
-    Every score is `evaluator.evaluate` on the same seeded subsample (`limit`, `seed`). The top-level numbers of a
-    position are its `init` replacement's (else the first one asked for); `by_replacement` holds each. `ranking`
-    lists the positions by loss increase, largest first. `mean_vector` defaults to `neutral_vector` of the model.
+    Every score is on the same seeded subsample (`limit`, `seed`): the prompt's by `evaluator.evaluate`, the
+    ablated prompts' together (`stacked`, see the module's docstring). The top-level numbers of a position are its
+    `init` replacement's (else the first one asked for); `by_replacement` holds each. `ranking` lists the positions
+    by loss increase, largest first. `mean_vector` defaults to `neutral_vector` of the model.
     """
     from softprompt.tasks import get_task
 
     task = get_task(task) if isinstance(task, str) else task
     _check_args(prompt, initial, replacements, mean_vector)
     prompt = prompt.detach().float().cpu()
-    rows: dict[str, torch.Tensor] = {}
-    if "init" in replacements:
-        rows["init"] = initial.detach().float().cpu()  # type: ignore[union-attr]
-    if "mean" in replacements:
-        if mean_vector is None:
-            mean_vector = neutral_vector(evaluator.backbone.model, evaluator.backbone.tokenizer)
-        rows["mean"] = mean_vector.detach().float().cpu().expand_as(prompt)
-
-    def score(p: torch.Tensor) -> dict[str, Any]:
-        return _scores(evaluator.evaluate(task, p, split=split, limit=limit, seed=seed), task.metric)
-
-    base_res = evaluator.evaluate(task, prompt, split=split, limit=limit, seed=seed)
+    rows = _replacement_rows(evaluator, prompt, initial, replacements, mean_vector)
+    where = {"split": split, "limit": limit, "seed": seed}
+    base_res = evaluator.evaluate(task, prompt, **where)
     if base_res.loss is None:
         raise SoftPromptError(f"task {task.name}: no {split} examples to score the prompt on")
     base = _scores(base_res, task.metric)
     primary = "init" if "init" in replacements else replacements[0]
-    positions, evaluations = [], 1
+    todo = [(i, name) for i in range(prompt.shape[0]) for name in replacements if not torch.equal(prompt[i], rows[name][i])]
+    ablated = []
+    for i, name in todo:
+        p = prompt.clone()
+        p[i] = rows[name][i]
+        ablated.append(p)
+    done = dict(zip(todo, _ablated_results(evaluator, task, ablated, stacked, **where), strict=True))
+    base_examples, positions = _per_example(base_res), []
     for i in range(prompt.shape[0]):
         by: dict[str, dict[str, Any]] = {}
         for name in replacements:
-            unchanged = torch.equal(prompt[i], rows[name][i])
-            if unchanged:
-                by[name] = _effect(base, base, True)
-                continue
-            ablated = prompt.clone()
-            ablated[i] = rows[name][i]
-            by[name] = _effect(base, score(ablated), False)
-            evaluations += 1
-        top = by[primary]
-        positions.append(
-            {
-                "index": i,
-                "accuracy_drop": top["accuracy_drop"],
-                "loss_increase": top["loss_increase"],
-                "metric_drop": top["metric_drop"],
-                "by_replacement": by,
-            }
-        )
+            res = done.get((i, name))
+            paired = None if res is None else (_per_example(res), base_examples)
+            by[name] = _effect(base, base if res is None else _scores(res, task.metric), res is None, paired)
+        top = {k: by[primary][k] for k in ("accuracy_drop", "loss_increase", "metric_drop", *SE_KEYS)}
+        positions.append({"index": i, **top, "by_replacement": by})
     ranking = [p["index"] for p in sorted(positions, key=lambda p: (-p["loss_increase"], p["index"]))]
     return {
         "task": task.name,
@@ -143,10 +184,10 @@ def position_importance(
         "n": base_res.n,
         "metric": task.metric,
         "primary": primary,
-        "base": base,
+        "base": {**base, "accuracy_se": accuracy_se(base_res.accuracy, base_res.n)},
         "positions": positions,
         "ranking": ranking,
-        "evaluations": evaluations,
+        "evaluations": 1 + len(todo),
     }
 
 
@@ -187,12 +228,14 @@ def importance_report(
     task: str | None = None,
     replacements: Sequence[str] = REPLACEMENTS,
     progress: Callable[[str], None] | None = None,
+    stacked: bool = True,
 ) -> dict[str, Any]:
     """Position importance of every run's prompt (`which`: last or best) on `task` (default: each run's own);
     `progress` hears which run it scores (its label and count).
 
     Uses the given evaluator as it is (a study's loaded one works: its memo only repeats the unablated score),
-    computes the neutral vector once, and writes `importance.json` to `out_dir` when given.
+    computes the neutral vector once, and writes `importance.json` to `out_dir` when given. `stacked`: see
+    `position_importance`.
     """
     from softprompt.tasks import get_task
 
@@ -210,7 +253,15 @@ def importance_report(
         target = get_task(task or run.task)
         start = time.perf_counter()
         res = position_importance(
-            evaluator, target, sp.weight, sp.initial, limit=limit, seed=seed, replacements=replacements, mean_vector=mean
+            evaluator,
+            target,
+            sp.weight,
+            sp.initial,
+            limit=limit,
+            seed=seed,
+            replacements=replacements,
+            mean_vector=mean,
+            stacked=stacked,
         )
         meta = run_meta(run, label)
         tokens = _init_tokens(sp, backbone.tokenizer)

@@ -25,6 +25,7 @@ from softprompt.errors import SoftPromptError, os_error_line
 from softprompt.host_memory import keep_freed_host_memory
 from softprompt.logging_setup import quiet_libraries
 from softprompt.preemption import sigterm_as_interrupt
+from softprompt.threads import ENV_COUNT, configure_threads
 
 REGISTRARS: list[Callable] = [
     add_train,
@@ -47,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for register in REGISTRARS:
         register(sub)
+    for command in sub.choices.values():  # an execution setting of every command (studies and Ray workers included)
+        command.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            metavar="N",
+            help=f"torch threads (default: ${ENV_COUNT} or auto: the cores this process may use, less those other "
+            "processes keep busy at start; an OMP_NUM_THREADS you set is kept; bench/docs/cpu.md 'Sharing the cores')",
+        )
     return parser
 
 
@@ -64,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with sigterm_as_interrupt() as signals:
         try:
+            configure_threads(args.threads)  # before torch loads: its OpenMP reads the settings once
             quiet_libraries()
             keep_freed_host_memory()
             return args.func(args)

@@ -27,7 +27,7 @@ def cmd_study(a: argparse.Namespace) -> int:
     if a.executor == "ray":
         from softprompt.study.ray_executor import RayOptions
 
-        ray_options = RayOptions(**{RAY_FLAGS[name][1]: value for name, value in given.items()})
+        ray_options = RayOptions(**{RAY_FLAGS[name][1]: value for name, value in given.items()}, torch_threads=a.threads)
     elif given:
         flags = [RAY_FLAGS[name][0] for name in given]
         raise SoftPromptError(f"{', '.join(flags)} appl{'ies' if len(flags) == 1 else 'y'} to --executor ray only")

@@ -124,7 +124,7 @@ def prompt_length(prompt: torch.Tensor | KVPrompt | None) -> int:
     """The positions a prompt (input-level matrix, deep prompt, or none) occupies before every row."""
     if prompt is None:
         return 0
-    return prompt.length if isinstance(prompt, KVPrompt) else int(prompt.shape[0])
+    return prompt.length if isinstance(prompt, KVPrompt) else int(prompt.shape[-2])  # a matrix or a stack (K, n, d)
 
 
 def detached(prompt: torch.Tensor | KVPrompt | None) -> torch.Tensor | KVPrompt | None:

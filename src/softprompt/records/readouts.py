@@ -18,6 +18,7 @@ class Scores(Record):
     accuracy: float | None
     loss: float | None
     metric: float | None = None
+    accuracy_se: float | None = None  # binomial, sqrt(p (1 - p) / n)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class Effect(Record):
     metric: float | None = None
     metric_drop: float | None = None
     unchanged: bool = False
+    # paired over the examples (each scored with and without the replacement): the readout's own noise
+    loss_increase_se: float | None = None
+    accuracy_drop_se: float | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class ImportancePosition(Record):
     loss_increase: float | None
     accuracy_drop: float | None = None
     metric_drop: float | None = None
+    loss_increase_se: float | None = None
+    accuracy_drop_se: float | None = None
     initial_token: str | None = None
     by_replacement: dict[str, Effect] = field(default_factory=dict)
 

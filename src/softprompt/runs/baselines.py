@@ -64,12 +64,17 @@ def baseline_config(cfg: TrainConfig, method: str, overrides: Mapping[str, Any] 
     The learning rate is the method's default unless an override sets it: a prompt's learning rate
     would wreck full fine-tuning. Prompt-only settings (the reparameterisation) do not apply. A hard prompt keeps
     the length and init of `cfg`'s prompt, but starts from its text when `cfg` starts from a trained prompt
-    (run:PATH, task:NAME): the baseline is PEZ from words, not a projection of another run."""
+    (run:PATH, task:NAME): the baseline is PEZ from words, not a projection of another run. Its row reports the
+    last prompt (token rows and typed text), so it is not selected on the dev split (`selection = last`: the dev
+    split is held out of training as for the soft prompt, but not scored) and draws no learning curve
+    (`eval_every = 0`: validation at epoch ends only); an override sets either back."""
     overrides = dict(overrides or {})
     check_keys(TrainConfig, overrides, f"{method} overrides")
     if "method" in overrides:
         raise SoftPromptError(f"{method} overrides: 'method' is the baseline's own")
     fixed: dict[str, Any] = {"lr": None, "reparam": "none"}
+    if method == "hard":
+        fixed.update(selection="last", eval_every=0)
     if method in ("hard", "deep") and cfg.init not in INIT_METHODS:
         fixed["init"] = "text"
     return replace(cfg, method=method, **{**fixed, **overrides})

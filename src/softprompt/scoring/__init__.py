@@ -25,6 +25,7 @@ from softprompt.scoring.scorer import (
     class_weights,
     head_logprobs,
     padded_counts,
+    stacked_choice_scores,
     summed_choice_scores,
 )
 
@@ -51,5 +52,6 @@ __all__ = [
     "plan_groups",
     "prompt_embeds",
     "prompt_kv",
+    "stacked_choice_scores",
     "summed_choice_scores",
 ]

@@ -14,13 +14,13 @@ import torch
 from softprompt.model.deep_prompt import KVPrompt
 from softprompt.scoring.kv_cache import body_forward, cache_support, residual_dtype
 from softprompt.scoring.lowp import compute_model
-from softprompt.scoring.model import autocast_context, autocast_dtype, base_model, kv_dtype
+from softprompt.scoring.model import autocast_context, autocast_dtype, base_model, kv_dtype, prompt_count
 from softprompt.scoring.options import ScoringOptions, ScoringStats
 
 
 @dataclass
 class Prefix:
-    """The keys/values (batch 1, per layer) of what every row starts with: the soft prompt (if any), then
+    """The keys/values (batch 1, or one per prompt of a stack; per layer) of what every row starts with: the soft prompt (if any), then
     `tokens`, the token ids every row shares (a chat template's head, a BOS). Differentiable wrt the prompt."""
 
     kv: list[tuple[torch.Tensor, torch.Tensor]]
@@ -31,17 +31,19 @@ class Prefix:
 def prefix_kv(
     model, prompt: torch.Tensor | KVPrompt | None, tokens: Sequence[int], options: ScoringOptions, stats: ScoringStats
 ) -> Prefix:
+    """The prefix's keys/values: batch 1 for one prompt (n, d), a deep prompt or none, batch K for a stack of prompts
+    (K, n, d)."""
     if isinstance(prompt, KVPrompt):
         return _deep_prefix_kv(model, prompt, tokens, options, stats)
     device, dtype = next(model.parameters()).device, residual_dtype(model, options)
-    parts = [] if prompt is None else [prompt.to(device=device, dtype=dtype).unsqueeze(0)]
+    parts = [] if prompt is None else [prompt.to(device=device, dtype=dtype).reshape(-1, *prompt.shape[-2:])]
     if tokens:
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)
-        parts.append(model.get_input_embeddings()(ids).to(dtype))
+        parts.append(model.get_input_embeddings()(ids).to(dtype).expand(prompt_count(prompt), -1, -1))
     emb = torch.cat(parts, dim=1)
-    mask = torch.ones((1, emb.shape[1]), dtype=torch.long, device=device)
+    mask = torch.ones(emb.shape[:2], dtype=torch.long, device=device)
     _, kv = body_forward(model, emb, mask, None, stats, keep_cache=True)
-    stats["real"] += emb.shape[1]
+    stats["real"] += emb.shape[0] * emb.shape[1]
     return Prefix(kv, tuple(tokens), int(emb.shape[1]))
 
 

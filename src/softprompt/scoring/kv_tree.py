@@ -20,21 +20,25 @@ import warnings
 import torch
 
 from softprompt.data.batching import Batch
-from softprompt.model.deep_prompt import KVPrompt, prompt_length
+from softprompt.model.deep_prompt import KVPrompt
 from softprompt.scoring.kv_cache import body_forward, cache_support, mask_positions, residual_dtype, supported
 from softprompt.scoring.kv_plan import TreePlan, plan_groups, plan_tree
 from softprompt.scoring.kv_prefix import Prefix, prefix_kv, shared_length
-from softprompt.scoring.model import base_model, prompt_embeds
+from softprompt.scoring.model import base_model, prompt_count, prompt_embeds, prompt_length, stacked_rows
 from softprompt.scoring.options import ScoringOptions, ScoringStats
 
 
 class _Forwards:
-    """The tree's forwards for one batch, collecting the hidden states at the targets."""
+    """The tree's forwards for one batch, collecting the hidden states at the targets.
+
+    A stack of K prompts (K, n, d) runs every forward over K copies of its rows, prompt-major (`stacked_rows`),
+    each copy after its own prompt's prefix; the picked states are [K, targets, d] (K = 1 for one prompt)."""
 
     def __init__(self, model, prompt, tree: TreePlan, kv0: Prefix | None, options: ScoringOptions, stats: ScoringStats):
         self.model, self.prompt, self.tree, self.kv0 = model, prompt, tree, kv0
         self.options, self.stats = options, stats
         self.device = next(model.parameters()).device
+        self.k = prompt_count(prompt)
         # positions before the tree's rows: the cached prefix, or the prompt computed inline with each row
         self.n = kv0.length if kv0 is not None else prompt_length(prompt)
         self.takes_positions = cache_support(type(base_model(model)))[1]
@@ -42,8 +46,18 @@ class _Forwards:
         self.where: list[int] = []  # target index of each picked row
 
     def embeds(self, ids: torch.Tensor, with_prompt: bool) -> torch.Tensor:
-        out = prompt_embeds(self.model, ids, self.prompt) if with_prompt else self.model.get_input_embeddings()(ids)
+        """The rows' embeddings once per prompt (after it when `with_prompt`)."""
+        if with_prompt:
+            out = prompt_embeds(self.model, ids, self.prompt)
+        else:
+            out = stacked_rows(self.model.get_input_embeddings()(ids), self.prompt)
         return out.to(residual_dtype(self.model, self.options))
+
+    def cached(self, kv, rows: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The prefix's keys/values for `rows` rows per prompt: expanded (one prompt) or repeated per prompt (a stack)."""
+        if self.k == 1:
+            return [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in kv]
+        return [(k.repeat_interleave(rows, dim=0), v.repeat_interleave(rows, dim=0)) for k, v in kv]
 
     def group(self, group: list[int]) -> None:
         """Stage 2 for the units of `group` (one padded forward), then stage 3 for their multi-token choices."""
@@ -54,26 +68,23 @@ class _Forwards:
         for i, u in enumerate(group):
             ids[i, : t.unit_len[u]] = torch.tensor(t.rows[t.unit_rows[u][0]][: t.unit_len[u]])
             mask[i, : t.unit_len[u]] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        ids, mask = ids.to(device), stacked_rows(mask.to(device), self.prompt)
         self.stats["real"] += int(mask.sum())
         suffix_rows = [(i, r) for i, u in enumerate(group) for r in t.unit_rows[u] if t.lengths[r] > t.unit_len[u]]
         inline_prompt = self.prompt is not None and self.kv0 is None
         if inline_prompt:
-            self.stats["real"] += n * len(group)
+            self.stats["real"] += n * mask.shape[0]
         full_mask = mask
         if n:
-            ones = torch.ones((len(group), n), dtype=mask.dtype, device=device)
+            ones = torch.ones((mask.shape[0], n), dtype=mask.dtype, device=device)
             full_mask = torch.cat([ones, mask], dim=1)
-        kv = (
-            None
-            if self.kv0 is None
-            else [(k.expand(len(group), -1, -1, -1), v.expand(len(group), -1, -1, -1)) for k, v in self.kv0.kv]
-        )
+        kv = None if self.kv0 is None else self.cached(self.kv0.kv, len(group))
         hidden, kv1 = body_forward(
             self.model, self.embeds(ids, inline_prompt), full_mask, kv, self.stats, keep_cache=bool(suffix_rows)
         )
         if inline_prompt:
             hidden = hidden[:, n:]
+        hidden = hidden.unflatten(0, (self.k, len(group)))
         sel_i, sel_t = [], []  # targets inside the shared part
         for i, u in enumerate(group):
             for k in t.unit_targets.get(u, []):
@@ -82,12 +93,13 @@ class _Forwards:
                     sel_t.append(t.t_pos[k])
                     self.where.append(k)
         if sel_i:
-            self.picked.append(hidden[torch.tensor(sel_i, device=device), torch.tensor(sel_t, device=device)])
+            self.picked.append(hidden[:, torch.tensor(sel_i, device=device), torch.tensor(sel_t, device=device)])
         if suffix_rows:
-            self.suffixes(suffix_rows, full_mask, kv1)
+            self.suffixes(suffix_rows, full_mask, kv1, len(group))
 
-    def suffixes(self, suffix_rows: list[tuple[int, int]], full_mask: torch.Tensor, kv1) -> None:
-        """Stage 3: the continuations of multi-token choices on top of their example's cached prefix."""
+    def suffixes(self, suffix_rows: list[tuple[int, int]], full_mask: torch.Tensor, kv1, width: int) -> None:
+        """Stage 3: the continuations of multi-token choices on top of their example's cached prefix (`kv1`,
+        `full_mask`: stage 2's, `width` rows per prompt)."""
         t, device = self.tree, self.device
         slen = max(t.lengths[r] - t.row_plen[r] for _, r in suffix_rows)
         sids = torch.full((len(suffix_rows), slen), 0, dtype=torch.long)
@@ -98,14 +110,21 @@ class _Forwards:
             sids[j, : len(tail)] = torch.tensor(tail)
             smask[j, : len(tail)] = 1
             pos[j] = self.n + t.row_plen[r] + torch.arange(slen)
-        sids, smask, pos = sids.to(device), smask.to(device), pos.to(device)
+        smask, pos = stacked_rows(smask.to(device), self.prompt), stacked_rows(pos.to(device), self.prompt)
         self.stats["real"] += int(smask.sum())
         src = torch.tensor([i for i, _ in suffix_rows], device=device)
+        src = (torch.arange(self.k, device=device)[:, None] * width + src).reshape(-1)  # each prompt's copy
         kv2 = [(k.index_select(0, src), v.index_select(0, src)) for k, v in kv1]
         mask2 = torch.cat([full_mask.index_select(0, src), smask], dim=1)
         h2, _ = body_forward(
-            self.model, self.embeds(sids, False), mask2, kv2, self.stats, position_ids=pos if self.takes_positions else None
+            self.model,
+            self.embeds(sids.to(device), False),
+            mask2,
+            kv2,
+            self.stats,
+            position_ids=pos if self.takes_positions else None,
         )
+        h2 = h2.unflatten(0, (self.k, len(suffix_rows)))
         sel_j, sel_t = [], []
         for j, (_, r) in enumerate(suffix_rows):
             for k in t.unit_targets.get(t.row_unit[r], []):
@@ -114,16 +133,17 @@ class _Forwards:
                     sel_t.append(t.t_pos[k] - t.row_plen[r])
                     self.where.append(k)
         if sel_j:
-            self.picked.append(h2[torch.tensor(sel_j, device=device), torch.tensor(sel_t, device=device)])
+            self.picked.append(h2[:, torch.tensor(sel_j, device=device), torch.tensor(sel_t, device=device)])
 
     def gathered(self) -> torch.Tensor:
-        """The picked hidden states in target order, [T, d]."""
+        """The picked hidden states in target order, [T, d] ([K, T, d] for a stack of prompts)."""
         if sorted(self.where) != list(range(len(self.tree.t_row))):
             raise AssertionError("the prefix tree lost or duplicated a target")
-        out = torch.cat(self.picked, dim=0)
+        out = torch.cat(self.picked, dim=1)
         inverse = torch.empty(len(self.where), dtype=torch.long)
         inverse[torch.tensor(self.where)] = torch.arange(len(self.where))
-        return out.index_select(0, inverse.to(self.device))
+        out = out.index_select(1, inverse.to(self.device))
+        return out if self.k > 1 or (isinstance(self.prompt, torch.Tensor) and self.prompt.dim() == 3) else out.squeeze(0)
 
 
 def target_hidden(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from softprompt.model.deep_prompt import KVPrompt
+from softprompt.model.deep_prompt import KVPrompt, prompt_length
 
 
 def base_model(model):
@@ -66,12 +66,31 @@ def deep_prompt_cache(model, prompt: KVPrompt, rows: int):
     return new_cache([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in kv])
 
 
+def prompt_count(prompt: torch.Tensor | KVPrompt | None) -> int:
+    """How many prompts `prompt` holds: 1 for an (n, d) matrix, a deep prompt (or none), K for a stack (K, n, d)."""
+    return prompt.shape[0] if isinstance(prompt, torch.Tensor) and prompt.dim() == 3 else 1
+
+
+def stacked_rows(x: torch.Tensor, prompt: torch.Tensor | KVPrompt | None) -> torch.Tensor:
+    """`x` (rows first) once per prompt of a stack, prompt-major (row k * R + r is row r behind prompt k); as it is
+    for a single prompt."""
+    if not (isinstance(prompt, torch.Tensor) and prompt.dim() == 3):  # one prompt, a deep prompt or none
+        return x
+    return x.repeat(prompt.shape[0], *([1] * (x.dim() - 1)))
+
+
 def prompt_embeds(model, input_ids: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
-    """Input embeddings with the soft prompt (if any) placed before every row."""
+    """Input embeddings with the soft prompt (if any) placed before every row. A stack of K prompts (K, n, d)
+    gives K x rows rows, prompt-major (`stacked_rows`): every row behind every prompt."""
     embeds = model.get_input_embeddings()(input_ids)
     if prompt is None:
         return embeds
-    p = prompt.to(device=embeds.device, dtype=embeds.dtype).unsqueeze(0).expand(embeds.shape[0], -1, -1)
+    rows = embeds.shape[0]
+    if prompt.dim() == 3:
+        p = prompt.to(device=embeds.device, dtype=embeds.dtype).repeat_interleave(rows, dim=0)
+        embeds = stacked_rows(embeds, prompt)
+    else:
+        p = prompt.to(device=embeds.device, dtype=embeds.dtype).unsqueeze(0).expand(rows, -1, -1)
     return torch.cat([p, embeds], dim=1)
 
 
@@ -79,21 +98,23 @@ def hidden_states(
     model, prompt: torch.Tensor | KVPrompt | None, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> torch.Tensor:
     """Final (normalised) hidden states over [prompt; input] for right-padded rows (`attention_mask` None:
-    no padding mask, which leaves every real position's state as it is: see `ScoringOptions.padding_mask`).
-    A deep prompt has no positions of its own in the output (`prompt_positions`): its keys/values are the cache
-    every row attends to, as PEFT's prefix tuning passes them."""
+    no padding mask, which leaves every real position's state as it is: see `ScoringOptions.padding_mask`);
+    a stack of prompts gives every row behind each (`prompt_embeds`). A deep prompt has no positions of its own in
+    the output (`prompt_positions`): its keys/values are the cache every row attends to, as PEFT's prefix tuning
+    passes them."""
     if isinstance(prompt, KVPrompt):
         if attention_mask is not None:
             ones = torch.ones((input_ids.shape[0], prompt.length), dtype=attention_mask.dtype, device=attention_mask.device)
             attention_mask = torch.cat([ones, attention_mask], dim=1)
         embeds = model.get_input_embeddings()(input_ids)
         cache = deep_prompt_cache(model, prompt, input_ids.shape[0])
-        return base_model(model)(
-            inputs_embeds=embeds, attention_mask=attention_mask, past_key_values=cache, use_cache=True
-        ).last_hidden_state
+        body = base_model(model)
+        keyword = cache_support(type(body))[0] or "past_key_values"
+        return body(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=True, **{keyword: cache}).last_hidden_state
     embeds = prompt_embeds(model, input_ids, prompt)
     if prompt is not None and attention_mask is not None:
-        ones = torch.ones((input_ids.shape[0], prompt.shape[0]), dtype=attention_mask.dtype, device=attention_mask.device)
+        attention_mask = stacked_rows(attention_mask, prompt)
+        ones = torch.ones((embeds.shape[0], prompt_length(prompt)), dtype=attention_mask.dtype, device=attention_mask.device)
         attention_mask = torch.cat([ones, attention_mask], dim=1)
     out = base_model(model)(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
     return out.last_hidden_state
@@ -102,7 +123,7 @@ def hidden_states(
 def prompt_positions(prompt: torch.Tensor | KVPrompt | None) -> int:
     """The positions of `hidden_states`' output before the input's: an input-level prompt's rows (none for a deep
     prompt, which is a cache, or for no prompt)."""
-    return 0 if prompt is None or isinstance(prompt, KVPrompt) else int(prompt.shape[0])
+    return 0 if prompt is None or isinstance(prompt, KVPrompt) else int(prompt.shape[-2])
 
 
 def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,14 @@ from softprompt.model.deep_prompt import KVPrompt
 from softprompt.scoring import kv_prefix, kv_tree
 from softprompt.scoring.attention import scoring_attention
 from softprompt.scoring.lowp import compute_model
-from softprompt.scoring.model import autocast_context, autocast_dtype, hidden_states, lm_logits, prompt_positions
+from softprompt.scoring.model import (
+    autocast_context,
+    autocast_dtype,
+    hidden_states,
+    lm_logits,
+    prompt_count,
+    prompt_positions,
+)
 from softprompt.scoring.options import DEFAULT, ScoringOptions, ScoringStats
 
 
@@ -39,18 +46,24 @@ def padded_target_hidden(model, prompt, batch: Batch, stats: ScoringStats, *, pa
     is on the model's device (`Batch.to`); nothing here reads a device value back (the counts come from
     the batch's host copy). Without the mask a pad is computed as a token, but it sits to the right of
     every real token of its row, so causal attention never lets a real position see it, and positions
-    stay 0..L-1 as with the mask (ALiBi's too); a target is always a real position."""
+    stay 0..L-1 as with the mask (ALiBi's too); a target is always a real position. A stack of K prompts
+    computes every row behind each in the same forward: [K, T, d]. A deep prompt's keys/values are a cache, not
+    positions of the forward (`prompt_positions` is 0)."""
+    n = prompt_positions(prompt)
     hidden = hidden_states(model, prompt, batch.input_ids, batch.attention_mask if padding_mask else None)
-    stats.update(padded_counts(batch.on_host(), prompt_positions(prompt)))
-    return hidden[batch.target_row, batch.target_pos + prompt_positions(prompt)]  # [T, d]
+    stats.update(padded_counts(batch.on_host(), n, prompt_count(prompt)))
+    if isinstance(prompt, torch.Tensor) and prompt.dim() == 3:
+        return hidden.unflatten(0, (prompt.shape[0], -1))[:, batch.target_row, batch.target_pos + n]  # [K, T, d]
+    return hidden[batch.target_row, batch.target_pos + n]  # [T, d]
 
 
-def padded_counts(host: Batch, n_prompt: int) -> ScoringStats:
-    """What one padded forward over `host`'s rows behind an `n_prompt`-vector prompt computes (`ScoringStats`'s
-    forwards, padded, real), read from the host copy: also what a replayed CUDA graph of it computed."""
+def padded_counts(host: Batch, n_prompt: int, prompts: int = 1) -> ScoringStats:
+    """What one padded forward over `host`'s rows behind an `n_prompt`-vector prompt (each row once per prompt of a
+    stack of `prompts`) computes (`ScoringStats`'s forwards, padded, real), read from the host copy: also what a
+    replayed CUDA graph of it computed."""
     rows, length = host.input_ids.shape
     real = int(host.attention_mask.sum()) + n_prompt * rows
-    return ScoringStats(forwards=1, padded=rows * (length + n_prompt), real=real)
+    return ScoringStats(forwards=1, padded=prompts * rows * (length + n_prompt), real=prompts * real)
 
 
 def head_logprobs(model, low, picked: torch.Tensor, options: ScoringOptions) -> torch.Tensor:
@@ -91,7 +104,8 @@ def batch_choice_scores(
     stats: ScoringStats | None = None,
     kv0=None,
 ) -> torch.Tensor:
-    """Summed log-likelihood of every choice, shape [examples, max_choices] (-inf where absent).
+    """Summed log-likelihood of every choice, shape [examples, max_choices] (-inf where absent); for a stack of K
+    prompts (K, n, d), every example behind each, in the same forwards: [K, examples, max_choices].
 
     `prompt`: an input-level prompt matrix (n, d), a deep prompt (`KVPrompt`: keys/values at every layer) or None.
     `options` picks the strategy (default: `ScoringOptions()`, the fastest for the device); `stats` counts
@@ -105,20 +119,22 @@ def batch_choice_scores(
     batch = batch.to(device)  # one copy (none if the caller moved it already)
     with scoring_attention(low, options) if options.accelerated else contextlib.nullcontext():
         picked = _target_hidden(low, prompt, batch, kv0, options, stats)
-    logprobs = head_logprobs(model, low, picked, options)
-    stats["head"] += picked.shape[0]
+    logprobs = head_logprobs(model, low, picked.flatten(0, -2), options).unflatten(0, picked.shape[:-1])
+    stats["head"] += picked.shape[:-1].numel()
     return summed_choice_scores(batch, logprobs)
 
 
 def summed_choice_scores(batch: Batch, logprobs: torch.Tensor) -> torch.Tensor:
     """[examples, max_choices] sums of the targets' log-probs, from log-probs at every target [T, vocab]
-    (a bucketed batch's padding targets add into one extra slot, dropped: `batching.collate`)."""
-    device = logprobs.device
-    tok_lp = logprobs.gather(1, batch.target_tok.to(device).unsqueeze(1)).squeeze(1)  # [T]
+    (a bucketed batch's padding targets add into one extra slot, dropped: `batching.collate`); log-probs
+    [K, T, vocab] of a stack of prompts give [K, examples, max_choices]."""
+    device, lead = logprobs.device, logprobs.shape[:-2]
+    tok = batch.target_tok.to(device).expand(*lead, -1)
+    tok_lp = logprobs.gather(-1, tok.unsqueeze(-1)).squeeze(-1)  # [..., T]
     slots = batch.num_examples * batch.max_choices
-    flat = torch.zeros(slots + 1, device=device, dtype=tok_lp.dtype)
-    flat = flat.index_add(0, batch.target_slot.to(device), tok_lp)
-    scores = flat[:slots].view(batch.num_examples, batch.max_choices)
+    flat = torch.zeros(*lead, slots + 1, device=device, dtype=tok_lp.dtype)
+    flat = flat.index_add(len(lead), batch.target_slot.to(device), tok_lp)
+    scores = flat[..., :slots].unflatten(-1, (batch.num_examples, batch.max_choices))
     return scores.masked_fill(~batch.choice_mask.to(device), float("-inf"))
 
 
@@ -198,8 +214,47 @@ def choice_scores(
     """Score every example (no gradients), in length-sorted batches; results in input order."""
     options = options or DEFAULT
     stats = stats if stats is not None else ScoringStats()
+    (scores,) = _scores(model, encoded, prompt, pad_id, max_tokens, max_examples, compute_dtype, progress, options, stats)
+    return scores
+
+
+@torch.no_grad()
+def stacked_choice_scores(
+    model,
+    encoded: Sequence[EncodedExample],
+    prompts: torch.Tensor,
+    *,
+    pad_id: int = 0,
+    max_tokens: int = 8192,
+    max_examples: int = 64,
+    compute_dtype: torch.dtype | None = None,
+    progress=None,
+    options: ScoringOptions | None = None,
+    stats: ScoringStats | None = None,
+) -> list[Scores]:
+    """`choice_scores` of each of K prompts of one length (K, n, d), the prompts stacked in the same forwards: each
+    batch's rows once behind every prompt (the prompts' prefixes computed once, at batch K). The same numbers as K
+    calls of `choice_scores`, to float rounding, from fewer and larger forwards: a forward holds about `max_tokens`
+    tokens whatever K (fewer examples per batch), and a K too large for one example's rows is split into chunks."""
+    if prompts.dim() != 3 or prompts.shape[0] < 1:
+        raise SoftPromptError(f"a stack of prompts is (K, n, d) with K >= 1, got shape {tuple(prompts.shape)}")
+    options = options or DEFAULT
+    stats = stats if stats is not None else ScoringStats()
+    longest = max((len(e.rows) * (prompts.shape[1] + max(len(r.ids) for r in e.rows)) for e in encoded), default=1)
+    out: list[Scores] = []
+    for chunk in prompts.split(max(1, max_tokens // longest)):
+        k = chunk.shape[0]
+        per_forward = replace(options, group_overhead_tokens=max(1, options.group_overhead_tokens // k))
+        bound = max(1, max_tokens // k)
+        out += _scores(model, encoded, chunk, pad_id, bound, max_examples, compute_dtype, progress, per_forward, stats)
+    return out
+
+
+def _scores(model, encoded, prompt, pad_id, max_tokens, max_examples, compute_dtype, progress, options, stats) -> list[Scores]:
+    """The examples scored behind `prompt` (a matrix: one Scores; a stack: one per prompt), in input order."""
     device = next(model.parameters()).device
-    out: list[list[float] | None] = [None] * len(encoded)
+    k = prompt_count(prompt)
+    out: list[list[list[float] | None]] = [[None] * len(encoded) for _ in range(k)]
     kv0 = kv_prefix.shared_prefix(model, prompt, encoded, compute_dtype, options, stats)
     batches, scores = length_batches(encoded, max_tokens, max_examples), []
     for idx in batches:
@@ -207,16 +262,21 @@ def choice_scores(
         with autocast_context(device, compute_dtype):
             scores.append(batch_choice_scores(model, prompt, batch, kv0=kv0, options=options, stats=stats))
         if progress is not None:
-            progress(len(idx))  # on a GPU: batches queued, not necessarily done
+            progress(len(idx) * k)  # examples x prompts; on a GPU: batches queued, not necessarily done
     for idx, s in zip(batches, to_host(scores), strict=True):
+        s = s.reshape(k, *s.shape[-2:])
         for j, i in enumerate(idx):
-            out[i] = s[j, : encoded[i].num_choices].tolist()
-    return Scores(
-        logprobs=out,  # type: ignore[arg-type]
-        labels=[e.label for e in encoded],
-        choice_chars=[e.choice_chars for e in encoded],
-        truncated=sum(1 for e in encoded if e.truncated),
-    )
+            for p in range(k):
+                out[p][i] = s[p, j, : encoded[i].num_choices].tolist()
+    return [
+        Scores(
+            logprobs=logprobs,  # type: ignore[arg-type]
+            labels=[e.label for e in encoded],
+            choice_chars=[e.choice_chars for e in encoded],
+            truncated=sum(1 for e in encoded if e.truncated),
+        )
+        for logprobs in out
+    ]
 
 
 def to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from softprompt.study.executors import ExecutorResult, StudyProgress
 from softprompt.study.model_cache import process_model_cache
 from softprompt.study.plan import source_unit
 from softprompt.study.units import Study, run_unit
+from softprompt.threads import USER_WAIT_VARS
 
 if TYPE_CHECKING:
     from softprompt.study.plan import Unit
@@ -46,6 +48,7 @@ class RayOptions:
     cpus_per_run: float = 1.0
     gpus_per_run: float = 0.0
     max_retries: int = 3  # retries of a unit whose worker died; errors the unit raises are never retried
+    torch_threads: int | None = None  # --threads: each unit's torch threads, whatever CPUs it reserved
 
     def __post_init__(self) -> None:
         if not self.cpus_per_run > 0:
@@ -57,8 +60,8 @@ class RayOptions:
 
     @property
     def threads(self) -> int:
-        """Torch threads per unit: the CPUs it reserved (at least one)."""
-        return max(1, int(self.cpus_per_run))
+        """Torch threads per unit: --threads, else the CPUs it reserved (at least one)."""
+        return self.torch_threads or max(1, int(self.cpus_per_run))
 
 
 def import_ray():
@@ -94,6 +97,7 @@ def run_on_ray(study: Study, units: list[Unit], bar: StudyProgress, options: Ray
             num_gpus=options.gpus_per_run,
             max_retries=options.max_retries,
             retry_exceptions=False,
+            **_worker_env(),
         )
         remote_study = dataclasses.replace(study, progress=False)  # no per-run bars from workers
         refs: dict[Unit, Any] = {}
@@ -119,6 +123,13 @@ def run_on_ray(study: Study, units: list[Unit], bar: StudyProgress, options: Ray
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _worker_env() -> dict[str, Any]:
+    """The OpenMP wait settings of this process (`softprompt.threads`, or the user's), for the workers of a cluster
+    this process did not start (a local one inherits them): set before the worker imports torch."""
+    env = {k: os.environ[k] for k in USER_WAIT_VARS if k in os.environ}
+    return {"runtime_env": {"env_vars": env}} if env else {}
 
 
 def _get(ray, ref, name: str, options: RayOptions) -> Any:

@@ -66,7 +66,9 @@ class Evaluations:
             "train_loss": sum(recent) / len(recent) if recent else None,
             **res.metrics(),
         }
-        dev = self.evaluator.evaluate_examples(self.data.task, self.data.dev, self._prompt()) if self.data.dev else None
+        # with selection = last no rule reads the dev split's scores: it stays held out of training, unscored
+        scored = self.data.dev and self.cfg.selection != "last"
+        dev = self.evaluator.evaluate_examples(self.data.task, self.data.dev, self._prompt()) if scored else None
         if dev is not None:
             record["dev"] = {**dev.metrics(), "loss": dev.loss}  # the loss: what selection = dev_loss compares
         record["elapsed_s"] = round(time.perf_counter() - started, 2)
