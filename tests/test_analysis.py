@@ -500,6 +500,32 @@ def test_neighbors_report_summarises_drift_per_task(tiny_llama, fake_runs, tmp_p
     assert written["runs"]["rte-s1"]["positions"][0]["drift"]["relative_to_gap"] > 0
 
 
+def test_the_nearest_token_figure_is_bounded_whatever_k_and_length(tmp_path):
+    """`neighbors --k 100000` drew a figure 2.3 inches per neighbour (matplotlib: "Image size too large"): the figure
+    shows at most FIGURE_K neighbours of FIGURE_ROWS soft tokens, says so, and the JSON keeps every one."""
+    import struct
+
+    from softprompt.analysis.figures import FIGURE_K, FIGURE_ROWS, nearest_token_figure
+
+    k, n = 60, FIGURE_ROWS + 40
+    tokens = [{"id": j, "token": f"t{j}", "similarity": 1 - j / k} for j in range(k)]
+    analysis = {"k": k, "metric": "cosine", "summary": {"survival_rate": 0.5},
+                "positions": [{"position": i, "initial_id": 0, "initial_token": "t0", "tokens": tokens} for i in range(n)]}  # fmt: skip
+    path = nearest_token_figure(analysis, tmp_path / "n.png")
+    width, height = struct.unpack(">II", path.read_bytes()[16:24])
+    assert width < 2.3 * (FIGURE_K + 3) * 100 and height < 0.42 * (FIGURE_ROWS + 6) * 100, (width, height)
+    assert len(analysis["positions"][0]["tokens"]) == k  # the analysis itself is left whole
+
+
+def test_k_is_checked_against_the_vocabulary(tiny_llama, fake_runs):
+    from softprompt.analysis.neighbors import neighbors_report
+
+    vocabulary = tiny_llama.vocab_size
+    for k in (0, vocabulary + 1):
+        with pytest.raises(SoftPromptError, match=rf"k {k}: expected a whole number from 1 to the vocabulary size, {vocabulary}"):
+            neighbors_report(tiny_llama, fake_runs[:1], k)
+
+
 def test_figures_survive_cjk_and_dollar_tokens(tmp_path):
     from softprompt.analysis.figures import heatmap, nearest_token_figure, scatter_2d, similarity_scatter
 

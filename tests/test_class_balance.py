@@ -93,3 +93,33 @@ def test_training_with_class_balance_weights_the_minority_class(tiny_llama, tmp_
         weights = run.record.resolved.class_weights
         assert weights == (None if mode == "off" else pytest.approx([12 / 18, 12 / 6]))
     assert not torch.allclose(prompts["off"], prompts["on"])
+
+
+def test_one_class_present_is_said_and_trains_on_the_plain_mean(tiny_llama, tmp_path, capsys):
+    """--class-balance on with one class alone in the training examples used weights [1, 1] without a word: now a
+    warning naming the class, the plain mean (no weights recorded), and the same prompt as class_balance off."""
+    import json
+
+    from softprompt.runs.directory import load_run
+    from softprompt.training import train
+
+    assert class_weights([12, 0], "accuracy", "on") is None and class_weights([12, 0, 0], "f1_macro", "on") is None
+    pos = {"premise": "The cat sat on the mat.", "hypothesis": "The cat sat.", "label": "entailment"}
+    neg = {"premise": "The dog ran away quickly.", "hypothesis": "The dog sat.", "label": "not_entailment"}
+    d = tmp_path / "data" / "rte"
+    d.mkdir(parents=True)
+    for name, recs in (("train.jsonl", [pos] * 8), ("val.jsonl", [pos, neg])):
+        (d / name).write_text("".join(json.dumps(dict(r, idx=i)) + "\n" for i, r in enumerate(recs)))
+    base = dict(task="rte", model="tiny", tokens=4, epochs=1, batch_size=4, lr=0.1, data_dir=str(tmp_path / "data"))
+    prompts = {}
+    for mode in ("on", "off"):
+        capsys.readouterr()
+        cfg = TrainConfig(**base, class_balance=mode, compute_dtype="float32")
+        train(cfg, tmp_path / mode, backbone=tiny_llama, progress=False)
+        err = capsys.readouterr().err
+        said = "softprompt: warning: class_balance on: the training examples hold one class only ('True': 8 examples)"
+        assert (said in err) == (mode == "on"), err
+        run = load_run(tmp_path / mode)
+        assert run.record.resolved.class_weights is None
+        prompts[mode] = run.prompt().weight.detach()
+    assert torch.equal(prompts["on"], prompts["off"])

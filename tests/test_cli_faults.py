@@ -39,6 +39,7 @@ FAULTS = {
     "disk_full": lambda name: _replace_fails(name, 28, "No space left on device"),
     "no_permission": lambda name: _replace_fails(name, 13, "Permission denied"),
     "out_of_memory": lambda name: _oom(),
+    "env": lambda setting: os.environ.__setitem__(*setting.split("=", 1)),  # an environment variable set for the case
 }
 
 def _replace_fails(name, code, text):
@@ -125,7 +126,8 @@ max_length = 128
 def world(tmp_path, tiny_llama, tiny_model_dir, toy_data, interrupt_at):
     """Runs, adapters, data folders and configs holding every fault, built in-process (fast)."""
     w = {"tmp": tmp_path, "model": tiny_model_dir, "data": toy_data}
-    train(tiny_config(toy_data), tmp_path / "done", backbone=tiny_llama, progress=False)
+    # a run naming the model it was trained on (eval, importance and describe take it from run.json)
+    train(tiny_config(toy_data, model=str(tiny_model_dir)), tmp_path / "done", backbone=tiny_llama, progress=False)
     w["done"] = tmp_path / "done"
     for name, edit in {
         "format99": lambda r: dict(r, format=99),
@@ -169,7 +171,12 @@ def world(tmp_path, tiny_llama, tiny_model_dir, toy_data, interrupt_at):
             from safetensors.torch import save_file
 
             save_file({"prompt_embeddings": torch.zeros(2, 8)}, str(a / "adapter_model.safetensors"))
-    import_peft(tmp_path / "adapters" / "width8", tmp_path / "width8", task="rte")
+    import_peft(
+        tmp_path / "adapters" / "width8",
+        tmp_path / "width8",
+        task="rte",
+        settings={"max_length": 128, "compute_dtype": "float32"},
+    )
     (tmp_path / "a-file").write_text("not a directory")
     # issue 30: a checkpoint altered in place since run.json recorded its digest; a user's folder as --peft
     interrupt_at(5)
@@ -221,6 +228,8 @@ def _cases(w) -> list[tuple[str, list[str], str, str | None]]:
     run = ["--run"]
     clash = task_with("clash", TASK_TOML.replace('name = "toy"', 'name = "rte"'))  # a task file declaring a built-in's name
     altered = ["--out", str(tmp / "altered"), "--resume"]
+    loop_task = task_with("loop", TASK_TOML.replace("train.csv", "loop.csv"))
+    (tmp / "tasks" / "loop" / "loop.csv").symlink_to("loop.csv")
     return [
         # --- documented faults (docs/reliability.md)
         ("unknown task", ["train", "--task", "nope", *out("a")], "unknown task 'nope'", None),
@@ -451,6 +460,62 @@ def _cases(w) -> list[tuple[str, list[str], str, str | None]]:
         ),
         ("generate no new tokens", ["generate", "hi", "--model", model, "--max-new-tokens", "0"], "--max-new-tokens", None),
         ("generate negative temperature", ["generate", "hi", "--model", model, "--temperature", "-1"], "--temperature", None),
+        # --- issue 37: silent wrong results, hangs and tracebacks
+        (
+            "neighbors k beyond the vocabulary",
+            ["neighbors", str(w["done"]), "--k", "100000", "--out", str(tmp / "nk"), *m],
+            "--k 100000: expected a whole number from 1 to the vocabulary size, ",
+            None,
+        ),
+        ("neighbors k of 0", ["neighbors", str(w["done"]), "--k", "0", "--out", str(tmp / "nk0"), *m], "--k 0: expected", None),
+        (
+            "template reads an attribute",
+            ["train", "--task", task_with("attr", TASK_TOML.replace("{text}", "{text.__class__}")), *m, *out("x1")],
+            "template: field {text.__class__} is not allowed: a template field is a plain name",
+            None,
+        ),
+        (
+            "template pads its input",
+            ["tasks", "--stats", "--task", task_with("pad", TASK_TOML.replace("{text}", "{text!r:>99999999}"))],
+            "template: field {text!r:>99999999} is not allowed",
+            None,
+        ),
+        (
+            "data file is a symlink loop",
+            ["train", "--task", loop_task, *m, *out("x2")],
+            "data.train: data file " + str(tmp / "tasks" / "loop" / "loop.csv") + " is a symbolic link loop",
+            None,
+        ),
+        (
+            "eval in another layout",
+            ["eval", "--run", str(w["done"]), "--prompt-format", "chat", "--data-dir", data],
+            "--prompt-format chat: run " + str(w["done"]) + " was trained in the plain prompt format",
+            None,
+        ),
+        (
+            "describe no layers",
+            ["describe", str(w["done"]), "--out", str(tmp / "dsc3"), "--layers", "", *m],
+            "--layers '': expected comma-separated layer indices",
+            None,
+        ),
+        (
+            "describe a long text",
+            ["describe", "--text", "word " * 5000, "--out", str(tmp / "dsc4"), *m],
+            "--text is 5,000 words long",
+            None,
+        ),
+        (
+            "unknown host malloc",
+            ["tasks"],
+            "SOFTPROMPT_HOST_MALLOC='defualt' is not a known setting",
+            "env:SOFTPROMPT_HOST_MALLOC=defualt",
+        ),
+        (
+            "mlflow server unreachable",
+            [*t, data, "--report-to", "mlflow", *out("x3")],
+            "report_to mlflow: MLFLOW_TRACKING_URI=http://127.0.0.1:1 cannot be reached",
+            "env:MLFLOW_TRACKING_URI=http://127.0.0.1:1",
+        ),
         (
             "tasks --stats on bad data",
             ["tasks", "--stats", "--task", "rte", "--data-dir", data_with("stats", [GOOD, "{oops"])],
@@ -502,6 +567,8 @@ def test_every_fault_is_one_line_and_never_a_traceback(world, tmp_path):
     assert json.loads((tmp_path / "out" / "v" / "run.json").read_text())["status"] == "failed"
     assert json.loads((tmp_path / "out" / "w" / "run.json").read_text())["status"] == "failed"
     assert json.loads((tmp_path / "stale" / "run.json").read_text())["status"] == "interrupted"
+    # refused before --out was made: no empty folder left behind
+    assert not any((tmp_path / name).exists() for name in ("nk", "nk0", "dsc3", "dsc4", "out/x1", "out/x2", "out/x3"))
 
 
 def _ask(driver, case) -> int:

@@ -202,10 +202,10 @@ def test_description_score_on_hand_examples():
 
 
 @pytest.fixture
-def tiny_run(tmp_path, tiny_llama, toy_data):
+def tiny_run(tmp_path, tiny_llama, tiny_model_dir, toy_data):
     from softprompt.training import train
 
-    train(tiny_config(toy_data), tmp_path / "run", backbone=tiny_llama, progress=False)
+    train(tiny_config(toy_data, model=str(tiny_model_dir)), tmp_path / "run", backbone=tiny_llama, progress=False)
     return tmp_path / "run"
 
 
@@ -277,6 +277,11 @@ def test_the_describe_command(tmp_path, tiny_run, tiny_model_dir, capsys):
         (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
         (["--layers", "5"], "patch layer(s) [5] out of range"),
         (["--layers", "a,b"], "--layers 'a,b': expected comma-separated"),
+        (["--layers", ""], "--layers '': expected comma-separated layer indices (e.g. 3,9) or none (an empty item"),
+        (["--layers", "0,,1"], "--layers '0,,1': expected comma-separated layer indices (e.g. 3,9) or none (an empty"),
+        (["--text", "word " * 5000], "--text is 5,000 words long; the identity probe describes a sentence as long as a "),
+        (["--text", "Neitherbecausetherefore " * 200], "tokens long; the identity probe describes a sentence as long"),
+        (["--max-new-tokens", "400"], "and 400 new tokens exceed the model's context of 256 positions"),
     ):
         rc = main(["describe", str(tiny_run), "--out", str(tmp_path / "d3"), "--model", str(tiny_model_dir), "--quiet", *argv])
         err = capsys.readouterr().err.strip()

@@ -84,3 +84,24 @@ def test_opting_out_leaves_glibc_alone():
 )
 def test_a_users_allocator_choice_is_respected(environ, reason):
     assert user_chose_allocator(environ) == reason
+
+
+@pytest.mark.parametrize("value", ["defualt", "off", "RETAIN", "1"])
+def test_an_unknown_setting_is_refused_naming_the_allowed_ones(value, capsys):
+    """Any value was accepted (a typo kept freed memory without a word): the command line now refuses it in one line
+    naming the variable and its two settings, before any work."""
+    from softprompt.cli import main
+    from softprompt.errors import SoftPromptError
+
+    with pytest.raises(SoftPromptError) as err:
+        user_chose_allocator({ENV: value})
+    assert str(err.value) == (
+        f"{ENV}={value!r} is not a known setting: expected retain (keep freed memory, the default); default (leave "
+        "glibc's allocator as it comes), or leave it unset"
+    )
+    assert user_chose_allocator({ENV: ""}) is None  # set but empty: as unset
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV, value)
+        capsys.readouterr()
+        assert main(["tasks"]) == 2
+    assert capsys.readouterr().err.strip() == f"softprompt: error: {err.value}"

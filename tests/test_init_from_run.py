@@ -93,6 +93,13 @@ def test_cli_init_run_and_its_errors(tmp_path, tiny_model_dir, toy_data, capsys)
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
         assert not (tmp_path / "c").exists()
+    # a source trained on another model (here the same folder named otherwise) is said, not taken silently
+    other = [*common[:2], str(tiny_model_dir) + "/", *common[3:]]
+    assert main([*other, "--init", f"run:{tmp_path / 'a'}", "--out", str(tmp_path / "d")]) == 0
+    assert capsys.readouterr().err.strip() == (
+        f"softprompt: warning: init run:{tmp_path / 'a'}: its prompt was trained on model '{tiny_model_dir}'; this run "
+        f"trains it on '{tiny_model_dir}/'"
+    )
 
 
 def test_changed_source_prompt_makes_the_run_a_conflict(tiny_llama, toy_data, tmp_path, source_run):

@@ -71,6 +71,16 @@ def test_peft_export_gives_identical_logits(smol_run, smollm, tmp_path):
     # and back: importing the adapter gives a run every command accepts, with the same prompt
     back = import_peft(adapter, tmp_path / "imported", task="rte")
     assert torch.equal(load_run(back).prompt().weight, prompt)
+    # and scored as the original: the adapter carried its layout (chat, 160 tokens a row), so the same 8 examples
+    # give the same choice log-likelihoods (issue 37: 0.25 -> 0.625 before, in another layout)
+    from softprompt.evaluate import evaluator_for_run
+
+    imported = load_run(back)
+    assert imported.prompt_format == load_run(out).prompt_format == "chat" and imported.config["max_length"] == 160
+    scores = [
+        evaluator_for_run(run, smollm).evaluate("rte", run.prompt().weight.detach(), limit=8) for run in (load_run(out), imported)
+    ]
+    assert scores[0].scores.logprobs == scores[1].scores.logprobs and scores[0].accuracy == scores[1].accuracy
     # the adapter alone names a base PEFT can load (the dequantized copy in softprompt's cache), same logits
     from peft import AutoPeftModelForCausalLM
 

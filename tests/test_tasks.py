@@ -315,6 +315,59 @@ def test_task_file_not_utf8_and_missing(tmp_path):
         get_task(str(tmp_path / "nothere.toml"))
 
 
+@pytest.mark.parametrize(
+    "field",
+    ["{sentence.__class__}", "{sentence[0]}", "{sentence!r}", "{sentence:>99}", "{sentence!r:>99999999}", "{sentence:{x}}"],
+)
+def test_template_fields_are_plain_names(tmp_path, field):
+    """`{text.__class__}` rendered every input as `<class 'str'>` and `{text!r:>99999999}` padded each to 100M
+    characters (train sat at 2 GB): a field is a plain name, refused otherwise naming the file, its line, the field
+    and what is allowed, when the task file is loaded."""
+    path = write_task(tmp_path, TOML.replace("{sentence}", field))
+    with pytest.raises(SoftPromptError) as err:
+        get_task(str(path))
+    message = str(err.value)
+    assert message.startswith(f"{path}:3: template: field {field} is not allowed: a template field is a plain name, {{field}}")
+    assert "no attribute (.x), index ([0]), conversion (!r) or format spec (:>9)" in message and "\n" not in message
+
+
+def test_every_task_template_has_plain_fields_and_a_bad_one_is_refused():
+    from softprompt.tasks.base import DataSource, Task, template_field_problem
+    from softprompt.tasks.builtin import BUILTIN_TASKS
+
+    for name in BUILTIN_TASKS:
+        assert template_field_problem(get_task(name).template) is None, name
+    with pytest.raises(SoftPromptError, match=r"task t: template '\{x\[0\]\}': field \{x\[0\]\} is not allowed"):
+        Task("t", "d", "{x[0]}", ("a", "b"), ("a", "b"), DataSource())
+
+
+def test_a_rendered_input_is_bounded_in_characters(tmp_path):
+    """A record whose input renders beyond MAX_INPUT_CHARS is refused naming the file and line, before tokenizing."""
+    from softprompt.tasks.base import MAX_INPUT_CHARS
+
+    huge = {"sentence": "x" * (MAX_INPUT_CHARS + 1), "label": "pos"}
+    task = get_task(str(write_task(tmp_path, files={"train.jsonl": _jsonl([*ROWS, huge])})))
+    with pytest.raises(SoftPromptError, match=r"train\.jsonl:5: the input is 100,0\d\d characters long once formatted; an input"):
+        task.load("train")
+    assert len(task.load("validation")) == 4
+
+
+def test_a_symlink_loop_is_one_line_naming_the_file(tmp_path):
+    """A data file (or the task file) that is a symbolic link loop was `RuntimeError: Symlink loop` from
+    Path.resolve(): now one line naming the file, for a task file's data, the task file and a built-in's data."""
+    (tmp_path / "loop.jsonl").symlink_to("loop.jsonl")
+    path = write_task(tmp_path, TOML.replace('train = "train.jsonl"', 'train = "loop.jsonl"'))
+    with pytest.raises(SoftPromptError, match=r"task\.toml:9: data\.train: data file .*loop\.jsonl is a symbolic link loop"):
+        get_task(str(path))
+    (tmp_path / "task-loop.toml").symlink_to("task-loop.toml")
+    with pytest.raises(SoftPromptError, match=r"task file .*task-loop\.toml is a symbolic link loop"):
+        get_task(str(tmp_path / "task-loop.toml"))
+    (tmp_path / "data" / "rte").mkdir(parents=True)
+    (tmp_path / "data" / "rte" / "train.jsonl").symlink_to("train.jsonl")
+    with pytest.raises(SoftPromptError, match=r"task rte: data file .*train\.jsonl is a symbolic link loop"):
+        get_task("rte").load("train", tmp_path / "data")
+
+
 def test_tasks_stats_cli_accepts_toml(capsys):
     from softprompt.cli import main
 

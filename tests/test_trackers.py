@@ -313,3 +313,66 @@ def test_a_failing_tracker_is_dropped_with_a_warning_and_the_others_go_on(capsys
     trackers.close()  # once only
     assert seen == [("broken closed", "FAILED"), (3, {"train/loss": 1.5}), (4, {"train/loss": 1.25}), ("good closed", "FINISHED")]
     assert "report_to mlflow: logging failed (ConnectionError: server went away)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("report_to", "env", "named"),
+    [
+        ("mlflow", {"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}, "MLFLOW_TRACKING_URI=http://127.0.0.1:1"),
+        ("wandb", {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:1"}, "WANDB_BASE_URL=http://127.0.0.1:1"),
+    ],
+)
+def test_an_unreachable_tracker_server_fails_in_seconds_naming_it(report_to, env, named, tiny_model_dir, toy_data, tmp_path):
+    """An unreachable MLFLOW_TRACKING_URI hung `--report-to mlflow` for minutes (MLflow's HTTP retries): now the
+    server is asked once, with a short timeout, before anything loads, and refused in one line naming it."""
+    import os
+    import subprocess
+
+    if importlib.util.find_spec(report_to) is None:
+        pytest.skip(f"{report_to} not installed")
+    argv = [sys.executable, "-m", "softprompt.cli", "train", "--task", "rte", "--model", str(tiny_model_dir), "--data-dir",
+            str(toy_data), "--epochs", "1", "--quiet", "--report-to", report_to, "--out", str(tmp_path / "run")]  # fmt: skip
+    started = time.monotonic()
+    r = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - started
+    assert r.returncode == 2 and elapsed < 20, (r.returncode, elapsed, r.stderr[-2000:])
+    [line] = r.stderr.strip().splitlines()
+    assert (
+        line.startswith(f"softprompt: error: report_to {report_to}: {named} cannot be reached (")
+        and "nothing was trained" in line
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_reachable_tracker_server_passes_and_mlflow_retries_are_bounded(monkeypatch):
+    """Any HTTP answer (an error status too) counts as reachable; MLflow's retries and timeout get bounds unless set."""
+    import http.server
+    import os
+    import threading
+
+    from softprompt.training.trackers import MLFLOW_HTTP_LIMITS, check_reachable
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for key in MLFLOW_HTTP_LIMITS:
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")  # the user's own setting is kept
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.server_port}")
+        check_reachable("mlflow")
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", str(Path("/tmp/mlruns").as_uri()))  # a file store: nothing to ask
+        check_reachable("mlflow")
+        monkeypatch.delenv("WANDB_MODE", raising=False)  # offline by default: nothing to ask
+        monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:1")
+        check_reachable("wandb")
+    finally:
+        server.shutdown()

@@ -308,3 +308,40 @@ def test_resume_of_a_folder_without_a_run_is_refused_naming_it(tmp_path, tiny_mo
         )
         assert not (out / "run.json").exists()
     assert not (tmp_path / "typo").exists()  # a folder the refused command created is removed again
+
+
+def test_the_progress_bar_shows_only_losses_it_read(tiny_llama, toy_data, monkeypatch):
+    """The bar's loss is the mean of losses read from the device in this epoch: never one made up from none (an
+    epoch's first step before its first read keeps the last loss shown), and every shown value is a read loss."""
+    import tqdm.auto
+
+    from softprompt.training.lifecycle import Progress
+
+    shown: list[dict] = []
+
+    class Bar:
+        def __init__(self, *a, **k):
+            pass
+
+        def set_postfix(self, **values):
+            shown.append(values)
+
+        def update(self, n=1):
+            pass
+
+        def write(self, text):
+            pass
+
+        def close(self):
+            pass
+
+    bar = Progress(Bar())
+    bar.show_loss([0.5], 0.1)
+    bar.show_loss([], 0.05)  # nothing read yet: the bar keeps 0.5000 (this divided by zero before)
+    assert shown == [{"loss": "0.5000", "lr": "1.00e-01"}]
+    shown.clear()
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    train(_cfg(toy_data, epochs=3), tmp := toy_data.parent / "bar", backbone=tiny_llama, progress=True)
+    losses = [json.loads(line)["train_loss"] for line in (tmp / "metrics.jsonl").read_text().splitlines()]
+    assert len(shown) == 9 and all(float(v["loss"]) > 0.1 for v in shown), shown  # 3 epochs of 3 steps, each read
+    assert [float(v["loss"]) for v in shown[2::3]] == pytest.approx(losses, abs=1e-4)  # each epoch's last: its mean

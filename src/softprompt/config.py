@@ -60,6 +60,10 @@ LEGACY_VALUES: dict[str, Any] = {"selection": "dev_accuracy", "prompt_format": "
 SCORING_STRATEGIES = ("auto", "plain", "padded", "kv_tree")  # softprompt.scoring.options implements them
 REPORT_TO = ("none", "tensorboard", "mlflow", "wandb")  # softprompt.training.trackers implements them
 DEFAULT_MODEL = "smollm2-135m"
+# The TrainConfig fields that change a run's scores besides its weights: the model, the examples' layout (prompt format,
+# row length) and the precision (weight dtype, compute dtype). Every command that reads a run takes them from its
+# run.json, and an exported adapter carries them (softprompt.runs.settings).
+SCORE_SETTINGS = ("model", "prompt_format", "max_length", "dtype", "compute_dtype")
 
 
 def class_balance_on(mode: str, metric: str, num_classes: int) -> bool:

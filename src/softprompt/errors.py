@@ -22,6 +22,7 @@ _HINTS = {
     errno.EROFS: "the filesystem is read-only: choose a writable path",
     errno.ENOTDIR: "a file stands where a directory is expected",
     errno.EISDIR: "a directory stands where a file is expected",
+    errno.ELOOP: "a symbolic link loop: fix or replace the link",
 }
 
 

@@ -19,11 +19,14 @@ import ctypes
 import os
 import platform
 
+from softprompt.errors import SoftPromptError
+
 # mallopt(3) parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 NEVER_TRIM = -1  # mallopt(3): "Setting M_TRIM_THRESHOLD to -1 disables trimming completely"
 ENV = "SOFTPROMPT_HOST_MALLOC"
+CHOICES = {"retain": "keep freed memory, the default", "default": "leave glibc's allocator as it comes"}
 USER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
 
@@ -34,8 +37,13 @@ def glibc_linux() -> bool:
 
 def user_chose_allocator(environ: dict[str, str] | os._Environ = os.environ) -> str | None:
     """Why softprompt must leave the allocator alone, or None: a preloaded allocator, the user's own malloc
-    settings, or `SOFTPROMPT_HOST_MALLOC=default`."""
-    if environ.get(ENV, "retain") == "default":
+    settings, or `SOFTPROMPT_HOST_MALLOC=default`. Any other value of that variable than its two is refused in one
+    line (a typo such as `defualt` used to keep freed memory without a word)."""
+    value = environ.get(ENV) or "retain"  # set but empty: as unset
+    if value not in CHOICES:
+        allowed = "; ".join(f"{k} ({v})" for k, v in CHOICES.items())
+        raise SoftPromptError(f"{ENV}={value!r} is not a known setting: expected {allowed}, or leave it unset")
+    if value == "default":
         return f"{ENV}=default"
     preload = environ.get("LD_PRELOAD", "")
     if any(name in preload for name in USER_ALLOCATORS):
@@ -51,8 +59,8 @@ def user_chose_allocator(environ: dict[str, str] | os._Environ = os.environ) -> 
 def keep_freed_host_memory() -> bool:
     """Turn glibc's mmap'ed blocks and heap trimming off for this process (calling it again changes nothing); True
     if this process now keeps freed memory, False where it does not apply (not glibc, or the user chose an
-    allocator)."""
-    if not glibc_linux() or user_chose_allocator():
+    allocator). An unknown `SOFTPROMPT_HOST_MALLOC` value is refused on every platform."""
+    if user_chose_allocator() or not glibc_linux():
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

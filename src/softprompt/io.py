@@ -8,6 +8,7 @@ readable by the group, and a private umask (077) keeps files private.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -17,7 +18,30 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from softprompt.errors import SoftPromptError
+
 _UMASK_LOCK = threading.Lock()
+SYMLINK_LOOP = "is a symbolic link loop (the link leads back to itself): fix or replace the link"
+
+
+def symlink_loop(path: str | Path) -> bool:
+    """Whether `path` is, or passes through, a symbolic link loop (`Path.exists()` then just says False)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
+
+
+def resolve_path(path: str | Path) -> Path:
+    """`Path(path).resolve()`; a symbolic link loop is a one-line error naming the path (Python 3.11 raises
+    `RuntimeError: Symlink loop`, which reads as a bug)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as e:
+        if isinstance(e, RuntimeError) or e.errno == errno.ELOOP:
+            raise SoftPromptError(f"{path} {SYMLINK_LOOP}") from None
+        raise
 
 
 def current_umask() -> int:

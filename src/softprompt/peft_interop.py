@@ -9,6 +9,12 @@ load: for an offline (GGUF) model that is the dequantized Hugging Face-format fo
 cache, the weights the prompt was trained against; the GGUF file and the Hub model it quantizes are
 recorded in the adapter's README.md and in the weights file's metadata.
 
+An exported adapter carries, besides the weights, every setting that changes the prompt's scores (the run's model,
+prompt format, row length, weight and compute dtypes: `runs.settings`) and its task, in the weights' metadata
+(`softprompt_settings`, `softprompt_task`: PEFT ignores metadata) and in its README; `import_peft` takes them back,
+so the imported run is scored as the original was. An adapter without them (from elsewhere) is imported with the
+settings given, or assumed (`runs.settings.ASSUMED`) with a warning naming each.
+
 Every malformed adapter is refused with one line naming the file and the field, before anything is written;
 so is an adapter whose width is not the base model's (its config's hidden size). Export writes only into an empty
 (or new) directory or one holding an earlier export (`--overwrite` replaces that), never over files it did not write.
@@ -33,8 +39,18 @@ from softprompt.locks import LOCK_FILE
 from softprompt.model.deep_prompt import PrefixShape
 from softprompt.model.prompt import PROMPT_FILE, PromptInit, SoftPrompt
 from softprompt.peft_prefix import PREFIX_TUNING, check_model_shape, prefix_shape_from_config, prefix_tuning_config
-from softprompt.records.run import RUN_FILE, ModelFacts, PromptFacts, RunRecord
-from softprompt.runs.directory import BEST_PROMPT_FILE, Run, artifact_facts, load_run, package_versions
+from softprompt.records.run import RUN_FILE, ModelFacts
+from softprompt.runs.directory import BEST_PROMPT_FILE, Run, load_run
+from softprompt.runs.imported import imported_record
+from softprompt.runs.settings import (
+    SETTINGS_KEY,
+    carried_settings,
+    merged_settings,
+    run_settings,
+    say_imported,
+    settings_lines,
+    settings_metadata,
+)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -91,6 +107,7 @@ def _base_model(run: Run) -> tuple[str, str | None, dict[str, str], list[str]]:
 
 
 def _readme(base: str, hub_id: str | None, n_tokens: int, dim: int, run: Run, notes: list[str]) -> str:
+    """The adapter's README: what it is, its base model, how to load it, and the settings its scores depend on."""
     front = f"---\nlibrary_name: peft\nbase_model: {hub_id}\n---\n\n" if hub_id else "---\nlibrary_name: peft\n---\n\n"
     kind = "Deep prompt (PEFT prefix tuning)" if run.method == "deep" else "Soft prompt (PEFT prompt tuning)"
     lines = [
@@ -104,6 +121,13 @@ def _readme(base: str, hub_id: str | None, n_tokens: int, dim: int, run: Run, no
         "from peft import AutoPeftModelForCausalLM",
         "model = AutoPeftModelForCausalLM.from_pretrained(ADAPTER_DIR)",
         "```",
+        "",
+        "## The settings its scores depend on",
+        "",
+        "softprompt trained and scored the prompt with these (`softprompt import-peft` restores them from the weights'",
+        f"metadata, `{SETTINGS_KEY}`); lay inputs out the same way to reproduce its scores:",
+        "",
+        *settings_lines(run_settings(run)),
         "",
     ]
     return front + "\n".join(lines)
@@ -204,7 +228,7 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, which: str = "last", *
     write_text(out / ADAPTER_CONFIG, json.dumps(config, indent=2, sort_keys=True, default=str))
     with atomic_path(out / ADAPTER_WEIGHTS) as tmp:
         weight = prompt.weight.detach().cpu().contiguous()
-        save_file({PROMPT_TENSOR: weight}, str(tmp), metadata={"format": "pt", **meta})
+        save_file({PROMPT_TENSOR: weight}, str(tmp), metadata={"format": "pt", **meta, **settings_metadata(run)})
     write_text(out / ADAPTER_README, _readme(base, meta.get("softprompt_hub_id"), prompt.n_tokens, prompt.dim, run, notes))
     return out
 
@@ -324,10 +348,18 @@ def _check_prefix_shape(file: Path, shape: PrefixShape, base: str) -> None:
 
 
 def import_peft(
-    adapter_dir: str | Path, out_dir: str | Path, *, task: str | None = None, model: str | None = None, allow_pickle: bool = False
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    task: str | None = None,
+    model: str | None = None,
+    allow_pickle: bool = False,
+    settings: dict[str, Any] | None = None,
 ) -> Path:
     """Turn a PEFT prompt-tuning adapter (a soft prompt run) or prefix-tuning adapter (a deep prompt run, method
-    `deep`) into a softprompt run directory."""
+    `deep`) into a softprompt run directory, with the settings that change its scores: `model` and `settings`
+    (prompt_format, max_length, dtype, compute_dtype) where given, else those the adapter carries (an export of
+    softprompt's), else its base model and `runs.settings.ASSUMED`, with a warning."""
     src = Path(adapter_dir)
     if not src.is_dir():
         raise SoftPromptError(f"PEFT adapter directory {src} {'is not a directory' if src.exists() else 'does not exist'}")
@@ -346,34 +378,16 @@ def import_peft(
         raise SoftPromptError(f"{out} already holds a run; choose another --out")
     if out.exists() and not out.is_dir():
         raise SoftPromptError(f"--out {out} exists and is not a directory")
-    base = model or cfg.get("base_model_name_or_path")
-    if base and shape is not None:
-        _check_prefix_shape(file, shape, base)
-    elif base:
-        _check_width(file, prompt.dim, base)
+    carried, carried_task = carried_settings(file)
+    given = {k: v for k, v in {**(settings or {}), "model": model}.items() if v is not None}
+    base = cfg.get("base_model_name_or_path")
+    chosen, assumed, overridden = merged_settings(carried, given, model=base, where=f"import-peft {src}")
+    if chosen["model"] and shape is not None:
+        _check_prefix_shape(file, shape, chosen["model"])
+    elif chosen["model"]:
+        _check_width(file, prompt.dim, chosen["model"])
+    say_imported(src, chosen, assumed, overridden)
     prompt.save(out / PROMPT_FILE)
     prompt.save(out / BEST_PROMPT_FILE)
-    RunRecord(
-        status="complete",
-        imported_from=str(src),
-        config={
-            "task": task or "unknown",
-            "model": base,
-            "method": "deep" if deep else "prompt",
-            "tokens": prompt.n_tokens,
-            "init": prompt.init.method,
-        },
-        model=ModelFacts.from_dict({"name": base, **({} if deep else {"hidden_size": prompt.dim})}, "model"),
-        prompt=PromptFacts.from_dict(
-            {
-                "n_tokens": prompt.n_tokens,
-                "dim": prompt.dim,
-                "init": {"method": prompt.init.method},
-                **({"prefix_shape": [shape.layers, shape.kv_heads, shape.head_dim]} if shape is not None else {}),
-            },
-            "prompt",
-        ),
-        artifacts={name: artifact_facts(out / name, prompt) for name in (PROMPT_FILE, BEST_PROMPT_FILE)},
-        versions=package_versions(),
-    ).write(out)
+    imported_record(src, out, prompt, chosen, task or carried_task or "unknown", shape).write(out)
     return out

@@ -30,6 +30,9 @@ TEMPERATURE = 0.7
 # analysis/describe.py's docstring): from position 0 plain text reads back faithfully only at blocks 0-2, after the prefix up to block 9.
 SOURCES = ("context", "front")
 DEFAULT_SOURCE = "context"
+# The identity probe reads a sentence as long as a soft prompt: a 5,000-word text came back as empty descriptions
+# (SmolLM2-135M), without a word about its length; a longer --text is refused naming this limit.
+MAX_TEXT_TOKENS = 256
 
 
 # ----------------------------------------------------------------------------- the describing input
@@ -158,6 +161,12 @@ def describe_prompt(
     check_settings(samples, max_new_tokens, temperature, probes, source)
     rows = _check_rows(backbone, prompt, "the prompt")
     inp = describe_input(backbone.tokenizer, rows.shape[0])
+    context = backbone.context_length
+    if context is not None and len(inp.ids) + max_new_tokens > context:
+        raise SoftPromptError(
+            f"the describing input ({len(inp.ids)} tokens, the prompt's {rows.shape[0]} rows included) and "
+            f"{max_new_tokens} new tokens exceed the model's context of {context} positions: use a smaller --max-new-tokens"
+        )
     out: list[dict[str, Any]] = []
     gen = {"max_new_tokens": max_new_tokens}
     if "embed" in probes:
@@ -181,8 +190,18 @@ def text_rows(backbone, text: str) -> torch.Tensor:
     ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise SoftPromptError("--text is empty: give a sentence to describe")
+    if len(ids) > MAX_TEXT_TOKENS:
+        raise SoftPromptError(text_too_long(f"{len(ids):,} tokens"))
     with torch.no_grad():
         return backbone.model.get_input_embeddings()(torch.tensor(ids, device=backbone.device)).float()
+
+
+def text_too_long(length: str) -> str:
+    """The refusal of a --text longer than the identity probe reads (`length`: how long it is, with its unit)."""
+    return (
+        f"--text is {length} long; the identity probe describes a sentence as long as a soft prompt, at most "
+        f"{MAX_TEXT_TOKENS} tokens (a long text comes back as empty descriptions): give a shorter text"
+    )
 
 
 def describe_text(backbone, text: str, **kwargs) -> list[dict[str, Any]]:

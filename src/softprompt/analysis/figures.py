@@ -73,12 +73,18 @@ def _save(fig, path: str | Path) -> Path:
 # ----------------------------------------------------------------------------- nearest tokens
 
 
+FIGURE_K = 10  # neighbours a figure shows per soft token (neighbors.json holds all k)
+FIGURE_ROWS = 200  # and soft tokens: a figure stays under matplotlib's 2^16-pixel side whatever k and the prompt's length
+
+
 def nearest_token_figure(analysis: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
     """The study's figure: one row per soft token, its top-k nearest tokens in cells shaded by
     similarity; the row label shows the initial token and a red frame marks a surviving initial token."""
-    positions = analysis["positions"]
+    everything = analysis["positions"]
+    positions = [dict(p, tokens=p["tokens"][:FIGURE_K]) for p in everything[:FIGURE_ROWS]]
     n = len(positions)
     k = max((len(p["tokens"]) for p in positions), default=1)
+    shown = max((len(p["tokens"]) for p in everything), default=1) > k or len(everything) > n
     sims = np.full((n, k), np.nan)
     for i, p in enumerate(positions):
         for j, t in enumerate(p["tokens"]):
@@ -115,7 +121,9 @@ def nearest_token_figure(analysis: dict[str, Any], path: str | Path, title: str 
         s = analysis.get("summary", {})
         sub = f"{analysis.get('metric', 'cosine')} similarity"
         if s.get("survival_rate") is not None:
-            sub += f"; initial token in top-{k}: {s['survival_rate']:.0%} (red frame)"
+            sub += f"; initial token in top-{analysis.get('k', k)}: {s['survival_rate']:.0%} (red frame)"
+        if shown:
+            sub += f"\nshown: the top {k} of {n} of {len(everything)} positions (the JSON file has every one)"
         ax.set_title(esc(f"{title}\n{sub}" if title else sub), fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
         return _save(fig, path)

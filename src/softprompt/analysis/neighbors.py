@@ -115,6 +115,13 @@ def analyze_neighbors(
     return {"k": int(ids.shape[1]), "metric": metric, "positions": positions, "summary": summary}
 
 
+def check_k(k: object, vocabulary: int | None, name: str = "k") -> None:
+    """k neighbours per soft token: a whole number from 1 to the vocabulary size (None: not known yet)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or (vocabulary is not None and k > vocabulary):
+        most = f"the vocabulary size, {vocabulary:,}" if vocabulary is not None else "the vocabulary size"
+        raise SoftPromptError(f"{name} {k!r}: expected a whole number from 1 to {most} (neighbours per soft token)")
+
+
 def neighbors_report(
     backbone,
     runs: Iterable,
@@ -142,6 +149,7 @@ def neighbors_report(
     labels = run_labels(runs)
     tok = backbone.tokenizer
     embeddings = input_embedding_matrix(backbone.model, n_tokens=len(tok))
+    check_k(k, int(embeddings.shape[0]))
     if project and evaluator is None:
         from softprompt.evaluate import evaluator_for_run
 

@@ -6,9 +6,10 @@ Each loads the model at most once; the work is `softprompt.analysis`'s.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
-from softprompt.cli.common import add_model_args, load_model, locking, print_table
+from softprompt.cli.common import add_model_args, load_model, locking, print_table, resolve_settings
 from softprompt.errors import SoftPromptError
 
 
@@ -16,28 +17,24 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def _model_name(a: argparse.Namespace, runs) -> str:
-    """--model, else the model the runs were trained with (they must agree), else the offline default."""
-    if a.model:
-        return a.model
-    names = {r.config.get("model") for r in runs} - {None}
-    if len(names) > 1:
-        raise SoftPromptError(f"the runs were trained on different models ({', '.join(sorted(names))}): pass --model")
-    return names.pop() if names else "smollm2-135m"
-
-
 def _load(a: argparse.Namespace, runs):
-    return load_model(a, _model_name(a, runs), runs)
+    """The model and Evaluator, with the runs' own model, prompt format, max length and dtypes where a flag was left
+    out (`common.resolve_settings`)."""
+    return load_model(a, runs)
 
 
-def _runs(a: argparse.Namespace):
-    """The runs, their prompts checked against their run.json and --out created, before any model is loaded."""
+def _runs(a: argparse.Namespace, check: Callable[[list], None] | None = None):
+    """The runs, their prompts checked against their run.json, the model flags resolved against them
+    (`common.resolve_settings`) and `check`ed, then --out created: a refusal before any model loads leaves no folder."""
     from softprompt.analysis.common import as_runs
     from softprompt.locks import ensure_directory
 
     runs = as_runs(a.runs)
     for run in runs:
         run.prompt(a.which)
+    resolve_settings(a, runs)
+    if check is not None:
+        check(runs)
     ensure_directory(Path(a.out), "--out")
     return runs
 
@@ -48,7 +45,7 @@ def cmd_neighbors(a: argparse.Namespace) -> int:
 
     if a.task and not a.project:
         raise SoftPromptError("--task only applies with --project (the task the projected prompt is evaluated on)")
-    runs = _runs(a)
+    runs = _runs(a, check=lambda runs: _check_k(a.k, runs))
     backbone, evaluator = _load(a, runs)
     report = neighbors_report(
         backbone,
@@ -84,6 +81,15 @@ def cmd_neighbors(a: argparse.Namespace) -> int:
             print(f"{label} projected text: {r.projection.projection.text!r}")
     print(f"written to {a.out}: neighbors.json and {len(rep.figures)} figure(s)")
     return 0
+
+
+def _check_k(k: int, runs) -> None:
+    """--k from 1 to the vocabulary size the runs' run.json records (checked again once the model loads), before
+    --out is made: --k 100000 used to fail in matplotlib ("Image size too large") leaving an empty folder."""
+    from softprompt.analysis.neighbors import check_k
+
+    sizes = [r.record.model.vocab_size for r in runs if r.record.model and r.record.model.vocab_size]
+    check_k(k, min(sizes) if sizes else None, "--k")
 
 
 def cmd_geometry(a: argparse.Namespace) -> int:
@@ -152,12 +158,8 @@ def cmd_transfer(a: argparse.Namespace) -> int:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    """The model flags, with the runs' own model as the default."""
-    add_model_args(p)
-    p.set_defaults(model=None)  # default: the model the runs were trained with
-    for action in p._actions:
-        if action.dest == "model":
-            action.help = "offline alias, local folder or Hub id (default: the model the runs were trained with)"
+    """The model flags, with the runs' own model and layout as their defaults."""
+    add_model_args(p, from_runs=True)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

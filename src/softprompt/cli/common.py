@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, Field, fields
 from typing import Any
 
-from softprompt.config import TrainConfig
-from softprompt.errors import SoftPromptError
+from softprompt.config import DEFAULT_MODEL, SCORE_SETTINGS, TrainConfig
+from softprompt.errors import SoftPromptError, warn
 
 MODEL_FIELDS = (  # what loading and scoring need
     "model",
@@ -86,26 +86,82 @@ def config_values(a: argparse.Namespace, names: Iterable[str] | None = None) -> 
     return {f.name: getattr(a, f.name) for f in config_fields(names)}
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The flags that say which model to load and how to score with it (TrainConfig's), plus --trust-remote-code."""
-    add_config_flags(p, MODEL_FIELDS)
+def add_model_args(p: argparse.ArgumentParser, names: Iterable[str] = MODEL_FIELDS, *, from_runs: bool = False) -> None:
+    """The flags that say which model to load and how to score with it (TrainConfig's `names`), plus
+    --trust-remote-code. `from_runs`: the command reads runs, so the settings that change a score (model, prompt
+    format, max length, dtypes: `config.SCORE_SETTINGS`) default to the runs' own (`resolve_settings`)."""
+    add_config_flags(p, names)
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
+    if not from_runs:
+        return
+    own = [n for n in SCORE_SETTINGS if n in set(names)]
+    p.set_defaults(**dict.fromkeys(own))  # None: the run's own value (resolve_settings)
+    for action in p._actions:
+        if action.dest == "model":
+            action.help = f"offline alias, local folder or Hub id (default: the run's own model; without a run {DEFAULT_MODEL})"
+        elif action.dest in own:
+            action.help = f"{action.help or action.dest} (default: the run's own, from its run.json)".lstrip()
 
 
-def load_model(a: argparse.Namespace, model: str | None = None, runs: Sequence = ()):
-    """The backbone the model flags name (or `model`), and an Evaluator over it with the scoring flags.
+def resolve_settings(a: argparse.Namespace, runs: Sequence = ()) -> None:
+    """Fill the score-changing flags left out (None) from the runs' run.json (`runs.settings.run_settings`), or
+    TrainConfig's defaults without runs. A flag given that disagrees with a run: --prompt-format is refused (a
+    prompt is scored in the layout it was trained in), the others (--model, --max-length, --dtype, --compute-dtype)
+    are used as asked with a one-line warning naming the run's value. Runs that disagree among themselves need the
+    flag (or, for the prompt format, to be analysed apart)."""
+    from softprompt.runs.settings import run_settings
 
-    Given trained `runs`, examples are laid out in the runs' prompt format (they must agree), not --prompt-format."""
+    if getattr(a, "_settings_resolved", False):  # once per command: a second call would repeat its warnings
+        return
+    a._settings_resolved = True
+    defaults = {f.name: f.default for f in config_fields(SCORE_SETTINGS)}
+    recorded = [(run.path, run_settings(run)) for run in runs]
+    for name in (n for n in SCORE_SETTINGS if hasattr(a, n)):
+        flag, asked = "--" + name.replace("_", "-"), getattr(a, name)
+        values = {path: s[name] for path, s in recorded if s[name] is not None}
+        if asked is None:
+            setattr(a, name, _recorded_value(name, flag, values, recorded, defaults[name]))
+            continue
+        for path, theirs in values.items():
+            if theirs == asked:
+                continue
+            if name == "prompt_format":
+                raise SoftPromptError(
+                    f"{flag} {asked}: run {path} was trained in the {theirs} prompt format, and its prompt is scored in "
+                    f"that layout; leave {flag} out"
+                )
+            trained = f"on model {theirs!r}" if name == "model" else f"with {name} {theirs}"
+            warn(f"{flag} {asked}: run {path} was trained {trained}; scoring with {asked}, as asked")
+            break
+
+
+def _recorded_value(name: str, flag: str, values: dict, recorded: list, default: Any) -> Any:
+    """The one value the runs recorded for `name` (the default without runs), or a one-line error."""
+    distinct = sorted({str(v) for v in values.values()})
+    if len(distinct) > 1:
+        if name == "prompt_format":
+            raise SoftPromptError(
+                f"the runs were trained in different prompt formats ({', '.join(distinct)}): analyse them apart"
+            )
+        what = "on different models" if name == "model" else f"with different {name}"
+        raise SoftPromptError(f"the runs were trained {what} ({', '.join(distinct)}): pass {flag} to choose one")
+    if values:
+        return next(iter(values.values()))
+    if recorded and name == "model":
+        raise SoftPromptError(f"run {recorded[0][0]} does not name its model (an adapter imported without one): pass --model")
+    return default
+
+
+def load_model(a: argparse.Namespace, runs: Sequence = ()):
+    """The backbone the model flags name and an Evaluator over it with the scoring flags, both with the runs' own
+    settings where a flag was left out (`resolve_settings`: call it after the runs' prompts are checked)."""
     from softprompt.evaluate import evaluator_for
     from softprompt.model.backbones import load_backbone
 
-    cfg = TrainConfig(**(config_values(a, MODEL_FIELDS) | {"model": model or a.model}))
+    resolve_settings(a, runs)
+    cfg = TrainConfig(**config_values(a, MODEL_FIELDS))
     backbone = load_backbone(cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=a.trust_remote_code)
-    formats = sorted({r.prompt_format for r in runs})
-    if len(formats) > 1:
-        raise SoftPromptError(f"the runs were trained in different prompt formats ({', '.join(formats)}): analyse them apart")
-    evaluator = evaluator_for(cfg, backbone, progress=not a.quiet, prompt_format=formats[0] if formats else None)
-    return backbone, evaluator
+    return backbone, evaluator_for(cfg, backbone, progress=not a.quiet)
 
 
 def result_row(res) -> dict[str, float]:

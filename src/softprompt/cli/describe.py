@@ -25,10 +25,14 @@ def _layers(value: str | None) -> list[int] | None:
         return None
     if value.strip().lower() == "none":
         return []
+    expected = f"--layers {value!r}: expected comma-separated layer indices (e.g. 3,9) or none"
+    items = [v.strip() for v in value.split(",")]
+    if not all(items):  # '' or '3,,9' used to mean fewer layers (or none) without a word
+        raise SoftPromptError(f"{expected} (an empty item is not a layer; 'none' runs no patch probe)")
     try:
-        return [int(v) for v in value.split(",") if v.strip()]
+        return [int(v) for v in items]
     except ValueError:
-        raise SoftPromptError(f"--layers {value!r}: expected comma-separated layer indices (e.g. 3,9) or none") from None
+        raise SoftPromptError(expected) from None
 
 
 def _check(a: argparse.Namespace) -> None:
@@ -40,6 +44,11 @@ def _check(a: argparse.Namespace) -> None:
         raise SoftPromptError(f"--max-new-tokens must be at least 1, got {a.max_new_tokens}")
     if a.text is not None and not a.text.strip():
         raise SoftPromptError("--text is empty: give a sentence to describe")
+    from softprompt.analysis.describe_probes import MAX_TEXT_TOKENS, text_too_long
+
+    words = len(a.text.split()) if a.text is not None else 0
+    if words > MAX_TEXT_TOKENS:  # every word is at least one token: refused before the model loads
+        raise SoftPromptError(text_too_long(f"{words:,} words"))
 
 
 def _short(text: str) -> str:

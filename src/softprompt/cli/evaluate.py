@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from softprompt.cli.common import add_model_args, load_model, print_table, result_row
+from softprompt.cli.common import add_model_args, load_model, print_table, resolve_settings, result_row
 from softprompt.errors import SoftPromptError
+
+# generation needs a model, its weight dtype, a device and the layout of the input; no row length, compute dtype,
+# data folder or scoring strategy (those flags would be accepted and ignored)
+GENERATE_FIELDS = ("model", "dtype", "device", "prompt_format")
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -18,7 +22,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         raise SoftPromptError("--task is required (the run does not name a task)")
     task = get_task(task_name)
     soft = run.prompt(a.which) if run is not None else None  # checked against run.json before the model loads
-    backbone, ev = load_model(a, runs=[run] if run is not None else [])
+    backbone, ev = load_model(a, [run] if run is not None else [])  # the run's own model and layout by default
     priors: list[str] = []
 
     def row(label: str, prompt=None, hard_prompt: str | None = None) -> dict:
@@ -64,6 +68,7 @@ def calibration_line(label: str, words, calibrated: dict) -> str:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
+    from softprompt.data.chat import resolve_prompt_format
     from softprompt.generate import check_generation_args, generate
     from softprompt.model.backbones import load_backbone
     from softprompt.runs.directory import load_run, scoring_prompt
@@ -71,11 +76,16 @@ def cmd_generate(a: argparse.Namespace) -> int:
     check_generation_args(a.max_new_tokens, a.temperature, a.seed, cli=True)  # before the model loads
     run = load_run(a.run) if a.run else None
     sp = run.prompt() if run is not None else None  # checked against run.json before the model loads
+    resolve_settings(a, [run] if run is not None else [])  # the run's own model, dtype and prompt format by default
     backbone = load_backbone(a.model, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code)
     prompt = None
     if sp is not None and run is not None:
         prompt = scoring_prompt(run, sp, backbone, f"the prompt of {a.run}")
-    print(a.text + generate(backbone, a.text, prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed))
+    layout = resolve_prompt_format(a.prompt_format, backbone.tokenizer)
+    text = generate(
+        backbone, a.text, prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed, prompt_format=layout
+    )
+    print(a.text + text if layout == "plain" else f"{a.text}\n{text}")  # chat: the assistant's reply on its own line
     return 0
 
 
@@ -84,7 +94,7 @@ def add_eval(sub) -> None:
     p.add_argument("--run", default=None, help="run directory whose soft prompt is evaluated")
     p.add_argument("--which", default="last", choices=["last", "best"], help="the run's last or best-epoch prompt")
     p.add_argument("--task", default=None, help="task (default: the run's task); any task works: cross-task transfer")
-    add_model_args(p)
+    add_model_args(p, from_runs=True)
     p.add_argument("--split", default="validation", choices=["train", "validation"])
     p.add_argument("--no-prompt", action="store_true", help="also evaluate with no prompt (template only)")
     p.add_argument("--english", action="store_true", help="also evaluate the task description as a hard prompt")
@@ -104,7 +114,7 @@ def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate text with a soft prompt in front of the input")
     p.add_argument("text", help="input text")
     p.add_argument("--run", default=None, help="run directory whose soft prompt is used (default: none)")
-    add_model_args(p)
+    add_model_args(p, GENERATE_FIELDS, from_runs=True)
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--seed", type=int, default=0)

@@ -78,6 +78,19 @@ class Backbone:
     def vocab_size(self) -> int:
         return int(self.model.get_input_embeddings().weight.shape[0])
 
+    @property
+    def context_length(self) -> int | None:
+        """The most positions the model takes (max_position_embeddings, ...); None where none is named (ALiBi)."""
+        config = self.model.config
+        for name in CONTEXT_FIELDS:
+            value = getattr(config, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx", "seq_length")
+
 
 def cache_dir() -> Path:
     """User cache for dequantized offline models (override with SOFTPROMPT_CACHE)."""

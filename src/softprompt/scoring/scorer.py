@@ -162,10 +162,13 @@ def answer_nll(scores: torch.Tensor, labels: torch.Tensor, class_weights: torch.
 
 def class_weights(label_counts: list[int], metric: str, mode: str) -> torch.Tensor | None:
     """Per-class loss weights for `class_balance` `mode` (off / on / auto: on for a macro-F1 metric):
-    n / (k x n_c) over the k classes present in training (a class with no example weighs 1), or None."""
+    n / (k x n_c) over the k classes present in training (a class with no example weighs 1), or None: the plain
+    mean, also where fewer than two classes are present (nothing to balance; training warns about it)."""
     if not class_balance_on(mode, metric, len(label_counts)):
         return None
     present = [c for c in label_counts if c > 0]
+    if len(present) < 2:
+        return None
     total, k = sum(present), len(present)
     return torch.tensor([total / (k * c) if c > 0 else 1.0 for c in label_counts], dtype=torch.float32)
 

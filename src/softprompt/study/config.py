@@ -31,6 +31,7 @@ from softprompt.config import (
     check_types,
 )
 from softprompt.errors import SoftPromptError
+from softprompt.io import resolve_path
 from softprompt.runs.baselines import baseline_config
 from softprompt.study.sweep import Cell, analysis_cell, cells, parse_sweep
 from softprompt.tasks import get_task, task_name
@@ -173,7 +174,7 @@ def load_study_config(path: str | Path) -> StudyConfig:
     if not isinstance(cfg.per_task, dict):
         raise SoftPromptError(f"{path} [train] per_task: must be a table of tables, [train.per_task.NAME]")
     if cfg.data_dir and not Path(cfg.data_dir).is_absolute() and cfg.data_dir != "hub":
-        cfg.data_dir = str((path.parent / cfg.data_dir).resolve())
+        cfg.data_dir = str(resolve_path(path.parent / cfg.data_dir))
     cfg.train = _train_config(train, {**study, "model": cfg.model, "data_dir": cfg.data_dir}, path)
     baselines = _table(raw, "baselines", path)
     check_keys(BaselineConfig, baselines, f"{path} [baselines]")
@@ -192,7 +193,7 @@ def load_study_config(path: str | Path) -> StudyConfig:
 def _run_path(init: Any, path: Path) -> Any:
     """A `run:PATH` init relative to the config file's folder, as data_dir is."""
     if isinstance(init, str) and init.startswith(RUN_INIT) and not Path(init[len(RUN_INIT) :]).is_absolute():
-        return RUN_INIT + str((path.parent / init[len(RUN_INIT) :]).resolve())
+        return RUN_INIT + str(resolve_path(path.parent / init[len(RUN_INIT) :]))
     return init
 
 

@@ -7,6 +7,7 @@ scorer ranks. Everything downstream (training, evaluation, transfer) only sees E
 from __future__ import annotations
 
 import random
+import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,36 @@ from softprompt.errors import SoftPromptError
 
 SPLITS = ("train", "validation")
 METRICS = ("accuracy", "f1_macro")
+# The longest input a template may render, in characters: far beyond any row a model here scores (--max-length is in
+# tokens; 512 by default, a few thousand characters), so a longer one is a broken record or template, refused by name
+# before it is tokenized, not a text to cut.
+MAX_INPUT_CHARS = 100_000
+FIELD_RULE = "a template field is a plain name, {field}: no attribute (.x), index ([0]), conversion (!r) or format spec (:>9)"
+
+
+def template_field_problem(template: str) -> str | None:
+    """Why `template` is not a plain template (one sentence naming the field), or None. Its fields must be plain
+    names: an attribute or index would read Python objects (`{text.__class__}` renders every input as
+    `<class 'str'>`), and a conversion or format spec would let a template pad an input to any size
+    (`{text:>99999999}`); a positional field names no data field. Invalid format strings are reported too."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        return f"not a valid format string ({e}); write literal braces as {{{{ and }}}}"
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if not name or name.isdigit():
+            return f"positional field {shown}: name the data field, e.g. {{sentence}}"
+        if not name.isidentifier() or conversion or spec:
+            return f"field {shown} is not allowed: {FIELD_RULE}"
+    return None
+
+
+def template_fields(template: str) -> list[str]:
+    """The data fields a (checked) template names, in order."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
 @dataclass(frozen=True)
@@ -65,6 +96,9 @@ class Task:
             )
         if len(set(self.label_words)) != len(self.label_words):
             raise SoftPromptError(f"task {self.name}: label words must be distinct, got {list(self.label_words)}")
+        problem = template_field_problem(self.template)
+        if problem:
+            raise SoftPromptError(f"task {self.name}: template {self.template!r}: {problem}")
 
     @property
     def num_classes(self) -> int:
@@ -103,6 +137,11 @@ class Task:
         except (IndexError, TypeError, AttributeError, ValueError) as e:
             what = "the record" if self.context_fn else f"the template {self.template!r}"
             raise SoftPromptError(f"{where}: cannot format {what} ({type(e).__name__}: {e})") from None
+        if len(context) > MAX_INPUT_CHARS:
+            raise SoftPromptError(
+                f"{where}: the input is {len(context):,} characters long once formatted; an input is limited to "
+                f"{MAX_INPUT_CHARS:,} characters (rows are cut to --max-length tokens anyway): shorten this record"
+            )
         if self.choices_fn is not None:
             try:
                 choices = tuple(self.answer_prefix + c for c in self.choices_fn(record))

@@ -22,14 +22,14 @@ file, for problems in the data, which are found when a split is loaded).
 from __future__ import annotations
 
 import re
-import string
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from softprompt.errors import SoftPromptError
-from softprompt.tasks.base import METRICS, DataSource, Task
+from softprompt.io import SYMLINK_LOOP, resolve_path, symlink_loop
+from softprompt.tasks.base import METRICS, DataSource, Task, template_field_problem, template_fields
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 TOP_KEYS = ("name", "description", "template", "label_words", "label_values", "label_field", "metric", "data", "fields")
@@ -93,7 +93,7 @@ class _Toml:
 
 def _read_toml(path: Path) -> tuple[dict[str, Any], _Toml]:
     if not path.exists():
-        raise SoftPromptError(f"task file {path} not found")
+        raise SoftPromptError(f"task file {path} {SYMLINK_LOOP if symlink_loop(path) else 'not found'}")
     if not path.is_file():
         raise SoftPromptError(f"task file {path} is not a file")
     raw = path.read_bytes()
@@ -123,19 +123,14 @@ def _string(doc: _Toml, value: Any, key: str, table: str | None = None, *, empty
 
 
 def _template(doc: _Toml, template: str, label_field: str) -> None:
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as e:
-        raise doc.error("template", f"not a valid format string ({e}); write literal braces as {{{{ and }}}}") from None
-    names = [f for _, f, _, _ in parsed if f is not None]
+    problem = template_field_problem(template)
+    if problem:
+        raise doc.error("template", problem)
+    names = template_fields(template)
     if not names:
         raise doc.error("template", "uses no field of the data: write the record's fields as {field}")
-    for f in names:
-        base = re.split(r"[.\[]", f, maxsplit=1)[0]
-        if not base or base.isdigit():
-            raise doc.error("template", f"positional field {{{f}}}: name the data field, e.g. {{sentence}}")
-        if base == label_field:
-            raise doc.error("template", f"uses the label field {{{f}}}: the answer would be part of the input")
+    if label_field in names:
+        raise doc.error("template", f"uses the label field {{{label_field}}}: the answer would be part of the input")
 
 
 def _label_words(doc: _Toml, words: Any) -> tuple[str, ...]:
@@ -178,11 +173,15 @@ def _data_files(doc: _Toml, data: Any) -> dict[str, str]:
         if split not in data:
             raise doc.error(split, "missing: name the data file of this split (relative to the task file)", "data")
         rel = _string(doc, data[split], split, "data")
-        path = (doc.path.parent / Path(rel).expanduser()).resolve()
+        try:
+            path = resolve_path(doc.path.parent / Path(rel).expanduser())
+        except SoftPromptError as e:
+            raise doc.error(split, f"data file {e}", "data") from None
         if path.suffix.lower() not in DATA_SUFFIXES:
             raise doc.error(split, f"{rel!r}: unsupported file type {path.suffix!r}: expected .jsonl, .csv or .tsv", "data")
         if not path.is_file():
-            raise doc.error(split, f"data file {path} not found", "data")
+            what = SYMLINK_LOOP if symlink_loop(path) else "not found"
+            raise doc.error(split, f"data file {path} {what}", "data")
         files[split] = str(path)
     return files
 
@@ -206,8 +205,8 @@ def load_task_file(path: Path) -> Task:
     """
     path = Path(path).expanduser()
     try:
-        key = (str(path.resolve()), path.read_bytes()) if path.is_file() else None
-    except OSError:
+        key = (str(resolve_path(path)), path.read_bytes()) if path.is_file() else None
+    except (OSError, SoftPromptError):
         key = None
     if key is not None and key in _CACHE:
         return _CACHE[key]

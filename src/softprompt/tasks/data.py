@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from softprompt.errors import SoftPromptError, os_error_line
+from softprompt.io import SYMLINK_LOOP, symlink_loop
 
 HUB = "hub"
 
@@ -164,7 +165,8 @@ def split_file(task, split: str, data_dir: str | Path | None) -> Path | None:
     if rel is not None and Path(rel).is_absolute():  # a user task (TOML) names its own files
         path = Path(rel)
         if not path.is_file():
-            raise SoftPromptError(f"task {task.name}: data file {path} for the {split} split not found")
+            what = SYMLINK_LOOP if symlink_loop(path) else "not found"
+            raise SoftPromptError(f"task {task.name}: data file {path} for the {split} split {what}")
         return path
     local = resolve_data_dir(data_dir)
     if local is None:
@@ -179,6 +181,8 @@ def split_file(task, split: str, data_dir: str | Path | None) -> Path | None:
     if rel is None:
         raise SoftPromptError(f"task {task.name}: no file declared for the {split} split")
     path = local / rel
+    if symlink_loop(path):
+        raise SoftPromptError(f"task {task.name}: data file {path} {SYMLINK_LOOP}")
     if not path.exists():
         raise SoftPromptError(f"task {task.name}: data file {path} not found (set --data-dir, SOFTPROMPT_DATA, or 'hub')")
     if not path.is_file():

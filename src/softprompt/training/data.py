@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
-from softprompt.config import PROMPT_METHODS, TrainConfig
+from softprompt.config import PROMPT_METHODS, TrainConfig, class_balance_on
 from softprompt.data.batching import EncodedExample, encode_examples, length_grouped_order
 from softprompt.data.chat import resolve_prompt_format
 from softprompt.distributed import DataParallel
+from softprompt.errors import warn
 from softprompt.model.backbones import Backbone, load_backbone
 from softprompt.scoring import class_weights
 from softprompt.tasks import Task, get_task
@@ -51,7 +52,23 @@ def prepare_data(cfg: TrainConfig, backbone: Backbone | None, dp: DataParallel, 
     encoded = encode_examples(
         examples, backbone.tokenizer, n_prompt=n_prompt, max_length=cfg.max_length, prompt_format=prompt_format
     )
-    return TrainData(task, backbone, examples, encoded, dev, prompt_format)
+    data = TrainData(task, backbone, examples, encoded, dev, prompt_format)
+    if dp.is_main:
+        warn_nothing_to_balance(cfg, data)
+    return data
+
+
+def warn_nothing_to_balance(cfg: TrainConfig, data: TrainData) -> None:
+    """--class-balance asked for (on, or auto on a two-class macro-F1 task) with one class alone in the training
+    examples: said once, as the loss is then the plain mean (it used to take weights [1, 1] without a word)."""
+    counts = data.label_counts()
+    present = [(data.task.label_words[k], n) for k, n in enumerate(counts) if n]
+    if class_balance_on(cfg.class_balance, data.task.metric, len(counts)) and len(present) < 2:
+        only = ", ".join(f"{word!r}: {n} examples" for word, n in present) or "none"
+        warn(
+            f"class_balance {cfg.class_balance}: the training examples hold one class only ({only}), so there is "
+            "nothing to balance: the loss is the plain mean (a larger --max-train, or other data, gives both classes)"
+        )
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

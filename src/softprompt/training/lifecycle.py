@@ -200,8 +200,9 @@ class Progress:
             self.bar.update(1)
 
     def show_loss(self, losses: list[float], lr: float) -> None:
-        """The mean of the last 20 read losses and the learning rate, beside the bar."""
-        if self.bar is not None:
+        """The mean of the last 20 read losses of this epoch and the learning rate, beside the bar; with no loss read
+        yet the bar keeps the last one it showed (never a loss made up from no losses)."""
+        if self.bar is not None and losses:
             recent = losses[-20:]
             self.bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}")
 

@@ -22,13 +22,15 @@ import importlib
 import json
 import math
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from softprompt.config import report_targets
 from softprompt.errors import SoftPromptError, warn
-from softprompt.io import read_json, write_json
+from softprompt.io import read_json, resolve_path, write_json
 
 if TYPE_CHECKING:
     from softprompt.evaluate import EvalResult
@@ -42,11 +44,15 @@ EVAL_METRICS = ("accuracy", "f1_macro", "acc_norm", "loss")  # an EvalResult's n
 FINISHED, KILLED, FAILED = "FINISHED", "KILLED", "FAILED"  # how a run ended (MLflow's words)
 MLFLOW_BATCH = 100  # MLflow takes at most 100 params per log_batch call
 MLFLOW_PARAM_LENGTH = 6000  # and values of at most 6000 characters (a long init text is cut; run.json has it whole)
+PROBE_TIMEOUT_S = 5.0  # how long a tracker's server may take to accept a connection before the run is refused
+# MLflow retries a failing HTTP call 7 times with a growing backoff, 120 s each (minutes for one call): bounded here
+MLFLOW_HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 def require_trackers(report_to: str) -> None:
     """Import the package of every tracker `report_to` names, so a missing one fails before anything loads
-    or trains, in one line that names the extra to install."""
+    or trains, in one line that names the extra to install; and a tracker's server that cannot be reached fails
+    as soon, in one line naming its address (`check_reachable`)."""
     for name in report_targets(report_to):
         try:
             importlib.import_module(PACKAGES[name])
@@ -55,6 +61,58 @@ def require_trackers(report_to: str) -> None:
             raise SoftPromptError(
                 f"report_to {name} needs the {PACKAGES[name]} package ({reason}): pip install 'softprompt[{name}]'"
             ) from None
+        check_reachable(name)
+
+
+def tracker_server(name: str) -> tuple[str, str] | None:
+    """(the setting that names it, its URL) of the server tracker `name` talks to, or None where it writes files:
+    MLflow's $MLFLOW_TRACKING_URI when it is http(s), W&B's $WANDB_BASE_URL (or api.wandb.ai) when $WANDB_MODE is
+    online."""
+    if name == "mlflow":
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or ""
+        return ("MLFLOW_TRACKING_URI", uri) if urlsplit(uri).scheme in ("http", "https") else None
+    if name == "wandb" and (os.environ.get("WANDB_MODE") or "offline") in ("online", "run"):
+        return "WANDB_BASE_URL", os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    return None
+
+
+def check_reachable(name: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Refuse, in one line naming the URL, a tracker server that does not answer an HTTP request within `timeout`
+    seconds (name resolution included; any HTTP answer, an error status too, counts): MLflow's client would retry an unreachable server for minutes before
+    training started. MLflow's own retries and request timeout are bounded for our calls as well (unless set), so
+    a server lost mid-run costs a few seconds per call before the tracker is dropped with a warning."""
+    server = tracker_server(name)
+    if server is None:
+        return
+    if name == "mlflow":
+        for key, value in MLFLOW_HTTP_LIMITS.items():
+            os.environ.setdefault(key, value)
+    setting, url = server
+    outcome: list[BaseException | None] = []
+
+    def ask() -> None:
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(url, timeout=timeout).close()  # noqa: S310 (an http(s) URL: tracker_server)
+            outcome.append(None)
+        except urllib.error.HTTPError:  # the server answered (401, 404, ...): it is there
+            outcome.append(None)
+        except (OSError, ValueError) as e:  # refused, unknown host, timed out, not a URL
+            outcome.append(getattr(e, "reason", None) if isinstance(getattr(e, "reason", None), BaseException) else e)
+
+    probe = threading.Thread(target=ask, daemon=True)  # name resolution has no timeout of its own
+    probe.start()
+    probe.join(timeout)
+    error = outcome[0] if outcome else TimeoutError(f"no answer within {timeout:g} s")
+    if error is not None:
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        instead = "unset it to log to OUT/mlruns" if name == "mlflow" else "set WANDB_MODE=offline"
+        raise SoftPromptError(
+            f"report_to {name}: {setting}={url} cannot be reached ({reason}); nothing was trained: start the server, "
+            f"fix {setting}, or {instead}"
+        )
 
 
 def hyperparameters(record: RunRecord) -> dict[str, str | int | float | bool]:
@@ -230,14 +288,14 @@ class MLflowTracker:
     def __init__(self, out: Path, params: dict[str, Any], run_id: str | None, resumed_step: int | None) -> None:
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (out / MLFLOW_DIR).resolve().as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or resolve_path(out / MLFLOW_DIR).as_uri()
         if uri.startswith("file:"):  # MLflow 3 keeps the file store behind this switch; a run directory's own store is asked for
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
         if run_id is not None and self._reopen(run_id):
             return
         experiment = self._experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "softprompt")
-        tags = {"softprompt.run_dir": str(out.resolve())}
+        tags = {"softprompt.run_dir": str(resolve_path(out))}
         self.run_id = self.client.create_run(experiment, run_name=out.name, tags=tags).info.run_id
         self._log_params(params)
 

@@ -12,7 +12,7 @@ import torch
 
 from softprompt.config import INIT_METHODS, LR_PER_STD, PROMPT_METHODS, TASK_INIT, TrainConfig
 from softprompt.distributed import DataParallel
-from softprompt.errors import SoftPromptError
+from softprompt.errors import SoftPromptError, warn
 from softprompt.model.backbones import Backbone
 from softprompt.model.deep_prompt import DeepPromptEncoder, KVPrompt, init_deep_prompt, prefix_shape
 from softprompt.model.prompt import SoftPrompt, check_source_length, embedding_scale, init_prompt, prompt_from_source
@@ -31,6 +31,9 @@ def trained_init_source(cfg: TrainConfig) -> InitSource | None:
         )
     source = init_source(cfg.init)
     check_source_length(source.prompt, cfg.tokens, cfg.init)
+    trained_on = source.facts.get("model")
+    if trained_on and trained_on != cfg.model:  # same width or not (checked when the model loads): said, not silent
+        warn(f"init {cfg.init}: its prompt was trained on model {trained_on!r}; this run trains it on {cfg.model!r}")
     return source
 
 
