@@ -179,11 +179,7 @@ class TrainConfig:
         choices=SELECTIONS,
     )
     eval_every: int = option(0, "also evaluate every N optimiser steps (learning curves); 0: at epoch ends only")
-    max_steps: int | None = option(
-        None,
-        "stop after this many optimiser steps (the learning-rate schedule then spans them, not --epochs' full count; "
-        "epochs still bound the run); run.json records it in `stopped`",
-    )
+    max_steps: int | None = option(None, "stop after N optimiser steps (the schedule spans them; epochs still bound the run)")
     max_time: float | None = option(
         None,
         "a training-time budget in seconds: training stops after the optimiser step at which the run's wall time "

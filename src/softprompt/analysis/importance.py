@@ -178,6 +178,18 @@ def _run_warnings(run, evaluator) -> list[str]:
     return out
 
 
+def _run_importance(evaluator, run, sp, target, replacements, mean, stacked: bool, where: dict) -> dict[str, Any]:
+    """One run's position importance: a soft prompt's rows (`position_importance`), or a deep prompt's virtual tokens
+    and layers, each put back to its initial keys/values (`deep_importance`)."""
+    if run.method == "deep":
+        prompt = scoring_prompt(run, sp, evaluator.backbone, f"the prompt of {run.path}")
+        return deep_importance(evaluator, target, sp.weight, sp.initial, prompt.shape, **where)
+    sp.check_model(evaluator.backbone.hidden_size, where=f"the prompt of {run.path}")
+    return position_importance(
+        evaluator, target, sp.weight, sp.initial, replacements=replacements, mean_vector=mean, stacked=stacked, **where
+    )
+
+
 def importance_report(
     evaluator,
     runs: Iterable,
@@ -204,31 +216,15 @@ def importance_report(
     runs = as_runs(runs)
     labels = run_labels(runs)
     backbone = evaluator.backbone
-    hidden = int(backbone.model.get_input_embeddings().weight.shape[1])
     mean = neutral_vector(backbone.model, backbone.tokenizer) if "mean" in replacements else None
     per_run = []
     for i, (run, label) in enumerate(zip(runs, labels, strict=True), 1):
         sp = run.prompt(which)
         if progress is not None:
             progress(f"{label} ({i}/{len(runs)}), {sp.weight.shape[0]} positions x {len(replacements)} replacement(s)")
-        target = get_task(task or run.task)
         start = time.perf_counter()
-        if run.method == "deep":  # keys/values: each virtual token and each layer put back to its init
-            prompt = scoring_prompt(run, sp, backbone, f"the prompt of {run.path}")
-            res = deep_importance(evaluator, target, sp.weight, sp.initial, prompt.shape, limit=limit, seed=seed)
-        else:
-            sp.check_model(hidden, where=f"the prompt of {run.path}")
-            res = position_importance(
-                evaluator,
-                target,
-                sp.weight,
-                sp.initial,
-                limit=limit,
-                seed=seed,
-                replacements=replacements,
-                mean_vector=mean,
-                stacked=stacked,
-            )
+        where = {"limit": limit, "seed": seed}
+        res = _run_importance(evaluator, run, sp, get_task(task or run.task), replacements, mean, stacked, where)
         meta = run_meta(run, label)
         tokens = _init_tokens(sp, backbone.tokenizer)
         for p in res["positions"]:

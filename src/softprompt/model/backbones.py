@@ -258,15 +258,13 @@ def _config_or_gguf(name: str, trust_remote_code: bool):
 
 
 def _gguf_int(gguf: Path, suffix: str) -> int:
-    value = _gguf_metadata_int(gguf, suffix)
-    if value is None:
+    if (value := _gguf_metadata_int(gguf, suffix)) is None:
         raise ValueError(f"{gguf} has no {suffix.lstrip('.')} in its header")
     return value
 
 
 def _config_error(name: str, e: BaseException) -> SoftPromptError:
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return SoftPromptError(f"cannot read the config of model {name!r} ({reason})")
+    return SoftPromptError(f"cannot read the config of model {name!r} ({(str(e).strip() or type(e).__name__).splitlines()[0]})")
 
 
 def model_hidden_size(name: str, *, trust_remote_code: bool = False) -> int:

@@ -27,6 +27,7 @@ from softprompt.distributed import DataParallel
 from softprompt.errors import SoftPromptError
 from softprompt.preemption import safe_point
 from softprompt.scoring import ScoringOptions
+from softprompt.training.budget import stop_facts
 from softprompt.training.checkpoints import diverged_advice, fresh_state, restore_checkpoint, save_best, write_checkpoint
 from softprompt.training.data import TrainData, batch_order
 from softprompt.training.evaluation import Evaluation, Evaluations
@@ -96,7 +97,7 @@ class TrainingLoop:
                 # instant; also when this one cannot be written: disk full) is what --resume continues from, the same.
                 if self.consistent:
                     with contextlib.suppress(OSError):
-                        self._checkpoint_on_interrupt()  # reads the queued losses first
+                        checkpoint_on_interrupt(self)  # reads the queued losses first
                 raise
 
     def _epoch(self, epoch: int) -> None:
@@ -126,30 +127,11 @@ class TrainingLoop:
         self._end_epoch(epoch)
 
     def _budget_spent(self, epoch: int, micro: int) -> bool:
-        """Whether --max-steps or --max-time is spent at this optimiser-step boundary (`micro` micro-batches into
-        `epoch`); if so the run stops here (`state["stopped"]`: the last evaluation follows, then the run is complete).
-        A run that ends with its last epoch is not `stopped`."""
-        if self.state.get("stopped"):
-            return True
-        cfg, elapsed, step = self.cfg, time.perf_counter() - self.started, self.state["optimizer_step"]
-        if micro == self.step.micro_per_epoch and epoch + 1 == cfg.epochs:
-            return False  # the planned end
-        by_steps = cfg.max_steps is not None and step >= cfg.max_steps
-        over_time = cfg.max_time is not None and elapsed >= cfg.max_time
-        if cfg.max_time is not None and self.dp.active:  # the processes' clocks differ: stop when any is over, together
-            over_time = self.dp.sum([float(over_time)])[0] > 0
-        if not (by_steps or over_time):
-            return False
-        position = round(epoch + micro / self.step.micro_per_epoch, 3)
-        self.state["stopped"] = {
-            "reason": "max_steps" if by_steps else "max_time",
-            "optimizer_step": self.state["optimizer_step"],
-            "planned_steps": self.step.total_steps,
-            "epoch": position,
-            "elapsed_s": round(elapsed, 2),
-            "max_time_s": cfg.max_time,
-        }
-        return True
+        """Whether --max-steps or --max-time is spent here (`budget.stop_facts`): the run's last evaluation follows."""
+        if not self.state.get("stopped"):
+            elapsed = time.perf_counter() - self.started
+            self.state["stopped"] = stop_facts(self.cfg, self.step, self.dp, self.state["optimizer_step"], elapsed, epoch, micro)
+        return bool(self.state["stopped"])
 
     def _optimizer_step(self, micro: int) -> tuple[bool, bool]:
         """The optimiser step and its counters, committed together (a checkpoint never holds half an accumulated
@@ -166,8 +148,8 @@ class TrainingLoop:
         return evaluate_now, checkpoint_now
 
     def _end_epoch(self, epoch: int) -> None:
-        """Evaluate, keep the best parameters, record the epoch (one state update), checkpoint. A run stopped by
-        --max-time ends here: this evaluation is its last, and its epochs are done."""
+        """Evaluate, keep the best parameters, record the epoch (one state update), checkpoint. A run stopped by its
+        budget (`_budget_spent`) ends here: this evaluation is its last."""
         stopped = self.state.get("stopped")
         record, res, dev = evaluation = self._evaluation_point(stopped["epoch"] if stopped else epoch + 1)
         with self._committing():
@@ -256,15 +238,16 @@ class TrainingLoop:
             step = self.step
             write_checkpoint(self.out, self.trainables, step.optimizer, step.scheduler, self.state, self.run.record_checkpoint)
 
-    def _checkpoint_on_interrupt(self) -> None:
-        """A stop at a consistent instant: read what the device holds, then checkpoint, unless the read finds a divergence
-        (the last good checkpoint stays; --resume repeats the steps and reports it) or is a collective others are not in."""
-        if self.step.unread and self.dp.active:
-            return
-        try:
-            self.read_losses()
-        except SoftPromptError as e:
-            warnings.warn(f"softprompt: no checkpoint written at the interrupt: {e}", RuntimeWarning, stacklevel=2)
-            return
-        self.state["elapsed"] = time.perf_counter() - self.started
-        self.checkpoint()
+
+def checkpoint_on_interrupt(loop: TrainingLoop) -> None:
+    """A stop at a consistent instant: read what the device holds, then checkpoint, unless the read finds a divergence
+    (the last good checkpoint stays; --resume repeats the steps and reports it) or is a collective others are not in."""
+    if loop.step.unread and loop.dp.active:
+        return
+    try:
+        loop.read_losses()
+    except SoftPromptError as e:
+        warnings.warn(f"softprompt: no checkpoint written at the interrupt: {e}", RuntimeWarning, stacklevel=2)
+        return
+    loop.state["elapsed"] = time.perf_counter() - loop.started
+    loop.checkpoint()
