@@ -27,7 +27,7 @@ IDENTITY = {
     "task", "model", "method", "tokens", "init", "init_text", "prompt_format", "reparam", "reparam_hidden", "lr",
     "optimizer", "loss", "class_balance", "weight_decay", "epochs", "batch_size", "group_by_length", "grad_accum", "schedule", "warmup",
     "seed", "max_train", "max_eval", "dev_size", "selection", "eval_every", "max_grad_norm", "max_length", "dtype",
-    "compute_dtype", "lora_r", "lora_alpha", "extra",
+    "compute_dtype", "lora_r", "lora_alpha", "extra", "max_steps", "max_time",
 }  # fmt: skip
 EXECUTION = {"data_dir", "device", "checkpoint_every", "scoring_strategy", "cuda_graphs", "log_every", "report_to"}
 
