@@ -315,3 +315,22 @@ def test_low_precision_copy_only_on_the_listed_device_types(tiny_llama):
     low = scoring.compute_model(model, torch.bfloat16, scoring.ScoringOptions(lowp_devices=("cpu", "meta")))
     assert low is not model and low.device.type == "meta"
     assert {p.dtype for p in low.parameters() if p.dim() >= 2} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("options", [FAST, PADDED], ids=["kv_tree", "padded"])
+def test_bf16_weights_without_autocast_score_like_plain(tiny_backbone, options):
+    """`--dtype bfloat16 --compute-dtype float32`: low-precision weights and no autocast. The prefix tree used to run
+    its residual stream in float32 there (as it does under autocast) and crashed on the first matmul."""
+    import copy
+
+    model = copy.deepcopy(tiny_backbone.model).to(torch.bfloat16)
+    tok = tiny_backbone.tokenizer
+    torch.manual_seed(1)
+    prompt = (torch.randn(5, model.config.hidden_size) * 0.1).to(torch.bfloat16)
+    batch = collate(encode_examples(EXAMPLES, tok, n_prompt=5), tok.pad_token_id)
+    with torch.no_grad():
+        plain = batch_choice_scores(model, prompt, batch, options=PLAIN)
+        fast = batch_choice_scores(model, prompt, batch, options=options)
+    assert fast.dtype == plain.dtype
+    torch.testing.assert_close(fast.float(), plain.float(), atol=0.15, rtol=0.05)
+    assert (fast.argmax(1) == plain.argmax(1)).float().mean() >= 0.8

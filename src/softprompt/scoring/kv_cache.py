@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from softprompt.data.batching import Batch
-from softprompt.scoring.model import base_model, cache_support, new_cache
+from softprompt.scoring.model import autocast_dtype, base_model, cache_support, new_cache
 from softprompt.scoring.options import ScoringOptions, ScoringStats
 
 
@@ -41,9 +41,14 @@ def body_forward(model, embeds, mask, kv, stats: ScoringStats, *, position_ids=N
 
 
 def residual_dtype(model, options: ScoringOptions) -> torch.dtype:
-    """The dtype the residual stream runs in: the embeddings' (float32 if `options.fp32_residual`)."""
-    dtype = model.get_input_embeddings().weight.dtype
-    return torch.float32 if options.fp32_residual and dtype in (torch.bfloat16, torch.float16) else dtype
+    """The dtype the residual stream runs in: the embeddings', or float32 for low-precision weights under autocast
+    with `options.fp32_residual` (autocast casts each matmul's input; without autocast the weights' dtype must be the
+    input's, as with `--dtype bfloat16 --compute-dtype float32`)."""
+    weight = model.get_input_embeddings().weight
+    low = weight.dtype in (torch.bfloat16, torch.float16)
+    if options.fp32_residual and low and autocast_dtype(weight.device) is not None:
+        return torch.float32
+    return weight.dtype
 
 
 def supported(model, batch: Batch, total_len: int) -> bool:
