@@ -1,5 +1,5 @@
 """The report in a real headless browser (Debian's Chromium): it renders, every image loads, no console errors, the
-claims table opens it and the setup section holds the phase table."""
+claims table opens it, the setup section holds the phase table and LoRA's time sets the per-second section."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def tiny_report(tmp_path_factory, tiny_tokenizer):
     for name, n in (("train.jsonl", 6), ("val.jsonl", 2)):
         (data / name).write_text("".join(json.dumps(dict(r, idx=i)) + "\n" for i, r in enumerate(rows * n)))
     cfg = root / "study.toml"
-    cfg.write_text(CONFIG.format(model=root / "model", data=root / "data", methods='["majority", "no_prompt", "english_prompt"]'))
+    cfg.write_text(
+        CONFIG.format(model=root / "model", data=root / "data", methods='["majority", "no_prompt", "english_prompt", "lora"]')
+    )
     from softprompt.study import run_study
 
     run_study(cfg, root / "study", progress=False)
@@ -65,6 +67,7 @@ def test_report_renders_in_chromium(tiny_report):
         verdicts = page.eval_on_selector_all("table.claims td.verdict", "els => els.map(e => e.textContent)")
         claims_visible = page.is_visible("table.claims")
         phase_rows = page.eval_on_selector_all("#setup div.phases > table tbody tr", "els => els.length")
+        time_rows = page.eval_on_selector_all("h3#per-second + table tbody tr", "els => els.length")
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
         browser.close()
@@ -76,6 +79,11 @@ def test_report_renders_in_chromium(tiny_report):
     assert headings[0] == "The seed study's claims" and claims_visible
     assert len(verdicts) == 11 and set(verdicts) <= {"supported", "not supported", "inconclusive", "not testable"}
     assert "Where the time went" in subheadings and phase_rows >= 5
+    # LoRA sets the time the prompts are measured against: the table and the accuracy-against-time figure render
+    assert "Per second of training" in subheadings and time_rows >= 2
+    assert any("against each run's wall time" in alt or "against training time" in alt.lower() for _, _, alt in images), [
+        a for _, _, a in images
+    ]
     for title in (
         "Findings",
         "Accuracy",

@@ -132,6 +132,8 @@ def test_interrupted_study_resumes(tmp_path, tiny_model_dir, toy_data, monkeypat
         ("[study\n", "invalid TOML"),
         ("[study]\ntasks = ['nope']\n", "unknown task 'nope'"),
         ("[baselines]\nmethods = ['magic']\n", "unknown \\['magic'\\]"),
+        ("[study]\nseeds = [0, 1]\n[analysis]\nreadout_seeds = [2]\n", r"readout_seeds: expected .* seeds \[0, 1\], got \[2\]"),
+        ("[analysis]\nreadout_seeds = []\n", "readout_seeds: expected a non-empty list"),
     ],
 )
 def test_bad_study_configs(tmp_path, text, match):
@@ -338,3 +340,16 @@ def test_ray_flags_reach_ray_options_and_unset_ones_keep_defaults(tmp_path, monk
     assert main([*argv, "--cpus-per-run", "2", "--max-retries", "0"]) == 0
     assert seen["ray_options"] == RayOptions(cpus_per_run=2, max_retries=0)
     assert seen["executor"] == "ray"
+
+
+def test_readout_seeds_limit_importance_and_describe_to_those_runs(tmp_path, tiny_model_dir, toy_data):
+    """The per-run readouts are the costliest analyses: [analysis] readout_seeds reads only those seeds' runs, while
+    the nearest tokens, geometry and transfer still read every run, and the report says which runs were read."""
+    cfg = _write(tmp_path, tiny_model_dir, toy_data, methods='["majority"]')
+    cfg.write_text(cfg.read_text() + "readout_seeds = [1]\n")
+    results = run_study(cfg, tmp_path / "study", progress=False)
+    assert [r["run"] for r in results["importance"]["runs"]] == ["rte-s1"]
+    assert [r["run"] for r in results["describe"]["runs"]] == ["rte-s1"]
+    assert len(results["neighbors"]["runs"]) == 3
+    assert results["readouts"]["tasks"]["rte"]["read_runs"] == ["rte-s1"]
+    assert "read 1 of the task's 3 runs ([analysis] readout_seeds): rte-s1." in (tmp_path / "study" / "report.html").read_text()

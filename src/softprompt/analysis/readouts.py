@@ -186,6 +186,7 @@ def readouts_summary(
     for task in tasks:
         runs_nb, runs_imp = nb.get(task, {}), imp.get(task, {})
         entry: dict[str, Any] = {"runs": sorted(set(runs_nb) | set(runs_imp) | set(desc.get(task, {})))}
+        entry["read_runs"] = sorted(set(runs_imp) | set(desc.get(task, {})))  # [analysis] readout_seeds' runs
         entry["aligned"] = bool(runs_nb) and _aligned(runs_nb)
         if entry["aligned"]:
             rows = _position_rows(runs_nb, runs_imp)

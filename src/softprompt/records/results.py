@@ -34,6 +34,7 @@ class AnalysisSettings(Record):
     importance_replacements: list[str] | None = None
     describe: bool | None = None
     describe_samples: int | None = None
+    readout_seeds: list[int] | None = None
     tsne_perplexity: float | None = None
 
 

@@ -138,6 +138,11 @@ def readouts_section(readouts: ReadoutsSummary, out: Path) -> str:
     ]
     for task, entry in readouts.tasks.items():
         body.append(f"<h3>{esc(task)}</h3>")
+        if entry.read_runs and set(entry.read_runs) != set(entry.runs):
+            body.append(
+                f'<p class="muted">Importance and self-descriptions read {len(entry.read_runs)} of the task\'s '
+                f"{len(entry.runs)} runs ([analysis] readout_seeds): {esc(', '.join(entry.read_runs))}.</p>"
+            )
         if entry.describe:
             body.append("<h4>What the model says its prompt asks for</h4>" + _describe_table(entry.describe))
         if entry.positions:

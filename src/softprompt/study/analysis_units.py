@@ -84,12 +84,13 @@ def analyses_unit(study: Study, models: ModelCache, progress: Progress | None = 
     analyses = {"neighbors": _neighbors(study, runs, digests, ctx)}
     safe_point("analysis")
     analyses["geometry"] = _geometry(study, runs, digests, ctx)
+    read = _readout_runs(study, runs, digests)
     if study.cfg.analysis.importance:
         safe_point("analysis")
-        analyses["importance"] = _importance(study, runs, digests, ctx)
+        analyses["importance"] = _importance(study, *read, ctx)
     if study.cfg.analysis.describe:
         safe_point("analysis")
-        analyses["describe"] = _describe(study, runs, digests, ctx)
+        analyses["describe"] = _describe(study, *read, ctx)
     if study.cfg.analysis.transfer:
         safe_point("analysis")
         analyses["transfer"] = _transfer(study, runs, digests, ctx)
@@ -99,6 +100,15 @@ def analyses_unit(study: Study, models: ModelCache, progress: Progress | None = 
     with timed(models) as t:  # the setup facts read the model: loaded here when every unit before was cached
         setup = models.facts()
     return {"analyses": analyses, "setup": setup, "timings": ctx.timings, "model_load_s": t.model_load_s}
+
+
+def _readout_runs(study: Study, runs, digests: list[str]) -> tuple[list, list[str]]:
+    """The runs (and their prompts' digests) of [analysis] readout_seeds: the per-run readouts cost the most."""
+    seeds = study.cfg.analysis.readout_seeds
+    if seeds is None:
+        return runs, digests
+    keep = [i for i, (_, seed, _) in enumerate(study.prompt_runs()) if seed in seeds]
+    return [runs[i] for i in keep], [digests[i] for i in keep]
 
 
 def _transfer_init(study: Study, zero_shot: dict[str, Any] | None, ctx: _Analyses) -> dict[str, Any]:

@@ -56,6 +56,9 @@ class AnalysisConfig:
     importance_replacements: list[str] = field(default_factory=lambda: ["init"])  # "init" and/or "mean" (the CLI does both)
     describe: bool = True  # the model's own descriptions of each prompt and its init (analysis.describe)
     describe_samples: int = 2  # sampled descriptions per prompt, besides the greedy ones
+    # the seeds whose runs the readouts that score or generate per run (importance, describe) read; None: every seed.
+    # Each costs ~(2 x tokens + 1) evaluations (importance) or a few generations (describe) per run it reads
+    readout_seeds: list[int] | None = None
     tsne_perplexity: float | None = None
     cell: dict[str, Any] | None = None  # the sweep cell the interpretation sections read (study.sweep)
 
@@ -287,6 +290,16 @@ def _validate_values(cfg: StudyConfig, path: Path) -> None:
         )
     if a.describe_samples < 0:
         raise SoftPromptError(f"{path} [analysis] describe_samples: must be 0 or more, got {a.describe_samples}")
+    if a.readout_seeds is not None and (
+        not isinstance(a.readout_seeds, list)
+        or not a.readout_seeds
+        or not all(type(s) is int for s in a.readout_seeds)
+        or not set(a.readout_seeds) <= set(cfg.seeds)
+    ):
+        raise SoftPromptError(
+            f"{path} [analysis] readout_seeds: expected a non-empty list of the study's seeds {cfg.seeds}, "
+            f"got {a.readout_seeds!r}"
+        )
 
 
 def _validate_per_task(cfg: StudyConfig, path: Path) -> None:
