@@ -244,7 +244,7 @@ class HardReadout(Record):
 class TaskReadouts(Record):
     runs: list[str]
     aligned: bool
-    read_runs: list[str] = field(default_factory=list)  # the runs importance and describe read (readout_seeds)
+    read_runs: list[str] | None = optional()  # the runs importance and describe read (readout_seeds)
     positions: list[PositionReadout] | None = None  # (when the runs' positions are aligned)
     carriers: Carriers | None = None
     importance_vs_drift: CorrelationStats | None = None

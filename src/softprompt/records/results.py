@@ -34,7 +34,7 @@ class AnalysisSettings(Record):
     importance_replacements: list[str] | None = None
     describe: bool | None = None
     describe_samples: int | None = None
-    readout_seeds: list[int] | None = None
+    readout_seeds: list[int] | None = optional()
     tsne_perplexity: float | None = None
 
 
