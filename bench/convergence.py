@@ -40,6 +40,7 @@ RECIPES: dict[str, dict] = {
     "chat-lr3e-2": {"prompt_format": "chat", "lr": 3e-2},
     "chat-lr1e-3": {"prompt_format": "chat", "lr": 1e-3},
     "labels": {"init": "labels"},
+    "text+labels": {"init": "text+labels"},  # the description, then the label words (issue 38 item 3: "both")
     "residual": {"reparam": "residual"},
     "mlp": {"reparam": "mlp", "lr": 1e-3},
     "tokens-50": {"tokens": 50},
@@ -51,6 +52,7 @@ RECIPES: dict[str, dict] = {
     "std0.164": {"lr_per_std": 0.164},
     "std0.328": {"lr_per_std": 0.328},
     "lora": {"method": "lora"},
+    "finetune": {"method": "finetune"},  # full fine-tuning (issue 38's per-second table)
     # deep prompts (issue 38: keys/values at every layer); lr in units of each layer's key/value std
     "deep": {"method": "deep"},
     "deep-lr0.01": {"method": "deep", "lr": 0.01},

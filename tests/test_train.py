@@ -167,7 +167,7 @@ def test_unknown_config_key_is_an_error():
         TrainConfig.from_dict({"task": "rte", "lrr": 0.1})
 
 
-@pytest.mark.parametrize("method", ["text", "random", "vocab", "labels"])
+@pytest.mark.parametrize("method", ["text", "random", "vocab", "labels", "text+labels"])
 def test_init_methods(tiny_llama, method):
     p = init_prompt(
         tiny_llama.model,
@@ -180,9 +180,23 @@ def test_init_methods(tiny_llama, method):
     )
     assert p.weight.shape == (6, 32) and torch.isfinite(p.weight).all()
     assert torch.equal(p.weight, p.initial)
-    if method in ("text", "labels", "vocab"):
+    if method in ("text", "labels", "vocab", "text+labels"):
         emb = tiny_llama.model.get_input_embeddings()
         torch.testing.assert_close(p.weight, emb(torch.tensor(p.init.token_ids)).float())
+
+
+def test_text_and_labels_init_puts_the_label_words_last(tiny_llama):
+    """text+labels: the description's tokens (repeated to fit), then every label word's tokens, next to the input."""
+    tok = tiny_llama.tokenizer
+    label_ids = [i for w in ("True", "False") for i in tok(" " + w, add_special_tokens=False)["input_ids"]]
+    text_ids = tok("Does the hypothesis entail", add_special_tokens=False)["input_ids"]
+    n = len(label_ids) + len(text_ids) + 2
+    p = init_prompt(tiny_llama.model, tok, n, "text+labels", text="Does the hypothesis entail", label_words=["True", "False"])
+    assert p.init.token_ids[-len(label_ids) :] == label_ids
+    assert p.init.token_ids[: len(text_ids)] == text_ids and p.init.token_ids[len(text_ids) : -len(label_ids)] == text_ids[:2]
+    assert p.init.text == "Does the hypothesis entail True False"
+    with pytest.raises(SoftPromptError, match="label words take .* leaving none"):
+        init_prompt(tiny_llama.model, tok, len(label_ids), "text+labels", text="x", label_words=["True", "False"])
 
 
 def test_text_init_goes_through_embedding_module(tiny_llama):

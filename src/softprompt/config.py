@@ -27,7 +27,7 @@ INPUT_PROMPT_METHODS = ("prompt", "hard")  # the matrix is input embeddings: wha
 TRAINED_BASELINES = ("finetune", "lora", "hard", "deep")
 DEFAULT_BASELINES = ("majority", "no_prompt", "english_prompt", "finetune", "lora")  # what runs unless methods are named
 BASELINE_METHODS = (*DEFAULT_BASELINES, "hard", "deep")
-INIT_METHODS = ("text", "random", "vocab", "labels")
+INIT_METHODS = ("text", "random", "vocab", "labels", "text+labels")
 PROMPT_FORMATS = ("auto", "plain", "chat")  # softprompt.data.chat implements them
 RUN_INIT, TASK_INIT = "run:", "task:"  # init from a trained prompt: run:PATH[@best|@last], task:NAME (a study's own run)
 CLASS_BALANCE = ("off", "on", "auto")  # softprompt.scoring.class_weights implements them
@@ -121,7 +121,7 @@ class TrainConfig:
     init: str = option(
         "text",
         "how the prompt starts: text (the init text's tokens), random, vocab (frequent tokens), labels (label words), "
-        "run:PATH (the trained prompt of the run in PATH; run:PATH@best for its best epoch's), or in a study "
+        "text+labels (the init text's tokens, then the label words'), run:PATH (the trained prompt of the run in PATH; run:PATH@best for its best epoch's), or in a study "
         "task:NAME (the study's trained prompt of task NAME)",
     )
     init_text: str | None = option(None, "text for --init text (default: the task's description)")

@@ -194,19 +194,30 @@ def prompt_token_ids(
     vocab_top: int = 5000,
 ) -> tuple[list[int], str | None]:
     """The `n_tokens` token ids a words-based init starts from, and the text it records: the init text's tokens
-    (text), the label words' (labels), or tokens sampled from the most frequent (vocab; Lester et al.: BPE ids are
+    (text), the label words' (labels), the text's then the label words' (text+labels), or tokens sampled from the most frequent (vocab; Lester et al.: BPE ids are
     roughly frequency-ordered); repeated or cut to `n_tokens`, as PEFT's TEXT init does."""
     if method == "text":
         if not text:
             raise SoftPromptError("init 'text' needs an init text (the task description or --init-text)")
         return _fill(tokenizer(text, add_special_tokens=False)["input_ids"], n_tokens), text
-    if method == "labels":
+    if method in ("labels", "text+labels"):
         if not label_words:
-            raise SoftPromptError("init 'labels' needs a task with label words")
+            raise SoftPromptError(f"init {method!r} needs a task with label words")
         ids = []
         for w in label_words:
             ids += tokenizer(" " + w, add_special_tokens=False)["input_ids"]
-        return _fill(ids, n_tokens), " ".join(label_words)
+        if method == "labels":
+            return _fill(ids, n_tokens), " ".join(label_words)
+        # both: the description's tokens fill what the label words leave, the label words last (next to the input)
+        if not text:
+            raise SoftPromptError("init 'text+labels' needs an init text (the task description or --init-text)")
+        if len(ids) >= n_tokens:
+            raise SoftPromptError(
+                f"init 'text+labels': the label words take {len(ids)} tokens, leaving none of the {n_tokens} for the "
+                "text; use more --tokens or init 'labels'"
+            )
+        text_ids = _fill(tokenizer(text, add_special_tokens=False)["input_ids"], n_tokens - len(ids))
+        return text_ids + ids, f"{text} {' '.join(label_words)}"
     if method == "vocab":
         top = min(vocab_top, model.get_input_embeddings().weight.shape[0])
         return torch.randint(0, top, (n_tokens,), generator=torch.Generator().manual_seed(seed)).tolist(), None
@@ -224,7 +235,7 @@ def init_prompt(
     seed: int = 0,
     vocab_top: int = 5000,
 ) -> SoftPrompt:
-    """Build a SoftPrompt of n_tokens rows initialised by `method` (text, random, vocab, labels)."""
+    """Build a SoftPrompt of n_tokens rows initialised by `method` (text, random, vocab, labels, text+labels)."""
     if n_tokens < 1:
         raise SoftPromptError(f"--tokens must be at least 1, got {n_tokens}")
     if method not in INIT_METHODS:
