@@ -180,7 +180,7 @@ def test_init_methods(tiny_llama, method):
     )
     assert p.weight.shape == (6, 32) and torch.isfinite(p.weight).all()
     assert torch.equal(p.weight, p.initial)
-    if method in ("text", "labels", "vocab", "text+labels"):
+    if method != "random":  # every other init is the embeddings of the tokens it records
         emb = tiny_llama.model.get_input_embeddings()
         torch.testing.assert_close(p.weight, emb(torch.tensor(p.init.token_ids)).float())
 

@@ -121,8 +121,8 @@ class TrainConfig:
     init: str = option(
         "text",
         "how the prompt starts: text (the init text's tokens), random, vocab (frequent tokens), labels (label words), "
-        "text+labels (the init text's tokens, then the label words'), run:PATH (the trained prompt of the run in PATH; run:PATH@best for its best epoch's), or in a study "
-        "task:NAME (the study's trained prompt of task NAME)",
+        "text+labels (the init text's tokens, then the label words'), run:PATH (the trained prompt of the run in PATH; "
+        "run:PATH@best for its best epoch's), or in a study task:NAME (the study's trained prompt of task NAME)",
     )
     init_text: str | None = option(None, "text for --init text (default: the task's description)")
     prompt_format: str = option(

@@ -182,6 +182,20 @@ def _fill(ids: list[int], n: int) -> list[int]:
     return (ids * reps)[:n]
 
 
+def _text_ids(tokenizer, text: str | None, method: str) -> list[int]:
+    """The init text's token ids; an init that starts from text needs one."""
+    if not text:
+        raise SoftPromptError(f"init {method!r} needs an init text (the task description or --init-text)")
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _label_ids(tokenizer, label_words: list[str] | None, method: str) -> list[int]:
+    """Every label word's token ids, in order, each as it follows a space."""
+    if not label_words:
+        raise SoftPromptError(f"init {method!r} needs a task with label words")
+    return [i for w in label_words for i in tokenizer(" " + w, add_special_tokens=False)["input_ids"]]
+
+
 def prompt_token_ids(
     model,
     tokenizer,
@@ -194,30 +208,22 @@ def prompt_token_ids(
     vocab_top: int = 5000,
 ) -> tuple[list[int], str | None]:
     """The `n_tokens` token ids a words-based init starts from, and the text it records: the init text's tokens
-    (text), the label words' (labels), the text's then the label words' (text+labels), or tokens sampled from the most frequent (vocab; Lester et al.: BPE ids are
-    roughly frequency-ordered); repeated or cut to `n_tokens`, as PEFT's TEXT init does."""
+    (text), the label words' (labels), the text's then the label words' (text+labels), or tokens sampled from the
+    most frequent (vocab; Lester et al.: BPE ids are roughly frequency-ordered); repeated or cut to `n_tokens`, as
+    PEFT's TEXT init does."""
     if method == "text":
-        if not text:
-            raise SoftPromptError("init 'text' needs an init text (the task description or --init-text)")
-        return _fill(tokenizer(text, add_special_tokens=False)["input_ids"], n_tokens), text
-    if method in ("labels", "text+labels"):
-        if not label_words:
-            raise SoftPromptError(f"init {method!r} needs a task with label words")
-        ids = []
-        for w in label_words:
-            ids += tokenizer(" " + w, add_special_tokens=False)["input_ids"]
-        if method == "labels":
-            return _fill(ids, n_tokens), " ".join(label_words)
-        # both: the description's tokens fill what the label words leave, the label words last (next to the input)
-        if not text:
-            raise SoftPromptError("init 'text+labels' needs an init text (the task description or --init-text)")
+        return _fill(_text_ids(tokenizer, text, method), n_tokens), text
+    if method == "labels":
+        return _fill(_label_ids(tokenizer, label_words, method), n_tokens), " ".join(label_words)
+    if method == "text+labels":  # the description's tokens fill what the label words leave; the labels last, by the input
+        ids = _label_ids(tokenizer, label_words, method)
+        text_ids = _text_ids(tokenizer, text, method)
         if len(ids) >= n_tokens:
             raise SoftPromptError(
                 f"init 'text+labels': the label words take {len(ids)} tokens, leaving none of the {n_tokens} for the "
                 "text; use more --tokens or init 'labels'"
             )
-        text_ids = _fill(tokenizer(text, add_special_tokens=False)["input_ids"], n_tokens - len(ids))
-        return text_ids + ids, f"{text} {' '.join(label_words)}"
+        return _fill(text_ids, n_tokens - len(ids)) + ids, f"{text} {' '.join(label_words)}"
     if method == "vocab":
         top = min(vocab_top, model.get_input_embeddings().weight.shape[0])
         return torch.randint(0, top, (n_tokens,), generator=torch.Generator().manual_seed(seed)).tolist(), None
