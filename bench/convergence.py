@@ -44,6 +44,7 @@ RECIPES: dict[str, dict] = {
     "residual": {"reparam": "residual"},
     "mlp": {"reparam": "mlp", "lr": 1e-3},
     "tokens-50": {"tokens": 50},
+    "batch4": {"batch_size": 4},  # half the examples per step (issue 36: a cheaper demo at the same step count)
     "constant": {"schedule": "constant"},  # no decay after warmup: do slow seeds catch up?
     "cosine": {"schedule": "cosine"},
     # the learning rate as a multiple of the model's embedding std (today's default: PROMPT_LR_PER_STD = 0.041)
@@ -53,6 +54,7 @@ RECIPES: dict[str, dict] = {
     "std0.328": {"lr_per_std": 0.328},
     "lora": {"method": "lora"},
     "finetune": {"method": "finetune"},  # full fine-tuning (issue 38's per-second table)
+    "hard": {"method": "hard"},  # the PEZ discrete prompt (issue 38's per-second table)
     # deep prompts (issue 38: keys/values at every layer); lr in units of each layer's key/value std
     "deep": {"method": "deep"},
     "deep-lr0.01": {"method": "deep", "lr": 0.01},

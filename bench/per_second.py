@@ -48,13 +48,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=Path, required=True)
     ap.add_argument("--task", required=True, help="the runs' folder under --runs (convergence.py's run_group)")
-    ap.add_argument("--cost", type=Path, required=True, help="bench/step_cost.py's JSON for this task")
+    ap.add_argument(
+        "--cost",
+        type=Path,
+        action="append",
+        required=True,
+        help="bench/step_cost.py's JSON for this task (repeatable: a later file adds methods the first lacks)",
+    )
     ap.add_argument("--recipes", required=True, help="RECIPE:METHOD,... (the step cost each recipe is priced at)")
     ap.add_argument("--reference", default="lora", help="the recipe whose time is the budget")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    cost = json.loads(args.cost.read_text())["median_step_s"]
+    cost: dict[str, float] = {}
+    for path in args.cost:  # the first file's price of a method wins: one measurement per method
+        for method, seconds in json.loads(path.read_text())["median_step_s"].items():
+            cost.setdefault(method, seconds)
     pairs = [tuple(x.split(":")) for x in args.recipes.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = {r: {s: load(args.runs / args.task / f"{r}-s{s}") for s in seeds} for r, _ in pairs}

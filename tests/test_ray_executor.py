@@ -23,18 +23,15 @@ from safetensors.torch import load_file  # noqa: E402
 from softprompt.errors import SoftPromptError  # noqa: E402
 from softprompt.study import run_study  # noqa: E402
 from softprompt.study.ray_executor import RayOptions  # noqa: E402
-from tests.conftest import _tiny_model  # noqa: E402
+from tests.executor_helpers import (  # noqa: E402
+    EPOCHS,
+    METHODS,
+    assert_same_prompts,
+    comparable,
+    one_thread,
+    write_study_inputs,
+)
 from tests.test_study import CONFIG  # noqa: E402
-
-EPOCHS = 60  # 3 optimiser steps each, a checkpoint after every step: a run lasts a second or more, time to kill it midway
-SEEDS = (0, 1)
-METHODS = '["majority", "no_prompt", "english_prompt", "lora"]'
-TOY_ROWS = [
-    {"premise": "The cat sat on the mat.", "hypothesis": "The cat sat.", "label": "entailment"},
-    {"premise": "The dog ran away quickly.", "hypothesis": "The dog sat.", "label": "not_entailment"},
-    {"premise": "A charming movie.", "hypothesis": "The movie is good.", "label": "entailment"},
-    {"premise": "A boring movie.", "hypothesis": "The movie is charming.", "label": "not_entailment"},
-]
 
 
 @pytest.fixture(scope="module")
@@ -47,76 +44,27 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, tiny_tokenizer) -> Path:
-    """A tiny llama saved to a folder, RTE-shaped toy data and a study config over them (1 task x 2 seeds)."""
-    root = tmp_path_factory.mktemp("ray-study")
-    model_dir = root / "tiny-model"
-    _tiny_model("llama", len(tiny_tokenizer)).save_pretrained(model_dir)
-    tiny_tokenizer.save_pretrained(model_dir)
-    data = root / "data"
-    (data / "rte").mkdir(parents=True)
-    for name, rows in (("train.jsonl", TOY_ROWS * 3), ("val.jsonl", TOY_ROWS)):
-        (data / "rte" / name).write_text("".join(json.dumps(dict(r, idx=i)) + "\n" for i, r in enumerate(rows)))
-    text = (
-        CONFIG.format(model=model_dir, data=data, methods=METHODS)
-        .replace("seeds = [0, 1, 2]", f"seeds = {list(SEEDS)}")
-        .replace("epochs = 2", f"epochs = {EPOCHS}\ncheckpoint_every = 1")
-    )
-    (root / "study.toml").write_text(text)
-    return root
-
-
-def _one_thread():
-    """Torch threads of this process set to 1, as each Ray unit gets with --cpus-per-run 1, and the old count.
-
-    The same thread count makes the CPU kernels reduce in the same order, so results are bit-identical."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    return before
+    return write_study_inputs(tmp_path_factory.mktemp("ray-study"), tiny_tokenizer)
 
 
 @pytest.fixture(scope="module")
 def local_study(inputs) -> dict:
-    before = _one_thread()
+    before = one_thread()
     try:
         return run_study(inputs / "study.toml", inputs / "local", progress=False)
     finally:
         torch.set_num_threads(before)
 
 
-def _comparable(results: dict, out: Path) -> tuple[dict, dict]:
-    """results.json without what differs between any two invocations: the study directory and wall times."""
-    r = json.loads(json.dumps(results).replace(str(out), "OUT"))
-
-    def strip(x):
-        if isinstance(x, dict):
-            return {k: strip(v) for k, v in x.items() if k not in ("wall_time_s", "elapsed_s")}
-        if isinstance(x, list):
-            return [strip(v) for v in x]
-        return x
-
-    setup = r.pop("setup")
-    return strip(r), setup
-
-
-def _assert_same_prompts(a: Path, b: Path) -> None:
-    for seed in SEEDS:
-        for name in ("prompt.safetensors", "best.safetensors"):
-            x = load_file(str(a / "runs" / f"rte-s{seed}" / name))
-            y = load_file(str(b / "runs" / f"rte-s{seed}" / name))
-            assert x.keys() == y.keys()
-            for k in x:
-                assert torch.equal(x[k], y[k]), (seed, name, k)
-
-
 def test_ray_study_equals_local_study(ray_cluster, inputs, local_study):
     out = inputs / "ray"
     res = run_study(inputs / "study.toml", out, progress=False, executor="ray", ray_options=RayOptions(cpus_per_run=1))
-    _assert_same_prompts(inputs / "local", out)
+    assert_same_prompts(inputs / "local", out)
     lora = "baselines/rte/lora/lora/adapter.safetensors"
     assert all(torch.equal(v, load_file(str(out / lora))[k]) for k, v in load_file(str(inputs / "local" / lora)).items())
 
-    got, setup = _comparable(json.loads((out / "results.json").read_text()), out)
-    want, local_setup = _comparable(local_study, inputs / "local")
+    got, setup = comparable(json.loads((out / "results.json").read_text()), out)
+    want, local_setup = comparable(local_study, inputs / "local")
     assert got == want  # every number: runs, histories, baselines, neighbours, geometry, transfer
     for key in ("model", "compute_dtype", "device", "versions", "actions"):
         assert setup[key] == local_setup[key], key
@@ -175,9 +123,9 @@ def test_killed_worker_is_retried_and_its_run_resumed(ray_cluster, inputs, local
     assert "error" not in outcome, outcome.get("error")
     res = outcome["results"]
     assert res["setup"]["actions"][run_dir.name] == "resumed"  # retried, and continued from its checkpoint
-    _assert_same_prompts(inputs / "local", out)
-    got, _ = _comparable(res, out)
-    want, _ = _comparable(local_study, inputs / "local")
+    assert_same_prompts(inputs / "local", out)
+    got, _ = comparable(res, out)
+    want, _ = comparable(local_study, inputs / "local")
     assert got["runs"] == want["runs"] and got["geometry"] == want["geometry"]
 
 

@@ -31,7 +31,11 @@ def cmd_study(a: argparse.Namespace) -> int:
     elif given:
         flags = [RAY_FLAGS[name][0] for name in given]
         raise SoftPromptError(f"{', '.join(flags)} appl{'ies' if len(flags) == 1 else 'y'} to --executor ray only")
-    results = study.run_study(a.config, a.out, progress=not a.quiet, executor=a.executor, ray_options=ray_options)
+    if a.workers is not None and a.executor != "local":
+        raise SoftPromptError("--workers applies to --executor local (Ray sizes its own workers: --cpus-per-run)")
+    # the local executor's workers each take --threads threads (this process, running the analyses, too)
+    workers = {"workers": a.workers, "threads_per_worker": a.threads} if a.executor == "local" else {}
+    results = study.run_study(a.config, a.out, progress=not a.quiet, executor=a.executor, ray_options=ray_options, **workers)
     out = Path(a.out)
     print(f"\nstudy {results['study']['name']}: {len(results['runs'])} prompt runs; report: {out / 'report.html'}")
     timing = (results.get("setup") or {}).get("timing")
@@ -61,6 +65,13 @@ def add_study(sub) -> None:
         choices=list(EXECUTORS),
         help="local: every unit in this process (default); ray: prompt runs and baselines as Ray tasks "
         "(pip install 'softprompt[ray]'; see docs/scale-out.md)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local executor: prompt runs and baselines in N worker processes at once, each with --threads torch "
+        "threads (default: the config's [execution] workers, else 1; threads: the usable cores / N)",
     )
     g = p.add_argument_group("Ray executor (--executor ray)")
     g.add_argument(

@@ -81,9 +81,12 @@ class Hardware(Record):
 
 @dataclass(frozen=True)
 class ExecutorFacts(Record):
-    """How the study was executed: locally, or on a Ray cluster (its nodes and resources, and each run's share)."""
+    """How the study was executed: locally (in one process, or in worker processes: how many, how many threads each),
+    or on a Ray cluster (its nodes and resources, and each run's share)."""
 
     name: str
+    workers: int | None = optional()
+    threads_per_worker: int | None = optional()
     nodes: int | None = optional()
     resources: dict[str, float] | None = optional()
     cpus_per_run: float | None = optional()

@@ -159,6 +159,11 @@ def _sweep_rows(st: StudySettings) -> list[dict]:
 
 def _executor_text(ex: ExecutorFacts) -> str:
     if ex.name != "ray":
+        if ex.workers and ex.workers > 1:
+            return (
+                f"local, {ex.workers} worker processes of {ex.threads_per_worker} thread(s) each for the runs and "
+                "baselines; the analyses in the main process"
+            )
         return "local (one process)"
     res = ex.resources or {}
     cpus, gpus = (res.get(k, 0) for k in ("CPU", "GPU"))  # Ray's resource names

@@ -36,7 +36,7 @@ from softprompt.runs.baselines import baseline_config
 from softprompt.study.sweep import Cell, analysis_cell, cells, parse_sweep
 from softprompt.tasks import get_task, task_name
 
-SECTIONS = ("study", "train", "sweep", "baselines", "analysis", "transfer")
+SECTIONS = ("study", "train", "sweep", "baselines", "analysis", "transfer", "execution")
 SET_BY_STUDY = ("task", "seed", "model", "method", "data_dir")  # TrainConfig fields [train] may not set
 # [train.per_task.NAME] may set a task's training budget and optimisation, nothing the evaluator, the baselines'
 # scoring or the analyses share across tasks (the model, precision, prompt length and format, validation subsample)
@@ -44,6 +44,14 @@ PER_TASK_FIELDS = (
     "epochs", "max_train", "dev_size", "eval_every", "lr", "optimizer", "schedule", "warmup", "weight_decay",
     "batch_size", "grad_accum", "max_grad_norm", "loss", "init_text", "checkpoint_every",
 )  # fmt: skip
+
+
+@dataclass
+class ExecutionConfig:
+    """[execution]: how this machine runs the study, never what it computes (no result's identity includes it)."""
+
+    workers: int = 1  # local executor: prompt runs and baselines in this many worker processes at once (1: in-process)
+    threads_per_worker: int | None = None  # torch threads of each worker (None: the usable cores / workers, >= 1)
 
 
 @dataclass
@@ -94,6 +102,7 @@ class StudyConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     sweep: dict[str, list[Any]] = field(default_factory=dict)  # axis (a TrainConfig field) -> values
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)  # how, not what: left out of to_json
     # [train.per_task.NAME]: a task's own budget (NAME: the task as listed in [study] tasks, or its declared name)
     per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -120,6 +129,7 @@ class StudyConfig:
     def to_json(self) -> dict[str, Any]:
         """study_config.json and results.json's "study": [train] in full, without the per-run task and seed."""
         d = asdict(self)
+        del d["execution"]  # how this machine ran it: not part of what the study is
         d["train"] = {k: v for k, v in d["train"].items() if k not in ("task", "seed")}
         if self.sweep:
             d["analysis"]["cell"] = dict(self.analysis_cell())
@@ -127,7 +137,9 @@ class StudyConfig:
 
 
 STUDY_KEYS = [
-    f.name for f in fields(StudyConfig) if f.name not in ("train", "baselines", "analysis", "sweep", "transfer", "per_task")
+    f.name
+    for f in fields(StudyConfig)
+    if f.name not in ("train", "baselines", "analysis", "sweep", "transfer", "per_task", "execution")
 ]
 
 
@@ -189,6 +201,9 @@ def load_study_config(path: str | Path) -> StudyConfig:
     transfer = _table(raw, "transfer", path)
     check_keys(TransferConfig, transfer, f"{path} [transfer]")
     cfg.transfer = TransferConfig(**transfer)
+    execution = _table(raw, "execution", path)
+    check_keys(ExecutionConfig, execution, f"{path} [execution]")
+    cfg.execution = ExecutionConfig(**execution)
     _validate(cfg, path)
     return cfg
 
@@ -269,11 +284,16 @@ def _validate_names(cfg: StudyConfig, path: Path) -> None:
 
 def _validate_values(cfg: StudyConfig, path: Path) -> None:
     """Types and ranges that would otherwise fail only when their step runs (the analyses, after every run)."""
-    for section, obj in (("study", cfg), ("baselines", cfg.baselines), ("analysis", cfg.analysis)):
+    for section, obj in (("study", cfg), ("baselines", cfg.baselines), ("analysis", cfg.analysis), ("execution", cfg.execution)):
         try:
             check_types(obj)
         except SoftPromptError as e:
             raise SoftPromptError(f"{path} [{section}]: {e}") from None
+    e = cfg.execution
+    if e.workers < 1 or (e.threads_per_worker is not None and e.threads_per_worker < 1):
+        raise SoftPromptError(
+            f"{path} [execution]: workers and threads_per_worker must be at least 1, got {e.workers} and {e.threads_per_worker}"
+        )
     if not all(isinstance(t, str) for t in cfg.tasks) or not all(type(s) is int for s in cfg.seeds):
         raise SoftPromptError(f"{path} [study]: tasks must be a list of strings and seeds a list of integers")
     a = cfg.analysis

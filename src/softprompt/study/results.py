@@ -45,7 +45,9 @@ def study_results(study: Study, units: list[Unit], outcome: ExecutorResult, *, w
     }
     setup = {**final["setup"], "executor": executor_info, "wall_time_s": wall_time_s, "actions": actions, "inputs": study.inputs}
     timing = StudyTiming(
-        wall_time_s=wall_time_s, units=unit_timings(study, units, outcome), concurrent=executor_info["name"] != "local"
+        wall_time_s=wall_time_s,
+        units=unit_timings(study, units, outcome),
+        concurrent=executor_info["name"] != "local" or executor_info.get("workers", 1) > 1,
     )
     setup["timing"] = timing.to_dict()
     analyses = final["analyses"]

@@ -26,6 +26,7 @@ from softprompt.study.executors import StudyProgress, run_locally
 from softprompt.study.results import RESULTS_FILE, study_results
 from softprompt.study.timing import REPORT, RESULTS, StepClock, with_step
 from softprompt.study.units import Study
+from softprompt.threads import usable_cores
 from softprompt.training.trackers import require_trackers
 
 if TYPE_CHECKING:
@@ -52,12 +53,16 @@ def run_study(
     progress: bool = True,
     executor: str = "local",
     ray_options: RayOptions | None = None,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
 ) -> dict:
     """Run (or continue) a study and write results.json, CSV tables and report.html into `out`.
 
     `executor="local"` runs every unit in this process; `"ray"` runs them as Ray tasks (see
     `softprompt.study.ray_executor`; `ray_options` sets the cluster address and per-run resources).
-    Both run the same unit functions, so they write the same results.
+    Both run the same unit functions, so they write the same results. `workers` (local only; default: the config's
+    [execution] workers) runs the prompt runs and baselines in that many worker processes of `threads_per_worker`
+    torch threads each (`softprompt.study.process_executor`).
     """
     started = time.perf_counter()  # the invocation's wall time (results.json `setup.timing`) starts here
     if executor not in EXECUTORS:
@@ -70,6 +75,16 @@ def run_study(
 
         import_ray()  # fail before any work if Ray is missing
     cfg = load_study_config(config_path)
+    if workers is not None or threads_per_worker is not None:
+        if executor != "local":
+            raise SoftPromptError("--workers and the threads per worker apply to executor 'local'; Ray sizes its own")
+        cfg.execution = replace(
+            cfg.execution,
+            workers=cfg.execution.workers if workers is None else workers,
+            threads_per_worker=threads_per_worker or cfg.execution.threads_per_worker,
+        )
+        if cfg.execution.workers < 1:
+            raise SoftPromptError(f"--workers must be at least 1, got {cfg.execution.workers}")
     require_trackers(cfg.train.report_to)  # a missing tracker package fails before the model loads, not at the first run
     inputs = study_inputs(cfg)  # reads every task's data: a missing or unreadable file fails before any work
     with directory_lock(out, "study directory"):  # one process writes a study directory at a time
@@ -117,6 +132,11 @@ def _run_study(cfg: StudyConfig, out: Path, inputs, progress: bool, executor: st
             from softprompt.study.ray_executor import run_on_ray
 
             outcome = run_on_ray(study, units, bar, ray_options)
+        elif cfg.execution.workers > 1:
+            from softprompt.study.process_executor import run_in_processes
+
+            threads = cfg.execution.threads_per_worker or max(1, usable_cores() // cfg.execution.workers)
+            outcome = run_in_processes(study, units, bar, cfg.execution.workers, threads)
         else:
             outcome = run_locally(study, units, bar)
     finally:

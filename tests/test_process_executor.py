@@ -1,0 +1,148 @@
+"""`softprompt study --workers 2` (`[execution] workers`): the runs and baselines in two spawned worker processes of
+one thread each give the same prompts and numbers as one process on one thread; a transfer-initialised run waits for
+its source; a unit's own error is one line naming it; SIGTERM to the study checkpoints the running units and exits 143;
+bad [execution] values are refused naming the key."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from softprompt.errors import SoftPromptError
+from softprompt.study import load_study_config, run_study
+from tests.executor_helpers import EPOCHS, METHODS, assert_same_prompts, comparable, one_thread, write_study_inputs
+from tests.test_study import CONFIG
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_tokenizer) -> Path:
+    root = write_study_inputs(tmp_path_factory.mktemp("workers-study"), tiny_tokenizer)
+    study = root / "study.toml"  # 8 epochs (24 steps) a run: enough for a SIGTERM at step 10, short for the suite
+    study.write_text(study.read_text().replace(f"epochs = {EPOCHS}", "epochs = 8"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_study(inputs) -> dict:
+    before = one_thread()
+    try:
+        return run_study(inputs / "study.toml", inputs / "local", progress=False)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_two_workers_give_the_local_study(inputs, local_study):
+    out = inputs / "workers"
+    before = one_thread()  # the analyses run in this process: the same thread count as the reference's
+    try:
+        res = run_study(inputs / "study.toml", out, progress=False, workers=2, threads_per_worker=1)
+    finally:
+        torch.set_num_threads(before)
+    assert_same_prompts(inputs / "local", out)
+    got, setup = comparable(json.loads((out / "results.json").read_text()), out)
+    want, local_setup = comparable(local_study, inputs / "local")
+    assert got == want  # every number: runs, histories, baselines, neighbours, geometry, transfer
+    assert setup["executor"] == {"name": "local", "workers": 2, "threads_per_worker": 1}
+    assert local_setup["executor"] == {"name": "local"}
+    timing = setup["timing"]
+    assert timing["concurrent"] and not local_setup["timing"]["concurrent"]
+    assert sum(u["phase"] == "prompt runs" for u in timing["units"]) == 2
+    assert list(res["baselines"]["rte"]) == json.loads(METHODS)
+    assert "local, 2 worker processes of 1 thread(s) each" in (out / "report.html").read_text()
+    # a rerun finds everything done: nothing is handed to a worker twice
+    again = run_study(inputs / "study.toml", out, progress=False, workers=2, threads_per_worker=1)
+    assert set(again["setup"]["actions"].values()) == {"skipped"}
+
+
+def test_a_transfer_initialised_run_waits_for_its_source(inputs, tmp_path):
+    """[transfer] init: B's run starts from A's trained prompt. With two workers both tasks' own runs could start at
+    once and the transferred runs next to them; only the dependency keeps one from starting before its source is
+    complete (it would fail: no prompt to start from)."""
+    import hashlib
+
+    from tests.test_sweeps import TOY_TASK
+
+    toy = inputs / "data" / "toy.toml"  # its data files are relative to it
+    toy.write_text(TOY_TASK)
+    text = (
+        CONFIG.format(model=inputs / "tiny-model", data=inputs / "data", methods='["majority"]')
+        .replace('tasks = ["rte"]', f'tasks = ["rte", "{toy}"]')
+        .replace("seeds = [0, 1, 2]", "seeds = [0]")
+    )
+    config = tmp_path / "transfer.toml"
+    config.write_text(text + "[transfer]\ninit = true\n\n[execution]\nworkers = 2\nthreads_per_worker = 1\n")
+    out = tmp_path / "study"
+    res = run_study(config, out, progress=False)
+    assert res["setup"]["executor"]["workers"] == 2
+    assert set(res["setup"]["actions"].values()) == {"trained"} and len(res["setup"]["actions"]) == 4
+    for a, b in (("rte", "toy"), ("toy", "rte")):
+        record = json.loads((out / "runs" / f"{b}-from-{a}-s0" / "run.json").read_text())
+        source = out / "runs" / f"{a}-s0" / "prompt.safetensors"
+        assert record["prompt"]["source"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+def test_a_units_error_is_one_line_naming_it(inputs, tmp_path):
+    """A unit that fails in a worker (here its model folder is missing: only a worker loads the model) stops the
+    study with one line naming the unit, not a traceback from the pool."""
+    text = (inputs / "study.toml").read_text().replace(str(inputs / "tiny-model"), str(tmp_path / "no-such-model"))
+    config = tmp_path / "study.toml"
+    config.write_text(text)
+    with pytest.raises(SoftPromptError, match=r"^run rte-s\d failed in a worker process: .*no-such-model"):
+        run_study(config, tmp_path / "out", progress=False, workers=2, threads_per_worker=1)
+
+
+def test_sigterm_stops_the_workers_runs_at_a_checkpoint_with_143(inputs, tmp_path):
+    """SIGTERM to the study process (a scheduler's preemption) is forwarded to its workers: the running units
+    checkpoint and record themselves interrupted, and the command exits 143 with its one-line message."""
+    import subprocess
+
+    from tests.test_reliability import _signalled, held_process
+
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "softprompt.cli", "study", str(inputs / "study.toml"), "--quiet", "--workers", "2",
+           "--threads", "1", "--out", str(out)]  # fmt: skip
+    proc = held_process(cmd, "train-batch:10", tmp_path / "hold", stderr=subprocess.PIPE, timeout=600)
+    code, err = _signalled(proc, signal.SIGTERM)
+    assert code == 143, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith(f"softprompt: interrupted (SIGTERM); progress was kept in {out} ("), err
+    assert "Traceback" not in err
+    held = [json.loads(p.read_text()) for p in out.glob("runs/*/run.json")]
+    assert any(r["status"] == "interrupted" for r in held), [r["status"] for r in held]
+    assert not (out / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("table", "match"),
+    [
+        ("workers = 0", r"\[execution\]: workers and threads_per_worker must be at least 1, got 0 and None"),
+        ('workers = "2"', r"\[execution\]: workers must be an integer, got '2'"),
+        ("threads_per_worker = 0", r"\[execution\]: workers and threads_per_worker must be at least 1, got 1 and 0"),
+        ("worker = 2", r"\[execution\]: unknown key"),
+    ],
+)
+def test_bad_execution_values_are_refused(inputs, tmp_path, table, match):
+    config = tmp_path / "study.toml"
+    config.write_text((inputs / "study.toml").read_text() + f"\n[execution]\n{table}\n")
+    with pytest.raises(SoftPromptError, match=match):
+        load_study_config(config)
+
+
+def test_execution_is_not_part_of_what_the_study_is(inputs, tmp_path):
+    config = tmp_path / "study.toml"
+    config.write_text((inputs / "study.toml").read_text() + "\n[execution]\nworkers = 3\n")
+    cfg = load_study_config(config)
+    assert cfg.execution.workers == 3
+    assert cfg.to_json() == load_study_config(inputs / "study.toml").to_json()  # study_config.json, results' "study"
+
+
+def test_workers_need_the_local_executor(inputs, capsys):
+    from softprompt.cli import main
+
+    code = main(["study", str(inputs / "study.toml"), "--out", "unused", "--executor", "ray", "--workers", "2"])
+    assert code == 2
+    assert "--workers applies to --executor local" in capsys.readouterr().err
