@@ -73,33 +73,51 @@ class _Analyses:
         return time.perf_counter() - start - (self.models.load_s - loaded)
 
 
-def analyses_unit(study: Study, models: ModelCache, progress: Progress | None = None) -> dict[str, Any]:
-    """Nearest tokens (+ projections), geometry (stochasticity) and transfer over every prompt run, each
-    cached by the prompts' digests; and the cache's setup facts (the model is loaded here anyway). `progress`
-    (the local executor's bar) hears which analysis runs, on which run."""
+def analysis_kinds(study: Study) -> list[str]:
+    """The analyses this study's config asks for, in results.json's order (each independent of the others; the
+    transferred-init comparison, which reads the transfer matrix, comes after them in `analyses_unit`)."""
+    a = study.cfg.analysis
+    wanted = {"neighbors": True, "geometry": True, "importance": a.importance, "describe": a.describe, "transfer": a.transfer}
+    return [kind for kind, on in wanted.items() if on]
+
+
+def analysis_unit(study: Study, models: ModelCache, kind: str, progress: Progress | None = None) -> dict[str, Any]:
+    """One analysis over the analysis cell's runs (a worker process can do it while another does the next):
+    {"value": ..., "timings": [its timing]}."""
     ctx = _Analyses(models, progress)
     runs = [load_run(d) for _, _, d in study.prompt_runs()]
     digests = [file_digest(r.path / PROMPT_FILE) for r in runs]
-    safe_point("analysis")  # between two analyses, a stop signal stops here (each one is cached once done)
-    analyses = {"neighbors": _neighbors(study, runs, digests, ctx)}
-    safe_point("analysis")
-    analyses["geometry"] = _geometry(study, runs, digests, ctx)
-    read = _readout_runs(study, runs, digests)
-    if study.cfg.analysis.importance:
-        safe_point("analysis")
-        analyses["importance"] = _importance(study, *read, ctx)
-    if study.cfg.analysis.describe:
-        safe_point("analysis")
-        analyses["describe"] = _describe(study, *read, ctx)
-    if study.cfg.analysis.transfer:
-        safe_point("analysis")
-        analyses["transfer"] = _transfer(study, runs, digests, ctx)
+    if kind in ("importance", "describe"):
+        runs, digests = _readout_runs(study, runs, digests)
+    value = ANALYSES[kind](study, runs, digests, ctx)
+    return {"value": value, "timings": ctx.timings}
+
+
+def analyses_unit(study: Study, models: ModelCache, progress: Progress | None = None) -> dict[str, Any]:
+    """Nearest tokens (+ projections), geometry (stochasticity), the per-run readouts and transfer over every prompt
+    run, each cached by the prompts' digests; and the cache's setup facts (the model is loaded here anyway).
+    `progress` (the local executor's bar) hears which analysis runs, on which run."""
+    done = {}
+    for kind in analysis_kinds(study):
+        safe_point("analysis")  # between two analyses, a stop signal stops here (each one is cached once done)
+        done[kind] = analysis_unit(study, models, kind, progress)
+    return finish_analyses(study, models, done, progress)
+
+
+def finish_analyses(
+    study: Study, models: ModelCache, done: dict[str, dict[str, Any]], progress: Progress | None = None
+) -> dict[str, Any]:
+    """The analyses unit's result from each analysis's (`analysis_unit`, in `analysis_kinds` order): the transferred
+    init comparison (it reads the transfer matrix) and the setup facts added here."""
+    ctx = _Analyses(models, progress)
+    analyses = {kind: done[kind]["value"] for kind in analysis_kinds(study)}
+    timings = [t for kind in analysis_kinds(study) for t in done[kind]["timings"]]
     if study.cfg.transfer.init:
         safe_point("analysis")
         analyses["transfer_init"] = _transfer_init(study, (analyses.get("transfer") or {}).get("task_level"), ctx)
     with timed(models) as t:  # the setup facts read the model: loaded here when every unit before was cached
         setup = models.facts()
-    return {"analyses": analyses, "setup": setup, "timings": ctx.timings, "model_load_s": t.model_load_s}
+    return {"analyses": analyses, "setup": setup, "timings": timings + ctx.timings, "model_load_s": t.model_load_s}
 
 
 def _readout_runs(study: Study, runs, digests: list[str]) -> tuple[list, list[str]]:
@@ -210,3 +228,12 @@ def _transfer(study: Study, runs, digests: list[str], ctx: _Analyses) -> dict[st
         return transfer_report(models.evaluator, runs, cfg.tasks, adir / "transfer", limit=cfg.max_eval, progress=say)
 
     return ctx.cached("transfer", adir / "transfer.cache.json", key, study.task_inputs(cfg.tasks), compute)
+
+
+ANALYSES: dict[str, Callable[[Study, list, list[str], _Analyses], dict[str, Any]]] = {
+    "neighbors": _neighbors,
+    "geometry": _geometry,
+    "importance": _importance,
+    "describe": _describe,
+    "transfer": _transfer,
+}

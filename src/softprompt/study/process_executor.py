@@ -8,7 +8,8 @@ another with two threads each (docs/results.md, "The demo study", has the measur
 Every unit runs the same function as the other executors (`study.units.run_unit`) in a fresh (spawned) process with
 its own model cache, so a worker loads the model once and keeps it for the units it is given. A unit that starts
 from another unit's trained prompt (a `task:` init, [transfer] init) is handed out only after its source finished.
-The analyses need every run, so they run afterwards in this process, with all of its threads.
+The analyses need every run, so they come after the units, side by side in the workers too (each is one task: its
+own cache entry, its own timing); the transferred-init comparison and results.json follow here.
 
 Stops: Ctrl-C reaches every process of the terminal's group, and this process forwards a stop (Ctrl-C, SIGTERM) to
 its workers as SIGTERM, so a running prompt run checkpoints at its next safe point and a rerun resumes it. A worker
@@ -31,13 +32,14 @@ from softprompt.errors import SoftPromptError
 from softprompt.host_memory import keep_freed_host_memory
 from softprompt.logging_setup import quiet_libraries
 from softprompt.preemption import raise_if_stopped, safe_point, stop_at_safe_points
-from softprompt.study.analysis_units import analyses_unit
+from softprompt.study.analysis_units import analysis_kinds, analysis_unit, finish_analyses
 from softprompt.study.executors import ExecutorResult, StudyProgress
 from softprompt.study.model_cache import ModelCache, process_model_cache
 from softprompt.study.plan import Unit, source_unit
 from softprompt.study.units import Study, run_unit
 
 POLL_S = 0.5  # how often this process, waiting for units, looks for a stop signal
+ANALYSIS_COST_ORDER = ("importance", "neighbors", "describe", "transfer")  # dearest first on the demo (its phase table)
 STOP_GRACE_S = 120.0  # how long running units get to checkpoint after a stop before this process gives up on them
 
 
@@ -54,46 +56,62 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _worker_unit(study: Study, unit: Unit) -> dict[str, Any]:
-    """In a worker: one unit on the worker's cached model; a stop signal checkpoints it at its next safe point."""
+def _worker_item(study: Study, item: Unit | str) -> dict[str, Any]:
+    """In a worker: one unit, or one analysis (its kind), on the worker's cached model; a stop signal checkpoints a
+    prompt run at its next safe point."""
     with stop_at_safe_points():
-        return run_unit(study, process_model_cache(study.cfg.train), unit)
+        models = process_model_cache(study.cfg.train)
+        return run_unit(study, models, item) if isinstance(item, Unit) else analysis_unit(study, models, item)
 
 
 def run_in_processes(study: Study, units: list[Unit], bar: StudyProgress, workers: int, threads: int) -> ExecutorResult:
-    """Hand the units to `workers` processes of `threads` torch threads each (sources first), then run the analyses
-    here."""
+    """Hand the units to `workers` processes of `threads` torch threads each (sources first), then the analyses."""
     remote = dataclasses.replace(study, progress=False)  # no per-run bars from workers: the study's bar says what runs
+    planned = set(units)
     # trained units first (prompt runs, trained baselines: minutes each), the scoring-only baselines (seconds) last,
     # where they fill the gap a worker would otherwise idle in while the other finishes the last long unit
     waiting = sorted(units, key=lambda u: u.method is not None and u.method not in TRAINED_BASELINES)
-    planned = set(units)
     done: dict[Unit, dict[str, Any]] = {}
-    running: dict[Future, Unit] = {}
+    analyses: dict[str, dict[str, Any]] = {}
+    running: dict[Future, Unit | str] = {}
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold torch's threads
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(threads,))
     try:
-        while waiting or running:
-            raise_if_stopped()
-            for unit in [u for u in waiting if _source_done(study, u, planned, done)][: workers - len(running)]:
-                waiting.remove(unit)
-                running[pool.submit(_worker_unit, remote, unit)] = unit
-            bar.current(", ".join(str(u) for u in running.values()))
-            finished, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
-            for future in finished:
-                unit = running.pop(future)
-                done[unit] = _result(future, unit)
-                bar.done()
+        _drain(pool, remote, waiting, running, workers, bar, lambda u: _source_done(study, u, planned, done), done)
+        # then the analyses side by side, the dearest first (each reads every run, and is cached on its own)
+        kinds = sorted(analysis_kinds(study), key=_analysis_rank)
+        _drain(pool, remote, kinds, running, workers, bar, lambda _kind: True, analyses, count=False)
     except BaseException:  # a failed unit or a stop: the running units checkpoint, the waiting ones never start
         _stop_workers(running)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    safe_point("unit")
+    safe_point("analysis")
     bar.current("analyses")
-    final = analyses_unit(study, ModelCache(study.cfg.train), bar.current)
+    final = finish_analyses(study, ModelCache(study.cfg.train), analyses, bar.current)
     bar.done()
     return done, final, {"name": "local", "workers": workers, "threads_per_worker": threads}
+
+
+def _drain(pool, remote: Study, waiting: list, running: dict, workers: int, bar, ready, results: dict, count=True) -> None:
+    """Keep `workers` of the `waiting` items (units, or analysis kinds) running, each once `ready`, until all are in
+    `results`; a stop signal between two polls raises here."""
+    while waiting or running:
+        raise_if_stopped()
+        for item in [x for x in waiting if ready(x)][: workers - len(running)]:
+            waiting.remove(item)
+            running[pool.submit(_worker_item, remote, item)] = item
+        bar.current(", ".join(str(x) if isinstance(x, Unit) else f"analysis {x}" for x in running.values()))
+        finished, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
+        for future in finished:
+            item = running.pop(future)
+            results[item] = _result(future, item if isinstance(item, Unit) else f"analysis {item}")
+            if count:
+                bar.done()
+
+
+def _analysis_rank(kind: str) -> int:
+    return ANALYSIS_COST_ORDER.index(kind) if kind in ANALYSIS_COST_ORDER else len(ANALYSIS_COST_ORDER)
 
 
 def _source_done(study: Study, unit: Unit, planned: set[Unit], done: dict[Unit, dict[str, Any]]) -> bool:
@@ -101,7 +119,7 @@ def _source_done(study: Study, unit: Unit, planned: set[Unit], done: dict[Unit, 
     return source is None or source not in planned or source in done
 
 
-def _result(future: Future, unit: Unit) -> dict[str, Any]:
+def _result(future: Future, unit: Unit | str) -> dict[str, Any]:
     """The unit's result, or a one-line error naming it (a stop inside the unit is a stop here too)."""
     try:
         return future.result()
