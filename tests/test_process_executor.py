@@ -52,6 +52,9 @@ def test_two_workers_give_the_local_study(inputs, local_study):
     timing = setup["timing"]
     assert timing["concurrent"] and not local_setup["timing"]["concurrent"]
     assert sum(u["phase"] == "prompt runs" for u in timing["units"]) == 2
+    analyses = [u["unit"] for u in timing["units"] if u["phase"].startswith("analysis")]
+    assert analyses == [u["unit"] for u in local_setup["timing"]["units"] if u["phase"].startswith("analysis")]
+    assert len(analyses) >= 3 and len(set(analyses)) == len(analyses)  # each analysis once, done in a worker
     assert list(res["baselines"]["rte"]) == json.loads(METHODS)
     assert "local, 2 worker processes of 1 thread(s) each" in (out / "report.html").read_text()
     # a rerun finds everything done: nothing is handed to a worker twice
@@ -146,3 +149,27 @@ def test_workers_need_the_local_executor(inputs, capsys):
     code = main(["study", str(inputs / "study.toml"), "--out", "unused", "--executor", "ray", "--workers", "2"])
     assert code == 2
     assert "--workers applies to --executor local" in capsys.readouterr().err
+
+
+def test_the_schedule_starts_the_per_run_readouts_beside_the_other_runs(inputs, tmp_path):
+    """The dearest analyses (importance, describe) read only [analysis] readout_seeds' runs: those runs go first and
+    the readouts may start as soon as they are done, while the other runs still train; the analyses of every run wait
+    for all of them; the scoring-only baselines come last."""
+    from softprompt.study.plan import Unit
+    from softprompt.study.process_executor import _ready, _schedule
+    from softprompt.study.units import Study
+
+    config = tmp_path / "study.toml"
+    config.write_text((inputs / "study.toml").read_text().replace("[analysis]\n", "[analysis]\nreadout_seeds = [1]\n"))
+    study = Study(load_study_config(config), tmp_path / "out", progress=False)
+    units = study.units()
+    order = [str(x) for x in _schedule(study, units)]
+    s0, s1, lora = str(Unit("rte", seed=0)), str(Unit("rte", seed=1)), str(Unit("rte", method="lora"))
+    assert order[:3] == [s1, "importance", "describe"]
+    assert order.index(s0) < order.index(lora) < order.index("neighbors")
+    assert order[-3:] == [str(Unit("rte", method=m)) for m in ("majority", "no_prompt", "english_prompt")]
+    done = {Unit("rte", seed=1): {}}
+    assert _ready(study, "importance", units, done) and _ready(study, "describe", units, done)
+    assert not _ready(study, "neighbors", units, done) and not _ready(study, "transfer", units, done)
+    done[Unit("rte", seed=0)] = {}
+    assert _ready(study, "neighbors", units, done)

@@ -8,8 +8,9 @@ another with two threads each (docs/results.md, "The demo study", has the measur
 Every unit runs the same function as the other executors (`study.units.run_unit`) in a fresh (spawned) process with
 its own model cache, so a worker loads the model once and keeps it for the units it is given. A unit that starts
 from another unit's trained prompt (a `task:` init, [transfer] init) is handed out only after its source finished.
-The analyses need every run, so they come after the units, side by side in the workers too (each is one task: its
-own cache entry, its own timing); the transferred-init comparison and results.json follow here.
+The analyses run in the workers too, each as one task (its own cache entry, its own timing), once the runs it reads
+are done: the per-run readouts (importance, describe) of `[analysis] readout_seeds` start beside the other runs; the
+transferred-init comparison and results.json follow here.
 
 Stops: Ctrl-C reaches every process of the terminal's group, and this process forwards a stop (Ctrl-C, SIGTERM) to
 its workers as SIGTERM, so a running prompt run checkpoints at its next safe point and a rerun resumes it. A worker
@@ -38,8 +39,8 @@ from softprompt.study.model_cache import ModelCache, process_model_cache
 from softprompt.study.plan import Unit, source_unit
 from softprompt.study.units import Study, run_unit
 
-POLL_S = 0.5  # how often this process, waiting for units, looks for a stop signal
-ANALYSIS_COST_ORDER = ("importance", "neighbors", "describe", "transfer")  # dearest first on the demo (its phase table)
+POLL_S = 0.5  # how often this process, waiting for its workers, looks for a stop signal
+PER_RUN_READOUTS = ("importance", "describe")  # the analyses that read only [analysis] readout_seeds' runs
 STOP_GRACE_S = 120.0  # how long running units get to checkpoint after a stop before this process gives up on them
 
 
@@ -65,22 +66,27 @@ def _worker_item(study: Study, item: Unit | str) -> dict[str, Any]:
 
 
 def run_in_processes(study: Study, units: list[Unit], bar: StudyProgress, workers: int, threads: int) -> ExecutorResult:
-    """Hand the units to `workers` processes of `threads` torch threads each (sources first), then the analyses."""
+    """Keep `workers` processes of `threads` torch threads each busy with the units and the analyses (`_schedule`),
+    then finish the analyses here."""
     remote = dataclasses.replace(study, progress=False)  # no per-run bars from workers: the study's bar says what runs
-    planned = set(units)
-    # trained units first (prompt runs, trained baselines: minutes each), the scoring-only baselines (seconds) last,
-    # where they fill the gap a worker would otherwise idle in while the other finishes the last long unit
-    waiting = sorted(units, key=lambda u: u.method is not None and u.method not in TRAINED_BASELINES)
-    done: dict[Unit, dict[str, Any]] = {}
-    analyses: dict[str, dict[str, Any]] = {}
+    waiting = _schedule(study, units)
+    results: dict[Unit | str, dict[str, Any]] = {}
     running: dict[Future, Unit | str] = {}
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold torch's threads
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(threads,))
     try:
-        _drain(pool, remote, waiting, running, workers, bar, lambda u: _source_done(study, u, planned, done), done)
-        # then the analyses side by side, the dearest first (each reads every run, and is cached on its own)
-        kinds = sorted(analysis_kinds(study), key=_analysis_rank)
-        _drain(pool, remote, kinds, running, workers, bar, lambda _kind: True, analyses, count=False)
+        while waiting or running:
+            raise_if_stopped()
+            for item in [x for x in waiting if _ready(study, x, units, results)][: workers - len(running)]:
+                waiting.remove(item)
+                running[pool.submit(_worker_item, remote, item)] = item
+            bar.current(", ".join(_name(x) for x in running.values()))
+            finished, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            for future in finished:
+                item = running.pop(future)
+                results[item] = _result(future, _name(item))
+                if isinstance(item, Unit):
+                    bar.done()
     except BaseException:  # a failed unit or a stop: the running units checkpoint, the waiting ones never start
         _stop_workers(running)
         raise
@@ -88,39 +94,45 @@ def run_in_processes(study: Study, units: list[Unit], bar: StudyProgress, worker
         pool.shutdown(wait=True, cancel_futures=True)
     safe_point("analysis")
     bar.current("analyses")
+    analyses = {k: v for k, v in results.items() if isinstance(k, str)}
     final = finish_analyses(study, ModelCache(study.cfg.train), analyses, bar.current)
     bar.done()
-    return done, final, {"name": "local", "workers": workers, "threads_per_worker": threads}
+    return {u: results[u] for u in units}, final, {"name": "local", "workers": workers, "threads_per_worker": threads}
 
 
-def _drain(pool, remote: Study, waiting: list, running: dict, workers: int, bar, ready, results: dict, count=True) -> None:
-    """Keep `workers` of the `waiting` items (units, or analysis kinds) running, each once `ready`, until all are in
-    `results`; a stop signal between two polls raises here."""
-    while waiting or running:
-        raise_if_stopped()
-        for item in [x for x in waiting if ready(x)][: workers - len(running)]:
-            waiting.remove(item)
-            running[pool.submit(_worker_item, remote, item)] = item
-        bar.current(", ".join(str(x) if isinstance(x, Unit) else f"analysis {x}" for x in running.values()))
-        finished, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
-        for future in finished:
-            item = running.pop(future)
-            results[item] = _result(future, item if isinstance(item, Unit) else f"analysis {item}")
-            if count:
-                bar.done()
+def _schedule(study: Study, units: list[Unit]) -> list[Unit | str]:
+    """The order work is handed out in, each item once it is `_ready`: the prompt runs the per-run readouts read (so
+    those readouts, the dearest analyses, can start beside the other runs), the readouts, the other prompt runs, the
+    trained baselines, the analyses of every run, and last the scoring-only baselines (seconds each: they fill the gap
+    a worker would otherwise idle in while the other finishes a long item)."""
+    seeds = study.cfg.analysis.readout_seeds
+    kinds = analysis_kinds(study)
+
+    def rank(item: Unit | str) -> int:
+        if isinstance(item, str):
+            return 1 if item in PER_RUN_READOUTS else 4
+        if item.method is None:
+            return 0 if seeds is None or item.seed in seeds else 2
+        return 3 if item.method in TRAINED_BASELINES else 5
+
+    return sorted([*units, *kinds], key=rank)
 
 
-def _analysis_rank(kind: str) -> int:
-    return ANALYSIS_COST_ORDER.index(kind) if kind in ANALYSIS_COST_ORDER else len(ANALYSIS_COST_ORDER)
+def _ready(study: Study, item: Unit | str, units: list[Unit], results: dict) -> bool:
+    """A unit once its source run (if any) is done; an analysis once every prompt run it reads is done."""
+    if isinstance(item, Unit):
+        source = source_unit(study.cfg, item)
+        return source is None or source not in units or source in results
+    seeds = study.cfg.analysis.readout_seeds if item in PER_RUN_READOUTS else None
+    return all(u in results for u in units if u.method is None and (seeds is None or u.seed in seeds))
 
 
-def _source_done(study: Study, unit: Unit, planned: set[Unit], done: dict[Unit, dict[str, Any]]) -> bool:
-    source = source_unit(study.cfg, unit)
-    return source is None or source not in planned or source in done
+def _name(item: Unit | str) -> str:
+    return str(item) if isinstance(item, Unit) else f"analysis {item}"
 
 
-def _result(future: Future, unit: Unit | str) -> dict[str, Any]:
-    """The unit's result, or a one-line error naming it (a stop inside the unit is a stop here too)."""
+def _result(future: Future, unit: str) -> dict[str, Any]:
+    """The unit's (or analysis's) result, or a one-line error naming it (a stop inside it is a stop here too)."""
     try:
         return future.result()
     except KeyboardInterrupt:
@@ -136,7 +148,7 @@ def _result(future: Future, unit: Unit | str) -> dict[str, Any]:
         raise SoftPromptError(f"{unit} failed in a worker process: {type(e).__name__}: {e}") from e
 
 
-def _stop_workers(running: dict[Future, Unit]) -> None:
+def _stop_workers(running: dict[Future, Unit | str]) -> None:
     """SIGTERM to every worker (a running unit checkpoints at its next safe point and stops), then wait for them."""
     for child in multiprocessing.active_children():
         with contextlib.suppress(OSError, TypeError):  # already gone
