@@ -173,3 +173,27 @@ def test_the_schedule_starts_the_per_run_readouts_beside_the_other_runs(inputs, 
     assert not _ready(study, "neighbors", units, done) and not _ready(study, "transfer", units, done)
     done[Unit("rte", seed=0)] = {}
     assert _ready(study, "neighbors", units, done)
+
+
+def test_a_per_run_readout_reads_only_its_runs_while_others_train(inputs, local_study, tmp_path):
+    """The worker processes start importance and describe once the readout seeds' runs are done, beside the other
+    runs: those readouts must not touch a run that is still training (load_run refuses a running one)."""
+    import shutil
+
+    from softprompt.study.analysis_units import analysis_unit
+    from softprompt.study.model_cache import ModelCache
+    from softprompt.study.units import Study
+
+    out = tmp_path / "study"
+    shutil.copytree(inputs / "local" / "runs", out / "runs")
+    record = out / "runs" / "rte-s0" / "run.json"  # seed 0 still training
+    record.write_text(json.dumps(dict(json.loads(record.read_text()), status="running")))
+    config = tmp_path / "study.toml"
+    config.write_text((inputs / "study.toml").read_text().replace("[analysis]\n", "[analysis]\nreadout_seeds = [1]\n"))
+    study = Study(load_study_config(config), out, progress=False)
+    models = ModelCache(study.cfg.train)
+    for kind in ("importance", "describe"):
+        runs = analysis_unit(study, models, kind)["value"]["runs"]
+        assert [r["run"] for r in runs] == ["rte-s1"], kind
+    with pytest.raises(SoftPromptError, match="rte-s0 is running"):
+        analysis_unit(study, models, "neighbors")  # an analysis of every run is handed out only once all are done

@@ -25,6 +25,7 @@ from softprompt.study.timing import timed
 from softprompt.study.units import Study
 
 Progress = Callable[[str], None]
+PER_RUN_READOUTS = ("importance", "describe")  # the costliest analyses: they read only [analysis] readout_seeds' runs
 
 
 def analysis_keys(study: Study, models: ModelCache, *parts: Any) -> tuple[str, str]:
@@ -85,10 +86,10 @@ def analysis_unit(study: Study, models: ModelCache, kind: str, progress: Progres
     """One analysis over the analysis cell's runs (a worker process can do it while another does the next):
     {"value": ..., "timings": [its timing]}."""
     ctx = _Analyses(models, progress)
-    runs = [load_run(d) for _, _, d in study.prompt_runs()]
+    seeds = study.cfg.analysis.readout_seeds if kind in PER_RUN_READOUTS else None
+    # only the runs it reads: the others may still be training (the worker processes start a readout beside them)
+    runs = [load_run(d) for _, seed, d in study.prompt_runs() if seeds is None or seed in seeds]
     digests = [file_digest(r.path / PROMPT_FILE) for r in runs]
-    if kind in ("importance", "describe"):
-        runs, digests = _readout_runs(study, runs, digests)
     value = ANALYSES[kind](study, runs, digests, ctx)
     return {"value": value, "timings": ctx.timings}
 
@@ -118,15 +119,6 @@ def finish_analyses(
     with timed(models) as t:  # the setup facts read the model: loaded here when every unit before was cached
         setup = models.facts()
     return {"analyses": analyses, "setup": setup, "timings": timings + ctx.timings, "model_load_s": t.model_load_s}
-
-
-def _readout_runs(study: Study, runs, digests: list[str]) -> tuple[list, list[str]]:
-    """The runs (and their prompts' digests) of [analysis] readout_seeds: the per-run readouts cost the most."""
-    seeds = study.cfg.analysis.readout_seeds
-    if seeds is None:
-        return runs, digests
-    keep = [i for i, (_, seed, _) in enumerate(study.prompt_runs()) if seed in seeds]
-    return [runs[i] for i in keep], [digests[i] for i in keep]
 
 
 def _transfer_init(study: Study, zero_shot: dict[str, Any] | None, ctx: _Analyses) -> dict[str, Any]:

@@ -33,14 +33,13 @@ from softprompt.errors import SoftPromptError
 from softprompt.host_memory import keep_freed_host_memory
 from softprompt.logging_setup import quiet_libraries
 from softprompt.preemption import raise_if_stopped, safe_point, stop_at_safe_points
-from softprompt.study.analysis_units import analysis_kinds, analysis_unit, finish_analyses
+from softprompt.study.analysis_units import PER_RUN_READOUTS, analysis_kinds, analysis_unit, finish_analyses
 from softprompt.study.executors import ExecutorResult, StudyProgress
 from softprompt.study.model_cache import ModelCache, process_model_cache
 from softprompt.study.plan import Unit, source_unit
 from softprompt.study.units import Study, run_unit
 
 POLL_S = 0.5  # how often this process, waiting for its workers, looks for a stop signal
-PER_RUN_READOUTS = ("importance", "describe")  # the analyses that read only [analysis] readout_seeds' runs
 STOP_GRACE_S = 120.0  # how long running units get to checkpoint after a stop before this process gives up on them
 
 
