@@ -56,7 +56,9 @@ def test_two_workers_give_the_local_study(inputs, local_study):
     assert analyses == [u["unit"] for u in local_setup["timing"]["units"] if u["phase"].startswith("analysis")]
     assert len(analyses) >= 3 and len(set(analyses)) == len(analyses)  # each analysis once, done in a worker
     assert list(res["baselines"]["rte"]) == json.loads(METHODS)
-    assert "local, 2 worker processes of 1 thread(s) each" in (out / "report.html").read_text()
+    assert (
+        "local, 2 worker processes of 1 thread(s) each for the runs, baselines and analyses" in (out / "report.html").read_text()
+    )
     # a rerun finds everything done: nothing is handed to a worker twice
     again = run_study(inputs / "study.toml", out, progress=False, workers=2, threads_per_worker=1)
     assert set(again["setup"]["actions"].values()) == {"skipped"}

@@ -161,8 +161,8 @@ def _executor_text(ex: ExecutorFacts) -> str:
     if ex.name != "ray":
         if ex.workers and ex.workers > 1:
             return (
-                f"local, {ex.workers} worker processes of {ex.threads_per_worker} thread(s) each for the runs and "
-                "baselines; the analyses in the main process"
+                f"local, {ex.workers} worker processes of {ex.threads_per_worker} thread(s) each for the runs, baselines "
+                "and analyses"
             )
         return "local (one process)"
     res = ex.resources or {}
