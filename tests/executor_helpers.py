@@ -73,3 +73,30 @@ def assert_same_prompts(a: Path, b: Path) -> None:
             assert x.keys() == y.keys()
             for k in x:
                 assert torch.equal(x[k], y[k]), (seed, name, k)
+
+
+def write_transfer_study(inputs: Path, config: Path, extra: str = "") -> Path:
+    """`config`: the tiny model on RTE and a toy task, seed 0, each task's run also started from the other's trained
+    prompt ([transfer] init), plus `extra` TOML."""
+    from tests.test_sweeps import TOY_TASK
+
+    toy = inputs / "data" / "toy.toml"  # its data files are relative to it
+    toy.write_text(TOY_TASK)
+    text = (
+        CONFIG.format(model=inputs / "tiny-model", data=inputs / "data", methods='["majority"]')
+        .replace('tasks = ["rte"]', f'tasks = ["rte", "{toy}"]')
+        .replace("seeds = [0, 1, 2]", "seeds = [0]")
+    )
+    config.write_text(text + "[transfer]\ninit = true\n" + extra)
+    return config
+
+
+def assert_transferred_from_their_sources(res: dict, out: Path) -> None:
+    """Every run trained, and each transferred run started from its source run's finished prompt (its digest)."""
+    import hashlib
+
+    assert set(res["setup"]["actions"].values()) == {"trained"} and len(res["setup"]["actions"]) == 4
+    for a, b in (("rte", "toy"), ("toy", "rte")):
+        record = json.loads((out / "runs" / f"{b}-from-{a}-s0" / "run.json").read_text())
+        source = out / "runs" / f"{a}-s0" / "prompt.safetensors"
+        assert record["prompt"]["source"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()

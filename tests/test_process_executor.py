@@ -15,21 +15,20 @@ import torch
 
 from softprompt.errors import SoftPromptError
 from softprompt.study import load_study_config, run_study
-from tests.executor_helpers import EPOCHS, METHODS, assert_same_prompts, comparable, one_thread, write_study_inputs
-from tests.test_study import CONFIG
+from tests import executor_helpers as helpers
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, tiny_tokenizer) -> Path:
-    root = write_study_inputs(tmp_path_factory.mktemp("workers-study"), tiny_tokenizer)
+    root = helpers.write_study_inputs(tmp_path_factory.mktemp("workers-study"), tiny_tokenizer)
     study = root / "study.toml"  # 8 epochs (24 steps) a run: enough for a SIGTERM at step 10, short for the suite
-    study.write_text(study.read_text().replace(f"epochs = {EPOCHS}", "epochs = 8"))
+    study.write_text(study.read_text().replace(f"epochs = {helpers.EPOCHS}", "epochs = 8"))
     return root
 
 
 @pytest.fixture(scope="module")
 def local_study(inputs) -> dict:
-    before = one_thread()
+    before = helpers.one_thread()
     try:
         return run_study(inputs / "study.toml", inputs / "local", progress=False)
     finally:
@@ -38,14 +37,14 @@ def local_study(inputs) -> dict:
 
 def test_two_workers_give_the_local_study(inputs, local_study):
     out = inputs / "workers"
-    before = one_thread()  # the analyses run in this process: the same thread count as the reference's
+    before = helpers.one_thread()  # this process assembles the results: the same thread count as the reference
     try:
         res = run_study(inputs / "study.toml", out, progress=False, workers=2, threads_per_worker=1)
     finally:
         torch.set_num_threads(before)
-    assert_same_prompts(inputs / "local", out)
-    got, setup = comparable(json.loads((out / "results.json").read_text()), out)
-    want, local_setup = comparable(local_study, inputs / "local")
+    helpers.assert_same_prompts(inputs / "local", out)
+    got, setup = helpers.comparable(json.loads((out / "results.json").read_text()), out)
+    want, local_setup = helpers.comparable(local_study, inputs / "local")
     assert got == want  # every number: runs, histories, baselines, neighbours, geometry, transfer
     assert setup["executor"] == {"name": "local", "workers": 2, "threads_per_worker": 1}
     assert local_setup["executor"] == {"name": "local"}
@@ -55,7 +54,7 @@ def test_two_workers_give_the_local_study(inputs, local_study):
     analyses = [u["unit"] for u in timing["units"] if u["phase"].startswith("analysis")]
     assert analyses == [u["unit"] for u in local_setup["timing"]["units"] if u["phase"].startswith("analysis")]
     assert len(analyses) >= 3 and len(set(analyses)) == len(analyses)  # each analysis once, done in a worker
-    assert list(res["baselines"]["rte"]) == json.loads(METHODS)
+    assert list(res["baselines"]["rte"]) == json.loads(helpers.METHODS)
     assert (
         "local, 2 worker processes of 1 thread(s) each for the runs, baselines and analyses" in (out / "report.html").read_text()
     )
@@ -68,27 +67,13 @@ def test_a_transfer_initialised_run_waits_for_its_source(inputs, tmp_path):
     """[transfer] init: B's run starts from A's trained prompt. With two workers both tasks' own runs could start at
     once and the transferred runs next to them; only the dependency keeps one from starting before its source is
     complete (it would fail: no prompt to start from)."""
-    import hashlib
-
-    from tests.test_sweeps import TOY_TASK
-
-    toy = inputs / "data" / "toy.toml"  # its data files are relative to it
-    toy.write_text(TOY_TASK)
-    text = (
-        CONFIG.format(model=inputs / "tiny-model", data=inputs / "data", methods='["majority"]')
-        .replace('tasks = ["rte"]', f'tasks = ["rte", "{toy}"]')
-        .replace("seeds = [0, 1, 2]", "seeds = [0]")
+    config = helpers.write_transfer_study(
+        inputs, tmp_path / "transfer.toml", "\n[execution]\nworkers = 2\nthreads_per_worker = 1\n"
     )
-    config = tmp_path / "transfer.toml"
-    config.write_text(text + "[transfer]\ninit = true\n\n[execution]\nworkers = 2\nthreads_per_worker = 1\n")
     out = tmp_path / "study"
     res = run_study(config, out, progress=False)
     assert res["setup"]["executor"]["workers"] == 2
-    assert set(res["setup"]["actions"].values()) == {"trained"} and len(res["setup"]["actions"]) == 4
-    for a, b in (("rte", "toy"), ("toy", "rte")):
-        record = json.loads((out / "runs" / f"{b}-from-{a}-s0" / "run.json").read_text())
-        source = out / "runs" / f"{a}-s0" / "prompt.safetensors"
-        assert record["prompt"]["source"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    helpers.assert_transferred_from_their_sources(res, out)
 
 
 def test_a_units_error_is_one_line_naming_it(inputs, tmp_path):

@@ -27,11 +27,12 @@ from tests.executor_helpers import (  # noqa: E402
     EPOCHS,
     METHODS,
     assert_same_prompts,
+    assert_transferred_from_their_sources,
     comparable,
     one_thread,
     write_study_inputs,
+    write_transfer_study,
 )
-from tests.test_study import CONFIG  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -154,26 +155,10 @@ def test_ray_runs_a_transfer_initialised_unit_after_its_source(ray_cluster, inpu
     """[transfer] init: B's run from A's prompt needs A's finished run. With half a CPU per unit all four runs could
     start at once on the two-CPU cluster, so only the dependency keeps a transferred run from starting too early
     (it would fail: its source run would not be complete)."""
-    import hashlib
-
-    from tests.test_sweeps import TOY_TASK
-
-    toy = inputs / "data" / "toy.toml"
-    toy.write_text(TOY_TASK)
-    text = (
-        CONFIG.format(model=inputs / "tiny-model", data=inputs / "data", methods='["majority"]')
-        .replace('tasks = ["rte"]', f'tasks = ["rte", "{toy}"]')
-        .replace("seeds = [0, 1, 2]", "seeds = [0]")
-    )
-    config = tmp_path / "transfer.toml"
-    config.write_text(text + "[transfer]\ninit = true\n")
+    config = write_transfer_study(inputs, tmp_path / "transfer.toml")
     out = tmp_path / "study"
     res = run_study(config, out, progress=False, executor="ray", ray_options=RayOptions(cpus_per_run=0.5))
-    assert set(res["setup"]["actions"].values()) == {"trained"} and len(res["setup"]["actions"]) == 4
-    for a, b in (("rte", "toy"), ("toy", "rte")):
-        record = json.loads((out / "runs" / f"{b}-from-{a}-s0" / "run.json").read_text())
-        source = out / "runs" / f"{a}-s0" / "prompt.safetensors"
-        assert record["prompt"]["source"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert_transferred_from_their_sources(res, out)
     assert len(res["transfer_init"]["pairs"]) == 2
 
 
