@@ -184,3 +184,12 @@ def test_a_per_run_readout_reads_only_its_runs_while_others_train(inputs, local_
         assert [r["run"] for r in runs] == ["rte-s1"], kind
     with pytest.raises(SoftPromptError, match="rte-s0 is running"):
         analysis_unit(study, models, "neighbors")  # an analysis of every run is handed out only once all are done
+
+
+def test_more_workers_than_cores_is_said(inputs, tmp_path, monkeypatch, capsys):
+    import softprompt.study.run as study_run
+
+    monkeypatch.setattr(study_run, "usable_cores", lambda: 1)
+    out = inputs / "workers"  # the two-worker study above, if it ran: every unit is found done
+    study_run.run_study(inputs / "study.toml", out, progress=False, workers=2, threads_per_worker=1)
+    assert "2 worker processes on 1 usable core(s)" in capsys.readouterr().err

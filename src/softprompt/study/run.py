@@ -135,7 +135,10 @@ def _run_study(cfg: StudyConfig, out: Path, inputs, progress: bool, executor: st
         elif cfg.execution.workers > 1:
             from softprompt.study.process_executor import run_in_processes
 
-            threads = cfg.execution.threads_per_worker or max(1, usable_cores() // cfg.execution.workers)
+            cores = usable_cores()
+            if cfg.execution.workers > cores:
+                warn(f"{cfg.execution.workers} worker processes on {cores} usable core(s): they will take turns on it")
+            threads = cfg.execution.threads_per_worker or max(1, cores // cfg.execution.workers)
             outcome = run_in_processes(study, units, bar, cfg.execution.workers, threads)
         else:
             outcome = run_locally(study, units, bar)
