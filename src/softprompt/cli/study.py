@@ -31,10 +31,9 @@ def cmd_study(a: argparse.Namespace) -> int:
     elif given:
         flags = [RAY_FLAGS[name][0] for name in given]
         raise SoftPromptError(f"{', '.join(flags)} appl{'ies' if len(flags) == 1 else 'y'} to --executor ray only")
-    if a.workers is not None and a.executor != "local":
-        raise SoftPromptError("--workers applies to --executor local (Ray sizes its own workers: --cpus-per-run)")
-    # the local executor's workers each take --threads threads (this process, running the analyses, too)
-    workers = {"workers": a.workers, "threads_per_worker": a.threads} if a.executor == "local" else {}
+    # the local executor's workers each take --threads threads (with Ray, --threads went to ray_options above);
+    # run_study refuses --workers with Ray
+    workers = {"workers": a.workers, "threads_per_worker": a.threads if a.executor == "local" else None}
     results = study.run_study(a.config, a.out, progress=not a.quiet, executor=a.executor, ray_options=ray_options, **workers)
     out = Path(a.out)
     print(f"\nstudy {results['study']['name']}: {len(results['runs'])} prompt runs; report: {out / 'report.html'}")
@@ -70,7 +69,7 @@ def add_study(sub) -> None:
         "--workers",
         type=int,
         default=None,
-        help="local executor: prompt runs and baselines in N worker processes at once, each with --threads torch "
+        help="local executor: prompt runs, baselines and analyses in N worker processes at once, each with --threads torch "
         "threads (default: the config's [execution] workers, else 1; threads: the usable cores / N)",
     )
     g = p.add_argument_group("Ray executor (--executor ray)")

@@ -54,6 +54,14 @@ class ExecutionConfig:
     threads_per_worker: int | None = None  # torch threads of each worker (None: the usable cores / workers, >= 1)
 
 
+def check_execution(e: ExecutionConfig, where: str) -> None:
+    """Worker and thread counts of at least 1, from the config or the command line (`where` says which)."""
+    if e.workers < 1 or (e.threads_per_worker is not None and e.threads_per_worker < 1):
+        raise SoftPromptError(
+            f"{where}: workers and threads_per_worker must be at least 1, got {e.workers} and {e.threads_per_worker}"
+        )
+
+
 @dataclass
 class AnalysisConfig:
     k: int = 3
@@ -289,11 +297,7 @@ def _validate_values(cfg: StudyConfig, path: Path) -> None:
             check_types(obj)
         except SoftPromptError as e:
             raise SoftPromptError(f"{path} [{section}]: {e}") from None
-    e = cfg.execution
-    if e.workers < 1 or (e.threads_per_worker is not None and e.threads_per_worker < 1):
-        raise SoftPromptError(
-            f"{path} [execution]: workers and threads_per_worker must be at least 1, got {e.workers} and {e.threads_per_worker}"
-        )
+    check_execution(cfg.execution, f"{path} [execution]")
     if not all(isinstance(t, str) for t in cfg.tasks) or not all(type(s) is int for s in cfg.seeds):
         raise SoftPromptError(f"{path} [study]: tasks must be a list of strings and seeds a list of integers")
     a = cfg.analysis

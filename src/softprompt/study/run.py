@@ -21,7 +21,7 @@ from softprompt.preemption import safe_point
 from softprompt.records.files import StudyConfigFile, StudyInputs
 from softprompt.records.results import StudyResults, StudyTiming
 from softprompt.report import write_report
-from softprompt.study.config import StudyConfig, load_study_config
+from softprompt.study.config import StudyConfig, check_execution, load_study_config
 from softprompt.study.executors import StudyProgress, run_locally
 from softprompt.study.results import RESULTS_FILE, study_results
 from softprompt.study.timing import REPORT, RESULTS, StepClock, with_step
@@ -67,6 +67,8 @@ def run_study(
     started = time.perf_counter()  # the invocation's wall time (results.json `setup.timing`) starts here
     if executor not in EXECUTORS:
         raise SoftPromptError(f"unknown executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    if executor != "local" and (workers is not None or threads_per_worker is not None):
+        raise SoftPromptError("--workers applies to --executor local (Ray sizes its own workers: --cpus-per-run)")
     if executor == "local" and ray_options is not None:
         raise SoftPromptError("Ray options (address, resources per run, retries) apply to executor 'ray' only")
     out = study_dir(out)
@@ -76,15 +78,12 @@ def run_study(
         import_ray()  # fail before any work if Ray is missing
     cfg = load_study_config(config_path)
     if workers is not None or threads_per_worker is not None:
-        if executor != "local":
-            raise SoftPromptError("--workers and the threads per worker apply to executor 'local'; Ray sizes its own")
         cfg.execution = replace(
             cfg.execution,
             workers=cfg.execution.workers if workers is None else workers,
             threads_per_worker=threads_per_worker or cfg.execution.threads_per_worker,
         )
-        if cfg.execution.workers < 1:
-            raise SoftPromptError(f"--workers must be at least 1, got {cfg.execution.workers}")
+        check_execution(cfg.execution, "--workers / --threads")
     require_trackers(cfg.train.report_to)  # a missing tracker package fails before the model loads, not at the first run
     inputs = study_inputs(cfg)  # reads every task's data: a missing or unreadable file fails before any work
     with directory_lock(out, "study directory"):  # one process writes a study directory at a time
