@@ -7,6 +7,7 @@ the transfer matrix, cost one model load and one tokenization per task.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from softprompt.eval_metrics import (  # noqa: F401  (the names callers import f
 )
 from softprompt.model.backbones import Backbone, resolve_compute_dtype
 from softprompt.model.deep_prompt import KVPrompt, prompt_length
+from softprompt.score_store import ScoreStore
 from softprompt.scoring import Scores, ScoringOptions, ScoringStats, choice_scores, stacked_choice_scores
 from softprompt.tasks import Task, get_task
 from softprompt.tasks.base import Example
@@ -52,6 +54,7 @@ class Evaluator:
         scoring: ScoringOptions | None = None,
         prompt_format: str = "auto",  # as TrainConfig's: chat where the tokenizer has a chat template
         memoize: bool = False,
+        store: ScoreStore | None = None,
     ):
         self.backbone = backbone
         # every example this evaluator scores is laid out in one format (plain template or chat template)
@@ -71,6 +74,10 @@ class Evaluator:
         # prompt in the projection and again in the transfer matrix): a fine-tuned model would get its first score.
         self.memoize = memoize
         self._results: dict[tuple, EvalResult] = {}
+        # store: results shared on disk with the study's other processes (`score_store`), under the same conditions
+        # as the memo (a frozen backbone); not under data parallelism, where every process must score its shard
+        self.store = store if not parallel.active else None
+        self._digests: dict[tuple, str] = {}
         self._content_free: dict[tuple, list[Example]] = {}  # per task: the content-free inputs (calibration)
         self.stats = ScoringStats()  # what this evaluator's scorer computed (forwards, tokens), for tests and benchmarks
 
@@ -126,12 +133,48 @@ class Evaluator:
         task = get_task(task) if isinstance(task, str) else task
         examples = self.examples(task, split, limit, seed)
         key = (task.name, id(task), split, limit, seed)
-        if not self.memoize:
-            return self._score(task, examples, prompt, hard_prompt, split, key, calibrate)
         memo = (*key, hard_prompt, _values_key(prompt), calibrate)
-        if memo not in self._results:
-            self._results[memo] = self._score(task, examples, prompt, hard_prompt, split, key, calibrate)
-        return self._results[memo]
+        if self.memoize and memo in self._results:
+            return self._results[memo]
+        stored = self._store_key(task, examples, prompt, hard_prompt, split, key) if self.store is not None else None
+        result = self.store.get(stored, calibrated=calibrate) if self.store is not None and stored else None
+        if result is None:
+            result = self._score(task, examples, prompt, hard_prompt, split, key, calibrate)
+            if self.store is not None and stored:
+                self.store.put(stored, result)
+        if self.memoize:
+            self._results[memo] = result
+        return result
+
+    def _store_key(
+        self,
+        task: Task,
+        examples: list[Example],
+        prompt: torch.Tensor | KVPrompt | None,
+        hard_prompt: str | None,
+        split: str,
+        key: tuple,
+    ) -> str:
+        """The score store's key of this evaluation: the evaluator's settings, the task, the split, a digest of the
+        encoded inputs (data, template, tokenizer, hard prompt, row and prompt lengths) and the prompt's values."""
+        assert self.store is not None
+        full_key = (*key, prompt_length(prompt), hard_prompt)
+        if full_key not in self._digests:
+            enc = self.encoded(task, examples, prompt_length(prompt), hard_prompt, key)
+            rows = [[[r.ids, r.targets] for r in e.rows] + [e.label, e.choice_chars, e.truncated] for e in enc]
+            self._digests[full_key] = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+        model = self.backbone.model
+        weights = next(model.parameters(), None)
+        settings = [
+            self.backbone.name,
+            self.backbone.revision,
+            str(weights.dtype) if weights is not None else None,
+            str(self.backbone.device.type),
+            str(self.compute_dtype),
+            repr(self.scoring),
+            self.max_tokens,
+        ]
+        return self.store.key(settings, task.name, task.num_classes, split, self._digests[full_key], _values_key(prompt))
 
     def evaluate_stacked(
         self, task: Task | str, prompts: torch.Tensor, *, split: str = "validation", limit: int | None = None, seed: int = 0
@@ -247,11 +290,13 @@ def evaluator_for(
     scoring: ScoringOptions | None = None,
     memoize: bool = False,
     prompt_format: str | None = None,
+    store: ScoreStore | None = None,
 ) -> Evaluator:
     """The Evaluator a config scores with: its data folder, row length, compute dtype (`auto` resolved on the
     backbone's device), prompt format and scoring strategy, so training, baselines, studies and commands that
     share a config score alike. `scoring` replaces the options the config's strategy gives; `prompt_format` the
-    config's format (a run's resolved one)."""
+    config's format (a run's resolved one); `store` shares results with other processes (`score_store`: for a
+    backbone that nothing trains)."""
     return Evaluator(
         backbone,
         data_dir=cfg.data_dir,
@@ -262,6 +307,7 @@ def evaluator_for(
         scoring=scoring if scoring is not None else ScoringOptions(strategy=cfg.scoring_strategy),
         prompt_format=prompt_format if prompt_format is not None else cfg.prompt_format,
         memoize=memoize,
+        store=store,
     )
 
 

@@ -85,6 +85,7 @@ def analysis_kinds(study: Study) -> list[str]:
 def analysis_unit(study: Study, models: ModelCache, kind: str, progress: Progress | None = None) -> dict[str, Any]:
     """One analysis over the analysis cell's runs (a worker process can do it while another does the next):
     {"value": ..., "timings": [its timing]}."""
+    models.share_scores(study.scores)
     ctx = _Analyses(models, progress)
     seeds = study.cfg.analysis.readout_seeds if kind in PER_RUN_READOUTS else None
     # only the runs it reads: the others may still be training (the worker processes start a readout beside them)
@@ -110,6 +111,7 @@ def finish_analyses(
 ) -> dict[str, Any]:
     """The analyses unit's result from each analysis's (`analysis_unit`, in `analysis_kinds` order): the transferred
     init comparison (it reads the transfer matrix) and the setup facts added here."""
+    models.share_scores(study.scores)
     ctx = _Analyses(models, progress)
     analyses = {kind: done[kind]["value"] for kind in analysis_kinds(study)}
     timings = [t for kind in analysis_kinds(study) for t in done[kind]["timings"]]

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from softprompt.evaluate import Evaluator
     from softprompt.model.backbones import Backbone
+    from softprompt.score_store import ScoreStore
 
 
 class ModelCache:
@@ -34,6 +35,7 @@ class ModelCache:
         self.result_key = model_result_key(train)
         self._backbone: Backbone | None = None
         self._evaluator: Evaluator | None = None
+        self.scores: ScoreStore | None = None  # the study's shared evaluation results (`share_scores`)
         self.load_s = 0.0  # seconds spent loading the model and building its evaluator (a unit's timing leaves them out)
 
     @property
@@ -60,9 +62,16 @@ class ModelCache:
             backbone = self.backbone
             start = time.perf_counter()
             # memoize: the units' shared backbone is frozen, and the analyses re-score some prompts
-            self._evaluator = evaluator_for(self.train, backbone, memoize=True)
+            self._evaluator = evaluator_for(self.train, backbone, memoize=True, store=self.scores)
             self.load_s += time.perf_counter() - start
         return self._evaluator
+
+    def share_scores(self, store: ScoreStore | None) -> None:
+        """Evaluate through `store` from now on (a study's `score_store`, which its other processes share): a unit
+        sets it, as a reused worker may have served another study."""
+        self.scores = store
+        if self._evaluator is not None:
+            self._evaluator.store = store
 
     def facts(self) -> dict[str, Any]:
         """What results.json's "setup" says about the model and the machine this cache runs on."""

@@ -89,6 +89,9 @@ def analysis_dir(out: Path) -> Path:
     return out / "analysis"
 
 
+SCORES_DIR = "scores"  # the study's shared evaluation results (`score_store`), one JSON file per evaluation
+
+
 # ----------------------------------------------------------------------------- keys
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,10 @@ from softprompt.io import write_json
 from softprompt.records.run import RunRecord
 from softprompt.runs.baselines import TRAINED, baseline_config, result_inputs
 from softprompt.runs.state import COMPLETE, CONFLICT, RESUMABLE, data_digests_known, run_state, warn_unknown_inputs
+from softprompt.score_store import ScoreStore
 from softprompt.study.config import StudyConfig
 from softprompt.study.model_cache import ModelCache
-from softprompt.study.plan import Unit, baseline_dir, run_dir, source_unit, units, work_key
+from softprompt.study.plan import SCORES_DIR, Unit, baseline_dir, model_result_key, run_dir, source_unit, units, work_key
 from softprompt.study.result_cache import cache_hit, inputs_changed, read_entry, store
 from softprompt.study.sweep import cell_name
 from softprompt.study.timing import Timed, timed
@@ -37,6 +39,12 @@ class Study:
     out: Path
     progress: bool = True
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> its digests (softprompt.data.inputs)
+
+    @cached_property
+    def scores(self) -> ScoreStore:
+        """The evaluation results every process of this study shares (`score_store`): a seed's step-0 point, the
+        no-prompt and English references, a run's own-task score in the readouts, each computed once."""
+        return ScoreStore(self.out / SCORES_DIR, namespace=model_result_key(self.cfg.train))
 
     def run_dir(self, unit: Unit) -> Path:
         cell_dir = cell_name(self.cfg.sweep, unit.cell) if self.cfg.sweep else ""
@@ -87,9 +95,9 @@ class Study:
             here = compute_dtype_name(cfg, models.backbone)  # a run is not continued in another precision
             state = run_state(out, cfg, {**inputs, MODEL_REVISION: models.backbone.revision}, compute_dtype=here)
         if state.kind == RESUMABLE:
-            train(cfg, out, resume=True, backbone=models.backbone, progress=self.progress)
+            train(cfg, out, resume=True, backbone=models.backbone, progress=self.progress, scores=self.scores)
             return "resumed"
-        train(cfg, out, overwrite=state.kind == CONFLICT, backbone=models.backbone, progress=self.progress)
+        train(cfg, out, overwrite=state.kind == CONFLICT, backbone=models.backbone, progress=self.progress, scores=self.scores)
         return "retrained" if state.kind == CONFLICT else "trained"
 
     def task_inputs(self, tasks: list[str]) -> dict[str, dict[str, Any]]:
@@ -109,6 +117,7 @@ class Study:
 def run_unit(study: Study, models: ModelCache, unit: Unit) -> dict[str, Any]:
     """Do one unit: {"action": ...} for a prompt run, {"row": ...} for a baseline; plus its timing (`study.timing`:
     seconds without a model load inside it, that load, whether its result was already there and what it cost then)."""
+    models.share_scores(study.scores)
     with timed(models) as t:
         if unit.method is None:
             out: dict[str, Any] = {"action": study.ensure_run(study.run_config(unit), study.run_dir(unit), models)}

@@ -38,6 +38,7 @@ from softprompt.runs.baselines import (
     untrained_result,
 )
 from softprompt.runs.state import COMPLETE, CONFLICT, RESUMABLE, run_state, warn_unknown_inputs
+from softprompt.score_store import ScoreStore
 from softprompt.tasks import Task, get_task
 from softprompt.training.recipe import train
 
@@ -109,7 +110,8 @@ def run_baselines(
                 copies = backbone_factory or ((lambda: copy.deepcopy(backbone)) if backbone is not None else None)
                 if method in PROMPT_METHODS and backbone is not None:  # frozen and unchanged by a prompt: no copy needed
                     copies = lambda: backbone  # noqa: E731
-                row = _trained(method, configs[method], out_dir / method, copies, overwrite, progress, inputs)
+                store = evaluator.store if evaluator is not None else None  # the prompt methods' evaluations share it
+                row = _trained(method, configs[method], out_dir / method, copies, overwrite, progress, inputs, store)
             else:
                 row = _untrained(method, cfg, task, evaluator, total)
             row.setdefault("wall_time_s", round(time.perf_counter() - started, 2))
@@ -149,7 +151,14 @@ def _untrained(method: str, cfg: TrainConfig, task: Task, evaluator: Evaluator |
 
 
 def _trained(
-    method: str, cfg: TrainConfig, run_dir: Path, copies, overwrite: bool, progress: bool, inputs: dict
+    method: str,
+    cfg: TrainConfig,
+    run_dir: Path,
+    copies,
+    overwrite: bool,
+    progress: bool,
+    inputs: dict,
+    store: ScoreStore | None = None,
 ) -> dict[str, Any]:
     """A finetune or LoRA run: reused when complete with the same config and inputs, resumed when unfinished,
     else trained."""
@@ -177,7 +186,16 @@ def _trained(
         resume = state.kind == RESUMABLE
     model_copy = copies() if copies is not None else None  # None: train() loads a fresh one from cfg.model
     try:
-        res = train(cfg, run_dir, resume=resume, overwrite=overwrite, backbone=model_copy, progress=progress, baselines=False)
+        res = train(
+            cfg,
+            run_dir,
+            resume=resume,
+            overwrite=overwrite,
+            backbone=model_copy,
+            progress=progress,
+            baselines=False,
+            scores=store,
+        )
     finally:
         del model_copy
         gc.collect()

@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 
-from softprompt.config import TrainConfig
+from softprompt.config import PROMPT_METHODS, TrainConfig
 from softprompt.distributed import DataParallel
 from softprompt.evaluate import EVAL_SEED, EvalResult, evaluator_for
 from softprompt.model.deep_prompt import KVPrompt, detached, prompt_length
+from softprompt.score_store import ScoreStore
 from softprompt.scoring import ScoringOptions
 from softprompt.training.data import TrainData
 from softprompt.training.trainables import Trainables
@@ -32,10 +33,18 @@ class Evaluations:
         *,
         scoring: ScoringOptions,
         progress: bool,
+        store: ScoreStore | None = None,
     ):
         self.cfg, self.data, self.trainables = cfg, data, trainables
+        # a store only where the backbone stays frozen: LoRA's or fine-tuning's "no prompt" is not the base model's
         self.evaluator = evaluator_for(
-            cfg, data.backbone, progress=progress, parallel=dp, scoring=scoring, prompt_format=data.prompt_format
+            cfg,
+            data.backbone,
+            progress=progress,
+            parallel=dp,
+            scoring=scoring,
+            prompt_format=data.prompt_format,
+            store=store if cfg.method in PROMPT_METHODS else None,
         )
 
     def preflight(self, *, references: bool) -> None:

@@ -26,6 +26,7 @@ from softprompt.config import TrainConfig
 from softprompt.distributed import DataParallel
 from softprompt.errors import SoftPromptError
 from softprompt.preemption import safe_point
+from softprompt.score_store import ScoreStore
 from softprompt.scoring import ScoringOptions
 from softprompt.training.budget import stop_facts
 from softprompt.training.checkpoints import diverged_advice, fresh_state, restore_checkpoint, save_best, write_checkpoint
@@ -54,11 +55,14 @@ class TrainingLoop:
         *,
         scoring: ScoringOptions | None,
         progress: bool,
+        store: ScoreStore | None = None,
     ):
         self.cfg, self.out, self.data, self.trainables, self.dp = cfg, out, data, trainables, dp
         self.main, self.progress = dp.is_main, progress
         self.step = TrainStep(cfg, data, trainables, dp, scoring=scoring)
-        self.evals = Evaluations(cfg, data, trainables, dp, scoring=self.step.scoring, progress=progress and self.main)
+        self.evals = Evaluations(
+            cfg, data, trainables, dp, scoring=self.step.scoring, progress=progress and self.main, store=store
+        )
         self.run = RunLifecycle(cfg, out, data, trainables, dp)
         self.state = fresh_state(dp.world)
         self.consistent = True

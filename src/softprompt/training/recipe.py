@@ -29,6 +29,7 @@ from softprompt.records.run import FileFacts, HardPromptFacts, Selection, Stoppe
 from softprompt.runs.baselines import reference_results
 from softprompt.runs.checkpoint import save_trainables
 from softprompt.runs.directory import BEST_PROMPT_FILE, CHECKPOINT_FILE, HARD_PROMPT_FILE, WEIGHTS_FILES, artifact_facts
+from softprompt.score_store import ScoreStore
 from softprompt.scoring import ScoringOptions
 from softprompt.training.data import prepare_data
 from softprompt.training.lifecycle import claim_run_dir, owned_run_dir, refuse_changed_model
@@ -59,6 +60,7 @@ def train(
     baselines: bool = True,
     scoring: ScoringOptions | None = None,
     trust_remote_code: bool = False,
+    scores: ScoreStore | None = None,
 ) -> TrainResult:
     """Train one run into `out` and evaluate it; returns its final metrics.
 
@@ -68,7 +70,8 @@ def train(
     no-prompt and English-prompt evaluations to a prompt run; `scoring` (the scorer's options, switches
     included) replaces `ScoringOptions(strategy=cfg.scoring_strategy)`, whose strategy it must match
     unless the config says `auto`. `trust_remote_code` lets a Hub model run its own code when it is loaded
-    here (never on unless asked: `softprompt train --trust-remote-code`).
+    here (never on unless asked: `softprompt train --trust-remote-code`). `scores`: evaluation results shared with
+    other processes (`score_store`; a study's), used by the prompt methods only (their backbone stays frozen).
     """
     out = Path(out)
     source = trained_init_source(cfg)
@@ -84,7 +87,7 @@ def train(
         if resume:  # the model is known now
             refuse_changed_model(out, cfg, inputs, data.backbone)
         trainables = build_trainables(cfg, data, dp, source)
-        loop = TrainingLoop(cfg, out, data, trainables, dp, scoring=scoring, progress=progress)
+        loop = TrainingLoop(cfg, out, data, trainables, dp, scoring=scoring, progress=progress, store=scores)
         references = baselines and cfg.method in PROMPT_METHODS
         loop.evals.preflight(references=references)
         if resume:
