@@ -120,6 +120,12 @@ def test_prompt_runs_share_their_step0_and_reference_scores_and_lora_never_uses_
     assert {k: v.accuracy for k, v in second.baselines.items()} == {k: v.accuracy for k, v in alone.baselines.items()}
     files = sorted((tmp_path / "scores").rglob("*.json"))
     lora_store = ScoreStore(tmp_path / "scores")
-    train(tiny_config(toy_data, method="lora", eval_every=3), tmp_path / "lora", backbone=tiny_llama, progress=False, scores=lora_store)
+    train(
+        tiny_config(toy_data, method="lora", eval_every=3),
+        tmp_path / "lora",
+        backbone=tiny_llama,
+        progress=False,
+        scores=lora_store,
+    )
     assert sorted((tmp_path / "scores").rglob("*.json")) == files
     assert lora_store.hits == lora_store.misses == 0
