@@ -115,7 +115,7 @@ LAYERS = [
     ("records", ["records"]),
     ("data and model", ["tasks", "data", "model"]),
     ("scoring", ["scoring"]),
-    ("evaluation", ["evaluate", "eval_metrics", "generate"]),
+    ("evaluation", ["evaluate", "eval_metrics", "score_store", "generate"]),
     ("runs", ["runs", "peft_interop", "peft_prefix"]),
     ("training", ["training"]),
     ("analysis and report", ["analysis", "report"]),

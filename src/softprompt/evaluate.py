@@ -7,7 +7,7 @@ the transfer matrix, cost one model load and one tokenization per task.
 from __future__ import annotations
 
 import hashlib
-import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from softprompt.eval_metrics import (  # noqa: F401  (the names callers import f
 )
 from softprompt.model.backbones import Backbone, resolve_compute_dtype
 from softprompt.model.deep_prompt import KVPrompt, prompt_length
-from softprompt.score_store import ScoreStore
+from softprompt.score_store import ScoreStore, inputs_digest
 from softprompt.scoring import Scores, ScoringOptions, ScoringStats, choice_scores, stacked_choice_scores
 from softprompt.tasks import Task, get_task
 from softprompt.tasks.base import Example
@@ -56,28 +56,22 @@ class Evaluator:
         memoize: bool = False,
         store: ScoreStore | None = None,
     ):
-        self.backbone = backbone
-        # every example this evaluator scores is laid out in one format (plain template or chat template)
+        self.backbone = backbone  # every example it scores is laid out in one format (plain or chat template):
         self.prompt_format = resolve_prompt_format(prompt_format, backbone.tokenizer)
         self.parallel = parallel  # under a data-parallel launch each process scores a shard
-        self.data_dir = data_dir
-        self.max_length = max_length
-        self.compute_dtype = compute_dtype
-        self.max_tokens = max_tokens
+        self.data_dir, self.max_length, self.compute_dtype, self.max_tokens = data_dir, max_length, compute_dtype, max_tokens
         self.progress = progress
         self.scoring = scoring  # how the scorer computes (default: the fastest strategy for the model)
         self._examples: dict[tuple, list[Example]] = {}
         self._encoded: dict[tuple, list[EncodedExample]] = {}
-        self._held: dict[int, list[Example]] = {}
-        # memoize: `evaluate` returns the result it computed before for the same task, split, subsample, prompt values
-        # and hard prompt. Only for a backbone nothing trains while this evaluator lives (a study's analyses score each
-        # prompt in the projection and again in the transfer matrix): a fine-tuned model would get its first score.
+        self._held: dict[int, list[Example]] = {}  # the examples `evaluate_examples` keys by id, kept alive
+        # memoize: `evaluate` returns the result it computed before for the same task, split, subsample, prompt values and
+        # hard prompt. Only for a backbone nothing trains while this evaluator lives: a fine-tuned one gets its first score.
         self.memoize = memoize
         self._results: dict[tuple, EvalResult] = {}
-        # store: results shared on disk with the study's other processes (`score_store`), under the same conditions
-        # as the memo (a frozen backbone); not under data parallelism, where every process must score its shard
+        # store: results shared on disk with a study's other processes (`score_store`), for a frozen backbone as the
+        # memo; not under data parallelism (every process scores its shard)
         self.store = store if not parallel.active else None
-        self._digests: dict[tuple, str] = {}
         self._content_free: dict[tuple, list[Example]] = {}  # per task: the content-free inputs (calibration)
         self.stats = ScoringStats()  # what this evaluator's scorer computed (forwards, tokens), for tests and benchmarks
 
@@ -112,8 +106,8 @@ class Evaluator:
         limit: int | None = None,
         seed: int = 0,
     ) -> list[EncodedExample]:
-        """Load and tokenize what `evaluate` scores for these arguments (cached): calling it early makes a
-        missing split or a max_length too small for an answer fail before hours of training, not after."""
+        """Load and tokenize what `evaluate` scores (cached): called early, a missing split or a max_length too small
+        for an answer fails before hours of training, not after."""
         examples = self.examples(task, split, limit, seed)
         return self.encoded(task, examples, n_prompt, hard_prompt, (task.name, id(task), split, limit, seed))
 
@@ -136,52 +130,17 @@ class Evaluator:
         memo = (*key, hard_prompt, _values_key(prompt), calibrate)
         if self.memoize and memo in self._results:
             return self._results[memo]
-        stored = self._store_key(task, examples, prompt, hard_prompt, split, key) if self.store is not None else None
-        result = self.store.get(stored, calibrated=calibrate) if self.store is not None and stored else None
-        if result is None:
-            result = self._score(task, examples, prompt, hard_prompt, split, key, calibrate)
-            if self.store is not None and stored:
-                self.store.put(stored, result)
+        score = self._score if self.store is None else partial(_through_store, self)  # the store: see `score_store`
+        result = score(task, examples, prompt, hard_prompt, split, key, calibrate)
         if self.memoize:
             self._results[memo] = result
         return result
 
-    def _store_key(
-        self,
-        task: Task,
-        examples: list[Example],
-        prompt: torch.Tensor | KVPrompt | None,
-        hard_prompt: str | None,
-        split: str,
-        key: tuple,
-    ) -> str:
-        """The score store's key of this evaluation: the evaluator's settings, the task, the split, a digest of the
-        encoded inputs (data, template, tokenizer, hard prompt, row and prompt lengths) and the prompt's values."""
-        assert self.store is not None
-        full_key = (*key, prompt_length(prompt), hard_prompt)
-        if full_key not in self._digests:
-            enc = self.encoded(task, examples, prompt_length(prompt), hard_prompt, key)
-            rows = [[[r.ids, r.targets] for r in e.rows] + [e.label, e.choice_chars, e.truncated] for e in enc]
-            self._digests[full_key] = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
-        model = self.backbone.model
-        weights = next(model.parameters(), None)
-        settings = [
-            self.backbone.name,
-            self.backbone.revision,
-            str(weights.dtype) if weights is not None else None,
-            str(self.backbone.device.type),
-            str(self.compute_dtype),
-            repr(self.scoring),
-            self.max_tokens,
-        ]
-        return self.store.key(settings, task.name, task.num_classes, split, self._digests[full_key], _values_key(prompt))
-
     def evaluate_stacked(
         self, task: Task | str, prompts: torch.Tensor, *, split: str = "validation", limit: int | None = None, seed: int = 0
     ) -> list[EvalResult]:
-        """`evaluate` of each of K soft prompts of one length (K, n, d), scored together (`stacked_choice_scores`:
-        every example behind each prompt in the same forwards): the same numbers as K `evaluate` calls, to float
-        rounding, in fewer forwards. Not memoized."""
+        """`evaluate` of each of K soft prompts of one length (K, n, d), every example behind each in the same forwards
+        (`stacked_choice_scores`): K `evaluate` calls' numbers, to float rounding, in fewer forwards. Not memoized."""
         task = get_task(task) if isinstance(task, str) else task
         examples = self.examples(task, split, limit, seed)
         scores = self._stacked_scores(task, examples, prompts, None, split, (task.name, id(task), split, limit, seed))
@@ -320,6 +279,39 @@ def evaluator_for_run(run: Any, backbone: Backbone, **kwargs: Any) -> Evaluator:
     saved = {k: run.config[k] for k in RUN_EVAL_FIELDS if k in run.config}
     kwargs.setdefault("prompt_format", run.prompt_format)
     return evaluator_for(TrainConfig(**saved), backbone, **kwargs)
+
+
+def _through_store(
+    ev: Evaluator,
+    task: Task,
+    examples: list[Example],
+    prompt: torch.Tensor | KVPrompt | None,
+    hard_prompt: str | None,
+    split: str,
+    key: tuple,
+    calibrate: bool,
+) -> EvalResult:
+    """`ev._score`'s result, read from the evaluator's score store when there, else scored and stored. The key: the
+    evaluator's settings, the task, the split, a digest of the encoded inputs (data, template, tokenizer, hard prompt,
+    row and prompt lengths) and the prompt's values."""
+    assert ev.store is not None
+    weights = next(ev.backbone.model.parameters(), None)
+    settings = [
+        ev.backbone.name,
+        ev.backbone.revision,
+        str(weights.dtype) if weights is not None else None,
+        ev.backbone.device.type,
+        str(ev.compute_dtype),
+        repr(ev.scoring),
+        ev.max_tokens,
+    ]
+    encoded = ev.encoded(task, examples, prompt_length(prompt), hard_prompt, key)
+    stored = ev.store.key(settings, task.name, task.num_classes, split, inputs_digest(encoded), _values_key(prompt))
+    result = ev.store.get(stored, calibrated=calibrate)
+    if result is None:
+        result = ev._score(task, examples, prompt, hard_prompt, split, key, calibrate)
+        ev.store.put(stored, result)
+    return result
 
 
 def _bar(total: int, desc: str):

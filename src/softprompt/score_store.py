@@ -39,6 +39,13 @@ def entry_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def inputs_digest(encoded: list[Any]) -> str:
+    """A digest of encoded examples (`data.batching.EncodedExample`: token ids, targets, labels, answer lengths,
+    truncation): what a store key says about the task's data, template, tokenizer, hard prompt and row length."""
+    rows = [[[r.ids, r.targets] for r in e.rows] + [e.label, e.choice_chars, e.truncated] for e in encoded]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
 class ScoreStore:
     """Evaluation results under `root`, one file per key; `namespace` is mixed into every key (a study's model)."""
 

@@ -39,11 +39,10 @@ from softprompt.training.trainables import Trainables
 
 
 class TrainingLoop:
-    """One run's step (`step`: optimiser, schedule, device work), evaluator, run directory (`run`: run.json,
-    trackers, progress bar) and loop state, and the epochs that advance them.
-
-    Losses stay on the device and are read (with the divergence check) every `read_every` optimiser
-    steps, at each epoch's end and before anything is written (`read_losses`): no host sync per step."""
+    """One run's step (`step`: optimiser, schedule, device work), evaluator, run directory (`run`: run.json, trackers,
+    progress bar) and loop state, and the epochs that advance them. Losses stay on the device and are read (with the
+    divergence check) every `read_every` optimiser steps, at each epoch's end and before anything is written
+    (`read_losses`): no host sync per step."""
 
     def __init__(
         self,
@@ -84,8 +83,7 @@ class TrainingLoop:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> None:
-        """The epochs, from wherever the state says; Ctrl-C, SIGTERM, divergence and a full disk leave a
-        resumable directory."""
+        """The epochs, from wherever the state says; Ctrl-C, SIGTERM, divergence and a full disk leave a resumable directory."""
         self.run.open_progress(self.progress, micro_per_epoch=self.step.micro_per_epoch, state=self.state)
         self.started = time.perf_counter() - self.state["elapsed"]
         self.consistent = True
@@ -183,9 +181,7 @@ class TrainingLoop:
 
     def read_losses(self) -> None:
         """Read the losses queued on the device since the last read, and check the parameters, in one wait
-        for the device (`TrainStep.read`): into `losses`, the trackers and `state["epoch_losses"]`.
-
-        Raises SoftPromptError if a loss is not finite or the parameters diverged (`raise_if_diverged`). Call
+        for the device (`TrainStep.read`): into `losses`, the trackers and `state["epoch_losses"]`. Raises SoftPromptError if a loss is not finite or the parameters diverged (`raise_if_diverged`). Call
         it before anything evaluates or writes the parameters: checkpoints and the best prompt do."""
         reading = self.step.read()
         if reading is None:
