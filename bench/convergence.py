@@ -44,6 +44,8 @@ RECIPES: dict[str, dict] = {
     "residual": {"reparam": "residual"},
     "mlp": {"reparam": "mlp", "lr": 1e-3},
     "tokens-50": {"tokens": 50},
+    "tokens-100": {"tokens": 100},  # Lester et al.'s longest (issue 38 item 3; dearer per step)
+    "warmup-peak": {"warmup": 0.2, "lr_per_std": 0.082},  # a longer warm-up to twice the default peak (issue 38 item 3)
     "batch4": {"batch_size": 4},  # half the examples per step (issue 36: a cheaper demo at the same step count)
     "constant": {"schedule": "constant"},  # no decay after warmup: do slow seeds catch up?
     "cosine": {"schedule": "cosine"},

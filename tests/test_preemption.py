@@ -168,7 +168,7 @@ STUDY_PHASES = (
     "model-load:1",
     "train-batch:4",
     "checkpoint-write:2",
-    "evaluate-batch:3",
+    "evaluate-batch:2",  # a batch of rte-s1's evaluation (its step-0 point and references come from the score store)
     "unit:2",
     "baseline:1",
     "analysis:3",

@@ -95,7 +95,7 @@ def test_anything_that_changes_the_numbers_misses(tiny_llama, toy_data, tmp_path
 def test_an_unreadable_entry_is_scored_again_and_rewritten(tiny_llama, toy_data, tmp_path, counted):
     store = ScoreStore(tmp_path / "scores")
     first = Evaluator(tiny_llama, data_dir=toy_data, store=store).evaluate("rte", None)
-    [entry] = list((tmp_path / "scores").rglob("*.json"))
+    [entry] = list((tmp_path / "scores").rglob("*.score.json"))
     entry.write_text('{"format": 1, "key": "')  # a torn file
     n = len(counted)
     again = Evaluator(tiny_llama, data_dir=toy_data, store=store).evaluate("rte", None)
@@ -118,7 +118,7 @@ def test_prompt_runs_share_their_step0_and_reference_scores_and_lora_never_uses_
     assert [h["accuracy"] for h in second.history] == [h["accuracy"] for h in alone.history]
     assert second.history[0]["accuracy"] == first.history[0]["accuracy"]
     assert {k: v.accuracy for k, v in second.baselines.items()} == {k: v.accuracy for k, v in alone.baselines.items()}
-    files = sorted((tmp_path / "scores").rglob("*.json"))
+    files = sorted((tmp_path / "scores").rglob("*.score.json"))
     lora_store = ScoreStore(tmp_path / "scores")
     train(
         tiny_config(toy_data, method="lora", eval_every=3),
@@ -127,5 +127,5 @@ def test_prompt_runs_share_their_step0_and_reference_scores_and_lora_never_uses_
         progress=False,
         scores=lora_store,
     )
-    assert sorted((tmp_path / "scores").rglob("*.json")) == files
+    assert sorted((tmp_path / "scores").rglob("*.score.json")) == files
     assert lora_store.hits == lora_store.misses == 0

@@ -12,7 +12,7 @@ and a digest of the encoded inputs (data, template, tokenizer, hard prompt, row 
 the prompt's values. So a hit is the result the evaluation would have computed (bit-identical where the same thread
 count computed it, within float rounding elsewhere). Only evaluations on a backbone that nothing trains go through a
 store (a prompt run, a study's shared evaluator); LoRA and full fine-tuning never use one. Entries are written
-atomically (one JSON file each), so concurrent writers of the same entry leave one whole file; an unreadable entry
+atomically (one JSON file each, `records.scores.ScoreEntry`), so concurrent writers of the same entry leave one whole file; an unreadable entry
 is a miss and is written again.
 """
 
@@ -24,8 +24,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from softprompt.errors import SoftPromptError
 from softprompt.eval_metrics import EvalResult
-from softprompt.io import write_text
+from softprompt.io import read_json, write_text
+from softprompt.records.scores import SCORE_SUFFIX, ScoreEntry, StoredEvaluation, StoredScores
 from softprompt.scoring import Scores
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ class ScoreStore:
         return entry_key(self.namespace, *parts)
 
     def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
+        return self.root / key[:2] / f"{key}{SCORE_SUFFIX}"
 
     def get(self, key: str, *, calibrated: bool) -> EvalResult | None:
         """The stored result under `key`, or None; with `calibrated`, only an entry that has its calibrated metrics
@@ -70,14 +72,14 @@ class ScoreStore:
             self.misses += 1
             return None
         try:
-            entry = json.loads(path.read_text())
-            if entry.get("format") != FORMAT or entry.get("key") != key:
-                raise ValueError(f"format {entry.get('format')!r} or key does not match")
-            result = _result(entry["result"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("score store: %s is unreadable (%s); scoring again", path, e)
+            entry = ScoreEntry.from_dict(read_json(path), str(path))
+            if entry.format != FORMAT or entry.key != key:
+                raise SoftPromptError(f"{path}: format {entry.format} or key {entry.key[:12]}... is not this store's")
+        except SoftPromptError as e:
+            log.warning("score store: %s; scoring again", e)
             self.misses += 1
             return None
+        result = _result(entry.result)
         if calibrated and result.calibrated is None:
             self.misses += 1
             return None
@@ -90,20 +92,15 @@ class ScoreStore:
         """Store `result` (with its scores, which calibration and the ablation readouts read) under `key`."""
         if result.scores is None:
             return  # nothing to rebuild the scores from (a result read back from a record): not stored
-        body = {name: getattr(result, name) for name in RESULT_FIELDS}
-        body["calibrated"] = result.calibrated
         s = result.scores
-        body["scores"] = {"logprobs": s.logprobs, "labels": s.labels, "choice_chars": s.choice_chars, "truncated": s.truncated}
-        write_text(self.path(key), json.dumps({"format": FORMAT, "key": key, "result": body}) + "\n")
+        scores = StoredScores(logprobs=s.logprobs, labels=s.labels, choice_chars=s.choice_chars, truncated=s.truncated)
+        fields = {name: getattr(result, name) for name in RESULT_FIELDS}
+        stored = StoredEvaluation(**fields, calibrated=result.calibrated, scores=scores)
+        write_text(self.path(key), json.dumps(ScoreEntry(format=FORMAT, key=key, result=stored).to_dict()) + "\n")
 
 
-def _result(body: dict[str, Any]) -> EvalResult:
-    s = body["scores"]
-    scores = Scores(
-        logprobs=[[float(x) for x in row] for row in s["logprobs"]],
-        labels=[int(y) for y in s["labels"]],
-        choice_chars=[[int(c) for c in row] for row in s["choice_chars"]],
-        truncated=int(s["truncated"]),
-    )
-    fields = {name: body[name] for name in RESULT_FIELDS}
-    return EvalResult(**fields, calibrated=body.get("calibrated"), scores=scores)
+def _result(stored: StoredEvaluation) -> EvalResult:
+    s = stored.scores
+    scores = Scores(logprobs=s.logprobs, labels=s.labels, choice_chars=s.choice_chars, truncated=s.truncated)
+    fields = {name: getattr(stored, name) for name in RESULT_FIELDS}
+    return EvalResult(**fields, calibrated=stored.calibrated, scores=scores)

@@ -28,6 +28,7 @@ from softprompt.records.neighbors import NeighborsResult
 from softprompt.records.readouts import DescribeResult, ImportanceResult
 from softprompt.records.results import StudyResults
 from softprompt.records.run import RUN_FILE, HardPromptFacts, RunRecord
+from softprompt.records.scores import SCORE_SUFFIX, ScoreEntry
 from softprompt.records.transfer import TransferInitResult, TransferResult
 
 ANALYSES: dict[str, Any] = {
@@ -70,7 +71,7 @@ EXTERNAL = frozenset(
 
 
 def known(name: str) -> bool:
-    return name in SCHEMAS or name in CACHES or name in EXTERNAL
+    return name in SCHEMAS or name in CACHES or name in EXTERNAL or name.endswith(SCORE_SUFFIX)
 
 
 def load_record(path: str | Path) -> Any:
@@ -83,6 +84,8 @@ def load_record(path: str | Path) -> Any:
         entry = CacheEntry.from_dict(read_json(path), str(path))
         value = CACHES[path.name].from_dict(entry.value, f"{path}.value")
         return dataclasses.replace(entry, value=value)
+    if path.name.endswith(SCORE_SUFFIX):  # a study's shared evaluation, named by its key (`score_store`)
+        return ScoreEntry.from_dict(read_json(path), str(path))
     if path.name not in SCHEMAS:
         raise SoftPromptError(f"{path}: no record reads a JSON file named {path.name!r} (records.registry)")
     cls = SCHEMAS[path.name]

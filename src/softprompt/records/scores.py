@@ -1,0 +1,47 @@
+"""A study's shared evaluation results (`score_store`, `DIR/scores/KK/KEY.score.json`): one evaluation each, with the
+per-example choice scores that calibration and the ablation readouts read back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from softprompt.records.base import Record
+
+SCORE_SUFFIX = ".score.json"
+
+
+@dataclass(frozen=True)
+class StoredScores(Record):
+    """`scoring.Scores`: each example's choice log-likelihoods, its label, its choices' lengths in characters."""
+
+    logprobs: list[list[float]]
+    labels: list[int]
+    choice_chars: list[list[int]]
+    truncated: int
+
+
+@dataclass(frozen=True)
+class StoredEvaluation(Record):
+    """`eval_metrics.EvalResult` with its scores (`calibrated`: None where the evaluation did not calibrate)."""
+
+    task: str
+    split: str
+    accuracy: float
+    f1_macro: float
+    acc_norm: float
+    n: int
+    truncated: int
+    predictions: list[int]
+    loss: float | None
+    calibrated: dict[str, Any] | None
+    scores: StoredScores
+
+
+@dataclass(frozen=True)
+class ScoreEntry(Record):
+    """One file of the score store: its format, the key it was stored under (its file name) and the evaluation."""
+
+    format: int
+    key: str
+    result: StoredEvaluation
