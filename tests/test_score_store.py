@@ -101,7 +101,7 @@ def test_an_unreadable_entry_is_scored_again_and_rewritten(tiny_llama, toy_data,
     again = Evaluator(tiny_llama, data_dir=toy_data, store=store).evaluate("rte", None)
     assert len(counted) == n + 1
     _same(again, first)
-    assert json.loads(entry.read_text())["result"]["accuracy"] == first.accuracy  # whole again
+    assert json.loads(entry.read_text())["result"]["metrics"]["accuracy"] == first.accuracy  # whole again
 
 
 def test_prompt_runs_share_their_step0_and_reference_scores_and_lora_never_uses_the_store(tiny_llama, toy_data, tmp_path):

@@ -281,20 +281,12 @@ def evaluator_for_run(run: Any, backbone: Backbone, **kwargs: Any) -> Evaluator:
     return evaluator_for(TrainConfig(**saved), backbone, **kwargs)
 
 
-def _through_store(
-    ev: Evaluator,
-    task: Task,
-    examples: list[Example],
-    prompt: torch.Tensor | KVPrompt | None,
-    hard_prompt: str | None,
-    split: str,
-    key: tuple,
-    calibrate: bool,
-) -> EvalResult:
-    """`ev._score`'s result, read from the evaluator's score store when there, else scored and stored. The key: the
-    evaluator's settings, the task, the split, a digest of the encoded inputs (data, template, tokenizer, hard prompt,
-    row and prompt lengths) and the prompt's values."""
+def _through_store(ev: Evaluator, *args: Any) -> EvalResult:
+    """`ev._score(*args)`'s result, read from the evaluator's score store when there, else scored and stored. The key:
+    the evaluator's settings, the task, the split, a digest of the encoded inputs (data, template, tokenizer, hard
+    prompt, row and prompt lengths) and the prompt's values."""
     assert ev.store is not None
+    task, examples, prompt, hard_prompt, split, key, calibrate = args
     weights = next(ev.backbone.model.parameters(), None)
     settings = [
         ev.backbone.name,
@@ -309,7 +301,7 @@ def _through_store(
     stored = ev.store.key(settings, task.name, task.num_classes, split, inputs_digest(encoded), _values_key(prompt))
     result = ev.store.get(stored, calibrated=calibrate)
     if result is None:
-        result = ev._score(task, examples, prompt, hard_prompt, split, key, calibrate)
+        result = ev._score(*args)
         ev.store.put(stored, result)
     return result
 

@@ -27,13 +27,13 @@ from typing import Any
 from softprompt.errors import SoftPromptError
 from softprompt.eval_metrics import EvalResult
 from softprompt.io import read_json, write_text
+from softprompt.records.metrics import EvalMetrics
 from softprompt.records.scores import SCORE_SUFFIX, ScoreEntry, StoredEvaluation, StoredScores
 from softprompt.scoring import Scores
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-RESULT_FIELDS = ("task", "split", "accuracy", "f1_macro", "acc_norm", "n", "truncated", "predictions", "loss")
 
 
 def entry_key(*parts: Any) -> str:
@@ -94,13 +94,22 @@ class ScoreStore:
             return  # nothing to rebuild the scores from (a result read back from a record): not stored
         s = result.scores
         scores = StoredScores(logprobs=s.logprobs, labels=s.labels, choice_chars=s.choice_chars, truncated=s.truncated)
-        fields = {name: getattr(result, name) for name in RESULT_FIELDS}
-        stored = StoredEvaluation(**fields, calibrated=result.calibrated, scores=scores)
+        metrics = EvalMetrics.from_dict({**result.metrics(), "loss": result.loss}, "metrics")
+        stored = StoredEvaluation(result.task, result.split, metrics, result.predictions, scores)
         write_text(self.path(key), json.dumps(ScoreEntry(format=FORMAT, key=key, result=stored).to_dict()) + "\n")
 
 
 def _result(stored: StoredEvaluation) -> EvalResult:
     s = stored.scores
     scores = Scores(logprobs=s.logprobs, labels=s.labels, choice_chars=s.choice_chars, truncated=s.truncated)
-    fields = {name: getattr(stored, name) for name in RESULT_FIELDS}
-    return EvalResult(**fields, calibrated=stored.calibrated, scores=scores)
+    m = stored.metrics.to_dict()
+    numbers = {name: m[name] for name in ("accuracy", "f1_macro", "acc_norm", "n", "truncated")}
+    return EvalResult(
+        stored.task,
+        stored.split,
+        **numbers,
+        predictions=stored.predictions,
+        loss=m.get("loss"),
+        calibrated=m.get("calibrated"),
+        scores=scores,
+    )

@@ -4,9 +4,9 @@ per-example choice scores that calibration and the ablation readouts read back."
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from softprompt.records.base import Record
+from softprompt.records.metrics import EvalMetrics
 
 SCORE_SUFFIX = ".score.json"
 
@@ -23,18 +23,12 @@ class StoredScores(Record):
 
 @dataclass(frozen=True)
 class StoredEvaluation(Record):
-    """`eval_metrics.EvalResult` with its scores (`calibrated`: None where the evaluation did not calibrate)."""
+    """`eval_metrics.EvalResult`: its numbers (`metrics`, the mean choice loss included), predictions and scores."""
 
     task: str
     split: str
-    accuracy: float
-    f1_macro: float
-    acc_norm: float
-    n: int
-    truncated: int
+    metrics: EvalMetrics
     predictions: list[int]
-    loss: float | None
-    calibrated: dict[str, Any] | None
     scores: StoredScores
 
 
