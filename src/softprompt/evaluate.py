@@ -127,12 +127,12 @@ class Evaluator:
         task = get_task(task) if isinstance(task, str) else task
         examples = self.examples(task, split, limit, seed)
         key = (task.name, id(task), split, limit, seed)
-        memo = (*key, hard_prompt, _values_key(prompt), calibrate)
-        if self.memoize and memo in self._results:
+        memo = (*key, hard_prompt, _values_key(prompt), calibrate) if self.memoize else None  # (hashed only when kept)
+        if memo in self._results:
             return self._results[memo]
         score = self._score if self.store is None else partial(_through_store, self)  # the store: see `score_store`
         result = score(task, examples, prompt, hard_prompt, split, key, calibrate)
-        if self.memoize:
+        if memo is not None:
             self._results[memo] = result
         return result
 

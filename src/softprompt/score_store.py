@@ -12,8 +12,8 @@ and a digest of the encoded inputs (data, template, tokenizer, hard prompt, row 
 the prompt's values. So a hit is the result the evaluation would have computed (bit-identical where the same thread
 count computed it, within float rounding elsewhere). Only evaluations on a backbone that nothing trains go through a
 store (a prompt run, a study's shared evaluator); LoRA and full fine-tuning never use one. Entries are written
-atomically (one JSON file each, `records.scores.ScoreEntry`), so concurrent writers of the same entry leave one whole file; an unreadable entry
-is a miss and is written again.
+atomically (one JSON file each, `records.scores.ScoreEntry`), so concurrent writers of the same entry leave one whole
+file; an unreadable entry is a miss and is written again.
 """
 
 from __future__ import annotations
@@ -89,10 +89,9 @@ class ScoreStore:
         return result
 
     def put(self, key: str, result: EvalResult) -> None:
-        """Store `result` (with its scores, which calibration and the ablation readouts read) under `key`."""
-        if result.scores is None:
-            return  # nothing to rebuild the scores from (a result read back from a record): not stored
+        """Store `result` (a scored one: with its scores, which calibration and the ablation readouts read) under `key`."""
         s = result.scores
+        assert s is not None, "only a result just scored is stored"
         scores = StoredScores(logprobs=s.logprobs, labels=s.labels, choice_chars=s.choice_chars, truncated=s.truncated)
         metrics = EvalMetrics.from_dict({**result.metrics(), "loss": result.loss}, "metrics")
         stored = StoredEvaluation(result.task, result.split, metrics, result.predictions, scores)

@@ -83,7 +83,7 @@ class TrainingLoop:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> None:
-        """The epochs, from wherever the state says; Ctrl-C, SIGTERM, divergence and a full disk leave a resumable directory."""
+        """The epochs, from wherever the state says; Ctrl-C, SIGTERM, divergence, a full disk: a resumable directory."""
         self.run.open_progress(self.progress, micro_per_epoch=self.step.micro_per_epoch, state=self.state)
         self.started = time.perf_counter() - self.state["elapsed"]
         self.consistent = True
@@ -180,9 +180,10 @@ class TrainingLoop:
     # ------------------------------------------------------------------ reading the device
 
     def read_losses(self) -> None:
-        """Read the losses queued on the device since the last read, and check the parameters, in one wait
-        for the device (`TrainStep.read`): into `losses`, the trackers and `state["epoch_losses"]`. Raises SoftPromptError if a loss is not finite or the parameters diverged (`raise_if_diverged`). Call
-        it before anything evaluates or writes the parameters: checkpoints and the best prompt do."""
+        """Read the losses queued on the device since the last read, and check the parameters, in one wait for the
+        device (`TrainStep.read`): into `losses`, the trackers and `state["epoch_losses"]`. Raises SoftPromptError if a
+        loss is not finite or the parameters diverged (`raise_if_diverged`). Call it before anything evaluates or writes
+        the parameters: checkpoints and the best prompt do."""
         reading = self.step.read()
         if reading is None:
             return
