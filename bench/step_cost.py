@@ -29,6 +29,8 @@ from common import ROOT, load_average, machine  # noqa: F401  (puts src/ on the 
 METHOD_SETTINGS = {  # TrainConfig overrides beyond the method (the recipes of the per-second comparison)
     "prompt": {},
     "prompt-50": {"method": "prompt", "tokens": 50},
+    "prompt-10": {"method": "prompt", "tokens": 10},  # a DePT-style split's prompt (bench/dept_screen.py)
+    "prompt-100": {"method": "prompt", "tokens": 100},
     "deep": {},
     "hard": {},
     "lora": {},
