@@ -33,8 +33,9 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from common import ROOT, load_average, machine  # noqa: F401  (puts src/ on the path)
-from scipy import stats
+from convergence import paired
 
 ARMS = {  # name: (prompt tokens, DePT rank or 0 for none)
     "prompt-20": (20, 0),
@@ -48,8 +49,6 @@ class PositionUpdate:
     """DePT's low-rank update of the input embeddings by position, applied by a forward hook on the embedding module."""
 
     def __init__(self, positions: int, rank: int, width: int, seed: int, device, dtype):
-        import torch
-
         gen = torch.Generator().manual_seed(10_000 + seed)
         # A ~ N(0, 1/r): each row of A @ B has the size of B's entries, which move by ~ the learning rate per step
         self.a = torch.nn.Parameter((torch.randn(positions, rank, generator=gen) / rank**0.5).to(device, dtype))
@@ -60,22 +59,13 @@ class PositionUpdate:
         ids = inputs[0]
         length = min(ids.shape[-1], self.a.shape[0])
         delta = (self.a[:length] @ self.b).to(output.dtype)
-        if length < ids.shape[-1]:  # positions past s keep their embeddings (DePT truncates inputs at s)
-            delta = torch_cat_zeros(delta, ids.shape[-1] - length)
-        return output + delta
-
-
-def torch_cat_zeros(delta, extra: int):
-    import torch
-
-    return torch.cat([delta, delta.new_zeros(extra, delta.shape[1])], dim=0)
+        # positions past s keep their embeddings (DePT truncates inputs at s)
+        return output + torch.nn.functional.pad(delta, (0, 0, 0, ids.shape[-1] - length))
 
 
 @contextlib.contextmanager
 def dept_installed(rank: int, ab_lr: float | None, seed: int):
     """Wrap the library's `build_trainables` (add A, B and the hook) and `optimizer_and_schedule` (their own rate)."""
-    import torch
-
     import softprompt.training.recipe as recipe
     import softprompt.training.step as step
     from softprompt.model.prompt import embedding_scale
@@ -118,11 +108,10 @@ def dept_installed(rank: int, ab_lr: float | None, seed: int):
             h.remove()
 
 
-def paired(a: list[float], b: list[float]) -> str:
-    d = [x - y for x, y in zip(a, b, strict=True)]
-    half = stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
-    wtl = f"{sum(x > 0 for x in d)}/{sum(x == 0 for x in d)}/{sum(x < 0 for x in d)}"
-    return f"{100 * statistics.mean(d):+.1f} [{100 * (statistics.mean(d) - half):+.1f}, {100 * (statistics.mean(d) + half):+.1f}] {wtl}"
+def paired_text(a: list[float], b: list[float]) -> str:
+    """a - b in points: mean [95% t interval] wins/ties/losses (`convergence.paired`)."""
+    mean, half, wtl = paired(a, b)
+    return f"{100 * mean:+.1f} [{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}] {wtl}"
 
 
 def main() -> None:
@@ -141,8 +130,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-
-    import torch
 
     from softprompt.config import TrainConfig
     from softprompt.io import write_json
@@ -189,7 +176,7 @@ def main() -> None:
             line = f"step {step_n:4d} {arm:12s} dev {statistics.mean(devs):.3f} +- {statistics.pstdev(devs):.3f}"
             if arm != arms[0] and len(seeds) > 1:
                 ref = [results[arms[0]][str(s)]["curve"][i]["dev"] for s in seeds]
-                line += f"  vs {arms[0]}: {paired(devs, ref)}"
+                line += f"  vs {arms[0]}: {paired_text(devs, ref)}"
             lines.append(line)
     print("\n".join(lines))
     if args.json:
