@@ -156,10 +156,10 @@ def main() -> None:
                               scoring_strategy="plain")  # fmt: skip
             name = arm if args.ab_lr is None or not rank else f"{arm}-ablr{args.ab_lr}"
             out = args.runs / Path(args.task).stem / f"{name}-s{s}"
-            if run_state(out, cfg).kind != COMPLETE:
+            state = run_state(out, cfg)
+            if state.kind != COMPLETE:
                 with dept_installed(rank, args.ab_lr, s):
-                    train(cfg, out, backbone=backbone, progress=False, baselines=False,
-                          resume=run_state(out, cfg).kind != "absent")  # fmt: skip
+                    train(cfg, out, backbone=backbone, progress=False, baselines=False, resume=state.kind != "absent")
             record = RunRecord.read(out)
             history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
             curve = [{"step": h["step"], "dev": h.get("dev", {}).get("accuracy"), "val": h["accuracy"]} for h in history]

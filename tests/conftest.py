@@ -3,8 +3,10 @@ offline model once per session, and a tiny task written to a temp folder."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,20 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@contextlib.contextmanager
+def bench_importable():
+    """bench/ on sys.path for the block (a module fixture's life): its scripts import as modules (they put src/ on the
+    path themselves)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(BENCH))
+
 
 CORPUS = [
     "The cat sat on the mat. Question: True or False? Answer: True False yes no positive negative",

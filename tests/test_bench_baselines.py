@@ -16,22 +16,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import BENCH, bench_importable
 from tests.test_bench_gpu_dryrun import write_carry
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 LORA = ("softprompt-lora", "peft-lora", "peft-lora-bf16-grouped")
 FINETUNE = ("softprompt-finetune", "hf-finetune", "hf-finetune-bf16")
 
 
 @pytest.fixture(scope="module")
 def tvp():
-    sys.path.insert(0, str(BENCH))
-    try:
+    with bench_importable():
         import train_vs_peft
 
         yield train_vs_peft
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 @pytest.fixture(scope="module")

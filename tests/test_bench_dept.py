@@ -4,29 +4,21 @@ library is left as it was after the screen (no hook, no wrapped functions)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from softprompt.runs.directory import load_run
 from softprompt.training import train
-from tests.conftest import tiny_config
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from tests.conftest import bench_importable, tiny_config
 
 
 @pytest.fixture(scope="module")
 def dept():
-    sys.path.insert(0, str(BENCH))
-    try:
+    with bench_importable():
         import dept_screen
 
         yield dept_screen
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def test_update_is_added_by_position_and_stops_at_s(dept):

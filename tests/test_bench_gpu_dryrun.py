@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from tests.conftest import BENCH, bench_importable
+
 RTE = [
     {"premise": "The cat sat on the mat.", "hypothesis": "The cat sat.", "label": "entailment"},
     {"premise": "The dog ran away quickly.", "hypothesis": "The dog sat.", "label": "not_entailment"},
@@ -32,16 +33,13 @@ SST2 = [("a charming movie", 1), ("a boring and bad movie that the dog ran away 
 @pytest.fixture(scope="module")
 def bench():
     """The bench/ scripts as modules (they put src/ on sys.path themselves)."""
-    sys.path.insert(0, str(BENCH))
-    try:
+    with bench_importable():
         import eval_vs_naive
         import gpu_tables
         import project_study_time
         import train_vs_peft
 
         yield {"train": train_vs_peft, "eval": eval_vs_naive, "tables": gpu_tables, "project": project_study_time}
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 CHAT_TEMPLATE = (

@@ -4,12 +4,12 @@ refused, never invented; a stand-in or proxy is labelled; a complete projection 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from tests.conftest import BENCH, bench_importable
+
 RTE = [
     {"premise": "The cat sat on the mat.", "hypothesis": "The cat sat.", "label": "entailment"},
     {"premise": "The dog ran away quickly.", "hypothesis": "The dog sat.", "label": "not_entailment"},
@@ -22,13 +22,10 @@ H100 = {"cpu": "Intel(R) Xeon(R) Processor", "gpu": "NVIDIA H100 80GB HBM3", "de
 
 @pytest.fixture(scope="module")
 def project():
-    sys.path.insert(0, str(BENCH))
-    try:
+    with bench_importable():
         import project_study_time
 
         yield project_study_time
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 @pytest.fixture

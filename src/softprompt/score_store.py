@@ -101,14 +101,5 @@ class ScoreStore:
 def _result(stored: StoredEvaluation) -> EvalResult:
     s = stored.scores
     scores = Scores(logprobs=s.logprobs, labels=s.labels, choice_chars=s.choice_chars, truncated=s.truncated)
-    m = stored.metrics.to_dict()
-    numbers = {name: m[name] for name in ("accuracy", "f1_macro", "acc_norm", "n", "truncated")}
-    return EvalResult(
-        stored.task,
-        stored.split,
-        **numbers,
-        predictions=stored.predictions,
-        loss=m.get("loss"),
-        calibrated=m.get("calibrated"),
-        scores=scores,
-    )
+    # the record's numbers are EvalResult's own fields (`EvalResult.metrics()` and its loss, as `put` wrote them)
+    return EvalResult(stored.task, stored.split, predictions=stored.predictions, scores=scores, **stored.metrics.to_dict())
