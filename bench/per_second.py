@@ -12,6 +12,7 @@ share the cores while the prices were measured on an idle machine.
 Prints, per recipe: steps, training seconds, the task's metric (mean +- std over seeds, n), the paired difference
 from LoRA (95% t interval over seeds, wins/ties/losses), and the time each recipe's curve took to reach 90 / 95 / 100%
 of LoRA's final value (its evaluation points, priced the same way; median over seeds and how many got there).
+`--compare A:B` adds the paired difference of two recipes (e.g. the default against the old default).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 from common import ROOT  # noqa: F401  (puts src/ on the path)
@@ -58,6 +60,12 @@ def main() -> None:
     ap.add_argument("--recipes", required=True, help="RECIPE:METHOD,... (the step cost each recipe is priced at)")
     ap.add_argument("--reference", default="lora", help="the recipe whose time is the budget")
     ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        help="A:B (repeatable): also the paired difference A - B of two listed recipes, e.g. default:old-default",
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     cost: dict[str, float] = {}
@@ -94,12 +102,19 @@ def main() -> None:
         )
         out[recipe] = {"method": method, "values": vals, "steps": steps, "training_s": steps * cost[method], "diff": d,
                        "half_width": half, "wins_ties_losses": wtl, "time_to": {str(f): t for f, t in times.items()}}  # fmt: skip
+    compared = {}
+    for a, b in (tuple(x.split(":")) for x in args.compare):
+        if a not in runs or b not in runs:
+            sys.exit(f"--compare {a}:{b}: both must be among --recipes ({', '.join(runs)})")
+        d, half, wtl = paired([runs[a][s]["value"] for s in seeds], [runs[b][s]["value"] for s in seeds])
+        compared[f"{a}-{b}"] = {"diff": d, "half_width": half, "wins_ties_losses": wtl}
+        lines.append(f"{a} minus {b}, paired over {len(seeds)} seeds: {d:+.3f} [{d - half:+.3f}, {d + half:+.3f}] {wtl}")
     print("\n".join(lines))
     if args.json:
         from softprompt.io import write_json
 
         write_json(args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "budget_s": budget, "cost": cost,
-                               "reference_final": ref_final, "recipes": out, "table": lines})  # fmt: skip
+                               "reference_final": ref_final, "recipes": out, "compared": compared, "table": lines})  # fmt: skip
 
 
 if __name__ == "__main__":

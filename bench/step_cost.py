@@ -31,6 +31,7 @@ METHOD_SETTINGS = {  # TrainConfig overrides beyond the method (the recipes of t
     "prompt-50": {"method": "prompt", "tokens": 50},
     "prompt-10": {"method": "prompt", "tokens": 10},  # a DePT-style split's prompt (bench/dept_screen.py)
     "prompt-100": {"method": "prompt", "tokens": 100},
+    "prompt-plain": {"method": "prompt", "prompt_format": "plain"},  # the old defaults' step (no chat template; lr costs nothing)
     "deep": {},
     "hard": {},
     "lora": {},
