@@ -74,6 +74,10 @@ def main() -> None:
             cost.setdefault(method, seconds)
     pairs = [tuple(x.split(":")) for x in args.recipes.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
+    compare = [tuple(x.split(":")) for x in args.compare]
+    for a, b in compare:  # refused before any run is read
+        if a not in dict(pairs) or b not in dict(pairs):
+            sys.exit(f"--compare {a}:{b}: both must be among --recipes ({', '.join(dict(pairs))})")
     runs = {r: {s: load(args.runs / args.task / f"{r}-s{s}") for s in seeds} for r, _ in pairs}
     price = dict(pairs)
     ref = runs[args.reference]
@@ -103,9 +107,7 @@ def main() -> None:
         out[recipe] = {"method": method, "values": vals, "steps": steps, "training_s": steps * cost[method], "diff": d,
                        "half_width": half, "wins_ties_losses": wtl, "time_to": {str(f): t for f, t in times.items()}}  # fmt: skip
     compared = {}
-    for a, b in (tuple(x.split(":")) for x in args.compare):
-        if a not in runs or b not in runs:
-            sys.exit(f"--compare {a}:{b}: both must be among --recipes ({', '.join(runs)})")
+    for a, b in compare:
         d, half, wtl = paired([runs[a][s]["value"] for s in seeds], [runs[b][s]["value"] for s in seeds])
         compared[f"{a}-{b}"] = {"diff": d, "half_width": half, "wins_ties_losses": wtl}
         lines.append(f"{a} minus {b}, paired over {len(seeds)} seeds: {d:+.3f} [{d - half:+.3f}, {d + half:+.3f}] {wtl}")
